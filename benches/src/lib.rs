@@ -1,0 +1,1 @@
+//! Load tools live in `src/bin/`; criterion benchmarks in `benches/`.
