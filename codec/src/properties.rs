@@ -221,121 +221,52 @@ impl Properties {
         i: &'a [u8],
         pid: u8,
     ) -> Result<&'a [u8], nom::Err<DecodeError>> {
-        let once = |e: DecodeError| nom::Err::Failure(e);
+        // Parses a property that may appear once into its field, refusing a second one.
+        macro_rules! once {
+            ($field:ident, $parse:expr) => {
+                once!($field, $parse, Ok::<_, nom::Err<DecodeError>>)
+            };
+            ($field:ident, $parse:expr, $check:expr) => {{
+                let (i, v) = $parse?;
+                let v = $check(v)?;
+                set_once(&mut self.$field, v, pid).map_err(nom::Err::Failure)?;
+                i
+            }};
+        }
         let i = match pid {
-            id::PAYLOAD_FORMAT_INDICATOR => {
-                let (i, v) = boolean(i, pid)?;
-                set_once(&mut self.payload_format_indicator, v, pid).map_err(once)?;
-                i
-            }
-            id::MESSAGE_EXPIRY_INTERVAL => {
-                let (i, v) = u32_field(i)?;
-                set_once(&mut self.message_expiry_interval, v, pid).map_err(once)?;
-                i
-            }
-            id::CONTENT_TYPE => {
-                let (i, v) = string(frame, i)?;
-                set_once(&mut self.content_type, v, pid).map_err(once)?;
-                i
-            }
-            id::RESPONSE_TOPIC => {
-                let (i, v) = string(frame, i)?;
-                if crate::topic::validate_topic_name(&v).is_err() {
-                    return fail(DecodeError::InvalidPropertyValue(pid));
+            id::PAYLOAD_FORMAT_INDICATOR => once!(payload_format_indicator, boolean(i, pid)),
+            id::MESSAGE_EXPIRY_INTERVAL => once!(message_expiry_interval, u32_field(i)),
+            id::CONTENT_TYPE => once!(content_type, string(frame, i)),
+            id::RESPONSE_TOPIC => once!(response_topic, string(frame, i), |v: ByteString| {
+                match crate::topic::validate_topic_name(&v) {
+                    Ok(()) => Ok(v),
+                    Err(_) => fail(DecodeError::InvalidPropertyValue(pid)),
                 }
-                set_once(&mut self.response_topic, v, pid).map_err(once)?;
-                i
-            }
-            id::CORRELATION_DATA => {
-                let (i, v) = binary(frame, i)?;
-                set_once(&mut self.correlation_data, v, pid).map_err(once)?;
-                i
-            }
+            }),
+            id::CORRELATION_DATA => once!(correlation_data, binary(frame, i)),
             id::SUBSCRIPTION_IDENTIFIER => {
                 let (i, v) = var_int(i)?;
                 self.subscription_identifiers.push(non_zero(v, pid)?);
                 i
             }
-            id::SESSION_EXPIRY_INTERVAL => {
-                let (i, v) = u32_field(i)?;
-                set_once(&mut self.session_expiry_interval, v, pid).map_err(once)?;
-                i
-            }
-            id::ASSIGNED_CLIENT_IDENTIFIER => {
-                let (i, v) = string(frame, i)?;
-                set_once(&mut self.assigned_client_identifier, v, pid).map_err(once)?;
-                i
-            }
-            id::SERVER_KEEP_ALIVE => {
-                let (i, v) = u16_field(i)?;
-                set_once(&mut self.server_keep_alive, v, pid).map_err(once)?;
-                i
-            }
-            id::AUTHENTICATION_METHOD => {
-                let (i, v) = string(frame, i)?;
-                set_once(&mut self.authentication_method, v, pid).map_err(once)?;
-                i
-            }
-            id::AUTHENTICATION_DATA => {
-                let (i, v) = binary(frame, i)?;
-                set_once(&mut self.authentication_data, v, pid).map_err(once)?;
-                i
-            }
-            id::REQUEST_PROBLEM_INFORMATION => {
-                let (i, v) = boolean(i, pid)?;
-                set_once(&mut self.request_problem_information, v, pid).map_err(once)?;
-                i
-            }
-            id::WILL_DELAY_INTERVAL => {
-                let (i, v) = u32_field(i)?;
-                set_once(&mut self.will_delay_interval, v, pid).map_err(once)?;
-                i
-            }
+            id::SESSION_EXPIRY_INTERVAL => once!(session_expiry_interval, u32_field(i)),
+            id::ASSIGNED_CLIENT_IDENTIFIER => once!(assigned_client_identifier, string(frame, i)),
+            id::SERVER_KEEP_ALIVE => once!(server_keep_alive, u16_field(i)),
+            id::AUTHENTICATION_METHOD => once!(authentication_method, string(frame, i)),
+            id::AUTHENTICATION_DATA => once!(authentication_data, binary(frame, i)),
+            id::REQUEST_PROBLEM_INFORMATION => once!(request_problem_information, boolean(i, pid)),
+            id::WILL_DELAY_INTERVAL => once!(will_delay_interval, u32_field(i)),
             id::REQUEST_RESPONSE_INFORMATION => {
-                let (i, v) = boolean(i, pid)?;
-                set_once(&mut self.request_response_information, v, pid).map_err(once)?;
-                i
+                once!(request_response_information, boolean(i, pid))
             }
-            id::RESPONSE_INFORMATION => {
-                let (i, v) = string(frame, i)?;
-                set_once(&mut self.response_information, v, pid).map_err(once)?;
-                i
-            }
-            id::SERVER_REFERENCE => {
-                let (i, v) = string(frame, i)?;
-                set_once(&mut self.server_reference, v, pid).map_err(once)?;
-                i
-            }
-            id::REASON_STRING => {
-                let (i, v) = string(frame, i)?;
-                set_once(&mut self.reason_string, v, pid).map_err(once)?;
-                i
-            }
-            id::RECEIVE_MAXIMUM => {
-                let (i, v) = u16_field(i)?;
-                set_once(&mut self.receive_maximum, non_zero(v, pid)?, pid).map_err(once)?;
-                i
-            }
-            id::TOPIC_ALIAS_MAXIMUM => {
-                let (i, v) = u16_field(i)?;
-                set_once(&mut self.topic_alias_maximum, v, pid).map_err(once)?;
-                i
-            }
-            id::TOPIC_ALIAS => {
-                let (i, v) = u16_field(i)?;
-                set_once(&mut self.topic_alias, non_zero(v, pid)?, pid).map_err(once)?;
-                i
-            }
-            id::MAXIMUM_QOS => {
-                let (i, v) = boolean(i, pid)?;
-                set_once(&mut self.maximum_qos, v, pid).map_err(once)?;
-                i
-            }
-            id::RETAIN_AVAILABLE => {
-                let (i, v) = boolean(i, pid)?;
-                set_once(&mut self.retain_available, v, pid).map_err(once)?;
-                i
-            }
+            id::RESPONSE_INFORMATION => once!(response_information, string(frame, i)),
+            id::SERVER_REFERENCE => once!(server_reference, string(frame, i)),
+            id::REASON_STRING => once!(reason_string, string(frame, i)),
+            id::RECEIVE_MAXIMUM => once!(receive_maximum, u16_field(i), |v| non_zero(v, pid)),
+            id::TOPIC_ALIAS_MAXIMUM => once!(topic_alias_maximum, u16_field(i)),
+            id::TOPIC_ALIAS => once!(topic_alias, u16_field(i), |v| non_zero(v, pid)),
+            id::MAXIMUM_QOS => once!(maximum_qos, boolean(i, pid)),
+            id::RETAIN_AVAILABLE => once!(retain_available, boolean(i, pid)),
             id::USER_PROPERTY => {
                 let (i, k) = string(frame, i)?;
                 let (i, v) = string(frame, i)?;
@@ -343,24 +274,16 @@ impl Properties {
                 i
             }
             id::MAXIMUM_PACKET_SIZE => {
-                let (i, v) = u32_field(i)?;
-                set_once(&mut self.maximum_packet_size, non_zero(v, pid)?, pid).map_err(once)?;
-                i
+                once!(maximum_packet_size, u32_field(i), |v| non_zero(v, pid))
             }
             id::WILDCARD_SUBSCRIPTION_AVAILABLE => {
-                let (i, v) = boolean(i, pid)?;
-                set_once(&mut self.wildcard_subscription_available, v, pid).map_err(once)?;
-                i
+                once!(wildcard_subscription_available, boolean(i, pid))
             }
             id::SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
-                let (i, v) = boolean(i, pid)?;
-                set_once(&mut self.subscription_identifier_available, v, pid).map_err(once)?;
-                i
+                once!(subscription_identifier_available, boolean(i, pid))
             }
             id::SHARED_SUBSCRIPTION_AVAILABLE => {
-                let (i, v) = boolean(i, pid)?;
-                set_once(&mut self.shared_subscription_available, v, pid).map_err(once)?;
-                i
+                once!(shared_subscription_available, boolean(i, pid))
             }
             other => return fail(DecodeError::UnknownProperty(other)),
         };
