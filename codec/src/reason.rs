@@ -208,7 +208,6 @@ impl ReasonCode {
                     | ReAuthenticate
                     | ClientIdentifierNotValid
                     | BadUserNameOrPassword
-                    | NotAuthorized
                     | ServerUnavailable
                     | Banned
                     | BadAuthenticationMethod
