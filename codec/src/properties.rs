@@ -334,6 +334,23 @@ impl Properties {
             + b(&self.shared_subscription_available)
     }
 
+    /// Encodes a length-prefixed property block exactly as it appears on the wire, for
+    /// callers that keep properties outside a packet (the broker stores messages with them).
+    pub fn write_block(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        self.encode(buf)
+    }
+
+    /// Decodes a block written by [`Properties::write_block`] with the rules of `ctx`; the
+    /// block must fill `block` exactly. String and binary values are zero-copy slices of it.
+    pub fn read_block(block: &Bytes, ctx: PropertyContext) -> Result<Properties, DecodeError> {
+        match Properties::decode(block, block, ctx) {
+            Ok(([], props)) => Ok(props),
+            Ok(_) => Err(DecodeError::TrailingBytes),
+            Err(nom::Err::Error(e) | nom::Err::Failure(e)) => Err(e),
+            Err(nom::Err::Incomplete(_)) => Err(DecodeError::Truncated),
+        }
+    }
+
     /// Bytes on the wire: the length prefix and the properties.
     pub fn encoded_len(&self) -> usize {
         let body = self.body_len();

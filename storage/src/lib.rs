@@ -1,1 +1,261 @@
-//! placeholder
+//! # tern-storage: the durable state of the tern broker
+//!
+//! What survives a broker restart:
+//!
+//! - **retained messages**, one per topic;
+//! - **persistent sessions**: their metadata and subscriptions ([`StoredSession`]);
+//! - each session's **offline queue** of QoS 1/2 messages, in order, addressed by a per-session
+//!   sequence number (`seq`) that the broker allocates (strictly increasing per client);
+//! - each session's **inbound QoS 2 packet ids** (PUBLISH received, PUBREL not yet), so that
+//!   exactly-once delivery holds across a restart.
+//!
+//! Everything is changed through [`Op`]s applied atomically by [`Store::write`], and read back
+//! through the other [`Store`] methods. Two implementations: [`RocksStore`] (RocksDB, the real
+//! one) and [`MemoryStore`] (`BTreeMap`s, for broker unit tests). [`Writer`] sits in front of a
+//! store and group-commits the writes of many connections into one batch and one WAL sync.
+//!
+//! ## Start-up cost
+//!
+//! [`Store::sessions`] returns each session's metadata plus its queue bounds
+//! ([`SessionRecord::first_seq`], [`SessionRecord::next_seq`]) found with two iterator seeks per
+//! session; queued message values are never read at start-up. The broker pages a queue in with
+//! [`Store::queue`] when its client comes back.
+//!
+//! ## Key layout (RocksDB column families)
+//!
+//! A client id is encoded as a *client prefix*: its byte length as `u16` big-endian, then its
+//! UTF-8 bytes. Because the length comes first, no client's prefix is a prefix of another
+//! client's (`"a"` is `00 01 61`, `"ab"` is `00 02 61 62`), so a range over one client never
+//! reaches into another's. All integers in keys are big-endian so that byte order is numeric
+//! order. See [`keys`] for the encoders.
+//!
+//! | column family | key | value |
+//! | --- | --- | --- |
+//! | `retained` | topic (UTF-8 bytes) | message record |
+//! | `sessions` | client prefix | session record |
+//! | `queue` | client prefix, `seq` (u64 BE) | queue record (state + message) |
+//! | `queue_next` | client prefix | one past the highest `seq` ever enqueued (u64 BE) |
+//! | `inbound_qos2` | client prefix, packet id (u16 BE) | empty |
+//! | `meta` | `format_version` | data format version (u32 BE), checked at open |
+//!
+//! `queue_next` exists because the queue's own keys cannot say what the highest `seq` was once
+//! every entry has been dequeued; [`SessionRecord::next_seq`] is the larger of it and one past
+//! the last queued key. It is written blindly (no read) with each batch's highest enqueued
+//! `seq`, which is why `seq`s must increase per client.
+//!
+//! Values are compact hand-written binary records that start with a version byte (see
+//! `record.rs`); a value that does not decode is reported as [`StorageError::Corrupt`] naming
+//! the key, never a panic. Deleting a session is three range deletions over its prefix
+//! (`queue`, `inbound_qos2`) plus two point deletions, in the same batch.
+//!
+//! ## Durability
+//!
+//! [`Store::write`] applies a batch atomically; with `sync` it fsyncs the WAL before returning.
+//! The WAL is always on. [`Writer`] decides when to sync according to its [`SyncPolicy`]:
+//! every group ([`SyncPolicy::Always`]), on a timer ([`SyncPolicy::Batched`]), or never
+//! ([`SyncPolicy::None`], the operating system writes the WAL back when it likes). The broker
+//! acknowledges a QoS>0 PUBLISH once the [`Durable`] of its ops resolves.
+
+pub mod error;
+pub mod keys;
+pub mod memory;
+mod record;
+pub mod rocks;
+pub mod writer;
+
+pub use error::StorageError;
+pub use memory::MemoryStore;
+pub use rocks::RocksStore;
+pub use writer::{Durable, SyncPolicy, Writer, WriterStats};
+
+use bytes::Bytes;
+
+/// A PUBLISH as stored: a retained message or an entry of an offline queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub topic: String,
+    pub payload: Bytes,
+    /// 0..=2.
+    pub qos: u8,
+    pub retain: bool,
+    /// MQTT v5 PUBLISH properties as encoded by the broker; opaque here.
+    pub properties: Bytes,
+    /// Unix epoch milliseconds; `None` = never expires.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Delivery state of a queued message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueState {
+    /// Not sent, or sent and not acknowledged: on reconnect, (re)send the PUBLISH.
+    Pending,
+    /// QoS 2 outbound PUBREC received: on reconnect resend PUBREL, not PUBLISH.
+    Released,
+}
+
+/// An entry of a session's offline queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedMessage {
+    pub message: StoredMessage,
+    pub state: QueueState,
+}
+
+/// One subscription of a persistent session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSubscription {
+    pub filter: String,
+    /// The MQTT v5 subscription options byte.
+    pub options: u8,
+    pub identifier: Option<u32>,
+}
+
+/// Metadata of a persistent session (its queue is stored apart).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSession {
+    pub client_id: String,
+    /// 4 = 3.1.1, 5 = 5.0.
+    pub protocol_level: u8,
+    /// `u32::MAX` = never expires.
+    pub expiry_interval_secs: u32,
+    /// `None` while connected.
+    pub disconnected_at_ms: Option<u64>,
+    pub subscriptions: Vec<StoredSubscription>,
+}
+
+/// A stored session with the bounds of its queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub session: StoredSession,
+    /// Lowest queued seq (== `next_seq` when the queue is empty).
+    pub first_seq: u64,
+    /// One past the highest queued seq ever written for this session (0 when empty and new).
+    pub next_seq: u64,
+}
+
+/// One change to the stored state. A slice of them is applied atomically and in order by
+/// [`Store::write`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    PutRetained {
+        topic: String,
+        message: StoredMessage,
+    },
+    DeleteRetained {
+        topic: String,
+    },
+    /// Inserts or replaces the metadata of a session (not its queue).
+    PutSession(StoredSession),
+    /// Deletes the session, its whole queue and its inbound QoS 2 ids.
+    DeleteSession {
+        client_id: String,
+    },
+    /// Adds an entry to a client's queue. `seq` must be higher than every `seq` enqueued
+    /// before for this client (since its session was last deleted).
+    Enqueue {
+        client_id: String,
+        seq: u64,
+        message: QueuedMessage,
+    },
+    /// Rewrites the state of a queue entry; no-op if the entry is absent.
+    SetQueueState {
+        client_id: String,
+        seq: u64,
+        state: QueueState,
+    },
+    Dequeue {
+        client_id: String,
+        seq: u64,
+    },
+    PutInboundQos2 {
+        client_id: String,
+        packet_id: u16,
+    },
+    DeleteInboundQos2 {
+        client_id: String,
+        packet_id: u16,
+    },
+}
+
+impl Op {
+    /// Checks what a store cannot encode: a client id, topic or subscription filter longer
+    /// than 65,535 bytes (the MQTT limit for strings), a QoS above 2, a payload or properties
+    /// of 4 GiB or more. Stores and the [`Writer`] call it before writing anything, so that
+    /// a bad op fails alone instead of failing a whole batch half-way.
+    pub fn validate(&self) -> Result<(), StorageError> {
+        match self {
+            Op::PutRetained { message, .. } => record::check_message(message),
+            Op::DeleteRetained { .. } => Ok(()),
+            Op::PutSession(session) => {
+                keys::check_client_id(&session.client_id)?;
+                record::check_session(session)
+            }
+            Op::Enqueue {
+                client_id, message, ..
+            } => {
+                keys::check_client_id(client_id)?;
+                record::check_message(&message.message)
+            }
+            Op::DeleteSession { client_id }
+            | Op::SetQueueState { client_id, .. }
+            | Op::Dequeue { client_id, .. }
+            | Op::PutInboundQos2 { client_id, .. }
+            | Op::DeleteInboundQos2 { client_id, .. } => keys::check_client_id(client_id),
+        }
+    }
+
+    /// Rough number of bytes this op adds to a write batch; the [`Writer`] uses it to bound
+    /// the size of a group.
+    pub fn approx_size(&self) -> usize {
+        const OVERHEAD: usize = 32;
+        let message_size = |m: &StoredMessage| m.topic.len() + m.payload.len() + m.properties.len();
+        OVERHEAD
+            + match self {
+                Op::PutRetained { topic, message } => topic.len() + message_size(message),
+                Op::DeleteRetained { topic } => topic.len(),
+                Op::PutSession(s) => {
+                    s.client_id.len()
+                        + s.subscriptions
+                            .iter()
+                            .map(|sub| sub.filter.len() + 8)
+                            .sum::<usize>()
+                }
+                Op::Enqueue {
+                    client_id, message, ..
+                } => client_id.len() + message_size(&message.message),
+                Op::DeleteSession { client_id }
+                | Op::SetQueueState { client_id, .. }
+                | Op::Dequeue { client_id, .. }
+                | Op::PutInboundQos2 { client_id, .. }
+                | Op::DeleteInboundQos2 { client_id, .. } => client_id.len(),
+            }
+    }
+}
+
+/// The durable state of the broker. Implementations are shared between the [`Writer`] thread
+/// (writes) and the broker (reads, usually from `spawn_blocking`): every method may block on
+/// disk I/O.
+pub trait Store: Send + Sync + 'static {
+    /// Applies `ops` atomically, in order (one RocksDB WriteBatch). `sync`: WAL fsync before
+    /// returning. Every op is validated ([`Op::validate`]) before anything is written.
+    fn write(&self, ops: &[Op], sync: bool) -> Result<(), StorageError>;
+    /// Makes everything written so far durable (WAL fsync).
+    fn sync(&self) -> Result<(), StorageError>;
+    /// Every retained message with its topic.
+    fn retained(&self) -> Result<Vec<(String, StoredMessage)>, StorageError>;
+    fn get_retained(&self, topic: &str) -> Result<Option<StoredMessage>, StorageError>;
+    /// Every stored session with its queue bounds, sorted by client id; never reads queued
+    /// message values.
+    fn sessions(&self) -> Result<Vec<SessionRecord>, StorageError>;
+    fn session(&self, client_id: &str) -> Result<Option<SessionRecord>, StorageError>;
+    /// Up to `limit` queued entries with seq >= from_seq, ascending.
+    fn queue(
+        &self,
+        client_id: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, QueuedMessage)>, StorageError>;
+    /// (count, total payload bytes) of a session's queue (for operators; scans the queue).
+    fn queue_stats(&self, client_id: &str) -> Result<(u64, u64), StorageError>;
+    /// The inbound QoS 2 packet ids of a client, ascending.
+    fn inbound_qos2(&self, client_id: &str) -> Result<Vec<u16>, StorageError>;
+}

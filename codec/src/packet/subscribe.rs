@@ -28,8 +28,9 @@ pub struct SubscriptionOptions {
     pub retain_handling: RetainHandling,
 }
 
+/// The options byte of a SUBSCRIBE entry; `pub` so that the broker can store it as it travels.
 impl SubscriptionOptions {
-    fn from_byte(p: Protocol, b: u8) -> Result<Self, DecodeError> {
+    pub fn from_byte(p: Protocol, b: u8) -> Result<Self, DecodeError> {
         let reserved = match p {
             Protocol::V311 => 0b1111_1100,
             Protocol::V5 => 0b1100_0000,
@@ -51,7 +52,7 @@ impl SubscriptionOptions {
         })
     }
 
-    fn to_byte(self, p: Protocol) -> u8 {
+    pub fn to_byte(self, p: Protocol) -> u8 {
         match p {
             Protocol::V311 => self.qos.as_u8(),
             Protocol::V5 => {

@@ -1,0 +1,511 @@
+//! [`Writer`]: group commit in front of a [`Store`].
+//!
+//! Every connection that needs something durable submits its ops to one bounded queue. A
+//! dedicated OS thread (`tern-storage`) takes everything available from the queue (up to
+//! [`MAX_GROUP_REQUESTS`] requests or about [`MAX_GROUP_BYTES`]), writes it as one atomic
+//! batch, and then completes the waiters of that whole group. While it writes (and, with
+//! [`SyncPolicy::Always`], fsyncs), new requests pile up and form the next group: under load,
+//! one WAL sync covers many connections' messages instead of one fsync per message.
+//!
+//! The thread is a plain OS thread because RocksDB calls block; it waits on the tokio channel
+//! by polling it with a waker that unparks the thread, which also gives it a timed wait for
+//! [`SyncPolicy::Batched`] without a runtime of its own.
+//!
+//! Ordering: requests are applied in the order they entered the queue, so the ops of one
+//! submitter are applied in submission order, and a detached request is ordered like any
+//! other. A failed group write fails every waiter of that group (each gets a clone of the
+//! error), detached requests of the group are logged, and the thread carries on.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Op, StorageError, Store};
+
+/// At most this many requests form one group.
+pub const MAX_GROUP_REQUESTS: usize = 1024;
+/// A group stops growing once its ops add up to about this many bytes (one large message can
+/// exceed it alone).
+pub const MAX_GROUP_BYTES: usize = 4 << 20;
+
+/// When the writer syncs the WAL, and so when a [`Durable`] resolves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Each group is written with `sync = true`; waiters complete after that fsync. While one
+    /// fsync runs, new requests queue up and form the next group.
+    Always,
+    /// Groups are written without sync, and the WAL is synced at most this long after the
+    /// first unsynced write; waiters of a group complete after the sync that covers it.
+    Batched(Duration),
+    /// Groups are written without sync; waiters complete right after the write. Durability
+    /// is left to the operating system (a broker crash loses nothing, a machine crash may).
+    None,
+}
+
+/// Counters of a [`Writer`] since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Batches written to the store (successfully or not).
+    pub groups: u64,
+    /// Write requests ([`Writer::submit`], [`Writer::submit_detached`]) in those batches.
+    pub requests: u64,
+    /// Ops in those batches.
+    pub ops: u64,
+    /// WAL syncs: synced batch writes plus [`Store::sync`] calls.
+    pub syncs: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    groups: AtomicU64,
+    requests: AtomicU64,
+    ops: AtomicU64,
+    syncs: AtomicU64,
+}
+
+type Reply = oneshot::Sender<Result<(), StorageError>>;
+
+enum Request {
+    /// `done` is `None` for a detached write.
+    Write {
+        ops: Vec<Op>,
+        done: Option<Reply>,
+    },
+    Barrier(Reply),
+    Shutdown(Reply),
+}
+
+/// Handle to the writer thread; cheap to clone. When the last clone is dropped the thread
+/// applies what is queued, syncs and exits (like [`Writer::shutdown`], without a result).
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Request>,
+    store: Arc<dyn Store>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Spawns one dedicated OS thread (named "tern-storage") that owns writing. `capacity`:
+    /// bound of the request queue (requests, not ops; at least 1).
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot spawn a thread; see [`Writer::try_start`].
+    pub fn start(store: Arc<dyn Store>, policy: SyncPolicy, capacity: usize) -> Writer {
+        match Writer::try_start(store, policy, capacity) {
+            Ok(writer) => writer,
+            Err(e) => panic!("cannot spawn the tern-storage writer thread: {e}"),
+        }
+    }
+
+    /// [`Writer::start`], returning the error if the thread cannot be spawned.
+    pub fn try_start(
+        store: Arc<dyn Store>,
+        policy: SyncPolicy,
+        capacity: usize,
+    ) -> std::io::Result<Writer> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let counters = Arc::new(Counters::default());
+        let worker = Worker {
+            store: Some(store.clone()),
+            policy,
+            rx,
+            counters: counters.clone(),
+            unsynced: Vec::new(),
+            dirty_since: None,
+        };
+        std::thread::Builder::new()
+            .name("tern-storage".into())
+            .spawn(move || worker.run())?;
+        Ok(Writer {
+            tx,
+            store,
+            counters,
+        })
+    }
+
+    /// Queues `ops`; the returned [`Durable`] resolves when they are durable per the policy.
+    /// Waits (async) for queue space: backpressure. Ops that fail [`Op::validate`] are not
+    /// queued, their `Durable` resolves to the error at once. Empty `ops` resolve at once.
+    pub async fn submit(&self, ops: Vec<Op>) -> Durable {
+        if ops.is_empty() {
+            return Durable::ready();
+        }
+        if let Err(e) = validate(&ops) {
+            return Durable::failed(e);
+        }
+        let (done, rx) = oneshot::channel();
+        let request = Request::Write {
+            ops,
+            done: Some(done),
+        };
+        if self.tx.send(request).await.is_err() {
+            return Durable::failed(StorageError::Closed);
+        }
+        Durable {
+            state: DurableState::Waiting(rx),
+        }
+    }
+
+    /// Same, fire-and-forget: applied in order with everything else, nobody waits (e.g.
+    /// dequeue after a client's PUBACK). Failures are logged.
+    pub async fn submit_detached(&self, ops: Vec<Op>) {
+        if ops.is_empty() {
+            return;
+        }
+        if let Err(e) = validate(&ops) {
+            tracing::error!(error = %e, "storage ops rejected");
+            return;
+        }
+        if self
+            .tx
+            .send(Request::Write { ops, done: None })
+            .await
+            .is_err()
+        {
+            tracing::warn!("storage writer shut down: detached ops dropped");
+        }
+    }
+
+    /// Resolves once everything submitted before it has been applied (readable via the
+    /// store), without forcing a sync. Returns the error of the group it was written with.
+    pub async fn barrier(&self) -> Result<(), StorageError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Barrier(done))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        rx.await.unwrap_or(Err(StorageError::Closed))
+    }
+
+    /// Applies what is queued, syncs, stops the thread (after it released its handle on the
+    /// store). Later submits fail with [`StorageError::Closed`]; shutting down again is Ok.
+    pub async fn shutdown(&self) -> Result<(), StorageError> {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Request::Shutdown(done)).await.is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Err(StorageError::Closed))
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Counters since start: `groups < requests` means group commit happened.
+    pub fn stats(&self) -> WriterStats {
+        WriterStats {
+            groups: self.counters.groups.load(Ordering::Relaxed),
+            requests: self.counters.requests.load(Ordering::Relaxed),
+            ops: self.counters.ops.load(Ordering::Relaxed),
+            syncs: self.counters.syncs.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn validate(ops: &[Op]) -> Result<(), StorageError> {
+    ops.iter().try_for_each(Op::validate)
+}
+
+/// Resolves (to `Ok` or the write's error) when the ops of a [`Writer::submit`] are durable.
+#[must_use = "a Durable does nothing unless awaited; drop it explicitly to not wait"]
+#[derive(Debug)]
+pub struct Durable {
+    state: DurableState,
+}
+
+#[derive(Debug)]
+enum DurableState {
+    /// The result is known; `None` once it has been returned.
+    Ready(Option<Result<(), StorageError>>),
+    Waiting(oneshot::Receiver<Result<(), StorageError>>),
+}
+
+impl Durable {
+    /// Nothing to wait for: resolves to `Ok` at once.
+    pub fn ready() -> Durable {
+        Durable {
+            state: DurableState::Ready(Some(Ok(()))),
+        }
+    }
+
+    /// Resolves to `error` at once.
+    pub fn failed(error: StorageError) -> Durable {
+        Durable {
+            state: DurableState::Ready(Some(Err(error))),
+        }
+    }
+}
+
+impl Future for Durable {
+    type Output = Result<(), StorageError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = match &mut self.state {
+            // Polled again after completion: repeat Ok rather than panic.
+            DurableState::Ready(result) => result.take().unwrap_or(Ok(())),
+            DurableState::Waiting(rx) => match Pin::new(rx).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // The thread drops a reply only when it is gone without answering.
+                Poll::Ready(result) => result.unwrap_or(Err(StorageError::Closed)),
+            },
+        };
+        self.state = DurableState::Ready(None);
+        Poll::Ready(result)
+    }
+}
+
+/// Wakes the writer thread when the channel has something for it.
+struct Unpark(Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+enum Received {
+    Request(Request),
+    /// The sync deadline passed first.
+    Timeout,
+    /// Every [`Writer`] is gone and the queue is empty.
+    Disconnected,
+}
+
+/// Requests taken from the queue to be written together.
+#[derive(Default)]
+struct Group {
+    ops: Vec<Op>,
+    bytes: usize,
+    requests: usize,
+    /// Per write request: its reply (`None` for detached ones).
+    writes: Vec<Option<Reply>>,
+    barriers: Vec<Reply>,
+    shutdown: Option<Reply>,
+}
+
+impl Group {
+    fn full(&self) -> bool {
+        self.requests >= MAX_GROUP_REQUESTS || self.bytes >= MAX_GROUP_BYTES
+    }
+
+    fn add(&mut self, request: Request) {
+        self.requests += 1;
+        match request {
+            Request::Write { ops, done } => {
+                self.bytes += ops.iter().map(Op::approx_size).sum::<usize>();
+                self.ops.extend(ops);
+                self.writes.push(done);
+            }
+            Request::Barrier(done) => self.barriers.push(done),
+            Request::Shutdown(done) => self.shutdown = Some(done),
+        }
+    }
+}
+
+fn reply(done: Reply, result: Result<(), StorageError>) {
+    // The submitter may have stopped waiting (dropped its Durable): nothing to tell then.
+    let _ = done.send(result);
+}
+
+struct Worker {
+    /// Released (set to `None`) before the shutdown reply, so that the caller can reopen
+    /// the store as soon as `shutdown` returns.
+    store: Option<Arc<dyn Store>>,
+    policy: SyncPolicy,
+    rx: mpsc::Receiver<Request>,
+    counters: Arc<Counters>,
+    /// [`SyncPolicy::Batched`]: waiters whose ops are written but not yet synced.
+    unsynced: Vec<Reply>,
+    /// When the oldest write not covered by a sync happened.
+    dirty_since: Option<Instant>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        loop {
+            let deadline = match (self.policy, self.dirty_since) {
+                (SyncPolicy::Batched(interval), Some(since)) => Some(since + interval),
+                _ => None,
+            };
+            let first = match self.receive(&waker, deadline) {
+                Received::Request(request) => request,
+                Received::Timeout => {
+                    // A failure already went to the waiters and the log.
+                    let _ = self.sync_now();
+                    continue;
+                }
+                Received::Disconnected => {
+                    // Every Writer was dropped without shutdown: still leave nothing unsynced.
+                    let _ = self.finish();
+                    return;
+                }
+            };
+            let mut group = Group::default();
+            group.add(first);
+            // Stop at a shutdown request: what comes after it is refused, not written.
+            while !group.full() && group.shutdown.is_none() {
+                match self.rx.try_recv() {
+                    Ok(request) => group.add(request),
+                    Err(_) => break,
+                }
+            }
+            let shutdown = group.shutdown.take();
+            self.write_group(group);
+            if let Some(done) = shutdown {
+                self.shut_down(done);
+                return;
+            }
+            // Under steady load the queue never runs dry and `receive` never times out:
+            // honour the sync interval here too.
+            if let (SyncPolicy::Batched(interval), Some(since)) = (self.policy, self.dirty_since) {
+                if since.elapsed() >= interval {
+                    let _ = self.sync_now();
+                }
+            }
+        }
+    }
+
+    /// Waits for the next request, until `deadline` if any.
+    fn receive(&mut self, waker: &Waker, deadline: Option<Instant>) -> Received {
+        let mut cx = Context::from_waker(waker);
+        loop {
+            match self.rx.poll_recv(&mut cx) {
+                Poll::Ready(Some(request)) => return Received::Request(request),
+                Poll::Ready(None) => return Received::Disconnected,
+                Poll::Pending => {}
+            }
+            // Spurious wake-ups just go round the loop again.
+            match deadline {
+                None => std::thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Received::Timeout;
+                    }
+                    std::thread::park_timeout(deadline - now);
+                }
+            }
+        }
+    }
+
+    fn write_group(&mut self, group: Group) {
+        let Group {
+            ops,
+            writes,
+            barriers,
+            ..
+        } = group;
+        let result = if ops.is_empty() {
+            Ok(())
+        } else {
+            let sync = self.policy == SyncPolicy::Always;
+            let result = match &self.store {
+                Some(store) => store.write(&ops, sync),
+                None => Err(StorageError::Closed),
+            };
+            self.counters.groups.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .requests
+                .fetch_add(writes.len() as u64, Ordering::Relaxed);
+            self.counters
+                .ops
+                .fetch_add(ops.len() as u64, Ordering::Relaxed);
+            if sync {
+                self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+            } else if result.is_ok() && self.dirty_since.is_none() {
+                self.dirty_since = Some(Instant::now());
+            }
+            result
+        };
+        if let Err(e) = &result {
+            let detached = writes.iter().filter(|w| w.is_none()).count();
+            tracing::error!(
+                error = %e,
+                ops = ops.len(),
+                requests = writes.len(),
+                detached,
+                "storage group write failed"
+            );
+        }
+        let batched = matches!(self.policy, SyncPolicy::Batched(_));
+        for done in writes.into_iter().flatten() {
+            if batched && result.is_ok() {
+                self.unsynced.push(done);
+            } else {
+                reply(done, result.clone());
+            }
+        }
+        for done in barriers {
+            reply(done, result.clone());
+        }
+    }
+
+    /// Syncs the WAL and completes the waiters it covers.
+    fn sync_now(&mut self) -> Result<(), StorageError> {
+        let result = match &self.store {
+            Some(store) => store.sync(),
+            None => Err(StorageError::Closed),
+        };
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, waiters = self.unsynced.len(), "storage sync failed");
+        }
+        // After a failed fsync the state of the written data is unknown: its waiters get the
+        // error, and the next writes start a fresh interval.
+        self.dirty_since = None;
+        for done in self.unsynced.drain(..) {
+            reply(done, result.clone());
+        }
+        result
+    }
+
+    /// Final sync (if anything is unsynced) and release of the store.
+    fn finish(&mut self) -> Result<(), StorageError> {
+        let result = if self.dirty_since.is_some() || !self.unsynced.is_empty() {
+            self.sync_now()
+        } else {
+            Ok(())
+        };
+        self.store = None;
+        result
+    }
+
+    fn shut_down(&mut self, done: Reply) {
+        let result = self.finish();
+        // Refuse what was queued behind the shutdown; senders waiting for space fail too.
+        self.rx.close();
+        while let Ok(request) = self.rx.try_recv() {
+            match request {
+                Request::Write { done: Some(d), .. } | Request::Barrier(d) => {
+                    reply(d, Err(StorageError::Closed));
+                }
+                Request::Write { done: None, .. } => {
+                    tracing::warn!("storage writer shut down: detached ops dropped");
+                }
+                // A concurrent second shutdown shares the outcome of the first.
+                Request::Shutdown(d) => reply(d, result.clone()),
+            }
+        }
+        reply(done, result);
+    }
+}
