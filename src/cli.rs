@@ -18,15 +18,25 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
-#[derive(Debug, clap::Args)]
+/// Flags of `tern serve`. Each flag left out falls back to the config file, then to the
+/// built-in default (see `crate::config::Config::from_args`). No flag has a clap default
+/// value on purpose: one would always override the file.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
-    /// TOML configuration file; command-line flags override it.
+    /// TOML configuration file (tern.example.toml lists every key and its default).
+    /// Command-line flags override it. [default: none: built-in defaults only]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address to listen on for MQTT over TCP.
+    /// Address to listen on for MQTT over TCP; overrides `listen` in the config file.
+    /// [default: 127.0.0.1:1883]
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
-    /// Directory of the broker's durable state.
+    /// Directory of the broker's durable state; overrides `data_dir` in the config file.
+    /// [default: ./tern-data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Log filter, e.g. "debug" or "tern=debug,warn" (levels: trace, debug, info, warn,
+    /// error, off); overrides `log.level` in the config file. [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
 }

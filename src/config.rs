@@ -1,0 +1,770 @@
+//! The broker's configuration: what `tern serve` runs with.
+//!
+//! [`Config`] holds the listener address, the data directory, whether anonymous clients are
+//! accepted, the per-connection and per-session [`Limits`], the durability of the storage
+//! writer ([`StorageConfig`]) and logging ([`LogConfig`]). `tern.example.toml` at the root
+//! of the repository lists every key with its default and meaning.
+//!
+//! # Precedence
+//!
+//! Built-in defaults < the TOML file given with `--config` < command-line flags
+//! (`--listen`, `--data-dir`, `--log-level`). Every key of the file is optional: a key left
+//! out keeps its default. [`Config::from_args`] applies all three layers, then validates.
+//!
+//! # Errors
+//!
+//! A broker that silently ignores `max_pakcet_size = 4096` runs with a limit the operator
+//! did not choose, so mistakes stop the start instead:
+//!
+//! - an unknown key, at any level, is an error naming it (`limits.max_pakcet_size`);
+//! - a value of the wrong type or an unknown variant is an error naming the key
+//!   (`listen`, `storage.sync`), with its line and column;
+//! - a value of the right type but out of range, or inconsistent with another, is
+//!   [`ConfigError::Invalid`] with the dotted key (`limits.max_inflight`).
+
+use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use crate::cli::ServeArgs;
+
+/// Largest packet the MQTT wire format can express: a 1-byte packet type, a 4-byte
+/// Remaining Length and 268_435_455 bytes of remaining length. MQTT v5's Maximum Packet
+/// Size counts the whole packet, so this is the largest meaningful `max_packet_size`.
+pub const MAX_PACKET_SIZE_LIMIT: u32 = 268_435_460;
+
+/// Smallest accepted `max_packet_size`: below this a CONNECT with a short client id, a user
+/// name and a few properties no longer fits, and no client could connect.
+pub const MIN_PACKET_SIZE_LIMIT: u32 = 64;
+
+/// The broker's whole configuration. See the [module docs](self) for precedence and errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the MQTT-over-TCP listener. Default `127.0.0.1:1883`.
+    pub listen: SocketAddr,
+    /// Directory of the broker's durable state. Default `./tern-data`. A relative path is
+    /// relative to the working directory, not to the config file.
+    pub data_dir: PathBuf,
+    /// Accept clients that present no credentials. Default `true`, which is safe only
+    /// because the default listener is loopback-only: when `listen` is reachable from other
+    /// hosts, the operator should decide this deliberately.
+    pub allow_anonymous: bool,
+    /// Per-connection, per-session and broker-wide limits.
+    pub limits: Limits,
+    /// Durability of the storage writer.
+    pub storage: StorageConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 1883)),
+            data_dir: PathBuf::from("./tern-data"),
+            allow_anonymous: true,
+            limits: Limits::default(),
+            storage: StorageConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Limits that bound what clients can make the broker hold or do (the `[limits]` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest packet accepted from a client, fixed header included; a larger one gets a v5
+    /// DISCONNECT 0x95 (Packet too large) or, for 3.1.1, the connection closed. Default
+    /// 1 MiB; range [`MIN_PACKET_SIZE_LIMIT`]..=[`MAX_PACKET_SIZE_LIMIT`].
+    pub max_packet_size: u32,
+    /// Receive Maximum announced to v5 clients, and the cap on unacknowledged outbound
+    /// QoS>0 messages per session. Default 32; at least 1 (v5 forbids a Receive Maximum
+    /// of 0).
+    pub max_inflight: u16,
+    /// Messages queued per session beyond the in-flight window. At the limit new QoS 0
+    /// messages are dropped, and QoS>0 messages for an offline persistent session are
+    /// dropped and counted. Default 10_000; at least 1.
+    pub max_queued_messages: usize,
+    /// Bytes queued per session (same queue as `max_queued_messages`). Default 64 MiB; at
+    /// least `max_packet_size`, so one message of the largest accepted size can be queued.
+    pub max_queued_bytes: usize,
+    /// Concurrent client connections. Default 18_000; at least 1.
+    pub max_connections: usize,
+    /// Levels of a topic name or filter (`a/b/c` has 3); deeper ones are refused. Default
+    /// 32; at least 1.
+    pub max_topic_levels: usize,
+    /// Topic Alias Maximum announced to v5 clients. Default 64; 0 turns aliases off.
+    pub max_topic_aliases: u16,
+    /// Subscriptions one session may hold. Default 1_000; at least 1.
+    pub max_subscriptions_per_session: usize,
+    /// Seconds between TCP accept and the CONNECT arriving before the connection is closed.
+    /// Default 10; range 1..=3_600.
+    pub connect_timeout_secs: u64,
+    /// Upper bound on the keep alive a client may ask for; 0 (default) = no bound. A v5
+    /// client asking for more, or for 0, gets this value as Server Keep Alive. 3.1.1 cannot
+    /// tell a client a different value, so 3.1.1 clients are not bounded: they are held to
+    /// 1.5 times their own keep alive, as the protocol requires.
+    pub max_keepalive_secs: u16,
+    /// Cap on a v5 client's Session Expiry Interval; also the expiry of 3.1.1 persistent
+    /// sessions, which have none of their own. Default 7 days (604_800).
+    pub max_session_expiry_secs: u32,
+    /// Retained messages stored in total. At the limit a retained message on a new topic is
+    /// not stored (it is still delivered). Default 1_000_000.
+    pub max_retained_messages: usize,
+    /// Bound of each router-to-connection delivery channel. Default 1_024; at least 1
+    /// (a bounded channel of 0 cannot carry anything).
+    pub outbound_channel_capacity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packet_size: 1_048_576,
+            max_inflight: 32,
+            max_queued_messages: 10_000,
+            max_queued_bytes: 64 * 1_048_576,
+            max_connections: 18_000,
+            max_topic_levels: 32,
+            max_topic_aliases: 64,
+            max_subscriptions_per_session: 1_000,
+            connect_timeout_secs: 10,
+            max_keepalive_secs: 0,
+            max_session_expiry_secs: 7 * 24 * 60 * 60,
+            max_retained_messages: 1_000_000,
+            outbound_channel_capacity: 1_024,
+        }
+    }
+}
+
+/// Durability of the storage writer (the `[storage]` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// When writes are made durable. Default [`SyncMode::Always`].
+    pub sync: SyncMode,
+    /// Milliseconds between fsyncs with [`SyncMode::Batched`]; ignored otherwise. Default 5;
+    /// range 1..=10_000.
+    pub sync_interval_ms: u64,
+    /// Bound of the storage writer's request queue; when full, writers wait (backpressure
+    /// instead of unbounded memory). Default 4_096; at least 1.
+    pub writer_queue: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            sync: SyncMode::Always,
+            sync_interval_ms: 5,
+            writer_queue: 4_096,
+        }
+    }
+}
+
+/// When the storage writer makes writes durable (`storage.sync`: `"always"`, `"batched"`
+/// or `"none"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// fsync before a write is acknowledged: nothing acknowledged is lost on power failure.
+    #[default]
+    Always,
+    /// One fsync every `storage.sync_interval_ms` for all writes in between: a power
+    /// failure can lose up to that much acknowledged data.
+    Batched,
+    /// Leave flushing to the operating system: a power failure can lose recent writes.
+    None,
+}
+
+/// Logging (the `[log]` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing_subscriber::EnvFilter` directive string: `"info"`, `"tern=debug,warn"`.
+    /// Default `"info"`.
+    pub level: String,
+    /// Format of log lines. Default [`LogFormat::Text`].
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Format of log lines (`log.format`: `"text"` or `"json"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read (missing, permissions, not UTF-8).
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
+    /// `message` names the key (when there is one) and gives line and column.
+    #[error("invalid config file {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    /// A value has the right type but is out of range or inconsistent with another.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Config {
+    /// Parses and validates the TOML text of a config file; `path` is used only in errors.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config = Self::parse_toml(text, path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = read_file(path)?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Defaults, then the `--config` file if given, then the command-line overrides
+    /// (`--listen`, `--data-dir`, `--log-level`), then [`validate`](Self::validate).
+    pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
+        // Validation waits until the flags are applied: a value the command line overrides
+        // must not stop the start.
+        let mut config = match &args.config {
+            Some(path) => Self::parse_toml(&read_file(path)?, path)?,
+            None => Config::default(),
+        };
+        if let Some(listen) = args.listen {
+            config.listen = listen;
+        }
+        if let Some(data_dir) = &args.data_dir {
+            config.data_dir = data_dir.clone();
+        }
+        if let Some(level) = &args.log_level {
+            config.log.level = level.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Range and consistency checks the types cannot express. The error names the first
+    /// offending key, dotted (`limits.max_inflight`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty".to_string()));
+        }
+
+        let l = &self.limits;
+        check_range(
+            "limits.max_packet_size",
+            u64::from(l.max_packet_size),
+            u64::from(MIN_PACKET_SIZE_LIMIT),
+            u64::from(MAX_PACKET_SIZE_LIMIT),
+        )?;
+        check_min("limits.max_inflight", u64::from(l.max_inflight), 1)?;
+        check_min(
+            "limits.max_queued_messages",
+            to_u64(l.max_queued_messages),
+            1,
+        )?;
+        if to_u64(l.max_queued_bytes) < u64::from(l.max_packet_size) {
+            return Err(invalid(
+                "limits.max_queued_bytes",
+                format!(
+                    "{} is less than limits.max_packet_size ({}): a message of the largest \
+                     accepted size could never be queued",
+                    l.max_queued_bytes, l.max_packet_size
+                ),
+            ));
+        }
+        check_min("limits.max_connections", to_u64(l.max_connections), 1)?;
+        check_min("limits.max_topic_levels", to_u64(l.max_topic_levels), 1)?;
+        check_min(
+            "limits.max_subscriptions_per_session",
+            to_u64(l.max_subscriptions_per_session),
+            1,
+        )?;
+        // Bounded above as well: a timeout of hours only keeps idle sockets around, and
+        // huge values would overflow `Instant + Duration` arithmetic in the connection task.
+        check_range(
+            "limits.connect_timeout_secs",
+            l.connect_timeout_secs,
+            1,
+            3_600,
+        )?;
+        // A bounded channel of capacity 0 cannot carry anything (tokio panics on it).
+        check_min(
+            "limits.outbound_channel_capacity",
+            to_u64(l.outbound_channel_capacity),
+            1,
+        )?;
+
+        let s = &self.storage;
+        check_range("storage.sync_interval_ms", s.sync_interval_ms, 1, 10_000)?;
+        check_min("storage.writer_queue", to_u64(s.writer_queue), 1)?;
+
+        validate_log_level(&self.log.level)?;
+        Ok(())
+    }
+
+    /// Parses without validating, so [`from_args`](Self::from_args) can apply overrides
+    /// first.
+    fn parse_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: describe_toml_error(text, &err),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn invalid(key: &'static str, reason: String) -> ConfigError {
+    ConfigError::Invalid { key, reason }
+}
+
+/// `usize` is at most 64 bits on every target Rust supports; saturate rather than unwrap.
+fn to_u64(value: usize) -> u64 {
+    u64::try_from(value).unwrap_or(u64::MAX)
+}
+
+fn check_min(key: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(invalid(
+            key,
+            format!("{value} is below the minimum of {min}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_range(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if !(min..=max).contains(&value) {
+        return Err(invalid(
+            key,
+            format!("{value} is out of range (must be {min} to {max})"),
+        ));
+    }
+    Ok(())
+}
+
+/// `log.level` must parse as an `EnvFilter`. On top of that, a bare word that is not a level
+/// is refused: `EnvFilter` reads `"debg"` as "the target named debg, at every level", which
+/// silently turns off all other logging, and that is almost always a typo.
+fn validate_log_level(level: &str) -> Result<(), ConfigError> {
+    const KEY: &str = "log.level";
+    if level.trim().is_empty() {
+        return Err(invalid(KEY, "must not be empty (try \"info\")".to_string()));
+    }
+    if let Err(err) = tracing_subscriber::EnvFilter::try_new(level) {
+        return Err(invalid(
+            KEY,
+            format!("{level:?} is not a valid filter: {err}"),
+        ));
+    }
+    for directive in level.split(',').map(str::trim) {
+        let bare_word = !directive.is_empty() && !directive.contains(['=', '[']);
+        if bare_word
+            && directive
+                .parse::<tracing::level_filters::LevelFilter>()
+                .is_err()
+        {
+            return Err(invalid(
+                KEY,
+                format!(
+                    "`{directive}` is not a level (trace, debug, info, warn, error, off); \
+                     to enable a module at every level write `{directive}=trace`"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One line naming the key, the position and what is wrong, e.g. "`limits.max_pakcet_size`
+/// (line 2, column 1): unknown field ...". toml's own `Display` is a multi-line snippet
+/// that names only the last key segment; the dotted path is what an operator greps for.
+fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim();
+    let Some(span) = err.span() else {
+        return message.to_string();
+    };
+    let (line, column) = line_column(text, span.start);
+    match key_path_at(text, span.start) {
+        Some(key) => format!("`{key}` (line {line}, column {column}): {message}"),
+        None => format!("line {line}, column {column}: {message}"),
+    }
+}
+
+/// 1-based line and column (in characters) of byte offset `pos`.
+fn line_column(text: &str, pos: usize) -> (usize, usize) {
+    let mut end = pos.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |nl| nl + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// The dotted key whose name or value covers byte offset `pos`, if the text is valid TOML
+/// (a syntax error has no key to name).
+fn key_path_at(text: &str, pos: usize) -> Option<String> {
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let mut path = Vec::new();
+    find_key(root.get_ref(), pos, &mut path).then(|| path.join("."))
+}
+
+fn find_key(table: &toml::de::DeTable<'_>, pos: usize, path: &mut Vec<String>) -> bool {
+    for (key, value) in table {
+        path.push(key.get_ref().to_string());
+        // Innermost first: a `[limits]` table spans its keys, and the error is about one.
+        let nested = match value.get_ref() {
+            toml::de::DeValue::Table(inner) => find_key(inner, pos, path),
+            _ => false,
+        };
+        if nested || key.span().contains(&pos) || value.span().contains(&pos) {
+            return true;
+        }
+        path.pop();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::io::Write;
+
+    const EXAMPLE: &str = include_str!("../tern.example.toml");
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("test.toml"))
+    }
+
+    fn parse_error(text: &str) -> String {
+        match parse(text) {
+            Err(err @ ConfigError::Parse { .. }) => err.to_string(),
+            other => panic!("expected a parse error for {text:?}, got {other:?}"),
+        }
+    }
+
+    fn invalid_key(text: &str) -> &'static str {
+        match parse(text) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an Invalid error for {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::default();
+        assert_eq!(c.listen, "127.0.0.1:1883".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./tern-data"));
+        assert!(c.allow_anonymous);
+        assert_eq!(c.limits.max_packet_size, 1_048_576);
+        assert_eq!(c.limits.max_inflight, 32);
+        assert_eq!(c.limits.max_queued_messages, 10_000);
+        assert_eq!(c.limits.max_queued_bytes, 67_108_864);
+        assert_eq!(c.limits.max_connections, 18_000);
+        assert_eq!(c.limits.max_topic_levels, 32);
+        assert_eq!(c.limits.max_topic_aliases, 64);
+        assert_eq!(c.limits.max_subscriptions_per_session, 1_000);
+        assert_eq!(c.limits.connect_timeout_secs, 10);
+        assert_eq!(c.limits.max_keepalive_secs, 0);
+        assert_eq!(c.limits.max_session_expiry_secs, 604_800);
+        assert_eq!(c.limits.max_retained_messages, 1_000_000);
+        assert_eq!(c.limits.outbound_channel_capacity, 1_024);
+        assert_eq!(c.storage.sync, SyncMode::Always);
+        assert_eq!(c.storage.sync_interval_ms, 5);
+        assert_eq!(c.storage.writer_queue, 4_096);
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.log.format, LogFormat::Text);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn example_file_parses_to_the_defaults() {
+        assert_eq!(parse(EXAMPLE).unwrap(), Config::default());
+    }
+
+    /// deny_unknown_fields catches a key the example has and the code lost; this catches
+    /// the reverse, a new field the example does not document.
+    #[test]
+    fn example_file_lists_every_key() {
+        fn keys(table: &toml::Table, prefix: &str, out: &mut BTreeSet<String>) {
+            for (key, value) in table {
+                let dotted = format!("{prefix}{key}");
+                match value {
+                    toml::Value::Table(inner) => keys(inner, &format!("{dotted}."), out),
+                    _ => {
+                        out.insert(dotted);
+                    }
+                }
+            }
+        }
+        let mut documented = BTreeSet::new();
+        keys(&EXAMPLE.parse().unwrap(), "", &mut documented);
+        let mut all = BTreeSet::new();
+        keys(
+            &toml::Table::try_from(Config::default()).unwrap(),
+            "",
+            &mut all,
+        );
+        assert_eq!(documented, all);
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let c = parse("listen = \"0.0.0.0:1884\"\n[storage]\nsync = \"batched\"\n").unwrap();
+        assert_eq!(c.listen, "0.0.0.0:1884".parse().unwrap());
+        assert_eq!(c.storage.sync, SyncMode::Batched);
+        assert_eq!(c.storage.sync_interval_ms, 5);
+        assert_eq!(c.limits, Limits::default());
+        let c = parse("[log]\nformat = \"json\"\nlevel = \"tern=debug,warn\"\n").unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, "tern=debug,warn");
+        assert_eq!(
+            parse("storage.sync = \"none\"").unwrap().storage.sync,
+            SyncMode::None
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_named() {
+        let msg = parse_error("listen = \"127.0.0.1:1883\"\nlisten_port = 1884\n");
+        assert!(msg.contains("`listen_port`"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(msg.contains("test.toml"), "{msg}");
+        let msg = parse_error("[limit]\nmax_inflight = 5\n");
+        assert!(msg.contains("`limit`"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_nested_key_is_named_with_its_table() {
+        let msg = parse_error("[limits]\nmax_pakcet_size = 1\n");
+        assert!(msg.contains("`limits.max_pakcet_size`"), "{msg}");
+        assert!(msg.contains("line 2, column 1"), "{msg}");
+        let msg = parse_error("log.colour = true\n");
+        assert!(msg.contains("`log.colour`"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let msg = parse_error("listen = 5\n");
+        assert!(msg.contains("`listen`"), "{msg}");
+        let msg = parse_error("[storage]\nsync = \"sometimes\"\n");
+        assert!(msg.contains("`storage.sync`"), "{msg}");
+        assert!(msg.contains("sometimes"), "{msg}");
+        let msg = parse_error("[limits]\nmax_inflight = 70000\n");
+        assert!(msg.contains("`limits.max_inflight`"), "{msg}");
+        let msg = parse_error("listen = \"localhost\"\n");
+        assert!(msg.contains("`listen`"), "{msg}");
+        let msg = parse_error("limits = 3\n");
+        assert!(msg.contains("`limits`"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_gives_the_position() {
+        let msg = parse_error("listen = \n");
+        assert!(msg.contains("line 1"), "{msg}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_invalid_with_their_key() {
+        assert_eq!(
+            invalid_key("[limits]\nmax_inflight = 0"),
+            "limits.max_inflight"
+        );
+        assert_eq!(
+            invalid_key("[limits]\nmax_packet_size = 10"),
+            "limits.max_packet_size"
+        );
+        assert_eq!(
+            invalid_key("[limits]\nmax_packet_size = 268_435_461"),
+            "limits.max_packet_size"
+        );
+        assert_eq!(
+            invalid_key("[limits]\nmax_queued_messages = 0"),
+            "limits.max_queued_messages"
+        );
+        assert_eq!(
+            invalid_key("[limits]\nmax_queued_bytes = 1000"),
+            "limits.max_queued_bytes"
+        );
+        assert_eq!(
+            invalid_key("[limits]\nconnect_timeout_secs = 0"),
+            "limits.connect_timeout_secs"
+        );
+        assert_eq!(
+            invalid_key("[limits]\noutbound_channel_capacity = 0"),
+            "limits.outbound_channel_capacity"
+        );
+        assert_eq!(
+            invalid_key("[storage]\nsync_interval_ms = 0"),
+            "storage.sync_interval_ms"
+        );
+        assert_eq!(
+            invalid_key("[storage]\nsync_interval_ms = 10_001"),
+            "storage.sync_interval_ms"
+        );
+        assert_eq!(
+            invalid_key("[storage]\nwriter_queue = 0"),
+            "storage.writer_queue"
+        );
+        assert_eq!(invalid_key("data_dir = \"\""), "data_dir");
+        let err = parse("[limits]\nmax_inflight = 0").unwrap_err().to_string();
+        assert!(err.contains("`limits.max_inflight`"), "{err}");
+    }
+
+    #[test]
+    fn edges_of_ranges_are_accepted() {
+        parse("[limits]\nmax_packet_size = 64\nmax_inflight = 1\nmax_queued_bytes = 64").unwrap();
+        parse("[limits]\nmax_packet_size = 268_435_460\nmax_queued_bytes = 268_435_460").unwrap();
+        parse("[storage]\nsync_interval_ms = 10_000").unwrap();
+        parse("[limits]\nmax_topic_aliases = 0\nmax_retained_messages = 0").unwrap();
+    }
+
+    #[test]
+    fn log_level_is_checked() {
+        assert_eq!(invalid_key("[log]\nlevel = \"\""), "log.level");
+        assert_eq!(invalid_key("[log]\nlevel = \"debg\""), "log.level");
+        assert_eq!(invalid_key("[log]\nlevel = \"tern=loud\""), "log.level");
+        for ok in [
+            "warn",
+            "tern=debug,warn",
+            "tern::router=trace",
+            "off",
+            "DEBUG",
+        ] {
+            parse(&format!("[log]\nlevel = {ok:?}")).unwrap();
+        }
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.toml");
+        match Config::load(&path) {
+            Err(ConfigError::Read { path: p, source }) => {
+                assert_eq!(p, path);
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("expected a read error, got {other:?}"),
+        }
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("absent.toml"), "{err}");
+    }
+
+    fn config_file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn load_reads_the_file() {
+        let file = config_file("allow_anonymous = false\n");
+        assert!(!Config::load(file.path()).unwrap().allow_anonymous);
+    }
+
+    #[test]
+    fn from_args_without_a_file_is_the_defaults() {
+        assert_eq!(
+            Config::from_args(&ServeArgs::default()).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn command_line_beats_the_file() {
+        let file = config_file(
+            "listen = \"0.0.0.0:1884\"\ndata_dir = \"/from/file\"\n\
+             [log]\nlevel = \"debug\"\n[limits]\nmax_inflight = 7\n",
+        );
+        let args = ServeArgs {
+            config: Some(file.path().to_path_buf()),
+            listen: Some("127.0.0.1:2883".parse().unwrap()),
+            data_dir: Some(PathBuf::from("/from/cli")),
+            log_level: Some("warn".to_string()),
+        };
+        let c = Config::from_args(&args).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2883".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/from/cli"));
+        assert_eq!(c.log.level, "warn");
+        // Keys without a flag still come from the file.
+        assert_eq!(c.limits.max_inflight, 7);
+
+        // Without flags, the file wins over the defaults.
+        let args = ServeArgs {
+            config: Some(file.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        let c = Config::from_args(&args).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:1884".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.log.level, "debug");
+    }
+
+    #[test]
+    fn command_line_values_are_validated_and_can_fix_the_file() {
+        let args = ServeArgs {
+            log_level: Some("lod".to_string()),
+            ..ServeArgs::default()
+        };
+        match Config::from_args(&args) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "log.level"),
+            other => panic!("expected an Invalid error, got {other:?}"),
+        }
+        // Validation runs after the overrides: a bad file value the flag replaces is fine.
+        let file = config_file("[log]\nlevel = \"lod\"\n");
+        let args = ServeArgs {
+            config: Some(file.path().to_path_buf()),
+            log_level: Some("info".to_string()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(Config::from_args(&args).unwrap().log.level, "info");
+    }
+
+    #[test]
+    fn from_args_reports_a_missing_file() {
+        let args = ServeArgs {
+            config: Some(PathBuf::from("/nonexistent/tern.toml")),
+            ..ServeArgs::default()
+        };
+        match Config::from_args(&args) {
+            Err(ConfigError::Read { path, .. }) => {
+                assert_eq!(path, PathBuf::from("/nonexistent/tern.toml"))
+            }
+            other => panic!("expected a read error, got {other:?}"),
+        }
+    }
+}
