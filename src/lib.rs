@@ -1,9 +1,77 @@
 //! # tern: an MQTT broker for instant messaging
 //!
 //! The broker library behind the `tern` binary. The wire format lives in the `tern-codec`
-//! crate, durable state in `tern-storage`. The broker itself (sessions, routing, the IM layer)
-//! is built on top of them; see the issues in the tracker for what lands when.
+//! crate, durable state in `tern-storage`. Here:
 //!
-//! - [`cli`]: the command line of the `tern` binary.
+//! - [`cli`] and [`config`]: the command line and the TOML configuration.
+//! - [`server`]: the lifecycle (bind, accept, stop cleanly on a signal).
+//! - [`connection`]: drives one client socket: handshake, keepalive, I/O, backlog reading.
+//! - [`session`]: the MQTT session of a connected client as a state machine without I/O
+//!   (QoS flows, in-flight window, topic aliases).
+//! - [`router`]: the one owner of subscriptions, retained messages and session placement.
+//! - [`subscriptions`] and [`retained`]: the topic tries the router matches with.
+//! - [`message`]: the routed message and the per-subscriber delivery.
 
 pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod message;
+pub mod retained;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod subscriptions;
+
+use std::process::ExitCode;
+
+use config::{Config, LogFormat};
+
+/// `tern serve`: load the configuration, start logging, run the broker until SIGINT/SIGTERM.
+pub fn serve_command(args: &cli::ServeArgs) -> ExitCode {
+    let config = match Config::from_args(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("tern: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tern")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tern: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let server = server::Server::start(config).await?;
+        server.run(server::shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("tern: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    // The level was validated with the config; fall back to "info" rather than fail.
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: logs piped to files or tools stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match config.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -11,19 +11,12 @@ fn main() -> std::process::ExitCode {
                 "tern {}: an MQTT broker for instant messaging",
                 env!("CARGO_PKG_VERSION")
             );
-            println!("usage: tern serve [--config FILE] [--listen ADDR:PORT] [--data-dir DIR]");
+            println!(
+                "usage: tern serve [--config FILE] [--listen ADDR:PORT] [--data-dir DIR] [--log-level LEVEL]"
+            );
+            println!("       tern --help for every command");
             std::process::ExitCode::SUCCESS
         }
-        Some(Command::Serve(args)) => {
-            let listen = args
-                .listen
-                .map_or("127.0.0.1:1883".to_string(), |a| a.to_string());
-            let data = args
-                .data_dir
-                .map_or("./tern-data".into(), |d| d.display().to_string());
-            println!("tern serve (planned): MQTT 3.1.1/5.0 on {listen}, data in {data}");
-            println!("The broker core is not built yet: the codec (tern-codec) is in place.");
-            std::process::ExitCode::SUCCESS
-        }
+        Some(Command::Serve(args)) => tern::serve_command(&args),
     }
 }

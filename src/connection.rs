@@ -1,0 +1,740 @@
+//! Drives one client connection: socket I/O, the CONNECT handshake, keepalive, and the glue
+//! between the session state machine (`session.rs`), the router and storage.
+//!
+//! The task reads frames into one buffer and decodes them in place (payloads stay slices of
+//! it), feeds them to the [`Session`], and writes what the session wants sent. Deliveries
+//! come from the router over a bounded channel. For a persistent session, QoS > 0 messages
+//! also sit in its durable queue: after a reconnect, or when the channel overflowed, the
+//! connection reads them back from storage in pages ("backlog") before taking live
+//! deliveries again, so order is kept and memory stays bounded.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tern_codec::{
+    decode, ByteString, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol,
+    QoS, ReasonCode, SubAck, UnsubAck,
+};
+use tern_storage::{Op, QueueState, Writer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::message::{now_ms, Delivery, Message, SessionId};
+use crate::router::{
+    Attached, Command, ConnId, ConnectRequest, Outbound, RouterHandle, WillRequest,
+};
+use crate::session::{Close, Effect, Session, SessionParams};
+
+/// What every connection shares.
+pub struct Context {
+    pub config: Config,
+    pub router: RouterHandle,
+    pub writer: Writer,
+}
+
+/// Why a connection ended, for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed packet: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("no CONNECT within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("first packet was {0}, not CONNECT")]
+    NotConnect(&'static str),
+    #[error("CONNECT refused: {0:?}")]
+    Refused(ReasonCode),
+    #[error("closed by the broker: {} ({:?})", .0.why, .0.reason)]
+    Closed(Close),
+    #[error("the broker is stopping")]
+    RouterGone,
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl From<crate::router::RouterGone> for ConnectionError {
+    fn from(_: crate::router::RouterGone) -> Self {
+        ConnectionError::RouterGone
+    }
+}
+
+const READ_BUFFER: usize = 4 * 1024;
+/// Storage pages read per backlog refill.
+const BACKLOG_PAGE: usize = 256;
+
+/// Serves one accepted socket until it closes.
+pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
+    let peer = stream.peer_addr().ok();
+    let _ = stream.set_nodelay(true);
+    match run(stream, &ctx).await {
+        Ok(()) => tracing::debug!(?peer, "connection closed"),
+        Err(e) => tracing::debug!(?peer, "connection ended: {e}"),
+    }
+}
+
+async fn run(stream: TcpStream, ctx: &Arc<Context>) -> Result<(), ConnectionError> {
+    let (mut reader, mut writer) = stream.into_split();
+    let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
+    let max_packet = ctx.config.limits.max_packet_size as usize;
+    let timeout = Duration::from_secs(ctx.config.limits.connect_timeout_secs);
+    let connect =
+        match tokio::time::timeout(timeout, read_connect(&mut reader, &mut rbuf, max_packet)).await
+        {
+            Err(_) => return Err(ConnectionError::ConnectTimeout(timeout)),
+            Ok(Err(ConnectionError::Decode(DecodeError::UnsupportedProtocolVersion(level)))) => {
+                // The spec's answer to an unknown level is a 3.1.1-format CONNACK 0x01
+                // [MQTT-3.1.2-2]; MQTT 5 clients read the same byte as 0x84's older form.
+                let nack = ConnAck {
+                    session_present: false,
+                    code: ReasonCode::UnsupportedProtocolVersion,
+                    properties: Properties::default(),
+                };
+                let _ = write_packets(&mut writer, Protocol::V311, [Packet::ConnAck(nack)]).await;
+                return Err(DecodeError::UnsupportedProtocolVersion(level).into());
+            }
+            Ok(result) => result?,
+        };
+    Connection::handshake(connect, reader, writer, rbuf, ctx.clone())
+        .await?
+        .run()
+        .await
+}
+
+async fn read_connect(
+    reader: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    max_packet: usize,
+) -> Result<Box<Connect>, ConnectionError> {
+    loop {
+        // CONNECT carries its own protocol level; the one passed here is not used for it.
+        if let Some(packet) = decode(rbuf, Protocol::V5, max_packet)? {
+            return match packet {
+                Packet::Connect(connect) => Ok(connect),
+                other => Err(ConnectionError::NotConnect(other.name())),
+            };
+        }
+        if reader.read_buf(rbuf).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+}
+
+async fn write_packets(
+    writer: &mut OwnedWriteHalf,
+    protocol: Protocol,
+    packets: impl IntoIterator<Item = Packet>,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    for packet in packets {
+        packet
+            .encode(protocol, &mut buf)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    }
+    writer.write_all(&buf).await
+}
+
+/// Reading the durable queue of a persistent session, from `next` up to `upto`.
+struct Backlog {
+    upto: u64,
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = (u16, QoS, ReasonCode)> + Send + Sync>>;
+
+struct Connection {
+    ctx: Arc<Context>,
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    protocol: Protocol,
+    client_id: ByteString,
+    session_id: SessionId,
+    conn_id: ConnId,
+    persistent: bool,
+    session: Session,
+    keep_alive: Option<Duration>,
+    outbox: mpsc::Receiver<Outbound>,
+    close: oneshot::Receiver<ReasonCode>,
+    lagged: Arc<AtomicBool>,
+    backlog: Option<Backlog>,
+    /// One past the highest durable queue position handed to the session.
+    next_stored: u64,
+    /// Positions the previous connection sent unacknowledged: resent with DUP.
+    sent_before: HashSet<u64>,
+    acks: FuturesOrdered<AckFuture>,
+    will: Option<WillRequest>,
+    /// DISCONNECT received: the will is not published (unless 0x04 asked for it).
+    clean_exit: bool,
+    expiry_override: Option<u32>,
+}
+
+impl Connection {
+    /// Validates CONNECT, attaches the session through the router and sends CONNACK.
+    async fn handshake(
+        connect: Box<Connect>,
+        reader: OwnedReadHalf,
+        mut writer: OwnedWriteHalf,
+        rbuf: BytesMut,
+        ctx: Arc<Context>,
+    ) -> Result<Connection, ConnectionError> {
+        let limits = &ctx.config.limits;
+        let protocol = connect.protocol;
+        let props = &connect.properties;
+        let refuse = |code: ReasonCode| ConnAck {
+            session_present: false,
+            code,
+            properties: Properties::default(),
+        };
+        let refusal =
+            if connect.client_id.is_empty() && protocol == Protocol::V311 && !connect.clean_start {
+                // 3.1.1: an empty client ID needs a clean session [MQTT-3.1.3-8].
+                Some(ReasonCode::ClientIdentifierNotValid)
+            } else if !ctx.config.allow_anonymous {
+                // No user database yet: without anonymous access nobody can log in.
+                Some(ReasonCode::BadUserNameOrPassword)
+            } else if props.authentication_method.is_some() {
+                Some(ReasonCode::BadAuthenticationMethod)
+            } else {
+                None
+            };
+        if let Some(code) = refusal {
+            write_packets(&mut writer, protocol, [Packet::ConnAck(refuse(code))]).await?;
+            return Err(ConnectionError::Refused(code));
+        }
+
+        let mut connack_props = Properties::default();
+        let client_id = if connect.client_id.is_empty() {
+            let id = ByteString::from(format!("tern-{:016x}", rand_id()));
+            if protocol == Protocol::V5 {
+                connack_props.assigned_client_identifier = Some(id.clone());
+            }
+            id
+        } else {
+            connect.client_id.clone()
+        };
+        let expiry_secs = match protocol {
+            Protocol::V5 => {
+                let asked = props.session_expiry_interval.unwrap_or(0);
+                let granted = asked.min(limits.max_session_expiry_secs);
+                if granted != asked {
+                    connack_props.session_expiry_interval = Some(granted);
+                }
+                granted
+            }
+            Protocol::V311 if connect.clean_start => 0,
+            Protocol::V311 => limits.max_session_expiry_secs,
+        };
+        let mut keep_alive = connect.keep_alive;
+        if limits.max_keepalive_secs > 0
+            && protocol == Protocol::V5
+            && (keep_alive == 0 || keep_alive > limits.max_keepalive_secs)
+        {
+            keep_alive = limits.max_keepalive_secs;
+            connack_props.server_keep_alive = Some(keep_alive);
+        }
+
+        let (outbox_tx, outbox) = mpsc::channel(limits.outbound_channel_capacity);
+        let (close_tx, close) = oneshot::channel();
+        let lagged = Arc::new(AtomicBool::new(false));
+        let attached: Attached = ctx
+            .router
+            .call(|reply| Command::Connect {
+                request: ConnectRequest {
+                    client_id: client_id.clone(),
+                    clean_start: connect.clean_start,
+                    expiry_secs,
+                    protocol,
+                    outbox: outbox_tx,
+                    close: close_tx,
+                    lagged: lagged.clone(),
+                },
+                reply,
+            })
+            .await?;
+        let persistent = expiry_secs > 0 || attached.backlog_upto.is_some();
+
+        let params = SessionParams {
+            protocol,
+            id: attached.session,
+            receive_maximum_in: limits.max_inflight,
+            topic_alias_maximum_in: limits.max_topic_aliases,
+            receive_maximum_out: props
+                .receive_maximum
+                .unwrap_or(u16::MAX)
+                .min(limits.max_inflight),
+            max_packet_size_out: props.maximum_packet_size.unwrap_or(u32::MAX),
+            topic_alias_maximum_out: props.topic_alias_maximum.unwrap_or(0),
+            max_queued_messages: limits.max_queued_messages,
+            max_queued_bytes: limits.max_queued_bytes,
+            max_topic_levels: limits.max_topic_levels,
+            expiry_was_zero: props.session_expiry_interval.unwrap_or(0) == 0,
+        };
+        let mut session = Session::new(params);
+        if attached.session_present && persistent {
+            ctx.writer
+                .barrier()
+                .await
+                .map_err(|e| ConnectionError::Storage(e.to_string()))?;
+            let store = ctx.writer.store().clone();
+            let id = client_id.to_string();
+            let ids = tokio::task::spawn_blocking(move || store.inbound_qos2(&id))
+                .await
+                .map_err(|e| ConnectionError::Storage(e.to_string()))?
+                .map_err(|e| ConnectionError::Storage(e.to_string()))?;
+            session.restore_inbound_qos2(ids);
+        }
+
+        if protocol == Protocol::V5 {
+            connack_props.receive_maximum = Some(limits.max_inflight);
+            connack_props.maximum_packet_size = Some(limits.max_packet_size);
+            connack_props.topic_alias_maximum = Some(limits.max_topic_aliases);
+        }
+        let connack = ConnAck {
+            session_present: attached.session_present,
+            code: ReasonCode::Success,
+            properties: connack_props,
+        };
+        let will = connect.will.as_ref().map(|will| {
+            let mut properties = will.properties.clone();
+            let delay_secs = properties.will_delay_interval.take().unwrap_or(0);
+            let expiry = properties.message_expiry_interval.take();
+            let message = Message {
+                topic: will.topic.clone(),
+                payload: will.payload.clone(),
+                qos: will.qos,
+                retain: will.retain,
+                properties,
+                expires_at_ms: expiry.map(|secs| now_ms().saturating_add(u64::from(secs) * 1000)),
+                origin: Some(attached.session),
+            };
+            WillRequest {
+                message: Arc::new(message),
+                delay_secs,
+            }
+        });
+        tracing::debug!(
+            client_id = %client_id,
+            ?protocol,
+            session_present = attached.session_present,
+            persistent,
+            "client connected"
+        );
+        let mut connection = Connection {
+            ctx: ctx.clone(),
+            reader,
+            writer,
+            rbuf,
+            wbuf: BytesMut::with_capacity(READ_BUFFER),
+            protocol,
+            client_id,
+            session_id: attached.session,
+            conn_id: attached.conn,
+            persistent,
+            session,
+            keep_alive: (keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            outbox,
+            close,
+            lagged,
+            backlog: attached.backlog_upto.map(|upto| Backlog { upto }),
+            next_stored: 0,
+            sent_before: attached.sent.into_iter().collect(),
+            acks: FuturesOrdered::new(),
+            will,
+            clean_exit: false,
+            expiry_override: None,
+        };
+        connection.queue_packet(Packet::ConnAck(connack));
+        Ok(connection)
+    }
+
+    fn queue_packet(&mut self, packet: Packet) {
+        if let Err(e) = packet.encode(self.protocol, &mut self.wbuf) {
+            tracing::warn!(client_id = %self.client_id, "cannot encode {}: {e}", packet.name());
+        }
+    }
+
+    async fn run(mut self) -> Result<(), ConnectionError> {
+        let result = self.serve().await;
+        // Whatever ended the connection, the router learns of it, with the will unless the
+        // client said goodbye properly.
+        let will = if self.clean_exit {
+            None
+        } else {
+            self.will.take()
+        };
+        let _ = self
+            .ctx
+            .router
+            .send(Command::Disconnected {
+                session: self.session_id,
+                conn: self.conn_id,
+                will,
+                expiry_secs: self.expiry_override,
+                sent: self.session.in_flight_seqs(),
+            })
+            .await;
+        result
+    }
+
+    async fn serve(&mut self) -> Result<(), ConnectionError> {
+        let mut last_read = Instant::now();
+        loop {
+            self.process_effects().await?;
+            self.flush().await?;
+            if self.backlog.is_some() && self.session.queued() < BACKLOG_PAGE {
+                self.refill_backlog().await?;
+                continue;
+            }
+            if self.backlog.is_none()
+                && self.lagged.load(Ordering::Acquire)
+                && self.outbox.is_empty()
+            {
+                self.resync().await?;
+                continue;
+            }
+            let deadline = self.keep_alive.map(|k| last_read + k);
+            let take_live = self.backlog.is_none() && self.session.has_room();
+            tokio::select! {
+                reason = &mut self.close => {
+                    let reason = reason.unwrap_or(ReasonCode::ServerShuttingDown);
+                    self.server_disconnect(reason, "").await;
+                    return Ok(());
+                }
+                read = self.reader.read_buf(&mut self.rbuf) => {
+                    if read? == 0 {
+                        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                    }
+                    last_read = Instant::now();
+                    if self.handle_input().await? {
+                        self.process_effects().await?;
+                        self.flush().await?;
+                        return Ok(());
+                    }
+                }
+                Some(outbound) = self.outbox.recv(), if take_live => {
+                    let Outbound::Deliver(delivery) = outbound;
+                    self.deliver_live(delivery);
+                    // Take whatever else is waiting in one go: fewer wakeups, larger writes.
+                    while self.session.has_room() {
+                        match self.outbox.try_recv() {
+                            Ok(Outbound::Deliver(d)) => self.deliver_live(d),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some((packet_id, qos, reason)) = self.acks.next(), if !self.acks.is_empty() => {
+                    self.session.publish_done(packet_id, qos, reason);
+                }
+                _ = sleep_until_opt(deadline) => {
+                    self.server_disconnect(ReasonCode::KeepAliveTimeout, "keepalive timeout").await;
+                    return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
+                }
+            }
+        }
+    }
+
+    /// Decodes every whole frame in the read buffer. Returns true once the client said
+    /// DISCONNECT.
+    async fn handle_input(&mut self) -> Result<bool, ConnectionError> {
+        let max = self.ctx.config.limits.max_packet_size as usize;
+        loop {
+            let packet = match decode(&mut self.rbuf, self.protocol, max) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => return Ok(false),
+                Err(e) => {
+                    self.server_disconnect(e.reason_code(), "malformed packet")
+                        .await;
+                    return Err(e.into());
+                }
+            };
+            let is_disconnect = matches!(packet, Packet::Disconnect(_));
+            if let Err(close) = self.session.handle_packet(packet, now_ms()) {
+                self.server_disconnect(close.reason, close.why).await;
+                return Err(ConnectionError::Closed(close));
+            }
+            if is_disconnect {
+                // Nothing after DISCONNECT counts [MQTT-3.14.4-1].
+                return Ok(true);
+            }
+        }
+    }
+
+    fn deliver_live(&mut self, mut delivery: Delivery) {
+        if let Some(seq) = delivery.seq {
+            if seq < self.next_stored {
+                // Already read from storage while catching up.
+                return;
+            }
+            if self.lagged.load(Ordering::Acquire) {
+                // Behind: it is in storage and comes back in order with the resync.
+                return;
+            }
+            self.next_stored = seq + 1;
+            delivery.dup = self.sent_before.remove(&seq);
+        }
+        let stored = delivery.seq;
+        if self.session.deliver(delivery, now_ms()).is_err() {
+            match stored {
+                Some(seq) => {
+                    // In storage: read it back once the queue has room.
+                    self.next_stored = seq;
+                    self.lagged.store(true, Ordering::Release);
+                }
+                None => self.session.dropped += 1,
+            }
+        }
+    }
+
+    async fn refill_backlog(&mut self) -> Result<(), ConnectionError> {
+        let Some(backlog) = &self.backlog else {
+            return Ok(());
+        };
+        let upto = backlog.upto;
+        self.ctx
+            .writer
+            .barrier()
+            .await
+            .map_err(|e| ConnectionError::Storage(e.to_string()))?;
+        let store = self.ctx.writer.store().clone();
+        let id = self.client_id.to_string();
+        let from = self.next_stored;
+        let page = tokio::task::spawn_blocking(move || store.queue(&id, from, BACKLOG_PAGE))
+            .await
+            .map_err(|e| ConnectionError::Storage(e.to_string()))?
+            .map_err(|e| ConnectionError::Storage(e.to_string()))?;
+        let complete = page.len() < BACKLOG_PAGE;
+        for (seq, queued) in page {
+            if seq >= upto {
+                self.backlog = None;
+                break;
+            }
+            self.next_stored = seq + 1;
+            match Delivery::from_queued(seq, queued) {
+                Ok(mut delivery) => {
+                    delivery.dup = self.sent_before.remove(&seq);
+                    if self.session.deliver(delivery, now_ms()).is_err() {
+                        // Cannot happen while pages are smaller than the queue's room; if
+                        // it does, read this entry again next time.
+                        self.next_stored = seq;
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(client_id = %self.client_id, seq, "skipping damaged queued message: {e}");
+                    self.dequeue(seq).await;
+                }
+            }
+        }
+        if complete || self.next_stored >= upto {
+            self.backlog = None;
+            self.next_stored = self.next_stored.max(upto);
+        }
+        Ok(())
+    }
+
+    async fn resync(&mut self) -> Result<(), ConnectionError> {
+        let (session, conn) = (self.session_id, self.conn_id);
+        let upto = self
+            .ctx
+            .router
+            .call(|reply| Command::Resync {
+                session,
+                conn,
+                reply,
+            })
+            .await?;
+        self.backlog = Some(Backlog { upto });
+        Ok(())
+    }
+
+    async fn dequeue(&self, seq: u64) {
+        if self.persistent {
+            let op = Op::Dequeue {
+                client_id: self.client_id.to_string(),
+                seq,
+            };
+            self.ctx.writer.submit_detached(vec![op]).await;
+        }
+    }
+
+    async fn process_effects(&mut self) -> Result<(), ConnectionError> {
+        let mut ops = Vec::new();
+        while let Some(effect) = self.session.poll_effect() {
+            match effect {
+                Effect::Publish { message, ack } => self.publish(message, ack).await?,
+                Effect::Subscribe(subscribe) => {
+                    let packet_id = subscribe.packet_id;
+                    let session = self.session_id;
+                    let reply = self
+                        .ctx
+                        .router
+                        .call(|reply| Command::Subscribe {
+                            session,
+                            subscribe,
+                            reply,
+                        })
+                        .await?;
+                    self.queue_packet(Packet::SubAck(SubAck {
+                        packet_id,
+                        properties: Properties::default(),
+                        reasons: reply.reasons,
+                    }));
+                    for delivery in reply.retained {
+                        // Retained messages beyond the queue bound are not sent.
+                        let _ = self.session.deliver(delivery, now_ms());
+                    }
+                }
+                Effect::Unsubscribe(unsubscribe) => {
+                    let packet_id = unsubscribe.packet_id;
+                    let session = self.session_id;
+                    let reasons = self
+                        .ctx
+                        .router
+                        .call(|reply| Command::Unsubscribe {
+                            session,
+                            unsubscribe,
+                            reply,
+                        })
+                        .await?;
+                    self.queue_packet(Packet::UnsubAck(UnsubAck {
+                        packet_id,
+                        properties: Properties::default(),
+                        reasons,
+                    }));
+                }
+                Effect::Dequeue(seq) if self.persistent => ops.push(Op::Dequeue {
+                    client_id: self.client_id.to_string(),
+                    seq,
+                }),
+                Effect::Released(seq) if self.persistent => ops.push(Op::SetQueueState {
+                    client_id: self.client_id.to_string(),
+                    seq,
+                    state: QueueState::Released,
+                }),
+                Effect::InboundQos2Released(packet_id) if self.persistent => {
+                    ops.push(Op::DeleteInboundQos2 {
+                        client_id: self.client_id.to_string(),
+                        packet_id,
+                    })
+                }
+                Effect::Dequeue(_) | Effect::Released(_) | Effect::InboundQos2Released(_) => {}
+                Effect::Disconnect {
+                    publish_will,
+                    session_expiry,
+                } => {
+                    self.clean_exit = !publish_will;
+                    self.expiry_override = session_expiry;
+                }
+            }
+        }
+        while let Some(packet) = self.session.poll_transmit() {
+            self.queue_packet(packet);
+        }
+        if !ops.is_empty() {
+            self.ctx.writer.submit_detached(ops).await;
+        }
+        Ok(())
+    }
+
+    async fn publish(
+        &mut self,
+        message: Arc<Message>,
+        ack: Option<(u16, QoS)>,
+    ) -> Result<(), ConnectionError> {
+        let Some((packet_id, qos)) = ack else {
+            self.ctx
+                .router
+                .send(Command::Publish {
+                    from: self.session_id,
+                    message,
+                    inbound_qos2: None,
+                    reply: None,
+                })
+                .await?;
+            return Ok(());
+        };
+        let inbound_qos2 = (self.persistent && qos == QoS::ExactlyOnce)
+            .then(|| (self.client_id.clone(), packet_id));
+        let (reply, routed) = oneshot::channel();
+        self.ctx
+            .router
+            .send(Command::Publish {
+                from: self.session_id,
+                message,
+                inbound_qos2,
+                reply: Some(reply),
+            })
+            .await?;
+        // Acknowledge in order, once routed and durable; meanwhile keep reading.
+        self.acks.push_back(Box::pin(async move {
+            let reason = match routed.await {
+                Err(_) => ReasonCode::ServerUnavailable,
+                Ok(routed) => match routed.durable.await {
+                    Err(e) => {
+                        tracing::error!("durable write failed, publish refused: {e}");
+                        ReasonCode::ImplementationSpecificError
+                    }
+                    Ok(()) if routed.matched => ReasonCode::Success,
+                    Ok(()) => ReasonCode::NoMatchingSubscribers,
+                },
+            };
+            (packet_id, qos, reason)
+        }));
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ConnectionError> {
+        while let Some(packet) = self.session.poll_transmit() {
+            self.queue_packet(packet);
+        }
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        self.writer.write_all(&self.wbuf).await?;
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    /// A server-side close: DISCONNECT with the reason (v5 only), then the socket closes.
+    async fn server_disconnect(&mut self, reason: ReasonCode, why: &str) {
+        if self.protocol == Protocol::V5 {
+            let mut disconnect = Disconnect::new(reason);
+            if !why.is_empty() {
+                disconnect.properties.reason_string = Some(ByteString::from(why));
+            }
+            self.queue_packet(Packet::Disconnect(disconnect));
+        }
+        let _ = self.flush().await;
+        let _ = self.writer.shutdown().await;
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A random-enough suffix for assigned client IDs (unique per process and time).
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u64(now_ms());
+    h.finish()
+}

@@ -1,0 +1,172 @@
+//! The application message as the broker routes it, apart from any one connection.
+//!
+//! A PUBLISH from a client becomes one [`Message`], shared (`Arc`) by every subscriber it is
+//! delivered to; each subscriber gets a [`Delivery`] that adds what differs per subscriber
+//! (granted QoS, retain flag, subscription identifiers, its position in a durable queue).
+//! Expiry is kept as an absolute deadline so that the remaining lifetime can be sent and an
+//! expired message is never delivered, wherever it waited.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tern_codec::{ByteString, Properties, PropertyContext, Publish, QoS};
+use tern_storage::{QueueState, QueuedMessage, StoredMessage};
+
+/// Which session a message came from, for v5's No Local option.
+pub type SessionId = u64;
+
+/// One application message, immutable once routed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// The properties forwarded to subscribers: payload format, content type, response topic,
+    /// correlation data and user properties. Never alias, expiry or subscription identifiers:
+    /// those are per hop and are rebuilt on delivery.
+    pub properties: Properties,
+    /// Unix milliseconds after which the message must not be delivered.
+    pub expires_at_ms: Option<u64>,
+    /// The publishing session, when it came from a client (not from storage).
+    pub origin: Option<SessionId>,
+}
+
+impl Message {
+    /// Builds the routed message from a client's PUBLISH (topic already alias-resolved).
+    pub fn from_publish(publish: &Publish, topic: ByteString, origin: SessionId) -> Message {
+        let p = &publish.properties;
+        let properties = Properties {
+            payload_format_indicator: p.payload_format_indicator,
+            content_type: p.content_type.clone(),
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p.user_properties.clone(),
+            ..Properties::default()
+        };
+        Message {
+            topic,
+            payload: publish.payload.clone(),
+            qos: publish.qos,
+            retain: publish.retain,
+            properties,
+            expires_at_ms: p
+                .message_expiry_interval
+                .map(|secs| now_ms().saturating_add(u64::from(secs) * 1000)),
+            origin: Some(origin),
+        }
+    }
+
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+
+    /// Whole seconds left to live, rounded up, for the Message Expiry Interval sent onwards.
+    pub fn remaining_secs(&self, now_ms: u64) -> Option<u32> {
+        self.expires_at_ms.map(|at| {
+            let left = at.saturating_sub(now_ms).div_ceil(1000);
+            u32::try_from(left).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// Bytes a queued copy accounts for against a session's queue limit.
+    pub fn cost(&self) -> usize {
+        self.topic.len() + self.payload.len() + 64
+    }
+
+    pub fn to_stored(&self) -> StoredMessage {
+        let mut properties = BytesMut::new();
+        // Only forwardable properties are kept, and they came from a decoded packet, so they
+        // always encode; an empty block is the safe fallback if that ever changed.
+        if self.properties.write_block(&mut properties).is_err() {
+            properties.clear();
+        }
+        StoredMessage {
+            topic: self.topic.to_string(),
+            payload: self.payload.clone(),
+            qos: self.qos.as_u8(),
+            retain: self.retain,
+            properties: properties.freeze(),
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+
+    /// Rebuilds a message read back from storage. Fails (with what is wrong) only if the
+    /// stored record is damaged.
+    pub fn from_stored(stored: StoredMessage) -> Result<Message, String> {
+        let qos = QoS::from_u8(stored.qos).map_err(|e| format!("stored QoS: {e}"))?;
+        let properties = if stored.properties.is_empty() {
+            Properties::default()
+        } else {
+            Properties::read_block(&stored.properties, PropertyContext::Publish)
+                .map_err(|e| format!("stored properties: {e}"))?
+        };
+        Ok(Message {
+            topic: ByteString::from(stored.topic),
+            payload: stored.payload,
+            qos,
+            retain: stored.retain,
+            properties,
+            expires_at_ms: stored.expires_at_ms,
+            origin: None,
+        })
+    }
+}
+
+/// A message on its way to one subscriber.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// The RETAIN flag as sent: set for retained messages sent on subscribe, and on live
+    /// messages only with v5's Retain As Published.
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    /// Position in the session's durable queue, for persistent sessions and QoS > 0.
+    pub seq: Option<u64>,
+    /// Sent before (redelivery after reconnect): the DUP flag is set.
+    pub dup: bool,
+    /// A QoS 2 message whose PUBREC was received before a restart: only PUBREL is resent.
+    pub released: bool,
+}
+
+impl Delivery {
+    pub fn to_queued(&self) -> QueuedMessage {
+        let mut message = self.message.to_stored();
+        // Stored per subscriber: the granted QoS and retain flag are this delivery's.
+        message.qos = self.qos.as_u8();
+        message.retain = self.retain;
+        QueuedMessage {
+            message,
+            state: if self.released {
+                QueueState::Released
+            } else {
+                QueueState::Pending
+            },
+        }
+    }
+
+    pub fn from_queued(seq: u64, queued: QueuedMessage) -> Result<Delivery, String> {
+        let released = queued.state == QueueState::Released;
+        let message = Message::from_stored(queued.message)?;
+        Ok(Delivery {
+            qos: message.qos,
+            retain: message.retain,
+            message: Arc::new(message),
+            subscription_ids: Vec::new(),
+            seq: Some(seq),
+            // Whether it was sent before is known only to the session that sent it (see
+            // `Reattach::sent`); storage does not spend a write per delivery to record it.
+            dup: false,
+            released,
+        })
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,935 @@
+//! The router: the one owner of who is subscribed to what, of the retained messages, and of
+//! every session's place (online on a connection, or offline with a durable queue).
+//!
+//! Connections talk to it only through [`RouterHandle`] (a bounded command channel), and it
+//! answers through oneshot replies and each connection's bounded delivery channel. Keeping
+//! the interface to these few commands is deliberate: a cluster transport can later sit
+//! behind the same commands without the connections knowing.
+//!
+//! The router never waits on a connection: a full delivery channel drops QoS 0 (counted) and,
+//! for a persistent session, marks it *lagged* — its QoS > 0 messages are in its durable
+//! queue, and the connection reads them back from storage once it has caught up
+//! (`Resync`). Durable writes go to the storage writer in routing order; the router does
+//! not wait for the sync either, it hands the [`Durable`] to the publisher's connection,
+//! which acknowledges once it resolves.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_codec::{
+    ByteString, Protocol, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionOptions,
+    Unsubscribe,
+};
+use tern_storage::{
+    Durable, Op, SessionRecord, StorageError, StoredSession, StoredSubscription, Writer,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::message::{now_ms, Delivery, Message, SessionId};
+use crate::retained::RetainedTree;
+use crate::subscriptions::{Match, Subscription, SubscriptionTree};
+
+/// Identifies one connection of a session (a session outlives its connections).
+pub type ConnId = u64;
+
+/// What the router sends down a connection's delivery channel.
+#[derive(Debug)]
+pub enum Outbound {
+    Deliver(Delivery),
+}
+
+/// Limits the router enforces.
+#[derive(Debug, Clone)]
+pub struct RouterLimits {
+    pub max_topic_levels: usize,
+    pub max_subscriptions_per_session: usize,
+    pub max_queued_messages: usize,
+    pub max_retained_messages: usize,
+}
+
+/// The connection side of an attached session.
+pub struct ConnectRequest {
+    pub client_id: ByteString,
+    pub clean_start: bool,
+    /// Seconds the session outlives the connection; 0 ends it with the connection.
+    pub expiry_secs: u32,
+    pub protocol: Protocol,
+    pub outbox: mpsc::Sender<Outbound>,
+    /// Fired to end this connection: session taken over, or the broker stops.
+    pub close: oneshot::Sender<ReasonCode>,
+    /// Set by the router when it could not deliver into `outbox` and the session's QoS > 0
+    /// messages wait in storage instead.
+    pub lagged: Arc<AtomicBool>,
+}
+
+/// The router's answer to CONNECT.
+#[derive(Debug)]
+pub struct Attached {
+    pub session: SessionId,
+    pub conn: ConnId,
+    pub session_present: bool,
+    /// For a resumed persistent session: its durable queue up to (excluding) this position
+    /// is to be read from storage; live deliveries continue from there.
+    pub backlog_upto: Option<u64>,
+    /// Queue positions the previous connection had sent unacknowledged: resent with DUP.
+    pub sent: Vec<u64>,
+}
+
+/// The router's answer to a PUBLISH.
+pub struct Routed {
+    pub matched: bool,
+    /// Resolves once every durable write the message caused is synced per policy.
+    pub durable: Durable,
+}
+
+pub struct SubscribeReply {
+    pub reasons: Vec<ReasonCode>,
+    /// Retained messages to send after the SUBACK.
+    pub retained: Vec<Delivery>,
+}
+
+/// The will of a connection that ended without DISCONNECT (or with 0x04).
+pub struct WillRequest {
+    pub message: Arc<Message>,
+    pub delay_secs: u32,
+}
+
+pub enum Command {
+    Connect {
+        request: ConnectRequest,
+        reply: oneshot::Sender<Attached>,
+    },
+    Publish {
+        from: SessionId,
+        message: Arc<Message>,
+        /// (client ID, packet ID) of an inbound QoS 2 publish of a persistent session: its
+        /// "already received" marker is written in the same batch as the message.
+        inbound_qos2: Option<(ByteString, u16)>,
+        reply: Option<oneshot::Sender<Routed>>,
+    },
+    Subscribe {
+        session: SessionId,
+        subscribe: Subscribe,
+        reply: oneshot::Sender<SubscribeReply>,
+    },
+    Unsubscribe {
+        session: SessionId,
+        unsubscribe: Unsubscribe,
+        reply: oneshot::Sender<Vec<ReasonCode>>,
+    },
+    /// A lagged connection caught up: where does its storage backlog end?
+    Resync {
+        session: SessionId,
+        conn: ConnId,
+        reply: oneshot::Sender<u64>,
+    },
+    Disconnected {
+        session: SessionId,
+        conn: ConnId,
+        will: Option<WillRequest>,
+        /// A new Session Expiry Interval sent in DISCONNECT.
+        expiry_secs: Option<u32>,
+        sent: Vec<u64>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Cheap to clone; one per connection.
+#[derive(Clone)]
+pub struct RouterHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// The router is gone (the broker is stopping).
+#[derive(Debug, thiserror::Error)]
+#[error("the router has stopped")]
+pub struct RouterGone;
+
+impl RouterHandle {
+    pub async fn send(&self, command: Command) -> Result<(), RouterGone> {
+        self.tx.send(command).await.map_err(|_| RouterGone)
+    }
+
+    /// Sends a command and awaits the reply its `make` closure wires in.
+    pub async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, RouterGone> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx)).await?;
+        rx.await.map_err(|_| RouterGone)
+    }
+}
+
+struct Online {
+    id: ConnId,
+    outbox: mpsc::Sender<Outbound>,
+    close: Option<oneshot::Sender<ReasonCode>>,
+    lagged: Arc<AtomicBool>,
+}
+
+struct Slot {
+    client_id: ByteString,
+    protocol: Protocol,
+    expiry_secs: u32,
+    /// Stored in the database: subscriptions and QoS > 0 messages survive restarts.
+    persistent: bool,
+    online: Option<Online>,
+    subscriptions: BTreeMap<String, Subscription>,
+    next_seq: u64,
+    /// QoS > 0 messages queued while offline, held to `max_queued_messages`.
+    offline_queued: u64,
+    sent: Vec<u64>,
+    disconnected_at_ms: Option<u64>,
+    expires_at: Option<Instant>,
+    will: Option<(Instant, Arc<Message>)>,
+}
+
+impl Slot {
+    fn stored(&self) -> StoredSession {
+        StoredSession {
+            client_id: self.client_id.to_string(),
+            protocol_level: self.protocol.level(),
+            expiry_interval_secs: self.expiry_secs,
+            disconnected_at_ms: self.disconnected_at_ms,
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(filter, s)| StoredSubscription {
+                    filter: filter.clone(),
+                    options: s.options.to_byte(Protocol::V5),
+                    identifier: s.identifier,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Will,
+    Expiry,
+}
+
+pub struct Router {
+    limits: RouterLimits,
+    writer: Writer,
+    subscriptions: SubscriptionTree<SessionId>,
+    retained: RetainedTree<Arc<Message>>,
+    sessions: HashMap<SessionId, Slot>,
+    by_client: HashMap<ByteString, SessionId>,
+    share_cursor: HashMap<String, usize>,
+    timers: BTreeSet<(Instant, SessionId, TimerKind)>,
+    next_session: SessionId,
+    next_conn: ConnId,
+    /// Messages not delivered because a queue was full (QoS 0, or a non-persistent session).
+    pub dropped: u64,
+}
+
+impl Router {
+    /// Rebuilds the routing state from storage: retained messages and every stored session
+    /// with its subscriptions. Queued messages stay on disk.
+    pub fn load(limits: RouterLimits, writer: Writer) -> Result<Router, StorageError> {
+        let store = writer.store().clone();
+        let mut router = Router {
+            limits,
+            writer,
+            subscriptions: SubscriptionTree::new(),
+            retained: RetainedTree::new(),
+            sessions: HashMap::new(),
+            by_client: HashMap::new(),
+            share_cursor: HashMap::new(),
+            timers: BTreeSet::new(),
+            next_session: 1,
+            next_conn: 1,
+            dropped: 0,
+        };
+        for (topic, stored) in store.retained()? {
+            match Message::from_stored(stored) {
+                Ok(message) => {
+                    router.retained.insert(&topic, Arc::new(message));
+                }
+                Err(e) => tracing::warn!(%topic, "skipping damaged retained message: {e}"),
+            }
+        }
+        let now = now_ms();
+        for record in store.sessions()? {
+            router.restore_session(record, now);
+        }
+        tracing::info!(
+            retained = router.retained.len(),
+            sessions = router.sessions.len(),
+            subscriptions = router.subscriptions.len(),
+            "routing state loaded"
+        );
+        Ok(router)
+    }
+
+    fn restore_session(&mut self, record: SessionRecord, now: u64) {
+        let SessionRecord {
+            session,
+            first_seq,
+            next_seq,
+        } = record;
+        let protocol = if session.protocol_level == 5 {
+            Protocol::V5
+        } else {
+            Protocol::V311
+        };
+        let id = self.next_session;
+        self.next_session += 1;
+        let client_id = ByteString::from(session.client_id.clone());
+        // A session that was online when the broker died went offline at restart.
+        let disconnected_at_ms = session.disconnected_at_ms.unwrap_or(now);
+        let mut slot = Slot {
+            client_id: client_id.clone(),
+            protocol,
+            expiry_secs: session.expiry_interval_secs,
+            persistent: true,
+            online: None,
+            subscriptions: BTreeMap::new(),
+            next_seq,
+            offline_queued: next_seq.saturating_sub(first_seq),
+            sent: Vec::new(),
+            disconnected_at_ms: Some(disconnected_at_ms),
+            expires_at: None,
+            will: None,
+        };
+        for sub in session.subscriptions {
+            let Ok(options) = SubscriptionOptions::from_byte(Protocol::V5, sub.options) else {
+                tracing::warn!(client_id = %client_id, filter = %sub.filter, "skipping damaged subscription");
+                continue;
+            };
+            let subscription = Subscription {
+                options,
+                identifier: sub.identifier,
+            };
+            self.subscriptions
+                .subscribe(id, &sub.filter, subscription.clone());
+            slot.subscriptions.insert(sub.filter, subscription);
+        }
+        if slot.expiry_secs != u32::MAX {
+            let deadline_ms = disconnected_at_ms + u64::from(slot.expiry_secs) * 1000;
+            let left = Duration::from_millis(deadline_ms.saturating_sub(now));
+            let at = Instant::now() + left;
+            slot.expires_at = Some(at);
+            self.timers.insert((at, id, TimerKind::Expiry));
+        }
+        self.by_client.insert(client_id, id);
+        self.sessions.insert(id, slot);
+    }
+
+    /// Starts the router task. `capacity` bounds its command queue.
+    pub fn spawn(self, capacity: usize) -> (RouterHandle, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let task = tokio::spawn(self.run(rx));
+        (RouterHandle { tx }, task)
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        loop {
+            let next_timer = self.timers.first().map(|(at, _, _)| *at);
+            let command = tokio::select! {
+                command = rx.recv() => command,
+                _ = sleep_until_opt(next_timer) => {
+                    self.fire_timers().await;
+                    continue;
+                }
+            };
+            let Some(command) = command else { break };
+            match command {
+                Command::Shutdown { reply } => {
+                    self.shutdown();
+                    let _ = reply.send(());
+                    break;
+                }
+                command => self.handle(command).await,
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Connect { request, reply } => {
+                let attached = self.connect(request).await;
+                let _ = reply.send(attached);
+            }
+            Command::Publish {
+                from,
+                message,
+                inbound_qos2,
+                reply,
+            } => {
+                let mut ops = Vec::new();
+                if let Some((client_id, packet_id)) = inbound_qos2 {
+                    ops.push(Op::PutInboundQos2 {
+                        client_id: client_id.to_string(),
+                        packet_id,
+                    });
+                }
+                let _ = from;
+                let routed = self.route(&message, ops, reply.is_some()).await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(routed);
+                }
+            }
+            Command::Subscribe {
+                session,
+                subscribe,
+                reply,
+            } => {
+                let answer = self.subscribe(session, subscribe).await;
+                let _ = reply.send(answer);
+            }
+            Command::Unsubscribe {
+                session,
+                unsubscribe,
+                reply,
+            } => {
+                let answer = self.unsubscribe(session, unsubscribe).await;
+                let _ = reply.send(answer);
+            }
+            Command::Resync {
+                session,
+                conn,
+                reply,
+            } => {
+                if let Some(slot) = self.sessions.get(&session) {
+                    if let Some(online) = slot.online.as_ref().filter(|o| o.id == conn) {
+                        online.lagged.store(false, Ordering::Release);
+                    }
+                    let _ = reply.send(slot.next_seq);
+                }
+            }
+            Command::Disconnected {
+                session,
+                conn,
+                will,
+                expiry_secs,
+                sent,
+            } => {
+                self.disconnected(session, conn, will, expiry_secs, sent)
+                    .await
+            }
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    async fn connect(&mut self, request: ConnectRequest) -> Attached {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let persistent = request.expiry_secs > 0;
+        let mut ops = Vec::new();
+        let mut resumed = None;
+        if let Some(&id) = self.by_client.get(&request.client_id) {
+            if let Some(slot) = self.sessions.get_mut(&id) {
+                if let Some(mut old) = slot.online.take() {
+                    tracing::debug!(client_id = %request.client_id, "session taken over");
+                    if let Some(close) = old.close.take() {
+                        let _ = close.send(ReasonCode::SessionTakenOver);
+                    }
+                }
+                // A new connection before the will delay ends cancels the will [MQTT-3.1.3-9].
+                slot.will = None;
+            }
+            let keep =
+                !request.clean_start && self.sessions.get(&id).is_some_and(|slot| slot.persistent);
+            if keep {
+                resumed = Some(id);
+            } else {
+                self.remove_session(id, &mut ops);
+            }
+        }
+        let (id, session_present) = match resumed {
+            Some(id) => (id, true),
+            None => {
+                let id = self.next_session;
+                self.next_session += 1;
+                self.by_client.insert(request.client_id.clone(), id);
+                self.sessions.insert(
+                    id,
+                    Slot {
+                        client_id: request.client_id.clone(),
+                        protocol: request.protocol,
+                        expiry_secs: request.expiry_secs,
+                        persistent,
+                        online: None,
+                        subscriptions: BTreeMap::new(),
+                        next_seq: 0,
+                        offline_queued: 0,
+                        sent: Vec::new(),
+                        disconnected_at_ms: None,
+                        expires_at: None,
+                        will: None,
+                    },
+                );
+                (id, false)
+            }
+        };
+        let Some(slot) = self.sessions.get_mut(&id) else {
+            unreachable!("session {id} was inserted or found above")
+        };
+        let was_stored = slot.persistent;
+        slot.protocol = request.protocol;
+        slot.expiry_secs = request.expiry_secs;
+        slot.persistent = persistent || (session_present && was_stored);
+        slot.disconnected_at_ms = None;
+        slot.offline_queued = 0;
+        if let Some(at) = slot.expires_at.take() {
+            self.timers.remove(&(at, id, TimerKind::Expiry));
+        }
+        let sent = std::mem::take(&mut slot.sent);
+        slot.online = Some(Online {
+            id: conn,
+            outbox: request.outbox,
+            close: Some(request.close),
+            lagged: request.lagged,
+        });
+        if slot.persistent {
+            ops.push(Op::PutSession(slot.stored()));
+        }
+        let backlog_upto = (session_present && was_stored).then_some(slot.next_seq);
+        if !ops.is_empty() {
+            self.writer.submit_detached(ops).await;
+        }
+        Attached {
+            session: id,
+            conn,
+            session_present,
+            backlog_upto,
+            sent,
+        }
+    }
+
+    /// Ends a session: its subscriptions, its stored state, a pending will.
+    fn remove_session(&mut self, id: SessionId, ops: &mut Vec<Op>) -> Option<Arc<Message>> {
+        let slot = self.sessions.remove(&id)?;
+        if self.by_client.get(&slot.client_id) == Some(&id) {
+            self.by_client.remove(&slot.client_id);
+        }
+        for filter in slot.subscriptions.keys() {
+            self.subscriptions.unsubscribe(&id, filter);
+        }
+        if let Some(at) = slot.expires_at {
+            self.timers.remove(&(at, id, TimerKind::Expiry));
+        }
+        if slot.persistent {
+            ops.push(Op::DeleteSession {
+                client_id: slot.client_id.to_string(),
+            });
+        }
+        slot.will.map(|(at, will)| {
+            self.timers.remove(&(at, id, TimerKind::Will));
+            will
+        })
+    }
+
+    /// Routes one message and queues its durable writes (after `ops`, which go in the same
+    /// atomic batch). With `wait`, the returned [`Durable`] resolves when they are synced.
+    async fn route(&mut self, message: &Arc<Message>, mut ops: Vec<Op>, wait: bool) -> Routed {
+        let (matched, live) = self.plan(message, &mut ops);
+        // Durable writes are queued before anything is handed to a connection, so that a
+        // subscriber's acknowledgement (a Dequeue) is always applied after its Enqueue.
+        let durable = if ops.is_empty() {
+            Durable::ready()
+        } else if wait {
+            self.writer.submit(ops).await
+        } else {
+            self.writer.submit_detached(ops).await;
+            Durable::ready()
+        };
+        for (id, delivery) in live {
+            self.send_live(id, delivery);
+        }
+        Routed { matched, durable }
+    }
+
+    /// Decides where a message goes: the retained store, then every matching subscription
+    /// (durable queue entries appended to `ops`). Returns whether any subscription matched
+    /// and the deliveries for sessions that are online.
+    fn plan(
+        &mut self,
+        message: &Arc<Message>,
+        ops: &mut Vec<Op>,
+    ) -> (bool, Vec<(SessionId, Delivery)>) {
+        if message.retain {
+            self.retain(message, ops);
+        }
+        let mut targets: HashMap<SessionId, (QoS, bool, Vec<u32>)> = HashMap::new();
+        let sessions = &self.sessions;
+        let cursors = &mut self.share_cursor;
+        self.subscriptions
+            .for_each_match(&message.topic, |m| match m {
+                Match::Direct {
+                    client,
+                    subscription,
+                    ..
+                } => {
+                    if subscription.options.no_local && message.origin == Some(*client) {
+                        return;
+                    }
+                    merge_target(&mut targets, *client, subscription);
+                }
+                Match::Shared {
+                    group,
+                    filter,
+                    members,
+                } => {
+                    if let Some((client, subscription)) =
+                        pick_member(sessions, cursors, group, filter, members)
+                    {
+                        merge_target(&mut targets, *client, subscription);
+                    }
+                }
+            });
+        let matched = !targets.is_empty();
+        let mut live = Vec::with_capacity(targets.len());
+        let now = now_ms();
+        for (id, (qos, retain_as_published, ids)) in targets {
+            let Some(slot) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            let qos = qos.min(message.qos);
+            let mut delivery = Delivery {
+                message: message.clone(),
+                qos,
+                retain: message.retain && retain_as_published,
+                subscription_ids: ids,
+                seq: None,
+                dup: false,
+                released: false,
+            };
+            if slot.persistent && qos != QoS::AtMostOnce && !message.is_expired(now) {
+                if slot.online.is_none()
+                    && slot.offline_queued >= self.limits.max_queued_messages as u64
+                {
+                    self.dropped += 1;
+                    tracing::debug!(client_id = %slot.client_id, "offline queue full, message dropped");
+                    continue;
+                }
+                let seq = slot.next_seq;
+                slot.next_seq += 1;
+                if slot.online.is_none() {
+                    slot.offline_queued += 1;
+                }
+                delivery.seq = Some(seq);
+                ops.push(Op::Enqueue {
+                    client_id: slot.client_id.to_string(),
+                    seq,
+                    message: delivery.to_queued(),
+                });
+            }
+            if slot.online.is_some() {
+                live.push((id, delivery));
+            }
+        }
+        (matched, live)
+    }
+
+    fn send_live(&mut self, id: SessionId, delivery: Delivery) {
+        let Some(slot) = self.sessions.get(&id) else {
+            return;
+        };
+        let Some(online) = &slot.online else { return };
+        let stored = delivery.seq.is_some();
+        if stored && online.lagged.load(Ordering::Acquire) {
+            // The connection reads it from storage when it resyncs.
+            return;
+        }
+        match online.outbox.try_send(Outbound::Deliver(delivery)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if stored {
+                    online.lagged.store(true, Ordering::Release);
+                } else {
+                    self.dropped += 1;
+                    tracing::debug!(client_id = %slot.client_id, "delivery channel full, message dropped");
+                }
+            }
+            // The connection is closing; its Disconnected command is on its way.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn retain(&mut self, message: &Arc<Message>, ops: &mut Vec<Op>) {
+        let topic = message.topic.to_string();
+        if message.payload.is_empty() {
+            if self.retained.remove(&topic).is_some() {
+                ops.push(Op::DeleteRetained { topic });
+            }
+            return;
+        }
+        if self.retained.get(&topic).is_none()
+            && self.retained.len() >= self.limits.max_retained_messages
+        {
+            tracing::warn!(%topic, "retained store full, message not retained");
+            return;
+        }
+        let mut stored = (**message).clone();
+        stored.origin = None;
+        ops.push(Op::PutRetained {
+            topic: topic.clone(),
+            message: stored.to_stored(),
+        });
+        self.retained.insert(&topic, Arc::new(stored));
+    }
+
+    async fn subscribe(&mut self, id: SessionId, subscribe: Subscribe) -> SubscribeReply {
+        let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        let mut retained = Vec::new();
+        let identifier = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied();
+        let Some(slot) = self.sessions.get_mut(&id) else {
+            return SubscribeReply {
+                reasons: vec![ReasonCode::UnspecifiedError; subscribe.filters.len()],
+                retained,
+            };
+        };
+        let now = now_ms();
+        for (filter, options) in subscribe.filters {
+            let levels = filter.split('/').count();
+            if levels > self.limits.max_topic_levels {
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            let is_new = !slot.subscriptions.contains_key(&*filter);
+            if is_new && slot.subscriptions.len() >= self.limits.max_subscriptions_per_session {
+                reasons.push(ReasonCode::QuotaExceeded);
+                continue;
+            }
+            let subscription = Subscription {
+                options,
+                identifier,
+            };
+            self.subscriptions
+                .subscribe(id, &filter, subscription.clone());
+            slot.subscriptions.insert(filter.to_string(), subscription);
+            reasons.push(match options.qos {
+                QoS::AtMostOnce => ReasonCode::GRANTED_QOS_0,
+                QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+            });
+            let send_retained = match options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendAtSubscribeIfNew => is_new,
+                RetainHandling::DoNotSend => false,
+            };
+            // Retained messages are not sent for shared subscriptions [MQTT-3.8.4-?]: a
+            // group member is a worker, not a viewer of the topic's state.
+            if send_retained && tern_codec::topic::split_shared(&filter).is_none() {
+                self.retained.for_each_match(&filter, |_, message| {
+                    if message.is_expired(now) {
+                        return;
+                    }
+                    retained.push(Delivery {
+                        message: message.clone(),
+                        qos: options.qos.min(message.qos),
+                        retain: true,
+                        subscription_ids: identifier.into_iter().collect(),
+                        seq: None,
+                        dup: false,
+                        released: false,
+                    });
+                });
+            }
+        }
+        if slot.persistent {
+            let op = Op::PutSession(slot.stored());
+            self.writer.submit_detached(vec![op]).await;
+        }
+        SubscribeReply { reasons, retained }
+    }
+
+    async fn unsubscribe(&mut self, id: SessionId, unsubscribe: Unsubscribe) -> Vec<ReasonCode> {
+        let Some(slot) = self.sessions.get_mut(&id) else {
+            return vec![ReasonCode::UnspecifiedError; unsubscribe.filters.len()];
+        };
+        let reasons = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| {
+                self.subscriptions.unsubscribe(&id, filter);
+                if slot.subscriptions.remove(&**filter).is_some() {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NoSubscriptionExisted
+                }
+            })
+            .collect();
+        if slot.persistent {
+            let op = Op::PutSession(slot.stored());
+            self.writer.submit_detached(vec![op]).await;
+        }
+        reasons
+    }
+
+    async fn disconnected(
+        &mut self,
+        id: SessionId,
+        conn: ConnId,
+        will: Option<WillRequest>,
+        expiry_secs: Option<u32>,
+        sent: Vec<u64>,
+    ) {
+        let current = self
+            .sessions
+            .get(&id)
+            .and_then(|s| s.online.as_ref())
+            .is_some_and(|o| o.id == conn);
+        let mut ops = Vec::new();
+        if !current {
+            // A connection that was taken over: the session lives on with the new one, so
+            // only an immediate will remains to publish.
+            if let Some(will) = will.filter(|w| w.delay_secs == 0) {
+                self.route(&will.message, ops, false).await;
+            }
+            return;
+        }
+        let Some(slot) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        slot.online = None;
+        slot.sent = sent;
+        if let Some(expiry) = expiry_secs {
+            slot.expiry_secs = expiry;
+        }
+        let mut will_now = None;
+        if slot.expiry_secs == 0 {
+            let pending = self.remove_session(id, &mut ops);
+            will_now = will.map(|w| w.message).or(pending);
+        } else {
+            let now = now_ms();
+            slot.disconnected_at_ms = Some(now);
+            if slot.expiry_secs != u32::MAX {
+                let at = Instant::now() + Duration::from_secs(u64::from(slot.expiry_secs));
+                slot.expires_at = Some(at);
+                self.timers.insert((at, id, TimerKind::Expiry));
+            }
+            if let Some(will) = will {
+                // The will waits for its delay, but never past the session's end.
+                let delay = will.delay_secs.min(slot.expiry_secs);
+                if delay == 0 {
+                    will_now = Some(will.message);
+                } else {
+                    let at = Instant::now() + Duration::from_secs(u64::from(delay));
+                    slot.will = Some((at, will.message));
+                    self.timers.insert((at, id, TimerKind::Will));
+                }
+            }
+            if slot.persistent {
+                ops.push(Op::PutSession(slot.stored()));
+            }
+        }
+        match will_now {
+            Some(will) => {
+                self.route(&will, ops, false).await;
+            }
+            None if !ops.is_empty() => self.writer.submit_detached(ops).await,
+            None => {}
+        }
+    }
+
+    async fn fire_timers(&mut self) {
+        let now = Instant::now();
+        let mut ops = Vec::new();
+        while let Some(&(at, id, kind)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(slot) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            match kind {
+                TimerKind::Will => {
+                    if let Some((will_at, will)) = slot.will.take() {
+                        if will_at == at {
+                            self.route(&will, Vec::new(), false).await;
+                        } else {
+                            slot.will = Some((will_at, will));
+                        }
+                    }
+                }
+                TimerKind::Expiry => {
+                    if slot.expires_at == Some(at) && slot.online.is_none() {
+                        tracing::debug!(client_id = %slot.client_id, "session expired");
+                        if let Some(will) = self.remove_session(id, &mut ops) {
+                            self.route(&will, std::mem::take(&mut ops), false).await;
+                        }
+                    }
+                }
+            }
+        }
+        if !ops.is_empty() {
+            self.writer.submit_detached(ops).await;
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for slot in self.sessions.values_mut() {
+            if let Some(mut online) = slot.online.take() {
+                if let Some(close) = online.close.take() {
+                    let _ = close.send(ReasonCode::ServerShuttingDown);
+                }
+            }
+        }
+    }
+}
+
+fn merge_target(
+    targets: &mut HashMap<SessionId, (QoS, bool, Vec<u32>)>,
+    client: SessionId,
+    subscription: &Subscription,
+) {
+    // Overlapping subscriptions of one session: one copy with the highest QoS and every
+    // matching subscription identifier [MQTT-3.3.4-2, 3.3.4-3].
+    let entry = targets
+        .entry(client)
+        .or_insert((QoS::AtMostOnce, false, Vec::new()));
+    entry.0 = entry.0.max(subscription.options.qos);
+    entry.1 |= subscription.options.retain_as_published;
+    if let Some(id) = subscription.identifier {
+        entry.2.push(id);
+    }
+}
+
+/// One member of a shared subscription group per message, round robin, preferring members
+/// that are online (an offline member's queue would hold the message back).
+fn pick_member<'a>(
+    sessions: &HashMap<SessionId, Slot>,
+    cursors: &mut HashMap<String, usize>,
+    group: &str,
+    filter: &str,
+    members: &'a [(SessionId, Subscription)],
+) -> Option<&'a (SessionId, Subscription)> {
+    if members.is_empty() {
+        return None;
+    }
+    let cursor = cursors.entry(format!("{group}/{filter}")).or_insert(0);
+    let start = *cursor;
+    let n = members.len();
+    let online = |m: &(SessionId, Subscription)| {
+        sessions.get(&m.0).is_some_and(|slot| slot.online.is_some())
+    };
+    let pick = (0..n)
+        .map(|k| (start + k) % n)
+        .find(|&i| online(&members[i]))
+        .unwrap_or(start % n);
+    *cursor = (pick + 1) % n;
+    members.get(pick)
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

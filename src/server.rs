@@ -1,0 +1,202 @@
+//! The broker's lifecycle: open storage, rebuild the router, accept connections, and stop
+//! cleanly (stop accepting, tell every client, flush storage).
+//!
+//! [`Server::start`] binds and loads; [`Server::run`] serves until the given shutdown future
+//! resolves, which makes the whole broker easy to run inside a test on `127.0.0.1:0`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_storage::{RocksStore, Store, SyncPolicy, Writer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::config::{Config, SyncMode};
+use crate::connection::{self, Context};
+use crate::router::{Command, Router, RouterHandle, RouterLimits};
+
+/// Commands the router can have waiting: connections block (backpressure) beyond it.
+const ROUTER_QUEUE: usize = 4096;
+/// How long connections get to finish once the broker stops.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("storage: {0}")]
+    Storage(#[from] tern_storage::StorageError),
+}
+
+pub struct Server {
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    router_task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the data directory, loads the routing state and binds the listener.
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || RocksStore::open(&dir))
+            .await
+            .map_err(|e| tern_storage::StorageError::Corrupt {
+                what: format!("opening storage panicked: {e}"),
+            })??;
+        Self::start_with_store(config, Arc::new(store)).await
+    }
+
+    /// Same as [`Server::start`] on any store (the in-memory one in tests).
+    pub async fn start_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+    ) -> Result<Server, ServerError> {
+        let policy = match config.storage.sync {
+            SyncMode::Always => SyncPolicy::Always,
+            SyncMode::Batched => {
+                SyncPolicy::Batched(Duration::from_millis(config.storage.sync_interval_ms))
+            }
+            SyncMode::None => SyncPolicy::None,
+        };
+        let writer = Writer::start(store, policy, config.storage.writer_queue);
+        let limits = &config.limits;
+        let router_limits = RouterLimits {
+            max_topic_levels: limits.max_topic_levels,
+            max_subscriptions_per_session: limits.max_subscriptions_per_session,
+            max_queued_messages: limits.max_queued_messages,
+            max_retained_messages: limits.max_retained_messages,
+        };
+        let load_writer = writer.clone();
+        let router = tokio::task::spawn_blocking(move || Router::load(router_limits, load_writer))
+            .await
+            .map_err(|e| tern_storage::StorageError::Corrupt {
+                what: format!("loading state panicked: {e}"),
+            })??;
+        let (router, router_task) = router.spawn(ROUTER_QUEUE);
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(Server {
+            listener,
+            ctx: Arc::new(Context {
+                config,
+                router,
+                writer,
+            }),
+            router_task,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn router(&self) -> RouterHandle {
+        self.ctx.router.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops cleanly.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Server {
+            listener,
+            ctx,
+            router_task,
+        } = self;
+        let slots = Arc::new(Semaphore::new(ctx.config.limits.max_connections));
+        let mut connections = JoinSet::new();
+        tracing::info!(
+            addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+            data_dir = %ctx.config.data_dir.display(),
+            "tern listening"
+        );
+        tokio::pin!(shutdown);
+        let mut accept_backoff = Duration::from_millis(5);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        accept_backoff = Duration::from_millis(5);
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            tracing::warn!(%peer, "connection limit reached, closing new connection");
+                            drop(stream);
+                            continue;
+                        };
+                        let ctx = ctx.clone();
+                        connections.spawn(async move {
+                            connection::serve(stream, ctx).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(accept_backoff).await;
+                        accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
+                    }
+                },
+            }
+        }
+        tracing::info!("stopping: closing connections");
+        drop(listener);
+        // The router tells every connection to close (v5: DISCONNECT 0x8B) and stops.
+        let _ = ctx.router.call(|reply| Command::Shutdown { reply }).await;
+        let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("connections did not close in time; aborting them");
+            connections.abort_all();
+        }
+        let _ = router_task.await;
+        ctx.writer.shutdown().await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM: {e}");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,788 @@
+//! The MQTT session of one connected client as a state machine without I/O.
+//!
+//! The connection driver (`connection.rs`) feeds it decoded packets ([`Session::handle_packet`]),
+//! deliveries from the router ([`Session::deliver`]) and the outcome of routing a publish
+//! ([`Session::publish_done`]), and drains two outputs: packets to send
+//! ([`Session::poll_transmit`]) and effects for the broker ([`Session::poll_effect`]): route
+//! this message, store that acknowledgement. Nothing here touches a socket, a clock (time is
+//! passed in as Unix milliseconds) or storage, so every QoS flow is a plain unit test.
+//!
+//! Flow control both ways: inbound QoS > 0 publishes beyond our Receive Maximum close the
+//! connection (0x93); outbound, at most the client's Receive Maximum messages are in flight,
+//! the rest wait in a queue bounded in messages and bytes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tern_codec::{
+    ByteString, Disconnect, Packet, Properties, Protocol, PubResponse, Publish, QoS, ReasonCode,
+};
+
+use crate::message::{Delivery, Message, SessionId};
+
+/// What a session may do, agreed at CONNECT time.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    pub protocol: Protocol,
+    pub id: SessionId,
+    /// Our Receive Maximum: QoS > 0 publishes the client may have unacknowledged.
+    pub receive_maximum_in: u16,
+    /// Our Topic Alias Maximum (v5).
+    pub topic_alias_maximum_in: u16,
+    /// The client's Receive Maximum, capped by our in-flight limit.
+    pub receive_maximum_out: u16,
+    /// The client's Maximum Packet Size (v5); larger messages are not sent to it.
+    pub max_packet_size_out: u32,
+    /// The client's Topic Alias Maximum (v5); we alias topics we send up to it.
+    pub topic_alias_maximum_out: u16,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    pub max_topic_levels: usize,
+    /// The Session Expiry Interval of CONNECT was 0: a DISCONNECT may not raise it.
+    pub expiry_was_zero: bool,
+}
+
+/// What the session asks of the broker.
+#[derive(Debug)]
+pub enum Effect {
+    /// Route a message; `ack` is the packet ID and QoS to acknowledge once routing (and the
+    /// durable writes it caused) is done, through [`Session::publish_done`].
+    Publish {
+        message: Arc<Message>,
+        ack: Option<(u16, QoS)>,
+    },
+    Subscribe(tern_codec::Subscribe),
+    Unsubscribe(tern_codec::Unsubscribe),
+    /// The client finished with a durable queue entry (PUBACK, PUBCOMP, or expiry).
+    Dequeue(u64),
+    /// PUBREC received for a durable QoS 2 entry: after a restart only PUBREL is resent.
+    Released(u64),
+    /// PUBREL released an inbound QoS 2 packet ID.
+    InboundQos2Released(u16),
+    /// The client sent DISCONNECT.
+    Disconnect {
+        publish_will: bool,
+        session_expiry: Option<u32>,
+    },
+}
+
+/// The session ends the connection: a DISCONNECT with this reason (v5) and close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    pub reason: ReasonCode,
+    pub why: &'static str,
+}
+
+impl Close {
+    fn new(reason: ReasonCode, why: &'static str) -> Close {
+        Close { reason, why }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which acknowledgement an outbound message in flight waits for.
+enum Stage {
+    Ack,
+    Rec,
+    Comp,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    delivery: Delivery,
+    stage: Stage,
+}
+
+/// Why a delivery was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue is at its message or byte bound.
+    QueueFull,
+}
+
+pub struct Session {
+    params: SessionParams,
+    transmit: VecDeque<Packet>,
+    effects: VecDeque<Effect>,
+    /// Inbound QoS 1/2 publishes not yet fully acknowledged (counted against our maximum).
+    inbound_unacked: u16,
+    /// Inbound QoS 2 packet IDs between PUBLISH and PUBREL; `true` once PUBREC was sent.
+    inbound_qos2: HashMap<u16, bool>,
+    aliases_in: HashMap<u16, ByteString>,
+    aliases_out: HashMap<ByteString, u16>,
+    next_packet_id: u16,
+    in_flight: HashMap<u16, InFlight>,
+    queue: VecDeque<Delivery>,
+    queued_bytes: usize,
+    /// Messages dropped at the queue bound or because they exceed the client's packet size.
+    pub dropped: u64,
+}
+
+impl Session {
+    pub fn new(params: SessionParams) -> Session {
+        Session {
+            params,
+            transmit: VecDeque::new(),
+            effects: VecDeque::new(),
+            inbound_unacked: 0,
+            inbound_qos2: HashMap::new(),
+            aliases_in: HashMap::new(),
+            aliases_out: HashMap::new(),
+            next_packet_id: 1,
+            in_flight: HashMap::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            dropped: 0,
+        }
+    }
+
+    pub fn params(&self) -> &SessionParams {
+        &self.params
+    }
+
+    /// Inbound QoS 2 packet IDs restored from a persistent session: a resent PUBLISH with one
+    /// of them is acknowledged but not routed again.
+    pub fn restore_inbound_qos2(&mut self, ids: impl IntoIterator<Item = u16>) {
+        for id in ids {
+            self.inbound_qos2.insert(id, true);
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Packet> {
+        self.transmit.pop_front()
+    }
+
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// Messages waiting behind the in-flight window.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Durable queue positions sent and not yet acknowledged (for DUP on a later reconnect).
+    pub fn in_flight_seqs(&self) -> Vec<u64> {
+        self.in_flight
+            .values()
+            .filter_map(|f| f.delivery.seq)
+            .collect()
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.queue.len() < self.params.max_queued_messages
+            && self.queued_bytes < self.params.max_queued_bytes
+    }
+
+    /// A message routed to this session. Sent now if the window allows, else queued; refused
+    /// at the queue bound (the caller decides: drop, or read it again from storage later).
+    pub fn deliver(&mut self, delivery: Delivery, now_ms: u64) -> Result<(), Refused> {
+        if !self.has_room() {
+            return Err(Refused::QueueFull);
+        }
+        self.queued_bytes += delivery.message.cost();
+        self.queue.push_back(delivery);
+        self.pump(now_ms);
+        Ok(())
+    }
+
+    /// Sends queued messages while the client's Receive Maximum allows.
+    fn pump(&mut self, now_ms: u64) {
+        while let Some(front) = self.queue.front() {
+            if front.qos != QoS::AtMostOnce
+                && self.in_flight.len() >= usize::from(self.params.receive_maximum_out)
+            {
+                return;
+            }
+            let Some(delivery) = self.queue.pop_front() else {
+                return;
+            };
+            self.queued_bytes = self.queued_bytes.saturating_sub(delivery.message.cost());
+            self.send(delivery, now_ms);
+        }
+    }
+
+    fn send(&mut self, delivery: Delivery, now_ms: u64) {
+        if delivery.released {
+            let packet_id = self.allocate_packet_id();
+            self.transmit
+                .push_back(Packet::PubRel(PubResponse::new(packet_id)));
+            self.in_flight.insert(
+                packet_id,
+                InFlight {
+                    delivery,
+                    stage: Stage::Comp,
+                },
+            );
+            return;
+        }
+        if delivery.message.is_expired(now_ms) {
+            if let Some(seq) = delivery.seq {
+                self.effects.push_back(Effect::Dequeue(seq));
+            }
+            return;
+        }
+        let packet_id = match delivery.qos {
+            QoS::AtMostOnce => 0,
+            _ => self.allocate_packet_id(),
+        };
+        let Some(publish) = self.outbound_publish(&delivery, packet_id, now_ms) else {
+            // Larger than the client accepts: the spec says discard it as if it was sent
+            // [MQTT-3.1.2-25].
+            self.dropped += 1;
+            if let Some(seq) = delivery.seq {
+                self.effects.push_back(Effect::Dequeue(seq));
+            }
+            return;
+        };
+        self.transmit.push_back(Packet::Publish(publish));
+        let stage = match delivery.qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => Stage::Ack,
+            QoS::ExactlyOnce => Stage::Rec,
+        };
+        self.in_flight
+            .insert(packet_id, InFlight { delivery, stage });
+    }
+
+    /// The PUBLISH for one delivery, or None if it exceeds the client's maximum packet size.
+    fn outbound_publish(
+        &mut self,
+        delivery: &Delivery,
+        packet_id: u16,
+        now_ms: u64,
+    ) -> Option<Publish> {
+        let message = &delivery.message;
+        let mut properties = Properties::default();
+        if self.params.protocol == Protocol::V5 {
+            properties = message.properties.clone();
+            properties.message_expiry_interval = message.remaining_secs(now_ms);
+            properties.subscription_identifiers = delivery.subscription_ids.clone();
+        }
+        let mut publish = Publish {
+            dup: delivery.dup && delivery.qos != QoS::AtMostOnce,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic: message.topic.clone(),
+            packet_id,
+            properties,
+            payload: message.payload.clone(),
+        };
+        let max = self.params.max_packet_size_out as usize;
+        let mut new_alias = None;
+        if self.params.topic_alias_maximum_out > 0 {
+            if let Some(&alias) = self.aliases_out.get(&message.topic) {
+                publish.topic = ByteString::from_static("");
+                publish.properties.topic_alias = Some(alias);
+            } else if self.aliases_out.len() < usize::from(self.params.topic_alias_maximum_out) {
+                // Aliases are handed out first come, first kept: chat clients talk on few
+                // topics, and never replacing one avoids any ambiguity on the client side.
+                let alias = u16::try_from(self.aliases_out.len() + 1).unwrap_or(u16::MAX);
+                publish.properties.topic_alias = Some(alias);
+                new_alias = Some(alias);
+            }
+        }
+        if Packet::Publish(publish.clone()).encoded_len(self.params.protocol) > max {
+            return None;
+        }
+        if let Some(alias) = new_alias {
+            self.aliases_out.insert(message.topic.clone(), alias);
+        }
+        Some(publish)
+    }
+
+    fn allocate_packet_id(&mut self) -> u16 {
+        // The window (<= 65535) is below the ID space, so a free ID always exists.
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.in_flight.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// A packet from the client (CONNECT already handled by the driver).
+    pub fn handle_packet(&mut self, packet: Packet, now_ms: u64) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(publish),
+            Packet::PubAck(ack) => {
+                self.finish_outbound(ack.packet_id, Stage::Ack, now_ms);
+                Ok(())
+            }
+            Packet::PubRec(rec) => {
+                self.handle_pubrec(rec, now_ms);
+                Ok(())
+            }
+            Packet::PubComp(comp) => {
+                self.finish_outbound(comp.packet_id, Stage::Comp, now_ms);
+                Ok(())
+            }
+            Packet::PubRel(rel) => {
+                self.handle_pubrel(rel);
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => {
+                self.effects.push_back(Effect::Subscribe(subscribe));
+                Ok(())
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                self.effects.push_back(Effect::Unsubscribe(unsubscribe));
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.transmit.push_back(Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(disconnect) => self.handle_disconnect(disconnect),
+            Packet::Connect(_) => Err(Close::new(
+                ReasonCode::ProtocolError,
+                "second CONNECT [MQTT-3.1.0-2]",
+            )),
+            Packet::Auth(_) => Err(Close::new(
+                ReasonCode::ProtocolError,
+                "AUTH without an authentication method in CONNECT",
+            )),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => Err(
+                Close::new(ReasonCode::ProtocolError, "a packet only a server may send"),
+            ),
+        }
+    }
+
+    fn handle_publish(&mut self, publish: Publish) -> Result<(), Close> {
+        let topic = self.resolve_topic(&publish)?;
+        if topic.split('/').count() > self.params.max_topic_levels {
+            return self.refuse_publish(&publish, ReasonCode::TopicNameInvalid);
+        }
+        match publish.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce | QoS::ExactlyOnce => {
+                if publish.qos == QoS::ExactlyOnce {
+                    if let Some(&acked) = self.inbound_qos2.get(&publish.packet_id) {
+                        // A resend of a message already routed: acknowledge, never route
+                        // twice [MQTT-4.3.3-9]. Before our PUBREC went out it is on its way.
+                        if acked {
+                            self.transmit
+                                .push_back(Packet::PubRec(PubResponse::new(publish.packet_id)));
+                        }
+                        return Ok(());
+                    }
+                }
+                if self.inbound_unacked >= self.params.receive_maximum_in {
+                    return Err(Close::new(
+                        ReasonCode::ReceiveMaximumExceeded,
+                        "more unacknowledged QoS > 0 publishes than Receive Maximum",
+                    ));
+                }
+                self.inbound_unacked += 1;
+                if publish.qos == QoS::ExactlyOnce {
+                    self.inbound_qos2.insert(publish.packet_id, false);
+                }
+            }
+        }
+        let ack = match publish.qos {
+            QoS::AtMostOnce => None,
+            qos => Some((publish.packet_id, qos)),
+        };
+        let message = Message::from_publish(&publish, topic, self.params.id);
+        self.effects.push_back(Effect::Publish {
+            message: Arc::new(message),
+            ack,
+        });
+        Ok(())
+    }
+
+    /// Applies v5 topic aliases: records a new mapping, or resolves an empty topic.
+    fn resolve_topic(&mut self, publish: &Publish) -> Result<ByteString, Close> {
+        let Some(alias) = publish.properties.topic_alias else {
+            if publish.topic.is_empty() {
+                return Err(Close::new(
+                    ReasonCode::ProtocolError,
+                    "empty topic name without a topic alias",
+                ));
+            }
+            return Ok(publish.topic.clone());
+        };
+        if alias == 0 || alias > self.params.topic_alias_maximum_in {
+            return Err(Close::new(
+                ReasonCode::TopicAliasInvalid,
+                "topic alias 0 or above Topic Alias Maximum [MQTT-3.3.2-9]",
+            ));
+        }
+        if publish.topic.is_empty() {
+            self.aliases_in.get(&alias).cloned().ok_or(Close::new(
+                ReasonCode::ProtocolError,
+                "topic alias not defined on this connection",
+            ))
+        } else {
+            self.aliases_in.insert(alias, publish.topic.clone());
+            Ok(publish.topic.clone())
+        }
+    }
+
+    fn refuse_publish(&mut self, publish: &Publish, reason: ReasonCode) -> Result<(), Close> {
+        match (publish.qos, self.params.protocol) {
+            (QoS::AtMostOnce, _) => Ok(()),
+            (_, Protocol::V311) => Err(Close::new(reason, "invalid PUBLISH")),
+            (QoS::AtLeastOnce, Protocol::V5) => {
+                self.transmit
+                    .push_back(Packet::PubAck(PubResponse::with_reason(
+                        publish.packet_id,
+                        reason,
+                    )));
+                Ok(())
+            }
+            (QoS::ExactlyOnce, Protocol::V5) => {
+                self.transmit
+                    .push_back(Packet::PubRec(PubResponse::with_reason(
+                        publish.packet_id,
+                        reason,
+                    )));
+                Ok(())
+            }
+        }
+    }
+
+    /// The broker routed an inbound QoS > 0 publish (and made it durable where needed).
+    pub fn publish_done(&mut self, packet_id: u16, qos: QoS, reason: ReasonCode) {
+        let reason = match self.params.protocol {
+            Protocol::V5 => reason,
+            // 3.1.1 acknowledgements carry no reason.
+            Protocol::V311 => ReasonCode::Success,
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                self.inbound_unacked = self.inbound_unacked.saturating_sub(1);
+                self.transmit
+                    .push_back(Packet::PubAck(PubResponse::with_reason(packet_id, reason)));
+            }
+            QoS::ExactlyOnce => {
+                if reason.is_error() {
+                    // A refused QoS 2 message ends here; its packet ID is free again.
+                    self.inbound_qos2.remove(&packet_id);
+                    self.inbound_unacked = self.inbound_unacked.saturating_sub(1);
+                } else {
+                    self.inbound_qos2.insert(packet_id, true);
+                }
+                self.transmit
+                    .push_back(Packet::PubRec(PubResponse::with_reason(packet_id, reason)));
+            }
+        }
+    }
+
+    fn handle_pubrel(&mut self, rel: PubResponse) {
+        let reason = if self.inbound_qos2.remove(&rel.packet_id).is_some() {
+            self.inbound_unacked = self.inbound_unacked.saturating_sub(1);
+            self.effects
+                .push_back(Effect::InboundQos2Released(rel.packet_id));
+            ReasonCode::Success
+        } else if self.params.protocol == Protocol::V5 {
+            ReasonCode::PacketIdentifierNotFound
+        } else {
+            ReasonCode::Success
+        };
+        self.transmit
+            .push_back(Packet::PubComp(PubResponse::with_reason(
+                rel.packet_id,
+                reason,
+            )));
+    }
+
+    fn handle_pubrec(&mut self, rec: PubResponse, now_ms: u64) {
+        let Some(entry) = self.in_flight.get_mut(&rec.packet_id) else {
+            if self.params.protocol == Protocol::V5 {
+                self.transmit
+                    .push_back(Packet::PubRel(PubResponse::with_reason(
+                        rec.packet_id,
+                        ReasonCode::PacketIdentifierNotFound,
+                    )));
+            }
+            return;
+        };
+        if entry.stage != Stage::Rec {
+            return;
+        }
+        if rec.reason.is_error() {
+            // The subscriber refused the message: it ends here [MQTT-4.3.3-4].
+            self.finish_outbound(rec.packet_id, Stage::Rec, now_ms);
+            return;
+        }
+        entry.stage = Stage::Comp;
+        if let Some(seq) = entry.delivery.seq {
+            self.effects.push_back(Effect::Released(seq));
+        }
+        self.transmit
+            .push_back(Packet::PubRel(PubResponse::new(rec.packet_id)));
+    }
+
+    fn finish_outbound(&mut self, packet_id: u16, expected: Stage, now_ms: u64) {
+        match self.in_flight.get(&packet_id) {
+            Some(entry) if entry.stage == expected => {}
+            // An acknowledgement for nothing we sent (or at the wrong stage): ignore it,
+            // as a stale acknowledgement after reconnect can be.
+            _ => return,
+        }
+        if let Some(entry) = self.in_flight.remove(&packet_id) {
+            if let Some(seq) = entry.delivery.seq {
+                self.effects.push_back(Effect::Dequeue(seq));
+            }
+        }
+        self.pump(now_ms);
+    }
+
+    fn handle_disconnect(&mut self, disconnect: Disconnect) -> Result<(), Close> {
+        let session_expiry = disconnect.properties.session_expiry_interval;
+        if self.params.expiry_was_zero && session_expiry.is_some_and(|e| e > 0) {
+            return Err(Close::new(
+                ReasonCode::ProtocolError,
+                "DISCONNECT sets a session expiry after CONNECT set 0 [MQTT-3.14.2-2]",
+            ));
+        }
+        self.effects.push_back(Effect::Disconnect {
+            publish_will: disconnect.reason == ReasonCode::DisconnectWithWillMessage,
+            session_expiry,
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn params(protocol: Protocol) -> SessionParams {
+        SessionParams {
+            protocol,
+            id: 1,
+            receive_maximum_in: 2,
+            topic_alias_maximum_in: 4,
+            receive_maximum_out: 2,
+            max_packet_size_out: 1024,
+            topic_alias_maximum_out: 0,
+            max_queued_messages: 3,
+            max_queued_bytes: 1 << 20,
+            max_topic_levels: 8,
+            expiry_was_zero: true,
+        }
+    }
+
+    fn publish(topic: &str, qos: QoS, packet_id: u16) -> Publish {
+        Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: ByteString::from(topic),
+            packet_id,
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"hi"),
+        }
+    }
+
+    fn delivery(topic: &str, qos: QoS, seq: Option<u64>) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: ByteString::from(topic),
+                payload: Bytes::from_static(b"payload"),
+                qos,
+                retain: false,
+                properties: Properties::default(),
+                expires_at_ms: None,
+                origin: Some(9),
+            }),
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+            seq,
+            dup: false,
+            released: false,
+        }
+    }
+
+    fn drain(s: &mut Session) -> Vec<Packet> {
+        std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+
+    fn effects(s: &mut Session) -> Vec<Effect> {
+        std::iter::from_fn(|| s.poll_effect()).collect()
+    }
+
+    #[test]
+    fn qos2_inbound_resend_is_not_routed_twice() {
+        let mut s = Session::new(params(Protocol::V5));
+        s.handle_packet(Packet::Publish(publish("a", QoS::ExactlyOnce, 7)), 0)
+            .unwrap();
+        assert_eq!(effects(&mut s).len(), 1);
+        // Resent before PUBREC: neither routed nor acknowledged twice.
+        let mut dup = publish("a", QoS::ExactlyOnce, 7);
+        dup.dup = true;
+        s.handle_packet(Packet::Publish(dup.clone()), 0).unwrap();
+        assert!(effects(&mut s).is_empty());
+        assert!(drain(&mut s).is_empty());
+        s.publish_done(7, QoS::ExactlyOnce, ReasonCode::Success);
+        assert!(matches!(drain(&mut s)[..], [Packet::PubRec(ref r)] if r.packet_id == 7));
+        // Resent after PUBREC: PUBREC again, still not routed.
+        s.handle_packet(Packet::Publish(dup), 0).unwrap();
+        assert!(effects(&mut s).is_empty());
+        assert!(matches!(drain(&mut s)[..], [Packet::PubRec(_)]));
+        s.handle_packet(Packet::PubRel(PubResponse::new(7)), 0)
+            .unwrap();
+        assert!(matches!(
+            effects(&mut s)[..],
+            [Effect::InboundQos2Released(7)]
+        ));
+        assert!(
+            matches!(drain(&mut s)[..], [Packet::PubComp(ref c)] if c.reason == ReasonCode::Success)
+        );
+        // The ID is free: a new PUBLISH with it is a new message.
+        s.handle_packet(Packet::Publish(publish("a", QoS::ExactlyOnce, 7)), 0)
+            .unwrap();
+        assert_eq!(effects(&mut s).len(), 1);
+    }
+
+    #[test]
+    fn receive_maximum_exceeded_closes() {
+        let mut s = Session::new(params(Protocol::V5));
+        for id in 1..=2 {
+            s.handle_packet(Packet::Publish(publish("a", QoS::AtLeastOnce, id)), 0)
+                .unwrap();
+        }
+        let err = s
+            .handle_packet(Packet::Publish(publish("a", QoS::AtLeastOnce, 3)), 0)
+            .unwrap_err();
+        assert_eq!(err.reason, ReasonCode::ReceiveMaximumExceeded);
+    }
+
+    #[test]
+    fn outbound_window_holds_back_and_acks_release() {
+        let mut s = Session::new(params(Protocol::V311));
+        for seq in 0..3 {
+            s.deliver(delivery("t", QoS::AtLeastOnce, Some(seq)), 0)
+                .unwrap();
+        }
+        let sent = drain(&mut s);
+        assert_eq!(sent.len(), 2, "window of 2");
+        assert_eq!(s.queued(), 1);
+        let Packet::Publish(first) = &sent[0] else {
+            panic!("{sent:?}")
+        };
+        s.handle_packet(Packet::PubAck(PubResponse::new(first.packet_id)), 0)
+            .unwrap();
+        assert!(matches!(effects(&mut s)[..], [Effect::Dequeue(0)]));
+        assert_eq!(drain(&mut s).len(), 1, "third sent after the ack");
+    }
+
+    #[test]
+    fn queue_bound_refuses() {
+        let mut s = Session::new(params(Protocol::V311));
+        for _ in 0..5 {
+            s.deliver(delivery("t", QoS::AtLeastOnce, None), 0).unwrap();
+        }
+        // 2 in flight + 3 queued; the next is refused.
+        assert_eq!(
+            s.deliver(delivery("t", QoS::AtLeastOnce, None), 0),
+            Err(Refused::QueueFull)
+        );
+    }
+
+    #[test]
+    fn qos2_outbound_flow_marks_released_then_dequeues() {
+        let mut s = Session::new(params(Protocol::V5));
+        s.deliver(delivery("t", QoS::ExactlyOnce, Some(4)), 0)
+            .unwrap();
+        let Packet::Publish(p) = &drain(&mut s)[0] else {
+            panic!()
+        };
+        let id = p.packet_id;
+        s.handle_packet(Packet::PubRec(PubResponse::new(id)), 0)
+            .unwrap();
+        assert!(matches!(effects(&mut s)[..], [Effect::Released(4)]));
+        assert!(matches!(drain(&mut s)[..], [Packet::PubRel(ref r)] if r.packet_id == id));
+        s.handle_packet(Packet::PubComp(PubResponse::new(id)), 0)
+            .unwrap();
+        assert!(matches!(effects(&mut s)[..], [Effect::Dequeue(4)]));
+    }
+
+    #[test]
+    fn expired_messages_are_not_sent_and_oversized_are_dropped() {
+        let mut s = Session::new(params(Protocol::V5));
+        let mut d = delivery("t", QoS::AtLeastOnce, Some(1));
+        Arc::make_mut(&mut d.message).expires_at_ms = Some(10);
+        s.deliver(d, 20).unwrap();
+        assert!(drain(&mut s).is_empty());
+        assert!(matches!(effects(&mut s)[..], [Effect::Dequeue(1)]));
+        let mut big = delivery("t", QoS::AtLeastOnce, Some(2));
+        Arc::make_mut(&mut big.message).payload = Bytes::from(vec![0; 2000]);
+        s.deliver(big, 20).unwrap();
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(s.dropped, 1);
+    }
+
+    #[test]
+    fn topic_aliases_inbound() {
+        let mut s = Session::new(params(Protocol::V5));
+        let mut p = publish("chat/1", QoS::AtMostOnce, 0);
+        p.properties.topic_alias = Some(2);
+        s.handle_packet(Packet::Publish(p), 0).unwrap();
+        let mut q = publish("", QoS::AtMostOnce, 0);
+        q.properties.topic_alias = Some(2);
+        s.handle_packet(Packet::Publish(q.clone()), 0).unwrap();
+        let topics: Vec<String> = effects(&mut s)
+            .into_iter()
+            .map(|e| match e {
+                Effect::Publish { message, .. } => message.topic.to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(topics, ["chat/1", "chat/1"]);
+        q.properties.topic_alias = Some(5);
+        assert_eq!(
+            s.handle_packet(Packet::Publish(q), 0).unwrap_err().reason,
+            ReasonCode::TopicAliasInvalid
+        );
+    }
+
+    #[test]
+    fn topic_aliases_outbound() {
+        let mut p = params(Protocol::V5);
+        p.topic_alias_maximum_out = 1;
+        let mut s = Session::new(p);
+        for topic in ["a", "a", "b"] {
+            s.deliver(delivery(topic, QoS::AtMostOnce, None), 0)
+                .unwrap();
+        }
+        let sent: Vec<(String, Option<u16>)> = drain(&mut s)
+            .into_iter()
+            .map(|p| match p {
+                Packet::Publish(p) => (p.topic.to_string(), p.properties.topic_alias),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                ("a".to_string(), Some(1)),
+                (String::new(), Some(1)),
+                ("b".to_string(), None)
+            ]
+        );
+    }
+
+    #[test]
+    fn disconnect_cannot_raise_zero_expiry() {
+        let mut s = Session::new(params(Protocol::V5));
+        let mut d = Disconnect::new(ReasonCode::Success);
+        d.properties.session_expiry_interval = Some(60);
+        assert_eq!(
+            s.handle_packet(Packet::Disconnect(d), 0)
+                .unwrap_err()
+                .reason,
+            ReasonCode::ProtocolError
+        );
+    }
+}
