@@ -933,3 +933,282 @@ async fn sleep_until_opt(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Router behaviour on the in-memory store: no sockets, no RocksDB.
+    use super::*;
+    use bytes::Bytes;
+    use tern_codec::Properties;
+    use tern_storage::{MemoryStore, Store, SyncPolicy};
+
+    struct Harness {
+        router: RouterHandle,
+        store: Arc<MemoryStore>,
+    }
+
+    fn limits() -> RouterLimits {
+        RouterLimits {
+            max_topic_levels: 8,
+            max_subscriptions_per_session: 10,
+            max_queued_messages: 3,
+            max_retained_messages: 2,
+        }
+    }
+
+    fn start_on(store: Arc<MemoryStore>) -> Harness {
+        let writer = Writer::start(store.clone(), SyncPolicy::Always, 64);
+        let router = Router::load(limits(), writer).expect("load");
+        let (router, _task) = router.spawn(64);
+        Harness { router, store }
+    }
+
+    fn start() -> Harness {
+        start_on(Arc::new(MemoryStore::new()))
+    }
+
+    struct Client {
+        attached: Attached,
+        outbox: mpsc::Receiver<Outbound>,
+        close: oneshot::Receiver<ReasonCode>,
+    }
+
+    async fn connect(h: &Harness, id: &str, clean_start: bool, expiry_secs: u32) -> Client {
+        let (tx, outbox) = mpsc::channel(8);
+        let (close_tx, close) = oneshot::channel();
+        let attached = h
+            .router
+            .call(|reply| Command::Connect {
+                request: ConnectRequest {
+                    client_id: ByteString::from(id),
+                    clean_start,
+                    expiry_secs,
+                    protocol: Protocol::V5,
+                    outbox: tx,
+                    close: close_tx,
+                    lagged: Arc::new(AtomicBool::new(false)),
+                },
+                reply,
+            })
+            .await
+            .expect("router");
+        Client {
+            attached,
+            outbox,
+            close,
+        }
+    }
+
+    async fn subscribe(h: &Harness, c: &Client, filter: &str, qos: QoS) -> SubscribeReply {
+        let subscribe = Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: vec![(
+                ByteString::from(filter),
+                SubscriptionOptions {
+                    qos,
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: RetainHandling::SendAtSubscribe,
+                },
+            )],
+        };
+        let session = c.attached.session;
+        h.router
+            .call(|reply| Command::Subscribe {
+                session,
+                subscribe,
+                reply,
+            })
+            .await
+            .expect("router")
+    }
+
+    async fn disconnect(h: &Harness, c: Client) {
+        h.router
+            .send(Command::Disconnected {
+                session: c.attached.session,
+                conn: c.attached.conn,
+                will: None,
+                expiry_secs: None,
+                sent: vec![],
+            })
+            .await
+            .expect("router");
+    }
+
+    fn message(topic: &str, qos: QoS, retain: bool, payload: &'static [u8]) -> Arc<Message> {
+        Arc::new(Message {
+            topic: ByteString::from(topic),
+            payload: Bytes::from_static(payload),
+            qos,
+            retain,
+            properties: Properties::default(),
+            expires_at_ms: None,
+            origin: None,
+        })
+    }
+
+    async fn publish(h: &Harness, m: Arc<Message>) -> bool {
+        let routed = h
+            .router
+            .call(|reply| Command::Publish {
+                from: 0,
+                message: m,
+                inbound_qos2: None,
+                reply: Some(reply),
+            })
+            .await
+            .expect("router");
+        routed.durable.await.expect("durable");
+        routed.matched
+    }
+
+    #[tokio::test]
+    async fn offline_persistent_session_queues_durably_and_in_order() {
+        let h = start();
+        let c = connect(&h, "dev", false, 3600).await;
+        subscribe(&h, &c, "inbox/#", QoS::AtLeastOnce).await;
+        disconnect(&h, c).await;
+        for payload in [&b"1"[..], b"2", b"3"] {
+            assert!(publish(&h, message("inbox/a", QoS::ExactlyOnce, false, payload)).await);
+        }
+        // Acknowledged means stored: the durable resolved after the writes.
+        let queued = h.store.queue("dev", 0, 10).unwrap();
+        let payloads: Vec<_> = queued
+            .iter()
+            .map(|(_, q)| q.message.payload.clone())
+            .collect();
+        assert_eq!(payloads, [&b"1"[..], b"2", b"3"]);
+        assert!(queued.iter().all(|(_, q)| q.message.qos == 1), "min(2, 1)");
+        // A fourth exceeds max_queued_messages (3) and is dropped, not stored.
+        publish(&h, message("inbox/a", QoS::AtLeastOnce, false, b"4")).await;
+        assert_eq!(h.store.queue("dev", 0, 10).unwrap().len(), 3);
+        // Reconnecting resumes the session and points at the stored backlog.
+        let c = connect(&h, "dev", false, 3600).await;
+        assert!(c.attached.session_present);
+        assert_eq!(c.attached.backlog_upto, Some(3));
+    }
+
+    #[tokio::test]
+    async fn non_persistent_sessions_store_nothing_and_end_with_the_connection() {
+        let h = start();
+        let mut c = connect(&h, "tmp", true, 0).await;
+        subscribe(&h, &c, "t", QoS::AtLeastOnce).await;
+        assert!(publish(&h, message("t", QoS::AtLeastOnce, false, b"x")).await);
+        assert!(matches!(c.outbox.recv().await, Some(Outbound::Deliver(d)) if d.seq.is_none()));
+        assert!(h.store.sessions().unwrap().is_empty());
+        disconnect(&h, c).await;
+        assert!(!publish(&h, message("t", QoS::AtLeastOnce, false, b"y")).await);
+    }
+
+    #[tokio::test]
+    async fn takeover_closes_the_old_connection_and_keeps_the_session() {
+        let h = start();
+        let mut first = connect(&h, "dev", false, 60).await;
+        subscribe(&h, &first, "t", QoS::AtMostOnce).await;
+        let mut second = connect(&h, "dev", false, 60).await;
+        assert_eq!(
+            (&mut first.close).await.unwrap(),
+            ReasonCode::SessionTakenOver
+        );
+        assert!(second.attached.session_present);
+        // The old connection's late goodbye must not take the session offline.
+        disconnect(&h, first).await;
+        assert!(publish(&h, message("t", QoS::AtMostOnce, false, b"x")).await);
+        assert!(second.outbox.recv().await.is_some());
+    }
+
+    #[tokio::test]
+    async fn clean_start_discards_the_stored_session() {
+        let h = start();
+        let c = connect(&h, "dev", false, 60).await;
+        subscribe(&h, &c, "t", QoS::AtLeastOnce).await;
+        disconnect(&h, c).await;
+        publish(&h, message("t", QoS::AtLeastOnce, false, b"x")).await;
+        let c = connect(&h, "dev", true, 60).await;
+        assert!(!c.attached.session_present);
+        h.router
+            .call(|reply| Command::Shutdown { reply })
+            .await
+            .ok();
+        // Stored state was replaced: no queue, no subscriptions.
+        let stored = h.store.session("dev").unwrap().expect("new session stored");
+        assert!(stored.session.subscriptions.is_empty());
+        assert!(h.store.queue("dev", 0, 10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn shared_subscription_gives_each_message_to_one_member() {
+        let h = start();
+        let mut a = connect(&h, "a", true, 0).await;
+        let mut b = connect(&h, "b", true, 0).await;
+        subscribe(&h, &a, "$share/g/jobs", QoS::AtMostOnce).await;
+        subscribe(&h, &b, "$share/g/jobs", QoS::AtMostOnce).await;
+        for _ in 0..4 {
+            publish(&h, message("jobs", QoS::AtMostOnce, false, b"j")).await;
+        }
+        let count =
+            |rx: &mut mpsc::Receiver<Outbound>| std::iter::from_fn(|| rx.try_recv().ok()).count();
+        assert_eq!((count(&mut a.outbox), count(&mut b.outbox)), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn retained_store_replace_delete_and_limit_survive_reload() {
+        let store = Arc::new(MemoryStore::new());
+        let h = start_on(store.clone());
+        publish(&h, message("r/1", QoS::AtLeastOnce, true, b"old")).await;
+        publish(&h, message("r/1", QoS::AtLeastOnce, true, b"new")).await;
+        publish(&h, message("r/2", QoS::AtLeastOnce, true, b"two")).await;
+        // The store holds at most 2 topics: a third is delivered but not retained.
+        publish(&h, message("r/3", QoS::AtLeastOnce, true, b"three")).await;
+        publish(&h, message("r/2", QoS::AtLeastOnce, true, b"")).await;
+        h.router
+            .call(|reply| Command::Shutdown { reply })
+            .await
+            .ok();
+        let h = start_on(store);
+        let c = connect(&h, "viewer", true, 0).await;
+        let reply = subscribe(&h, &c, "r/#", QoS::AtLeastOnce).await;
+        let got: Vec<_> = reply
+            .retained
+            .iter()
+            .map(|d| {
+                (
+                    d.message.topic.to_string(),
+                    d.message.payload.clone(),
+                    d.retain,
+                )
+            })
+            .collect();
+        assert_eq!(got, [("r/1".to_string(), Bytes::from_static(b"new"), true)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_session_is_removed_and_its_delayed_will_published() {
+        let h = start();
+        let mut watcher = connect(&h, "watcher", true, 0).await;
+        subscribe(&h, &watcher, "will/#", QoS::AtMostOnce).await;
+        let c = connect(&h, "dev", false, 5).await;
+        h.router
+            .send(Command::Disconnected {
+                session: c.attached.session,
+                conn: c.attached.conn,
+                will: Some(WillRequest {
+                    message: message("will/dev", QoS::AtMostOnce, false, b"gone"),
+                    delay_secs: 3600,
+                }),
+                expiry_secs: None,
+                sent: vec![],
+            })
+            .await
+            .unwrap();
+        // The will waits for min(delay, expiry) = 5 s; paused time jumps there.
+        let Some(Outbound::Deliver(will)) = watcher.outbox.recv().await else {
+            panic!("will not published")
+        };
+        assert_eq!(will.message.payload, Bytes::from_static(b"gone"));
+        let c = connect(&h, "dev", false, 5).await;
+        assert!(!c.attached.session_present, "session expired with its will");
+    }
+}
