@@ -70,6 +70,8 @@ impl From<crate::router::RouterGone> for ConnectionError {
 }
 
 const READ_BUFFER: usize = 4 * 1024;
+/// The least time a peer gets to accept written bytes before it is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Storage pages read per backlog refill.
 const BACKLOG_PAGE: usize = 256;
 
@@ -393,7 +395,10 @@ impl Connection {
         loop {
             self.process_effects().await?;
             self.flush().await?;
-            if self.backlog.is_some() && self.session.queued() < BACKLOG_PAGE {
+            if self.backlog.is_some()
+                && self.session.has_room()
+                && self.session.queued() < BACKLOG_PAGE
+            {
                 self.refill_backlog().await?;
                 continue;
             }
@@ -702,7 +707,19 @@ impl Connection {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        self.writer.write_all(&self.wbuf).await?;
+        // A peer that stops reading must not hold this task forever: give it the longer of
+        // 1.5x its keepalive and WRITE_TIMEOUT to take the bytes.
+        let limit = self.keep_alive.unwrap_or(WRITE_TIMEOUT).max(WRITE_TIMEOUT);
+        match tokio::time::timeout(limit, self.writer.write_all(&self.wbuf)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("peer took no data for {limit:?}"),
+                )
+                .into())
+            }
+        }
         self.wbuf.clear();
         Ok(())
     }
