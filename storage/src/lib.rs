@@ -55,6 +55,20 @@
 //! every group ([`SyncPolicy::Always`]), on a timer ([`SyncPolicy::Batched`]), or never
 //! ([`SyncPolicy::None`], the operating system writes the WAL back when it likes). The broker
 //! acknowledges a QoS>0 PUBLISH once the [`Durable`] of its ops resolves.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tern_storage::{MemoryStore, Op, SyncPolicy, Writer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tern_storage::StorageError> {
+//! let writer = Writer::start(Arc::new(MemoryStore::new()), SyncPolicy::Always, 1024);
+//! let op = Op::PutInboundQos2 { client_id: "phone".into(), packet_id: 7 };
+//! writer.submit(vec![op]).await.await?; // durable: the PUBREC may go out now
+//! assert_eq!(writer.store().inbound_qos2("phone")?, vec![7]);
+//! writer.shutdown().await
+//! # }
+//! ```
 
 pub mod error;
 pub mod keys;

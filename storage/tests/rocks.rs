@@ -160,9 +160,56 @@ fn locked_dir_is_a_clear_error() {
         other => panic!("expected Locked, got {other:?}"),
     }
     let text = err.to_string();
-    println!("{text}");
     assert!(text.contains(&dir.path().display().to_string()), "{text}");
     assert!(text.contains("locked"), "{text}");
+}
+
+/// Environment variable telling [`hold_lock_child`] which directory to hold.
+const LOCK_DIR_ENV: &str = "TERN_STORAGE_TEST_LOCK_DIR";
+
+/// Not a test: the child process of [`locked_by_another_process`], holding the store open
+/// until its stdin closes.
+#[test]
+#[ignore = "helper process of locked_by_another_process"]
+fn hold_lock_child() {
+    let Ok(dir) = std::env::var(LOCK_DIR_ENV) else {
+        return;
+    };
+    let _store = RocksStore::open(Path::new(&dir)).unwrap();
+    println!("LOCKED");
+    let _ = std::io::stdin().read_line(&mut String::new());
+}
+
+#[test]
+fn locked_by_another_process() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["hold_lock_child", "--exact", "--ignored", "--nocapture"])
+        .env(LOCK_DIR_ENV, dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = stdout.lines();
+    assert!(
+        lines.any(|line| line.unwrap() == "LOCKED"),
+        "child did not open the store"
+    );
+    let err = RocksStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StorageError::Locked { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+    // Closing its stdin lets the child close the store and exit; then the directory opens.
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    drop(lines);
+    RocksStore::open(dir.path()).unwrap();
 }
 
 #[test]
