@@ -417,7 +417,7 @@ impl Connection {
                     self.server_disconnect(reason, "").await;
                     return Ok(());
                 }
-                read = self.reader.read_buf(&mut self.rbuf) => {
+                read = self.reader.read_buf(&mut self.rbuf), if !self.session.inbound_full() => {
                     if read? == 0 {
                         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
                     }
@@ -440,7 +440,13 @@ impl Connection {
                     }
                 }
                 Some((packet_id, qos, reason)) = self.acks.next(), if !self.acks.is_empty() => {
+                    let was_full = self.session.inbound_full();
                     self.session.publish_done(packet_id, qos, reason);
+                    if was_full && self.handle_input().await? {
+                        self.process_effects().await?;
+                        self.flush().await?;
+                        return Ok(());
+                    }
                 }
                 _ = sleep_until_opt(deadline) => {
                     self.server_disconnect(ReasonCode::KeepAliveTimeout, "keepalive timeout").await;
@@ -455,6 +461,10 @@ impl Connection {
     async fn handle_input(&mut self) -> Result<bool, ConnectionError> {
         let max = self.ctx.config.limits.max_packet_size as usize;
         loop {
+            if self.session.inbound_full() {
+                // The rest stays buffered until acknowledgements free the window.
+                return Ok(false);
+            }
             let packet = match decode(&mut self.rbuf, self.protocol, max) {
                 Ok(Some(packet)) => packet,
                 Ok(None) => return Ok(false),

@@ -173,6 +173,14 @@ impl Session {
             .collect()
     }
 
+    /// 3.1.1 has no Receive Maximum: a client may have any number of publishes waiting
+    /// for their acknowledgement. Instead of closing it, the driver stops reading from it
+    /// while this is true (TCP backpressure), so the window is still bounded.
+    pub fn inbound_full(&self) -> bool {
+        self.params.protocol == Protocol::V311
+            && self.inbound_unacked >= self.params.receive_maximum_in
+    }
+
     pub fn has_room(&self) -> bool {
         self.queue.len() < self.params.max_queued_messages
             && self.queued_bytes < self.params.max_queued_bytes
@@ -372,7 +380,9 @@ impl Session {
                         return Ok(());
                     }
                 }
-                if self.inbound_unacked >= self.params.receive_maximum_in {
+                if self.params.protocol == Protocol::V5
+                    && self.inbound_unacked >= self.params.receive_maximum_in
+                {
                     return Err(Close::new(
                         ReasonCode::ReceiveMaximumExceeded,
                         "more unacknowledged QoS > 0 publishes than Receive Maximum",
@@ -656,6 +666,19 @@ mod tests {
             .handle_packet(Packet::Publish(publish("a", QoS::AtLeastOnce, 3)), 0)
             .unwrap_err();
         assert_eq!(err.reason, ReasonCode::ReceiveMaximumExceeded);
+    }
+
+    #[test]
+    fn v311_inbound_window_is_backpressure_not_a_close() {
+        let mut s = Session::new(params(Protocol::V311));
+        for id in 1..=3 {
+            s.handle_packet(Packet::Publish(publish("a", QoS::AtLeastOnce, id)), 0)
+                .unwrap();
+        }
+        assert!(s.inbound_full());
+        s.publish_done(1, QoS::AtLeastOnce, ReasonCode::Success);
+        s.publish_done(2, QoS::AtLeastOnce, ReasonCode::Success);
+        assert!(!s.inbound_full());
     }
 
     #[test]
