@@ -426,6 +426,7 @@ impl Router {
         let persistent = request.expiry_secs > 0;
         let mut ops = Vec::new();
         let mut resumed = None;
+        let mut pending_will = None;
         if let Some(&id) = self.by_client.get(&request.client_id) {
             if let Some(slot) = self.sessions.get_mut(&id) {
                 if let Some(mut old) = slot.online.take() {
@@ -434,15 +435,22 @@ impl Router {
                         let _ = close.send(ReasonCode::SessionTakenOver);
                     }
                 }
-                // A new connection before the will delay ends cancels the will [MQTT-3.1.3-9].
-                slot.will = None;
             }
             let keep =
                 !request.clean_start && self.sessions.get(&id).is_some_and(|slot| slot.persistent);
             if keep {
+                // A new connection to the session before the will delay ends cancels the
+                // will [MQTT-3.1.3-9].
+                if let Some(slot) = self.sessions.get_mut(&id) {
+                    if let Some((at, _)) = slot.will.take() {
+                        self.timers.remove(&(at, id, TimerKind::Will));
+                    }
+                }
                 resumed = Some(id);
-            } else {
-                self.remove_session(id, &mut ops);
+            } else if let Some(will) = self.remove_session(id, &mut ops) {
+                // Clean start ends the old session, and a session's end publishes its
+                // delayed will [MQTT-3.1.2-8].
+                pending_will = Some(will);
             }
         }
         let (id, session_present) = match resumed {
@@ -494,8 +502,12 @@ impl Router {
             ops.push(Op::PutSession(slot.stored()));
         }
         let backlog_upto = (session_present && was_stored).then_some(slot.next_seq);
-        if !ops.is_empty() {
-            self.writer.submit_detached(ops).await;
+        match pending_will {
+            Some(will) => {
+                self.route(&will, ops, false).await;
+            }
+            None if !ops.is_empty() => self.writer.submit_detached(ops).await,
+            None => {}
         }
         Attached {
             session: id,
@@ -786,9 +798,11 @@ impl Router {
             .is_some_and(|o| o.id == conn);
         let mut ops = Vec::new();
         if !current {
-            // A connection that was taken over: the session lives on with the new one, so
-            // only an immediate will remains to publish.
-            if let Some(will) = will.filter(|w| w.delay_secs == 0) {
+            // A connection that was taken over. If its session lives on with the new
+            // connection, only an immediate will is published; if the takeover ended the
+            // session (clean start), the will is due now [MQTT-3.1.2-8].
+            let session_lives = self.sessions.contains_key(&id);
+            if let Some(will) = will.filter(|w| w.delay_secs == 0 || !session_lives) {
                 self.route(&will.message, ops, false).await;
             }
             return;

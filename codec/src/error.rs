@@ -95,6 +95,8 @@ impl DecodeError {
             UnsupportedProtocolVersion(_) | InvalidProtocolName => {
                 ReasonCode::UnsupportedProtocolVersion
             }
+            // A zero-length topic name without a topic alias is a Protocol Error [MQTT-3.3.2-1].
+            InvalidTopicName(TopicError::Empty) => ReasonCode::ProtocolError,
             InvalidTopicName(_) => ReasonCode::TopicNameInvalid,
             InvalidTopicFilter(_) => ReasonCode::TopicFilterInvalid,
             NoLocalOnSharedSubscription | DuplicateProperty(_) | InvalidPropertyValue(_) => {
