@@ -298,6 +298,12 @@ impl Connection {
         }
 
         if protocol == Protocol::V5 {
+            if props.request_response_information == Some(1) {
+                // A topic prefix of the client's own for request/response: responders
+                // publish under it, the client subscribes to it.
+                connack_props.response_information =
+                    Some(ByteString::from(format!("response/{client_id}")));
+            }
             connack_props.receive_maximum = Some(limits.max_inflight);
             connack_props.maximum_packet_size = Some(limits.max_packet_size);
             connack_props.topic_alias_maximum = Some(limits.max_topic_aliases);
