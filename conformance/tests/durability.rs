@@ -1,0 +1,896 @@
+//! Durability of the broker process over real sockets: what it acknowledged survives a
+//! SIGKILL, a clean stop (SIGTERM) keeps retained messages and persistent sessions, and
+//! start-up does not wait for the backlog of queued messages to load.
+//!
+//! These tests run the `tern-test-broker` binary as a child process. The publishers and
+//! subscribers are raw clients (`Peer`, below) whose sends and receives may fail without
+//! panicking, so that a publisher can keep an exact account of what the broker acknowledged
+//! before it died.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tern_codec::{
+    ByteString, ConnAck, Connect, Disconnect, Packet, Properties, Protocol, PubResponse, Publish,
+    QoS, ReasonCode, Subscribe, SubscriptionOptions,
+};
+use tern_conformance::{BrokerProcess, EVENT_TIMEOUT};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+const BROKER: &str = env!("CARGO_BIN_EXE_tern-test-broker");
+
+// ---------------------------------------------------------------------------------------
+// A raw MQTT client whose I/O errors are values, not panics.
+// ---------------------------------------------------------------------------------------
+
+struct Peer {
+    stream: TcpStream,
+    buf: BytesMut,
+    protocol: Protocol,
+}
+
+impl Peer {
+    /// Connects and completes the handshake; a persistent v5 session gets an hour of
+    /// Session Expiry (3.1.1 has none of its own).
+    async fn open(
+        addr: SocketAddr,
+        protocol: Protocol,
+        client_id: &str,
+        clean_start: bool,
+    ) -> (Peer, ConnAck) {
+        let stream = TcpStream::connect(addr).await.expect("connect to broker");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        let mut peer = Peer {
+            stream,
+            buf: BytesMut::new(),
+            protocol,
+        };
+        let mut properties = Properties::default();
+        if protocol == Protocol::V5 && !clean_start {
+            properties.session_expiry_interval = Some(3_600);
+        }
+        let connect = Connect {
+            protocol,
+            clean_start,
+            keep_alive: 120,
+            properties,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+        };
+        peer.send(Packet::Connect(Box::new(connect)))
+            .await
+            .expect("send CONNECT");
+        match peer.recv().await {
+            Some(Packet::ConnAck(ack)) => {
+                assert_eq!(ack.code, ReasonCode::Success, "CONNACK of {client_id}");
+                (peer, ack)
+            }
+            other => panic!("{client_id}: expected CONNACK, got {other:?}"),
+        }
+    }
+
+    fn encode(&self, packet: &Packet, out: &mut BytesMut) {
+        packet.encode(self.protocol, out).expect("encode");
+    }
+
+    async fn send(&mut self, packet: Packet) -> std::io::Result<()> {
+        let mut out = BytesMut::new();
+        self.encode(&packet, &mut out);
+        self.stream.write_all(&out).await
+    }
+
+    /// The next packet, or None once the connection is closed (or reset). Fails the test
+    /// after [`EVENT_TIMEOUT`].
+    async fn recv(&mut self) -> Option<Packet> {
+        self.recv_within(EVENT_TIMEOUT)
+            .await
+            .expect("a packet or close within the timeout")
+    }
+
+    async fn recv_within(&mut self, limit: Duration) -> Result<Option<Packet>, ()> {
+        tokio::time::timeout(limit, async {
+            loop {
+                if let Some(packet) =
+                    tern_codec::decode(&mut self.buf, self.protocol, 1 << 28).expect("decode")
+                {
+                    return Some(packet);
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .map_err(|_| ())
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) {
+        let options = SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        };
+        self.send(Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: vec![(filter.into(), options)],
+        }))
+        .await
+        .expect("send SUBSCRIBE");
+        match self.recv().await {
+            Some(Packet::SubAck(ack)) => {
+                assert_eq!(ack.packet_id, 1);
+                assert_eq!(ack.reasons, vec![granted(qos)], "SUBACK for {filter}");
+            }
+            other => panic!("expected SUBACK for {filter}, got {other:?}"),
+        }
+    }
+
+    /// Publishes at QoS 1 and waits for the PUBACK.
+    async fn publish_qos1(&mut self, topic: &str, payload: &'static [u8], retain: bool) {
+        let mut p = publish(topic, QoS::AtLeastOnce, 7, Bytes::from_static(payload));
+        p.retain = retain;
+        self.send(Packet::Publish(p)).await.expect("send PUBLISH");
+        match self.recv().await {
+            Some(Packet::PubAck(ack)) => {
+                assert_eq!(ack.packet_id, 7);
+                assert!(!ack.reason.is_error(), "PUBACK reason {:?}", ack.reason);
+            }
+            other => panic!("expected PUBACK for {topic}, got {other:?}"),
+        }
+    }
+
+    /// Sends DISCONNECT and waits until the broker closes the connection, so that the
+    /// session is offline before the test goes on.
+    async fn disconnect(mut self) {
+        self.send(Packet::Disconnect(Disconnect::new(ReasonCode::Success)))
+            .await
+            .expect("send DISCONNECT");
+        loop {
+            match self.recv().await {
+                None => return,
+                Some(Packet::Publish(_)) => {}
+                Some(other) => panic!("expected the connection to close, got {other:?}"),
+            }
+        }
+    }
+
+    /// Receives one PUBLISH and acknowledges it (QoS 2: PUBREC, PUBREL, PUBCOMP).
+    async fn expect_publish(&mut self, what: &str) -> Publish {
+        match self.recv().await {
+            Some(Packet::Publish(p)) => {
+                self.ack(&p).await;
+                p
+            }
+            other => panic!("expected PUBLISH ({what}), got {other:?}"),
+        }
+    }
+
+    async fn ack(&mut self, p: &Publish) {
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self
+                .send(Packet::PubAck(PubResponse::new(p.packet_id)))
+                .await
+                .expect("send PUBACK"),
+            QoS::ExactlyOnce => {
+                self.send(Packet::PubRec(PubResponse::new(p.packet_id)))
+                    .await
+                    .expect("send PUBREC");
+                match self.recv().await {
+                    Some(Packet::PubRel(rel)) if rel.packet_id == p.packet_id => self
+                        .send(Packet::PubComp(PubResponse::new(p.packet_id)))
+                        .await
+                        .expect("send PUBCOMP"),
+                    other => panic!("expected PUBREL {}, got {other:?}", p.packet_id),
+                }
+            }
+        }
+    }
+}
+
+fn granted(qos: QoS) -> ReasonCode {
+    match qos {
+        QoS::AtMostOnce => ReasonCode::Success,
+        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+    }
+}
+
+fn publish(topic: &str, qos: QoS, packet_id: u16, payload: Bytes) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: ByteString::from(topic),
+        packet_id,
+        properties: Properties::default(),
+        payload,
+    }
+}
+
+fn seq_payload(seq: u32) -> Bytes {
+    Bytes::from(format!("{seq:08}"))
+}
+
+fn parse_seq(payload: &[u8]) -> u32 {
+    std::str::from_utf8(payload)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected payload {payload:?}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// The broker as a child process with its pid and log (BrokerProcess exposes neither).
+// ---------------------------------------------------------------------------------------
+
+struct Proc {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    log: tokio::task::JoinHandle<String>,
+}
+
+impl Proc {
+    async fn start(data_dir: &Path, extra: &[&str]) -> Proc {
+        let mut child = tokio::process::Command::new(BROKER)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn broker process");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let log = tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut lines = BufReader::new(stderr).lines();
+            let mut log = String::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let line = strip_ansi(&line);
+                if let Some(addr) = listen_addr(&line) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                log.push_str(&line);
+                log.push('\n');
+            }
+            log
+        });
+        match tokio::time::timeout(Duration::from_secs(60), rx).await {
+            Ok(Ok(addr)) => Proc { child, addr, log },
+            Ok(Err(_)) => {
+                let status = child.wait().await;
+                let log = log.await.unwrap_or_default();
+                panic!("broker exited ({status:?}) before listening:\n{log}");
+            }
+            Err(_) => panic!("broker did not listen within 60 s"),
+        }
+    }
+
+    /// SIGTERM, the signal a service manager stops the broker with.
+    fn terminate(&self) {
+        let pid = self.child.id().expect("broker still running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid}: {status}");
+    }
+
+    /// Waits for the process to exit; returns its status and its whole log.
+    async fn wait(self, limit: Duration) -> (ExitStatus, String) {
+        let Proc { mut child, log, .. } = self;
+        let status = tokio::time::timeout(limit, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("broker did not exit within {limit:?}"))
+            .expect("wait for broker");
+        let log = tokio::time::timeout(Duration::from_secs(5), log)
+            .await
+            .map(|log| log.unwrap_or_default())
+            .unwrap_or_default();
+        (status, log)
+    }
+}
+
+/// The `addr=` field of the "tern listening" log line.
+fn listen_addr(line: &str) -> Option<SocketAddr> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .and_then(|a| a.parse().ok())
+}
+
+/// Removes ANSI escape sequences (colour codes) from a log line.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+        } else if chars.next() == Some('[') {
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// SIGKILL mid-stream.
+// ---------------------------------------------------------------------------------------
+
+/// Counts acknowledgements across publishers and wakes the test once `threshold` arrived.
+struct AckCounter {
+    count: AtomicUsize,
+    threshold: usize,
+    reached: Notify,
+}
+
+impl AckCounter {
+    fn add(&self) {
+        if self.count.fetch_add(1, Ordering::SeqCst) + 1 == self.threshold {
+            self.reached.notify_one();
+        }
+    }
+}
+
+/// One publisher's stream of sequence-numbered messages and its exact account of what the
+/// broker acknowledged. Packet id of message `seq` is `seq + 1` (no reuse).
+struct Flow {
+    topic: &'static str,
+    qos: QoS,
+    total: u32,
+    next: u32,
+    /// Sent, no PUBACK / PUBREC yet: packet id -> seq.
+    unacked: BTreeMap<u16, u32>,
+    /// QoS 2: PUBREC received, PUBCOMP not yet: packet id -> seq.
+    released: BTreeMap<u16, u32>,
+    /// Seqs the broker acknowledged (PUBACK / PUBREC), in order of acknowledgement.
+    acked: Vec<u32>,
+}
+
+impl Flow {
+    fn new(topic: &'static str, qos: QoS, total: u32) -> Flow {
+        Flow {
+            topic,
+            qos,
+            total,
+            next: 0,
+            unacked: BTreeMap::new(),
+            released: BTreeMap::new(),
+            acked: Vec::new(),
+        }
+    }
+
+    fn packet_id(seq: u32) -> u16 {
+        u16::try_from(seq + 1).expect("packet id fits")
+    }
+
+    fn complete(&self) -> bool {
+        self.next == self.total && self.unacked.is_empty() && self.released.is_empty()
+    }
+
+    /// Publishes the remaining messages with at most `window` incomplete at a time. Returns
+    /// true when every message is complete, false when the connection went away.
+    async fn pump(&mut self, peer: &mut Peer, window: usize, acks: &AckCounter) -> bool {
+        loop {
+            while self.unacked.len() + self.released.len() < window && self.next < self.total {
+                let seq = self.next;
+                let id = Self::packet_id(seq);
+                // Accounted as sent before the write: once written, the broker may have it.
+                self.unacked.insert(id, seq);
+                self.next += 1;
+                let p = publish(self.topic, self.qos, id, seq_payload(seq));
+                if peer.send(Packet::Publish(p)).await.is_err() {
+                    return false;
+                }
+            }
+            if self.complete() {
+                return true;
+            }
+            match peer.recv().await {
+                None => return false,
+                Some(Packet::PubAck(ack)) if self.qos == QoS::AtLeastOnce => {
+                    assert!(!ack.reason.is_error(), "PUBACK {ack:?}");
+                    let seq = self.unacked.remove(&ack.packet_id).unwrap_or_else(|| {
+                        panic!("{}: PUBACK for unknown id {}", self.topic, ack.packet_id)
+                    });
+                    self.acked.push(seq);
+                    acks.add();
+                }
+                Some(Packet::PubRec(rec)) if self.qos == QoS::ExactlyOnce => {
+                    assert!(!rec.reason.is_error(), "PUBREC {rec:?}");
+                    let seq = self.unacked.remove(&rec.packet_id).unwrap_or_else(|| {
+                        panic!("{}: PUBREC for unknown id {}", self.topic, rec.packet_id)
+                    });
+                    self.released.insert(rec.packet_id, seq);
+                    self.acked.push(seq);
+                    acks.add();
+                    let rel = Packet::PubRel(PubResponse::new(rec.packet_id));
+                    if peer.send(rel).await.is_err() {
+                        return false;
+                    }
+                }
+                Some(Packet::PubComp(comp)) if self.qos == QoS::ExactlyOnce => {
+                    // After a crash the broker may answer 0x92 (Packet Identifier not
+                    // found) to a resent PUBREL; what counts is delivery, checked later.
+                    self.released.remove(&comp.packet_id).unwrap_or_else(|| {
+                        panic!("{}: PUBCOMP for unknown id {}", self.topic, comp.packet_id)
+                    });
+                }
+                Some(other) => panic!("publisher of {}: unexpected {other:?}", self.topic),
+            }
+        }
+    }
+
+    /// MQTT-4.4.0-1: on reconnecting with a session, re-send the unacknowledged PUBLISH
+    /// packets (DUP set) and the PUBREL packets with their original packet ids, in order.
+    async fn resend(&mut self, peer: &mut Peer) {
+        let mut pending: Vec<(u32, u16, bool)> = self
+            .unacked
+            .iter()
+            .map(|(&id, &seq)| (seq, id, true))
+            .chain(self.released.iter().map(|(&id, &seq)| (seq, id, false)))
+            .collect();
+        pending.sort_unstable();
+        for (seq, id, is_publish) in pending {
+            let packet = if is_publish {
+                let mut p = publish(self.topic, self.qos, id, seq_payload(seq));
+                p.dup = true;
+                Packet::Publish(p)
+            } else {
+                Packet::PubRel(PubResponse::new(id))
+            };
+            peer.send(packet).await.expect("resend after restart");
+        }
+    }
+}
+
+/// Reconnects a persistent v3.1.1 subscriber and reads its queue up to the `end` marker,
+/// acknowledging everything. Returns the seqs delivered, in order; a QoS 2 PUBLISH resent
+/// with DUP for a packet id still awaiting PUBREL is the same delivery and not counted.
+async fn drain(addr: SocketAddr, client_id: &str) -> Vec<u32> {
+    let (mut peer, ack) = Peer::open(addr, Protocol::V311, client_id, false).await;
+    assert!(
+        ack.session_present,
+        "{client_id}: MQTT-3.2.2-2: the persistent session survives the crash (session present)"
+    );
+    let mut delivered = Vec::new();
+    let mut awaiting_rel = HashSet::new();
+    loop {
+        match peer.recv().await {
+            Some(Packet::Publish(p)) => {
+                let redelivery = match p.qos {
+                    QoS::AtMostOnce => false,
+                    QoS::AtLeastOnce => {
+                        peer.send(Packet::PubAck(PubResponse::new(p.packet_id)))
+                            .await
+                            .expect("send PUBACK");
+                        false
+                    }
+                    QoS::ExactlyOnce => {
+                        let again = !awaiting_rel.insert(p.packet_id);
+                        assert!(!again || p.dup, "{client_id}: id reused before PUBCOMP");
+                        peer.send(Packet::PubRec(PubResponse::new(p.packet_id)))
+                            .await
+                            .expect("send PUBREC");
+                        again
+                    }
+                };
+                if &p.payload[..] == b"end" {
+                    return delivered;
+                }
+                if !redelivery {
+                    delivered.push(parse_seq(&p.payload));
+                }
+            }
+            Some(Packet::PubRel(rel)) => {
+                awaiting_rel.remove(&rel.packet_id);
+                peer.send(Packet::PubComp(PubResponse::new(rel.packet_id)))
+                    .await
+                    .expect("send PUBCOMP");
+            }
+            None => panic!("{client_id}: connection closed before the end marker"),
+            Some(other) => panic!("{client_id}: unexpected {other:?}"),
+        }
+    }
+}
+
+/// Seqs in `wanted` that are not in `delivered`.
+fn missing(wanted: impl IntoIterator<Item = u32>, delivered: &[u32]) -> Vec<u32> {
+    let got: HashSet<u32> = delivered.iter().copied().collect();
+    let mut lost: Vec<u32> = wanted.into_iter().filter(|s| !got.contains(s)).collect();
+    lost.sort_unstable();
+    lost
+}
+
+/// The first occurrence of each seq, in delivery order.
+fn first_occurrences(delivered: &[u32]) -> Vec<u32> {
+    let mut seen = HashSet::new();
+    delivered
+        .iter()
+        .copied()
+        .filter(|s| seen.insert(*s))
+        .collect()
+}
+
+fn is_ascending(seqs: &[u32]) -> bool {
+    seqs.windows(2).all(|w| w[0] < w[1])
+}
+
+/// Two offline persistent 3.1.1 sessions (QoS 1 on `crash/q1`, QoS 2 on `crash/q2`) are
+/// fed by a 3.1.1 QoS 1 publisher and a v5 QoS 2 publisher, 16 messages in flight each.
+/// Half-way through, SIGKILL. After the restart on the same data directory: both sessions
+/// are present; every message acknowledged (PUBACK / PUBREC) before the kill is delivered;
+/// the publishers resume their sessions as MQTT-4.4.0-1 requires (resend unacknowledged
+/// PUBLISH with DUP and PUBREL), after which every message is delivered, per topic in
+/// ascending order, and no QoS 2 message twice (MQTT-4.3.3, exactly once across a crash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_stream_loses_no_acknowledged_message_and_duplicates_no_qos2() {
+    const TOTAL: u32 = 2_000;
+    const WINDOW: usize = 16;
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = BrokerProcess::start(BROKER, dir.path(), &[]).await;
+    let addr = broker.addr;
+
+    for (client_id, topic, qos) in [
+        ("crash-sub-q1", "crash/q1", QoS::AtLeastOnce),
+        ("crash-sub-q2", "crash/q2", QoS::ExactlyOnce),
+    ] {
+        let (mut sub, ack) = Peer::open(addr, Protocol::V311, client_id, false).await;
+        assert!(!ack.session_present);
+        sub.subscribe(topic, qos).await;
+        sub.disconnect().await;
+    }
+
+    // Half of all messages acknowledged: the kill point.
+    let acks = Arc::new(AckCounter {
+        count: AtomicUsize::new(0),
+        threshold: TOTAL as usize,
+        reached: Notify::new(),
+    });
+    let mut publishers = Vec::new();
+    for (client_id, protocol, topic, qos) in [
+        ("crash-pub-q1", Protocol::V311, "crash/q1", QoS::AtLeastOnce),
+        ("crash-pub-q2", Protocol::V5, "crash/q2", QoS::ExactlyOnce),
+    ] {
+        let (mut peer, _) = Peer::open(addr, protocol, client_id, false).await;
+        let acks = acks.clone();
+        publishers.push(tokio::spawn(async move {
+            let mut flow = Flow::new(topic, qos, TOTAL);
+            let finished = flow.pump(&mut peer, WINDOW, &acks).await;
+            (client_id, protocol, flow, finished)
+        }));
+    }
+    tokio::time::timeout(Duration::from_secs(30), acks.reached.notified())
+        .await
+        .expect("half of the messages acknowledged within 30 s");
+    broker.kill().await;
+    let killed_at = started.elapsed();
+
+    let mut flows = Vec::new();
+    for task in publishers {
+        flows.push(task.await.expect("publisher task"));
+    }
+    let acked_before_kill: HashMap<&str, Vec<u32>> = flows
+        .iter()
+        .map(|(_, _, flow, _)| (flow.topic, flow.acked.clone()))
+        .collect();
+    for (client_id, _, flow, finished) in &flows {
+        println!(
+            "{client_id}: before SIGKILL sent {} acknowledged {} unacknowledged {} awaiting \
+             PUBCOMP {} (finished: {finished})",
+            flow.next,
+            flow.acked.len(),
+            flow.unacked.len(),
+            flow.released.len()
+        );
+    }
+
+    let broker = BrokerProcess::start(BROKER, dir.path(), &[]).await;
+    let addr = broker.addr;
+    for (client_id, protocol, flow, _) in &mut flows {
+        let (mut peer, ack) = Peer::open(addr, *protocol, client_id, false).await;
+        assert!(
+            ack.session_present,
+            "{client_id}: the publisher's persistent session survives SIGKILL"
+        );
+        flow.resend(&mut peer).await;
+        assert!(
+            flow.pump(&mut peer, WINDOW, &acks).await,
+            "{client_id}: connection lost after the restart"
+        );
+        peer.disconnect().await;
+    }
+    // The end markers are queued behind everything the publishers sent.
+    let (mut marker, _) = Peer::open(addr, Protocol::V311, "crash-marker", true).await;
+    marker.publish_qos1("crash/q1", b"end", false).await;
+    marker.publish_qos1("crash/q2", b"end", false).await;
+
+    let q1 = drain(addr, "crash-sub-q1").await;
+    let q2 = drain(addr, "crash-sub-q2").await;
+    println!(
+        "killed after {killed_at:?}; delivered q1 {} (distinct {}), q2 {}; total {:?}",
+        q1.len(),
+        first_occurrences(&q1).len(),
+        q2.len(),
+        started.elapsed()
+    );
+
+    let lost_q1 = missing(acked_before_kill["crash/q1"].iter().copied(), &q1);
+    assert!(
+        lost_q1.is_empty(),
+        "QoS 1 messages PUBACKed before SIGKILL and never delivered: {} (first: {:?})",
+        lost_q1.len(),
+        &lost_q1[..lost_q1.len().min(20)]
+    );
+    let lost_q2 = missing(acked_before_kill["crash/q2"].iter().copied(), &q2);
+    assert!(
+        lost_q2.is_empty(),
+        "QoS 2 messages PUBRECed before SIGKILL and never delivered: {} (first: {:?})",
+        lost_q2.len(),
+        &lost_q2[..lost_q2.len().min(20)]
+    );
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for &seq in &q2 {
+        *counts.entry(seq).or_default() += 1;
+    }
+    let duplicates: Vec<(u32, usize)> = counts.into_iter().filter(|&(_, n)| n > 1).collect();
+    assert!(
+        duplicates.is_empty(),
+        "QoS 2 messages delivered more than once (seq, times): {} (first: {:?})",
+        duplicates.len(),
+        &duplicates[..duplicates.len().min(20)]
+    );
+    let lost_q1 = missing(0..TOTAL, &q1);
+    assert!(
+        lost_q1.is_empty(),
+        "QoS 1 messages acknowledged after the resend and never delivered: {lost_q1:?}"
+    );
+    let lost_q2 = missing(0..TOTAL, &q2);
+    assert!(
+        lost_q2.is_empty(),
+        "QoS 2 messages completed after the resend and never delivered: {lost_q2:?}"
+    );
+    assert!(
+        is_ascending(&first_occurrences(&q1)),
+        "crash/q1 delivered out of order"
+    );
+    assert!(is_ascending(&q2), "crash/q2 delivered out of order");
+    broker.kill().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Clean stop.
+// ---------------------------------------------------------------------------------------
+
+/// SIGTERM stops the broker cleanly: a connected v5 client is told (DISCONNECT 0x8B
+/// Server shutting down), the process exits 0, and after a restart on the same data
+/// directory the retained message, both persistent sessions (3.1.1 and v5), their
+/// subscriptions and their queued message are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_clean_stop_keeps_retained_messages_and_persistent_sessions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = Proc::start(dir.path(), &[]).await;
+    let addr = broker.addr;
+
+    for (client_id, protocol, qos) in [
+        ("term-sub-311", Protocol::V311, QoS::AtLeastOnce),
+        ("term-sub-v5", Protocol::V5, QoS::ExactlyOnce),
+    ] {
+        let (mut sub, _) = Peer::open(addr, protocol, client_id, false).await;
+        sub.subscribe("term/queue", qos).await;
+        sub.disconnect().await;
+    }
+    let (mut publisher, _) = Peer::open(addr, Protocol::V311, "term-pub", true).await;
+    publisher.publish_qos1("term/retained", b"kept", true).await;
+    publisher.publish_qos1("term/queue", b"queued", false).await;
+    publisher.disconnect().await;
+
+    let (mut online, _) = Peer::open(addr, Protocol::V5, "term-online", true).await;
+    broker.terminate();
+    match online.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::ServerShuttingDown),
+        other => panic!("expected DISCONNECT 0x8B at shutdown, got {other:?}"),
+    }
+    let (status, log) = broker.wait(Duration::from_secs(15)).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM; log:\n{log}"
+    );
+
+    let broker = Proc::start(dir.path(), &[]).await;
+    let addr = broker.addr;
+    let (mut sub311, ack) = Peer::open(addr, Protocol::V311, "term-sub-311", false).await;
+    assert!(
+        ack.session_present,
+        "3.1.1 persistent session after restart"
+    );
+    let (mut sub5, ack) = Peer::open(addr, Protocol::V5, "term-sub-v5", false).await;
+    assert!(ack.session_present, "v5 persistent session after restart");
+    for (sub, name) in [(&mut sub311, "3.1.1"), (&mut sub5, "v5")] {
+        let p = sub.expect_publish("the queued message").await;
+        assert_eq!(
+            (&p.topic[..], &p.payload[..], p.qos),
+            ("term/queue", &b"queued"[..], QoS::AtLeastOnce),
+            "{name} session's queued message"
+        );
+    }
+    // The subscriptions survived too: a new message reaches both without re-subscribing.
+    let (mut publisher, _) = Peer::open(addr, Protocol::V311, "term-pub", true).await;
+    publisher.publish_qos1("term/queue", b"after", false).await;
+    for (sub, name, qos) in [
+        (&mut sub311, "3.1.1", QoS::AtLeastOnce),
+        (&mut sub5, "v5", QoS::AtLeastOnce),
+    ] {
+        let p = sub.expect_publish("the message after restart").await;
+        assert_eq!(
+            (&p.payload[..], p.qos),
+            (&b"after"[..], qos),
+            "{name} subscription after restart"
+        );
+    }
+    let (mut fresh, ack) = Peer::open(addr, Protocol::V311, "term-fresh", true).await;
+    assert!(!ack.session_present);
+    fresh.subscribe("term/retained", QoS::AtLeastOnce).await;
+    let p = fresh.expect_publish("the retained message").await;
+    assert_eq!(&p.topic[..], "term/retained");
+    assert_eq!(&p.payload[..], b"kept");
+    assert!(
+        p.retain,
+        "MQTT-3.3.1-8: retained message sent with RETAIN set"
+    );
+
+    broker.terminate();
+    let (status, log) = broker.wait(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "second SIGTERM; log:\n{log}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Start-up with a large backlog.
+// ---------------------------------------------------------------------------------------
+
+/// Publishes `total` QoS 1 messages with `window` in flight, writing in batches.
+async fn publish_backlog(peer: &mut Peer, topic: &str, total: u32, window: u32) {
+    let mut next = 0u32;
+    let mut acked = 0u32;
+    let mut out = BytesMut::new();
+    while acked < total {
+        if next - acked <= window / 2 && next < total {
+            out.clear();
+            while next - acked < window && next < total {
+                // Ids cycle through 1..=65_535; with `window` far below that, an id is
+                // acknowledged long before it comes round again.
+                let id = u16::try_from(next % 65_535 + 1).expect("fits");
+                let p = publish(topic, QoS::AtLeastOnce, id, seq_payload(next));
+                peer.encode(&Packet::Publish(p), &mut out);
+                next += 1;
+            }
+            peer.stream.write_all(&out).await.expect("write publishes");
+        }
+        match peer.recv().await {
+            Some(Packet::PubAck(ack)) => {
+                assert!(!ack.reason.is_error(), "PUBACK {ack:?}");
+                acked += 1;
+            }
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+}
+
+/// Spawns the broker on `data` and connects a fresh client: the time from spawn to CONNACK.
+async fn time_to_connack(data: &Path, config_arg: &str) -> (Duration, Proc) {
+    let spawned = Instant::now();
+    let broker = Proc::start(data, &["--config", config_arg]).await;
+    let (_fresh, ack) = Peer::open(broker.addr, Protocol::V311, "backlog-fresh", true).await;
+    let elapsed = spawned.elapsed();
+    assert!(!ack.session_present);
+    (elapsed, broker)
+}
+
+/// 200,000 QoS 1 messages queued for one offline persistent session do not delay start-up:
+/// after a clean stop, a fresh client gets its CONNACK within 2 s of the process being
+/// spawned, and the session's queue is intact (its first messages arrive in order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_does_not_load_queued_messages() {
+    const QUEUED: u32 = 200_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("tern.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nmax_queued_messages = 250_000\nmax_queued_bytes = 536_870_912\n\
+         max_inflight = 1_000\n[storage]\nsync = \"none\"\n",
+    )
+    .expect("write config");
+    let data = dir.path().join("data");
+    let config_arg = config.to_str().expect("utf-8 path");
+    let broker = Proc::start(&data, &["--config", config_arg]).await;
+    let addr = broker.addr;
+
+    let (mut sub, _) = Peer::open(addr, Protocol::V311, "backlog-sub", false).await;
+    sub.subscribe("backlog/t", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let publishing = Instant::now();
+    let (mut publisher, _) = Peer::open(addr, Protocol::V311, "backlog-pub", true).await;
+    publish_backlog(&mut publisher, "backlog/t", QUEUED, 512).await;
+    publisher.disconnect().await;
+    let published_in = publishing.elapsed();
+
+    let stopping = Instant::now();
+    broker.terminate();
+    let (status, log) = broker.wait(Duration::from_secs(60)).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM; log:\n{log}"
+    );
+    let stopped_in = stopping.elapsed();
+
+    // The same measurement on an empty data directory, for comparison.
+    let (baseline, empty) = time_to_connack(&dir.path().join("empty"), config_arg).await;
+    empty.terminate();
+    empty.wait(Duration::from_secs(60)).await;
+
+    let (connack_after, broker) = time_to_connack(&data, config_arg).await;
+    println!(
+        "published {QUEUED} in {published_in:?}; clean stop {stopped_in:?}; restart: \
+         CONNACK {connack_after:?} after spawn (empty data directory: {baseline:?})"
+    );
+    if connack_after >= Duration::from_secs(2) {
+        broker.terminate();
+        let (_, log) = broker.wait(Duration::from_secs(60)).await;
+        // Where the time went inside storage, from RocksDB's own log of the open.
+        let recovery: Vec<String> = std::fs::read_to_string(data.join("LOG"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                [
+                    "Recovering log",
+                    "Recovered to log",
+                    "recovery_finished",
+                    "DB pointer",
+                ]
+                .iter()
+                .any(|needle| l.contains(needle))
+            })
+            .map(str::to_owned)
+            .collect();
+        panic!(
+            "a fresh client waited {connack_after:?} from process start to CONNACK with \
+             {QUEUED} messages queued (limit 2 s; {baseline:?} with an empty data \
+             directory); broker log:\n{log}RocksDB LOG:\n{}",
+            recovery.join("\n")
+        );
+    }
+
+    let (mut sub, ack) = Peer::open(broker.addr, Protocol::V311, "backlog-sub", false).await;
+    assert!(
+        ack.session_present,
+        "the backlog's session survives the restart"
+    );
+    for expected in 0..100 {
+        let p = sub.expect_publish("a queued message").await;
+        assert_eq!(parse_seq(&p.payload), expected, "queued messages in order");
+    }
+    broker.terminate();
+    let (status, log) = broker.wait(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0), "second SIGTERM; log:\n{log}");
+}
