@@ -678,7 +678,6 @@ impl Connection {
             self.ctx
                 .router
                 .send(Command::Publish {
-                    from: self.session_id,
                     message,
                     inbound_qos2: None,
                     reply: None,
@@ -692,7 +691,6 @@ impl Connection {
         self.ctx
             .router
             .send(Command::Publish {
-                from: self.session_id,
                 message,
                 inbound_qos2,
                 reply: Some(reply),

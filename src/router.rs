@@ -103,7 +103,6 @@ pub enum Command {
         reply: oneshot::Sender<Attached>,
     },
     Publish {
-        from: SessionId,
         message: Arc<Message>,
         /// (client ID, packet ID) of an inbound QoS 2 publish of a persistent session: its
         /// "already received" marker is written in the same batch as the message.
@@ -360,7 +359,6 @@ impl Router {
                 let _ = reply.send(attached);
             }
             Command::Publish {
-                from,
                 message,
                 inbound_qos2,
                 reply,
@@ -372,7 +370,6 @@ impl Router {
                         packet_id,
                     });
                 }
-                let _ = from;
                 let routed = self.route(&message, ops, reply.is_some()).await;
                 if let Some(reply) = reply {
                     let _ = reply.send(routed);
@@ -1067,7 +1064,6 @@ mod tests {
         let routed = h
             .router
             .call(|reply| Command::Publish {
-                from: 0,
                 message: m,
                 inbound_qos2: None,
                 reply: Some(reply),
