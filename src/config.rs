@@ -83,9 +83,11 @@ pub struct Limits {
     /// QoS>0 messages per session. Default 32; at least 1 (v5 forbids a Receive Maximum
     /// of 0).
     pub max_inflight: u16,
-    /// Messages queued per session beyond the in-flight window. At the limit new QoS 0
-    /// messages are dropped, and QoS>0 messages for an offline persistent session are
-    /// dropped and counted. Default 10_000; at least 1.
+    /// Messages queued per session beyond the in-flight window. At the limit QoS 0 messages
+    /// are dropped; QoS>0 messages of a connected persistent session stay in its durable
+    /// queue and are read back in order later; QoS>0 messages of a non-persistent session,
+    /// or of an offline persistent session already holding this many, are dropped and
+    /// counted. Default 10_000; at least 1.
     pub max_queued_messages: usize,
     /// Bytes queued per session (same queue as `max_queued_messages`). Default 64 MiB; at
     /// least `max_packet_size`, so one message of the largest accepted size can be queued.
@@ -113,8 +115,10 @@ pub struct Limits {
     /// Retained messages stored in total. At the limit a retained message on a new topic is
     /// not stored (it is still delivered). Default 1_000_000.
     pub max_retained_messages: usize,
-    /// Bound of each router-to-connection delivery channel. Default 1_024; at least 1
-    /// (a bounded channel of 0 cannot carry anything).
+    /// Bound of each router-to-connection delivery channel; the router never waits on a
+    /// connection. When full, a persistent session's QoS>0 messages wait in its durable
+    /// queue, the rest for that connection are dropped and counted. Default 1_024; at
+    /// least 1 (a bounded channel of 0 cannot carry anything).
     pub outbound_channel_capacity: usize,
 }
 
