@@ -117,3 +117,23 @@ async fn mqtt5_3_2_2_response_information_on_request() {
     let ack = other.handshake(other.connect_packet("quiet", true)).await;
     assert_eq!(ack.properties.response_information, None, "only on request");
 }
+
+/// Server-sent DISCONNECTs say why in a Reason String (v5), so an operator reading a
+/// client log learns more than a number.
+#[tokio::test]
+async fn mqtt5_3_14_2_2_server_disconnect_carries_a_reason_string() {
+    let broker = Broker::start().await;
+    let mut client = RawClient::connect(broker.addr, Protocol::V5).await;
+    client.handshake(client.connect_packet("twice", true)).await;
+    let again = client.connect_packet("twice", true);
+    client.send(RawPacket::Connect(Box::new(again))).await;
+    match client.recv().await {
+        Some(RawPacket::Disconnect(d)) => {
+            assert_eq!(d.reason, tern_codec::ReasonCode::ProtocolError);
+            let why = d.properties.reason_string.expect("a reason string");
+            assert!(why.contains("CONNECT"), "{why}");
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert_eq!(client.recv().await, None, "then the connection closes");
+}
