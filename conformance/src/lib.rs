@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use tern::config::Config;
@@ -101,11 +101,13 @@ impl Broker {
     }
 }
 
-/// The broker as a child process (the `tern-test-broker` binary of this package).
+/// The broker as a child process (the `tern-test-broker` binary of this package), with its
+/// whole log (stderr) collected until it exits.
 pub struct BrokerProcess {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     child: tokio::process::Child,
+    log: tokio::task::JoinHandle<String>,
 }
 
 impl BrokerProcess {
@@ -122,27 +124,37 @@ impl BrokerProcess {
             .spawn()
             .expect("spawn broker process");
         let stderr = child.stderr.take().expect("piped stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await.expect("broker stderr") {
-                if let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-                {
-                    return addr;
+        let (tx, rx) = oneshot::channel();
+        // Reads the log to the end (so the pipe never fills and blocks the broker), and
+        // reports the address of the "tern listening addr=..." line.
+        let log = tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut lines = BufReader::new(stderr).lines();
+            let mut log = String::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(addr) = listen_addr(&line) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
                 }
+                log.push_str(&line);
+                log.push('\n');
             }
-            panic!("broker exited before listening");
-        })
-        .await
-        .expect("broker listens within 60 s");
-        // Keep draining its log so the pipe never fills and blocks the broker.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        BrokerProcess {
-            addr,
-            data_dir: data_dir.to_path_buf(),
-            child,
+            log
+        });
+        match tokio::time::timeout(Duration::from_secs(60), rx).await {
+            Ok(Ok(addr)) => BrokerProcess {
+                addr,
+                data_dir: data_dir.to_path_buf(),
+                child,
+                log,
+            },
+            Ok(Err(_)) => {
+                let status = child.wait().await;
+                let log = log.await.unwrap_or_default();
+                panic!("broker exited ({status:?}) before listening:\n{log}");
+            }
+            Err(_) => panic!("broker did not listen within 60 s"),
         }
     }
 
@@ -150,11 +162,47 @@ impl BrokerProcess {
         self.addr.port()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("broker still running")
+    }
+
     /// SIGKILL: no flush, no goodbye.
     pub async fn kill(mut self) {
         self.child.start_kill().expect("kill broker");
         let _ = self.child.wait().await;
     }
+
+    /// SIGTERM, the signal a service manager stops the broker with. Does not wait: see
+    /// [`BrokerProcess::wait`].
+    pub fn terminate(&self) {
+        let pid = self.pid();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid}: {status}");
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its status and its whole log.
+    pub async fn wait(self, limit: Duration) -> (ExitStatus, String) {
+        let BrokerProcess { mut child, log, .. } = self;
+        let status = tokio::time::timeout(limit, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("broker did not exit within {limit:?}"))
+            .expect("wait for broker");
+        let log = tokio::time::timeout(Duration::from_secs(5), log)
+            .await
+            .map(|log| log.unwrap_or_default())
+            .unwrap_or_default();
+        (status, log)
+    }
+}
+
+/// The `addr=` field of the "tern listening" log line.
+fn listen_addr(line: &str) -> Option<SocketAddr> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .and_then(|a| a.parse().ok())
 }
 
 /// rumqttc options for MQTT 3.1.1 against `port`.
@@ -219,11 +267,45 @@ impl RawClient {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .expect("connect to broker");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
         RawClient {
             stream,
             buf: bytes::BytesMut::new(),
             protocol,
         }
+    }
+
+    /// Connects and sends a CONNECT with the given client ID and clean start, adjusted by
+    /// `adjust`; returns the client with the CONNACK, whatever its code.
+    pub async fn open(
+        addr: SocketAddr,
+        protocol: tern_codec::Protocol,
+        client_id: &str,
+        clean_start: bool,
+        adjust: impl FnOnce(&mut tern_codec::Connect),
+    ) -> (RawClient, tern_codec::ConnAck) {
+        let mut client = RawClient::connect(addr, protocol).await;
+        let mut connect = client.connect_packet(client_id, clean_start);
+        adjust(&mut connect);
+        let ack = client.handshake(connect).await;
+        (client, ack)
+    }
+
+    /// Like [`RawClient::open`], but the CONNACK must accept the connection.
+    pub async fn open_ok(
+        addr: SocketAddr,
+        protocol: tern_codec::Protocol,
+        client_id: &str,
+        clean_start: bool,
+        adjust: impl FnOnce(&mut tern_codec::Connect),
+    ) -> (RawClient, tern_codec::ConnAck) {
+        let (client, ack) = Self::open(addr, protocol, client_id, clean_start, adjust).await;
+        assert_eq!(
+            ack.code,
+            tern_codec::ReasonCode::Success,
+            "CONNECT of {client_id:?} refused: {ack:?}"
+        );
+        (client, ack)
     }
 
     /// Sends CONNECT (built by `connect`) and returns the CONNACK.
@@ -238,27 +320,32 @@ impl RawClient {
 
     /// A CONNECT with the given client ID and clean start, other fields empty.
     pub fn connect_packet(&self, client_id: &str, clean_start: bool) -> tern_codec::Connect {
-        tern_codec::Connect {
-            protocol: self.protocol,
-            clean_start,
-            keep_alive: 30,
-            properties: tern_codec::Properties::default(),
-            client_id: client_id.into(),
-            will: None,
-            username: None,
-            password: None,
-        }
+        connect_packet(self.protocol, client_id, clean_start)
+    }
+
+    /// Appends the encoding of `packet` to `out` (to write several packets at once).
+    pub fn encode(&self, packet: &tern_codec::Packet, out: &mut bytes::BytesMut) {
+        packet.encode(self.protocol, out).expect("encode");
     }
 
     pub async fn send(&mut self, packet: tern_codec::Packet) {
+        self.try_send(packet).await.expect("write");
+    }
+
+    /// Like [`RawClient::send`], but a write error (the broker went away) is a value.
+    pub async fn try_send(&mut self, packet: tern_codec::Packet) -> std::io::Result<()> {
         let mut out = bytes::BytesMut::new();
-        packet.encode(self.protocol, &mut out).expect("encode");
-        self.send_raw(&out).await;
+        self.encode(&packet, &mut out);
+        self.try_send_raw(&out).await
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.try_send_raw(bytes).await.expect("write");
+    }
+
+    async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
-        self.stream.write_all(bytes).await.expect("write");
+        self.stream.write_all(bytes).await
     }
 
     /// The next packet, or None once the broker closed the connection. Fails the test
@@ -288,5 +375,151 @@ impl RawClient {
         })
         .await
         .map_err(|_| ())
+    }
+    /// Subscribes to `filter` and asserts that its SUBACK grants `qos`.
+    pub async fn subscribe(&mut self, packet_id: u16, filter: &str, qos: tern_codec::QoS) {
+        let options = tern_codec::SubscriptionOptions {
+            qos,
+            ..tern_codec::SubscriptionOptions::default()
+        };
+        self.send(tern_codec::Packet::Subscribe(tern_codec::Subscribe {
+            packet_id,
+            properties: tern_codec::Properties::default(),
+            filters: vec![(filter.into(), options)],
+        }))
+        .await;
+        match self.recv().await {
+            Some(tern_codec::Packet::SubAck(ack)) => {
+                assert_eq!(ack.packet_id, packet_id, "SUBACK packet id");
+                assert_eq!(ack.reasons, vec![granted(qos)], "SUBACK for {filter}");
+            }
+            other => panic!("expected SUBACK for {filter}, got {other:?}"),
+        }
+    }
+
+    /// Publishes at QoS 1 with `packet_id` and waits for a successful PUBACK.
+    pub async fn publish_qos1(
+        &mut self,
+        packet_id: u16,
+        topic: &str,
+        payload: impl AsRef<[u8]>,
+        retain: bool,
+    ) {
+        let payload = payload.as_ref();
+        let mut p = publish_packet(
+            topic,
+            tern_codec::QoS::AtLeastOnce,
+            packet_id,
+            bytes::Bytes::copy_from_slice(payload),
+        );
+        p.retain = retain;
+        self.send(tern_codec::Packet::Publish(p)).await;
+        match self.recv().await {
+            Some(tern_codec::Packet::PubAck(ack)) => {
+                assert_eq!(ack.packet_id, packet_id);
+                assert!(
+                    !ack.reason.is_error(),
+                    "PUBACK for {payload:?} on {topic} failed: {ack:?}"
+                );
+            }
+            other => panic!("expected the PUBACK of {payload:?} on {topic}, got {other:?}"),
+        }
+    }
+
+    /// Sends DISCONNECT and waits until the broker closes the connection (ignoring PUBLISH
+    /// packets still on the way), so that the session is offline before the test goes on.
+    pub async fn disconnect(mut self) {
+        self.send(tern_codec::Packet::Disconnect(tern_codec::Disconnect::new(
+            tern_codec::ReasonCode::Success,
+        )))
+        .await;
+        loop {
+            match self.recv().await {
+                None => return,
+                Some(tern_codec::Packet::Publish(_)) => {}
+                Some(other) => panic!("expected the connection to close, got {other:?}"),
+            }
+        }
+    }
+
+    /// Receives one PUBLISH and acknowledges it (QoS 2: PUBREC, PUBREL, PUBCOMP).
+    pub async fn expect_publish(&mut self, what: &str) -> tern_codec::Publish {
+        match self.recv().await {
+            Some(tern_codec::Packet::Publish(p)) => {
+                self.ack(&p).await;
+                p
+            }
+            other => panic!("expected PUBLISH ({what}), got {other:?}"),
+        }
+    }
+
+    /// Acknowledges a received PUBLISH: PUBACK at QoS 1; PUBREC, then PUBCOMP for the
+    /// PUBREL at QoS 2.
+    pub async fn ack(&mut self, p: &tern_codec::Publish) {
+        use tern_codec::{Packet, PubResponse, QoS};
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                self.send(Packet::PubAck(PubResponse::new(p.packet_id)))
+                    .await
+            }
+            QoS::ExactlyOnce => {
+                self.send(Packet::PubRec(PubResponse::new(p.packet_id)))
+                    .await;
+                match self.recv().await {
+                    Some(Packet::PubRel(rel)) if rel.packet_id == p.packet_id => {
+                        self.send(Packet::PubComp(PubResponse::new(p.packet_id)))
+                            .await
+                    }
+                    other => panic!("expected PUBREL {}, got {other:?}", p.packet_id),
+                }
+            }
+        }
+    }
+}
+
+/// A CONNECT with the given protocol, client ID and clean start, keep alive 30 s, other
+/// fields empty.
+pub fn connect_packet(
+    protocol: tern_codec::Protocol,
+    client_id: &str,
+    clean_start: bool,
+) -> tern_codec::Connect {
+    tern_codec::Connect {
+        protocol,
+        clean_start,
+        keep_alive: 30,
+        properties: tern_codec::Properties::default(),
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+    }
+}
+
+/// The SUBACK reason code granting `qos`.
+pub fn granted(qos: tern_codec::QoS) -> tern_codec::ReasonCode {
+    match qos {
+        tern_codec::QoS::AtMostOnce => tern_codec::ReasonCode::Success,
+        tern_codec::QoS::AtLeastOnce => tern_codec::ReasonCode::GrantedQoS1,
+        tern_codec::QoS::ExactlyOnce => tern_codec::ReasonCode::GrantedQoS2,
+    }
+}
+
+/// A PUBLISH without DUP, RETAIN or properties.
+pub fn publish_packet(
+    topic: &str,
+    qos: tern_codec::QoS,
+    packet_id: u16,
+    payload: impl Into<bytes::Bytes>,
+) -> tern_codec::Publish {
+    tern_codec::Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id,
+        properties: tern_codec::Properties::default(),
+        payload: payload.into(),
     }
 }

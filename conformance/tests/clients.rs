@@ -4,12 +4,13 @@
 //! `scripts/setup.sh` installs `mosquitto-clients` and `python3-paho-mqtt`; a missing one
 //! fails the test loudly rather than skipping it.
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{ExitStatus, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use tern_conformance::{next_v4, next_v5, v4_options, v5_options, Broker, RawClient};
+use tern_conformance::{
+    next_v4, next_v5, v4_options, v5_options, Broker, BrokerProcess, RawClient,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -523,95 +524,24 @@ async fn tern_serve_bad_listen_value_fails_clearly() {
 #[tokio::test]
 async fn tern_serve_sigterm_stops_cleanly_with_exit_code_0() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = tern_serve(&["--listen", "127.0.0.1:0"], dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn tern serve");
-    let (addr, log) = listening(&mut child).await;
+    let broker = BrokerProcess::start(BROKER, dir.path(), &[]).await;
 
-    let mut client = RawClient::connect(addr, tern_codec::Protocol::V311).await;
+    let mut client = RawClient::connect(broker.addr, tern_codec::Protocol::V311).await;
     let connect = client.connect_packet("sigterm-client", true);
     let ack = client.handshake(connect).await;
     assert_eq!(ack.code, tern_codec::ReasonCode::Success);
 
-    let pid = child.id().expect("running");
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(kill.success());
+    broker.terminate();
     assert_eq!(
         client.recv().await,
         None,
         "the client's connection is closed"
     );
-    let status: ExitStatus = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("exits within 15 s of SIGTERM")
-        .expect("wait");
-    let log = tokio::time::timeout(Duration::from_secs(5), log)
-        .await
-        .expect("log ends with the process")
-        .expect("log task");
+    let (status, log) = broker.wait(Duration::from_secs(15)).await;
     assert_eq!(
         status.code(),
         Some(0),
         "exit status after SIGTERM; log:\n{log}"
     );
     assert!(log.contains("stopped"), "log of a clean stop:\n{log}");
-}
-
-/// Waits for the "tern listening addr=..." log line; returns the address and a task that
-/// collects the whole log (without colour codes) until the process exits.
-async fn listening(child: &mut Child) -> (SocketAddr, tokio::task::JoinHandle<String>) {
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let log = tokio::spawn(async move {
-        let mut tx = Some(tx);
-        let mut lines = BufReader::new(stderr).lines();
-        let mut log = String::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let line = strip_ansi(&line);
-            let addr = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .and_then(|a| a.parse::<SocketAddr>().ok());
-            if let Some(addr) = addr {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr);
-                }
-            }
-            log.push_str(&line);
-            log.push('\n');
-        }
-        log
-    });
-    match tokio::time::timeout(Duration::from_secs(60), rx).await {
-        Ok(Ok(addr)) => (addr, log),
-        Ok(Err(_)) => panic!(
-            "tern serve exited before listening:\n{}",
-            log.await.unwrap_or_default()
-        ),
-        Err(_) => panic!("tern serve did not listen within 60 s"),
-    }
-}
-
-/// Removes ANSI escape sequences (colour codes) from a log line.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c != '\u{1b}' {
-            out.push(c);
-        } else if chars.next() == Some('[') {
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) {
-                    break;
-                }
-            }
-        }
-    }
-    out
 }

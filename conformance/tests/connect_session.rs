@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tern_codec::{
-    ConnAck, Connect, Disconnect, Packet, Properties, Protocol, PubResponse, Publish, QoS,
-    ReasonCode, Subscribe, SubscriptionOptions,
+    Connect, Disconnect, Packet, Properties, Protocol, PubResponse, Publish, QoS, ReasonCode,
 };
 use tern_conformance::{
     next_v4, next_v5, v4_options, v5_options, Broker, RawClient, EVENT_TIMEOUT,
@@ -26,22 +25,6 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Connects a raw client and returns it with the CONNACK, whatever its code. `adjust` edits
-/// the CONNECT (keep alive, properties) before it is sent.
-async fn connect_with(
-    addr: SocketAddr,
-    protocol: Protocol,
-    client_id: &str,
-    clean_start: bool,
-    adjust: impl FnOnce(&mut Connect),
-) -> (RawClient, ConnAck) {
-    let mut client = RawClient::connect(addr, protocol).await;
-    let mut connect = client.connect_packet(client_id, clean_start);
-    adjust(&mut connect);
-    let ack = client.handshake(connect).await;
-    (client, ack)
-}
-
 /// Connects a raw client that must be accepted; returns it with the Session Present flag.
 async fn connect_ok(
     addr: SocketAddr,
@@ -50,12 +33,7 @@ async fn connect_ok(
     clean_start: bool,
     adjust: impl FnOnce(&mut Connect),
 ) -> (RawClient, bool) {
-    let (client, ack) = connect_with(addr, protocol, client_id, clean_start, adjust).await;
-    assert_eq!(
-        ack.code,
-        ReasonCode::Success,
-        "CONNECT of {client_id:?} refused: {ack:?}"
-    );
+    let (client, ack) = RawClient::open_ok(addr, protocol, client_id, clean_start, adjust).await;
     (client, ack.session_present)
 }
 
@@ -70,60 +48,6 @@ fn expiry(protocol: Protocol, secs: u32) -> impl FnOnce(&mut Connect) {
 }
 
 fn no_change(_: &mut Connect) {}
-
-fn granted(qos: QoS) -> ReasonCode {
-    match qos {
-        QoS::AtMostOnce => ReasonCode::GRANTED_QOS_0,
-        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
-        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
-    }
-}
-
-/// SUBSCRIBE to one filter; the next packet must be its SUBACK granting `qos`.
-async fn subscribe(client: &mut RawClient, packet_id: u16, filter: &str, qos: QoS) {
-    let options = SubscriptionOptions {
-        qos,
-        ..SubscriptionOptions::default()
-    };
-    client
-        .send(Packet::Subscribe(Subscribe {
-            packet_id,
-            properties: Properties::default(),
-            filters: vec![(filter.into(), options)],
-        }))
-        .await;
-    match client.recv().await {
-        Some(Packet::SubAck(ack)) => {
-            assert_eq!(ack.packet_id, packet_id, "SUBACK packet id");
-            assert_eq!(ack.reasons, vec![granted(qos)], "SUBACK for {filter}");
-        }
-        other => panic!("expected the SUBACK for {filter}, got {other:?}"),
-    }
-}
-
-/// PUBLISH at QoS 1; the next packet must be its successful PUBACK.
-async fn publish_qos1(client: &mut RawClient, packet_id: u16, topic: &str, payload: &str) {
-    client
-        .send(Packet::Publish(Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: topic.into(),
-            packet_id,
-            properties: Properties::default(),
-            payload: Bytes::copy_from_slice(payload.as_bytes()),
-        }))
-        .await;
-    match client.recv().await {
-        Some(Packet::PubAck(ack)) if ack.packet_id == packet_id => {
-            assert!(
-                !ack.reason.is_error(),
-                "PUBACK for {payload:?} on {topic} failed: {ack:?}"
-            );
-        }
-        other => panic!("expected the PUBACK of {payload:?}, got {other:?}"),
-    }
-}
 
 /// A fresh clean-session 3.1.1 publisher.
 async fn publisher(addr: SocketAddr, client_id: &str) -> RawClient {
@@ -313,60 +237,60 @@ async fn mqtt_3_1_4_connect_timeout_ends_at_connect() {
 }
 
 /// A first packet other than CONNECT closes the connection, with nothing sent [MQTT-3.1.0-1].
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_3_1_0_1_first_packet_not_connect_closes_v311() {
+async fn first_packet_not_connect_closes(protocol: Protocol, first: Packet) {
     let broker = Broker::start().await;
-    let mut client = RawClient::connect(broker.addr, Protocol::V311).await;
-    client.send(Packet::PingReq).await;
+    let mut client = RawClient::connect(broker.addr, protocol).await;
+    client.send(first).await;
     // Within CLOSE_WAIT, well before the default 10 s connect timeout: the packet closed it.
     let packets = expect_close(&mut client, CLOSE_WAIT).await;
     assert!(packets.is_empty(), "answered a non-CONNECT: {packets:?}");
 }
 
-/// Same as 3.1.1 for a v5 PUBLISH sent before CONNECT [MQTT-3.1.0-1].
+/// 3.1.1: a PINGREQ before CONNECT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_3_1_0_1_first_packet_not_connect_closes_v5() {
-    let broker = Broker::start().await;
-    let mut client = RawClient::connect(broker.addr, Protocol::V5).await;
-    client
-        .send(Packet::Publish(Publish {
-            dup: false,
-            qos: QoS::AtMostOnce,
-            retain: false,
-            topic: "sneaky".into(),
-            packet_id: 0,
-            properties: Properties::default(),
-            payload: Bytes::from_static(b"before connect"),
-        }))
-        .await;
-    let packets = expect_close(&mut client, CLOSE_WAIT).await;
-    assert!(packets.is_empty(), "answered a non-CONNECT: {packets:?}");
+async fn mqtt_3_1_0_1_first_packet_not_connect_closes_v311() {
+    first_packet_not_connect_closes(Protocol::V311, Packet::PingReq).await;
 }
 
-/// A second CONNECT is a protocol violation: 3.1.1 closes the connection [MQTT-3.1.0-2].
+/// v5: a PUBLISH before CONNECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_1_0_1_first_packet_not_connect_closes_v5() {
+    let publish = Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: "sneaky".into(),
+        packet_id: 0,
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"before connect"),
+    };
+    first_packet_not_connect_closes(Protocol::V5, Packet::Publish(publish)).await;
+}
+
+/// A second CONNECT is a protocol violation [MQTT-3.1.0-2]. Returns the packets the broker
+/// sent before closing the connection.
+async fn second_connect(protocol: Protocol, client_id: &str) -> Vec<Packet> {
+    let broker = Broker::start().await;
+    let (mut client, _) = connect_ok(broker.addr, protocol, client_id, true, no_change).await;
+    let again = client.connect_packet(client_id, true);
+    client.send(Packet::Connect(Box::new(again))).await;
+    expect_close(&mut client, CLOSE_WAIT).await
+}
+
+/// 3.1.1 closes the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_3_1_0_2_second_connect_closes_v311() {
-    let broker = Broker::start().await;
-    let (mut client, _) =
-        connect_ok(broker.addr, Protocol::V311, "twice-311", true, no_change).await;
-    let again = client.connect_packet("twice-311", true);
-    client.send(Packet::Connect(Box::new(again))).await;
-    let packets = expect_close(&mut client, CLOSE_WAIT).await;
+    let packets = second_connect(Protocol::V311, "twice-311").await;
     assert!(
         packets.is_empty(),
         "3.1.1 has no server DISCONNECT: {packets:?}"
     );
 }
 
-/// A second CONNECT is a Protocol Error: v5 gets DISCONNECT 0x82, then the close
-/// [MQTT-3.1.0-2].
+/// A Protocol Error: v5 gets DISCONNECT 0x82, then the close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_3_1_0_2_second_connect_is_protocol_error_v5() {
-    let broker = Broker::start().await;
-    let (mut client, _) = connect_ok(broker.addr, Protocol::V5, "twice-v5", true, no_change).await;
-    let again = client.connect_packet("twice-v5", true);
-    client.send(Packet::Connect(Box::new(again))).await;
-    let packets = expect_close(&mut client, CLOSE_WAIT).await;
+    let packets = second_connect(Protocol::V5, "twice-v5").await;
     assert_disconnect(&packets, ReasonCode::ProtocolError);
 }
 
@@ -395,7 +319,8 @@ async fn mqtt_3_1_2_2_protocol_level_6_gets_connack_0x01() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_3_1_3_8_v311_empty_client_id_without_clean_session_gets_0x02() {
     let broker = Broker::start().await;
-    let (mut client, ack) = connect_with(broker.addr, Protocol::V311, "", false, no_change).await;
+    let (mut client, ack) =
+        RawClient::open(broker.addr, Protocol::V311, "", false, no_change).await;
     assert_eq!(ack.code, ReasonCode::ClientIdentifierNotValid, "{ack:?}");
     assert!(!ack.session_present, "refused CONNACK with session present");
     let packets = expect_close(&mut client, CLOSE_WAIT).await;
@@ -425,7 +350,7 @@ async fn mqtt_3_1_3_6_v311_empty_client_id_with_clean_session_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_3_2_2_16_v5_empty_client_id_gets_assigned_client_identifier() {
     let broker = Broker::start().await;
-    let (mut first, ack) = connect_with(
+    let (mut first, ack) = RawClient::open(
         broker.addr,
         Protocol::V5,
         "",
@@ -442,7 +367,7 @@ async fn mqtt_3_2_2_16_v5_empty_client_id_gets_assigned_client_identifier() {
         .expect("CONNACK has an Assigned Client Identifier");
     assert!(!assigned.is_empty(), "empty Assigned Client Identifier");
 
-    let (mut second, ack2) = connect_with(broker.addr, Protocol::V5, "", true, no_change).await;
+    let (mut second, ack2) = RawClient::open(broker.addr, Protocol::V5, "", true, no_change).await;
     assert_eq!(ack2.code, ReasonCode::Success, "{ack2:?}");
     let assigned2 = ack2
         .properties
@@ -454,7 +379,7 @@ async fn mqtt_3_2_2_16_v5_empty_client_id_gets_assigned_client_identifier() {
     ping(&mut second).await;
 
     // The assigned ID is the session's: reconnecting with it resumes the session.
-    subscribe(&mut first, 1, "inbox/assigned", QoS::AtLeastOnce).await;
+    first.subscribe(1, "inbox/assigned", QoS::AtLeastOnce).await;
     disconnect(first).await;
     let (mut again, present) = connect_ok(
         broker.addr,
@@ -466,24 +391,25 @@ async fn mqtt_3_2_2_16_v5_empty_client_id_gets_assigned_client_identifier() {
     .await;
     assert!(present, "reconnect with the assigned ID found no session");
     let mut sender = publisher(broker.addr, "assigned-pub").await;
-    publish_qos1(&mut sender, 1, "inbox/assigned", "for the assigned id").await;
+    sender
+        .publish_qos1(1, "inbox/assigned", "for the assigned id", false)
+        .await;
     assert_eq!(
         payload(&expect_publish(&mut again).await),
         "for the assigned id"
     );
 }
 
-/// allow_anonymous = false: a 3.1.1 client without credentials gets CONNACK 0x04 (bad user
-/// name or password) and the close.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_3_2_2_3_anonymous_refused_v311_connack_0x04() {
+/// allow_anonymous = false: a client without credentials gets CONNACK "bad user name or
+/// password", without session present (the rule `session_present_rule`), and the close.
+async fn anonymous_refused(protocol: Protocol, client_id: &str, session_present_rule: &str) {
     let broker = Broker::start_with(|c| c.allow_anonymous = false).await;
     let (mut client, ack) =
-        connect_with(broker.addr, Protocol::V311, "anon-311", true, no_change).await;
+        RawClient::open(broker.addr, protocol, client_id, true, no_change).await;
     assert_eq!(ack.code, ReasonCode::BadUserNameOrPassword, "{ack:?}");
     assert!(
         !ack.session_present,
-        "refused CONNACK with session present [MQTT-3.2.2-4]"
+        "refused CONNACK with session present [{session_present_rule}]"
     );
     let packets = expect_close(&mut client, CLOSE_WAIT).await;
     assert!(
@@ -492,22 +418,16 @@ async fn mqtt_3_2_2_3_anonymous_refused_v311_connack_0x04() {
     );
 }
 
-/// allow_anonymous = false: a v5 client without credentials gets CONNACK 0x86 and the close.
+/// 3.1.1: CONNACK 0x04 (bad user name or password).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_2_2_3_anonymous_refused_v311_connack_0x04() {
+    anonymous_refused(Protocol::V311, "anon-311", "MQTT-3.2.2-4").await;
+}
+
+/// v5: CONNACK 0x86.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_3_2_2_2_anonymous_refused_v5_connack_0x86() {
-    let broker = Broker::start_with(|c| c.allow_anonymous = false).await;
-    let (mut client, ack) =
-        connect_with(broker.addr, Protocol::V5, "anon-v5", true, no_change).await;
-    assert_eq!(ack.code, ReasonCode::BadUserNameOrPassword, "{ack:?}");
-    assert!(
-        !ack.session_present,
-        "refused CONNACK with session present [MQTT-3.2.2-6]"
-    );
-    let packets = expect_close(&mut client, CLOSE_WAIT).await;
-    assert!(
-        packets.is_empty(),
-        "sent after a refused CONNACK: {packets:?}"
-    );
+    anonymous_refused(Protocol::V5, "anon-v5", "MQTT-3.2.2-6").await;
 }
 
 /// The v5 CONNACK announces the broker's limits as a real client reads them: Receive Maximum
@@ -605,7 +525,7 @@ async fn mqtt_3_12_4_1_pingreq_gets_pingresp_and_keeps_alive_v5() {
 async fn mqtt_3_2_2_21_v5_server_keep_alive_caps_client_keep_alive() {
     let broker = Broker::start_with(|c| c.limits.max_keepalive_secs = 5).await;
     for (asked, told) in [(60, Some(5)), (0, Some(5)), (3, None)] {
-        let (_client, ack) = connect_with(
+        let (_client, ack) = RawClient::open(
             broker.addr,
             Protocol::V5,
             &format!("ka-{asked}"),
@@ -626,7 +546,7 @@ async fn mqtt_3_2_2_21_v5_server_keep_alive_caps_client_keep_alive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_3_1_2_21_v5_server_keep_alive_is_enforced() {
     let broker = Broker::start_with(|c| c.limits.max_keepalive_secs = 1).await;
-    let (mut client, ack) = connect_with(broker.addr, Protocol::V5, "told-1s", true, |c| {
+    let (mut client, ack) = RawClient::open(broker.addr, Protocol::V5, "told-1s", true, |c| {
         c.keep_alive = 60
     })
     .await;
@@ -655,7 +575,7 @@ async fn takeover_keeps_session(protocol: Protocol, client_id: &str) -> Vec<Pack
     )
     .await;
     assert!(!present, "no session existed yet [MQTT-3.2.2-3]");
-    subscribe(&mut first, 1, &topic, QoS::AtLeastOnce).await;
+    first.subscribe(1, &topic, QoS::AtLeastOnce).await;
 
     let (mut second, present) = connect_ok(
         broker.addr,
@@ -669,7 +589,9 @@ async fn takeover_keeps_session(protocol: Protocol, client_id: &str) -> Vec<Pack
     let closed_with = expect_close(&mut first, CLOSE_WAIT).await;
 
     let mut sender = publisher(broker.addr, &format!("{client_id}-pub")).await;
-    publish_qos1(&mut sender, 1, &topic, "to the new connection").await;
+    sender
+        .publish_qos1(1, &topic, "to the new connection", false)
+        .await;
     let publish = expect_publish(&mut second).await;
     assert_eq!(payload(&publish), "to the new connection");
     assert_eq!(publish.qos, QoS::AtLeastOnce);
@@ -705,7 +627,7 @@ async fn mqtt_3_1_2_4_v5_takeover_with_clean_start_discards_session() {
         expiry(Protocol::V5, 60),
     )
     .await;
-    subscribe(&mut first, 1, "inbox/tk-clean", QoS::AtLeastOnce).await;
+    first.subscribe(1, "inbox/tk-clean", QoS::AtLeastOnce).await;
     let (mut second, present) = connect_ok(
         broker.addr,
         Protocol::V5,
@@ -722,9 +644,15 @@ async fn mqtt_3_1_2_4_v5_takeover_with_clean_start_discards_session() {
     assert_disconnect(&packets, ReasonCode::SessionTakenOver);
 
     let mut sender = publisher(broker.addr, "tk-clean-pub").await;
-    publish_qos1(&mut sender, 1, "inbox/tk-clean", "old subscription").await;
-    subscribe(&mut second, 1, "marker/tk-clean", QoS::AtLeastOnce).await;
-    publish_qos1(&mut sender, 2, "marker/tk-clean", "marker").await;
+    sender
+        .publish_qos1(1, "inbox/tk-clean", "old subscription", false)
+        .await;
+    second
+        .subscribe(1, "marker/tk-clean", QoS::AtLeastOnce)
+        .await;
+    sender
+        .publish_qos1(2, "marker/tk-clean", "marker", false)
+        .await;
     let publish = expect_publish(&mut second).await;
     assert_eq!(
         payload(&publish),
@@ -810,12 +738,16 @@ async fn mqtt_3_1_2_5_v311_persistent_session_queues_qos1_in_order() {
 async fn mqtt_3_1_2_6_v311_clean_session_discards_stored_session() {
     let broker = Broker::start().await;
     let (mut sub, _) = connect_ok(broker.addr, Protocol::V311, "clean-311", false, no_change).await;
-    subscribe(&mut sub, 1, "inbox/clean-311", QoS::AtLeastOnce).await;
+    sub.subscribe(1, "inbox/clean-311", QoS::AtLeastOnce).await;
     disconnect(sub).await;
 
     let mut sender = publisher(broker.addr, "clean-311-pub").await;
-    publish_qos1(&mut sender, 1, "inbox/clean-311", "queued 0").await;
-    publish_qos1(&mut sender, 2, "inbox/clean-311", "queued 1").await;
+    sender
+        .publish_qos1(1, "inbox/clean-311", "queued 0", false)
+        .await;
+    sender
+        .publish_qos1(2, "inbox/clean-311", "queued 1", false)
+        .await;
 
     let (mut sub, present) =
         connect_ok(broker.addr, Protocol::V311, "clean-311", true, no_change).await;
@@ -824,8 +756,10 @@ async fn mqtt_3_1_2_6_v311_clean_session_discards_stored_session() {
         "Clean Session 1 with session present [MQTT-3.2.2-1]"
     );
     // A queued message would arrive before this SUBACK.
-    subscribe(&mut sub, 1, "marker/clean-311", QoS::AtLeastOnce).await;
-    publish_qos1(&mut sender, 3, "marker/clean-311", "marker").await;
+    sub.subscribe(1, "marker/clean-311", QoS::AtLeastOnce).await;
+    sender
+        .publish_qos1(3, "marker/clean-311", "marker", false)
+        .await;
     let publish = expect_publish(&mut sub).await;
     assert_eq!(
         payload(&publish),
@@ -850,11 +784,11 @@ async fn mqtt_3_1_2_6_v311_clean_session_discards_stored_session() {
 async fn mqtt_3_1_2_23_v5_session_expiry_0_ends_session_at_disconnect() {
     let broker = Broker::start().await;
     let (mut sub, _) = connect_ok(broker.addr, Protocol::V5, "exp0-v5", true, no_change).await;
-    subscribe(&mut sub, 1, "inbox/exp0-v5", QoS::AtLeastOnce).await;
+    sub.subscribe(1, "inbox/exp0-v5", QoS::AtLeastOnce).await;
     disconnect(sub).await;
 
     let mut sender = publisher(broker.addr, "exp0-v5-pub").await;
-    publish_qos1(&mut sender, 1, "inbox/exp0-v5", "lost").await;
+    sender.publish_qos1(1, "inbox/exp0-v5", "lost", false).await;
 
     let (mut sub, present) = connect_ok(
         broker.addr,
@@ -865,8 +799,10 @@ async fn mqtt_3_1_2_23_v5_session_expiry_0_ends_session_at_disconnect() {
     )
     .await;
     assert!(!present, "a session with expiry 0 outlived its connection");
-    subscribe(&mut sub, 1, "inbox/exp0-v5", QoS::AtLeastOnce).await;
-    publish_qos1(&mut sender, 2, "inbox/exp0-v5", "marker").await;
+    sub.subscribe(1, "inbox/exp0-v5", QoS::AtLeastOnce).await;
+    sender
+        .publish_qos1(2, "inbox/exp0-v5", "marker", false)
+        .await;
     let publish = expect_publish(&mut sub).await;
     assert_eq!(
         payload(&publish),
@@ -909,7 +845,9 @@ async fn mqtt_3_1_2_23_v5_session_expiry_keeps_session_and_queue() {
     let mut sender = publisher(broker.addr, "exp60-v5-pub").await;
     let expected: Vec<String> = (0..5).map(|i| format!("kept {i}")).collect();
     for (packet_id, text) in (1..).zip(&expected) {
-        publish_qos1(&mut sender, packet_id, "inbox/exp60-v5", text).await;
+        sender
+            .publish_qos1(packet_id, "inbox/exp60-v5", text, false)
+            .await;
     }
 
     let (_client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 16);
@@ -949,7 +887,7 @@ async fn mqtt_3_1_2_23_v5_expired_session_is_discarded() {
         expiry(Protocol::V5, EXPIRY),
     )
     .await;
-    subscribe(&mut sub, 1, "inbox/exp2-v5", QoS::AtLeastOnce).await;
+    sub.subscribe(1, "inbox/exp2-v5", QoS::AtLeastOnce).await;
     disconnect(sub).await;
 
     // Right after the disconnect the session is still there.
@@ -969,7 +907,9 @@ async fn mqtt_3_1_2_23_v5_expired_session_is_discarded() {
     let closed_at = Instant::now();
 
     let mut sender = publisher(broker.addr, "exp2-v5-pub").await;
-    publish_qos1(&mut sender, 1, "inbox/exp2-v5", "stale").await;
+    sender
+        .publish_qos1(1, "inbox/exp2-v5", "stale", false)
+        .await;
 
     // Poll by reconnecting. A reconnect that still finds the session resumes it and restarts
     // its expiry on disconnect, so each retry waits a full expiry again.
@@ -998,8 +938,10 @@ async fn mqtt_3_1_2_23_v5_expired_session_is_discarded() {
     };
 
     // Its queued message went with it: a fresh subscription sees only the marker.
-    subscribe(&mut sub, 1, "inbox/exp2-v5", QoS::AtLeastOnce).await;
-    publish_qos1(&mut sender, 2, "inbox/exp2-v5", "marker").await;
+    sub.subscribe(1, "inbox/exp2-v5", QoS::AtLeastOnce).await;
+    sender
+        .publish_qos1(2, "inbox/exp2-v5", "marker", false)
+        .await;
     let publish = expect_publish(&mut sub).await;
     assert_eq!(
         payload(&publish),
@@ -1026,10 +968,10 @@ async fn unacked_qos1_resent_with_dup(protocol: Protocol, client_id: &str) {
         expiry(protocol, 60),
     )
     .await;
-    subscribe(&mut sub, 1, &topic, QoS::AtLeastOnce).await;
+    sub.subscribe(1, &topic, QoS::AtLeastOnce).await;
 
     let mut sender = publisher(broker.addr, &format!("{client_id}-pub")).await;
-    publish_qos1(&mut sender, 1, &topic, "unacked").await;
+    sender.publish_qos1(1, &topic, "unacked", false).await;
     let first = expect_publish(&mut sub).await;
     assert_eq!(payload(&first), "unacked");
     assert_eq!(first.qos, QoS::AtLeastOnce);
@@ -1066,7 +1008,7 @@ async fn unacked_qos1_resent_with_dup(protocol: Protocol, client_id: &str) {
     )
     .await;
     assert!(present, "persistent session gone");
-    publish_qos1(&mut sender, 2, &topic, "marker").await;
+    sender.publish_qos1(2, &topic, "marker", false).await;
     let next = expect_publish(&mut sub).await;
     assert_eq!(
         payload(&next),
@@ -1104,13 +1046,13 @@ async fn persistent_session_survives_restart(protocol: Protocol, client_id: &str
         expiry(protocol, 3600),
     )
     .await;
-    subscribe(&mut sub, 1, &topic, QoS::AtLeastOnce).await;
+    sub.subscribe(1, &topic, QoS::AtLeastOnce).await;
     disconnect(sub).await;
 
     let mut sender = publisher(broker.addr, &format!("{client_id}-pub")).await;
     let expected: Vec<String> = (0..3).map(|i| format!("before restart {i}")).collect();
     for (packet_id, text) in (1..).zip(&expected) {
-        publish_qos1(&mut sender, packet_id, &topic, text).await;
+        sender.publish_qos1(packet_id, &topic, text, false).await;
     }
     disconnect(sender).await;
 
@@ -1139,7 +1081,7 @@ async fn persistent_session_survives_restart(protocol: Protocol, client_id: &str
     );
 
     let mut sender = publisher(broker.addr, &format!("{client_id}-pub")).await;
-    publish_qos1(&mut sender, 1, &topic, "after restart").await;
+    sender.publish_qos1(1, &topic, "after restart", false).await;
     let publish = expect_publish(&mut sub).await;
     assert_eq!(
         payload(&publish),

@@ -3,220 +3,43 @@
 //! start-up does not wait for the backlog of queued messages to load.
 //!
 //! These tests run the `tern-test-broker` binary as a child process. The publishers and
-//! subscribers are raw clients (`Peer`, below) whose sends and receives may fail without
-//! panicking, so that a publisher can keep an exact account of what the broker acknowledged
-//! before it died.
+//! subscribers are the harness's raw clients; a publisher sends with `try_send`, whose
+//! failure is a value rather than a panic, so that it can keep an exact account of what the
+//! broker acknowledged before it died.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tern_codec::{
-    ByteString, ConnAck, Connect, Disconnect, Packet, Properties, Protocol, PubResponse, Publish,
-    QoS, ReasonCode, Subscribe, SubscriptionOptions,
-};
-use tern_conformance::{BrokerProcess, EVENT_TIMEOUT};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tern_codec::{ConnAck, Packet, Protocol, PubResponse, QoS, ReasonCode};
+use tern_conformance::{publish_packet, BrokerProcess, RawClient};
 use tokio::sync::Notify;
 
 const BROKER: &str = env!("CARGO_BIN_EXE_tern-test-broker");
 
 // ---------------------------------------------------------------------------------------
-// A raw MQTT client whose I/O errors are values, not panics.
+// Raw clients: the harness's RawClient, with `try_send` where a write may fail.
 // ---------------------------------------------------------------------------------------
 
-struct Peer {
-    stream: TcpStream,
-    buf: BytesMut,
+/// Connects and completes the handshake; a persistent v5 session gets an hour of Session
+/// Expiry (3.1.1 has none of its own).
+async fn open(
+    addr: SocketAddr,
     protocol: Protocol,
-}
-
-impl Peer {
-    /// Connects and completes the handshake; a persistent v5 session gets an hour of
-    /// Session Expiry (3.1.1 has none of its own).
-    async fn open(
-        addr: SocketAddr,
-        protocol: Protocol,
-        client_id: &str,
-        clean_start: bool,
-    ) -> (Peer, ConnAck) {
-        let stream = TcpStream::connect(addr).await.expect("connect to broker");
-        stream.set_nodelay(true).expect("TCP_NODELAY");
-        let mut peer = Peer {
-            stream,
-            buf: BytesMut::new(),
-            protocol,
-        };
-        let mut properties = Properties::default();
+    client_id: &str,
+    clean_start: bool,
+) -> (RawClient, ConnAck) {
+    RawClient::open_ok(addr, protocol, client_id, clean_start, |c| {
+        c.keep_alive = 120;
         if protocol == Protocol::V5 && !clean_start {
-            properties.session_expiry_interval = Some(3_600);
+            c.properties.session_expiry_interval = Some(3_600);
         }
-        let connect = Connect {
-            protocol,
-            clean_start,
-            keep_alive: 120,
-            properties,
-            client_id: client_id.into(),
-            will: None,
-            username: None,
-            password: None,
-        };
-        peer.send(Packet::Connect(Box::new(connect)))
-            .await
-            .expect("send CONNECT");
-        match peer.recv().await {
-            Some(Packet::ConnAck(ack)) => {
-                assert_eq!(ack.code, ReasonCode::Success, "CONNACK of {client_id}");
-                (peer, ack)
-            }
-            other => panic!("{client_id}: expected CONNACK, got {other:?}"),
-        }
-    }
-
-    fn encode(&self, packet: &Packet, out: &mut BytesMut) {
-        packet.encode(self.protocol, out).expect("encode");
-    }
-
-    async fn send(&mut self, packet: Packet) -> std::io::Result<()> {
-        let mut out = BytesMut::new();
-        self.encode(&packet, &mut out);
-        self.stream.write_all(&out).await
-    }
-
-    /// The next packet, or None once the connection is closed (or reset). Fails the test
-    /// after [`EVENT_TIMEOUT`].
-    async fn recv(&mut self) -> Option<Packet> {
-        self.recv_within(EVENT_TIMEOUT)
-            .await
-            .expect("a packet or close within the timeout")
-    }
-
-    async fn recv_within(&mut self, limit: Duration) -> Result<Option<Packet>, ()> {
-        tokio::time::timeout(limit, async {
-            loop {
-                if let Some(packet) =
-                    tern_codec::decode(&mut self.buf, self.protocol, 1 << 28).expect("decode")
-                {
-                    return Some(packet);
-                }
-                match self.stream.read_buf(&mut self.buf).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await
-        .map_err(|_| ())
-    }
-
-    async fn subscribe(&mut self, filter: &str, qos: QoS) {
-        let options = SubscriptionOptions {
-            qos,
-            ..SubscriptionOptions::default()
-        };
-        self.send(Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            properties: Properties::default(),
-            filters: vec![(filter.into(), options)],
-        }))
-        .await
-        .expect("send SUBSCRIBE");
-        match self.recv().await {
-            Some(Packet::SubAck(ack)) => {
-                assert_eq!(ack.packet_id, 1);
-                assert_eq!(ack.reasons, vec![granted(qos)], "SUBACK for {filter}");
-            }
-            other => panic!("expected SUBACK for {filter}, got {other:?}"),
-        }
-    }
-
-    /// Publishes at QoS 1 and waits for the PUBACK.
-    async fn publish_qos1(&mut self, topic: &str, payload: &'static [u8], retain: bool) {
-        let mut p = publish(topic, QoS::AtLeastOnce, 7, Bytes::from_static(payload));
-        p.retain = retain;
-        self.send(Packet::Publish(p)).await.expect("send PUBLISH");
-        match self.recv().await {
-            Some(Packet::PubAck(ack)) => {
-                assert_eq!(ack.packet_id, 7);
-                assert!(!ack.reason.is_error(), "PUBACK reason {:?}", ack.reason);
-            }
-            other => panic!("expected PUBACK for {topic}, got {other:?}"),
-        }
-    }
-
-    /// Sends DISCONNECT and waits until the broker closes the connection, so that the
-    /// session is offline before the test goes on.
-    async fn disconnect(mut self) {
-        self.send(Packet::Disconnect(Disconnect::new(ReasonCode::Success)))
-            .await
-            .expect("send DISCONNECT");
-        loop {
-            match self.recv().await {
-                None => return,
-                Some(Packet::Publish(_)) => {}
-                Some(other) => panic!("expected the connection to close, got {other:?}"),
-            }
-        }
-    }
-
-    /// Receives one PUBLISH and acknowledges it (QoS 2: PUBREC, PUBREL, PUBCOMP).
-    async fn expect_publish(&mut self, what: &str) -> Publish {
-        match self.recv().await {
-            Some(Packet::Publish(p)) => {
-                self.ack(&p).await;
-                p
-            }
-            other => panic!("expected PUBLISH ({what}), got {other:?}"),
-        }
-    }
-
-    async fn ack(&mut self, p: &Publish) {
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self
-                .send(Packet::PubAck(PubResponse::new(p.packet_id)))
-                .await
-                .expect("send PUBACK"),
-            QoS::ExactlyOnce => {
-                self.send(Packet::PubRec(PubResponse::new(p.packet_id)))
-                    .await
-                    .expect("send PUBREC");
-                match self.recv().await {
-                    Some(Packet::PubRel(rel)) if rel.packet_id == p.packet_id => self
-                        .send(Packet::PubComp(PubResponse::new(p.packet_id)))
-                        .await
-                        .expect("send PUBCOMP"),
-                    other => panic!("expected PUBREL {}, got {other:?}", p.packet_id),
-                }
-            }
-        }
-    }
-}
-
-fn granted(qos: QoS) -> ReasonCode {
-    match qos {
-        QoS::AtMostOnce => ReasonCode::Success,
-        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
-        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
-    }
-}
-
-fn publish(topic: &str, qos: QoS, packet_id: u16, payload: Bytes) -> Publish {
-    Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: ByteString::from(topic),
-        packet_id,
-        properties: Properties::default(),
-        payload,
-    }
+    })
+    .await
 }
 
 fn seq_payload(seq: u32) -> Bytes {
@@ -228,107 +51,6 @@ fn parse_seq(payload: &[u8]) -> u32 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("unexpected payload {payload:?}"))
-}
-
-// ---------------------------------------------------------------------------------------
-// The broker as a child process with its pid and log (BrokerProcess exposes neither).
-// ---------------------------------------------------------------------------------------
-
-struct Proc {
-    child: tokio::process::Child,
-    addr: SocketAddr,
-    log: tokio::task::JoinHandle<String>,
-}
-
-impl Proc {
-    async fn start(data_dir: &Path, extra: &[&str]) -> Proc {
-        let mut child = tokio::process::Command::new(BROKER)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn broker process");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let log = tokio::spawn(async move {
-            let mut tx = Some(tx);
-            let mut lines = BufReader::new(stderr).lines();
-            let mut log = String::new();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let line = strip_ansi(&line);
-                if let Some(addr) = listen_addr(&line) {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
-                }
-                log.push_str(&line);
-                log.push('\n');
-            }
-            log
-        });
-        match tokio::time::timeout(Duration::from_secs(60), rx).await {
-            Ok(Ok(addr)) => Proc { child, addr, log },
-            Ok(Err(_)) => {
-                let status = child.wait().await;
-                let log = log.await.unwrap_or_default();
-                panic!("broker exited ({status:?}) before listening:\n{log}");
-            }
-            Err(_) => panic!("broker did not listen within 60 s"),
-        }
-    }
-
-    /// SIGTERM, the signal a service manager stops the broker with.
-    fn terminate(&self) {
-        let pid = self.child.id().expect("broker still running");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid}: {status}");
-    }
-
-    /// Waits for the process to exit; returns its status and its whole log.
-    async fn wait(self, limit: Duration) -> (ExitStatus, String) {
-        let Proc { mut child, log, .. } = self;
-        let status = tokio::time::timeout(limit, child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("broker did not exit within {limit:?}"))
-            .expect("wait for broker");
-        let log = tokio::time::timeout(Duration::from_secs(5), log)
-            .await
-            .map(|log| log.unwrap_or_default())
-            .unwrap_or_default();
-        (status, log)
-    }
-}
-
-/// The `addr=` field of the "tern listening" log line.
-fn listen_addr(line: &str) -> Option<SocketAddr> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .and_then(|a| a.parse().ok())
-}
-
-/// Removes ANSI escape sequences (colour codes) from a log line.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c != '\u{1b}' {
-            out.push(c);
-        } else if chars.next() == Some('[') {
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) {
-                    break;
-                }
-            }
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -388,7 +110,7 @@ impl Flow {
 
     /// Publishes the remaining messages with at most `window` incomplete at a time. Returns
     /// true when every message is complete, false when the connection went away.
-    async fn pump(&mut self, peer: &mut Peer, window: usize, acks: &AckCounter) -> bool {
+    async fn pump(&mut self, peer: &mut RawClient, window: usize, acks: &AckCounter) -> bool {
         loop {
             while self.unacked.len() + self.released.len() < window && self.next < self.total {
                 let seq = self.next;
@@ -396,8 +118,8 @@ impl Flow {
                 // Accounted as sent before the write: once written, the broker may have it.
                 self.unacked.insert(id, seq);
                 self.next += 1;
-                let p = publish(self.topic, self.qos, id, seq_payload(seq));
-                if peer.send(Packet::Publish(p)).await.is_err() {
+                let p = publish_packet(self.topic, self.qos, id, seq_payload(seq));
+                if peer.try_send(Packet::Publish(p)).await.is_err() {
                     return false;
                 }
             }
@@ -423,7 +145,7 @@ impl Flow {
                     self.acked.push(seq);
                     acks.add();
                     let rel = Packet::PubRel(PubResponse::new(rec.packet_id));
-                    if peer.send(rel).await.is_err() {
+                    if peer.try_send(rel).await.is_err() {
                         return false;
                     }
                 }
@@ -441,7 +163,7 @@ impl Flow {
 
     /// MQTT-4.4.0-1: on reconnecting with a session, re-send the unacknowledged PUBLISH
     /// packets (DUP set) and the PUBREL packets with their original packet ids, in order.
-    async fn resend(&mut self, peer: &mut Peer) {
+    async fn resend(&mut self, peer: &mut RawClient) {
         let mut pending: Vec<(u32, u16, bool)> = self
             .unacked
             .iter()
@@ -451,13 +173,13 @@ impl Flow {
         pending.sort_unstable();
         for (seq, id, is_publish) in pending {
             let packet = if is_publish {
-                let mut p = publish(self.topic, self.qos, id, seq_payload(seq));
+                let mut p = publish_packet(self.topic, self.qos, id, seq_payload(seq));
                 p.dup = true;
                 Packet::Publish(p)
             } else {
                 Packet::PubRel(PubResponse::new(id))
             };
-            peer.send(packet).await.expect("resend after restart");
+            peer.try_send(packet).await.expect("resend after restart");
         }
     }
 }
@@ -466,7 +188,7 @@ impl Flow {
 /// acknowledging everything. Returns the seqs delivered, in order; a QoS 2 PUBLISH resent
 /// with DUP for a packet id still awaiting PUBREL is the same delivery and not counted.
 async fn drain(addr: SocketAddr, client_id: &str) -> Vec<u32> {
-    let (mut peer, ack) = Peer::open(addr, Protocol::V311, client_id, false).await;
+    let (mut peer, ack) = open(addr, Protocol::V311, client_id, false).await;
     assert!(
         ack.session_present,
         "{client_id}: MQTT-3.2.2-2: the persistent session survives the crash (session present)"
@@ -480,16 +202,14 @@ async fn drain(addr: SocketAddr, client_id: &str) -> Vec<u32> {
                     QoS::AtMostOnce => false,
                     QoS::AtLeastOnce => {
                         peer.send(Packet::PubAck(PubResponse::new(p.packet_id)))
-                            .await
-                            .expect("send PUBACK");
+                            .await;
                         false
                     }
                     QoS::ExactlyOnce => {
                         let again = !awaiting_rel.insert(p.packet_id);
                         assert!(!again || p.dup, "{client_id}: id reused before PUBCOMP");
                         peer.send(Packet::PubRec(PubResponse::new(p.packet_id)))
-                            .await
-                            .expect("send PUBREC");
+                            .await;
                         again
                     }
                 };
@@ -503,8 +223,7 @@ async fn drain(addr: SocketAddr, client_id: &str) -> Vec<u32> {
             Some(Packet::PubRel(rel)) => {
                 awaiting_rel.remove(&rel.packet_id);
                 peer.send(Packet::PubComp(PubResponse::new(rel.packet_id)))
-                    .await
-                    .expect("send PUBCOMP");
+                    .await;
             }
             None => panic!("{client_id}: connection closed before the end marker"),
             Some(other) => panic!("{client_id}: unexpected {other:?}"),
@@ -554,9 +273,9 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message_and_duplicates_no_qos2
         ("crash-sub-q1", "crash/q1", QoS::AtLeastOnce),
         ("crash-sub-q2", "crash/q2", QoS::ExactlyOnce),
     ] {
-        let (mut sub, ack) = Peer::open(addr, Protocol::V311, client_id, false).await;
+        let (mut sub, ack) = open(addr, Protocol::V311, client_id, false).await;
         assert!(!ack.session_present);
-        sub.subscribe(topic, qos).await;
+        sub.subscribe(1, topic, qos).await;
         sub.disconnect().await;
     }
 
@@ -571,7 +290,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message_and_duplicates_no_qos2
         ("crash-pub-q1", Protocol::V311, "crash/q1", QoS::AtLeastOnce),
         ("crash-pub-q2", Protocol::V5, "crash/q2", QoS::ExactlyOnce),
     ] {
-        let (mut peer, _) = Peer::open(addr, protocol, client_id, false).await;
+        let (mut peer, _) = open(addr, protocol, client_id, false).await;
         let acks = acks.clone();
         publishers.push(tokio::spawn(async move {
             let mut flow = Flow::new(topic, qos, TOTAL);
@@ -607,7 +326,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message_and_duplicates_no_qos2
     let broker = BrokerProcess::start(BROKER, dir.path(), &[]).await;
     let addr = broker.addr;
     for (client_id, protocol, flow, _) in &mut flows {
-        let (mut peer, ack) = Peer::open(addr, *protocol, client_id, false).await;
+        let (mut peer, ack) = open(addr, *protocol, client_id, false).await;
         assert!(
             ack.session_present,
             "{client_id}: the publisher's persistent session survives SIGKILL"
@@ -620,9 +339,9 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message_and_duplicates_no_qos2
         peer.disconnect().await;
     }
     // The end markers are queued behind everything the publishers sent.
-    let (mut marker, _) = Peer::open(addr, Protocol::V311, "crash-marker", true).await;
-    marker.publish_qos1("crash/q1", b"end", false).await;
-    marker.publish_qos1("crash/q2", b"end", false).await;
+    let (mut marker, _) = open(addr, Protocol::V311, "crash-marker", true).await;
+    marker.publish_qos1(7, "crash/q1", b"end", false).await;
+    marker.publish_qos1(7, "crash/q2", b"end", false).await;
 
     let q1 = drain(addr, "crash-sub-q1").await;
     let q2 = drain(addr, "crash-sub-q2").await;
@@ -688,23 +407,27 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message_and_duplicates_no_qos2
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_clean_stop_keeps_retained_messages_and_persistent_sessions() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let broker = Proc::start(dir.path(), &[]).await;
+    let broker = BrokerProcess::start(BROKER, dir.path(), &[]).await;
     let addr = broker.addr;
 
     for (client_id, protocol, qos) in [
         ("term-sub-311", Protocol::V311, QoS::AtLeastOnce),
         ("term-sub-v5", Protocol::V5, QoS::ExactlyOnce),
     ] {
-        let (mut sub, _) = Peer::open(addr, protocol, client_id, false).await;
-        sub.subscribe("term/queue", qos).await;
+        let (mut sub, _) = open(addr, protocol, client_id, false).await;
+        sub.subscribe(1, "term/queue", qos).await;
         sub.disconnect().await;
     }
-    let (mut publisher, _) = Peer::open(addr, Protocol::V311, "term-pub", true).await;
-    publisher.publish_qos1("term/retained", b"kept", true).await;
-    publisher.publish_qos1("term/queue", b"queued", false).await;
+    let (mut publisher, _) = open(addr, Protocol::V311, "term-pub", true).await;
+    publisher
+        .publish_qos1(7, "term/retained", b"kept", true)
+        .await;
+    publisher
+        .publish_qos1(7, "term/queue", b"queued", false)
+        .await;
     publisher.disconnect().await;
 
-    let (mut online, _) = Peer::open(addr, Protocol::V5, "term-online", true).await;
+    let (mut online, _) = open(addr, Protocol::V5, "term-online", true).await;
     broker.terminate();
     match online.recv().await {
         Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::ServerShuttingDown),
@@ -717,14 +440,14 @@ async fn sigterm_clean_stop_keeps_retained_messages_and_persistent_sessions() {
         "exit status after SIGTERM; log:\n{log}"
     );
 
-    let broker = Proc::start(dir.path(), &[]).await;
+    let broker = BrokerProcess::start(BROKER, dir.path(), &[]).await;
     let addr = broker.addr;
-    let (mut sub311, ack) = Peer::open(addr, Protocol::V311, "term-sub-311", false).await;
+    let (mut sub311, ack) = open(addr, Protocol::V311, "term-sub-311", false).await;
     assert!(
         ack.session_present,
         "3.1.1 persistent session after restart"
     );
-    let (mut sub5, ack) = Peer::open(addr, Protocol::V5, "term-sub-v5", false).await;
+    let (mut sub5, ack) = open(addr, Protocol::V5, "term-sub-v5", false).await;
     assert!(ack.session_present, "v5 persistent session after restart");
     for (sub, name) in [(&mut sub311, "3.1.1"), (&mut sub5, "v5")] {
         let p = sub.expect_publish("the queued message").await;
@@ -735,8 +458,10 @@ async fn sigterm_clean_stop_keeps_retained_messages_and_persistent_sessions() {
         );
     }
     // The subscriptions survived too: a new message reaches both without re-subscribing.
-    let (mut publisher, _) = Peer::open(addr, Protocol::V311, "term-pub", true).await;
-    publisher.publish_qos1("term/queue", b"after", false).await;
+    let (mut publisher, _) = open(addr, Protocol::V311, "term-pub", true).await;
+    publisher
+        .publish_qos1(7, "term/queue", b"after", false)
+        .await;
     for (sub, name, qos) in [
         (&mut sub311, "3.1.1", QoS::AtLeastOnce),
         (&mut sub5, "v5", QoS::AtLeastOnce),
@@ -748,9 +473,9 @@ async fn sigterm_clean_stop_keeps_retained_messages_and_persistent_sessions() {
             "{name} subscription after restart"
         );
     }
-    let (mut fresh, ack) = Peer::open(addr, Protocol::V311, "term-fresh", true).await;
+    let (mut fresh, ack) = open(addr, Protocol::V311, "term-fresh", true).await;
     assert!(!ack.session_present);
-    fresh.subscribe("term/retained", QoS::AtLeastOnce).await;
+    fresh.subscribe(1, "term/retained", QoS::AtLeastOnce).await;
     let p = fresh.expect_publish("the retained message").await;
     assert_eq!(&p.topic[..], "term/retained");
     assert_eq!(&p.payload[..], b"kept");
@@ -769,7 +494,7 @@ async fn sigterm_clean_stop_keeps_retained_messages_and_persistent_sessions() {
 // ---------------------------------------------------------------------------------------
 
 /// Publishes `total` QoS 1 messages with `window` in flight, writing in batches.
-async fn publish_backlog(peer: &mut Peer, topic: &str, total: u32, window: u32) {
+async fn publish_backlog(peer: &mut RawClient, topic: &str, total: u32, window: u32) {
     let mut next = 0u32;
     let mut acked = 0u32;
     let mut out = BytesMut::new();
@@ -780,11 +505,11 @@ async fn publish_backlog(peer: &mut Peer, topic: &str, total: u32, window: u32) 
                 // Ids cycle through 1..=65_535; with `window` far below that, an id is
                 // acknowledged long before it comes round again.
                 let id = u16::try_from(next % 65_535 + 1).expect("fits");
-                let p = publish(topic, QoS::AtLeastOnce, id, seq_payload(next));
+                let p = publish_packet(topic, QoS::AtLeastOnce, id, seq_payload(next));
                 peer.encode(&Packet::Publish(p), &mut out);
                 next += 1;
             }
-            peer.stream.write_all(&out).await.expect("write publishes");
+            peer.send_raw(&out).await;
         }
         match peer.recv().await {
             Some(Packet::PubAck(ack)) => {
@@ -797,10 +522,10 @@ async fn publish_backlog(peer: &mut Peer, topic: &str, total: u32, window: u32) 
 }
 
 /// Spawns the broker on `data` and connects a fresh client: the time from spawn to CONNACK.
-async fn time_to_connack(data: &Path, config_arg: &str) -> (Duration, Proc) {
+async fn time_to_connack(data: &Path, config_arg: &str) -> (Duration, BrokerProcess) {
     let spawned = Instant::now();
-    let broker = Proc::start(data, &["--config", config_arg]).await;
-    let (_fresh, ack) = Peer::open(broker.addr, Protocol::V311, "backlog-fresh", true).await;
+    let broker = BrokerProcess::start(BROKER, data, &["--config", config_arg]).await;
+    let (_fresh, ack) = open(broker.addr, Protocol::V311, "backlog-fresh", true).await;
     let elapsed = spawned.elapsed();
     assert!(!ack.session_present);
     (elapsed, broker)
@@ -822,14 +547,14 @@ async fn startup_does_not_load_queued_messages() {
     .expect("write config");
     let data = dir.path().join("data");
     let config_arg = config.to_str().expect("utf-8 path");
-    let broker = Proc::start(&data, &["--config", config_arg]).await;
+    let broker = BrokerProcess::start(BROKER, &data, &["--config", config_arg]).await;
     let addr = broker.addr;
 
-    let (mut sub, _) = Peer::open(addr, Protocol::V311, "backlog-sub", false).await;
-    sub.subscribe("backlog/t", QoS::AtLeastOnce).await;
+    let (mut sub, _) = open(addr, Protocol::V311, "backlog-sub", false).await;
+    sub.subscribe(1, "backlog/t", QoS::AtLeastOnce).await;
     sub.disconnect().await;
     let publishing = Instant::now();
-    let (mut publisher, _) = Peer::open(addr, Protocol::V311, "backlog-pub", true).await;
+    let (mut publisher, _) = open(addr, Protocol::V311, "backlog-pub", true).await;
     publish_backlog(&mut publisher, "backlog/t", QUEUED, 512).await;
     publisher.disconnect().await;
     let published_in = publishing.elapsed();
@@ -881,7 +606,7 @@ async fn startup_does_not_load_queued_messages() {
         );
     }
 
-    let (mut sub, ack) = Peer::open(broker.addr, Protocol::V311, "backlog-sub", false).await;
+    let (mut sub, ack) = open(broker.addr, Protocol::V311, "backlog-sub", false).await;
     assert!(
         ack.session_present,
         "the backlog's session survives the restart"

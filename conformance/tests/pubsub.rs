@@ -23,7 +23,7 @@ use tern_codec::{
     ByteString, Packet, Properties, Protocol, PubResponse, Publish, QoS, ReasonCode,
     RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe,
 };
-use tern_conformance::{next_v4, next_v5, v4_options, v5_options, Broker, RawClient};
+use tern_conformance::{granted, next_v4, next_v5, v4_options, v5_options, Broker, RawClient};
 
 /// How long a connection must stay silent for "nothing (more) is delivered".
 const QUIET: Duration = Duration::from_millis(300);
@@ -54,10 +54,10 @@ impl Peer {
         client_id: &str,
         properties: Properties,
     ) -> Peer {
-        let mut raw = RawClient::connect(broker.addr, protocol).await;
-        let mut connect = raw.connect_packet(client_id, true);
-        connect.properties = properties;
-        let ack = raw.handshake(connect).await;
+        let (raw, ack) = RawClient::open(broker.addr, protocol, client_id, true, |c| {
+            c.properties = properties
+        })
+        .await;
         assert_eq!(ack.code, ReasonCode::Success, "CONNACK of {client_id}");
         Peer {
             raw,
@@ -315,15 +315,6 @@ fn opts(qos: QoS) -> SubscriptionOptions {
     SubscriptionOptions {
         qos,
         ..SubscriptionOptions::default()
-    }
-}
-
-/// The SUBACK reason code granting `qos`.
-fn granted(qos: QoS) -> ReasonCode {
-    match qos {
-        QoS::AtMostOnce => ReasonCode::Success,
-        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
-        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
     }
 }
 

@@ -14,10 +14,12 @@ use rumqttc::v5::mqttbytes::v5::{Packet as RPacket, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS as RQoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tern_codec::{
-    ByteString, ConnAck, Connect, Disconnect, Packet, Properties, Protocol, PubResponse, Publish,
-    QoS, ReasonCode, Subscribe, SubscriptionOptions, Will,
+    ByteString, Connect, Disconnect, Packet, Properties, Protocol, PubResponse, Publish, QoS,
+    ReasonCode, Subscribe, SubscriptionOptions, Will,
 };
-use tern_conformance::{next_v5, v5_options, Broker, RawClient, EVENT_TIMEOUT};
+use tern_conformance::{
+    connect_packet, next_v5, publish_packet, v5_options, Broker, RawClient, EVENT_TIMEOUT,
+};
 
 /// How long to listen to assert that nothing arrives (after a positive control).
 const QUIET: Duration = Duration::from_millis(300);
@@ -26,43 +28,9 @@ const QUIET: Duration = Duration::from_millis(300);
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// A CONNECT with the given client ID and clean start, other fields empty.
-fn connect_packet(protocol: Protocol, client_id: &str, clean_start: bool) -> Connect {
-    Connect {
-        protocol,
-        clean_start,
-        keep_alive: 30,
-        properties: Properties::default(),
-        client_id: client_id.into(),
-        will: None,
-        username: None,
-        password: None,
-    }
-}
-
-/// Connects a `RawClient` with a CONNECT adjusted by `adjust`; asserts the CONNACK succeeded.
-async fn connect_with(
-    addr: SocketAddr,
-    protocol: Protocol,
-    client_id: &str,
-    clean_start: bool,
-    adjust: impl FnOnce(&mut Connect),
-) -> (RawClient, ConnAck) {
-    let mut client = RawClient::connect(addr, protocol).await;
-    let mut connect = connect_packet(protocol, client_id, clean_start);
-    adjust(&mut connect);
-    let ack = client.handshake(connect).await;
-    assert_eq!(
-        ack.code,
-        ReasonCode::Success,
-        "CONNACK for {client_id}: {ack:?}"
-    );
-    (client, ack)
-}
-
 /// A clean-start client with no extras.
 async fn connect(addr: SocketAddr, protocol: Protocol, client_id: &str) -> RawClient {
-    connect_with(addr, protocol, client_id, true, |_| {})
+    RawClient::open_ok(addr, protocol, client_id, true, |_| {})
         .await
         .0
 }
@@ -119,18 +87,6 @@ async fn subscribe_ok(client: &mut RawClient, filter: &str, qos: QoS) {
         !reasons[0].is_error(),
         "subscription to {filter} refused: {reasons:?}"
     );
-}
-
-fn publish_packet(topic: &str, qos: QoS, packet_id: u16, payload: impl Into<Bytes>) -> Publish {
-    Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic.into(),
-        packet_id,
-        properties: Properties::default(),
-        payload: payload.into(),
-    }
 }
 
 /// Sends a QoS 1 PUBLISH and returns the reason of its PUBACK.
@@ -196,6 +152,17 @@ async fn expect_disconnect(
     };
     expect_closed(client, what).await;
     reason
+}
+
+/// The end of a connection after a protocol violation: on v5, DISCONNECT with one of
+/// `reasons`, then the close; on 3.1.1 (no server DISCONNECT) just the close.
+async fn expect_violation_close(client: &mut RawClient, reasons: &[ReasonCode], what: &str) {
+    match client.protocol {
+        Protocol::V5 => {
+            expect_disconnect(client, reasons, what).await;
+        }
+        Protocol::V311 => expect_closed(client, what).await,
+    }
 }
 
 /// A client-side normal DISCONNECT; returns once the broker closed the socket, i.e. after
@@ -282,7 +249,7 @@ async fn will_published_on_connection_loss(protocol: Protocol) {
     let mut watcher = connect(broker.addr, Protocol::V5, "will-watcher").await;
     subscribe_ok(&mut watcher, "wills/#", QoS::ExactlyOnce).await;
 
-    let (dying, _) = connect_with(broker.addr, protocol, "will-dying", true, |c| {
+    let (dying, _) = RawClient::open_ok(broker.addr, protocol, "will-dying", true, |c| {
         c.will = Some(will("wills/dying", b"gone", QoS::AtLeastOnce, true));
     })
     .await;
@@ -329,7 +296,7 @@ async fn will_not_published_after_disconnect(protocol: Protocol) {
     let mut watcher = connect(broker.addr, Protocol::V5, "will-watcher").await;
     subscribe_ok(&mut watcher, "wills/#", QoS::AtLeastOnce).await;
 
-    let (dying, _) = connect_with(broker.addr, protocol, "will-polite", true, |c| {
+    let (dying, _) = RawClient::open_ok(broker.addr, protocol, "will-polite", true, |c| {
         c.will = Some(will("wills/polite", b"gone", QoS::AtLeastOnce, true));
     })
     .await;
@@ -367,7 +334,7 @@ async fn mqtt5_3_14_2_1_disconnect_with_will_message_0x04_publishes_will() {
     let mut watcher = connect(broker.addr, Protocol::V5, "will-watcher").await;
     subscribe_ok(&mut watcher, "wills/#", QoS::AtLeastOnce).await;
 
-    let (mut dying, _) = connect_with(broker.addr, Protocol::V5, "will-0x04", true, |c| {
+    let (mut dying, _) = RawClient::open_ok(broker.addr, Protocol::V5, "will-0x04", true, |c| {
         c.will = Some(will("wills/0x04", b"asked for", QoS::AtLeastOnce, false));
     })
     .await;
@@ -389,7 +356,7 @@ async fn mqtt5_3_1_3_9_will_delay_interval_delays_will() {
     let mut watcher = connect(broker.addr, Protocol::V5, "will-watcher").await;
     subscribe_ok(&mut watcher, "wills/#", QoS::AtLeastOnce).await;
 
-    let (dying, _) = connect_with(broker.addr, Protocol::V5, "will-delayed", true, |c| {
+    let (dying, _) = RawClient::open_ok(broker.addr, Protocol::V5, "will-delayed", true, |c| {
         // The session outlives the delay, so the delay is what counts.
         c.properties.session_expiry_interval = Some(60);
         let mut w = will("wills/delayed", b"late", QoS::AtLeastOnce, false);
@@ -426,10 +393,11 @@ async fn mqtt5_3_1_3_9_reconnect_within_will_delay_cancels_will() {
         w.properties.will_delay_interval = Some(2);
         c.will = Some(w);
     };
-    let (dying, _) = connect_with(broker.addr, Protocol::V5, "will-flaky", true, with_will).await;
+    let (dying, _) =
+        RawClient::open_ok(broker.addr, Protocol::V5, "will-flaky", true, with_will).await;
     drop(dying);
     // Back within the delay, continuing the session.
-    let (_back, ack) = connect_with(broker.addr, Protocol::V5, "will-flaky", false, |c| {
+    let (_back, ack) = RawClient::open_ok(broker.addr, Protocol::V5, "will-flaky", false, |c| {
         c.properties.session_expiry_interval = Some(60);
     })
     .await;
@@ -456,7 +424,7 @@ async fn mqtt5_3_1_2_8_clean_start_reconnect_ends_session_and_publishes_delayed_
     let mut watcher = connect(broker.addr, Protocol::V5, "will-watcher").await;
     subscribe_ok(&mut watcher, "wills/#", QoS::AtLeastOnce).await;
 
-    let (dying, _) = connect_with(broker.addr, Protocol::V5, "will-fresh", true, |c| {
+    let (dying, _) = RawClient::open_ok(broker.addr, Protocol::V5, "will-fresh", true, |c| {
         c.properties.session_expiry_interval = Some(60);
         let mut w = will("wills/fresh", b"old session over", QoS::AtLeastOnce, false);
         w.properties.will_delay_interval = Some(30);
@@ -465,7 +433,8 @@ async fn mqtt5_3_1_2_8_clean_start_reconnect_ends_session_and_publishes_delayed_
     .await;
     drop(dying);
     // Clean Start: the old session (and its pending will) ends now.
-    let (_fresh, ack) = connect_with(broker.addr, Protocol::V5, "will-fresh", true, |_| {}).await;
+    let (_fresh, ack) =
+        RawClient::open_ok(broker.addr, Protocol::V5, "will-fresh", true, |_| {}).await;
     assert!(!ack.session_present);
 
     let got = next_publish(&mut watcher).await;
@@ -483,7 +452,7 @@ async fn mqtt5_3_1_3_2_will_delay_ends_with_session() {
     let mut watcher = connect(broker.addr, Protocol::V5, "will-watcher").await;
     subscribe_ok(&mut watcher, "wills/#", QoS::AtLeastOnce).await;
 
-    let (dying, _) = connect_with(broker.addr, Protocol::V5, "will-short", true, |c| {
+    let (dying, _) = RawClient::open_ok(broker.addr, Protocol::V5, "will-short", true, |c| {
         let mut w = will("wills/short", b"session over", QoS::AtLeastOnce, false);
         w.properties.will_delay_interval = Some(60);
         c.will = Some(w);
@@ -506,7 +475,7 @@ async fn mqtt5_3_1_3_2_will_delay_ends_with_session() {
 /// Connects the persistent subscriber `client_id` (Session Expiry 60) to `filter`, then
 /// disconnects it normally so that the session is offline.
 async fn offline_subscriber(addr: SocketAddr, client_id: &str, filter: &str) {
-    let (mut sub, _) = connect_with(addr, Protocol::V5, client_id, true, |c| {
+    let (mut sub, _) = RawClient::open_ok(addr, Protocol::V5, client_id, true, |c| {
         c.properties.session_expiry_interval = Some(60);
     })
     .await;
@@ -515,7 +484,7 @@ async fn offline_subscriber(addr: SocketAddr, client_id: &str, filter: &str) {
 }
 
 async fn resume(addr: SocketAddr, client_id: &str) -> RawClient {
-    let (client, ack) = connect_with(addr, Protocol::V5, client_id, false, |c| {
+    let (client, ack) = RawClient::open_ok(addr, Protocol::V5, client_id, false, |c| {
         c.properties.session_expiry_interval = Some(60);
     })
     .await;
@@ -600,7 +569,7 @@ async fn mqtt5_3_3_2_3_4_inbound_topic_alias_resolved() {
     subscribe_ok(&mut sub, "alias/in", QoS::AtLeastOnce).await;
 
     let (mut publisher, ack) =
-        connect_with(broker.addr, Protocol::V5, "alias-pub", true, |_| {}).await;
+        RawClient::open_ok(broker.addr, Protocol::V5, "alias-pub", true, |_| {}).await;
     let max = ack.properties.topic_alias_maximum.unwrap_or(0);
     assert!(max >= 1, "default config announces topic aliases: {ack:?}");
 
@@ -647,7 +616,7 @@ async fn alias_refused(
     })
     .await;
     let (mut publisher, ack) =
-        connect_with(broker.addr, Protocol::V5, "alias-bad", true, |_| {}).await;
+        RawClient::open_ok(broker.addr, Protocol::V5, "alias-bad", true, |_| {}).await;
     let max = ack.properties.topic_alias_maximum.unwrap_or(0);
     let mut publish = publish_packet(topic, QoS::AtLeastOnce, 1, "x");
     publish.properties.topic_alias = Some(alias(max));
@@ -733,10 +702,11 @@ async fn mqtt5_3_3_2_1_empty_topic_without_alias_is_protocol_error() {
 async fn mqtt5_3_3_2_3_4_outbound_topic_alias_when_client_allows() {
     let broker = Broker::start().await;
     // A raw subscriber that accepts up to 5 aliases.
-    let (mut aliased, _) = connect_with(broker.addr, Protocol::V5, "alias-out-raw", true, |c| {
-        c.properties.topic_alias_maximum = Some(5);
-    })
-    .await;
+    let (mut aliased, _) =
+        RawClient::open_ok(broker.addr, Protocol::V5, "alias-out-raw", true, |c| {
+            c.properties.topic_alias_maximum = Some(5);
+        })
+        .await;
     subscribe_ok(&mut aliased, "alias/out", QoS::AtLeastOnce).await;
     // A rumqttc subscriber that announces no Topic Alias Maximum.
     let (rclient, mut rloop) = rumqttc_v5(v5_options("alias-out-rumqttc", broker.port())).await;
@@ -788,7 +758,8 @@ async fn mqtt5_3_3_2_3_4_outbound_topic_alias_when_client_allows() {
 
 async fn oversized_publish(protocol: Protocol) {
     let broker = Broker::start_with(|c| c.limits.max_packet_size = 1024).await;
-    let (mut client, ack) = connect_with(broker.addr, protocol, "too-big", true, |_| {}).await;
+    let (mut client, ack) =
+        RawClient::open_ok(broker.addr, protocol, "too-big", true, |_| {}).await;
     if protocol == Protocol::V5 {
         assert_eq!(
             ack.properties.maximum_packet_size,
@@ -800,17 +771,12 @@ async fn oversized_publish(protocol: Protocol) {
     let packet = Packet::Publish(publish);
     assert!((1990..=2010).contains(&packet.encoded_len(protocol)));
     client.send(packet).await;
-    match protocol {
-        Protocol::V5 => {
-            expect_disconnect(
-                &mut client,
-                &[ReasonCode::PacketTooLarge],
-                "PUBLISH above the Maximum Packet Size",
-            )
-            .await;
-        }
-        Protocol::V311 => expect_closed(&mut client, "PUBLISH above the packet size limit").await,
-    }
+    expect_violation_close(
+        &mut client,
+        &[ReasonCode::PacketTooLarge],
+        "PUBLISH above the packet size limit",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -826,7 +792,7 @@ async fn mqtt_oversized_packet_closes_connection_v311() {
 #[tokio::test]
 async fn mqtt5_3_1_2_25_message_over_client_maximum_packet_size_is_discarded() {
     let broker = Broker::start().await;
-    let (mut sub, _) = connect_with(broker.addr, Protocol::V5, "mps-sub", true, |c| {
+    let (mut sub, _) = RawClient::open_ok(broker.addr, Protocol::V5, "mps-sub", true, |c| {
         c.properties.maximum_packet_size = Some(200);
     })
     .await;
@@ -938,12 +904,13 @@ async fn mqtt5_3_3_2_request_response_properties_pass_through() {
 /// A PUBLISH with both QoS bits set: topic "a", no packet id.
 const PUBLISH_QOS3: [u8; 5] = [0x36, 0x03, 0x00, 0x01, b'a'];
 
-#[tokio::test]
-async fn mqtt5_3_3_1_4_publish_qos3_malformed_disconnects_0x81() {
+/// A PUBLISH with QoS 3 is malformed [MQTT-3.3.1-4]: v5 gets DISCONNECT 0x81, then the
+/// close; 3.1.1 just the close.
+async fn publish_qos3_closes(protocol: Protocol) {
     let broker = Broker::start().await;
-    let mut client = connect(broker.addr, Protocol::V5, "qos3").await;
+    let mut client = connect(broker.addr, protocol, "qos3").await;
     client.send_raw(&PUBLISH_QOS3).await;
-    expect_disconnect(
+    expect_violation_close(
         &mut client,
         &[ReasonCode::MalformedPacket],
         "PUBLISH with QoS 3 is a Malformed Packet [MQTT-3.3.1-4]",
@@ -952,11 +919,13 @@ async fn mqtt5_3_3_1_4_publish_qos3_malformed_disconnects_0x81() {
 }
 
 #[tokio::test]
+async fn mqtt5_3_3_1_4_publish_qos3_malformed_disconnects_0x81() {
+    publish_qos3_closes(Protocol::V5).await;
+}
+
+#[tokio::test]
 async fn mqtt_3_3_1_4_publish_qos3_closes_v311() {
-    let broker = Broker::start().await;
-    let mut client = connect(broker.addr, Protocol::V311, "qos3").await;
-    client.send_raw(&PUBLISH_QOS3).await;
-    expect_closed(&mut client, "PUBLISH with QoS 3 [MQTT-3.3.1-4]").await;
+    publish_qos3_closes(Protocol::V311).await;
 }
 
 /// A wildcard in a PUBLISH topic name breaks [MQTT-3.3.2-2]. MQTT 5 (4.13.1) asks for
@@ -978,21 +947,16 @@ async fn wildcard_topic_closes(protocol: Protocol, topic: &str) {
         )))
         .await;
     let what = format!("PUBLISH to {topic:?} [MQTT-3.3.2-2]");
-    match protocol {
-        Protocol::V5 => {
-            expect_disconnect(
-                &mut client,
-                &[
-                    ReasonCode::TopicNameInvalid,
-                    ReasonCode::MalformedPacket,
-                    ReasonCode::ProtocolError,
-                ],
-                &what,
-            )
-            .await;
-        }
-        Protocol::V311 => expect_closed(&mut client, &what).await,
-    }
+    expect_violation_close(
+        &mut client,
+        &[
+            ReasonCode::TopicNameInvalid,
+            ReasonCode::MalformedPacket,
+            ReasonCode::ProtocolError,
+        ],
+        &what,
+    )
+    .await;
 
     publish_marker(broker.addr, "wild/marker", b"marker").await;
     let got = next_publish(&mut watcher).await;
@@ -1040,7 +1004,8 @@ async fn mqtt5_3_14_broker_shutdown_sends_disconnect_0x8b() {
 #[tokio::test]
 async fn mqtt5_3_3_4_receive_maximum_exceeded_disconnects_0x93() {
     let broker = Broker::start_with(|c| c.limits.max_inflight = 2).await;
-    let (mut client, ack) = connect_with(broker.addr, Protocol::V5, "greedy", true, |_| {}).await;
+    let (mut client, ack) =
+        RawClient::open_ok(broker.addr, Protocol::V5, "greedy", true, |_| {}).await;
     assert_eq!(
         ack.properties.receive_maximum,
         Some(2),
@@ -1118,11 +1083,9 @@ async fn max_connections_refuses_connections_beyond_limit() {
     loop {
         let mut client = RawClient::connect(broker.addr, Protocol::V5).await;
         client
-            .send(Packet::Connect(Box::new(connect_packet(
-                Protocol::V5,
-                "conn-3",
-                true,
-            ))))
+            .send(Packet::Connect(Box::new(
+                client.connect_packet("conn-3", true),
+            )))
             .await;
         match client.recv().await {
             Some(Packet::ConnAck(ack)) if ack.code == ReasonCode::Success => {
