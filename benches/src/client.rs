@@ -1,0 +1,221 @@
+//! A raw MQTT client on `tern-codec` over a tokio `TcpStream`, made for load: packets are
+//! encoded into one buffer and written in batches, and the socket splits into a
+//! [`Reader`] and a [`Writer`] so one task can read while another publishes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tern_codec::{
+    ByteString, Connect, Disconnect, Packet, Properties, Protocol, PubResponse, Publish, QoS,
+    ReasonCode, Subscribe, SubscriptionOptions,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::error::{Error, Result};
+
+/// Largest packet accepted from the broker.
+const MAX_PACKET: usize = 1 << 20;
+/// How long the handshake (CONNACK, SUBACK) may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The receiving half of a connection.
+pub struct Reader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+    protocol: Protocol,
+    id: String,
+}
+
+/// The sending half of a connection: packets are queued into a buffer and sent by
+/// [`Writer::flush`].
+pub struct Writer {
+    half: OwnedWriteHalf,
+    buf: BytesMut,
+    protocol: Protocol,
+}
+
+/// A connected client (CONNACK received), before it is split.
+pub struct Client {
+    pub reader: Reader,
+    pub writer: Writer,
+}
+
+impl Client {
+    /// Connects with a clean session and keepalive 0, and awaits a successful CONNACK.
+    pub async fn connect(addr: SocketAddr, protocol: Protocol, client_id: &str) -> Result<Client> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| Error::new(format!("cannot connect to {addr}: {e}")))?;
+        stream.set_nodelay(true)?;
+        let (r, w) = stream.into_split();
+        let mut client = Client {
+            reader: Reader {
+                half: r,
+                buf: BytesMut::with_capacity(64 * 1024),
+                protocol,
+                id: client_id.to_string(),
+            },
+            writer: Writer {
+                half: w,
+                buf: BytesMut::with_capacity(64 * 1024),
+                protocol,
+            },
+        };
+        let connect = Connect {
+            protocol,
+            clean_start: true,
+            keep_alive: 0,
+            properties: Properties::default(),
+            client_id: ByteString::from(client_id.to_string()),
+            will: None,
+            username: None,
+            password: None,
+        };
+        client.writer.queue(&Packet::Connect(Box::new(connect)))?;
+        client.writer.flush().await?;
+        match client.reader.next_timeout(HANDSHAKE_TIMEOUT).await? {
+            Packet::ConnAck(ack) if !ack.code.is_error() => Ok(client),
+            Packet::ConnAck(ack) => Err(Error::new(format!(
+                "{client_id}: broker refused the connection: {:?}",
+                ack.code
+            ))),
+            other => Err(Error::new(format!(
+                "{client_id}: expected CONNACK, got {}",
+                other.name()
+            ))),
+        }
+    }
+
+    /// Subscribes to one filter and awaits a SUBACK granting it.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<()> {
+        let sub = Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: vec![(
+                ByteString::from(filter.to_string()),
+                SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            )],
+        };
+        self.writer.queue(&Packet::Subscribe(sub))?;
+        self.writer.flush().await?;
+        let id = self.reader.id.clone();
+        match self.reader.next_timeout(HANDSHAKE_TIMEOUT).await? {
+            Packet::SubAck(ack) if ack.reasons.iter().all(|r| !r.is_error()) => Ok(()),
+            Packet::SubAck(ack) => Err(Error::new(format!(
+                "{id}: subscription to {filter} refused: {:?}",
+                ack.reasons
+            ))),
+            other => Err(Error::new(format!(
+                "{id}: expected SUBACK, got {}",
+                other.name()
+            ))),
+        }
+    }
+}
+
+impl Reader {
+    /// The next packet; a closed connection is an error.
+    pub async fn next(&mut self) -> Result<Packet> {
+        loop {
+            if let Some(p) = tern_codec::decode(&mut self.buf, self.protocol, MAX_PACKET)? {
+                return Ok(p);
+            }
+            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+                self.buf.reserve(64 * 1024);
+            }
+            let n = self.half.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return Err(Error::new(format!(
+                    "{}: broker closed the connection",
+                    self.id
+                )));
+            }
+        }
+    }
+
+    /// A packet already complete in the read buffer, without waiting for the socket.
+    pub fn try_next(&mut self) -> Result<Option<Packet>> {
+        Ok(tern_codec::decode(
+            &mut self.buf,
+            self.protocol,
+            MAX_PACKET,
+        )?)
+    }
+
+    /// [`Reader::next`] with a time limit.
+    pub async fn next_timeout(&mut self, limit: Duration) -> Result<Packet> {
+        match tokio::time::timeout(limit, self.next()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(format!(
+                "{}: no answer from broker in {limit:?}",
+                self.id
+            ))),
+        }
+    }
+
+    /// The client ID this connection uses.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Writer {
+    /// Encodes a packet into the send buffer.
+    pub fn queue(&mut self, p: &Packet) -> Result<()> {
+        p.encode(self.protocol, &mut self.buf)?;
+        Ok(())
+    }
+
+    /// Encodes a PUBLISH into the send buffer.
+    pub fn queue_publish(
+        &mut self,
+        topic: &ByteString,
+        qos: QoS,
+        packet_id: u16,
+        payload: Bytes,
+    ) -> Result<()> {
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: topic.clone(),
+            packet_id,
+            properties: Properties::default(),
+            payload,
+        };
+        self.queue(&Packet::Publish(publish))
+    }
+
+    /// Encodes a PUBACK into the send buffer.
+    pub fn queue_puback(&mut self, packet_id: u16) -> Result<()> {
+        self.queue(&Packet::PubAck(PubResponse::new(packet_id)))
+    }
+
+    /// Bytes waiting in the send buffer.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes the whole send buffer to the socket.
+    pub async fn flush(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.half.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends DISCONNECT (normal) and shuts the socket down; errors are ignored, the run is
+    /// over.
+    pub async fn disconnect(mut self) {
+        let _ = self.queue(&Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
+        let _ = self.flush().await;
+        let _ = self.half.shutdown().await;
+    }
+}

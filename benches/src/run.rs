@@ -1,0 +1,454 @@
+//! The machinery the scenarios share: run options, connecting many clients, the run
+//! timeline (warm-up, measurement, drain), and the publisher and subscriber loops.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tern_codec::{ByteString, Packet, Protocol, QoS};
+use tokio::sync::{Semaphore, TryAcquireError};
+use tokio::task::JoinSet;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::stats::{payload_latency, stamped_payload, Latencies, Report};
+
+/// Options every scenario takes.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The broker.
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    /// Payload size in bytes (at least 8: the first 8 carry the send time).
+    pub payload: usize,
+    /// Length of the measurement window.
+    pub duration: Duration,
+    /// Traffic before the measurement window, not counted in rates or latencies.
+    pub warmup: Duration,
+    /// QoS 1 messages a publisher keeps in flight.
+    pub inflight: u16,
+    /// Prefix of client IDs and topics, unique per run.
+    pub run_id: String,
+    /// How long subscribers keep reading after the last publish once nothing arrives.
+    pub drain_idle: Duration,
+    /// The longest subscribers keep reading after the last publish in any case (a broker
+    /// with a deep backlog of QoS 0 messages may take long to empty it); what has not
+    /// arrived by then counts as dropped.
+    pub max_drain: Duration,
+}
+
+impl Options {
+    /// Defaults: MQTT 3.1.1, 64-byte payloads, 10 s measured after 1 s of warm-up, 16 in
+    /// flight, and a run ID from the process ID and clock.
+    pub fn new(addr: SocketAddr) -> Options {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        Options {
+            addr,
+            protocol: Protocol::V311,
+            payload: 64,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(1),
+            inflight: 16,
+            run_id: format!("tb{}x{:x}", std::process::id(), nanos),
+            drain_idle: Duration::from_millis(500),
+            max_drain: Duration::from_secs(30),
+        }
+    }
+
+    /// A topic of this run.
+    pub fn topic(&self, name: &str) -> String {
+        format!("tern-bench/{}/{name}", self.run_id)
+    }
+}
+
+/// The phases of a run, fixed once every client is connected and subscribed.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeline {
+    pub start: Instant,
+    pub measure_start: Instant,
+    pub end: Instant,
+}
+
+impl Timeline {
+    pub fn new(opts: &Options) -> Timeline {
+        let start = Instant::now();
+        let measure_start = start + opts.warmup;
+        Timeline {
+            start,
+            measure_start,
+            end: measure_start + opts.duration,
+        }
+    }
+
+    pub fn in_window(&self, t: Instant) -> bool {
+        t >= self.measure_start && t < self.end
+    }
+}
+
+/// Connects `n` clients named `{run_id}-{role}-{i}` (a bounded number at a time), each
+/// subscribed to `topic(i)` when it gives one. The result is in index order.
+pub async fn connect_many(
+    opts: &Options,
+    role: &str,
+    n: usize,
+    topic: impl Fn(usize) -> Option<String>,
+    qos: QoS,
+) -> Result<Vec<Client>> {
+    const PARALLEL: usize = 64;
+    let mut out: Vec<Option<Client>> = (0..n).map(|_| None).collect();
+    let mut next = 0;
+    let mut set = JoinSet::new();
+    while next < n || !set.is_empty() {
+        while next < n && set.len() < PARALLEL {
+            let id = format!("{}-{role}-{next}", opts.run_id);
+            let filter = topic(next);
+            let (addr, protocol, i) = (opts.addr, opts.protocol, next);
+            set.spawn(async move {
+                let mut client = Client::connect(addr, protocol, &id).await?;
+                if let Some(f) = filter {
+                    client.subscribe(&f, qos).await?;
+                }
+                Ok::<_, Error>((i, client))
+            });
+            next += 1;
+        }
+        if let Some(joined) = set.join_next().await {
+            let (i, client) = joined.map_err(|e| Error::new(format!("connect task: {e}")))??;
+            out[i] = Some(client);
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// What one publisher does.
+#[derive(Debug, Clone)]
+pub struct PubSpec {
+    pub topic: String,
+    pub qos: QoS,
+    pub payload: usize,
+    /// QoS 1 window.
+    pub inflight: u16,
+    /// Messages per second, or `None` for full speed.
+    pub rate: Option<f64>,
+}
+
+impl PubSpec {
+    /// A publisher of `opts`' payload and window to `topic`; `rate` None = full speed.
+    pub fn new(opts: &Options, topic: &str, qos: QoS, rate: Option<f64>) -> PubSpec {
+        PubSpec {
+            topic: topic.to_string(),
+            qos,
+            payload: opts.payload,
+            inflight: opts.inflight,
+            rate,
+        }
+    }
+}
+
+/// What one publisher did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PubStats {
+    pub sent: u64,
+    pub sent_in_window: u64,
+    pub acked: u64,
+}
+
+/// What one subscriber received.
+#[derive(Default)]
+pub struct SubStats {
+    pub received: u64,
+    pub received_in_window: u64,
+    pub latencies: Latencies,
+}
+
+/// Publishes until the end of the timeline: full speed or paced, in batches, with a window
+/// of QoS 1 messages in flight; then awaits the outstanding PUBACKs and disconnects.
+pub async fn publisher(client: Client, spec: PubSpec, tl: Timeline) -> Result<PubStats> {
+    const BATCH: u64 = 64;
+    let Client {
+        mut reader,
+        mut writer,
+    } = client;
+    let id = reader.id().to_string();
+    let qos1 = spec.qos != QoS::AtMostOnce;
+    let window = spec.inflight.max(1) as usize;
+    let permits = Arc::new(Semaphore::new(if qos1 { window } else { 0 }));
+    let acked = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let mut read_task = {
+        let (permits, acked, done) = (permits.clone(), acked.clone(), done.clone());
+        tokio::spawn(async move {
+            loop {
+                match reader.next().await {
+                    Ok(Packet::PubAck(_)) => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                        permits.add_permits(1);
+                    }
+                    Ok(_) => {}
+                    Err(_) if done.load(Ordering::Relaxed) => return Ok(()),
+                    Err(e) => {
+                        permits.close();
+                        return Err(e);
+                    }
+                }
+            }
+        })
+    };
+
+    let topic = ByteString::from(spec.topic.clone());
+    let filler = Bytes::from(vec![b'x'; spec.payload]);
+    let mut stats = PubStats::default();
+    let mut packet_id: u16 = 0;
+    let result: Result<()> = async {
+        loop {
+            let now = Instant::now();
+            if now >= tl.end {
+                break;
+            }
+            let mut n = BATCH;
+            if let Some(rate) = spec.rate {
+                let due = (rate * (now - tl.start).as_secs_f64()) as u64 + 1;
+                if due <= stats.sent {
+                    let next = tl.start + Duration::from_secs_f64((stats.sent as f64) / rate);
+                    tokio::time::sleep_until(next.into()).await;
+                    continue;
+                }
+                n = (due - stats.sent).min(1024);
+            }
+            let in_window = tl.in_window(now);
+            for _ in 0..n {
+                if qos1 {
+                    match permits.try_acquire() {
+                        Ok(p) => p.forget(),
+                        Err(TryAcquireError::NoPermits) => {
+                            writer.flush().await?;
+                            match permits.acquire().await {
+                                Ok(p) => p.forget(),
+                                Err(_) => return Err(Error::new("connection lost")),
+                            }
+                        }
+                        Err(TryAcquireError::Closed) => return Err(Error::new("connection lost")),
+                    }
+                    packet_id = packet_id.wrapping_add(1).max(1);
+                }
+                writer.queue_publish(
+                    &topic,
+                    spec.qos,
+                    packet_id,
+                    stamped_payload(spec.payload, &filler),
+                )?;
+                stats.sent += 1;
+                if in_window {
+                    stats.sent_in_window += 1;
+                }
+            }
+            writer.flush().await?;
+        }
+        if qos1 {
+            let wait = permits.acquire_many(window as u32);
+            match tokio::time::timeout(Duration::from_secs(10), wait).await {
+                Ok(Ok(p)) => p.forget(),
+                Ok(Err(_)) => return Err(Error::new("connection lost")),
+                Err(_) => {
+                    return Err(Error::new(format!(
+                        "{id}: {} PUBACKs missing 10 s after the last publish",
+                        stats.sent - acked.load(Ordering::Relaxed)
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        // The reader's error explains a failed write or a closed window better.
+        return Err(
+            match tokio::time::timeout(Duration::from_secs(1), &mut read_task).await {
+                Ok(Ok(Err(read_err))) => read_err,
+                _ => {
+                    read_task.abort();
+                    Error::new(format!("{id}: {e}"))
+                }
+            },
+        );
+    }
+    done.store(true, Ordering::Relaxed);
+    writer.disconnect().await;
+    if tokio::time::timeout(Duration::from_secs(2), &mut read_task)
+        .await
+        .is_err()
+    {
+        read_task.abort();
+    }
+    stats.acked = acked.load(Ordering::Relaxed);
+    Ok(stats)
+}
+
+/// Receives (and acknowledges QoS 1) until the timeline's end and then until nothing has
+/// arrived for `drain_idle` (at most `max_drain` more); then disconnects.
+pub async fn subscriber(
+    client: Client,
+    tl: Timeline,
+    (drain_idle, max_drain): (Duration, Duration),
+    record_latency: bool,
+) -> Result<SubStats> {
+    let Client {
+        mut reader,
+        mut writer,
+    } = client;
+    let hard_end = tl.end + max_drain;
+    let mut stats = SubStats::default();
+    loop {
+        let packet = match reader.try_next()? {
+            Some(p) => p,
+            None => {
+                writer.flush().await?;
+                let now = Instant::now();
+                if now >= hard_end {
+                    break;
+                }
+                let wait = if now < tl.end {
+                    tl.end - now + drain_idle
+                } else {
+                    drain_idle
+                };
+                match tokio::time::timeout(wait, reader.next()).await {
+                    Ok(p) => p?,
+                    Err(_) if Instant::now() >= tl.end => break,
+                    Err(_) => continue,
+                }
+            }
+        };
+        if let Packet::Publish(p) = packet {
+            if p.qos != QoS::AtMostOnce {
+                writer.queue_puback(p.packet_id)?;
+                if writer.pending() > 32 * 1024 {
+                    writer.flush().await?;
+                }
+            }
+            stats.received += 1;
+            let now = Instant::now();
+            if tl.in_window(now) {
+                stats.received_in_window += 1;
+                if record_latency {
+                    if let Some(d) = payload_latency(&p.payload) {
+                        stats.latencies.record(d);
+                    }
+                }
+            }
+        }
+    }
+    writer.disconnect().await;
+    Ok(stats)
+}
+
+/// Everything a run measured, before it becomes a report.
+pub struct Outcome {
+    pub publishers: Vec<PubStats>,
+    pub subscribers: Vec<SubStats>,
+    pub measured_secs: f64,
+}
+
+impl Outcome {
+    pub fn sent(&self) -> u64 {
+        self.publishers.iter().map(|p| p.sent).sum()
+    }
+    pub fn sent_in_window(&self) -> u64 {
+        self.publishers.iter().map(|p| p.sent_in_window).sum()
+    }
+    pub fn acked(&self) -> u64 {
+        self.publishers.iter().map(|p| p.acked).sum()
+    }
+    pub fn received(&self) -> u64 {
+        self.subscribers.iter().map(|s| s.received).sum()
+    }
+    pub fn received_in_window(&self) -> u64 {
+        self.subscribers.iter().map(|s| s.received_in_window).sum()
+    }
+    pub fn latencies(&self) -> Latencies {
+        let mut all = Latencies::default();
+        for s in &self.subscribers {
+            all.merge(&s.latencies);
+        }
+        all
+    }
+
+    /// The scenario's report. `copies`: deliveries each published message should make
+    /// (1, or the subscriber count for a fan-out). Latency only where `with_latency`.
+    pub fn report(&self, scenario: &'static str, shape: Shape, with_latency: bool) -> Report {
+        Report {
+            scenario,
+            qos: shape.qos.as_u8(),
+            publishers: shape.publishers,
+            subscribers: shape.subscribers,
+            measured_secs: self.measured_secs,
+            sent: self.sent(),
+            acked: self.acked(),
+            received: self.received(),
+            expected: self.sent() * shape.copies,
+            sent_in_window: self.sent_in_window(),
+            received_in_window: self.received_in_window(),
+            latency: if with_latency {
+                self.latencies().summary()
+            } else {
+                None
+            },
+        }
+    }
+}
+
+/// The shape of a scenario, for its report.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub qos: QoS,
+    pub publishers: usize,
+    pub subscribers: usize,
+    /// Deliveries each published message should make.
+    pub copies: u64,
+}
+
+/// Runs connected publishers and subscribers over one timeline; the first error ends the
+/// run (the other tasks are aborted).
+pub async fn run(
+    opts: &Options,
+    publishers: Vec<(Client, PubSpec)>,
+    subscribers: Vec<Client>,
+    record_latency: bool,
+) -> Result<Outcome> {
+    enum Done {
+        Pub(usize, PubStats),
+        Sub(usize, SubStats),
+    }
+    let tl = Timeline::new(opts);
+    let mut set = JoinSet::new();
+    let (np, ns) = (publishers.len(), subscribers.len());
+    for (i, c) in subscribers.into_iter().enumerate() {
+        let drain = (opts.drain_idle, opts.max_drain);
+        set.spawn(async move {
+            subscriber(c, tl, drain, record_latency)
+                .await
+                .map(|s| Done::Sub(i, s))
+        });
+    }
+    for (i, (c, spec)) in publishers.into_iter().enumerate() {
+        set.spawn(async move { publisher(c, spec, tl).await.map(|s| Done::Pub(i, s)) });
+    }
+    let mut pubs = vec![PubStats::default(); np];
+    let mut subs: Vec<SubStats> = (0..ns).map(|_| SubStats::default()).collect();
+    while let Some(joined) = set.join_next().await {
+        match joined.map_err(|e| Error::new(format!("client task failed: {e}")))?? {
+            Done::Pub(i, s) => pubs[i] = s,
+            Done::Sub(i, s) => subs[i] = s,
+        }
+    }
+    Ok(Outcome {
+        publishers: pubs,
+        subscribers: subs,
+        measured_secs: opts.duration.as_secs_f64(),
+    })
+}
