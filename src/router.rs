@@ -956,6 +956,18 @@ mod tests {
     struct Harness {
         router: RouterHandle,
         store: Arc<MemoryStore>,
+        writer: Writer,
+    }
+
+    impl Harness {
+        /// Stops the router and waits until every write it queued is applied.
+        async fn stop(&self) {
+            self.router
+                .call(|reply| Command::Shutdown { reply })
+                .await
+                .ok();
+            self.writer.barrier().await.expect("writes applied");
+        }
     }
 
     fn limits() -> RouterLimits {
@@ -969,9 +981,13 @@ mod tests {
 
     fn start_on(store: Arc<MemoryStore>) -> Harness {
         let writer = Writer::start(store.clone(), SyncPolicy::Always, 64);
-        let router = Router::load(limits(), writer).expect("load");
+        let router = Router::load(limits(), writer.clone()).expect("load");
         let (router, _task) = router.spawn(64);
-        Harness { router, store }
+        Harness {
+            router,
+            store,
+            writer,
+        }
     }
 
     fn start() -> Harness {
@@ -1138,10 +1154,7 @@ mod tests {
         publish(&h, message("t", QoS::AtLeastOnce, false, b"x")).await;
         let c = connect(&h, "dev", true, 60).await;
         assert!(!c.attached.session_present);
-        h.router
-            .call(|reply| Command::Shutdown { reply })
-            .await
-            .ok();
+        h.stop().await;
         // Stored state was replaced: no queue, no subscriptions.
         let stored = h.store.session("dev").unwrap().expect("new session stored");
         assert!(stored.session.subscriptions.is_empty());
@@ -1173,10 +1186,7 @@ mod tests {
         // The store holds at most 2 topics: a third is delivered but not retained.
         publish(&h, message("r/3", QoS::AtLeastOnce, true, b"three")).await;
         publish(&h, message("r/2", QoS::AtLeastOnce, true, b"")).await;
-        h.router
-            .call(|reply| Command::Shutdown { reply })
-            .await
-            .ok();
+        h.stop().await;
         let h = start_on(store);
         let c = connect(&h, "viewer", true, 0).await;
         let reply = subscribe(&h, &c, "r/#", QoS::AtLeastOnce).await;
