@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::message::{now_ms, Delivery, Message, SessionId};
 use crate::router::{
-    Attached, Command, ConnId, ConnectRequest, Outbound, RouterHandle, WillRequest,
+    sleep_until_opt, Attached, Command, ConnId, ConnectRequest, Outbound, RouterHandle, WillRequest,
 };
 use crate::session::{Close, Effect, Session, SessionParams};
 
@@ -749,13 +749,6 @@ impl Connection {
         }
         let _ = self.flush().await;
         let _ = self.writer.shutdown().await;
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

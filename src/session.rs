@@ -247,7 +247,7 @@ impl Session {
             }
             return;
         };
-        self.transmit.push_back(Packet::Publish(publish));
+        self.transmit.push_back(publish);
         let stage = match delivery.qos {
             QoS::AtMostOnce => return,
             QoS::AtLeastOnce => Stage::Ack,
@@ -257,13 +257,14 @@ impl Session {
             .insert(packet_id, InFlight { delivery, stage });
     }
 
-    /// The PUBLISH for one delivery, or None if it exceeds the client's maximum packet size.
+    /// The PUBLISH packet for one delivery, or None if it exceeds the client's maximum
+    /// packet size (measured on the packet itself: no copy on the delivery path).
     fn outbound_publish(
         &mut self,
         delivery: &Delivery,
         packet_id: u16,
         now_ms: u64,
-    ) -> Option<Publish> {
+    ) -> Option<Packet> {
         let message = &delivery.message;
         let mut properties = Properties::default();
         if self.params.protocol == Protocol::V5 {
@@ -294,13 +295,14 @@ impl Session {
                 new_alias = Some(alias);
             }
         }
-        if Packet::Publish(publish.clone()).encoded_len(self.params.protocol) > max {
+        let packet = Packet::Publish(publish);
+        if packet.encoded_len(self.params.protocol) > max {
             return None;
         }
         if let Some(alias) = new_alias {
             self.aliases_out.insert(message.topic.clone(), alias);
         }
-        Some(publish)
+        Some(packet)
     }
 
     fn allocate_packet_id(&mut self) -> u16 {
