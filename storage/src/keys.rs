@@ -4,7 +4,8 @@
 //! described in the crate documentation. Per-client keys start with the *client prefix*
 //! (`u16` BE byte length, then the UTF-8 bytes of the client id): because the length comes
 //! first, one client's keys never share a prefix with another client's, however their ids
-//! compare.
+//! compare. User ids and group ids are encoded the same way (a *user prefix*, a *group key*),
+//! so everything said about client prefixes holds for them.
 
 use crate::StorageError;
 
@@ -20,62 +21,117 @@ pub const CF_QUEUE_NEXT: &str = "queue_next";
 pub const CF_INBOUND_QOS2: &str = "inbound_qos2";
 /// Store-wide metadata: [`FORMAT_VERSION_KEY`].
 pub const CF_META: &str = "meta";
+/// Registered users: user prefix -> user record.
+pub const CF_USERS: &str = "users";
+/// Chat groups: group key -> group record (members included).
+pub const CF_GROUPS: &str = "groups";
+/// Chat messages, each stored once: id (u64 BE) -> message record.
+pub const CF_MESSAGES: &str = "messages";
+/// Inbox logs: user prefix + seq (u64 BE) -> inbox record.
+pub const CF_INBOX: &str = "inbox";
+/// Inbox high-water marks: user prefix -> next seq (u64 BE).
+pub const CF_INBOX_NEXT: &str = "inbox_next";
 /// Every column family the store opens (besides RocksDB's `default`, unused).
-pub const ALL_CFS: [&str; 6] = [
+pub const ALL_CFS: [&str; 11] = [
     CF_RETAINED,
     CF_SESSIONS,
     CF_QUEUE,
     CF_QUEUE_NEXT,
     CF_INBOUND_QOS2,
     CF_META,
+    CF_USERS,
+    CF_GROUPS,
+    CF_MESSAGES,
+    CF_INBOX,
+    CF_INBOX_NEXT,
 ];
+/// The column families added after the first release of [`FORMAT_VERSION`] 1: a database
+/// written before has none of them. [`RocksStore::open`](crate::RocksStore::open) creates
+/// them; a read-only open, which cannot, reads them as empty.
+pub const ADDED_CFS: [&str; 5] = [CF_USERS, CF_GROUPS, CF_MESSAGES, CF_INBOX, CF_INBOX_NEXT];
 
 /// Key in [`CF_META`] of the data format version (u32 BE).
 pub const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 /// The data format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The length of `id` as a `u16` length prefix; `what` names it in the error.
+fn id_len(what: &str, id: &str) -> Result<u16, StorageError> {
+    u16::try_from(id.len())
+        .map_err(|_| StorageError::invalid(format!("{what} of {} bytes (at most 65535)", id.len())))
+}
+
+/// Rejects `id` if it does not fit a `u16` length prefix.
+fn check_id(what: &str, id: &str) -> Result<(), StorageError> {
+    id_len(what, id).map(drop)
+}
+
 /// Rejects a client id that does not fit the `u16` length of the client prefix (MQTT
 /// strings cannot be longer anyway).
 pub fn check_client_id(client_id: &str) -> Result<(), StorageError> {
-    if client_id.len() > usize::from(u16::MAX) {
-        return Err(StorageError::invalid(format!(
-            "client id of {} bytes (at most 65535)",
-            client_id.len()
-        )));
-    }
-    Ok(())
+    check_id("client id", client_id)
+}
+
+/// Rejects a user id that does not fit the `u16` length of the user prefix (it is an MQTT
+/// user name, which cannot be longer anyway).
+pub fn check_user(user: &str) -> Result<(), StorageError> {
+    check_id("user id", user)
+}
+
+/// Rejects a group id that does not fit the `u16` length of the group key.
+pub fn check_gid(gid: &str) -> Result<(), StorageError> {
+    check_id("group id", gid)
+}
+
+/// `u16` BE length, then the bytes of `id`, with room for `extra` more bytes.
+fn length_prefixed(what: &str, id: &str, extra: usize) -> Result<Vec<u8>, StorageError> {
+    let len = id_len(what, id)?;
+    let mut key = Vec::with_capacity(2 + id.len() + extra);
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    Ok(key)
 }
 
 /// The client prefix: `u16` BE length, then the id's bytes.
 pub fn client_prefix(client_id: &str) -> Result<Vec<u8>, StorageError> {
-    client_prefix_with_capacity(client_id, 0)
-}
-
-fn client_prefix_with_capacity(client_id: &str, extra: usize) -> Result<Vec<u8>, StorageError> {
-    let len = u16::try_from(client_id.len()).map_err(|_| {
-        StorageError::invalid(format!(
-            "client id of {} bytes (at most 65535)",
-            client_id.len()
-        ))
-    })?;
-    let mut key = Vec::with_capacity(2 + client_id.len() + extra);
-    key.extend_from_slice(&len.to_be_bytes());
-    key.extend_from_slice(client_id.as_bytes());
-    Ok(key)
+    length_prefixed("client id", client_id, 0)
 }
 
 /// Key of a queue entry in [`CF_QUEUE`].
 pub fn queue_key(client_id: &str, seq: u64) -> Result<Vec<u8>, StorageError> {
-    let mut key = client_prefix_with_capacity(client_id, 8)?;
+    let mut key = length_prefixed("client id", client_id, 8)?;
     key.extend_from_slice(&seq.to_be_bytes());
     Ok(key)
 }
 
 /// Key of an inbound QoS 2 id in [`CF_INBOUND_QOS2`].
 pub fn inbound_key(client_id: &str, packet_id: u16) -> Result<Vec<u8>, StorageError> {
-    let mut key = client_prefix_with_capacity(client_id, 2)?;
+    let mut key = length_prefixed("client id", client_id, 2)?;
     key.extend_from_slice(&packet_id.to_be_bytes());
+    Ok(key)
+}
+
+/// The user prefix (same encoding as the client prefix): key in [`CF_USERS`] and
+/// [`CF_INBOX_NEXT`], prefix of a user's keys in [`CF_INBOX`].
+pub fn user_prefix(user: &str) -> Result<Vec<u8>, StorageError> {
+    length_prefixed("user id", user, 0)
+}
+
+/// Key of a group in [`CF_GROUPS`] (same encoding as the client prefix).
+pub fn group_key(gid: &str) -> Result<Vec<u8>, StorageError> {
+    length_prefixed("group id", gid, 0)
+}
+
+/// Key of a stored message in [`CF_MESSAGES`]: big-endian, so that key order is id order
+/// (and ids are time-ordered, which makes retention by age a range deletion).
+pub fn message_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+/// Key of an inbox entry in [`CF_INBOX`].
+pub fn inbox_key(user: &str, seq: u64) -> Result<Vec<u8>, StorageError> {
+    let mut key = length_prefixed("user id", user, 8)?;
+    key.extend_from_slice(&seq.to_be_bytes());
     Ok(key)
 }
 
@@ -121,6 +177,23 @@ pub fn describe_key(cf: &str, key: &[u8]) -> String {
             ),
             Err(_) => format!(
                 "queue key of client {id:?} with a {}-byte suffix",
+                rest.len()
+            ),
+        },
+        (CF_USERS, Some((id, []))) => format!("user {id:?}"),
+        (CF_GROUPS, Some((gid, []))) => format!("group {gid:?}"),
+        (CF_MESSAGES, _) => match <[u8; 8]>::try_from(key) {
+            Ok(id) => format!("stored message id {}", u64::from_be_bytes(id)),
+            Err(_) => format!("stored message key {key:02x?} (not 8 bytes)"),
+        },
+        (CF_INBOX_NEXT, Some((user, []))) => format!("inbox high-water mark of user {user:?}"),
+        (CF_INBOX, Some((user, rest))) => match <[u8; 8]>::try_from(rest) {
+            Ok(seq) => format!(
+                "inbox entry seq {} of user {user:?}",
+                u64::from_be_bytes(seq)
+            ),
+            Err(_) => format!(
+                "inbox key of user {user:?} with a {}-byte suffix",
                 rest.len()
             ),
         },
@@ -175,6 +248,19 @@ mod tests {
             "queue entry seq 7 of client \"dev-1\""
         );
         assert!(describe_key(CF_INBOUND_QOS2, &inbound_key("x", 9).unwrap()).contains("id 9"));
+        assert_eq!(
+            describe_key(CF_INBOX, &inbox_key("bob", 12).unwrap()),
+            "inbox entry seq 12 of user \"bob\""
+        );
+        assert_eq!(
+            describe_key(CF_MESSAGES, &message_key(1 << 40)),
+            format!("stored message id {}", 1u64 << 40)
+        );
+        assert_eq!(
+            describe_key(CF_GROUPS, &group_key("g1").unwrap()),
+            "group \"g1\""
+        );
+        assert!(describe_key(CF_MESSAGES, &[1, 2]).contains("not 8 bytes"));
     }
 
     #[test]
@@ -185,5 +271,9 @@ mod tests {
             Err(StorageError::Invalid { .. })
         ));
         assert!(check_client_id(&"x".repeat(65_535)).is_ok());
+        let err = user_prefix(&id).unwrap_err().to_string();
+        assert!(err.contains("user id of 70000 bytes"), "{err}");
+        let err = group_key(&id).unwrap_err().to_string();
+        assert!(err.contains("group id"), "{err}");
     }
 }

@@ -7,7 +7,23 @@
 //! - each session's **offline queue** of QoS 1/2 messages, in order, addressed by a per-session
 //!   sequence number (`seq`) that the broker allocates (strictly increasing per client);
 //! - each session's **inbound QoS 2 packet ids** (PUBLISH received, PUBREL not yet), so that
-//!   exactly-once delivery holds across a restart.
+//!   exactly-once delivery holds across a restart;
+//! - the instant-messaging layer: **users** ([`StoredUser`]), **groups** ([`StoredGroup`]),
+//!   **chat messages** stored once each under a time-ordered `u64` id that the broker
+//!   allocates, and each user's **inbox log**: [`InboxEntry`]s that point at stored messages,
+//!   addressed by a per-user sequence number (strictly increasing per user, like queue seqs).
+//!
+//! ## Messages stored once
+//!
+//! A message to a group of 1,000 members is written once ([`Op::PutMessage`]) and referred to
+//! by id from 1,000 inbox entries ([`Op::AppendInbox`], ten bytes each) and from the offline
+//! queue entries of those members' sessions ([`QueuedMessage::message_ref`]: the queue entry
+//! keeps its own topic, QoS, flags and state but not the payload). Readers get the payload
+//! back resolved: [`Store::queue`] and [`Store::inbox`] read the referenced messages in one
+//! batched lookup per page. Retention deletes messages by age ([`Op::DeleteMessagesBefore`],
+//! ids are time-ordered) and inbox entries by count ([`Op::TrimInbox`]), independently: a
+//! reference may outlive its message, and readers say so (`None` message, or a queue entry
+//! whose [`QueuedMessage::message_ref`] is still set) instead of failing.
 //!
 //! Everything is changed through [`Op`]s applied atomically by [`Store::write`], and read back
 //! through the other [`Store`] methods. Two implementations: [`RocksStore`] (RocksDB, the real
@@ -19,7 +35,8 @@
 //! [`Store::sessions`] returns each session's metadata plus its queue bounds
 //! ([`SessionRecord::first_seq`], [`SessionRecord::next_seq`]) found with two iterator seeks per
 //! session; queued message values are never read at start-up. The broker pages a queue in with
-//! [`Store::queue`] when its client comes back.
+//! [`Store::queue`] when its client comes back. Likewise [`Store::inbox_heads`] scans only the
+//! inbox high-water marks (one small value per user), never the inbox entries or messages.
 //!
 //! ## Key layout (RocksDB column families)
 //!
@@ -37,16 +54,30 @@
 //! | `queue_next` | client prefix | one past the highest `seq` ever enqueued (u64 BE) |
 //! | `inbound_qos2` | client prefix, packet id (u16 BE) | empty |
 //! | `meta` | `format_version` | data format version (u32 BE), checked at open |
+//! | `users` | user prefix | user record |
+//! | `groups` | group key | group record (members included) |
+//! | `messages` | message id (u64 BE) | message record (as `retained`) |
+//! | `inbox` | user prefix, `seq` (u64 BE) | inbox record (message id, role) |
+//! | `inbox_next` | user prefix | one past the highest inbox `seq` ever appended (u64 BE) |
+//!
+//! User prefixes and group keys are encoded like client prefixes (u16 BE length, UTF-8).
 //!
 //! `queue_next` exists because the queue's own keys cannot say what the highest `seq` was once
 //! every entry has been dequeued; [`SessionRecord::next_seq`] is the larger of it and one past
 //! the last queued key. It is written blindly (no read) with each batch's highest enqueued
-//! `seq`, which is why `seq`s must increase per client.
+//! `seq`, which is why `seq`s must increase per client. `inbox_next` is the same for inbox
+//! logs; it is never deleted (not by [`Op::TrimInbox`], not by [`Op::DeleteUser`]), so a
+//! user's inbox seqs never restart.
+//!
+//! The last five families were added to format version 1 without changing its number: a
+//! database written before them opens as is ([`RocksStore::open`] creates the missing families,
+//! a read-only open reads them as empty) and its records all still decode.
 //!
 //! Values are compact hand-written binary records that start with a version byte (see
 //! `record.rs`); a value that does not decode is reported as [`StorageError::Corrupt`] naming
-//! the key, never a panic. Deleting a session is three range deletions over its prefix
-//! (`queue`, `inbound_qos2`) plus two point deletions, in the same batch.
+//! the key, never a panic. Deleting a session is two range deletions over its prefix
+//! (`queue`, `inbound_qos2`) plus two point deletions, in the same batch. Inbox trimming and
+//! message retention are one range deletion each.
 //!
 //! ## Durability
 //!
@@ -112,6 +143,12 @@ pub enum QueueState {
 pub struct QueuedMessage {
     pub message: StoredMessage,
     pub state: QueueState,
+    /// In an [`Op::Enqueue`]: `Some(id)` stores a reference to the message stored under `id`
+    /// ([`Op::PutMessage`]) instead of the payload, which is then ignored (pass an empty one);
+    /// every other field of `message` is stored with the entry. From [`Store::queue`]: `None`
+    /// with the referenced payload filled in, or `Some(id)` with an empty payload if the
+    /// message no longer exists (deleted by retention), for the broker to drop the entry.
+    pub message_ref: Option<u64>,
 }
 
 /// One subscription of a persistent session.
@@ -127,6 +164,8 @@ pub struct StoredSubscription {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredSession {
     pub client_id: String,
+    /// The user the session belongs to; empty if unknown (written before users existed).
+    pub user: String,
     /// 4 = 3.1.1, 5 = 5.0.
     pub protocol_level: u8,
     /// `u32::MAX` = never expires.
@@ -134,6 +173,34 @@ pub struct StoredSession {
     /// `None` while connected.
     pub disconnected_at_ms: Option<u64>,
     pub subscriptions: Vec<StoredSubscription>,
+}
+
+/// A registered user (the MQTT user name is the user id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredUser {
+    pub user: String,
+    /// PHC string (argon2id), produced and checked by the broker; opaque here.
+    pub password_hash: String,
+    /// May publish system broadcasts.
+    pub operator: bool,
+    pub created_at_ms: u64,
+}
+
+/// A chat group and its members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredGroup {
+    pub gid: String,
+    /// Sorted, no duplicates (the broker guarantees it; the store keeps the order given).
+    pub members: Vec<String>,
+    pub created_at_ms: u64,
+}
+
+/// One entry of a user's inbox log: which stored message, and what it is to this user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboxEntry {
+    pub message_id: u64,
+    /// Broker-defined tag (0 = received, 1 = the sender's own copy, ...); opaque here.
+    pub role: u8,
 }
 
 /// A stored session with the bounds of its queue.
@@ -164,7 +231,8 @@ pub enum Op {
         client_id: String,
     },
     /// Adds an entry to a client's queue. `seq` must be higher than every `seq` enqueued
-    /// before for this client (since its session was last deleted).
+    /// before for this client (since its session was last deleted). With a
+    /// [`QueuedMessage::message_ref`], the payload is not stored (and need not exist yet).
     Enqueue {
         client_id: String,
         seq: u64,
@@ -188,13 +256,50 @@ pub enum Op {
         client_id: String,
         packet_id: u16,
     },
+    /// Inserts or replaces a user.
+    PutUser(StoredUser),
+    /// Deletes the user record only: the user's inbox log and its high-water mark stay (a
+    /// user re-created under the same id continues the same log; the broker trims it if it
+    /// wants it gone).
+    DeleteUser {
+        user: String,
+    },
+    /// Inserts or replaces a group, members included.
+    PutGroup(StoredGroup),
+    DeleteGroup {
+        gid: String,
+    },
+    /// Stores a chat message once; inbox entries and queue entries refer to it by id.
+    PutMessage {
+        id: u64,
+        message: StoredMessage,
+    },
+    /// Appends to a user's inbox log. `seq` must be higher than every seq appended before for
+    /// this user; also records `seq + 1` as the user's inbox high-water mark (blind write, like
+    /// queue_next).
+    AppendInbox {
+        user: String,
+        seq: u64,
+        entry: InboxEntry,
+    },
+    /// Deletes the user's inbox entries with seq < below_seq (retention by count).
+    TrimInbox {
+        user: String,
+        below_seq: u64,
+    },
+    /// Deletes every stored message with id < below_id (retention by age: ids are
+    /// time-ordered). Inbox and queue entries that refer to them stay, and read as dangling.
+    DeleteMessagesBefore {
+        below_id: u64,
+    },
 }
 
 impl Op {
-    /// Checks what a store cannot encode: a client id, topic or subscription filter longer
-    /// than 65,535 bytes (the MQTT limit for strings), a QoS above 2, a payload or properties
-    /// of 4 GiB or more. Stores and the [`Writer`] call it before writing anything, so that
-    /// a bad op fails alone instead of failing a whole batch half-way.
+    /// Checks what a store cannot encode: a client id, user id, group id (or member), password
+    /// hash, topic or subscription filter longer than 65,535 bytes (the MQTT limit for
+    /// strings), a QoS above 2, a payload or properties of 4 GiB or more. Stores and the
+    /// [`Writer`] call it before writing anything, so that a bad op fails alone instead of
+    /// failing a whole batch half-way.
     pub fn validate(&self) -> Result<(), StorageError> {
         match self {
             Op::PutRetained { message, .. } => record::check_message(message),
@@ -214,6 +319,20 @@ impl Op {
             | Op::Dequeue { client_id, .. }
             | Op::PutInboundQos2 { client_id, .. }
             | Op::DeleteInboundQos2 { client_id, .. } => keys::check_client_id(client_id),
+            Op::PutUser(user) => {
+                keys::check_user(&user.user)?;
+                record::check_user(user)
+            }
+            Op::PutGroup(group) => {
+                keys::check_gid(&group.gid)?;
+                record::check_group(group)
+            }
+            Op::DeleteGroup { gid } => keys::check_gid(gid),
+            Op::PutMessage { message, .. } => record::check_message(message),
+            Op::DeleteUser { user } | Op::AppendInbox { user, .. } | Op::TrimInbox { user, .. } => {
+                keys::check_user(user)
+            }
+            Op::DeleteMessagesBefore { .. } => Ok(()),
         }
     }
 
@@ -235,12 +354,29 @@ impl Op {
                 }
                 Op::Enqueue {
                     client_id, message, ..
-                } => client_id.len() + message_size(&message.message),
+                } => {
+                    // A referenced payload is not written, its id is.
+                    let m = &message.message;
+                    let payload = match message.message_ref {
+                        Some(_) => 8,
+                        None => m.payload.len(),
+                    };
+                    client_id.len() + m.topic.len() + m.properties.len() + payload
+                }
                 Op::DeleteSession { client_id }
                 | Op::SetQueueState { client_id, .. }
                 | Op::Dequeue { client_id, .. }
                 | Op::PutInboundQos2 { client_id, .. }
                 | Op::DeleteInboundQos2 { client_id, .. } => client_id.len(),
+                Op::PutUser(u) => u.user.len() + u.password_hash.len() + 16,
+                Op::PutGroup(g) => {
+                    g.gid.len() + g.members.iter().map(|m| m.len() + 2).sum::<usize>() + 16
+                }
+                Op::PutMessage { message, .. } => 8 + message_size(message),
+                Op::AppendInbox { user, .. } => user.len() + 8 + 10,
+                Op::DeleteUser { user } | Op::TrimInbox { user, .. } => user.len(),
+                Op::DeleteGroup { gid } => gid.len(),
+                Op::DeleteMessagesBefore { .. } => 16,
             }
     }
 }
@@ -269,7 +405,34 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(u64, QueuedMessage)>, StorageError>;
     /// (count, total payload bytes) of a session's queue (for operators; scans the queue).
+    /// A referenced payload counts its stored message's payload length, once per entry that
+    /// refers to it (what the session would be sent); a reference to a deleted message counts
+    /// 0 bytes.
     fn queue_stats(&self, client_id: &str) -> Result<(u64, u64), StorageError>;
     /// The inbound QoS 2 packet ids of a client, ascending.
     fn inbound_qos2(&self, client_id: &str) -> Result<Vec<u16>, StorageError>;
+    /// Every user, sorted by user id.
+    fn users(&self) -> Result<Vec<StoredUser>, StorageError>;
+    fn user(&self, user: &str) -> Result<Option<StoredUser>, StorageError>;
+    /// Every group, sorted by group id.
+    fn groups(&self) -> Result<Vec<StoredGroup>, StorageError>;
+    fn group(&self, gid: &str) -> Result<Option<StoredGroup>, StorageError>;
+    fn message(&self, id: u64) -> Result<Option<StoredMessage>, StorageError>;
+    /// The highest stored message id, to continue allocating after a restart. `None` when no
+    /// message is stored (none ever was, or retention deleted them all).
+    fn last_message_id(&self) -> Result<Option<u64>, StorageError>;
+    /// Up to `limit` inbox entries of `user` with seq >= from_seq, ascending, each with its
+    /// stored message (None if retention deleted it).
+    fn inbox(
+        &self,
+        user: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, InboxEntry, Option<StoredMessage>)>, StorageError>;
+    /// (first_seq, next_seq) of a user's inbox log: first_seq = lowest stored entry's seq
+    /// (== next_seq when empty); next_seq = one past the highest seq ever appended (0 if never).
+    fn inbox_bounds(&self, user: &str) -> Result<(u64, u64), StorageError>;
+    /// next_seq of every user that ever had an inbox entry, sorted by user (start-up load: one
+    /// scan of the high-water-mark CF, never of the entries).
+    fn inbox_heads(&self) -> Result<Vec<(String, u64)>, StorageError>;
 }

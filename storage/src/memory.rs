@@ -7,9 +7,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-// Reads check the client id like the RocksDB store does, so both answer a bad lookup alike.
-use crate::keys::check_client_id;
-use crate::{Op, QueuedMessage, SessionRecord, StorageError, Store, StoredMessage, StoredSession};
+use bytes::Bytes;
+
+// Reads check ids like the RocksDB store does, so both answer a bad lookup alike.
+use crate::keys::{check_client_id, check_gid, check_user};
+use crate::{
+    InboxEntry, Op, QueuedMessage, SessionRecord, StorageError, Store, StoredGroup, StoredMessage,
+    StoredSession, StoredUser,
+};
 
 /// An in-memory [`Store`].
 #[derive(Debug, Default)]
@@ -23,6 +28,10 @@ struct Inner {
     sessions: BTreeMap<String, StoredSession>,
     queues: BTreeMap<String, Queue>,
     inbound_qos2: BTreeMap<String, BTreeSet<u16>>,
+    users: BTreeMap<String, StoredUser>,
+    groups: BTreeMap<String, StoredGroup>,
+    messages: BTreeMap<u64, StoredMessage>,
+    inboxes: BTreeMap<String, Inbox>,
 }
 
 #[derive(Debug, Default)]
@@ -30,6 +39,14 @@ struct Queue {
     entries: BTreeMap<u64, QueuedMessage>,
     /// One past the highest seq ever enqueued: survives dequeuing everything, like the
     /// `queue_next` column family of the RocksDB store.
+    next_seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    entries: BTreeMap<u64, InboxEntry>,
+    /// One past the highest seq ever appended: survives trimming everything, like the
+    /// `inbox_next` column family of the RocksDB store.
     next_seq: u64,
 }
 
@@ -69,7 +86,12 @@ impl Inner {
                 message,
             } => {
                 let queue = self.queues.entry(client_id.clone()).or_default();
-                queue.entries.insert(*seq, message.clone());
+                let mut message = message.clone();
+                // Like the RocksDB store, a referenced entry keeps no payload of its own.
+                if message.message_ref.is_some() {
+                    message.message.payload = Bytes::new();
+                }
+                queue.entries.insert(*seq, message);
                 queue.next_seq = queue.next_seq.max(seq.saturating_add(1));
             }
             Op::SetQueueState {
@@ -110,7 +132,46 @@ impl Inner {
                     }
                 }
             }
+            Op::PutUser(user) => {
+                self.users.insert(user.user.clone(), user.clone());
+            }
+            Op::DeleteUser { user } => {
+                // The inbox stays, as documented on the op.
+                self.users.remove(user);
+            }
+            Op::PutGroup(group) => {
+                self.groups.insert(group.gid.clone(), group.clone());
+            }
+            Op::DeleteGroup { gid } => {
+                self.groups.remove(gid);
+            }
+            Op::PutMessage { id, message } => {
+                self.messages.insert(*id, message.clone());
+            }
+            Op::AppendInbox { user, seq, entry } => {
+                let inbox = self.inboxes.entry(user.clone()).or_default();
+                inbox.entries.insert(*seq, *entry);
+                inbox.next_seq = inbox.next_seq.max(seq.saturating_add(1));
+            }
+            Op::TrimInbox { user, below_seq } => {
+                // Only an existing inbox: trimming must not make a user appear in inbox_heads.
+                if let Some(inbox) = self.inboxes.get_mut(user) {
+                    inbox.entries = inbox.entries.split_off(below_seq);
+                }
+            }
+            Op::DeleteMessagesBefore { below_id } => {
+                self.messages = self.messages.split_off(below_id);
+            }
         }
+    }
+
+    /// Fills in the payload of a referenced queue entry, if its message still exists.
+    fn resolve(&self, mut queued: QueuedMessage) -> QueuedMessage {
+        if let Some(stored) = queued.message_ref.and_then(|id| self.messages.get(&id)) {
+            queued.message.payload = stored.payload.clone();
+            queued.message_ref = None;
+        }
+        queued
     }
 
     fn record(&self, session: &StoredSession) -> SessionRecord {
@@ -178,8 +239,8 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<Vec<(u64, QueuedMessage)>, StorageError> {
         check_client_id(client_id)?;
-        Ok(self
-            .lock()
+        let inner = self.lock();
+        Ok(inner
             .queues
             .get(client_id)
             .map(|queue| {
@@ -187,7 +248,7 @@ impl Store for MemoryStore {
                     .entries
                     .range(from_seq..)
                     .take(limit)
-                    .map(|(seq, message)| (*seq, message.clone()))
+                    .map(|(seq, message)| (*seq, inner.resolve(message.clone())))
                     .collect()
             })
             .unwrap_or_default())
@@ -202,7 +263,13 @@ impl Store for MemoryStore {
         let bytes = queue
             .entries
             .values()
-            .map(|q| q.message.payload.len() as u64)
+            .map(|q| match q.message_ref {
+                Some(id) => inner
+                    .messages
+                    .get(&id)
+                    .map_or(0, |m| m.payload.len() as u64),
+                None => q.message.payload.len() as u64,
+            })
             .sum();
         Ok((queue.entries.len() as u64, bytes))
     }
@@ -215,5 +282,75 @@ impl Store for MemoryStore {
             .get(client_id)
             .map(|ids| ids.iter().copied().collect())
             .unwrap_or_default())
+    }
+
+    fn users(&self) -> Result<Vec<StoredUser>, StorageError> {
+        Ok(self.lock().users.values().cloned().collect())
+    }
+
+    fn user(&self, user: &str) -> Result<Option<StoredUser>, StorageError> {
+        check_user(user)?;
+        Ok(self.lock().users.get(user).cloned())
+    }
+
+    fn groups(&self) -> Result<Vec<StoredGroup>, StorageError> {
+        Ok(self.lock().groups.values().cloned().collect())
+    }
+
+    fn group(&self, gid: &str) -> Result<Option<StoredGroup>, StorageError> {
+        check_gid(gid)?;
+        Ok(self.lock().groups.get(gid).cloned())
+    }
+
+    fn message(&self, id: u64) -> Result<Option<StoredMessage>, StorageError> {
+        Ok(self.lock().messages.get(&id).cloned())
+    }
+
+    fn last_message_id(&self) -> Result<Option<u64>, StorageError> {
+        Ok(self.lock().messages.keys().next_back().copied())
+    }
+
+    fn inbox(
+        &self,
+        user: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, InboxEntry, Option<StoredMessage>)>, StorageError> {
+        check_user(user)?;
+        let inner = self.lock();
+        Ok(inner
+            .inboxes
+            .get(user)
+            .map(|inbox| {
+                inbox
+                    .entries
+                    .range(from_seq..)
+                    .take(limit)
+                    .map(|(seq, entry)| {
+                        (*seq, *entry, inner.messages.get(&entry.message_id).cloned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    fn inbox_bounds(&self, user: &str) -> Result<(u64, u64), StorageError> {
+        check_user(user)?;
+        Ok(match self.lock().inboxes.get(user) {
+            Some(inbox) => {
+                let next = inbox.next_seq;
+                (inbox.entries.keys().next().copied().unwrap_or(next), next)
+            }
+            None => (0, 0),
+        })
+    }
+
+    fn inbox_heads(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        Ok(self
+            .lock()
+            .inboxes
+            .iter()
+            .map(|(user, inbox)| (user.clone(), inbox.next_seq))
+            .collect())
     }
 }

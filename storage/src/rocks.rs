@@ -17,24 +17,39 @@
 //!   and a deletion-triggered compaction so that seeks do not wade through tombstones. All
 //!   families use LZ4 and share one block cache; the WAL is capped in size so that a rarely
 //!   written family (retained messages) cannot pin old WAL files and stretch recovery.
+//! - **References resolved in batches.** [`Store::queue`], [`Store::queue_stats`] and
+//!   [`Store::inbox`] first walk their entries, then read the distinct stored messages those
+//!   refer to with `batched_multi_get` (sorted keys, up to `MULTI_GET_BATCH` per call), all
+//!   inside one snapshot: a page costs one iterator walk and one batched lookup, not a point
+//!   read per entry.
+//! - **Retention by range deletion.** [`Op::TrimInbox`] and [`Op::DeleteMessagesBefore`] are
+//!   one `delete_range` each (one range tombstone, however many entries it covers).
+//! - **Families added later.** `users`, `groups`, `messages`, `inbox` and `inbox_next`
+//!   ([`ADDED_CFS`]) do not exist in a database written before them. [`RocksStore::open`]
+//!   creates them (`create_missing_column_families`); [`RocksStore::open_read_only`] cannot
+//!   create anything, so it opens the families that exist and reads a missing one as empty.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
-    DBRawIterator, ErrorKind, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    DBRawIterator, ErrorKind, Options, ReadOptions, Snapshot, WriteBatch, WriteOptions, DB,
 };
 
 use crate::keys::{
-    client_prefix, describe_key, inbound_key, prefix_end, queue_key, split_client_key, ALL_CFS,
-    CF_INBOUND_QOS2, CF_META, CF_QUEUE, CF_QUEUE_NEXT, CF_RETAINED, CF_SESSIONS, FORMAT_VERSION,
-    FORMAT_VERSION_KEY,
+    client_prefix, describe_key, group_key, inbound_key, inbox_key, message_key, prefix_end,
+    queue_key, split_client_key, user_prefix, ADDED_CFS, ALL_CFS, CF_GROUPS, CF_INBOUND_QOS2,
+    CF_INBOX, CF_INBOX_NEXT, CF_MESSAGES, CF_META, CF_QUEUE, CF_QUEUE_NEXT, CF_RETAINED,
+    CF_SESSIONS, CF_USERS, FORMAT_VERSION, FORMAT_VERSION_KEY,
 };
 use crate::record::{self, DecodeError};
-use crate::{Op, QueuedMessage, SessionRecord, StorageError, Store, StoredMessage};
+use crate::{
+    InboxEntry, Op, QueuedMessage, SessionRecord, StorageError, Store, StoredGroup, StoredMessage,
+    StoredUser,
+};
 
 /// Shared by all column families: hot data is recent queue entries and sessions.
 const BLOCK_CACHE_BYTES: usize = 64 << 20;
@@ -44,9 +59,13 @@ const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
 /// written and deleted before they ever reach an SST file.
 const QUEUE_WRITE_BUFFER_BYTES: usize = 64 << 20;
 const SMALL_WRITE_BUFFER_BYTES: usize = 16 << 20;
-/// Width of a seq in a queue key, and of a packet id in an inbound key.
+/// Width of a seq in a queue or inbox key, of a packet id in an inbound key, of a message id.
 const SEQ_LEN: usize = 8;
 const PACKET_ID_LEN: usize = 2;
+const MESSAGE_ID_LEN: usize = 8;
+/// Most stored messages looked up by one `batched_multi_get` call: bounds the values pinned
+/// at once when a long queue is scanned for its stats.
+const MULTI_GET_BATCH: usize = 1024;
 
 /// The RocksDB [`Store`]. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct RocksStore {
@@ -110,9 +129,9 @@ fn cf_options(cache: &Cache, write_buffer_bytes: usize) -> Options {
     opts
 }
 
-fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
+fn cf_descriptors(names: &[&str]) -> Vec<ColumnFamilyDescriptor> {
     let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
-    ALL_CFS
+    names
         .iter()
         .map(|&name| {
             let opts = match name {
@@ -188,7 +207,9 @@ impl RocksStore {
         let mut opts = db_options();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let db = DB::open_cf_descriptors(&opts, dir, cf_descriptors())
+        // Missing families are created: a database written before the last families were
+        // added (see the module docs) opens as is.
+        let db = DB::open_cf_descriptors(&opts, dir, cf_descriptors(&ALL_CFS))
             .map_err(|e| open_error(dir, e))?;
         let store = RocksStore {
             db,
@@ -204,7 +225,16 @@ impl RocksStore {
     /// Takes no lock (it also works next to a running broker, seeing the state as of the
     /// open); [`Store::write`] fails with [`StorageError::ReadOnly`].
     pub fn open_read_only(dir: &Path) -> Result<RocksStore, StorageError> {
-        let db = DB::open_cf_descriptors_read_only(&db_options(), dir, cf_descriptors(), false)
+        let opts = db_options();
+        // A read-only open cannot create the families added after a database was written, and
+        // fails on any it asks for that is missing: ask only for those that exist. If the
+        // listing fails (no database there), the open below reports it.
+        let existing = DB::list_cf(&opts, dir).unwrap_or_default();
+        let names: Vec<&str> = ALL_CFS
+            .into_iter()
+            .filter(|name| !ADDED_CFS.contains(name) || existing.iter().any(|e| e == name))
+            .collect();
+        let db = DB::open_cf_descriptors_read_only(&opts, dir, cf_descriptors(&names), false)
             .map_err(|e| open_error(dir, e))?;
         let store = RocksStore {
             db,
@@ -273,12 +303,24 @@ impl RocksStore {
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily, StorageError> {
         // Every family is opened with the database, so a missing one means a broken open.
-        self.db.cf_handle(name).ok_or_else(|| {
-            StorageError::corrupt(format!(
-                "column family {name} missing in {}",
-                self.path.display()
-            ))
-        })
+        self.db.cf_handle(name).ok_or_else(|| self.missing_cf(name))
+    }
+
+    fn missing_cf(&self, name: &str) -> StorageError {
+        StorageError::corrupt(format!(
+            "column family {name} missing in {}",
+            self.path.display()
+        ))
+    }
+
+    /// A family to read from: `None` for one of [`ADDED_CFS`] missing from an older database
+    /// opened read-only, which reads as empty.
+    fn read_cf(&self, name: &str) -> Result<Option<&ColumnFamily>, StorageError> {
+        match self.db.cf_handle(name) {
+            Some(cf) => Ok(Some(cf)),
+            None if self.read_only && ADDED_CFS.contains(&name) => Ok(None),
+            None => Err(self.missing_cf(name)),
+        }
     }
 
     /// Translates `ops` into one batch. SetQueueState reads the database, so this runs under
@@ -289,6 +331,11 @@ impl RocksStore {
         let queue = self.cf(CF_QUEUE)?;
         let queue_next = self.cf(CF_QUEUE_NEXT)?;
         let inbound = self.cf(CF_INBOUND_QOS2)?;
+        let users = self.cf(CF_USERS)?;
+        let groups = self.cf(CF_GROUPS)?;
+        let messages = self.cf(CF_MESSAGES)?;
+        let inbox = self.cf(CF_INBOX)?;
+        let inbox_next = self.cf(CF_INBOX_NEXT)?;
 
         let mut batch = WriteBatch::default();
         // The overlay is only needed (and only paid for) when some op reads a queue entry.
@@ -299,6 +346,8 @@ impl RocksStore {
         // Per client prefix, one past the highest seq enqueued in this batch (after its last
         // deletion in the batch, if any); written once per client at the end of the batch.
         let mut next_seqs: HashMap<Vec<u8>, u64> = HashMap::new();
+        // The same for inbox logs, per user prefix (nothing deletes an inbox high-water mark).
+        let mut inbox_next_seqs: HashMap<Vec<u8>, u64> = HashMap::new();
 
         for op in ops {
             match op {
@@ -381,6 +430,40 @@ impl RocksStore {
                     client_id,
                     packet_id,
                 } => batch.delete_cf(inbound, inbound_key(client_id, *packet_id)?),
+                Op::PutUser(user) => {
+                    batch.put_cf(users, user_prefix(&user.user)?, record::encode_user(user)?);
+                }
+                Op::DeleteUser { user } => batch.delete_cf(users, user_prefix(user)?),
+                Op::PutGroup(group) => {
+                    batch.put_cf(groups, group_key(&group.gid)?, record::encode_group(group)?);
+                }
+                Op::DeleteGroup { gid } => batch.delete_cf(groups, group_key(gid)?),
+                Op::PutMessage { id, message } => {
+                    batch.put_cf(messages, message_key(*id), record::encode_message(message)?);
+                }
+                Op::AppendInbox { user, seq, entry } => {
+                    let key = inbox_key(user, *seq)?;
+                    batch.put_cf(inbox, &key, record::encode_inbox(entry));
+                    let next = seq.saturating_add(1);
+                    let prefix = key[..key.len() - SEQ_LEN].to_vec();
+                    inbox_next_seqs
+                        .entry(prefix)
+                        .and_modify(|n| *n = (*n).max(next))
+                        .or_insert(next);
+                }
+                // An empty range has nothing to delete (and RocksDB wants begin < end).
+                Op::TrimInbox { user, below_seq } => {
+                    if *below_seq > 0 {
+                        let begin = inbox_key(user, 0)?;
+                        let end = inbox_key(user, *below_seq)?;
+                        batch.delete_range_cf(inbox, begin, end);
+                    }
+                }
+                Op::DeleteMessagesBefore { below_id } => {
+                    if *below_id > 0 {
+                        batch.delete_range_cf(messages, message_key(0), message_key(*below_id));
+                    }
+                }
             }
         }
         // Written blindly (seqs increase per client, so the batch's highest is the highest),
@@ -388,20 +471,26 @@ impl RocksStore {
         for (prefix, next) in next_seqs {
             batch.put_cf(queue_next, prefix, next.to_be_bytes());
         }
+        for (prefix, next) in inbox_next_seqs {
+            batch.put_cf(inbox_next, prefix, next.to_be_bytes());
+        }
         Ok(batch)
     }
 
-    /// The queue bounds of a client: `it` is an iterator over the queue family, `next` the
-    /// client's stored high-water mark.
-    fn queue_bounds(
+    /// The bounds of a seq-addressed log (a client's queue, a user's inbox): `it` is an
+    /// iterator over the log family `log_cf`, `next` the stored high-water mark from
+    /// `next_cf`, `prefix` the client or user prefix.
+    fn seq_bounds(
         it: &mut DBRawIterator<'_>,
         next: Option<Vec<u8>>,
         prefix: &[u8],
+        log_cf: &str,
+        next_cf: &str,
     ) -> Result<(u64, u64), StorageError> {
         let seq_here = |it: &DBRawIterator<'_>| -> Result<Option<u64>, StorageError> {
             match it.key() {
                 Some(key) if key.starts_with(prefix) => {
-                    suffix::<SEQ_LEN>(CF_QUEUE, key, prefix).map(|s| Some(u64::from_be_bytes(s)))
+                    suffix::<SEQ_LEN>(log_cf, key, prefix).map(|s| Some(u64::from_be_bytes(s)))
                 }
                 _ => Ok(None),
             }
@@ -417,10 +506,10 @@ impl RocksStore {
             None
         };
         it.status()
-            .map_err(|e| StorageError::rocks("seeking in the queue", e))?;
+            .map_err(|e| StorageError::rocks(format!("seeking in {log_cf}"), e))?;
         let high_water = match next {
             Some(value) => {
-                record::decode_u64(&value).map_err(|e| decode_error(CF_QUEUE_NEXT, prefix, e))?
+                record::decode_u64(&value).map_err(|e| decode_error(next_cf, prefix, e))?
             }
             None => 0,
         };
@@ -428,15 +517,105 @@ impl RocksStore {
         Ok((first.unwrap_or(next_seq), next_seq))
     }
 
-    /// Iterates the keys of one client in `cf`, from `start` (which must begin with `prefix`).
-    fn prefix_iter(&self, cf: &ColumnFamily, prefix: &[u8], start: &[u8]) -> DBRawIterator<'_> {
+    /// Iterates the keys of one client (or user) in `cf` as of `snapshot`, from `start`
+    /// (which must begin with `prefix`).
+    fn prefix_iter<'s>(
+        snapshot: &'s Snapshot<'_>,
+        cf: &ColumnFamily,
+        prefix: &[u8],
+        start: &[u8],
+    ) -> DBRawIterator<'s> {
         let mut opts = ReadOptions::default();
         // The bound stops the iterator at the client's end instead of one key into the next
         // client (and lets RocksDB skip tombstones past it).
         opts.set_iterate_upper_bound(range_end(prefix));
-        let mut it = self.db.raw_iterator_cf_opt(cf, opts);
+        let mut it = snapshot.raw_iterator_cf_opt(cf, opts);
         it.seek(start);
         it
+    }
+
+    /// Looks up the stored messages `ids` (ascending, distinct) as of `snapshot`, in batched
+    /// multi-gets, and hands each one that exists to `found`.
+    fn for_each_message(
+        &self,
+        snapshot: &Snapshot<'_>,
+        ids: &[u64],
+        mut found: impl FnMut(u64, StoredMessage),
+    ) -> Result<(), StorageError> {
+        let Some(cf) = self.read_cf(CF_MESSAGES)? else {
+            return Ok(());
+        };
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(snapshot);
+        for chunk in ids.chunks(MULTI_GET_BATCH) {
+            let keys: Vec<[u8; MESSAGE_ID_LEN]> = chunk.iter().map(|&id| message_key(id)).collect();
+            // Sorted input lets RocksDB walk the keys in order instead of sorting them.
+            let values = self.db.batched_multi_get_cf_opt(cf, &keys, true, &opts);
+            for ((&id, key), value) in chunk.iter().zip(&keys).zip(values) {
+                let value = value.map_err(|e| {
+                    StorageError::rocks(format!("reading {}", describe_key(CF_MESSAGES, key)), e)
+                })?;
+                if let Some(value) = value {
+                    let message = record::decode_message(Bytes::copy_from_slice(&value))
+                        .map_err(|e| decode_error(CF_MESSAGES, key, e))?;
+                    found(id, message);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every value of `cf_name` keyed by a bare length-prefixed id (users, groups, inbox
+    /// high-water marks), decoded with `decode` from the id and the value, in key order (by id
+    /// length first).
+    fn scan_ids<T>(
+        &self,
+        cf_name: &str,
+        decode: impl Fn(String, Bytes) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, StorageError> {
+        let Some(cf) = self.read_cf(cf_name)? else {
+            return Ok(Vec::new());
+        };
+        let mut it = self.db.raw_iterator_cf(cf);
+        it.seek_to_first();
+        let mut out = Vec::new();
+        while let Some((key, value)) = it.item() {
+            let id = match split_client_key(key) {
+                Some((id, [])) => id.to_owned(),
+                _ => {
+                    return Err(StorageError::corrupt(format!(
+                        "{}: not a length-prefixed id",
+                        describe_key(cf_name, key)
+                    )))
+                }
+            };
+            out.push(
+                decode(id, Bytes::copy_from_slice(value))
+                    .map_err(|e| decode_error(cf_name, key, e))?,
+            );
+            it.next();
+        }
+        it.status()
+            .map_err(|e| StorageError::rocks(format!("iterating {cf_name}"), e))?;
+        Ok(out)
+    }
+
+    /// The value at `key` of `cf_name`, decoded.
+    fn get_decoded<T>(
+        &self,
+        cf_name: &str,
+        key: &[u8],
+        decode: impl FnOnce(Bytes) -> Result<T, DecodeError>,
+    ) -> Result<Option<T>, StorageError> {
+        let Some(cf) = self.read_cf(cf_name)? else {
+            return Ok(None);
+        };
+        let value = self.db.get_cf(cf, key).map_err(|e| {
+            StorageError::rocks(format!("reading {}", describe_key(cf_name, key)), e)
+        })?;
+        value
+            .map(|v| decode(Bytes::from(v)).map_err(|e| decode_error(cf_name, key, e)))
+            .transpose()
     }
 }
 
@@ -540,7 +719,8 @@ impl Store for RocksStore {
             let next = snapshot.get_cf(queue_next, key).map_err(|e| {
                 StorageError::rocks(format!("reading {}", describe_key(CF_QUEUE_NEXT, key)), e)
             })?;
-            let (first_seq, next_seq) = Self::queue_bounds(&mut queue, next, key)?;
+            let (first_seq, next_seq) =
+                Self::seq_bounds(&mut queue, next, key, CF_QUEUE, CF_QUEUE_NEXT)?;
             out.push(SessionRecord {
                 session,
                 first_seq,
@@ -571,7 +751,8 @@ impl Store for RocksStore {
             .map_err(|e| decode_error(CF_SESSIONS, &key, e))?;
         let next = read(CF_QUEUE_NEXT)?;
         let mut queue = snapshot.raw_iterator_cf(self.cf(CF_QUEUE)?);
-        let (first_seq, next_seq) = Self::queue_bounds(&mut queue, next, &key)?;
+        let (first_seq, next_seq) =
+            Self::seq_bounds(&mut queue, next, &key, CF_QUEUE, CF_QUEUE_NEXT)?;
         Ok(Some(SessionRecord {
             session,
             first_seq,
@@ -590,7 +771,9 @@ impl Store for RocksStore {
             return Ok(Vec::new());
         }
         let prefix = &start[..start.len() - SEQ_LEN];
-        let mut it = self.prefix_iter(self.cf(CF_QUEUE)?, prefix, &start);
+        // One snapshot: the entries and the messages they refer to are read as of one instant.
+        let snapshot = self.db.snapshot();
+        let mut it = Self::prefix_iter(&snapshot, self.cf(CF_QUEUE)?, prefix, &start);
         let mut out = Vec::with_capacity(limit.min(256));
         while out.len() < limit {
             let Some((key, value)) = it.item() else {
@@ -605,30 +788,62 @@ impl Store for RocksStore {
         it.status().map_err(|e| {
             StorageError::rocks(format!("reading the queue of client {client_id:?}"), e)
         })?;
+        drop(it);
+
+        let refs: BTreeSet<u64> = out.iter().filter_map(|(_, q)| q.message_ref).collect();
+        if refs.is_empty() {
+            return Ok(out);
+        }
+        let refs: Vec<u64> = refs.into_iter().collect();
+        let mut payloads = HashMap::with_capacity(refs.len());
+        self.for_each_message(&snapshot, &refs, |id, message| {
+            payloads.insert(id, message.payload);
+        })?;
+        // A reference whose message is gone stays set, with the empty payload it was stored
+        // with: the broker drops such an entry.
+        for (_, queued) in &mut out {
+            if let Some(payload) = queued.message_ref.and_then(|id| payloads.get(&id)) {
+                queued.message.payload = payload.clone();
+                queued.message_ref = None;
+            }
+        }
         Ok(out)
     }
 
     fn queue_stats(&self, client_id: &str) -> Result<(u64, u64), StorageError> {
         let prefix = client_prefix(client_id)?;
-        let mut it = self.prefix_iter(self.cf(CF_QUEUE)?, &prefix, &prefix);
+        let snapshot = self.db.snapshot();
+        let mut it = Self::prefix_iter(&snapshot, self.cf(CF_QUEUE)?, &prefix, &prefix);
         let (mut count, mut bytes) = (0u64, 0u64);
+        // Referenced message id -> number of entries referring to it.
+        let mut refs: BTreeMap<u64, u64> = BTreeMap::new();
         while let Some((key, value)) = it.item() {
             suffix::<SEQ_LEN>(CF_QUEUE, key, &prefix)?;
             let queued = record::decode_queued(Bytes::copy_from_slice(value))
                 .map_err(|e| decode_error(CF_QUEUE, key, e))?;
             count += 1;
-            bytes += queued.message.payload.len() as u64;
+            match queued.message_ref {
+                Some(id) => *refs.entry(id).or_default() += 1,
+                None => bytes += queued.message.payload.len() as u64,
+            }
             it.next();
         }
         it.status().map_err(|e| {
             StorageError::rocks(format!("scanning the queue of client {client_id:?}"), e)
+        })?;
+        drop(it);
+        let ids: Vec<u64> = refs.keys().copied().collect();
+        self.for_each_message(&snapshot, &ids, |id, message| {
+            let entries = refs.get(&id).copied().unwrap_or(0);
+            bytes += entries * message.payload.len() as u64;
         })?;
         Ok((count, bytes))
     }
 
     fn inbound_qos2(&self, client_id: &str) -> Result<Vec<u16>, StorageError> {
         let prefix = client_prefix(client_id)?;
-        let mut it = self.prefix_iter(self.cf(CF_INBOUND_QOS2)?, &prefix, &prefix);
+        let snapshot = self.db.snapshot();
+        let mut it = Self::prefix_iter(&snapshot, self.cf(CF_INBOUND_QOS2)?, &prefix, &prefix);
         let mut out = Vec::new();
         while let Some(key) = it.key() {
             out.push(u16::from_be_bytes(suffix::<PACKET_ID_LEN>(
@@ -645,5 +860,129 @@ impl Store for RocksStore {
             )
         })?;
         Ok(out)
+    }
+
+    fn users(&self) -> Result<Vec<StoredUser>, StorageError> {
+        let mut users = self.scan_ids(CF_USERS, record::decode_user)?;
+        // Keys sort by id length first; callers get the same order as from MemoryStore.
+        users.sort_by(|a, b| a.user.cmp(&b.user));
+        Ok(users)
+    }
+
+    fn user(&self, user: &str) -> Result<Option<StoredUser>, StorageError> {
+        let key = user_prefix(user)?;
+        self.get_decoded(CF_USERS, &key, |value| {
+            record::decode_user(user.to_owned(), value)
+        })
+    }
+
+    fn groups(&self) -> Result<Vec<StoredGroup>, StorageError> {
+        let mut groups = self.scan_ids(CF_GROUPS, record::decode_group)?;
+        groups.sort_by(|a, b| a.gid.cmp(&b.gid));
+        Ok(groups)
+    }
+
+    fn group(&self, gid: &str) -> Result<Option<StoredGroup>, StorageError> {
+        let key = group_key(gid)?;
+        self.get_decoded(CF_GROUPS, &key, |value| {
+            record::decode_group(gid.to_owned(), value)
+        })
+    }
+
+    fn message(&self, id: u64) -> Result<Option<StoredMessage>, StorageError> {
+        self.get_decoded(CF_MESSAGES, &message_key(id), record::decode_message)
+    }
+
+    fn last_message_id(&self) -> Result<Option<u64>, StorageError> {
+        let Some(cf) = self.read_cf(CF_MESSAGES)? else {
+            return Ok(None);
+        };
+        let mut it = self.db.raw_iterator_cf(cf);
+        it.seek_to_last();
+        let last = match it.key() {
+            Some(key) => Some(
+                <[u8; MESSAGE_ID_LEN]>::try_from(key)
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| {
+                        StorageError::corrupt(format!(
+                            "{}: not a message id",
+                            describe_key(CF_MESSAGES, key)
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
+        it.status()
+            .map_err(|e| StorageError::rocks("seeking the last stored message", e))?;
+        Ok(last)
+    }
+
+    fn inbox(
+        &self,
+        user: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, InboxEntry, Option<StoredMessage>)>, StorageError> {
+        let start = inbox_key(user, from_seq)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let Some(cf) = self.read_cf(CF_INBOX)? else {
+            return Ok(Vec::new());
+        };
+        let prefix = &start[..start.len() - SEQ_LEN];
+        // One snapshot: the entries and their messages are read as of one instant.
+        let snapshot = self.db.snapshot();
+        let mut it = Self::prefix_iter(&snapshot, cf, prefix, &start);
+        let mut entries = Vec::with_capacity(limit.min(256));
+        while entries.len() < limit {
+            let Some((key, value)) = it.item() else {
+                break;
+            };
+            let seq = u64::from_be_bytes(suffix::<SEQ_LEN>(CF_INBOX, key, prefix)?);
+            let entry = record::decode_inbox(value).map_err(|e| decode_error(CF_INBOX, key, e))?;
+            entries.push((seq, entry));
+            it.next();
+        }
+        it.status()
+            .map_err(|e| StorageError::rocks(format!("reading the inbox of user {user:?}"), e))?;
+        drop(it);
+
+        let ids: BTreeSet<u64> = entries.iter().map(|(_, e)| e.message_id).collect();
+        let ids: Vec<u64> = ids.into_iter().collect();
+        let mut messages = HashMap::with_capacity(ids.len());
+        self.for_each_message(&snapshot, &ids, |id, message| {
+            messages.insert(id, message);
+        })?;
+        Ok(entries
+            .into_iter()
+            .map(|(seq, entry)| (seq, entry, messages.get(&entry.message_id).cloned()))
+            .collect())
+    }
+
+    fn inbox_bounds(&self, user: &str) -> Result<(u64, u64), StorageError> {
+        let prefix = user_prefix(user)?;
+        let (Some(inbox), Some(inbox_next)) =
+            (self.read_cf(CF_INBOX)?, self.read_cf(CF_INBOX_NEXT)?)
+        else {
+            return Ok((0, 0));
+        };
+        let snapshot = self.db.snapshot();
+        let next = snapshot.get_cf(inbox_next, &prefix).map_err(|e| {
+            StorageError::rocks(
+                format!("reading {}", describe_key(CF_INBOX_NEXT, &prefix)),
+                e,
+            )
+        })?;
+        let mut it = snapshot.raw_iterator_cf(inbox);
+        Self::seq_bounds(&mut it, next, &prefix, CF_INBOX, CF_INBOX_NEXT)
+    }
+
+    fn inbox_heads(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        let mut heads = self.scan_ids(CF_INBOX_NEXT, |user, value| {
+            Ok((user, record::decode_u64(&value)?))
+        })?;
+        heads.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(heads)
     }
 }

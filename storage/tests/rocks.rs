@@ -1,14 +1,17 @@
 //! Tests specific to [`RocksStore`]: persistence across reopen, corrupt values (written
-//! through raw RocksDB at known keys), the directory lock, read-only access and the format
-//! version check.
+//! through raw RocksDB at known keys), the directory lock, read-only access, the format
+//! version check, and databases written before the instant-messaging column families.
 
 use std::path::Path;
 
 use bytes::Bytes;
-use tern_storage::keys::{self, CF_INBOUND_QOS2, CF_META, CF_QUEUE, CF_RETAINED, CF_SESSIONS};
+use tern_storage::keys::{
+    self, CF_GROUPS, CF_INBOUND_QOS2, CF_INBOX, CF_INBOX_NEXT, CF_MESSAGES, CF_META, CF_QUEUE,
+    CF_QUEUE_NEXT, CF_RETAINED, CF_SESSIONS, CF_USERS,
+};
 use tern_storage::{
-    Op, QueueState, QueuedMessage, RocksStore, StorageError, Store, StoredMessage, StoredSession,
-    StoredSubscription,
+    InboxEntry, Op, QueueState, QueuedMessage, RocksStore, StorageError, Store, StoredGroup,
+    StoredMessage, StoredSession, StoredSubscription, StoredUser,
 };
 
 fn message(topic: &str, payload: &str) -> StoredMessage {
@@ -25,6 +28,7 @@ fn message(topic: &str, payload: &str) -> StoredMessage {
 fn session(client_id: &str) -> StoredSession {
     StoredSession {
         client_id: client_id.into(),
+        user: format!("user-of-{client_id}"),
         protocol_level: 4,
         expiry_interval_secs: u32::MAX,
         disconnected_at_ms: None,
@@ -50,6 +54,36 @@ fn enqueue(client_id: &str, seq: u64) -> Op {
         message: QueuedMessage {
             message: message("inbox", &format!("{client_id}-{seq}")),
             state: QueueState::Pending,
+            message_ref: None,
+        },
+    }
+}
+
+fn user(name: &str) -> StoredUser {
+    StoredUser {
+        user: name.into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        operator: name == "root",
+        created_at_ms: 1_700_000_000_000,
+    }
+}
+
+fn inbox_entry(message_id: u64) -> InboxEntry {
+    InboxEntry {
+        message_id,
+        role: 0,
+    }
+}
+
+/// An offline queue entry referring to stored message `id`.
+fn enqueue_ref(client_id: &str, seq: u64, id: u64) -> Op {
+    Op::Enqueue {
+        client_id: client_id.into(),
+        seq,
+        message: QueuedMessage {
+            message: message("users/x/in", ""),
+            state: QueueState::Pending,
+            message_ref: Some(id),
         },
     }
 }
@@ -350,4 +384,279 @@ fn many_sessions_bounds_without_values() {
             record.session.client_id
         );
     }
+}
+
+#[test]
+fn reopen_keeps_im_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = StoredGroup {
+        gid: "team".into(),
+        members: vec!["alice".into(), "bob".into(), "root".into()],
+        created_at_ms: 9,
+    };
+    let mut ops = vec![
+        Op::PutUser(user("alice")),
+        Op::PutUser(user("bob")),
+        Op::PutUser(user("root")),
+        Op::PutGroup(group.clone()),
+        Op::PutSession(session("bob-phone")),
+    ];
+    for id in 0..20u64 {
+        ops.push(Op::PutMessage {
+            id: 1000 + id,
+            message: message("groups/team/msg", &format!("m{id}")),
+        });
+        for member in ["alice", "bob"] {
+            ops.push(Op::AppendInbox {
+                user: member.into(),
+                seq: id,
+                entry: inbox_entry(1000 + id),
+            });
+        }
+        ops.push(enqueue_ref("bob-phone", id, 1000 + id));
+    }
+    ops.push(Op::TrimInbox {
+        user: "alice".into(),
+        below_seq: 15,
+    });
+    ops.push(Op::DeleteMessagesBefore { below_id: 1005 });
+    let (users, inbox, queue) = {
+        let store = RocksStore::open(dir.path()).unwrap();
+        store.write(&ops[..30], true).unwrap();
+        store.write(&ops[30..], false).unwrap();
+        (
+            store.users().unwrap(),
+            store.inbox("bob", 0, 100).unwrap(),
+            store.queue("bob-phone", 0, 100).unwrap(),
+        )
+    };
+    assert_eq!(users.len(), 3);
+    assert_eq!(inbox.len(), 20);
+    assert!(inbox[4].2.is_none() && inbox[5].2.is_some());
+    assert_eq!(queue[4].1.message_ref, Some(1004));
+    assert_eq!(queue[5].1.message.payload, "m5");
+
+    for store in [
+        RocksStore::open(dir.path()).unwrap(),
+        RocksStore::open_read_only(dir.path()).unwrap(),
+    ] {
+        assert_eq!(store.users().unwrap(), users);
+        assert!(store.user("root").unwrap().unwrap().operator);
+        assert_eq!(store.groups().unwrap(), vec![group.clone()]);
+        assert_eq!(store.inbox("bob", 0, 100).unwrap(), inbox);
+        assert_eq!(store.queue("bob-phone", 0, 100).unwrap(), queue);
+        assert_eq!(store.inbox_bounds("alice").unwrap(), (15, 20));
+        assert_eq!(store.inbox_bounds("bob").unwrap(), (0, 20));
+        assert_eq!(
+            store.inbox_heads().unwrap(),
+            vec![("alice".to_string(), 20), ("bob".to_string(), 20)]
+        );
+        assert_eq!(store.last_message_id().unwrap(), Some(1019));
+        assert_eq!(store.message(1004).unwrap(), None);
+        assert_eq!(
+            store.message(1019).unwrap(),
+            Some(message("groups/team/msg", "m19"))
+        );
+        // Messages 1005..=1019 remain: "m5".."m9" (2 bytes) and "m10".."m19" (3 bytes).
+        assert_eq!(
+            store.queue_stats("bob-phone").unwrap(),
+            (20, 5 * 2 + 10 * 3)
+        );
+    }
+}
+
+/// Creates a database as the first release of format 1 wrote it: only the six original
+/// column families, a session, and a version-1 queue record.
+fn write_old_database(dir: &Path) {
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let old_cfs = [
+        CF_RETAINED,
+        CF_SESSIONS,
+        CF_QUEUE,
+        CF_QUEUE_NEXT,
+        CF_INBOUND_QOS2,
+        CF_META,
+    ];
+    let db = rocksdb::DB::open_cf(&opts, dir, old_cfs).unwrap();
+    let cf = |name| db.cf_handle(name).unwrap();
+    db.put_cf(cf(CF_META), keys::FORMAT_VERSION_KEY, 1u32.to_be_bytes())
+        .unwrap();
+    let prefix = keys::client_prefix("old").unwrap();
+    // Session record: version, protocol 4, expiry 60 s, connected, no subscriptions.
+    db.put_cf(cf(CF_SESSIONS), &prefix, [1, 4, 0, 0, 0, 60, 0, 0, 0, 0, 0])
+        .unwrap();
+    // Queue record v1: version, state released, qos 1, no flags, topic "t", no properties,
+    // payload "old".
+    let v1 = [
+        1, 1, 1, 0, 0, 1, b't', 0, 0, 0, 0, 0, 0, 0, 3, b'o', b'l', b'd',
+    ];
+    db.put_cf(cf(CF_QUEUE), keys::queue_key("old", 7).unwrap(), v1)
+        .unwrap();
+    db.put_cf(cf(CF_QUEUE_NEXT), &prefix, 8u64.to_be_bytes())
+        .unwrap();
+}
+
+#[test]
+fn database_without_im_families_opens_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    write_old_database(dir.path());
+    let old_entry = QueuedMessage {
+        message: StoredMessage {
+            topic: "t".into(),
+            payload: Bytes::from_static(b"old"),
+            qos: 1,
+            retain: false,
+            properties: Bytes::new(),
+            expires_at_ms: None,
+        },
+        state: QueueState::Released,
+        message_ref: None,
+    };
+
+    // Read-only cannot create the new families: they read as empty.
+    let ro = RocksStore::open_read_only(dir.path()).unwrap();
+    assert_eq!(
+        ro.queue("old", 0, 10).unwrap(),
+        vec![(7, old_entry.clone())]
+    );
+    assert_eq!(ro.sessions().unwrap()[0].next_seq, 8);
+    assert!(ro.users().unwrap().is_empty());
+    assert_eq!(ro.user("a").unwrap(), None);
+    assert!(ro.groups().unwrap().is_empty());
+    assert_eq!(ro.group("g").unwrap(), None);
+    assert_eq!(ro.message(1).unwrap(), None);
+    assert_eq!(ro.last_message_id().unwrap(), None);
+    assert!(ro.inbox("a", 0, 10).unwrap().is_empty());
+    assert_eq!(ro.inbox_bounds("a").unwrap(), (0, 0));
+    assert!(ro.inbox_heads().unwrap().is_empty());
+    drop(ro);
+
+    // Read-write creates them; the old entry decodes and takes state changes in place.
+    let store = RocksStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.queue("old", 0, 10).unwrap(),
+        vec![(7, old_entry.clone())]
+    );
+    store
+        .write(
+            &[
+                Op::SetQueueState {
+                    client_id: "old".into(),
+                    seq: 7,
+                    state: QueueState::Pending,
+                },
+                Op::PutUser(user("alice")),
+                Op::PutMessage {
+                    id: 1,
+                    message: message("chat", "new"),
+                },
+                Op::AppendInbox {
+                    user: "alice".into(),
+                    seq: 0,
+                    entry: inbox_entry(1),
+                },
+                enqueue_ref("old", 8, 1),
+            ],
+            true,
+        )
+        .unwrap();
+    drop(store);
+    let store = RocksStore::open(dir.path()).unwrap();
+    let queue = store.queue("old", 0, 10).unwrap();
+    assert_eq!(queue.len(), 2);
+    assert_eq!(
+        queue[0],
+        (
+            7,
+            QueuedMessage {
+                state: QueueState::Pending,
+                ..old_entry
+            }
+        )
+    );
+    assert_eq!(queue[1].1.message.payload, "new");
+    assert_eq!(store.user("alice").unwrap(), Some(user("alice")));
+    assert_eq!(store.inbox_bounds("alice").unwrap(), (0, 1));
+}
+
+#[test]
+fn corrupt_im_values_are_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = RocksStore::open(dir.path()).unwrap();
+        let ops = vec![
+            Op::PutMessage {
+                id: 5,
+                message: message("chat", "fine"),
+            },
+            Op::AppendInbox {
+                user: "u".into(),
+                seq: 0,
+                entry: inbox_entry(5),
+            },
+            Op::AppendInbox {
+                user: "u".into(),
+                seq: 1,
+                entry: inbox_entry(6),
+            },
+            enqueue_ref("c", 0, 6),
+        ];
+        store.write(&ops, true).unwrap();
+    }
+    put_raw(
+        dir.path(),
+        CF_USERS,
+        &keys::user_prefix("eve").unwrap(),
+        &[1, 9],
+    );
+    put_raw(dir.path(), CF_GROUPS, &keys::group_key("g").unwrap(), &[5]);
+    put_raw(dir.path(), CF_MESSAGES, &keys::message_key(6), &[1, 0]);
+    put_raw(
+        dir.path(),
+        CF_INBOX,
+        &keys::inbox_key("u", 2).unwrap(),
+        &[1, 0, 0],
+    );
+    put_raw(
+        dir.path(),
+        CF_INBOX_NEXT,
+        &keys::user_prefix("w").unwrap(),
+        &[0, 1],
+    );
+
+    let store = RocksStore::open(dir.path()).unwrap();
+    let what = corrupt_what(store.user("eve"));
+    assert!(what.contains("user \"eve\""), "{what}");
+    corrupt_what(store.users());
+    let what = corrupt_what(store.groups());
+    assert!(what.contains("group \"g\""), "{what}");
+    assert!(what.contains("version 5"), "{what}");
+    let what = corrupt_what(store.message(6));
+    assert!(what.contains("stored message id 6"), "{what}");
+    // A corrupt referenced message fails the read that resolves it, naming that message.
+    let what = corrupt_what(store.queue("c", 0, 10));
+    assert!(what.contains("stored message id 6"), "{what}");
+    corrupt_what(store.queue_stats("c"));
+    let what = corrupt_what(
+        store
+            .inbox("u", 0, 1)
+            .map(|_| ())
+            .and(store.inbox("u", 1, 1)),
+    );
+    assert!(what.contains("stored message id 6"), "{what}");
+    let what = corrupt_what(store.inbox("u", 2, 1));
+    assert!(what.contains("inbox entry seq 2 of user \"u\""), "{what}");
+    // The intact entry before them still reads, with its message.
+    assert_eq!(
+        store.inbox("u", 0, 1).unwrap()[0].2,
+        Some(message("chat", "fine"))
+    );
+    let what = corrupt_what(store.inbox_heads());
+    assert!(
+        what.contains("inbox high-water mark of user \"w\""),
+        "{what}"
+    );
+    corrupt_what(store.inbox_bounds("w"));
 }

@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use tern_storage::{
-    MemoryStore, Op, QueueState, QueuedMessage, RocksStore, SessionRecord, StorageError, Store,
-    StoredMessage, StoredSession, StoredSubscription,
+    InboxEntry, MemoryStore, Op, QueueState, QueuedMessage, RocksStore, SessionRecord,
+    StorageError, Store, StoredGroup, StoredMessage, StoredSession, StoredSubscription, StoredUser,
 };
 
 fn message(topic: &str, payload: &str) -> StoredMessage {
@@ -23,12 +23,14 @@ fn queued(payload: &str) -> QueuedMessage {
     QueuedMessage {
         message: message("inbox", payload),
         state: QueueState::Pending,
+        message_ref: None,
     }
 }
 
 fn session(client_id: &str) -> StoredSession {
     StoredSession {
         client_id: client_id.into(),
+        user: format!("user-of-{client_id}"),
         protocol_level: 5,
         expiry_interval_secs: 3600,
         disconnected_at_ms: Some(1_000),
@@ -62,6 +64,72 @@ fn seqs(store: &dyn Store, client_id: &str) -> Vec<u64> {
         .into_iter()
         .map(|(seq, _)| seq)
         .collect()
+}
+
+fn user(name: &str) -> StoredUser {
+    StoredUser {
+        user: name.into(),
+        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$salt${name}"),
+        operator: false,
+        created_at_ms: 1_700_000_000_000,
+    }
+}
+
+fn group(gid: &str, members: &[&str]) -> StoredGroup {
+    StoredGroup {
+        gid: gid.into(),
+        members: members.iter().map(|m| (*m).into()).collect(),
+        created_at_ms: 5,
+    }
+}
+
+fn put_message(id: u64, payload: &str) -> Op {
+    Op::PutMessage {
+        id,
+        message: message("chat", payload),
+    }
+}
+
+fn append(user: &str, seq: u64, message_id: u64) -> Op {
+    Op::AppendInbox {
+        user: user.into(),
+        seq,
+        entry: InboxEntry {
+            message_id,
+            role: (seq % 2) as u8,
+        },
+    }
+}
+
+/// A queue entry referring to stored message `id`, with its own topic and QoS and (as
+/// callers do) an empty payload.
+fn enqueue_ref(client_id: &str, seq: u64, id: u64) -> Op {
+    Op::Enqueue {
+        client_id: client_id.into(),
+        seq,
+        message: QueuedMessage {
+            message: StoredMessage {
+                qos: 2,
+                ..message(&format!("users/{client_id}/in"), "")
+            },
+            state: QueueState::Pending,
+            message_ref: Some(id),
+        },
+    }
+}
+
+/// (seq, message id, payload of the stored message) of a user's whole inbox.
+fn inbox_summary(store: &dyn Store, user: &str) -> Vec<(u64, u64, Option<Bytes>)> {
+    store
+        .inbox(user, 0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(seq, entry, message)| (seq, entry.message_id, message.map(|m| m.payload)))
+        .collect()
+}
+
+fn some(payload: &'static str) -> Option<Bytes> {
+    Some(Bytes::from_static(payload.as_bytes()))
 }
 
 fn bounds(store: &dyn Store, client_id: &str) -> (u64, u64) {
@@ -529,6 +597,564 @@ mod suite {
         store.write(&[], false).unwrap();
         store.sync().unwrap();
     }
+
+    pub fn users_put_get_list_delete(store: &dyn Store) {
+        assert!(store.users().unwrap().is_empty());
+        assert_eq!(store.user("alice").unwrap(), None);
+        let operator = StoredUser {
+            operator: true,
+            ..user("root")
+        };
+        // Ids of different lengths: listed by id, not by key (length first).
+        store
+            .write(
+                &[
+                    Op::PutUser(user("bob")),
+                    Op::PutUser(user("alice")),
+                    Op::PutUser(operator.clone()),
+                    Op::PutUser(user("")),
+                    Op::PutUser(user("al")),
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(store.user("root").unwrap(), Some(operator));
+        assert_eq!(store.user("alice").unwrap(), Some(user("alice")));
+        assert_eq!(store.user("alic").unwrap(), None);
+        let names: Vec<String> = store.users().unwrap().into_iter().map(|u| u.user).collect();
+        assert_eq!(names, vec!["", "al", "alice", "bob", "root"]);
+
+        let rehashed = StoredUser {
+            password_hash: "$argon2id$new".into(),
+            ..user("bob")
+        };
+        store
+            .write(
+                &[
+                    Op::PutUser(rehashed.clone()),
+                    Op::DeleteUser { user: "al".into() },
+                    Op::DeleteUser {
+                        user: "nobody".into(),
+                    },
+                ],
+                false,
+            )
+            .unwrap();
+        assert_eq!(store.user("bob").unwrap(), Some(rehashed));
+        assert_eq!(store.user("al").unwrap(), None);
+        assert_eq!(store.users().unwrap().len(), 4);
+    }
+
+    pub fn user_delete_keeps_inbox(store: &dyn Store) {
+        store
+            .write(
+                &[
+                    Op::PutUser(user("u")),
+                    put_message(1, "hi"),
+                    append("u", 0, 1),
+                ],
+                false,
+            )
+            .unwrap();
+        store
+            .write(&[Op::DeleteUser { user: "u".into() }], false)
+            .unwrap();
+        assert_eq!(store.user("u").unwrap(), None);
+        assert_eq!(inbox_summary(store, "u"), vec![(0, 1, some("hi"))]);
+        assert_eq!(store.inbox_bounds("u").unwrap(), (0, 1));
+        assert_eq!(store.inbox_heads().unwrap(), vec![("u".to_string(), 1)]);
+    }
+
+    pub fn groups_put_get_list_delete(store: &dyn Store) {
+        assert!(store.groups().unwrap().is_empty());
+        assert_eq!(store.group("g").unwrap(), None);
+        let big: Vec<String> = (0..1000).map(|n| format!("user-{n:04}")).collect();
+        let big_refs: Vec<&str> = big.iter().map(String::as_str).collect();
+        store
+            .write(
+                &[
+                    Op::PutGroup(group("team", &["alice", "bob"])),
+                    Op::PutGroup(group("g", &[])),
+                    Op::PutGroup(group("all", &big_refs)),
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(store.group("g").unwrap(), Some(group("g", &[])));
+        assert_eq!(store.group("all").unwrap(), Some(group("all", &big_refs)));
+        let gids: Vec<String> = store.groups().unwrap().into_iter().map(|g| g.gid).collect();
+        assert_eq!(gids, vec!["all", "g", "team"]);
+        // Replacing a group replaces its member list; the order given is kept.
+        store
+            .write(
+                &[
+                    Op::PutGroup(group("team", &["carol", "alice"])),
+                    Op::DeleteGroup { gid: "g".into() },
+                    Op::DeleteGroup { gid: "none".into() },
+                ],
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            store.group("team").unwrap().unwrap().members,
+            vec!["carol", "alice"]
+        );
+        assert_eq!(store.group("g").unwrap(), None);
+        assert_eq!(store.groups().unwrap().len(), 2);
+    }
+
+    pub fn messages_put_get_last_id(store: &dyn Store) {
+        assert_eq!(store.last_message_id().unwrap(), None);
+        assert_eq!(store.message(0).unwrap(), None);
+        let full = StoredMessage {
+            qos: 2,
+            retain: true,
+            properties: Bytes::from_static(&[0x03, 0x00, 0x01, b'x']),
+            expires_at_ms: Some(99),
+            ..message("groups/g/msg", "payload")
+        };
+        store
+            .write(
+                &[
+                    Op::PutMessage {
+                        id: 1 << 40,
+                        message: full.clone(),
+                    },
+                    put_message(7, "seven"),
+                    put_message(300, "three hundred"),
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(store.message(1 << 40).unwrap(), Some(full));
+        assert_eq!(store.message(7).unwrap(), Some(message("chat", "seven")));
+        assert_eq!(store.message(8).unwrap(), None);
+        assert_eq!(store.last_message_id().unwrap(), Some(1 << 40));
+        store
+            .write(&[put_message(u64::MAX, "last")], false)
+            .unwrap();
+        assert_eq!(store.last_message_id().unwrap(), Some(u64::MAX));
+
+        // Retention by age: below_id is exclusive.
+        store
+            .write(&[Op::DeleteMessagesBefore { below_id: 300 }], false)
+            .unwrap();
+        assert_eq!(store.message(7).unwrap(), None);
+        assert!(store.message(300).unwrap().is_some());
+        store
+            .write(&[Op::DeleteMessagesBefore { below_id: 0 }], false)
+            .unwrap();
+        assert!(store.message(300).unwrap().is_some());
+        store
+            .write(&[Op::DeleteMessagesBefore { below_id: u64::MAX }], false)
+            .unwrap();
+        assert_eq!(store.message(1 << 40).unwrap(), None);
+        assert_eq!(store.last_message_id().unwrap(), Some(u64::MAX));
+        // In one batch: a message put after the deletion survives it, one put before does not.
+        store
+            .write(
+                &[
+                    put_message(10, "gone"),
+                    Op::DeleteMessagesBefore { below_id: 20 },
+                    put_message(11, "kept"),
+                ],
+                false,
+            )
+            .unwrap();
+        assert_eq!(store.message(10).unwrap(), None);
+        assert_eq!(store.message(11).unwrap(), Some(message("chat", "kept")));
+    }
+
+    pub fn inbox_append_read_bounds_heads_trim(store: &dyn Store) {
+        assert_eq!(store.inbox_bounds("ann").unwrap(), (0, 0));
+        assert!(store.inbox("ann", 0, 10).unwrap().is_empty());
+        assert!(store.inbox_heads().unwrap().is_empty());
+        let mut ops: Vec<Op> = (1..=5)
+            .map(|id| put_message(id, &format!("m{id}")))
+            .collect();
+        // Appended out of order within a batch; seqs need not be dense.
+        ops.extend([
+            append("ann", 2, 2),
+            append("ann", 0, 1),
+            append("ann", 1, 1),
+            append("ann", 10, 3),
+        ]);
+        // Prefix-related ids stay apart.
+        ops.extend([append("an", 0, 4), append("ann2", 5, 5), append("", 0, 5)]);
+        store.write(&ops, true).unwrap();
+
+        let page = store.inbox("ann", 0, 2).unwrap();
+        assert_eq!(
+            page,
+            vec![
+                (
+                    0,
+                    InboxEntry {
+                        message_id: 1,
+                        role: 0,
+                    },
+                    Some(message("chat", "m1")),
+                ),
+                (
+                    1,
+                    InboxEntry {
+                        message_id: 1,
+                        role: 1,
+                    },
+                    Some(message("chat", "m1")),
+                ),
+            ]
+        );
+        let seqs: Vec<u64> = store
+            .inbox("ann", 2, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(seqs, vec![2, 10]);
+        assert!(store.inbox("ann", 11, 10).unwrap().is_empty());
+        assert!(store.inbox("ann", 0, 0).unwrap().is_empty());
+        assert_eq!(inbox_summary(store, "an"), vec![(0, 4, some("m4"))]);
+        assert_eq!(inbox_summary(store, "ann2"), vec![(5, 5, some("m5"))]);
+        assert_eq!(store.inbox_bounds("ann").unwrap(), (0, 11));
+        assert_eq!(store.inbox_bounds("ann2").unwrap(), (5, 6));
+        assert_eq!(store.inbox_bounds("nobody").unwrap(), (0, 0));
+        assert_eq!(
+            store.inbox_heads().unwrap(),
+            vec![
+                (String::new(), 1),
+                ("an".to_string(), 1),
+                ("ann".to_string(), 11),
+                ("ann2".to_string(), 6),
+            ]
+        );
+
+        // Retention by count: below_seq is exclusive and touches no other user.
+        store
+            .write(
+                &[Op::TrimInbox {
+                    user: "ann".into(),
+                    below_seq: 2,
+                }],
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            inbox_summary(store, "ann"),
+            vec![(2, 2, some("m2")), (10, 3, some("m3"))]
+        );
+        assert_eq!(store.inbox_bounds("ann").unwrap(), (2, 11));
+        assert_eq!(store.inbox_bounds("an").unwrap(), (0, 1));
+        assert_eq!(store.inbox_bounds("ann2").unwrap(), (5, 6));
+        // Trimming everything keeps the high-water mark; trimming nothing or nobody is fine.
+        store
+            .write(
+                &[
+                    Op::TrimInbox {
+                        user: "ann".into(),
+                        below_seq: u64::MAX,
+                    },
+                    Op::TrimInbox {
+                        user: "an".into(),
+                        below_seq: 0,
+                    },
+                    Op::TrimInbox {
+                        user: "ghost".into(),
+                        below_seq: 100,
+                    },
+                ],
+                false,
+            )
+            .unwrap();
+        assert!(store.inbox("ann", 0, 10).unwrap().is_empty());
+        assert_eq!(store.inbox_bounds("ann").unwrap(), (11, 11));
+        assert_eq!(store.inbox_bounds("an").unwrap(), (0, 1));
+        assert_eq!(store.inbox_bounds("ghost").unwrap(), (0, 0));
+        assert_eq!(store.inbox_heads().unwrap().len(), 4);
+        // Appending continues after the mark; a trim and an append in one batch apply in order.
+        store
+            .write(
+                &[
+                    append("ann", 11, 1),
+                    Op::TrimInbox {
+                        user: "ann".into(),
+                        below_seq: 12,
+                    },
+                    append("ann", 12, 2),
+                ],
+                false,
+            )
+            .unwrap();
+        assert_eq!(inbox_summary(store, "ann"), vec![(12, 2, some("m2"))]);
+        assert_eq!(store.inbox_bounds("ann").unwrap(), (12, 13));
+    }
+
+    pub fn inbox_after_message_retention(store: &dyn Store) {
+        let mut ops: Vec<Op> = (100..105)
+            .map(|id| put_message(id, &format!("m{id}")))
+            .collect();
+        ops.extend((0..5).map(|seq| append("reader", seq, 100 + seq)));
+        store.write(&ops, false).unwrap();
+        store
+            .write(&[Op::DeleteMessagesBefore { below_id: 103 }], false)
+            .unwrap();
+        let inbox = store.inbox("reader", 0, 10).unwrap();
+        // The entries stay (retention by count is separate); their messages read as None.
+        assert_eq!(inbox.len(), 5);
+        let messages: Vec<Option<Bytes>> =
+            inbox.into_iter().map(|e| e.2.map(|m| m.payload)).collect();
+        assert_eq!(messages, vec![None, None, None, some("m103"), some("m104")]);
+        assert_eq!(store.inbox_bounds("reader").unwrap(), (0, 5));
+    }
+
+    pub fn queue_message_refs_resolve(store: &dyn Store) {
+        store
+            .write(
+                &[
+                    Op::PutSession(session("r")),
+                    put_message(50, "shared payload"),
+                    put_message(60, "another"),
+                ],
+                false,
+            )
+            .unwrap();
+        // A payload passed along with a reference is ignored, not stored.
+        let mut with_payload = enqueue_ref("r", 2, 60);
+        if let Op::Enqueue { message, .. } = &mut with_payload {
+            message.message.payload = Bytes::from_static(b"ignored");
+        }
+        store
+            .write(
+                &[
+                    enqueue_ref("r", 0, 50),
+                    enqueue("r", 1),
+                    with_payload,
+                    enqueue_ref("r", 3, 50),
+                    // Not stored (yet): a dangling reference from the start.
+                    enqueue_ref("r", 4, 70),
+                ],
+                false,
+            )
+            .unwrap();
+        let queue = store.queue("r", 0, 10).unwrap();
+        let resolved = |payload: &'static str| QueuedMessage {
+            message: StoredMessage {
+                qos: 2,
+                ..message("users/r/in", payload)
+            },
+            state: QueueState::Pending,
+            message_ref: None,
+        };
+        assert_eq!(queue[0], (0, resolved("shared payload")));
+        assert_eq!(queue[1], (1, queued("r-1")));
+        assert_eq!(queue[2], (2, resolved("another")));
+        assert_eq!(queue[3], (3, resolved("shared payload")));
+        assert_eq!(
+            queue[4],
+            (
+                4,
+                QueuedMessage {
+                    message_ref: Some(70),
+                    ..resolved("")
+                }
+            )
+        );
+        // Paging resolves too; a state change keeps the reference.
+        store
+            .write(
+                &[Op::SetQueueState {
+                    client_id: "r".into(),
+                    seq: 3,
+                    state: QueueState::Released,
+                }],
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            store.queue("r", 3, 1).unwrap(),
+            vec![(
+                3,
+                QueuedMessage {
+                    state: QueueState::Released,
+                    ..resolved("shared payload")
+                }
+            )]
+        );
+        assert_eq!(bounds(store, "r"), (0, 5));
+
+        // Retention deleted message 50: its entries come back with the id and no payload.
+        store
+            .write(&[Op::DeleteMessagesBefore { below_id: 51 }], false)
+            .unwrap();
+        let queue = store.queue("r", 0, 10).unwrap();
+        let refs: Vec<(u64, Option<u64>, Bytes)> = queue
+            .into_iter()
+            .map(|(seq, q)| (seq, q.message_ref, q.message.payload))
+            .collect();
+        assert_eq!(
+            refs,
+            vec![
+                (0, Some(50), Bytes::new()),
+                (1, None, Bytes::from_static(b"r-1")),
+                (2, None, Bytes::from_static(b"another")),
+                (3, Some(50), Bytes::new()),
+                (4, Some(70), Bytes::new()),
+            ]
+        );
+        // A message stored after its reference resolves it.
+        store.write(&[put_message(70, "late")], false).unwrap();
+        assert_eq!(store.queue("r", 4, 1).unwrap()[0].1, resolved("late"));
+    }
+
+    pub fn queue_stats_counts_referenced_payloads(store: &dyn Store) {
+        store
+            .write(
+                &[
+                    put_message(1, "0123456789"),
+                    put_message(2, "abc"),
+                    enqueue_ref("qs", 0, 1),
+                    enqueue_ref("qs", 1, 1),
+                    enqueue_ref("qs", 2, 2),
+                    // "qs-3": 4 bytes inline.
+                    enqueue("qs", 3),
+                    enqueue_ref("qs", 4, 99),
+                ],
+                false,
+            )
+            .unwrap();
+        // Each entry counts its message's payload; the dangling one counts 0.
+        assert_eq!(store.queue_stats("qs").unwrap(), (5, 10 + 10 + 3 + 4));
+        store
+            .write(&[Op::DeleteMessagesBefore { below_id: 2 }], false)
+            .unwrap();
+        assert_eq!(store.queue_stats("qs").unwrap(), (5, 3 + 4));
+    }
+
+    pub fn invalid_im_ops_are_rejected(store: &dyn Store) {
+        let long = "x".repeat(65_536);
+        let max = "x".repeat(65_535);
+        let bad_ops = [
+            Op::PutUser(user(&long)),
+            Op::PutUser(StoredUser {
+                password_hash: long.clone(),
+                ..user("u")
+            }),
+            Op::DeleteUser { user: long.clone() },
+            Op::PutGroup(group(&long, &[])),
+            Op::PutGroup(group("g", &["ok", &long])),
+            Op::DeleteGroup { gid: long.clone() },
+            append(&long, 0, 1),
+            Op::TrimInbox {
+                user: long.clone(),
+                below_seq: 1,
+            },
+            Op::PutMessage {
+                id: 1,
+                message: StoredMessage {
+                    qos: 3,
+                    ..message("t", "x")
+                },
+            },
+        ];
+        for bad in bad_ops {
+            let result = store.write(&[Op::PutUser(user("fine")), bad.clone()], true);
+            assert!(
+                matches!(result, Err(StorageError::Invalid { .. })),
+                "{result:?}"
+            );
+            // Nothing of the batch was applied.
+            assert_eq!(store.user("fine").unwrap(), None);
+        }
+        assert!(matches!(
+            store.user(&long),
+            Err(StorageError::Invalid { .. })
+        ));
+        assert!(matches!(
+            store.group(&long),
+            Err(StorageError::Invalid { .. })
+        ));
+        assert!(matches!(
+            store.inbox(&long, 0, 1),
+            Err(StorageError::Invalid { .. })
+        ));
+        assert!(matches!(
+            store.inbox_bounds(&long),
+            Err(StorageError::Invalid { .. })
+        ));
+        // The longest ids are fine.
+        let max_user = StoredUser {
+            password_hash: "h".into(),
+            ..user(&max)
+        };
+        store
+            .write(
+                &[
+                    Op::PutUser(max_user.clone()),
+                    Op::PutGroup(group(&max, &[&max])),
+                    append(&max, 0, 1),
+                ],
+                false,
+            )
+            .unwrap();
+        assert_eq!(store.user(&max).unwrap(), Some(max_user));
+        assert_eq!(store.group(&max).unwrap(), Some(group(&max, &[&max])));
+        assert_eq!(store.inbox_bounds(&max).unwrap(), (0, 1));
+    }
+
+    /// One chat message to a group of two: stored once, in both inboxes, and in the offline
+    /// queue of the recipient's session, in one batch; a batch that fails writes none of it.
+    pub fn im_batch_is_atomic(store: &dyn Store) {
+        let fan_out = |id: u64, seq: u64| {
+            vec![
+                put_message(id, &format!("msg {id}")),
+                Op::AppendInbox {
+                    user: "sender".into(),
+                    seq,
+                    entry: InboxEntry {
+                        message_id: id,
+                        role: 1,
+                    },
+                },
+                Op::AppendInbox {
+                    user: "recipient".into(),
+                    seq,
+                    entry: InboxEntry {
+                        message_id: id,
+                        role: 0,
+                    },
+                },
+                enqueue_ref("recipient-phone", seq, id),
+            ]
+        };
+        store.write(&fan_out(1000, 0), true).unwrap();
+        let mut failing = fan_out(1001, 1);
+        failing.push(Op::DeleteUser {
+            user: "x".repeat(70_000),
+        });
+        assert!(matches!(
+            store.write(&failing, true),
+            Err(StorageError::Invalid { .. })
+        ));
+
+        assert_eq!(store.message(1001).unwrap(), None);
+        assert_eq!(store.last_message_id().unwrap(), Some(1000));
+        for user in ["sender", "recipient"] {
+            assert_eq!(
+                inbox_summary(store, user),
+                vec![(0, 1000, some("msg 1000"))]
+            );
+            assert_eq!(store.inbox_bounds(user).unwrap(), (0, 1));
+        }
+        assert_eq!(store.inbox("sender", 0, 1).unwrap()[0].1.role, 1);
+        let queue = store.queue("recipient-phone", 0, 10).unwrap();
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue[0].1.message.payload, "msg 1000");
+        assert_eq!(queue[0].1.message_ref, None);
+        assert_eq!(
+            store.inbox_heads().unwrap(),
+            vec![("recipient".to_string(), 1), ("sender".to_string(), 1)]
+        );
+    }
 }
 
 macro_rules! conformance {
@@ -566,4 +1192,14 @@ conformance!(
     queue_stats_counts_payload,
     batch_applies_in_order,
     invalid_op_fails_the_batch_alone,
+    users_put_get_list_delete,
+    user_delete_keeps_inbox,
+    groups_put_get_list_delete,
+    messages_put_get_last_id,
+    inbox_append_read_bounds_heads_trim,
+    inbox_after_message_retention,
+    queue_message_refs_resolve,
+    queue_stats_counts_referenced_payloads,
+    invalid_im_ops_are_rejected,
+    im_batch_is_atomic,
 );

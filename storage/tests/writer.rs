@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tern_storage::{
-    Durable, MemoryStore, Op, QueueState, QueuedMessage, RocksStore, SessionRecord, StorageError,
-    Store, StoredMessage, SyncPolicy, Writer,
+    Durable, InboxEntry, MemoryStore, Op, QueueState, QueuedMessage, RocksStore, SessionRecord,
+    StorageError, Store, StoredGroup, StoredMessage, StoredUser, SyncPolicy, Writer,
 };
 
 fn message(payload: String) -> StoredMessage {
@@ -33,6 +33,7 @@ fn enqueue(client_id: &str, seq: u64) -> Op {
         message: QueuedMessage {
             message: message(format!("{client_id}-{seq}")),
             state: QueueState::Pending,
+            message_ref: None,
         },
     }
 }
@@ -129,6 +130,38 @@ impl Store for TestStore {
     }
     fn inbound_qos2(&self, client_id: &str) -> Result<Vec<u16>, StorageError> {
         self.inner.inbound_qos2(client_id)
+    }
+    fn users(&self) -> Result<Vec<StoredUser>, StorageError> {
+        self.inner.users()
+    }
+    fn user(&self, user: &str) -> Result<Option<StoredUser>, StorageError> {
+        self.inner.user(user)
+    }
+    fn groups(&self) -> Result<Vec<StoredGroup>, StorageError> {
+        self.inner.groups()
+    }
+    fn group(&self, gid: &str) -> Result<Option<StoredGroup>, StorageError> {
+        self.inner.group(gid)
+    }
+    fn message(&self, id: u64) -> Result<Option<StoredMessage>, StorageError> {
+        self.inner.message(id)
+    }
+    fn last_message_id(&self) -> Result<Option<u64>, StorageError> {
+        self.inner.last_message_id()
+    }
+    fn inbox(
+        &self,
+        user: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, InboxEntry, Option<StoredMessage>)>, StorageError> {
+        self.inner.inbox(user, from_seq, limit)
+    }
+    fn inbox_bounds(&self, user: &str) -> Result<(u64, u64), StorageError> {
+        self.inner.inbox_bounds(user)
+    }
+    fn inbox_heads(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        self.inner.inbox_heads()
     }
 }
 
