@@ -1,4 +1,8 @@
 //! The `tern` command line: one binary that serves the broker and inspects its state.
+//!
+//! `tern serve` runs the broker; every other subcommand is an operator command
+//! ([`crate::admin::command`]): it talks to a running broker through its admin API, or
+//! opens the data directory of a stopped one. `docs/admin-api.md` shows each with its output.
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -16,6 +20,237 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker (default: 127.0.0.1:1883, data in ./tern-data).
     Serve(ServeArgs),
+    /// Retained messages: list, get, delete, stats.
+    Retained(RetainedArgs),
+    /// Client sessions: list, show one with its subscriptions and queue.
+    Sessions(SessionsArgs),
+    /// A session's durable queue: peek at its oldest entries.
+    Queue(QueueArgs),
+    /// Registered users: add, del, passwd, list.
+    User(UserArgs),
+    /// Chat groups: create, delete, add, remove, list, show.
+    Group(GroupArgs),
+    /// Users' inbox logs: tail.
+    Inbox(InboxArgs),
+}
+
+/// Options of every operator command (all but `serve`).
+///
+/// Where the broker is: the data directory comes from `--data-dir`, else from the config
+/// file's `data_dir`, else `./tern-data`. If the broker runs (its admin API answers at the
+/// address in `{data_dir}/admin.addr`, or at `--admin`), the command goes through the API;
+/// otherwise it opens the data directory itself (read-only to inspect).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OpsArgs {
+    /// The broker's TOML config file: its `data_dir` and `[admin]` settings are used.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The broker's data directory; overrides `data_dir` in the config file.
+    /// [default: ./tern-data]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Admin API of a running broker, e.g. http://127.0.0.1:8081 (always used when given,
+    /// never the data directory). [default: the address in {data_dir}/admin.addr]
+    #[arg(long, global = true, value_name = "URL")]
+    pub admin: Option<String>,
+    /// Admin API token. [default: $TERN_ADMIN_TOKEN, then [admin] token in the config file,
+    /// then {data_dir}/admin.token]
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Print JSON (the admin API's response body) instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RetainedArgs {
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(subcommand)]
+    pub command: RetainedCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetainedCommand {
+    /// List retained messages (topic, QoS, size, expiry, payload preview).
+    List {
+        /// Topic filter, wildcards allowed (`sensors/+/temp`, `a/#`). [default: #]
+        #[arg(value_name = "FILTER", default_value = "#")]
+        filter: String,
+    },
+    /// Show one retained message with its whole payload.
+    Get {
+        #[arg(value_name = "TOPIC")]
+        topic: String,
+    },
+    /// Delete the retained message of a topic (new subscribers no longer get it).
+    Delete {
+        #[arg(value_name = "TOPIC")]
+        topic: String,
+    },
+    /// Count and bytes of all retained messages, and the largest topics.
+    Stats {
+        /// How many of the largest topics to show.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        top: usize,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SessionsArgs {
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(subcommand)]
+    pub command: SessionsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List sessions with their user, state, subscriptions, queue and in-flight counts.
+    ///
+    /// A running broker lists every session (connected or not, persistent or not); a
+    /// stopped one has only its persistent sessions.
+    List,
+    /// Show one session: subscriptions, queued count and bytes, in-flight messages.
+    Show {
+        #[arg(value_name = "CLIENT_ID")]
+        client_id: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QueueArgs {
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(subcommand)]
+    pub command: QueueCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Show the oldest entries of a session's durable queue (payloads abridged).
+    ///
+    /// The queue holds the QoS 1/2 messages of a persistent session that its client has not
+    /// acknowledged yet.
+    Peek {
+        #[arg(value_name = "CLIENT_ID")]
+        client_id: String,
+        /// How many entries.
+        #[arg(long, short = 'n', value_name = "N", default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UserArgs {
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(subcommand)]
+    pub command: UserCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Register a user.
+    ///
+    /// The password comes from --password or, without it, from the first line of standard
+    /// input: `echo "$PW" | tern user add alice`.
+    Add {
+        #[arg(value_name = "USER")]
+        user: String,
+        /// The password (visible in the process list: prefer standard input).
+        #[arg(long, value_name = "PASSWORD")]
+        password: Option<String>,
+        /// The user may publish system broadcasts (`broadcast/...`).
+        #[arg(long)]
+        operator: bool,
+    },
+    /// Delete a user (its inbox log stays until trimmed).
+    Del {
+        #[arg(value_name = "USER")]
+        user: String,
+    },
+    /// Set a user's password.
+    ///
+    /// The password comes from --password or, without it, from the first line of standard
+    /// input.
+    Passwd {
+        #[arg(value_name = "USER")]
+        user: String,
+        /// The new password (visible in the process list: prefer standard input).
+        #[arg(long, value_name = "PASSWORD")]
+        password: Option<String>,
+    },
+    /// List users (never their password hashes).
+    List,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GroupArgs {
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(subcommand)]
+    pub command: GroupCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group, optionally with its first members.
+    Create {
+        #[arg(value_name = "GID")]
+        gid: String,
+        #[arg(value_name = "MEMBER")]
+        members: Vec<String>,
+    },
+    /// Delete a group.
+    Delete {
+        #[arg(value_name = "GID")]
+        gid: String,
+    },
+    /// Add a member to a group.
+    Add {
+        #[arg(value_name = "GID")]
+        gid: String,
+        #[arg(value_name = "USER")]
+        user: String,
+    },
+    /// Remove a member from a group.
+    Remove {
+        #[arg(value_name = "GID")]
+        gid: String,
+        #[arg(value_name = "USER")]
+        user: String,
+    },
+    /// List groups with their member counts.
+    List,
+    /// Show a group with its members.
+    Show {
+        #[arg(value_name = "GID")]
+        gid: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InboxArgs {
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(subcommand)]
+    pub command: InboxCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InboxCommand {
+    /// The last entries of a user's inbox log, oldest first.
+    ///
+    /// Each with its seq, time, role, sender, the topic devices get it on, and a preview of
+    /// the payload.
+    Tail {
+        #[arg(value_name = "USER")]
+        user: String,
+        /// How many entries.
+        #[arg(long, short = 'n', value_name = "N", default_value_t = 20)]
+        limit: usize,
+    },
 }
 
 /// Flags of `tern serve`. Each flag left out falls back to the config file, then to the
@@ -39,4 +274,8 @@ pub struct ServeArgs {
     /// error, off); overrides `log.level` in the config file. [default: info]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Address of the admin HTTP API; overrides `admin.listen` in the config file
+    /// (port 0: any free port, written to {data_dir}/admin.addr). [default: 127.0.0.1:8081]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin_listen: Option<SocketAddr>,
 }

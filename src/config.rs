@@ -8,8 +8,9 @@
 //! # Precedence
 //!
 //! Built-in defaults < the TOML file given with `--config` < command-line flags
-//! (`--listen`, `--data-dir`, `--log-level`). Every key of the file is optional: a key left
-//! out keeps its default. [`Config::from_args`] applies all three layers, then validates.
+//! (`--listen`, `--data-dir`, `--log-level`, `--admin-listen`). Every key of the file is
+//! optional: a key left out keeps its default. [`Config::from_args`] applies all three
+//! layers, then validates.
 //!
 //! # Errors
 //!
@@ -46,12 +47,17 @@ pub struct Config {
     /// Directory of the broker's durable state. Default `./tern-data`. A relative path is
     /// relative to the working directory, not to the config file.
     pub data_dir: PathBuf,
-    /// Accept clients that present no credentials. Default `true`, which is safe only
-    /// because the default listener is loopback-only: when `listen` is reachable from other
-    /// hosts, the operator should decide this deliberately.
-    pub allow_anonymous: bool,
+    /// Accept clients that present no credentials: [`AnonymousPolicy`]. Default
+    /// `"loopback"`: only while `listen` is a loopback address (the default listener).
+    pub allow_anonymous: AnonymousPolicy,
+    /// Which user an anonymous client acts as. Default [`AnonymousIdentity::Username`].
+    pub anonymous_identity: AnonymousIdentity,
     /// Per-connection, per-session and broker-wide limits.
     pub limits: Limits,
+    /// Users, inboxes, groups and sync (the `[im]` table).
+    pub im: ImConfig,
+    /// The admin HTTP/JSON API (the `[admin]` table).
+    pub admin: AdminConfig,
     /// Durability of the storage writer.
     pub storage: StorageConfig,
     /// Logging.
@@ -63,8 +69,11 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 1883)),
             data_dir: PathBuf::from("./tern-data"),
-            allow_anonymous: true,
+            allow_anonymous: AnonymousPolicy::Loopback,
+            anonymous_identity: AnonymousIdentity::Username,
             limits: Limits::default(),
+            im: ImConfig::default(),
+            admin: AdminConfig::default(),
             storage: StorageConfig::default(),
             log: LogConfig::default(),
         }
@@ -138,6 +147,135 @@ impl Default for Limits {
             max_session_expiry_secs: 7 * 24 * 60 * 60,
             max_retained_messages: 1_000_000,
             outbound_channel_capacity: 1_024,
+        }
+    }
+}
+
+/// Whether clients without credentials are accepted (`allow_anonymous`: `true`, `false` or
+/// `"loopback"`). An anonymous client acts as the user its user name names (development:
+/// `mosquitto_sub -u alice`), or without one as the user named by its client id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AnonymousPolicy {
+    /// Only while the listener is bound to a loopback address.
+    #[default]
+    Loopback,
+    Always,
+    Never,
+}
+
+impl AnonymousPolicy {
+    /// Whether a listener bound to `listen` accepts anonymous clients.
+    pub fn allows(self, listen: SocketAddr) -> bool {
+        match self {
+            AnonymousPolicy::Loopback => listen.ip().is_loopback(),
+            AnonymousPolicy::Always => true,
+            AnonymousPolicy::Never => false,
+        }
+    }
+}
+
+impl Serialize for AnonymousPolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AnonymousPolicy::Loopback => s.serialize_str("loopback"),
+            AnonymousPolicy::Always => s.serialize_bool(true),
+            AnonymousPolicy::Never => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AnonymousPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Flag(bool),
+            Word(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Flag(true) => Ok(AnonymousPolicy::Always),
+            Repr::Flag(false) => Ok(AnonymousPolicy::Never),
+            Repr::Word(w) if w == "loopback" => Ok(AnonymousPolicy::Loopback),
+            Repr::Word(other) => Err(serde::de::Error::custom(format!(
+                "expected true, false or \"loopback\", found {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Which user id an anonymous client gets (`anonymous_identity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnonymousIdentity {
+    /// The user name it sends (development: `-u alice` is alice), or its client id without
+    /// one.
+    #[default]
+    Username,
+    /// Always its client id: an anonymous device can never act as a named user.
+    ClientId,
+}
+
+/// The IM layer (the `[im]` table): users' devices, inbox logs, groups, sync, duplicates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImConfig {
+    /// Connections one user may hold at once; connecting one more closes the user's oldest
+    /// (v5: DISCONNECT 0x98 with a reason string). Default 8; 0 = no limit.
+    pub max_devices_per_user: usize,
+    /// Members one group may have. Default 10_000; at least 1.
+    pub max_group_members: usize,
+    /// Inbox log entries kept per user; older ones are trimmed. Default 10_000; at least 1.
+    pub inbox_max_messages: u64,
+    /// Age after which chat messages are deleted from the inbox logs (and from offline
+    /// queues that still refer to them). Default 30 days; at least 60.
+    pub inbox_max_age_secs: u64,
+    /// How long a (sender, msgid) pair is remembered to drop resends. Default 600; 0 = off.
+    pub dedup_window_secs: u64,
+    /// How many (sender, msgid) pairs are remembered at most. Default 100_000.
+    pub dedup_window_entries: usize,
+    /// Inbox entries replayed per `$sync` request; the end marker says if more remain.
+    /// Default 1_000; range 1..=limits.max_queued_messages.
+    pub sync_max_messages: usize,
+    /// User ids with the operator role (may publish to `broadcast/...`), besides users
+    /// created with it. Default none.
+    pub operators: Vec<String>,
+}
+
+impl Default for ImConfig {
+    fn default() -> Self {
+        ImConfig {
+            max_devices_per_user: 8,
+            max_group_members: 10_000,
+            inbox_max_messages: 10_000,
+            inbox_max_age_secs: 30 * 24 * 60 * 60,
+            dedup_window_secs: 600,
+            dedup_window_entries: 100_000,
+            sync_max_messages: 1_000,
+            operators: Vec::new(),
+        }
+    }
+}
+
+/// The admin HTTP/JSON API (the `[admin]` table), used by `tern` subcommands and by
+/// application servers to provision users and groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the API. Default true.
+    pub enabled: bool,
+    /// Address of the API. Default `127.0.0.1:8081` (loopback only).
+    pub listen: SocketAddr,
+    /// Bearer token every request must carry. Empty (default): a random token is generated
+    /// at start and written to `{data_dir}/admin.token` (mode 0600), where the CLI finds it.
+    pub token: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)),
+            token: String::new(),
         }
     }
 }
@@ -245,7 +383,8 @@ impl Config {
     }
 
     /// Defaults, then the `--config` file if given, then the command-line overrides
-    /// (`--listen`, `--data-dir`, `--log-level`), then [`validate`](Self::validate).
+    /// (`--listen`, `--data-dir`, `--log-level`, `--admin-listen`), then
+    /// [`validate`](Self::validate).
     pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
         // Validation waits until the flags are applied: a value the command line overrides
         // must not stop the start.
@@ -261,6 +400,9 @@ impl Config {
         }
         if let Some(level) = &args.log_level {
             config.log.level = level.clone();
+        }
+        if let Some(listen) = args.admin_listen {
+            config.admin.listen = listen;
         }
         config.validate()?;
         Ok(config)
@@ -321,6 +463,27 @@ impl Config {
         let s = &self.storage;
         check_range("storage.sync_interval_ms", s.sync_interval_ms, 1, 10_000)?;
         check_min("storage.writer_queue", to_u64(s.writer_queue), 1)?;
+
+        let im = &self.im;
+        check_min("im.max_group_members", to_u64(im.max_group_members), 1)?;
+        check_min("im.inbox_max_messages", im.inbox_max_messages, 1)?;
+        check_min("im.inbox_max_age_secs", im.inbox_max_age_secs, 60)?;
+        check_range(
+            "im.sync_max_messages",
+            to_u64(im.sync_max_messages),
+            1,
+            to_u64(l.max_queued_messages),
+        )?;
+        if let Some(bad) = im
+            .operators
+            .iter()
+            .find(|o| !crate::im::topics::valid_id(o))
+        {
+            return Err(invalid(
+                "im.operators",
+                format!("{bad:?} is not a usable user id"),
+            ));
+        }
 
         validate_log_level(&self.log.level)?;
         Ok(())
@@ -488,7 +651,11 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.listen, "127.0.0.1:1883".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("./tern-data"));
-        assert!(c.allow_anonymous);
+        assert_eq!(c.allow_anonymous, AnonymousPolicy::Loopback);
+        assert!(c.allow_anonymous.allows(c.listen));
+        assert!(!c.allow_anonymous.allows("0.0.0.0:1883".parse().unwrap()));
+        assert_eq!(c.im.max_devices_per_user, 8);
+        assert_eq!(c.admin.listen, "127.0.0.1:8081".parse().unwrap());
         assert_eq!(c.limits.max_packet_size, 1_048_576);
         assert_eq!(c.limits.max_inflight, 32);
         assert_eq!(c.limits.max_queued_messages, 10_000);
@@ -697,7 +864,34 @@ mod tests {
     #[test]
     fn load_reads_the_file() {
         let file = config_file("allow_anonymous = false\n");
-        assert!(!Config::load(file.path()).unwrap().allow_anonymous);
+        assert_eq!(
+            Config::load(file.path()).unwrap().allow_anonymous,
+            AnonymousPolicy::Never
+        );
+    }
+
+    #[test]
+    fn allow_anonymous_takes_a_flag_or_loopback() {
+        assert_eq!(
+            parse("allow_anonymous = true").unwrap().allow_anonymous,
+            AnonymousPolicy::Always
+        );
+        assert_eq!(
+            parse("allow_anonymous = \"loopback\"")
+                .unwrap()
+                .allow_anonymous,
+            AnonymousPolicy::Loopback
+        );
+        let err = parse_error("allow_anonymous = \"sometimes\"");
+        assert!(
+            err.contains("allow_anonymous") && err.contains("loopback"),
+            "{err}"
+        );
+        assert_eq!(invalid_key("[im]\noperators = [\"a/b\"]"), "im.operators");
+        assert_eq!(
+            invalid_key("[im]\nsync_max_messages = 0"),
+            "im.sync_max_messages"
+        );
     }
 
     #[test]
@@ -719,11 +913,13 @@ mod tests {
             listen: Some("127.0.0.1:2883".parse().unwrap()),
             data_dir: Some(PathBuf::from("/from/cli")),
             log_level: Some("warn".to_string()),
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         };
         let c = Config::from_args(&args).unwrap();
         assert_eq!(c.listen, "127.0.0.1:2883".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("/from/cli"));
         assert_eq!(c.log.level, "warn");
+        assert_eq!(c.admin.listen, "127.0.0.1:0".parse().unwrap());
         // Keys without a flag still come from the file.
         assert_eq!(c.limits.max_inflight, 7);
 

@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tern_codec::{
     decode, ByteString, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol,
-    QoS, ReasonCode, SubAck, UnsubAck,
+    QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use tern_storage::{Op, QueueState, Writer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,9 +29,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::im::acl::{check_filter, FilterDecision};
+use crate::im::auth::{authenticate, AuthError, Credentials, Identity};
+use crate::im::inbox::{for_recipient, parse_sync_request, sync_end};
+use crate::im::topics::{classify, Address};
 use crate::message::{now_ms, Delivery, Message, SessionId};
 use crate::router::{
-    sleep_until_opt, Attached, Command, ConnId, ConnectRequest, Outbound, RouterHandle, WillRequest,
+    sleep_until_opt, Attached, ChatPublish, CloseReason, Command, ConnId, ConnectRequest, Outbound,
+    RouterHandle, WillRequest,
 };
 use crate::session::{Close, Effect, Session, SessionParams};
 
@@ -57,6 +62,8 @@ pub enum ConnectionError {
     Refused(ReasonCode),
     #[error("closed by the broker: {} ({:?})", .0.why, .0.reason)]
     Closed(Close),
+    #[error("closed by the broker: {} ({:?})", .0.why, .0.code)]
+    ClosedBy(CloseReason),
     #[error("the broker is stopping")]
     RouterGone,
     #[error("storage: {0}")]
@@ -74,6 +81,8 @@ const READ_BUFFER: usize = 4 * 1024;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Storage pages read per backlog refill.
 const BACKLOG_PAGE: usize = 256;
+/// Bound of each connection's broadcast lane (system broadcasts, below chat in priority).
+const BROADCAST_LANE: usize = 64;
 
 /// Serves one accepted socket until it closes.
 pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
@@ -167,8 +176,14 @@ struct Connection {
     session: Session,
     keep_alive: Option<Duration>,
     outbox: mpsc::Receiver<Outbound>,
-    close: oneshot::Receiver<ReasonCode>,
+    /// System broadcasts: taken only while `outbox` (chat) is empty.
+    broadcast: mpsc::Receiver<Outbound>,
+    close: oneshot::Receiver<CloseReason>,
     lagged: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
+    identity: Identity,
+    /// Publishes refused by the IM rules (inbox, broadcast without the operator role).
+    refused: u64,
     backlog: Option<Backlog>,
     /// One past the highest durable queue position handed to the session.
     next_stored: u64,
@@ -202,9 +217,6 @@ impl Connection {
             if connect.client_id.is_empty() && protocol == Protocol::V311 && !connect.clean_start {
                 // 3.1.1: an empty client ID needs a clean session [MQTT-3.1.3-8].
                 Some(ReasonCode::ClientIdentifierNotValid)
-            } else if !ctx.config.allow_anonymous {
-                // No user database yet: without anonymous access nobody can log in.
-                Some(ReasonCode::BadUserNameOrPassword)
             } else if props.authentication_method.is_some() {
                 Some(ReasonCode::BadAuthenticationMethod)
             } else {
@@ -224,6 +236,19 @@ impl Connection {
             id
         } else {
             connect.client_id.clone()
+        };
+        let identity = match login(&ctx, &connect, &client_id).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                let code = match e {
+                    AuthError::BadCredentials => ReasonCode::BadUserNameOrPassword,
+                    AuthError::NotAuthorized => ReasonCode::NotAuthorized,
+                    AuthError::Storage(_) => ReasonCode::ServerUnavailable,
+                };
+                tracing::info!(client_id = %client_id, user = ?connect.username, "login refused: {e}");
+                write_packets(&mut writer, protocol, [Packet::ConnAck(refuse(code))]).await?;
+                return Err(ConnectionError::Refused(code));
+            }
         };
         let expiry_secs = match protocol {
             Protocol::V5 => {
@@ -246,24 +271,51 @@ impl Connection {
             connack_props.server_keep_alive = Some(keep_alive);
         }
 
+        if let Some(will) = &connect.will {
+            // A will is published by the broker with no chat routing: it may not forge an
+            // inbox entry, a DM, a group message, or (without the role) a broadcast.
+            let allowed = match classify(&will.topic) {
+                Address::Plain => true,
+                Address::Broadcast => identity.operator,
+                _ => false,
+            };
+            if !allowed {
+                tracing::info!(client_id = %client_id, topic = %will.topic, "will topic refused");
+                let code = ReasonCode::NotAuthorized;
+                write_packets(&mut writer, protocol, [Packet::ConnAck(refuse(code))]).await?;
+                return Err(ConnectionError::Refused(code));
+            }
+        }
         let (outbox_tx, outbox) = mpsc::channel(limits.outbound_channel_capacity);
+        let (broadcast_tx, broadcast) = mpsc::channel(BROADCAST_LANE);
         let (close_tx, close) = oneshot::channel();
         let lagged = Arc::new(AtomicBool::new(false));
-        let attached: Attached = ctx
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let attached: Result<Attached, ReasonCode> = ctx
             .router
             .call(|reply| Command::Connect {
                 request: ConnectRequest {
                     client_id: client_id.clone(),
+                    user: identity.user.clone(),
                     clean_start: connect.clean_start,
                     expiry_secs,
                     protocol,
                     outbox: outbox_tx,
+                    broadcast: broadcast_tx,
                     close: close_tx,
                     lagged: lagged.clone(),
+                    in_flight: in_flight.clone(),
                 },
                 reply,
             })
             .await?;
+        let attached = match attached {
+            Ok(attached) => attached,
+            Err(code) => {
+                write_packets(&mut writer, protocol, [Packet::ConnAck(refuse(code))]).await?;
+                return Err(ConnectionError::Refused(code));
+            }
+        };
         let persistent = expiry_secs > 0 || attached.backlog_upto.is_some();
 
         let params = SessionParams {
@@ -333,6 +385,7 @@ impl Connection {
         });
         tracing::debug!(
             client_id = %client_id,
+            user = %identity.user,
             ?protocol,
             session_present = attached.session_present,
             persistent,
@@ -353,8 +406,12 @@ impl Connection {
             keep_alive: (keep_alive > 0)
                 .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
             outbox,
+            broadcast,
             close,
             lagged,
+            in_flight,
+            identity,
+            refused: 0,
             backlog: attached.backlog_upto.map(|upto| Backlog { upto }),
             next_stored: 0,
             sent_before: attached.sent.into_iter().collect(),
@@ -419,9 +476,10 @@ impl Connection {
             let take_live = self.backlog.is_none() && self.session.has_room();
             tokio::select! {
                 reason = &mut self.close => {
-                    let reason = reason.unwrap_or(ReasonCode::ServerShuttingDown);
-                    self.server_disconnect(reason, "").await;
-                    return Ok(());
+                    let reason = reason
+                        .unwrap_or_else(|_| CloseReason::new(ReasonCode::ServerShuttingDown, ""));
+                    self.server_disconnect(reason.code, &reason.why).await;
+                    return Err(ConnectionError::ClosedBy(reason));
                 }
                 read = self.reader.read_buf(&mut self.rbuf), if !self.session.inbound_full() => {
                     if read? == 0 {
@@ -444,6 +502,11 @@ impl Connection {
                             Err(_) => break,
                         }
                     }
+                }
+                // Broadcasts only while no chat message waits: a DM overtakes them.
+                Some(outbound) = self.broadcast.recv(), if take_live && self.outbox.is_empty() => {
+                    let Outbound::Deliver(delivery) = outbound;
+                    self.deliver_live(delivery);
                 }
                 Some((packet_id, qos, reason)) = self.acks.next(), if !self.acks.is_empty() => {
                     let was_full = self.session.inbound_full();
@@ -542,6 +605,12 @@ impl Connection {
                 break;
             }
             self.next_stored = seq + 1;
+            if queued.message_ref.is_some() {
+                // Its chat message was deleted by retention (im.inbox_max_age_secs).
+                tracing::debug!(client_id = %self.client_id, seq, "queued chat message expired");
+                self.dequeue(seq).await;
+                continue;
+            }
             match Delivery::from_queued(seq, queued) {
                 Ok(mut delivery) => {
                     delivery.dup = self.sent_before.remove(&seq);
@@ -598,15 +667,25 @@ impl Connection {
                 Effect::Subscribe(subscribe) => {
                     let packet_id = subscribe.packet_id;
                     let session = self.session_id;
-                    let reply = self
-                        .ctx
-                        .router
-                        .call(|reply| Command::Subscribe {
-                            session,
-                            subscribe,
-                            reply,
-                        })
-                        .await?;
+                    let (subscribe, refused) = self.apply_acl(subscribe);
+                    let mut reply = if subscribe.filters.is_empty() {
+                        crate::router::SubscribeReply {
+                            reasons: Vec::new(),
+                            retained: Vec::new(),
+                        }
+                    } else {
+                        self.ctx
+                            .router
+                            .call(|reply| Command::Subscribe {
+                                session,
+                                subscribe,
+                                reply,
+                            })
+                            .await?
+                    };
+                    for index in refused {
+                        reply.reasons.insert(index, ReasonCode::NotAuthorized);
+                    }
                     self.queue_packet(Packet::SubAck(SubAck {
                         packet_id,
                         properties: Properties::default(),
@@ -617,9 +696,10 @@ impl Connection {
                         let _ = self.session.deliver(delivery, now_ms());
                     }
                 }
-                Effect::Unsubscribe(unsubscribe) => {
+                Effect::Unsubscribe(mut unsubscribe) => {
                     let packet_id = unsubscribe.packet_id;
                     let session = self.session_id;
+                    self.narrow_unsubscribe(&mut unsubscribe);
                     let reasons = self
                         .ctx
                         .router
@@ -666,14 +746,87 @@ impl Connection {
         if !ops.is_empty() {
             self.ctx.writer.submit_detached(ops).await;
         }
+        self.in_flight
+            .store(self.session.in_flight(), Ordering::Relaxed);
         Ok(())
     }
 
+    /// The inbox rule on a SUBSCRIBE: filters narrowed to the user's own inbox, refused
+    /// ones taken out. Returns what goes to the router and the indexes of refused filters
+    /// (ascending), whose SUBACK reason is "not authorized".
+    fn apply_acl(&self, mut subscribe: Subscribe) -> (Subscribe, Vec<usize>) {
+        let mut refused = Vec::new();
+        let filters = std::mem::take(&mut subscribe.filters);
+        for (index, (filter, options)) in filters.into_iter().enumerate() {
+            match check_filter(&self.identity.user, &filter) {
+                FilterDecision::Allow => subscribe.filters.push((filter, options)),
+                FilterDecision::Narrow(narrowed) => {
+                    tracing::debug!(user = %self.identity.user, %filter, %narrowed, "filter narrowed to the user's inbox");
+                    subscribe
+                        .filters
+                        .push((ByteString::from(narrowed), options));
+                }
+                FilterDecision::Refuse => {
+                    tracing::info!(client_id = %self.client_id, user = %self.identity.user, %filter, "subscription to another user's inbox refused");
+                    refused.push(index);
+                }
+            }
+        }
+        (subscribe, refused)
+    }
+
+    /// Unsubscribing names the filter as subscribed: narrowed the same way.
+    fn narrow_unsubscribe(&self, unsubscribe: &mut Unsubscribe) {
+        for filter in &mut unsubscribe.filters {
+            if let FilterDecision::Narrow(narrowed) = check_filter(&self.identity.user, filter) {
+                *filter = ByteString::from(narrowed);
+            }
+        }
+    }
+
+    /// Routes a client's PUBLISH by what its topic addresses (see `im::topics`).
     async fn publish(
         &mut self,
         message: Arc<Message>,
         ack: Option<(u16, QoS)>,
     ) -> Result<(), ConnectionError> {
+        let refusal = match classify(&message.topic) {
+            Address::Plain => None,
+            Address::Direct { .. } | Address::Group { .. } => {
+                return self.publish_chat(message, ack).await;
+            }
+            Address::Sync => {
+                self.sync(&message).await?;
+                if let Some((packet_id, qos)) = ack {
+                    self.acks
+                        .push_back(ready_ack(packet_id, qos, ReasonCode::Success));
+                }
+                return Ok(());
+            }
+            Address::Broadcast if self.identity.operator => None,
+            Address::Broadcast => Some((
+                ReasonCode::NotAuthorized,
+                "broadcast needs the operator role",
+            )),
+            Address::Inbox => Some((
+                ReasonCode::NotAuthorized,
+                "only the broker publishes into inboxes",
+            )),
+            Address::Malformed => Some((
+                ReasonCode::TopicNameInvalid,
+                "dm/{user} and group/{gid} take exactly one more level",
+            )),
+        };
+        if let Some((reason, why)) = refusal {
+            // 3.1.1 acknowledgements carry no reason: the message is dropped, logged and
+            // counted, and acknowledged as usual.
+            self.refused += 1;
+            tracing::info!(client_id = %self.client_id, user = %self.identity.user, topic = %message.topic, "publish refused: {why}");
+            if let Some((packet_id, qos)) = ack {
+                self.acks.push_back(ready_ack(packet_id, qos, reason));
+            }
+            return Ok(());
+        }
         let Some((packet_id, qos)) = ack else {
             self.ctx
                 .router
@@ -696,10 +849,128 @@ impl Connection {
                 reply: Some(reply),
             })
             .await?;
-        // Acknowledge in order, once routed and durable; meanwhile keep reading.
+        self.await_ack(packet_id, qos, routed);
+        Ok(())
+    }
+
+    /// A direct or group message: one router command carries it to every inbox.
+    async fn publish_chat(
+        &mut self,
+        message: Arc<Message>,
+        ack: Option<(u16, QoS)>,
+    ) -> Result<(), ConnectionError> {
+        let message = Arc::unwrap_or_clone(message);
+        let inbound_qos2 = ack
+            .filter(|(_, qos)| self.persistent && *qos == QoS::ExactlyOnce)
+            .map(|(packet_id, _)| (self.client_id.clone(), packet_id));
+        let chat = Box::new(ChatPublish {
+            from: self.identity.user.clone(),
+            message,
+            inbound_qos2,
+        });
+        let Some((packet_id, qos)) = ack else {
+            self.ctx
+                .router
+                .send(Command::Chat { chat, reply: None })
+                .await?;
+            return Ok(());
+        };
+        let (reply, routed) = oneshot::channel();
+        self.ctx
+            .router
+            .send(Command::Chat {
+                chat,
+                reply: Some(reply),
+            })
+            .await?;
+        self.await_ack(packet_id, qos, routed);
+        Ok(())
+    }
+
+    /// Replays the user's inbox log after the seq in the `$sync` payload, to this
+    /// connection only, then announces the end on `inbox/{user}/sync`.
+    async fn sync(&mut self, request: &Message) -> Result<(), ConnectionError> {
+        let user = self.identity.user.clone();
+        let after = match parse_sync_request(&request.payload) {
+            Ok(after) => after,
+            Err(e) => {
+                tracing::info!(client_id = %self.client_id, "bad sync request: {e}");
+                None
+            }
+        };
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        let limit = self.ctx.config.im.sync_max_messages;
+        self.ctx
+            .writer
+            .barrier()
+            .await
+            .map_err(|e| ConnectionError::Storage(e.to_string()))?;
+        let store = self.ctx.writer.store().clone();
+        let who = user.clone();
+        let (entries, (_, next)) = tokio::task::spawn_blocking(move || {
+            Ok::<_, tern_storage::StorageError>((
+                store.inbox(&who, from, limit)?,
+                store.inbox_bounds(&who)?,
+            ))
+        })
+        .await
+        .map_err(|e| ConnectionError::Storage(e.to_string()))?
+        .map_err(|e| ConnectionError::Storage(e.to_string()))?;
+        let mut last = None;
+        let mut more = entries.len() == limit;
+        let now = now_ms();
+        for (seq, entry, stored) in entries {
+            // Deleted by retention, or not a chat message: nothing to replay.
+            let Some(stored) = stored else { continue };
+            let copy = Message::from_stored(stored)
+                .ok()
+                .and_then(|m| for_recipient(&m, &user, entry.role, seq));
+            let Some(copy) = copy else { continue };
+            let qos = copy.qos.min(QoS::AtLeastOnce);
+            let delivery = Delivery {
+                message: Arc::new(copy),
+                qos,
+                retain: false,
+                subscription_ids: Vec::new(),
+                seq: None,
+                dup: false,
+                released: false,
+            };
+            if self.session.deliver(delivery, now).is_err() {
+                more = true;
+                break;
+            }
+            last = Some(seq);
+        }
+        let end = sync_end(&user, after, last, next, more);
+        let delivery = Delivery {
+            qos: end.qos,
+            message: Arc::new(end),
+            retain: false,
+            subscription_ids: Vec::new(),
+            seq: None,
+            dup: false,
+            released: false,
+        };
+        let _ = self.session.deliver(delivery, now);
+        Ok(())
+    }
+
+    /// Acknowledges in order, once routed and durable; meanwhile the connection keeps
+    /// reading.
+    fn await_ack(
+        &mut self,
+        packet_id: u16,
+        qos: QoS,
+        routed: oneshot::Receiver<crate::router::Routed>,
+    ) {
         self.acks.push_back(Box::pin(async move {
             let reason = match routed.await {
                 Err(_) => ReasonCode::ServerUnavailable,
+                Ok(crate::router::Routed {
+                    refused: Some(reason),
+                    ..
+                }) => reason,
                 Ok(routed) => match routed.durable.await {
                     Err(e) => {
                         tracing::error!("durable write failed, publish refused: {e}");
@@ -711,7 +982,6 @@ impl Connection {
             };
             (packet_id, qos, reason)
         }));
-        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), ConnectionError> {
@@ -750,6 +1020,42 @@ impl Connection {
         let _ = self.flush().await;
         let _ = self.writer.shutdown().await;
     }
+}
+
+/// An acknowledgement decided without the router (refusals, sync requests).
+fn ready_ack(packet_id: u16, qos: QoS, reason: ReasonCode) -> AckFuture {
+    Box::pin(std::future::ready((packet_id, qos, reason)))
+}
+
+/// Who the client is (see `im::auth`): the store read and argon2 run on a blocking thread.
+async fn login(
+    ctx: &Arc<Context>,
+    connect: &Connect,
+    client_id: &ByteString,
+) -> Result<Identity, AuthError> {
+    let store = ctx.writer.store().clone();
+    let username = connect.username.as_ref().map(|u| u.to_string());
+    let password = connect.password.clone();
+    let client_id = client_id.to_string();
+    let anonymous_allowed = ctx.config.allow_anonymous.allows(ctx.config.listen);
+    let anonymous_by_client_id =
+        ctx.config.anonymous_identity == crate::config::AnonymousIdentity::ClientId;
+    let operators = ctx.config.im.operators.clone();
+    tokio::task::spawn_blocking(move || {
+        authenticate(
+            &*store,
+            &Credentials {
+                username: username.as_deref(),
+                password: password.as_deref(),
+                client_id: &client_id,
+                anonymous_allowed,
+                anonymous_by_client_id,
+                operators: &operators,
+            },
+        )
+    })
+    .await
+    .map_err(|e| AuthError::Storage(e.to_string()))?
 }
 
 /// A random-enough suffix for assigned client IDs (unique per process and time).

@@ -11,10 +11,15 @@
 //! - [`router`]: the one owner of subscriptions, retained messages and session placement.
 //! - [`subscriptions`] and [`retained`]: the topic tries the router matches with.
 //! - [`message`]: the routed message and the per-subscriber delivery.
+//! - [`im`]: the chat layer: users, inbox ACL, direct and group messages, sync.
+//! - [`admin`]: the operator side: the admin HTTP/JSON API and the `tern` subcommands that
+//!   inspect and change a broker, running or stopped.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod im;
 pub mod message;
 pub mod retained;
 pub mod router;
@@ -25,6 +30,30 @@ pub mod subscriptions;
 use std::process::ExitCode;
 
 use config::{Config, LogFormat};
+
+/// The whole `tern` command line: `serve`, every operator subcommand, or a short usage
+/// text without one. The `tern` binary and the conformance tests' `tern-test-broker` both
+/// call this, so tests run exactly what operators run.
+pub fn run(cli: cli::Cli) -> ExitCode {
+    match cli.command {
+        None => {
+            println!(
+                "tern {}: an MQTT broker for instant messaging",
+                env!("CARGO_PKG_VERSION")
+            );
+            println!(
+                "usage: tern serve [--config FILE] [--listen ADDR:PORT] [--data-dir DIR] [--log-level LEVEL]"
+            );
+            println!(
+                "       tern retained|sessions|queue|user|group|inbox ... (operator commands)"
+            );
+            println!("       tern --help for every command");
+            ExitCode::SUCCESS
+        }
+        Some(cli::Command::Serve(args)) => serve_command(&args),
+        Some(command) => admin::command::run(command),
+    }
+}
 
 /// `tern serve`: load the configuration, start logging, run the broker until SIGINT/SIGTERM.
 pub fn serve_command(args: &cli::ServeArgs) -> ExitCode {

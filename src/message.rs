@@ -140,6 +140,7 @@ impl Delivery {
         message.retain = self.retain;
         QueuedMessage {
             message,
+            message_ref: None,
             state: if self.released {
                 QueueState::Released
             } else {

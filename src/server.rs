@@ -3,6 +3,10 @@
 //!
 //! [`Server::start`] binds and loads; [`Server::run`] serves until the given shutdown future
 //! resolves, which makes the whole broker easy to run inside a test on `127.0.0.1:0`.
+//!
+//! With `admin.enabled`, the admin HTTP API ([`crate::admin::http`]) is bound at start too,
+//! served by [`Server::run`] beside the MQTT listener, and stopped with it (before the router,
+//! so that requests in progress are answered).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::admin::http::{AdminError, AdminServer};
 use crate::config::{Config, SyncMode};
 use crate::connection::{self, Context};
 use crate::router::{Command, Router, RouterHandle, RouterLimits};
@@ -37,12 +42,15 @@ pub enum ServerError {
     },
     #[error("storage: {0}")]
     Storage(#[from] tern_storage::StorageError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 pub struct Server {
     listener: TcpListener,
     ctx: Arc<Context>,
     router_task: tokio::task::JoinHandle<()>,
+    admin: Option<AdminServer>,
 }
 
 impl Server {
@@ -80,6 +88,7 @@ impl Server {
             max_subscriptions_per_session: limits.max_subscriptions_per_session,
             max_queued_messages: limits.max_queued_messages,
             max_retained_messages: limits.max_retained_messages,
+            im: config.im.clone(),
         };
         let load_writer = writer.clone();
         let router = tokio::task::spawn_blocking(move || Router::load(router_limits, load_writer))
@@ -88,13 +97,36 @@ impl Server {
                 what: format!("loading state panicked: {e}"),
             })??;
         let (router, router_task) = router.spawn(ROUTER_QUEUE);
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
+        let listener = match TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(source) => {
+                abandon(&router, router_task, &writer).await;
+                return Err(ServerError::Bind {
                     addr: config.listen,
                     source,
-                })?;
+                });
+            }
+        };
+        let admin = if config.admin.enabled {
+            match AdminServer::bind(&config, router.clone(), writer.clone()).await {
+                Ok(admin) => {
+                    if !admin.local_addr().ip().is_loopback() {
+                        tracing::warn!(
+                            api = %admin.local_addr(),
+                            "the admin API is reachable beyond this host over plain HTTP: \
+                             keep its token secret and put TLS in front"
+                        );
+                    }
+                    Some(admin)
+                }
+                Err(e) => {
+                    abandon(&router, router_task, &writer).await;
+                    return Err(e.into());
+                }
+            }
+        } else {
+            None
+        };
         Ok(Server {
             listener,
             ctx: Arc::new(Context {
@@ -103,7 +135,13 @@ impl Server {
                 writer,
             }),
             router_task,
+            admin,
         })
+    }
+
+    /// Where the admin API listens (`None` with `admin.enabled = false`).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -120,7 +158,15 @@ impl Server {
             listener,
             ctx,
             router_task,
+            admin,
         } = self;
+        // Dropped without a send (this future dropped) stops the API too.
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = admin.map(|admin| {
+            tokio::spawn(admin.serve(async move {
+                let _ = admin_stopped.await;
+            }))
+        });
         let slots = Arc::new(Semaphore::new(ctx.config.limits.max_connections));
         let mut connections = JoinSet::new();
         tracing::info!(
@@ -159,6 +205,17 @@ impl Server {
         }
         tracing::info!("stopping: closing connections");
         drop(listener);
+        // The API first, while the router still answers the requests in progress.
+        let _ = admin_stop.send(());
+        if let Some(mut task) = admin_task {
+            if tokio::time::timeout(DRAIN_DEADLINE, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("admin API requests did not finish in time; aborting them");
+                task.abort();
+            }
+        }
         // The router tells every connection to close (v5: DISCONNECT 0x8B) and stops.
         let _ = ctx.router.call(|reply| Command::Shutdown { reply }).await;
         let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
@@ -173,6 +230,16 @@ impl Server {
         ctx.writer.shutdown().await?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Undoes a start that failed half-way: stops the router and closes storage, so that the
+/// data directory is released.
+async fn abandon(router: &RouterHandle, router_task: tokio::task::JoinHandle<()>, writer: &Writer) {
+    let _ = router.call(|reply| Command::Shutdown { reply }).await;
+    let _ = router_task.await;
+    if let Err(e) = writer.shutdown().await {
+        tracing::warn!("closing storage after a failed start: {e}");
     }
 }
 

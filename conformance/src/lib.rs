@@ -17,18 +17,23 @@ use tokio::sync::oneshot;
 /// How long a test waits for any one expected event before failing.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A config for tests: a free port on 127.0.0.1 and the given data directory.
+/// A config for tests: free ports on 127.0.0.1 (MQTT and the admin API) and the given data
+/// directory.
 pub fn test_config(data_dir: &Path) -> Config {
-    Config {
+    let mut config = Config {
         listen: "127.0.0.1:0".parse().expect("literal address"),
         data_dir: data_dir.to_path_buf(),
         ..Config::default()
-    }
+    };
+    config.admin.listen = "127.0.0.1:0".parse().expect("literal address");
+    config
 }
 
 /// The broker running inside the test process.
 pub struct Broker {
     pub addr: SocketAddr,
+    /// The admin API's address (`None` with `admin.enabled = false`).
+    pub admin: Option<SocketAddr>,
     pub config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -56,6 +61,7 @@ impl Broker {
     pub async fn start_config(config: Config) -> Broker {
         let server = Server::start(config.clone()).await.expect("broker starts");
         let addr = server.local_addr().expect("bound address");
+        let admin = server.admin_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -67,6 +73,7 @@ impl Broker {
         });
         Broker {
             addr,
+            admin,
             config,
             stop: Some(stop),
             task: Some(task),
@@ -76,6 +83,22 @@ impl Broker {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// `http://{admin address}`; panics if the admin API is off.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin.expect("the admin API is enabled"))
+    }
+
+    /// The admin API's token: the configured one, or the one the broker generated into
+    /// `{data_dir}/admin.token`.
+    pub fn admin_token(&self) -> String {
+        if !self.config.admin.token.is_empty() {
+            return self.config.admin.token.clone();
+        }
+        tern::admin::token::read_token(&self.config.data_dir)
+            .expect("read admin.token")
+            .expect("the broker wrote admin.token")
     }
 
     /// Stops the broker cleanly and waits until storage is closed.
@@ -114,7 +137,14 @@ impl BrokerProcess {
     /// Starts `tern serve` on a free port with `data_dir`; extra CLI args are appended.
     pub async fn start(binary: &str, data_dir: &Path, extra: &[&str]) -> BrokerProcess {
         let mut child = tokio::process::Command::new(binary)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "info")

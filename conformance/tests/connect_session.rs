@@ -379,7 +379,9 @@ async fn mqtt_3_2_2_16_v5_empty_client_id_gets_assigned_client_identifier() {
     ping(&mut second).await;
 
     // The assigned ID is the session's: reconnecting with it resumes the session.
-    first.subscribe(1, "inbox/assigned", QoS::AtLeastOnce).await;
+    first
+        .subscribe(1, "mailbox/assigned", QoS::AtLeastOnce)
+        .await;
     disconnect(first).await;
     let (mut again, present) = connect_ok(
         broker.addr,
@@ -392,7 +394,7 @@ async fn mqtt_3_2_2_16_v5_empty_client_id_gets_assigned_client_identifier() {
     assert!(present, "reconnect with the assigned ID found no session");
     let mut sender = publisher(broker.addr, "assigned-pub").await;
     sender
-        .publish_qos1(1, "inbox/assigned", "for the assigned id", false)
+        .publish_qos1(1, "mailbox/assigned", "for the assigned id", false)
         .await;
     assert_eq!(
         payload(&expect_publish(&mut again).await),
@@ -400,13 +402,14 @@ async fn mqtt_3_2_2_16_v5_empty_client_id_gets_assigned_client_identifier() {
     );
 }
 
-/// allow_anonymous = false: a client without credentials gets CONNACK "bad user name or
-/// password", without session present (the rule `session_present_rule`), and the close.
+/// allow_anonymous = false: a client without credentials gets CONNACK "not authorized",
+/// without session present (the rule `session_present_rule`), and the close.
 async fn anonymous_refused(protocol: Protocol, client_id: &str, session_present_rule: &str) {
-    let broker = Broker::start_with(|c| c.allow_anonymous = false).await;
+    let broker =
+        Broker::start_with(|c| c.allow_anonymous = tern::config::AnonymousPolicy::Never).await;
     let (mut client, ack) =
         RawClient::open(broker.addr, protocol, client_id, true, no_change).await;
-    assert_eq!(ack.code, ReasonCode::BadUserNameOrPassword, "{ack:?}");
+    assert_eq!(ack.code, ReasonCode::NotAuthorized, "{ack:?}");
     assert!(
         !ack.session_present,
         "refused CONNACK with session present [{session_present_rule}]"
@@ -418,15 +421,15 @@ async fn anonymous_refused(protocol: Protocol, client_id: &str, session_present_
     );
 }
 
-/// 3.1.1: CONNACK 0x04 (bad user name or password).
+/// 3.1.1: CONNACK 0x05 (not authorized).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_3_2_2_3_anonymous_refused_v311_connack_0x04() {
+async fn mqtt_3_2_2_3_anonymous_refused_v311_connack_0x05() {
     anonymous_refused(Protocol::V311, "anon-311", "MQTT-3.2.2-4").await;
 }
 
-/// v5: CONNACK 0x86.
+/// v5: CONNACK 0x87.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_3_2_2_2_anonymous_refused_v5_connack_0x86() {
+async fn mqtt_3_2_2_2_anonymous_refused_v5_connack_0x87() {
     anonymous_refused(Protocol::V5, "anon-v5", "MQTT-3.2.2-6").await;
 }
 
@@ -565,7 +568,7 @@ async fn mqtt_3_1_2_21_v5_server_keep_alive_is_enforced() {
 /// first connection received before its close.
 async fn takeover_keeps_session(protocol: Protocol, client_id: &str) -> Vec<Packet> {
     let broker = Broker::start().await;
-    let topic = format!("inbox/{client_id}");
+    let topic = format!("mailbox/{client_id}");
     let (mut first, present) = connect_ok(
         broker.addr,
         protocol,
@@ -627,7 +630,9 @@ async fn mqtt_3_1_2_4_v5_takeover_with_clean_start_discards_session() {
         expiry(Protocol::V5, 60),
     )
     .await;
-    first.subscribe(1, "inbox/tk-clean", QoS::AtLeastOnce).await;
+    first
+        .subscribe(1, "mailbox/tk-clean", QoS::AtLeastOnce)
+        .await;
     let (mut second, present) = connect_ok(
         broker.addr,
         Protocol::V5,
@@ -645,7 +650,7 @@ async fn mqtt_3_1_2_4_v5_takeover_with_clean_start_discards_session() {
 
     let mut sender = publisher(broker.addr, "tk-clean-pub").await;
     sender
-        .publish_qos1(1, "inbox/tk-clean", "old subscription", false)
+        .publish_qos1(1, "mailbox/tk-clean", "old subscription", false)
         .await;
     second
         .subscribe(1, "marker/tk-clean", QoS::AtLeastOnce)
@@ -677,7 +682,7 @@ async fn mqtt_3_1_2_5_v311_persistent_session_queues_qos1_in_order() {
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options.clone(), 16);
     assert!(!v4_connack(&mut eventloop).await.session_present);
     client
-        .subscribe("inbox/persist-311", rumqttc::QoS::AtLeastOnce)
+        .subscribe("mailbox/persist-311", rumqttc::QoS::AtLeastOnce)
         .await
         .expect("queue SUBSCRIBE");
     next_v4(&mut eventloop, |event| {
@@ -693,7 +698,7 @@ async fn mqtt_3_1_2_5_v311_persistent_session_queues_qos1_in_order() {
     for text in &expected {
         sender
             .publish(
-                "inbox/persist-311",
+                "mailbox/persist-311",
                 rumqttc::QoS::AtLeastOnce,
                 false,
                 text.clone(),
@@ -738,15 +743,16 @@ async fn mqtt_3_1_2_5_v311_persistent_session_queues_qos1_in_order() {
 async fn mqtt_3_1_2_6_v311_clean_session_discards_stored_session() {
     let broker = Broker::start().await;
     let (mut sub, _) = connect_ok(broker.addr, Protocol::V311, "clean-311", false, no_change).await;
-    sub.subscribe(1, "inbox/clean-311", QoS::AtLeastOnce).await;
+    sub.subscribe(1, "mailbox/clean-311", QoS::AtLeastOnce)
+        .await;
     disconnect(sub).await;
 
     let mut sender = publisher(broker.addr, "clean-311-pub").await;
     sender
-        .publish_qos1(1, "inbox/clean-311", "queued 0", false)
+        .publish_qos1(1, "mailbox/clean-311", "queued 0", false)
         .await;
     sender
-        .publish_qos1(2, "inbox/clean-311", "queued 1", false)
+        .publish_qos1(2, "mailbox/clean-311", "queued 1", false)
         .await;
 
     let (mut sub, present) =
@@ -784,11 +790,13 @@ async fn mqtt_3_1_2_6_v311_clean_session_discards_stored_session() {
 async fn mqtt_3_1_2_23_v5_session_expiry_0_ends_session_at_disconnect() {
     let broker = Broker::start().await;
     let (mut sub, _) = connect_ok(broker.addr, Protocol::V5, "exp0-v5", true, no_change).await;
-    sub.subscribe(1, "inbox/exp0-v5", QoS::AtLeastOnce).await;
+    sub.subscribe(1, "mailbox/exp0-v5", QoS::AtLeastOnce).await;
     disconnect(sub).await;
 
     let mut sender = publisher(broker.addr, "exp0-v5-pub").await;
-    sender.publish_qos1(1, "inbox/exp0-v5", "lost", false).await;
+    sender
+        .publish_qos1(1, "mailbox/exp0-v5", "lost", false)
+        .await;
 
     let (mut sub, present) = connect_ok(
         broker.addr,
@@ -799,9 +807,9 @@ async fn mqtt_3_1_2_23_v5_session_expiry_0_ends_session_at_disconnect() {
     )
     .await;
     assert!(!present, "a session with expiry 0 outlived its connection");
-    sub.subscribe(1, "inbox/exp0-v5", QoS::AtLeastOnce).await;
+    sub.subscribe(1, "mailbox/exp0-v5", QoS::AtLeastOnce).await;
     sender
-        .publish_qos1(2, "inbox/exp0-v5", "marker", false)
+        .publish_qos1(2, "mailbox/exp0-v5", "marker", false)
         .await;
     let publish = expect_publish(&mut sub).await;
     assert_eq!(
@@ -832,7 +840,7 @@ async fn mqtt_3_1_2_23_v5_session_expiry_keeps_session_and_queue() {
     .await;
     assert!(!present);
     client
-        .subscribe("inbox/exp60-v5", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .subscribe("mailbox/exp60-v5", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
         .await
         .expect("queue SUBSCRIBE");
     next_v5(&mut eventloop, |event| {
@@ -846,7 +854,7 @@ async fn mqtt_3_1_2_23_v5_session_expiry_keeps_session_and_queue() {
     let expected: Vec<String> = (0..5).map(|i| format!("kept {i}")).collect();
     for (packet_id, text) in (1..).zip(&expected) {
         sender
-            .publish_qos1(packet_id, "inbox/exp60-v5", text, false)
+            .publish_qos1(packet_id, "mailbox/exp60-v5", text, false)
             .await;
     }
 
@@ -887,7 +895,7 @@ async fn mqtt_3_1_2_23_v5_expired_session_is_discarded() {
         expiry(Protocol::V5, EXPIRY),
     )
     .await;
-    sub.subscribe(1, "inbox/exp2-v5", QoS::AtLeastOnce).await;
+    sub.subscribe(1, "mailbox/exp2-v5", QoS::AtLeastOnce).await;
     disconnect(sub).await;
 
     // Right after the disconnect the session is still there.
@@ -908,7 +916,7 @@ async fn mqtt_3_1_2_23_v5_expired_session_is_discarded() {
 
     let mut sender = publisher(broker.addr, "exp2-v5-pub").await;
     sender
-        .publish_qos1(1, "inbox/exp2-v5", "stale", false)
+        .publish_qos1(1, "mailbox/exp2-v5", "stale", false)
         .await;
 
     // Poll by reconnecting. A reconnect that still finds the session resumes it and restarts
@@ -938,9 +946,9 @@ async fn mqtt_3_1_2_23_v5_expired_session_is_discarded() {
     };
 
     // Its queued message went with it: a fresh subscription sees only the marker.
-    sub.subscribe(1, "inbox/exp2-v5", QoS::AtLeastOnce).await;
+    sub.subscribe(1, "mailbox/exp2-v5", QoS::AtLeastOnce).await;
     sender
-        .publish_qos1(2, "inbox/exp2-v5", "marker", false)
+        .publish_qos1(2, "mailbox/exp2-v5", "marker", false)
         .await;
     let publish = expect_publish(&mut sub).await;
     assert_eq!(
@@ -959,7 +967,7 @@ async fn mqtt_3_1_2_23_v5_expired_session_is_discarded() {
 /// [MQTT-3.3.1-1]; once PUBACKed it is not sent a third time.
 async fn unacked_qos1_resent_with_dup(protocol: Protocol, client_id: &str) {
     let broker = Broker::start().await;
-    let topic = format!("inbox/{client_id}");
+    let topic = format!("mailbox/{client_id}");
     let (mut sub, _) = connect_ok(
         broker.addr,
         protocol,
@@ -1037,7 +1045,7 @@ async fn mqtt_4_4_0_1_unacked_qos1_resent_with_dup_v5() {
 /// subscription still delivers new messages.
 async fn persistent_session_survives_restart(protocol: Protocol, client_id: &str) {
     let broker = Broker::start().await;
-    let topic = format!("inbox/{client_id}");
+    let topic = format!("mailbox/{client_id}");
     let (mut sub, _) = connect_ok(
         broker.addr,
         protocol,

@@ -13,8 +13,10 @@
 //! not wait for the sync either, it hands the [`Durable`] to the publisher's connection,
 //! which acknowledges once it resolves.
 
+mod chat;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +30,13 @@ use tern_storage::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+pub use chat::ChatPublish;
+
+use crate::config::ImConfig;
+use crate::im::dedup::DedupWindow;
+use crate::im::directory::{ChangeError, GroupChange, Groups};
+use crate::im::ids::MessageIds;
+use crate::im::topics::inbox_owner;
 use crate::message::{now_ms, Delivery, Message, SessionId};
 use crate::retained::RetainedTree;
 use crate::subscriptions::{Match, Subscription, SubscriptionTree};
@@ -48,21 +57,49 @@ pub struct RouterLimits {
     pub max_subscriptions_per_session: usize,
     pub max_queued_messages: usize,
     pub max_retained_messages: usize,
+    pub im: ImConfig,
 }
+
+/// Why the broker closes a connection: the v5 DISCONNECT reason and reason string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: ReasonCode,
+    pub why: String,
+}
+
+impl CloseReason {
+    pub fn new(code: ReasonCode, why: impl Into<String>) -> CloseReason {
+        CloseReason {
+            code,
+            why: why.into(),
+        }
+    }
+}
+
+/// Topics under this prefix are system broadcasts: delivered live on each connection's
+/// broadcast lane, never queued durably, so that they cannot hold up chat messages.
+pub const BROADCAST_PREFIX: &str = "broadcast/";
 
 /// The connection side of an attached session.
 pub struct ConnectRequest {
     pub client_id: ByteString,
+    /// The authenticated (or anonymous) user the connection acts as.
+    pub user: String,
     pub clean_start: bool,
     /// Seconds the session outlives the connection; 0 ends it with the connection.
     pub expiry_secs: u32,
     pub protocol: Protocol,
     pub outbox: mpsc::Sender<Outbound>,
-    /// Fired to end this connection: session taken over, or the broker stops.
-    pub close: oneshot::Sender<ReasonCode>,
+    /// The low-priority lane for system broadcasts (`broadcast/...`).
+    pub broadcast: mpsc::Sender<Outbound>,
+    /// Fired to end this connection: session taken over, too many devices, or the broker
+    /// stops.
+    pub close: oneshot::Sender<CloseReason>,
     /// Set by the router when it could not deliver into `outbox` and the session's QoS > 0
     /// messages wait in storage instead.
     pub lagged: Arc<AtomicBool>,
+    /// Unacknowledged outbound QoS > 0 messages, kept by the connection for operators.
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 /// The router's answer to CONNECT.
@@ -83,6 +120,33 @@ pub struct Routed {
     pub matched: bool,
     /// Resolves once every durable write the message caused is synced per policy.
     pub durable: Durable,
+    /// The publish was refused (v5 reason for PUBACK/PUBREC); nothing was routed.
+    pub refused: Option<ReasonCode>,
+}
+
+impl Routed {
+    fn refused(reason: ReasonCode) -> Routed {
+        Routed {
+            matched: false,
+            durable: Durable::ready(),
+            refused: Some(reason),
+        }
+    }
+}
+
+/// One session as operators see it (`tern sessions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub client_id: String,
+    pub user: String,
+    pub connected: bool,
+    pub persistent: bool,
+    pub protocol_level: u8,
+    pub expiry_secs: u32,
+    /// (filter, granted QoS).
+    pub subscriptions: Vec<(String, u8)>,
+    /// Outbound QoS > 0 messages sent and not yet acknowledged.
+    pub in_flight: usize,
 }
 
 pub struct SubscribeReply {
@@ -100,7 +164,8 @@ pub struct WillRequest {
 pub enum Command {
     Connect {
         request: ConnectRequest,
-        reply: oneshot::Sender<Attached>,
+        /// Refused (v5 reason) if the client id is another user's.
+        reply: oneshot::Sender<Result<Attached, ReasonCode>>,
     },
     Publish {
         message: Arc<Message>,
@@ -108,6 +173,26 @@ pub enum Command {
         /// "already received" marker is written in the same batch as the message.
         inbound_qos2: Option<(ByteString, u16)>,
         reply: Option<oneshot::Sender<Routed>>,
+    },
+    /// A direct or group message: into every recipient's inbox, in one atomic batch.
+    Chat {
+        chat: Box<ChatPublish>,
+        reply: Option<oneshot::Sender<Routed>>,
+    },
+    /// An operator's change to a group; the reply's [`Durable`] resolves once it is stored.
+    ChangeGroup {
+        change: GroupChange,
+        reply: oneshot::Sender<Result<Durable, ChangeError>>,
+    },
+    /// An operator deletes a retained message; `None` if there was none.
+    DeleteRetained {
+        topic: String,
+        reply: oneshot::Sender<Option<Durable>>,
+    },
+    /// Every session the router holds (or the one with this client id).
+    Sessions {
+        client_id: Option<String>,
+        reply: oneshot::Sender<Vec<SessionSummary>>,
     },
     Subscribe {
         session: SessionId,
@@ -168,12 +253,26 @@ impl RouterHandle {
 struct Online {
     id: ConnId,
     outbox: mpsc::Sender<Outbound>,
-    close: Option<oneshot::Sender<ReasonCode>>,
+    broadcast: mpsc::Sender<Outbound>,
+    /// Taken when the connection has been told to close.
+    close: Option<oneshot::Sender<CloseReason>>,
     lagged: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Online {
+    fn close(&mut self, reason: CloseReason) {
+        if let Some(close) = self.close.take() {
+            let _ = close.send(reason);
+        }
+    }
 }
 
 struct Slot {
     client_id: ByteString,
+    /// The user the session belongs to; empty for a session restored from a database
+    /// written before users existed (it is adopted by the next user to connect with it).
+    user: String,
     protocol: Protocol,
     expiry_secs: u32,
     /// Stored in the database: subscriptions and QoS > 0 messages survive restarts.
@@ -193,6 +292,7 @@ impl Slot {
     fn stored(&self) -> StoredSession {
         StoredSession {
             client_id: self.client_id.to_string(),
+            user: self.user.clone(),
             protocol_level: self.protocol.level(),
             expiry_interval_secs: self.expiry_secs,
             disconnected_at_ms: self.disconnected_at_ms,
@@ -213,7 +313,12 @@ impl Slot {
 enum TimerKind {
     Will,
     Expiry,
+    /// Retention of chat messages (not tied to a session: id 0).
+    Sweep,
 }
+
+/// How often messages older than `im.inbox_max_age_secs` are deleted.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
 pub struct Router {
     limits: RouterLimits,
@@ -226,8 +331,17 @@ pub struct Router {
     timers: BTreeSet<(Instant, SessionId, TimerKind)>,
     next_session: SessionId,
     next_conn: ConnId,
+    /// Sessions per user, for the device limit.
+    user_sessions: HashMap<String, BTreeSet<SessionId>>,
+    groups: Groups,
+    dedup: DedupWindow,
+    message_ids: MessageIds,
+    /// Next inbox seq per user (users who ever received a chat message).
+    inbox_next: HashMap<String, u64>,
     /// Messages not delivered because a queue was full (QoS 0, or a non-persistent session).
     pub dropped: u64,
+    /// Chat publishes refused (not a group member, unknown group).
+    pub refused: u64,
 }
 
 impl Router {
@@ -235,7 +349,17 @@ impl Router {
     /// with its subscriptions. Queued messages stay on disk.
     pub fn load(limits: RouterLimits, writer: Writer) -> Result<Router, StorageError> {
         let store = writer.store().clone();
+        let im = limits.im.clone();
         let mut router = Router {
+            user_sessions: HashMap::new(),
+            groups: Groups::new(store.groups()?, im.max_group_members),
+            dedup: DedupWindow::new(
+                im.dedup_window_secs.saturating_mul(1000),
+                im.dedup_window_entries,
+            ),
+            message_ids: MessageIds::new(store.last_message_id()?),
+            inbox_next: store.inbox_heads()?.into_iter().collect(),
+            refused: 0,
             limits,
             writer,
             subscriptions: SubscriptionTree::new(),
@@ -260,10 +384,14 @@ impl Router {
         for record in store.sessions()? {
             router.restore_session(record, now);
         }
+        router
+            .timers
+            .insert((Instant::now() + SWEEP_INTERVAL, 0, TimerKind::Sweep));
         tracing::info!(
             retained = router.retained.len(),
             sessions = router.sessions.len(),
             subscriptions = router.subscriptions.len(),
+            groups = router.groups.len(),
             "routing state loaded"
         );
         Ok(router)
@@ -285,8 +413,16 @@ impl Router {
         let client_id = ByteString::from(session.client_id.clone());
         // A session that was online when the broker died went offline at restart.
         let disconnected_at_ms = session.disconnected_at_ms.unwrap_or(now);
+        let user = session.user.clone();
+        if !user.is_empty() {
+            self.user_sessions
+                .entry(user.clone())
+                .or_default()
+                .insert(id);
+        }
         let mut slot = Slot {
             client_id: client_id.clone(),
+            user,
             protocol,
             expiry_secs: session.expiry_interval_secs,
             persistent: true,
@@ -363,17 +499,34 @@ impl Router {
                 inbound_qos2,
                 reply,
             } => {
-                let mut ops = Vec::new();
-                if let Some((client_id, packet_id)) = inbound_qos2 {
-                    ops.push(Op::PutInboundQos2 {
-                        client_id: client_id.to_string(),
-                        packet_id,
-                    });
-                }
+                let ops = inbound_qos2_op(inbound_qos2);
                 let routed = self.route(&message, ops, reply.is_some()).await;
                 if let Some(reply) = reply {
                     let _ = reply.send(routed);
                 }
+            }
+            Command::Chat { chat, reply } => {
+                let routed = self.chat(*chat, reply.is_some()).await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(routed);
+                }
+            }
+            Command::ChangeGroup { change, reply } => {
+                let answer = match self.groups.apply(&change, now_ms()) {
+                    Ok(op) => Ok(self.writer.submit(vec![op]).await),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(answer);
+            }
+            Command::DeleteRetained { topic, reply } => {
+                let answer = match self.retained.remove(&topic) {
+                    Some(_) => Some(self.writer.submit(vec![Op::DeleteRetained { topic }]).await),
+                    None => None,
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Sessions { client_id, reply } => {
+                let _ = reply.send(self.summaries(client_id.as_deref()));
             }
             Command::Subscribe {
                 session,
@@ -417,7 +570,7 @@ impl Router {
         }
     }
 
-    async fn connect(&mut self, request: ConnectRequest) -> Attached {
+    async fn connect(&mut self, request: ConnectRequest) -> Result<Attached, ReasonCode> {
         let conn = self.next_conn;
         self.next_conn += 1;
         let persistent = request.expiry_secs > 0;
@@ -426,11 +579,16 @@ impl Router {
         let mut pending_will = None;
         if let Some(&id) = self.by_client.get(&request.client_id) {
             if let Some(slot) = self.sessions.get_mut(&id) {
+                if !slot.user.is_empty() && slot.user != request.user {
+                    // A client id names one device of one user: another user may neither
+                    // take the session over (and read its queue) nor end it.
+                    tracing::info!(client_id = %request.client_id, user = %request.user,
+                        owner = %slot.user, "client id belongs to another user");
+                    return Err(ReasonCode::NotAuthorized);
+                }
                 if let Some(mut old) = slot.online.take() {
                     tracing::debug!(client_id = %request.client_id, "session taken over");
-                    if let Some(close) = old.close.take() {
-                        let _ = close.send(ReasonCode::SessionTakenOver);
-                    }
+                    old.close(CloseReason::new(ReasonCode::SessionTakenOver, ""));
                 }
             }
             let keep =
@@ -460,6 +618,7 @@ impl Router {
                     id,
                     Slot {
                         client_id: request.client_id.clone(),
+                        user: request.user.clone(),
                         protocol: request.protocol,
                         expiry_secs: request.expiry_secs,
                         persistent,
@@ -480,6 +639,9 @@ impl Router {
             unreachable!("session {id} was inserted or found above")
         };
         let was_stored = slot.persistent;
+        if slot.user.is_empty() {
+            slot.user = request.user.clone();
+        }
         slot.protocol = request.protocol;
         slot.expiry_secs = request.expiry_secs;
         slot.persistent = persistent || (session_present && was_stored);
@@ -492,13 +654,20 @@ impl Router {
         slot.online = Some(Online {
             id: conn,
             outbox: request.outbox,
+            broadcast: request.broadcast,
             close: Some(request.close),
             lagged: request.lagged,
+            in_flight: request.in_flight,
         });
         if slot.persistent {
             ops.push(Op::PutSession(slot.stored()));
         }
         let backlog_upto = (session_present && was_stored).then_some(slot.next_seq);
+        self.user_sessions
+            .entry(request.user.clone())
+            .or_default()
+            .insert(id);
+        self.enforce_device_limit(&request.user);
         match pending_will {
             Some(will) => {
                 self.route(&will, ops, false).await;
@@ -506,13 +675,77 @@ impl Router {
             None if !ops.is_empty() => self.writer.submit_detached(ops).await,
             None => {}
         }
-        Attached {
+        Ok(Attached {
             session: id,
             conn,
             session_present,
             backlog_upto,
             sent,
+        })
+    }
+
+    /// Closes the user's oldest connections beyond `im.max_devices_per_user`.
+    fn enforce_device_limit(&mut self, user: &str) {
+        let max = self.limits.im.max_devices_per_user;
+        let Some(ids) = self.user_sessions.get(user).filter(|ids| ids.len() > max) else {
+            return;
+        };
+        if max == 0 {
+            return;
         }
+        let mut online: Vec<(ConnId, SessionId)> = ids
+            .iter()
+            .filter_map(|id| {
+                let online = self.sessions.get(id)?.online.as_ref()?;
+                online.close.is_some().then_some((online.id, *id))
+            })
+            .collect();
+        if online.len() <= max {
+            return;
+        }
+        online.sort_unstable();
+        let excess = online.len() - max;
+        for (_, id) in online.into_iter().take(excess) {
+            if let Some(online) = self.sessions.get_mut(&id).and_then(|s| s.online.as_mut()) {
+                tracing::info!(%user, max, "device limit reached, closing the oldest connection");
+                online.close(CloseReason::new(
+                    ReasonCode::AdministrativeAction,
+                    format!("{user} connected more than {max} devices; this one was the oldest"),
+                ));
+            }
+        }
+    }
+
+    fn summaries(&self, client_id: Option<&str>) -> Vec<SessionSummary> {
+        let summary = |slot: &Slot| SessionSummary {
+            client_id: slot.client_id.to_string(),
+            user: slot.user.clone(),
+            connected: slot.online.is_some(),
+            persistent: slot.persistent,
+            protocol_level: slot.protocol.level(),
+            expiry_secs: slot.expiry_secs,
+            subscriptions: slot
+                .subscriptions
+                .iter()
+                .map(|(filter, s)| (filter.clone(), s.options.qos.as_u8()))
+                .collect(),
+            in_flight: match &slot.online {
+                Some(online) => online.in_flight.load(Ordering::Relaxed),
+                None => slot.sent.len(),
+            },
+        };
+        let mut all: Vec<SessionSummary> = match client_id {
+            Some(client_id) => self
+                .by_client
+                .get(client_id)
+                .and_then(|id| self.sessions.get(id))
+                .map(summary)
+                .into_iter()
+                .collect(),
+            None => self.sessions.values().map(summary).collect(),
+        };
+        all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        all
     }
 
     /// Ends a session: its subscriptions, its stored state, a pending will.
@@ -520,6 +753,12 @@ impl Router {
         let slot = self.sessions.remove(&id)?;
         if self.by_client.get(&slot.client_id) == Some(&id) {
             self.by_client.remove(&slot.client_id);
+        }
+        if let Some(ids) = self.user_sessions.get_mut(&slot.user) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.user_sessions.remove(&slot.user);
+            }
         }
         for filter in slot.subscriptions.keys() {
             self.subscriptions.unsubscribe(&id, filter);
@@ -541,31 +780,52 @@ impl Router {
     /// Routes one message and queues its durable writes (after `ops`, which go in the same
     /// atomic batch). With `wait`, the returned [`Durable`] resolves when they are synced.
     async fn route(&mut self, message: &Arc<Message>, mut ops: Vec<Op>, wait: bool) -> Routed {
-        let (matched, live) = self.plan(message, &mut ops);
-        // Durable writes are queued before anything is handed to a connection, so that a
-        // subscriber's acknowledgement (a Dequeue) is always applied after its Enqueue.
-        let durable = if ops.is_empty() {
+        let mut live = Vec::new();
+        let matched = self.plan(message, &mut ops, None, &mut live);
+        let durable = self.commit(ops, wait).await;
+        self.send_all_live(live);
+        Routed {
+            matched,
+            durable,
+            refused: None,
+        }
+    }
+
+    /// Queues `ops` with the writer; with `wait`, the [`Durable`] resolves once synced.
+    async fn commit(&mut self, ops: Vec<Op>, wait: bool) -> Durable {
+        // Durable writes are queued before anything is handed to a connection (callers
+        // send live deliveries after this), so that a subscriber's acknowledgement (a
+        // Dequeue) is always applied after its Enqueue.
+        if ops.is_empty() {
             Durable::ready()
         } else if wait {
             self.writer.submit(ops).await
         } else {
             self.writer.submit_detached(ops).await;
             Durable::ready()
-        };
+        }
+    }
+
+    fn send_all_live(&mut self, live: Vec<(SessionId, Delivery)>) {
         for (id, delivery) in live {
             self.send_live(id, delivery);
         }
-        Routed { matched, durable }
     }
 
     /// Decides where a message goes: the retained store, then every matching subscription
-    /// (durable queue entries appended to `ops`). Returns whether any subscription matched
-    /// and the deliveries for sessions that are online.
+    /// (durable queue entries appended to `ops`, referring to the stored chat message
+    /// `message_ref` instead of copying the payload when given). Appends the deliveries for
+    /// sessions that are online to `live`; returns whether any subscription matched.
+    ///
+    /// Two IM rules hold here whatever filter matched: an inbox topic reaches only sessions
+    /// of the inbox's user, and a broadcast is never queued durably.
     fn plan(
         &mut self,
         message: &Arc<Message>,
         ops: &mut Vec<Op>,
-    ) -> (bool, Vec<(SessionId, Delivery)>) {
+        message_ref: Option<u64>,
+        live: &mut Vec<(SessionId, Delivery)>,
+    ) -> bool {
         if message.retain {
             self.retain(message, ops);
         }
@@ -597,12 +857,17 @@ impl Router {
                 }
             });
         let matched = !targets.is_empty();
-        let mut live = Vec::with_capacity(targets.len());
+        live.reserve(targets.len());
         let now = now_ms();
+        let inbox_of = inbox_owner(&message.topic);
+        let broadcast = message.topic.starts_with(BROADCAST_PREFIX);
         for (id, (qos, retain_as_published, ids)) in targets {
             let Some(slot) = self.sessions.get_mut(&id) else {
                 continue;
             };
+            if inbox_of.is_some_and(|owner| owner != slot.user) {
+                continue;
+            }
             let qos = qos.min(message.qos);
             let mut delivery = Delivery {
                 message: message.clone(),
@@ -613,7 +878,7 @@ impl Router {
                 dup: false,
                 released: false,
             };
-            if slot.persistent && qos != QoS::AtMostOnce && !message.is_expired(now) {
+            if slot.persistent && qos != QoS::AtMostOnce && !broadcast && !message.is_expired(now) {
                 if slot.online.is_none()
                     && slot.offline_queued >= self.limits.max_queued_messages as u64
                 {
@@ -627,17 +892,22 @@ impl Router {
                     slot.offline_queued += 1;
                 }
                 delivery.seq = Some(seq);
+                let mut queued = delivery.to_queued();
+                if message_ref.is_some() {
+                    queued.message.payload = bytes::Bytes::new();
+                    queued.message_ref = message_ref;
+                }
                 ops.push(Op::Enqueue {
                     client_id: slot.client_id.to_string(),
                     seq,
-                    message: delivery.to_queued(),
+                    message: queued,
                 });
             }
             if slot.online.is_some() {
                 live.push((id, delivery));
             }
         }
-        (matched, live)
+        matched
     }
 
     fn send_live(&mut self, id: SessionId, delivery: Delivery) {
@@ -650,7 +920,12 @@ impl Router {
             // The connection reads it from storage when it resyncs.
             return;
         }
-        match online.outbox.try_send(Outbound::Deliver(delivery)) {
+        let lane = if delivery.message.topic.starts_with(BROADCAST_PREFIX) {
+            &online.broadcast
+        } else {
+            &online.outbox
+        };
+        match lane.try_send(Outbound::Deliver(delivery)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if stored {
@@ -856,10 +1131,17 @@ impl Router {
                 break;
             }
             self.timers.pop_first();
+            if kind == TimerKind::Sweep {
+                self.sweep(&mut ops);
+                self.timers
+                    .insert((Instant::now() + SWEEP_INTERVAL, 0, TimerKind::Sweep));
+                continue;
+            }
             let Some(slot) = self.sessions.get_mut(&id) else {
                 continue;
             };
             match kind {
+                TimerKind::Sweep => {}
                 TimerKind::Will => {
                     if let Some((will_at, will)) = slot.will.take() {
                         if will_at == at {
@@ -887,12 +1169,20 @@ impl Router {
     fn shutdown(&mut self) {
         for slot in self.sessions.values_mut() {
             if let Some(mut online) = slot.online.take() {
-                if let Some(close) = online.close.take() {
-                    let _ = close.send(ReasonCode::ServerShuttingDown);
-                }
+                online.close(CloseReason::new(ReasonCode::ServerShuttingDown, ""));
             }
         }
     }
+}
+
+fn inbound_qos2_op(inbound_qos2: Option<(ByteString, u16)>) -> Vec<Op> {
+    inbound_qos2
+        .map(|(client_id, packet_id)| Op::PutInboundQos2 {
+            client_id: client_id.to_string(),
+            packet_id,
+        })
+        .into_iter()
+        .collect()
 }
 
 fn merge_target(
@@ -977,6 +1267,10 @@ mod tests {
             max_subscriptions_per_session: 10,
             max_queued_messages: 3,
             max_retained_messages: 2,
+            im: ImConfig {
+                max_devices_per_user: 2,
+                ..ImConfig::default()
+            },
         }
     }
 
@@ -998,28 +1292,43 @@ mod tests {
     struct Client {
         attached: Attached,
         outbox: mpsc::Receiver<Outbound>,
-        close: oneshot::Receiver<ReasonCode>,
+        close: oneshot::Receiver<CloseReason>,
     }
 
     async fn connect(h: &Harness, id: &str, clean_start: bool, expiry_secs: u32) -> Client {
+        connect_as(h, id, id, clean_start, expiry_secs).await
+    }
+
+    async fn connect_as(
+        h: &Harness,
+        user: &str,
+        id: &str,
+        clean_start: bool,
+        expiry_secs: u32,
+    ) -> Client {
         let (tx, outbox) = mpsc::channel(8);
+        let (broadcast, _) = mpsc::channel(8);
         let (close_tx, close) = oneshot::channel();
         let attached = h
             .router
             .call(|reply| Command::Connect {
                 request: ConnectRequest {
                     client_id: ByteString::from(id),
+                    user: user.to_string(),
                     clean_start,
                     expiry_secs,
                     protocol: Protocol::V5,
                     outbox: tx,
+                    broadcast,
                     close: close_tx,
                     lagged: Arc::new(AtomicBool::new(false)),
+                    in_flight: Arc::new(AtomicUsize::new(0)),
                 },
                 reply,
             })
             .await
-            .expect("router");
+            .expect("router")
+            .expect("attached");
         Client {
             attached,
             outbox,
@@ -1095,10 +1404,10 @@ mod tests {
     async fn offline_persistent_session_queues_durably_and_in_order() {
         let h = start();
         let c = connect(&h, "dev", false, 3600).await;
-        subscribe(&h, &c, "inbox/#", QoS::AtLeastOnce).await;
+        subscribe(&h, &c, "chat/#", QoS::AtLeastOnce).await;
         disconnect(&h, c).await;
         for payload in [&b"1"[..], b"2", b"3"] {
-            assert!(publish(&h, message("inbox/a", QoS::ExactlyOnce, false, payload)).await);
+            assert!(publish(&h, message("chat/a", QoS::ExactlyOnce, false, payload)).await);
         }
         // Acknowledged means stored: the durable resolved after the writes.
         let queued = h.store.queue("dev", 0, 10).unwrap();
@@ -1109,7 +1418,7 @@ mod tests {
         assert_eq!(payloads, [&b"1"[..], b"2", b"3"]);
         assert!(queued.iter().all(|(_, q)| q.message.qos == 1), "min(2, 1)");
         // A fourth exceeds max_queued_messages (3) and is dropped, not stored.
-        publish(&h, message("inbox/a", QoS::AtLeastOnce, false, b"4")).await;
+        publish(&h, message("chat/a", QoS::AtLeastOnce, false, b"4")).await;
         assert_eq!(h.store.queue("dev", 0, 10).unwrap().len(), 3);
         // Reconnecting resumes the session and points at the stored backlog.
         let c = connect(&h, "dev", false, 3600).await;
@@ -1136,7 +1445,7 @@ mod tests {
         subscribe(&h, &first, "t", QoS::AtMostOnce).await;
         let mut second = connect(&h, "dev", false, 60).await;
         assert_eq!(
-            (&mut first.close).await.unwrap(),
+            (&mut first.close).await.unwrap().code,
             ReasonCode::SessionTakenOver
         );
         assert!(second.attached.session_present);
@@ -1231,5 +1540,229 @@ mod tests {
         assert_eq!(will.message.payload, Bytes::from_static(b"gone"));
         let c = connect(&h, "dev", false, 5).await;
         assert!(!c.attached.session_present, "session expired with its will");
+    }
+
+    // ---- IM: direct and group messages, the inbox rule, devices ----
+
+    async fn chat(h: &Harness, from: &str, topic: &str, msgid: Option<&str>) -> Routed {
+        let mut message = (*message(topic, QoS::AtLeastOnce, false, b"hello")).clone();
+        if let Some(id) = msgid {
+            message
+                .properties
+                .user_properties
+                .push(("msgid".into(), id.into()));
+        }
+        // A claimed sender is replaced by the authenticated one.
+        message
+            .properties
+            .user_properties
+            .push(("from".into(), "mallory".into()));
+        let chat = Box::new(ChatPublish {
+            from: from.to_string(),
+            message,
+            inbound_qos2: None,
+        });
+        let routed = h
+            .router
+            .call(|reply| Command::Chat {
+                chat,
+                reply: Some(reply),
+            })
+            .await
+            .expect("router");
+        routed
+    }
+
+    fn inbox(rx: &mut mpsc::Receiver<Outbound>) -> Vec<(String, String, String)> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|Outbound::Deliver(d)| {
+                let prop = |k: &str| {
+                    crate::im::inbox::user_property(&d.message, k)
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                (d.message.topic.to_string(), prop("from"), prop("seq"))
+            })
+            .collect()
+    }
+
+    fn row(topic: &str, from: &str, seq: &str) -> (String, String, String) {
+        (topic.to_string(), from.to_string(), seq.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_direct_message_reaches_every_device_of_both_users_and_nobody_else() {
+        let h = start();
+        let mut bob_phone = connect_as(&h, "bob", "bob-phone", true, 0).await;
+        let mut bob_laptop = connect_as(&h, "bob", "bob-laptop", true, 0).await;
+        let _alice_phone = connect_as(&h, "alice", "alice-phone", true, 0).await;
+        let mut alice_laptop = connect_as(&h, "alice", "alice-laptop", true, 0).await;
+        let mut carol = connect_as(&h, "carol", "carol", true, 0).await;
+        for c in [&bob_phone, &bob_laptop] {
+            subscribe(&h, c, "inbox/bob/#", QoS::AtLeastOnce).await;
+        }
+        subscribe(&h, &alice_laptop, "inbox/alice/#", QoS::AtLeastOnce).await;
+        subscribe(&h, &carol, "#", QoS::AtLeastOnce).await;
+
+        let routed = chat(&h, "alice", "dm/bob", None).await;
+        assert_eq!(routed.refused, None);
+        routed.durable.await.expect("durable");
+        chat(&h, "alice", "dm/bob", None).await;
+        h.writer.barrier().await.expect("applied");
+
+        let expected = vec![
+            row("inbox/bob/dm/alice", "alice", "0"),
+            row("inbox/bob/dm/alice", "alice", "1"),
+        ];
+        assert_eq!(inbox(&mut bob_phone.outbox), expected);
+        assert_eq!(inbox(&mut bob_laptop.outbox), expected);
+        assert_eq!(
+            inbox(&mut alice_laptop.outbox),
+            vec![
+                row("inbox/alice/sent/bob", "alice", "0"),
+                row("inbox/alice/sent/bob", "alice", "1"),
+            ]
+        );
+        assert!(
+            inbox(&mut carol.outbox).is_empty(),
+            "'#' must not reach into other users' inboxes"
+        );
+        // Stored once, indexed twice per message.
+        let log = h.store.inbox("bob", 0, 10).expect("inbox");
+        assert_eq!(
+            log.iter().map(|(seq, _, _)| *seq).collect::<Vec<_>>(),
+            [0, 1]
+        );
+        assert!(log.iter().all(|(_, _, m)| m.is_some()));
+        assert_eq!(h.store.inbox_bounds("alice").expect("bounds"), (0, 2));
+    }
+
+    #[tokio::test]
+    async fn group_messages_reach_offline_members_by_reference_and_refuse_outsiders() {
+        let h = start();
+        let change = GroupChange::Create {
+            gid: "g1".into(),
+            members: vec!["alice".into(), "bob".into()],
+        };
+        h.router
+            .call(|reply| Command::ChangeGroup { change, reply })
+            .await
+            .expect("router")
+            .expect("created")
+            .await
+            .expect("durable");
+        // bob's persistent session is offline.
+        let bob = connect_as(&h, "bob", "bob-phone", false, 3600).await;
+        subscribe(&h, &bob, "inbox/bob/#", QoS::AtLeastOnce).await;
+        disconnect(&h, bob).await;
+
+        let outsider = chat(&h, "mallory", "group/g1", None).await;
+        assert_eq!(outsider.refused, Some(ReasonCode::NotAuthorized));
+        let unknown = chat(&h, "alice", "group/nope", None).await;
+        assert_eq!(unknown.refused, Some(ReasonCode::NotAuthorized));
+        let routed = chat(&h, "alice", "group/g1", None).await;
+        assert_eq!(routed.refused, None);
+        routed.durable.await.expect("durable");
+
+        let queued = h.store.queue("bob-phone", 0, 10).expect("queue");
+        assert_eq!(queued.len(), 1);
+        let (_, entry) = &queued[0];
+        assert_eq!(entry.message.topic, "inbox/bob/group/g1/alice");
+        assert_eq!(
+            &entry.message.payload[..],
+            b"hello",
+            "payload resolved by reference"
+        );
+        assert_eq!(entry.message_ref, None);
+        assert_eq!(h.store.inbox_bounds("alice").expect("bounds"), (0, 1));
+        assert_eq!(h.store.inbox_bounds("mallory").expect("bounds"), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_resent_msgid_is_acknowledged_and_dropped() {
+        let h = start();
+        let mut bob = connect_as(&h, "bob", "bob", true, 0).await;
+        subscribe(&h, &bob, "inbox/bob/#", QoS::AtLeastOnce).await;
+        for _ in 0..2 {
+            let routed = chat(&h, "alice", "dm/bob", Some("m-1")).await;
+            assert_eq!(routed.refused, None);
+            assert!(routed.matched);
+        }
+        chat(&h, "carol", "dm/bob", Some("m-1")).await;
+        h.writer.barrier().await.expect("applied");
+        assert_eq!(
+            inbox(&mut bob.outbox),
+            vec![
+                row("inbox/bob/dm/alice", "alice", "0"),
+                row("inbox/bob/dm/carol", "carol", "1"),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_oldest_device_is_closed_past_the_limit() {
+        let h = start(); // max_devices_per_user = 2
+        let mut first = connect_as(&h, "bob", "one", true, 0).await;
+        let mut second = connect_as(&h, "bob", "two", true, 0).await;
+        let _other = connect_as(&h, "alice", "three", true, 0).await;
+        assert!(first.close.try_recv().is_err());
+        let _third = connect_as(&h, "bob", "four", true, 0).await;
+        let reason = (&mut first.close).await.expect("closed");
+        assert_eq!(reason.code, ReasonCode::AdministrativeAction);
+        assert!(reason.why.contains("bob"), "{}", reason.why);
+        assert!(second.close.try_recv().is_err(), "only the oldest goes");
+    }
+
+    #[tokio::test]
+    async fn another_users_client_id_is_refused() {
+        let h = start();
+        let _bob = connect_as(&h, "bob", "phone", false, 3600).await;
+        let (tx, _rx) = mpsc::channel(1);
+        let (broadcast, _b) = mpsc::channel(1);
+        let (close, _c) = oneshot::channel();
+        let attached = h
+            .router
+            .call(|reply| Command::Connect {
+                request: ConnectRequest {
+                    client_id: ByteString::from("phone"),
+                    user: "mallory".into(),
+                    clean_start: true,
+                    expiry_secs: 0,
+                    protocol: Protocol::V5,
+                    outbox: tx,
+                    broadcast,
+                    close,
+                    lagged: Arc::new(AtomicBool::new(false)),
+                    in_flight: Arc::new(AtomicUsize::new(0)),
+                },
+                reply,
+            })
+            .await
+            .expect("router");
+        assert_eq!(attached.err(), Some(ReasonCode::NotAuthorized));
+    }
+
+    #[tokio::test]
+    async fn inbox_logs_are_trimmed_to_the_configured_count() {
+        let store = Arc::new(MemoryStore::new());
+        let writer = Writer::start(store.clone(), SyncPolicy::Always, 64);
+        let mut limits = limits();
+        limits.im.inbox_max_messages = 10;
+        let (router, _task) = Router::load(limits, writer.clone())
+            .expect("load")
+            .spawn(64);
+        let h = Harness {
+            router,
+            store,
+            writer,
+        };
+        for _ in 0..=chat::TRIM_EVERY {
+            chat(&h, "alice", "dm/bob", None).await;
+        }
+        h.writer.barrier().await.expect("applied");
+        // The 65th append (seq 64) trimmed everything below 64 + 1 - 10.
+        assert_eq!(h.store.inbox_bounds("bob").expect("bounds"), (55, 65));
+        let kept = h.store.inbox("bob", 0, 100).expect("inbox");
+        assert_eq!(kept.len(), 10);
     }
 }

@@ -1,0 +1,161 @@
+//! Chat messages as stored and as delivered to each inbox.
+//!
+//! A chat message is stored once, as the sender published it (topic `dm/{to}` or
+//! `group/{gid}`), stamped with the user property `from` = the authenticated sender (a
+//! `from` or `seq` the client put there itself is removed first: the sender is never what a
+//! client claims). Each recipient's copy is that message on the recipient's inbox topic
+//! with one more user property, `seq`: its position in the recipient's inbox log.
+
+use bytes::Bytes;
+use tern_codec::ByteString;
+
+use super::topics::{sync_end_topic, Conversation};
+use crate::message::Message;
+
+/// User property naming the sender.
+pub const FROM: &str = "from";
+/// User property carrying the inbox sequence number.
+pub const SEQ: &str = "seq";
+/// User property of a client's own message id (duplicate detection).
+pub const MSGID: &str = "msgid";
+
+/// Replaces whatever `from`/`seq` the client sent with the authenticated sender.
+pub fn stamp_sender(message: &mut Message, from: &str) {
+    let props = &mut message.properties.user_properties;
+    props.retain(|(k, _)| &**k != FROM && &**k != SEQ);
+    props.push((ByteString::from(FROM), ByteString::from(from)));
+}
+
+/// The value of a user property.
+pub fn user_property<'m>(message: &'m Message, key: &str) -> Option<&'m str> {
+    message
+        .properties
+        .user_properties
+        .iter()
+        .find(|(k, _)| &**k == key)
+        .map(|(_, v)| &**v)
+}
+
+/// The copy of a stored chat message for one recipient's inbox, or `None` if the stored
+/// message is not a chat message (damaged or foreign data).
+pub fn for_recipient(stored: &Message, recipient: &str, role: u8, seq: u64) -> Option<Message> {
+    let conversation = Conversation::parse(&stored.topic)?;
+    let from = user_property(stored, FROM)?;
+    let topic = conversation.inbox_topic(recipient, from, role);
+    let mut copy = stored.clone();
+    copy.topic = ByteString::from(topic);
+    copy.retain = false;
+    copy.origin = None;
+    copy.properties
+        .user_properties
+        .push((ByteString::from(SEQ), ByteString::from(seq.to_string())));
+    Some(copy)
+}
+
+/// The message that ends a sync replay, on `inbox/{user}/sync`: a small JSON object with
+/// the seq the request asked to follow, the last seq replayed, the user's next seq, and
+/// whether more entries remain (ask again from `last`).
+pub fn sync_end(
+    user: &str,
+    after: Option<u64>,
+    last: Option<u64>,
+    next: u64,
+    more: bool,
+) -> Message {
+    let json = |v: Option<u64>| v.map_or_else(|| "null".to_string(), |v| v.to_string());
+    let payload = format!(
+        "{{\"after\":{},\"last\":{},\"next\":{next},\"more\":{more}}}",
+        json(after),
+        json(last)
+    );
+    Message {
+        topic: ByteString::from(sync_end_topic(user)),
+        payload: Bytes::from(payload),
+        qos: tern_codec::QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+        expires_at_ms: None,
+        origin: None,
+    }
+}
+
+/// Parses a `$sync` request payload: the last seq the device has (decimal), or empty for
+/// "everything the log still holds".
+pub fn parse_sync_request(payload: &[u8]) -> Result<Option<u64>, String> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|_| "the $sync payload is not UTF-8".to_string())?
+        .trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse::<u64>()
+        .map(Some)
+        .map_err(|_| format!("the $sync payload {text:?} is not a sequence number"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::im::topics::{ROLE_RECEIVED, ROLE_SENT};
+    use tern_codec::QoS;
+
+    fn published(topic: &str) -> Message {
+        let mut m = Message {
+            topic: ByteString::from(topic),
+            payload: Bytes::from_static(b"hi"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Default::default(),
+            expires_at_ms: None,
+            origin: Some(3),
+        };
+        m.properties
+            .user_properties
+            .push(("from".into(), "mallory".into()));
+        m.properties
+            .user_properties
+            .push(("msgid".into(), "m-1".into()));
+        m
+    }
+
+    #[test]
+    fn the_sender_is_the_authenticated_user() {
+        let mut m = published("dm/bob");
+        stamp_sender(&mut m, "alice");
+        assert_eq!(user_property(&m, FROM), Some("alice"));
+        assert_eq!(user_property(&m, MSGID), Some("m-1"));
+        let froms = m
+            .properties
+            .user_properties
+            .iter()
+            .filter(|(k, _)| &**k == FROM);
+        assert_eq!(froms.count(), 1);
+    }
+
+    #[test]
+    fn each_recipient_gets_its_inbox_topic_and_seq() {
+        let mut m = published("dm/bob");
+        stamp_sender(&mut m, "alice");
+        let bob = for_recipient(&m, "bob", ROLE_RECEIVED, 7).expect("copy");
+        assert_eq!(&*bob.topic, "inbox/bob/dm/alice");
+        assert_eq!(user_property(&bob, SEQ), Some("7"));
+        assert!(!bob.retain);
+        let alice = for_recipient(&m, "alice", ROLE_SENT, 0).expect("copy");
+        assert_eq!(&*alice.topic, "inbox/alice/sent/bob");
+        assert!(for_recipient(&published("x/y"), "bob", ROLE_RECEIVED, 1).is_none());
+    }
+
+    #[test]
+    fn sync_requests_and_ends() {
+        assert_eq!(parse_sync_request(b" 42\n"), Ok(Some(42)));
+        assert_eq!(parse_sync_request(b""), Ok(None));
+        assert!(parse_sync_request(b"-1").is_err());
+        assert!(parse_sync_request(&[0xff]).is_err());
+        let end = sync_end("bob", Some(3), Some(9), 10, false);
+        assert_eq!(&*end.topic, "inbox/bob/sync");
+        assert_eq!(
+            &end.payload[..],
+            br#"{"after":3,"last":9,"next":10,"more":false}"#
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! The IM topic scheme: what a published topic addresses, and the inbox topics the broker
+//! delivers on.
+//!
+//! | a client publishes to | the broker delivers on |
+//! | --- | --- |
+//! | `dm/{to}` | `inbox/{to}/dm/{from}` to every device of `to`, and `inbox/{from}/sent/{to}` to the sender's devices |
+//! | `group/{gid}` | `inbox/{m}/group/{gid}/{from}` to every member `m` (the sender included) |
+//! | `broadcast/{channel}` | `broadcast/{channel}` (operators only; every user may subscribe) |
+//! | `$sync` | nothing: the payload is the last inbox `seq` the device saw, and the broker replays the gap to that connection, then `inbox/{user}/sync` |
+//! | `inbox/...` | refused: only the broker writes into inboxes |
+//!
+//! `{from}` is always the authenticated user of the publishing connection. Anything else is an
+//! ordinary MQTT topic, routed as such.
+
+/// Role of an inbox entry for its user (stored in the inbox log).
+pub const ROLE_RECEIVED: u8 = 0;
+/// The sender's own copy of a direct message (`inbox/{from}/sent/{to}`).
+pub const ROLE_SENT: u8 = 1;
+
+/// The topic prefix of every inbox.
+pub const INBOX: &str = "inbox";
+/// The sync request topic.
+pub const SYNC: &str = "$sync";
+
+/// What a PUBLISH topic addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address<'a> {
+    /// `dm/{to}`.
+    Direct { to: &'a str },
+    /// `group/{gid}`.
+    Group { gid: &'a str },
+    /// `broadcast/{channel}` (the whole topic is kept).
+    Broadcast,
+    /// `$sync`.
+    Sync,
+    /// Inside `inbox/`: nobody publishes there but the broker.
+    Inbox,
+    /// `dm/`, `group/` with a missing or extra level: a mistake worth a clear refusal
+    /// rather than a silent ordinary publish nobody receives.
+    Malformed,
+    /// Any other topic: plain MQTT.
+    Plain,
+}
+
+/// Classifies a (valid, alias-resolved) PUBLISH topic.
+pub fn classify(topic: &str) -> Address<'_> {
+    let mut levels = topic.splitn(3, '/');
+    let first = levels.next().unwrap_or_default();
+    let second = levels.next();
+    let rest = levels.next();
+    match (first, second, rest) {
+        (SYNC, None, None) => Address::Sync,
+        (INBOX, _, _) => Address::Inbox,
+        ("dm", Some(to), None) if !to.is_empty() => Address::Direct { to },
+        ("group", Some(gid), None) if !gid.is_empty() => Address::Group { gid },
+        ("dm" | "group", _, _) => Address::Malformed,
+        ("broadcast", Some(channel), _) if !channel.is_empty() => Address::Broadcast,
+        ("broadcast", _, _) => Address::Malformed,
+        _ => Address::Plain,
+    }
+}
+
+/// The user whose inbox a topic is in, if it is an inbox topic.
+pub fn inbox_owner(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix("inbox/")?;
+    Some(rest.split('/').next().unwrap_or_default())
+}
+
+/// Whether a user or group id can be one level of a topic: not empty, no `/`, no
+/// wildcard, no NUL (MQTT forbids it in strings anyway).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 256 && !id.contains(['/', '+', '#', '\0']) && !id.starts_with('$')
+}
+
+/// What the published topic was, as stored with the message (`dm/{to}` or `group/{gid}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conversation<'a> {
+    Direct { to: &'a str },
+    Group { gid: &'a str },
+}
+
+impl<'a> Conversation<'a> {
+    /// Parses the stored topic of a chat message.
+    pub fn parse(topic: &'a str) -> Option<Conversation<'a>> {
+        match classify(topic) {
+            Address::Direct { to } => Some(Conversation::Direct { to }),
+            Address::Group { gid } => Some(Conversation::Group { gid }),
+            _ => None,
+        }
+    }
+
+    /// The topic one recipient gets this conversation's message on.
+    pub fn inbox_topic(&self, recipient: &str, from: &str, role: u8) -> String {
+        match self {
+            Conversation::Direct { to } if role == ROLE_SENT => {
+                format!("{INBOX}/{recipient}/sent/{to}")
+            }
+            Conversation::Direct { .. } => format!("{INBOX}/{recipient}/dm/{from}"),
+            Conversation::Group { gid } => format!("{INBOX}/{recipient}/group/{gid}/{from}"),
+        }
+    }
+}
+
+/// The topic on which the end of a sync replay is announced to the user's device.
+pub fn sync_end_topic(user: &str) -> String {
+    format!("{INBOX}/{user}/sync")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_the_im_topics() {
+        assert_eq!(classify("dm/bob"), Address::Direct { to: "bob" });
+        assert_eq!(classify("group/g1"), Address::Group { gid: "g1" });
+        assert_eq!(classify("broadcast/news"), Address::Broadcast);
+        assert_eq!(classify("broadcast/news/eu"), Address::Broadcast);
+        assert_eq!(classify("$sync"), Address::Sync);
+        assert_eq!(classify("inbox/bob/dm/alice"), Address::Inbox);
+        assert_eq!(classify("inbox"), Address::Inbox);
+        assert_eq!(classify("dm/"), Address::Malformed);
+        assert_eq!(classify("dm"), Address::Malformed);
+        assert_eq!(classify("dm/bob/x"), Address::Malformed);
+        assert_eq!(classify("group/g1/x"), Address::Malformed);
+        assert_eq!(classify("broadcast"), Address::Malformed);
+        assert_eq!(classify("sensors/1/temp"), Address::Plain);
+        assert_eq!(classify("dmx/bob"), Address::Plain);
+        assert_eq!(classify("$sync/x"), Address::Plain);
+    }
+
+    #[test]
+    fn builds_inbox_topics_per_role() {
+        let dm = Conversation::parse("dm/bob").expect("dm");
+        assert_eq!(
+            dm.inbox_topic("bob", "alice", ROLE_RECEIVED),
+            "inbox/bob/dm/alice"
+        );
+        assert_eq!(
+            dm.inbox_topic("alice", "alice", ROLE_SENT),
+            "inbox/alice/sent/bob"
+        );
+        let group = Conversation::parse("group/g1").expect("group");
+        assert_eq!(
+            group.inbox_topic("carol", "alice", ROLE_RECEIVED),
+            "inbox/carol/group/g1/alice"
+        );
+        assert_eq!(Conversation::parse("a/b"), None);
+        assert_eq!(inbox_owner("inbox/bob/dm/alice"), Some("bob"));
+        assert_eq!(inbox_owner("inboxes/bob"), None);
+    }
+
+    #[test]
+    fn ids_cannot_escape_their_topic_level() {
+        assert!(valid_id("alice"));
+        assert!(valid_id("user-42@example"));
+        for bad in ["", "a/b", "+", "a#", "$sys", "a\0b"] {
+            assert!(!valid_id(bad), "{bad:?}");
+        }
+    }
+}
