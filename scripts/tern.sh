@@ -2,9 +2,11 @@
 # Runs the `tern` command line (the same release binary scripts/serve.sh runs), e.g.
 #   ./scripts/tern.sh user add alice --password alice-pw
 #   ./scripts/tern.sh sessions list --json
-# Build output goes to the shared target directory; the first build compiles RocksDB.
+# It runs from the repository root, like scripts/serve.sh, so both find ./tern-data there
+# (relative paths given as arguments are relative to the root too). Build output goes to
+# the shared target directory; the first build compiles RocksDB.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tern-target}"
-(cd "$root" && cargo build --quiet --release --workspace --bins)
+cargo build --quiet --release --workspace --bins
 exec "$CARGO_TARGET_DIR/release/tern" "$@"
