@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Value};
 use tern::admin::model::format_time;
-use tern_codec::{Protocol, QoS, ReasonCode};
+use tern_codec::{Packet, Protocol, QoS, ReasonCode};
 use tern_conformance::{connect_packet, Broker, RawClient};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -1156,4 +1156,39 @@ async fn odd_client_ids_reach_their_session() {
     let peek = json(&dir, &["queue", "peek", id]).await;
     assert_eq!(peek["queued"], json!(0));
     broker.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_a_user_closes_its_live_connections() {
+    let broker = Broker::start().await;
+    let base = broker.admin_url();
+    let t = || Some(broker.admin_token());
+    let (status, body) = http(
+        "POST",
+        format!("{base}/v1/users"),
+        t(),
+        Some(json!({ "user": "erin", "password": "pw" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let mut connect = connect_packet(Protocol::V5, "erin-phone", true);
+    connect.username = Some("erin".into());
+    connect.password = Some(Bytes::from_static(b"pw"));
+    let mut phone = RawClient::connect(broker.addr, Protocol::V5).await;
+    assert_eq!(phone.handshake(connect).await.code, ReasonCode::Success);
+
+    let (status, body) = http("DELETE", format!("{base}/v1/users/erin"), t(), None).await;
+    assert_eq!(status, 200, "{body}");
+    match phone.recv().await {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason, ReasonCode::NotAuthorized);
+            let why = d.properties.reason_string.expect("reason string");
+            assert!(why.contains("deleted"), "{why}");
+        }
+        other => panic!("expected DISCONNECT 0x87, got {other:?}"),
+    }
+    assert_eq!(
+        login(&broker, Protocol::V5, "erin", "pw").await,
+        ReasonCode::BadUserNameOrPassword
+    );
 }

@@ -34,7 +34,8 @@ use super::token;
 use crate::config::Config;
 use crate::im::directory::{user_ops, ChangeError, GroupChange, UserChange};
 use crate::message::now_ms;
-use crate::router::{Command, RouterGone, RouterHandle};
+use crate::router::{CloseReason, Command, RouterGone, RouterHandle};
+use tern_codec::ReasonCode;
 
 /// Default number of entries of `GET /v1/sessions/{id}/queue` and `GET /v1/inbox/{user}`.
 pub const DEFAULT_LIMIT: usize = 20;
@@ -500,12 +501,24 @@ async fn user_show(
 /// durable; returns the op's user, if it wrote one.
 async fn change_user(state: &AdminState, change: UserChange) -> ApiResult<Option<UserView>> {
     let _one_at_a_time = state.users.lock().await;
-    let ops = read(state, move |store| user_ops(store, &change, now_ms())).await?;
+    let asked = change.clone();
+    let ops = read(state, move |store| user_ops(store, &asked, now_ms())).await?;
     let user = ops.iter().find_map(|op| match op {
         tern_storage::Op::PutUser(u) => Some(UserView::from(u)),
         _ => None,
     });
     state.writer.submit(ops).await.await?;
+    // Connections logged in with credentials that no longer hold are closed: a deleted
+    // user, or a password changed because it leaked, must not keep a live session.
+    let closed = match &change {
+        UserChange::Delete { user } => Some((user.clone(), "the user was deleted")),
+        UserChange::Passwd { user, .. } => Some((user.clone(), "the password was changed")),
+        UserChange::Add { .. } => None,
+    };
+    if let Some((user, why)) = closed {
+        let reason = CloseReason::new(ReasonCode::NotAuthorized, why);
+        let _ = state.router.send(Command::CloseUser { user, reason }).await;
+    }
     Ok(user)
 }
 

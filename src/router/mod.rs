@@ -189,6 +189,11 @@ pub enum Command {
         topic: String,
         reply: oneshot::Sender<Option<Durable>>,
     },
+    /// Closes every connection of a user (deleted, or its password changed).
+    CloseUser {
+        user: String,
+        reason: CloseReason,
+    },
     /// Every session the router holds (or the one with this client id).
     Sessions {
         client_id: Option<String>,
@@ -524,6 +529,16 @@ impl Router {
                     None => None,
                 };
                 let _ = reply.send(answer);
+            }
+            Command::CloseUser { user, reason } => {
+                let ids = self.user_sessions.get(&user).cloned().unwrap_or_default();
+                for id in ids {
+                    if let Some(online) = self.sessions.get_mut(&id).and_then(|s| s.online.as_mut())
+                    {
+                        tracing::info!(%user, why = %reason.why, "closing the user's connection");
+                        online.close(reason.clone());
+                    }
+                }
             }
             Command::Sessions { client_id, reply } => {
                 let _ = reply.send(self.summaries(client_id.as_deref()));
