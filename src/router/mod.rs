@@ -333,6 +333,8 @@ pub struct Router {
     sessions: HashMap<SessionId, Slot>,
     by_client: HashMap<ByteString, SessionId>,
     share_cursor: HashMap<String, usize>,
+    /// Reused by `plan` for the matches of each message.
+    scratch_targets: Vec<Target>,
     timers: BTreeSet<(Instant, SessionId, TimerKind)>,
     next_session: SessionId,
     next_conn: ConnId,
@@ -372,6 +374,7 @@ impl Router {
             sessions: HashMap::new(),
             by_client: HashMap::new(),
             share_cursor: HashMap::new(),
+            scratch_targets: Vec::new(),
             timers: BTreeSet::new(),
             next_session: 1,
             next_conn: 1,
@@ -844,7 +847,10 @@ impl Router {
         if message.retain {
             self.retain(message, ops);
         }
-        let mut targets: HashMap<SessionId, (QoS, bool, Vec<u32>)> = HashMap::new();
+        // Matches go into a buffer kept across publishes (no allocation per message), then
+        // overlapping subscriptions of one session are merged.
+        let mut targets = std::mem::take(&mut self.scratch_targets);
+        targets.clear();
         let sessions = &self.sessions;
         let cursors = &mut self.share_cursor;
         self.subscriptions
@@ -857,7 +863,7 @@ impl Router {
                     if subscription.options.no_local && message.origin == Some(*client) {
                         return;
                     }
-                    merge_target(&mut targets, *client, subscription);
+                    targets.push(Target::new(*client, subscription));
                 }
                 Match::Shared {
                     group,
@@ -867,16 +873,21 @@ impl Router {
                     if let Some((client, subscription)) =
                         pick_member(sessions, cursors, group, filter, members)
                     {
-                        merge_target(&mut targets, *client, subscription);
+                        targets.push(Target::new(*client, subscription));
                     }
                 }
             });
         let matched = !targets.is_empty();
+        // Stable, so that a session's subscription identifiers keep their match order.
+        targets.sort_by_key(|t| t.session);
         live.reserve(targets.len());
         let now = now_ms();
         let inbox_of = inbox_owner(&message.topic);
         let broadcast = message.topic.starts_with(BROADCAST_PREFIX);
-        for (id, (qos, retain_as_published, ids)) in targets {
+        let mut index = 0;
+        while index < targets.len() {
+            let id = targets[index].session;
+            let (qos, retain_as_published, ids) = merge_session(&targets, &mut index);
             let Some(slot) = self.sessions.get_mut(&id) else {
                 continue;
             };
@@ -922,6 +933,7 @@ impl Router {
                 live.push((id, delivery));
             }
         }
+        self.scratch_targets = targets;
         matched
     }
 
@@ -1200,21 +1212,40 @@ fn inbound_qos2_op(inbound_qos2: Option<(ByteString, u16)>) -> Vec<Op> {
         .collect()
 }
 
-fn merge_target(
-    targets: &mut HashMap<SessionId, (QoS, bool, Vec<u32>)>,
-    client: SessionId,
-    subscription: &Subscription,
-) {
-    // Overlapping subscriptions of one session: one copy with the highest QoS and every
-    // matching subscription identifier [MQTT-3.3.4-2, 3.3.4-3].
-    let entry = targets
-        .entry(client)
-        .or_insert((QoS::AtMostOnce, false, Vec::new()));
-    entry.0 = entry.0.max(subscription.options.qos);
-    entry.1 |= subscription.options.retain_as_published;
-    if let Some(id) = subscription.identifier {
-        entry.2.push(id);
+/// One subscription matching a message, before a session's overlapping ones are merged.
+struct Target {
+    session: SessionId,
+    qos: QoS,
+    retain_as_published: bool,
+    identifier: Option<u32>,
+}
+
+impl Target {
+    fn new(session: SessionId, subscription: &Subscription) -> Target {
+        Target {
+            session,
+            qos: subscription.options.qos,
+            retain_as_published: subscription.options.retain_as_published,
+            identifier: subscription.identifier,
+        }
     }
+}
+
+/// Merges the run of `targets` (sorted by session) starting at `*index` and moves past it.
+/// Overlapping subscriptions of one session give one copy with the highest QoS and every
+/// matching subscription identifier [MQTT-3.3.4-2, 3.3.4-3].
+fn merge_session(targets: &[Target], index: &mut usize) -> (QoS, bool, Vec<u32>) {
+    let session = targets[*index].session;
+    let mut merged = (QoS::AtMostOnce, false, Vec::new());
+    while let Some(t) = targets.get(*index).filter(|t| t.session == session) {
+        merged.0 = merged.0.max(t.qos);
+        merged.1 |= t.retain_as_published;
+        if let Some(id) = t.identifier {
+            merged.2.push(id);
+        }
+        *index += 1;
+    }
+    merged
 }
 
 /// One member of a shared subscription group per message, round robin, preferring members
