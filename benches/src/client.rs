@@ -2,7 +2,7 @@
 //! encoded into one buffer and written in batches, and the socket splits into a
 //! [`Reader`] and a [`Writer`] so one task can read while another publishes.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -12,7 +12,7 @@ use tern_codec::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::error::{Error, Result};
 
@@ -21,10 +21,15 @@ const MAX_PACKET: usize = 1 << 20;
 /// How long the handshake (CONNACK, SUBACK) may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Buffer size of a default client (and how much its read buffer grows at a time).
+const BUFFER: usize = 64 * 1024;
+
 /// The receiving half of a connection.
 pub struct Reader {
     half: OwnedReadHalf,
     buf: BytesMut,
+    /// How much the read buffer grows by when it runs short.
+    chunk: usize,
     protocol: Protocol,
     id: String,
 }
@@ -43,35 +48,90 @@ pub struct Client {
     pub writer: Writer,
 }
 
+/// How a client connects, beyond the broker's address and the protocol.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub client_id: String,
+    /// MQTT user name (sent without a password: an anonymous client acting as that user,
+    /// where the broker allows it).
+    pub username: Option<String>,
+    /// Keep alive in seconds (0: none). The client must then send something (PINGREQ) at
+    /// least this often.
+    pub keep_alive: u16,
+    /// Local address to bind before connecting (port chosen by the system), to spread many
+    /// connections over several source addresses.
+    pub bind: Option<IpAddr>,
+    /// Initial size of the read and write buffers (the read buffer grows by this much).
+    /// Small for the thousands of idle clients of a broadcast run.
+    pub buffer: usize,
+}
+
+impl ConnectOptions {
+    /// Client ID `client_id`, no user name, keep alive 0, no bind, 64 KiB buffers.
+    pub fn new(client_id: &str) -> ConnectOptions {
+        ConnectOptions {
+            client_id: client_id.to_string(),
+            username: None,
+            keep_alive: 0,
+            bind: None,
+            buffer: BUFFER,
+        }
+    }
+}
+
 impl Client {
     /// Connects with a clean session and keepalive 0, and awaits a successful CONNACK.
     pub async fn connect(addr: SocketAddr, protocol: Protocol, client_id: &str) -> Result<Client> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| Error::new(format!("cannot connect to {addr}: {e}")))?;
+        Client::connect_with(addr, protocol, &ConnectOptions::new(client_id)).await
+    }
+
+    /// Connects with a clean session as `opts` says, and awaits a successful CONNACK.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        protocol: Protocol,
+        opts: &ConnectOptions,
+    ) -> Result<Client> {
+        let client_id = opts.client_id.as_str();
+        let stream = match opts.bind {
+            None => TcpStream::connect(addr).await,
+            Some(local) => {
+                let socket = if local.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                socket
+                    .bind(SocketAddr::new(local, 0))
+                    .map_err(|e| Error::new(format!("cannot bind to {local}: {e}")))?;
+                socket.connect(addr).await
+            }
+        }
+        .map_err(|e| Error::new(format!("cannot connect to {addr}: {e}")))?;
         stream.set_nodelay(true)?;
         let (r, w) = stream.into_split();
+        let buffer = opts.buffer.max(256);
         let mut client = Client {
             reader: Reader {
                 half: r,
-                buf: BytesMut::with_capacity(64 * 1024),
+                buf: BytesMut::with_capacity(buffer),
+                chunk: buffer,
                 protocol,
                 id: client_id.to_string(),
             },
             writer: Writer {
                 half: w,
-                buf: BytesMut::with_capacity(64 * 1024),
+                buf: BytesMut::with_capacity(buffer),
                 protocol,
             },
         };
         let connect = Connect {
             protocol,
             clean_start: true,
-            keep_alive: 0,
+            keep_alive: opts.keep_alive,
             properties: Properties::default(),
             client_id: ByteString::from(client_id.to_string()),
             will: None,
-            username: None,
+            username: opts.username.clone().map(ByteString::from),
             password: None,
         };
         client.writer.queue(&Packet::Connect(Box::new(connect)))?;
@@ -126,17 +186,24 @@ impl Reader {
             if let Some(p) = tern_codec::decode(&mut self.buf, self.protocol, MAX_PACKET)? {
                 return Ok(p);
             }
-            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-                self.buf.reserve(64 * 1024);
-            }
-            let n = self.half.read_buf(&mut self.buf).await?;
-            if n == 0 {
-                return Err(Error::new(format!(
-                    "{}: broker closed the connection",
-                    self.id
-                )));
-            }
+            self.fill().await?;
         }
+    }
+
+    /// Reads whatever the socket has into the buffer (waiting for at least one byte); a
+    /// closed connection is an error. Cancel-safe: nothing is lost if the future is dropped.
+    pub async fn fill(&mut self) -> Result<()> {
+        if self.buf.capacity() - self.buf.len() < self.chunk / 4 {
+            self.buf.reserve(self.chunk);
+        }
+        let n = self.half.read_buf(&mut self.buf).await?;
+        if n == 0 {
+            return Err(Error::new(format!(
+                "{}: broker closed the connection",
+                self.id
+            )));
+        }
+        Ok(())
     }
 
     /// A packet already complete in the read buffer, without waiting for the socket.
@@ -209,6 +276,33 @@ impl Writer {
             self.buf.clear();
         }
         Ok(())
+    }
+
+    /// Closes the connection at once with a TCP reset (SO_LINGER 0) once the reading half
+    /// is dropped too, discarding whatever the socket still has to send: for a publisher
+    /// the broker has fallen far behind, so that the broker does not go on reading its
+    /// backlog after the run.
+    pub fn reset(self) {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            let fd = self.half.as_ref().as_raw_fd();
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt reads `size_of::<linger>()` bytes from a live struct, on
+            // a descriptor this half keeps open.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+        }
     }
 
     /// Sends DISCONNECT (normal) and shuts the socket down; errors are ignored, the run is

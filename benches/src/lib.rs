@@ -14,4 +14,5 @@ pub mod stats;
 
 pub use error::{Error, Result};
 pub use run::Options;
+pub use scenarios::{BroadcastDmConfig, BroadcastDmReport};
 pub use stats::{LatencySummary, Report};

@@ -452,3 +452,42 @@ pub async fn run(
         measured_secs: opts.duration.as_secs_f64(),
     })
 }
+
+/// Raises the soft limit on open files towards `want` (up to the hard limit) and returns
+/// the soft limit now. Every connection of the tool is one open file.
+#[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
+pub fn raise_open_files(want: u64) -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let current = limit.rlim_cur as u64;
+    if current >= want {
+        return Ok(current);
+    }
+    let target = if limit.rlim_max == libc::RLIM_INFINITY {
+        want
+    } else {
+        want.min(limit.rlim_max as u64)
+    };
+    if target <= current {
+        return Ok(current);
+    }
+    limit.rlim_cur = target as libc::rlim_t;
+    // SAFETY: setrlimit only reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Ok(current);
+    }
+    Ok(target)
+}
+
+/// Raises the soft limit on open files (nothing to do off Unix).
+#[cfg(not(unix))]
+pub fn raise_open_files(want: u64) -> std::io::Result<u64> {
+    Ok(want)
+}

@@ -19,17 +19,34 @@ pub fn now_nanos() -> u64 {
     epoch().elapsed().as_nanos() as u64
 }
 
+/// `t` in nanoseconds since the process epoch (0 for instants before it).
+pub fn nanos_at(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_nanos() as u64
+}
+
 /// A payload of `len` bytes (at least 8) whose first 8 bytes are the send time.
 pub fn stamped_payload(len: usize, filler: &Bytes) -> Bytes {
+    stamped_payload_at(len, filler, now_nanos())
+}
+
+/// A payload of `len` bytes (at least 8) whose first 8 bytes are `stamp` (nanoseconds since
+/// the process epoch: a paced sender stamps the time a message was due, so that time spent
+/// waiting to send it counts in its latency).
+pub fn stamped_payload_at(len: usize, filler: &Bytes, stamp: u64) -> Bytes {
     let mut b = BytesMut::with_capacity(len.max(8));
-    b.put_u64_le(now_nanos());
+    b.put_u64_le(stamp);
     b.extend_from_slice(&filler[..len.saturating_sub(8)]);
     b.freeze()
 }
 
+/// The timestamp of a stamped payload (nanoseconds since the process epoch).
+pub fn payload_stamp(payload: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(payload.get(..8)?.try_into().ok()?))
+}
+
 /// The latency of a stamped payload received now, if it carries a timestamp.
 pub fn payload_latency(payload: &[u8]) -> Option<Duration> {
-    let stamp = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+    let stamp = payload_stamp(payload)?;
     Some(Duration::from_nanos(now_nanos().saturating_sub(stamp)))
 }
 
@@ -82,6 +99,27 @@ pub struct LatencySummary {
     pub p999_us: u64,
     pub max_us: u64,
     pub samples: u64,
+}
+
+impl LatencySummary {
+    /// `p50=..us p99=..us p99.9=..us max=..us n=..`.
+    pub fn text(&self) -> String {
+        format!(
+            "p50={}us p99={}us p99.9={}us max={}us n={}",
+            self.p50_us, self.p99_us, self.p999_us, self.max_us, self.samples
+        )
+    }
+
+    /// `{"p50":..,"p99":..,"p999":..,"max":..,"samples":..}`, or `null` for `None`.
+    pub fn json(summary: Option<&LatencySummary>) -> String {
+        match summary {
+            Some(l) => format!(
+                "{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{},\"samples\":{}}}",
+                l.p50_us, l.p99_us, l.p999_us, l.max_us, l.samples
+            ),
+            None => "null".to_string(),
+        }
+    }
 }
 
 /// What a scenario measured.

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tern_bench::{scenarios, Options};
+use tern_bench::{scenarios, BroadcastDmConfig, Options};
 use tern_codec::{Protocol, QoS};
 use tern_conformance::Broker;
 
@@ -79,4 +79,54 @@ async fn refused_connection_is_an_error_not_a_panic() {
         .await
         .expect_err("no broker");
     assert!(err.to_string().contains("cannot connect"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broadcast_dm_moves_dms_and_broadcasts() {
+    let broker = Broker::start_with(|c| c.im.operators = vec!["ops".into()]).await;
+    let mut opts = short(broker.addr);
+    opts.protocol = Protocol::V5;
+    opts.max_drain = Duration::from_secs(5);
+    let mut cfg = BroadcastDmConfig::new(50);
+    cfg.dm_rate = 200.0;
+    cfg.broadcast_rate = Some(100.0);
+    let r = scenarios::broadcast_dm(&opts, &cfg)
+        .await
+        .expect("broadcast-dm");
+    println!("{}", r.text());
+    println!("{}", r.json());
+    assert_eq!(r.subscribers_lost, 0, "{r:?}");
+    // DMs flow in both phases, and QoS 1 loses none.
+    assert!(
+        r.quiet.dm_received > 0 && r.broadcast.dm_received > 0,
+        "{r:?}"
+    );
+    assert!(
+        r.quiet.dm_latency.is_some() && r.broadcast.dm_latency.is_some(),
+        "{r:?}"
+    );
+    assert!(r.broadcast.dm_ack_latency.is_some(), "{r:?}");
+    assert!(r.broadcast.dm_latency_from_due.is_some(), "{r:?}");
+    assert_eq!(r.dm_due, r.dm_sent, "alice gave up no DM: {r:?}");
+    assert_eq!(r.dm_acked, r.dm_sent, "{r:?}");
+    assert_eq!(r.dm_received, r.dm_sent, "{r:?}");
+    // Broadcasts only in phase 2, and they reach the subscribers.
+    assert_eq!(r.quiet.broadcast_deliveries, 0, "{r:?}");
+    assert!(r.broadcasts_sent > 0, "{r:?}");
+    assert!(r.broadcast.broadcast_deliveries > 0, "{r:?}");
+    assert!(r.broadcast_received > 0, "{r:?}");
+    assert!(r.broadcast_received <= r.broadcast_expected, "{r:?}");
+    assert!(r.broadcast_latency.is_some(), "{r:?}");
+    // bob gets the broadcasts too (beside his DMs), and they are not counted as DMs.
+    assert!(r.recipient_broadcasts_received > 0, "{r:?}");
+
+    // Someone who is not an operator cannot broadcast: a clear error, not empty numbers.
+    cfg.operator = "mallory".into();
+    cfg.subscribers = 5;
+    let err = scenarios::broadcast_dm(&opts, &cfg)
+        .await
+        .expect_err("not an operator");
+    assert!(err.to_string().contains("operator"), "{err}");
+
+    broker.stop().await;
 }

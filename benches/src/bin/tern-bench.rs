@@ -1,18 +1,19 @@
 //! `tern-bench`: the load generator's command line. Runs one scenario against a broker and
-//! prints one line of results (or a JSON object with `--json`).
+//! prints its results: one line (a few for `broadcast-dm`), or a JSON object with `--json`.
 //!
 //! ```text
 //! tern-bench --host 127.0.0.1 --port 1883 fan-in --publishers 4 --qos 0
 //! tern-bench pairs --pairs 50 --qos 1 --inflight 16
 //! tern-bench fan-out --subscribers 1000 --qos 1
 //! tern-bench --json latency --rate 20000 --qos 0
+//! tern-bench broadcast-dm --subscribers 19000 --rate 1000 --broadcast-rate 10
 //! ```
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tern_bench::{scenarios, Options, Report};
+use tern_bench::{scenarios, BroadcastDmConfig, BroadcastDmReport, Options, Report};
 use tern_codec::{Protocol, QoS};
 
 #[derive(Parser, Debug)]
@@ -83,6 +84,58 @@ enum Scenario {
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
         qos: u8,
     },
+    /// DM latency (alice -> bob, QoS 1, paced) without, then during, system broadcasts
+    /// from an operator to N connected users. Needs a tern broker whose im.operators lists
+    /// the operator.
+    BroadcastDm {
+        /// Idle users (u0, u1, ...) subscribed to broadcast/all, one connection each.
+        #[arg(long, default_value_t = 19_000)]
+        subscribers: usize,
+        /// DMs per second from alice to bob.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Broadcasts per second in phase 2; 0 = as fast as possible.
+        #[arg(long, default_value_t = 0.0)]
+        broadcast_rate: f64,
+        /// QoS of the broadcast PUBLISH (1: at most --inflight unacknowledged).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+        broadcast_qos: u8,
+        /// User name of the operator.
+        #[arg(long, default_value = "ops")]
+        operator: String,
+        /// Keep alive of the subscribers in seconds (they ping at half of it).
+        #[arg(long, default_value_t = 60)]
+        keepalive: u16,
+        /// Subscribers per loopback source address (127.0.0.2, .3, ...); 0 = don't spread.
+        #[arg(long, default_value_t = 1000)]
+        per_source: usize,
+        /// bob does not subscribe to the broadcasts (only the rest of the broker is busy
+        /// with them, not his own connection).
+        #[arg(long)]
+        bob_without_broadcasts: bool,
+    },
+}
+
+/// What a scenario returns.
+enum Output {
+    Standard(Report),
+    BroadcastDm(Box<BroadcastDmReport>),
+}
+
+impl Output {
+    fn text(&self) -> String {
+        match self {
+            Output::Standard(r) => r.line(),
+            Output::BroadcastDm(r) => r.text(),
+        }
+    }
+
+    fn json(&self) -> String {
+        match self {
+            Output::Standard(r) => r.json(),
+            Output::BroadcastDm(r) => r.json(),
+        }
+    }
 }
 
 fn qos(q: u8) -> QoS {
@@ -97,7 +150,7 @@ fn seconds(name: &str, s: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(s).map_err(|_| format!("--{name} must be a non-negative number"))
 }
 
-async fn main_inner(cli: Cli) -> Result<Report, String> {
+async fn main_inner(cli: Cli) -> Result<Output, String> {
     let target = format!("{}:{}", cli.host, cli.port);
     let addr = tokio::net::lookup_host(&target)
         .await
@@ -122,8 +175,33 @@ async fn main_inner(cli: Cli) -> Result<Report, String> {
             qos: q,
         } => scenarios::fan_out(&opts, subscribers.max(1), qos(q)).await,
         Scenario::Latency { rate, qos: q } => scenarios::latency(&opts, rate, qos(q)).await,
+        Scenario::BroadcastDm {
+            subscribers,
+            rate,
+            broadcast_rate,
+            broadcast_qos,
+            operator,
+            keepalive,
+            per_source,
+            bob_without_broadcasts,
+        } => {
+            let cfg = BroadcastDmConfig {
+                subscribers,
+                dm_rate: rate,
+                broadcast_rate: (broadcast_rate > 0.0).then_some(broadcast_rate),
+                broadcast_qos: qos(broadcast_qos),
+                operator,
+                keep_alive: keepalive,
+                per_source,
+                recipient_broadcasts: !bob_without_broadcasts,
+            };
+            return scenarios::broadcast_dm(&opts, &cfg)
+                .await
+                .map(|r| Output::BroadcastDm(Box::new(r)))
+                .map_err(|e| e.to_string());
+        }
     };
-    report.map_err(|e| e.to_string())
+    report.map(Output::Standard).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -140,11 +218,11 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(main_inner(cli)) {
-        Ok(report) => {
+        Ok(output) => {
             if json {
-                println!("{}", report.json());
+                println!("{}", output.json());
             } else {
-                println!("{}", report.line());
+                println!("{}", output.text());
             }
             ExitCode::SUCCESS
         }
