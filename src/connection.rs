@@ -45,6 +45,8 @@ pub struct Context {
     pub config: Config,
     pub router: RouterHandle,
     pub writer: Writer,
+    /// Permits for system broadcasts being fanned out (`router::MAX_BROADCASTS_IN_FLIGHT`).
+    pub broadcasts: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why a connection ended, for the log.
@@ -803,7 +805,9 @@ impl Connection {
                 }
                 return Ok(());
             }
-            Address::Broadcast if self.identity.operator => None,
+            Address::Broadcast if self.identity.operator => {
+                return self.publish_broadcast(message, ack).await;
+            }
             Address::Broadcast => Some((
                 ReasonCode::NotAuthorized,
                 "broadcast needs the operator role",
@@ -846,6 +850,50 @@ impl Connection {
             .send(Command::Publish {
                 message,
                 inbound_qos2,
+                reply: Some(reply),
+            })
+            .await?;
+        self.await_ack(packet_id, qos, routed);
+        Ok(())
+    }
+
+    /// An operator's broadcast: waits for a fan-out permit first, so an operator publishing
+    /// faster than broadcasts reach every connection is slowed down (this connection stops
+    /// reading) instead of filling the router's queue in front of chat.
+    async fn publish_broadcast(
+        &mut self,
+        message: Arc<Message>,
+        ack: Option<(u16, QoS)>,
+    ) -> Result<(), ConnectionError> {
+        let permit = self
+            .ctx
+            .broadcasts
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ConnectionError::RouterGone)?;
+        let inbound_qos2 = ack
+            .filter(|(_, qos)| self.persistent && *qos == QoS::ExactlyOnce)
+            .map(|(packet_id, _)| (self.client_id.clone(), packet_id));
+        let Some((packet_id, qos)) = ack else {
+            self.ctx
+                .router
+                .send(Command::Broadcast {
+                    message,
+                    inbound_qos2,
+                    permit,
+                    reply: None,
+                })
+                .await?;
+            return Ok(());
+        };
+        let (reply, routed) = oneshot::channel();
+        self.ctx
+            .router
+            .send(Command::Broadcast {
+                message,
+                inbound_qos2,
+                permit,
                 reply: Some(reply),
             })
             .await?;

@@ -133,6 +133,9 @@ impl Server {
                 config,
                 router,
                 writer,
+                broadcasts: Arc::new(tokio::sync::Semaphore::new(
+                    crate::router::MAX_BROADCASTS_IN_FLIGHT,
+                )),
             }),
             router_task,
             admin,

@@ -13,10 +13,11 @@
 //! not wait for the sync either, it hands the [`Durable`] to the publisher's connection,
 //! which acknowledges once it resolves.
 
+mod broadcast;
 mod chat;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +28,10 @@ use tern_codec::{
 use tern_storage::{
     Durable, Op, SessionRecord, StorageError, StoredSession, StoredSubscription, Writer,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
+pub use broadcast::MAX_BROADCASTS_IN_FLIGHT;
 pub use chat::ChatPublish;
 
 use crate::config::ImConfig;
@@ -172,6 +174,14 @@ pub enum Command {
         /// (client ID, packet ID) of an inbound QoS 2 publish of a persistent session: its
         /// "already received" marker is written in the same batch as the message.
         inbound_qos2: Option<(ByteString, u16)>,
+        reply: Option<oneshot::Sender<Routed>>,
+    },
+    /// A system broadcast from an operator's connection, holding one of the
+    /// [`MAX_BROADCASTS_IN_FLIGHT`] permits until its fan-out ends (see `broadcast.rs`).
+    Broadcast {
+        message: Arc<Message>,
+        inbound_qos2: Option<(ByteString, u16)>,
+        permit: OwnedSemaphorePermit,
         reply: Option<oneshot::Sender<Routed>>,
     },
     /// A direct or group message: into every recipient's inbox, in one atomic batch.
@@ -347,6 +357,8 @@ pub struct Router {
     inbox_next: HashMap<String, u64>,
     /// Messages not delivered because a queue was full (QoS 0, or a non-persistent session).
     pub dropped: u64,
+    /// Broadcasts not delivered because a connection's broadcast lane was full.
+    pub broadcast_dropped: Arc<AtomicU64>,
     /// Chat publishes refused (not a group member, unknown group).
     pub refused: u64,
 }
@@ -367,6 +379,7 @@ impl Router {
             message_ids: MessageIds::new(store.last_message_id()?),
             inbox_next: store.inbox_heads()?.into_iter().collect(),
             refused: 0,
+            broadcast_dropped: Arc::new(AtomicU64::new(0)),
             limits,
             writer,
             subscriptions: SubscriptionTree::new(),
@@ -509,6 +522,20 @@ impl Router {
             } => {
                 let ops = inbound_qos2_op(inbound_qos2);
                 let routed = self.route(&message, ops, reply.is_some()).await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(routed);
+                }
+            }
+            Command::Broadcast {
+                message,
+                inbound_qos2,
+                permit,
+                reply,
+            } => {
+                let ops = inbound_qos2_op(inbound_qos2);
+                let routed = self
+                    .route_broadcast(&message, ops, Some(permit), reply.is_some())
+                    .await;
                 if let Some(reply) = reply {
                     let _ = reply.send(routed);
                 }
@@ -797,7 +824,42 @@ impl Router {
 
     /// Routes one message and queues its durable writes (after `ops`, which go in the same
     /// atomic batch). With `wait`, the returned [`Durable`] resolves when they are synced.
-    async fn route(&mut self, message: &Arc<Message>, mut ops: Vec<Op>, wait: bool) -> Routed {
+    async fn route(&mut self, message: &Arc<Message>, ops: Vec<Op>, wait: bool) -> Routed {
+        if message.topic.starts_with(BROADCAST_PREFIX) {
+            // A will on a broadcast topic (an operator's): fanned out the same way.
+            return self.route_broadcast(message, ops, None, wait).await;
+        }
+        self.route_now(message, ops, wait).await
+    }
+
+    /// Matches a broadcast and hands its deliveries to a fan-out task (`broadcast.rs`).
+    async fn route_broadcast(
+        &mut self,
+        message: &Arc<Message>,
+        mut ops: Vec<Op>,
+        permit: Option<OwnedSemaphorePermit>,
+        wait: bool,
+    ) -> Routed {
+        let mut live = Vec::new();
+        let matched = self.plan(message, &mut ops, None, &mut live);
+        let durable = self.commit(ops, wait).await;
+        let lanes = live
+            .into_iter()
+            .filter_map(|(id, delivery)| {
+                let online = self.sessions.get(&id)?.online.as_ref()?;
+                Some((online.broadcast.clone(), delivery))
+            })
+            .collect();
+        broadcast::spawn_fan_out(lanes, permit, self.broadcast_dropped.clone());
+        Routed {
+            matched,
+            durable,
+            refused: None,
+        }
+    }
+
+    /// Routes one message and hands live deliveries to their connections at once.
+    async fn route_now(&mut self, message: &Arc<Message>, mut ops: Vec<Op>, wait: bool) -> Routed {
         let mut live = Vec::new();
         let matched = self.plan(message, &mut ops, None, &mut live);
         let durable = self.commit(ops, wait).await;
