@@ -56,10 +56,12 @@ fn group(gid: &str, members: &[&str]) -> Op {
     })
 }
 
-fn login(user: &'static str, password: Option<&'static str>) -> impl FnOnce(&mut Connect) {
+fn login(user: &str, password: Option<&str>) -> impl FnOnce(&mut Connect) {
+    let user = ByteString::from(user);
+    let password = password.map(|p| Bytes::copy_from_slice(p.as_bytes()));
     move |c| {
-        c.username = Some(user.into());
-        c.password = password.map(|p| Bytes::from_static(p.as_bytes()));
+        c.username = Some(user);
+        c.password = password;
     }
 }
 
@@ -685,4 +687,73 @@ async fn a_will_cannot_forge_an_inbox_or_chat_message() {
         .await;
         assert_eq!(ack.code, ReasonCode::NotAuthorized, "will on {topic}");
     }
+}
+
+/// Sum of the sizes of the RocksDB write-ahead logs (`*.log`) in a data directory.
+fn wal_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("data dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// A message to a large group with most members offline is written once: 200 offline
+/// persistent sessions get a 64 KiB group message, and the write-ahead log grows by about
+/// one payload plus small per-member entries, not by 200 payloads (12.5 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_group_message_is_stored_once_for_its_offline_members() {
+    const MEMBERS: usize = 200;
+    const PAYLOAD: usize = 64 * 1024;
+    let names: Vec<String> = (0..MEMBERS).map(|i| format!("m{i}")).collect();
+    let mut member_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    member_refs.push("alice");
+    let (broker, dir) = seeded(vec![group("big", &member_refs)], |c| {
+        c.limits.max_packet_size = 1_048_576;
+    })
+    .await;
+    for name in &names {
+        let (mut phone, _) = RawClient::open_ok(broker.addr, Protocol::V5, name, false, |c| {
+            login(name, None)(c);
+            c.properties.session_expiry_interval = Some(3600);
+        })
+        .await;
+        let filter = format!("inbox/{name}/#");
+        subscribe_all(&mut phone, &[filter.as_str()]).await;
+        phone.disconnect().await;
+    }
+    let mut alice = device(&broker, "alice", "alice-phone").await;
+    let before = wal_bytes(dir.path());
+    let payload = "x".repeat(PAYLOAD);
+    assert_eq!(
+        publish(&mut alice, 1, "group/big", &payload, &[]).await,
+        ReasonCode::Success
+    );
+    let grown = wal_bytes(dir.path()) - before;
+    println!(
+        "WAL grew by {grown} bytes for one {PAYLOAD}-byte message to {MEMBERS} offline members"
+    );
+    assert!(
+        grown >= PAYLOAD as u64,
+        "the payload itself is written ({grown} bytes)"
+    );
+    assert!(
+        grown < 2 * PAYLOAD as u64 + (MEMBERS as u64) * 512,
+        "written about once, not per member: {grown} bytes"
+    );
+    // And every member still gets the whole message when it comes back.
+    let (mut m7, ack) = RawClient::open_ok(broker.addr, Protocol::V5, "m7", false, |c| {
+        login("m7", None)(c);
+        c.properties.session_expiry_interval = Some(3600);
+    })
+    .await;
+    assert!(ack.session_present);
+    let (topic, body, from, _) = next(&mut m7, "the group message").await;
+    assert_eq!(
+        (topic.as_str(), from.as_str()),
+        ("inbox/m7/group/big/alice", "alice")
+    );
+    assert_eq!(body.len(), PAYLOAD);
 }
