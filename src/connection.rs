@@ -397,8 +397,13 @@ impl Connection {
             ctx: ctx.clone(),
             reader,
             writer,
-            rbuf,
-            wbuf: BytesMut::with_capacity(READ_BUFFER),
+            rbuf: if rbuf.is_empty() {
+                BytesMut::new()
+            } else {
+                rbuf
+            },
+            // Allocated by the first packet written, released when idle (see `flush`).
+            wbuf: BytesMut::new(),
             protocol,
             client_id,
             session_id: attached.session,
@@ -457,6 +462,12 @@ impl Connection {
 
     async fn serve(&mut self) -> Result<(), ConnectionError> {
         let mut last_read = Instant::now();
+        // Packets a client sent right behind its CONNECT, in the same read.
+        if !self.rbuf.is_empty() && self.handle_input().await? {
+            self.process_effects().await?;
+            self.flush().await?;
+            return Ok(());
+        }
         loop {
             self.process_effects().await?;
             self.flush().await?;
@@ -483,15 +494,20 @@ impl Connection {
                     self.server_disconnect(reason.code, &reason.why).await;
                     return Err(ConnectionError::ClosedBy(reason));
                 }
-                read = self.reader.read_buf(&mut self.rbuf), if !self.session.inbound_full() => {
-                    if read? == 0 {
-                        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-                    }
-                    last_read = Instant::now();
-                    if self.handle_input().await? {
-                        self.process_effects().await?;
-                        self.flush().await?;
-                        return Ok(());
+                ready = self.reader.readable(), if !self.session.inbound_full() => {
+                    ready?;
+                    if self.read_ready()? {
+                        last_read = Instant::now();
+                        if self.handle_input().await? {
+                            self.process_effects().await?;
+                            self.flush().await?;
+                            return Ok(());
+                        }
+                        if self.rbuf.is_empty() {
+                            // Idle again: hold no read buffer while waiting (most of a chat
+                            // connection's life). Decoded payloads keep their own reference.
+                            self.rbuf = BytesMut::new();
+                        }
                     }
                 }
                 Some(outbound) = self.outbox.recv(), if take_live => {
@@ -524,6 +540,20 @@ impl Connection {
                     return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
                 }
             }
+        }
+    }
+
+    /// Reads what the socket has, after `readable()` said it has something: the buffer is
+    /// reserved only now, so an idle connection holds none. False on a spurious wakeup.
+    fn read_ready(&mut self) -> Result<bool, ConnectionError> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_BUFFER / 4 {
+            self.rbuf.reserve(READ_BUFFER);
+        }
+        match self.reader.try_read_buf(&mut self.rbuf) {
+            Ok(0) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -1052,7 +1082,12 @@ impl Connection {
                 .into())
             }
         }
-        self.wbuf.clear();
+        if self.outbox.is_empty() && self.broadcast.is_empty() {
+            // Nothing more on the way: an idle connection holds no write buffer.
+            self.wbuf = BytesMut::new();
+        } else {
+            self.wbuf.clear();
+        }
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use tern_codec::{
     Connect, Disconnect, Packet, Properties, Protocol, PubResponse, Publish, QoS, ReasonCode,
 };
 use tern_conformance::{
-    next_v4, next_v5, v4_options, v5_options, Broker, RawClient, EVENT_TIMEOUT,
+    next_v4, next_v5, publish_packet, v4_options, v5_options, Broker, RawClient, EVENT_TIMEOUT,
 };
 use tokio::time::Instant;
 
@@ -1106,4 +1106,47 @@ async fn persistent_session_survives_restart_v311() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_session_survives_restart_v5() {
     persistent_session_survives_restart(Protocol::V5, "restart-v5").await;
+}
+
+/// A client may send packets right behind its CONNECT without waiting for the CONNACK
+/// [MQTT-3.1.4-?: the server processes them after the CONNECT]: CONNECT, SUBSCRIBE and a
+/// PUBLISH to the same topic in one write are all handled, in order, with nothing more
+/// arriving from the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_pipelined_behind_connect_in_one_write_are_handled() {
+    let broker = Broker::start().await;
+    for protocol in [Protocol::V311, Protocol::V5] {
+        let mut client = RawClient::connect(broker.addr, protocol).await;
+        let mut out = bytes::BytesMut::new();
+        let connect = client.connect_packet("pipelined", true);
+        client.encode(&Packet::Connect(Box::new(connect)), &mut out);
+        let options = tern_codec::SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..tern_codec::SubscriptionOptions::default()
+        };
+        let subscribe = tern_codec::Subscribe {
+            packet_id: 1,
+            properties: tern_codec::Properties::default(),
+            filters: vec![("pipe/line".into(), options)],
+        };
+        client.encode(&Packet::Subscribe(subscribe), &mut out);
+        let publish = publish_packet("pipe/line", QoS::AtLeastOnce, 2, Bytes::from_static(b"hi"));
+        client.encode(&Packet::Publish(publish), &mut out);
+        client.send_raw(&out).await;
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            match client.recv().await {
+                Some(Packet::ConnAck(_)) => seen.push("CONNACK"),
+                Some(Packet::SubAck(_)) => seen.push("SUBACK"),
+                Some(Packet::PubAck(_)) => seen.push("PUBACK"),
+                Some(Packet::Publish(p)) => {
+                    assert_eq!(&p.payload[..], b"hi");
+                    client.ack(&p).await;
+                    seen.push("PUBLISH");
+                }
+                other => panic!("{protocol:?}: unexpected {other:?} after {seen:?}"),
+            }
+        }
+        assert_eq!(&seen[..2], ["CONNACK", "SUBACK"], "{protocol:?}");
+    }
 }
