@@ -79,6 +79,8 @@ impl From<crate::router::RouterGone> for ConnectionError {
 }
 
 const READ_BUFFER: usize = 4 * 1024;
+/// First read buffer of a connection, for its CONNECT.
+const CONNECT_BUFFER: usize = 512;
 /// The least time a peer gets to accept written bytes before it is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Storage pages read per backlog refill.
@@ -98,7 +100,8 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
 
 async fn run(stream: TcpStream, ctx: &Arc<Context>) -> Result<(), ConnectionError> {
     let (mut reader, mut writer) = stream.into_split();
-    let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
+    // Most CONNECTs are well under this; a larger one grows the buffer.
+    let mut rbuf = BytesMut::with_capacity(CONNECT_BUFFER);
     let max_packet = ctx.config.limits.max_packet_size as usize;
     let timeout = Duration::from_secs(ctx.config.limits.connect_timeout_secs);
     let connect =
@@ -118,10 +121,17 @@ async fn run(stream: TcpStream, ctx: &Arc<Context>) -> Result<(), ConnectionErro
             }
             Ok(result) => result?,
         };
-    Connection::handshake(connect, reader, writer, rbuf, ctx.clone())
-        .await?
-        .run()
-        .await
+    // Boxed: the handshake's state (login, the router call) would otherwise stay part of
+    // every connection task's size for the connection's whole life.
+    let connection = Box::pin(Connection::handshake(
+        connect,
+        reader,
+        writer,
+        rbuf,
+        ctx.clone(),
+    ))
+    .await?;
+    connection.run().await
 }
 
 async fn read_connect(
@@ -179,7 +189,7 @@ struct Connection {
     keep_alive: Option<Duration>,
     outbox: mpsc::Receiver<Outbound>,
     /// System broadcasts: taken only while `outbox` (chat) is empty.
-    broadcast: mpsc::Receiver<Outbound>,
+    broadcast: mpsc::Receiver<Box<Delivery>>,
     close: oneshot::Receiver<CloseReason>,
     lagged: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
@@ -237,7 +247,9 @@ impl Connection {
             }
             id
         } else {
-            connect.client_id.clone()
+            // Copied: the decoded string is a slice of the read buffer, and keeping it for
+            // the connection's life would keep the whole buffer allocated.
+            ByteString::from(connect.client_id.to_string())
         };
         let identity = match login(&ctx, &connect, &client_id).await {
             Ok(identity) => identity,
@@ -372,8 +384,9 @@ impl Connection {
             let delay_secs = properties.will_delay_interval.take().unwrap_or(0);
             let expiry = properties.message_expiry_interval.take();
             let message = Message {
-                topic: will.topic.clone(),
-                payload: will.payload.clone(),
+                // Copied out of the read buffer, like the client id.
+                topic: ByteString::from(will.topic.to_string()),
+                payload: bytes::Bytes::copy_from_slice(&will.payload),
                 qos: will.qos,
                 retain: will.retain,
                 properties,
@@ -475,14 +488,14 @@ impl Connection {
                 && self.session.has_room()
                 && self.session.queued() < BACKLOG_PAGE
             {
-                self.refill_backlog().await?;
+                Box::pin(self.refill_backlog()).await?;
                 continue;
             }
             if self.backlog.is_none()
                 && self.lagged.load(Ordering::Acquire)
                 && self.outbox.is_empty()
             {
-                self.resync().await?;
+                Box::pin(self.resync()).await?;
                 continue;
             }
             let deadline = self.keep_alive.map(|k| last_read + k);
@@ -522,9 +535,8 @@ impl Connection {
                     }
                 }
                 // Broadcasts only while no chat message waits: a DM overtakes them.
-                Some(outbound) = self.broadcast.recv(), if take_live && self.outbox.is_empty() => {
-                    let Outbound::Deliver(delivery) = outbound;
-                    self.deliver_live(delivery);
+                Some(delivery) = self.broadcast.recv(), if take_live && self.outbox.is_empty() => {
+                    self.deliver_live(*delivery);
                 }
                 Some((packet_id, qos, reason)) = self.acks.next(), if !self.acks.is_empty() => {
                     let was_full = self.session.inbound_full();
@@ -696,57 +708,10 @@ impl Connection {
         while let Some(effect) = self.session.poll_effect() {
             match effect {
                 Effect::Publish { message, ack } => self.publish(message, ack).await?,
-                Effect::Subscribe(subscribe) => {
-                    let packet_id = subscribe.packet_id;
-                    let session = self.session_id;
-                    let (subscribe, refused) = self.apply_acl(subscribe);
-                    let mut reply = if subscribe.filters.is_empty() {
-                        crate::router::SubscribeReply {
-                            reasons: Vec::new(),
-                            retained: Vec::new(),
-                        }
-                    } else {
-                        self.ctx
-                            .router
-                            .call(|reply| Command::Subscribe {
-                                session,
-                                subscribe,
-                                reply,
-                            })
-                            .await?
-                    };
-                    for index in refused {
-                        reply.reasons.insert(index, ReasonCode::NotAuthorized);
-                    }
-                    self.queue_packet(Packet::SubAck(SubAck {
-                        packet_id,
-                        properties: Properties::default(),
-                        reasons: reply.reasons,
-                    }));
-                    for delivery in reply.retained {
-                        // Retained messages beyond the queue bound are not sent.
-                        let _ = self.session.deliver(delivery, now_ms());
-                    }
-                }
-                Effect::Unsubscribe(mut unsubscribe) => {
-                    let packet_id = unsubscribe.packet_id;
-                    let session = self.session_id;
-                    self.narrow_unsubscribe(&mut unsubscribe);
-                    let reasons = self
-                        .ctx
-                        .router
-                        .call(|reply| Command::Unsubscribe {
-                            session,
-                            unsubscribe,
-                            reply,
-                        })
-                        .await?;
-                    self.queue_packet(Packet::UnsubAck(UnsubAck {
-                        packet_id,
-                        properties: Properties::default(),
-                        reasons,
-                    }));
-                }
+                // Boxed, like the other rare paths: their futures would otherwise be part
+                // of every connection task's size (see `serve`).
+                Effect::Subscribe(subscribe) => Box::pin(self.subscribe(subscribe)).await?,
+                Effect::Unsubscribe(unsubscribe) => Box::pin(self.unsubscribe(unsubscribe)).await?,
                 Effect::Dequeue(seq) if self.persistent => ops.push(Op::Dequeue {
                     client_id: self.client_id.to_string(),
                     seq,
@@ -780,6 +745,61 @@ impl Connection {
         }
         self.in_flight
             .store(self.session.in_flight(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, subscribe: Subscribe) -> Result<(), ConnectionError> {
+        let packet_id = subscribe.packet_id;
+        let session = self.session_id;
+        let (subscribe, refused) = self.apply_acl(subscribe);
+        let mut reply = if subscribe.filters.is_empty() {
+            crate::router::SubscribeReply {
+                reasons: Vec::new(),
+                retained: Vec::new(),
+            }
+        } else {
+            self.ctx
+                .router
+                .call(|reply| Command::Subscribe {
+                    session,
+                    subscribe,
+                    reply,
+                })
+                .await?
+        };
+        for index in refused {
+            reply.reasons.insert(index, ReasonCode::NotAuthorized);
+        }
+        self.queue_packet(Packet::SubAck(SubAck {
+            packet_id,
+            properties: Properties::default(),
+            reasons: reply.reasons,
+        }));
+        for delivery in reply.retained {
+            // Retained messages beyond the queue bound are not sent.
+            let _ = self.session.deliver(delivery, now_ms());
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, mut unsubscribe: Unsubscribe) -> Result<(), ConnectionError> {
+        let packet_id = unsubscribe.packet_id;
+        let session = self.session_id;
+        self.narrow_unsubscribe(&mut unsubscribe);
+        let reasons = self
+            .ctx
+            .router
+            .call(|reply| Command::Unsubscribe {
+                session,
+                unsubscribe,
+                reply,
+            })
+            .await?;
+        self.queue_packet(Packet::UnsubAck(UnsubAck {
+            packet_id,
+            properties: Properties::default(),
+            reasons,
+        }));
         Ok(())
     }
 
@@ -825,10 +845,10 @@ impl Connection {
         let refusal = match classify(&message.topic) {
             Address::Plain => None,
             Address::Direct { .. } | Address::Group { .. } => {
-                return self.publish_chat(message, ack).await;
+                return Box::pin(self.publish_chat(message, ack)).await;
             }
             Address::Sync => {
-                self.sync(&message).await?;
+                Box::pin(self.sync(&message)).await?;
                 if let Some((packet_id, qos)) = ack {
                     self.acks
                         .push_back(ready_ack(packet_id, qos, ReasonCode::Success));
@@ -836,7 +856,7 @@ impl Connection {
                 return Ok(());
             }
             Address::Broadcast if self.identity.operator => {
-                return self.publish_broadcast(message, ack).await;
+                return Box::pin(self.publish_broadcast(message, ack)).await;
             }
             Address::Broadcast => Some((
                 ReasonCode::NotAuthorized,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use super::Outbound;
+use super::BroadcastLane;
 use crate::message::Delivery;
 
 /// Connections woken per step of a fan-out.
@@ -28,7 +28,7 @@ pub const MAX_BROADCASTS_IN_FLIGHT: usize = 2;
 /// Delivers one broadcast to every lane, chunk by chunk; the permit is released at the end.
 /// A full lane drops the broadcast for that connection (counted in `dropped`).
 pub fn spawn_fan_out(
-    lanes: Vec<(mpsc::Sender<Outbound>, Delivery)>,
+    lanes: Vec<(BroadcastLane, Delivery)>,
     permit: Option<OwnedSemaphorePermit>,
     dropped: Arc<AtomicU64>,
 ) {
@@ -36,9 +36,7 @@ pub fn spawn_fan_out(
         let mut lanes = lanes.into_iter().peekable();
         while lanes.peek().is_some() {
             for (lane, delivery) in lanes.by_ref().take(FANOUT_CHUNK) {
-                if let Err(mpsc::error::TrySendError::Full(_)) =
-                    lane.try_send(Outbound::Deliver(delivery))
-                {
+                if let Err(mpsc::error::TrySendError::Full(_)) = lane.try_send(Box::new(delivery)) {
                     dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }

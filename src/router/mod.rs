@@ -52,6 +52,10 @@ pub enum Outbound {
     Deliver(Delivery),
 }
 
+/// A connection's broadcast lane. Deliveries are boxed: the channel's first block is
+/// allocated with it, for every connection, so small slots keep idle connections small.
+pub type BroadcastLane = mpsc::Sender<Box<Delivery>>;
+
 /// Limits the router enforces.
 #[derive(Debug, Clone)]
 pub struct RouterLimits {
@@ -93,7 +97,7 @@ pub struct ConnectRequest {
     pub protocol: Protocol,
     pub outbox: mpsc::Sender<Outbound>,
     /// The low-priority lane for system broadcasts (`broadcast/...`).
-    pub broadcast: mpsc::Sender<Outbound>,
+    pub broadcast: BroadcastLane,
     /// Fired to end this connection: session taken over, too many devices, or the broker
     /// stops.
     pub close: oneshot::Sender<CloseReason>,
@@ -268,7 +272,7 @@ impl RouterHandle {
 struct Online {
     id: ConnId,
     outbox: mpsc::Sender<Outbound>,
-    broadcast: mpsc::Sender<Outbound>,
+    broadcast: BroadcastLane,
     /// Taken when the connection has been told to close.
     close: Option<oneshot::Sender<CloseReason>>,
     lagged: Arc<AtomicBool>,
@@ -1009,12 +1013,8 @@ impl Router {
             // The connection reads it from storage when it resyncs.
             return;
         }
-        let lane = if delivery.message.topic.starts_with(BROADCAST_PREFIX) {
-            &online.broadcast
-        } else {
-            &online.outbox
-        };
-        match lane.try_send(Outbound::Deliver(delivery)) {
+        // Broadcasts never come here: `route` hands them to `route_broadcast`.
+        match online.outbox.try_send(Outbound::Deliver(delivery)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if stored {
