@@ -80,11 +80,13 @@ pub enum RetainedCommand {
     },
     /// Show one retained message with its whole payload.
     Get {
+        /// The exact topic name (no wildcards).
         #[arg(value_name = "TOPIC")]
         topic: String,
     },
     /// Delete the retained message of a topic (new subscribers no longer get it).
     Delete {
+        /// The exact topic name (no wildcards).
         #[arg(value_name = "TOPIC")]
         topic: String,
     },
@@ -113,6 +115,7 @@ pub enum SessionsCommand {
     List,
     /// Show one session: subscriptions, queued count and bytes, in-flight messages.
     Show {
+        /// The MQTT client id of the session.
         #[arg(value_name = "CLIENT_ID")]
         client_id: String,
     },
@@ -133,6 +136,7 @@ pub enum QueueCommand {
     /// The queue holds the QoS 1/2 messages of a persistent session that its client has not
     /// acknowledged yet.
     Peek {
+        /// The MQTT client id of the session.
         #[arg(value_name = "CLIENT_ID")]
         client_id: String,
         /// How many entries.
@@ -156,6 +160,7 @@ pub enum UserCommand {
     /// The password comes from --password or, without it, from the first line of standard
     /// input: `echo "$PW" | tern user add alice`.
     Add {
+        /// The user id (the MQTT user name).
         #[arg(value_name = "USER")]
         user: String,
         /// The password (visible in the process list: prefer standard input).
@@ -167,6 +172,7 @@ pub enum UserCommand {
     },
     /// Delete a user (its inbox log stays until trimmed).
     Del {
+        /// The user id (the MQTT user name).
         #[arg(value_name = "USER")]
         user: String,
     },
@@ -175,6 +181,7 @@ pub enum UserCommand {
     /// The password comes from --password or, without it, from the first line of standard
     /// input.
     Passwd {
+        /// The user id (the MQTT user name).
         #[arg(value_name = "USER")]
         user: String,
         /// The new password (visible in the process list: prefer standard input).
@@ -197,27 +204,34 @@ pub struct GroupArgs {
 pub enum GroupCommand {
     /// Create a group, optionally with its first members.
     Create {
+        /// The group id (publish to `group/{GID}`).
         #[arg(value_name = "GID")]
         gid: String,
+        /// User ids of the first members.
         #[arg(value_name = "MEMBER")]
         members: Vec<String>,
     },
     /// Delete a group.
     Delete {
+        /// The group id (publish to `group/{GID}`).
         #[arg(value_name = "GID")]
         gid: String,
     },
     /// Add a member to a group.
     Add {
+        /// The group id (publish to `group/{GID}`).
         #[arg(value_name = "GID")]
         gid: String,
+        /// The user id (the MQTT user name).
         #[arg(value_name = "USER")]
         user: String,
     },
     /// Remove a member from a group.
     Remove {
+        /// The group id (publish to `group/{GID}`).
         #[arg(value_name = "GID")]
         gid: String,
+        /// The user id (the MQTT user name).
         #[arg(value_name = "USER")]
         user: String,
     },
@@ -225,6 +239,7 @@ pub enum GroupCommand {
     List,
     /// Show a group with its members.
     Show {
+        /// The group id (publish to `group/{GID}`).
         #[arg(value_name = "GID")]
         gid: String,
     },
@@ -245,6 +260,7 @@ pub enum InboxCommand {
     /// Each with its seq, time, role, sender, the topic devices get it on, and a preview of
     /// the payload.
     Tail {
+        /// The user id (the MQTT user name).
         #[arg(value_name = "USER")]
         user: String,
         /// How many entries.
