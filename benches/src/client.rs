@@ -24,6 +24,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Buffer size of a default client (and how much its read buffer grows at a time).
 const BUFFER: usize = 64 * 1024;
 
+/// Keep alive of a default client, in seconds: long enough that no run needs a PINGREQ
+/// (the broker closes a connection silent for 1.5 times it), and not 0, which some
+/// brokers refuse (rumqttd: `ZeroKeepAlive`).
+pub const DEFAULT_KEEP_ALIVE: u16 = 600;
+
 /// The receiving half of a connection.
 pub struct Reader {
     half: OwnedReadHalf,
@@ -64,28 +69,35 @@ pub struct ConnectOptions {
     /// Initial size of the read and write buffers (the read buffer grows by this much).
     /// Small for the thousands of idle clients of a broadcast run.
     pub buffer: usize,
+    /// Clean session (3.1.1) / Clean Start (5.0). `false` resumes or creates a persistent
+    /// session (with MQTT 5 the session then never expires: Session Expiry Interval
+    /// 0xFFFFFFFF, which the broker may lower).
+    pub clean_start: bool,
 }
 
 impl ConnectOptions {
-    /// Client ID `client_id`, no user name, keep alive 0, no bind, 64 KiB buffers.
+    /// Client ID `client_id`, no user name, keep alive [`DEFAULT_KEEP_ALIVE`], no bind,
+    /// 64 KiB buffers, clean session.
     pub fn new(client_id: &str) -> ConnectOptions {
         ConnectOptions {
             client_id: client_id.to_string(),
             username: None,
-            keep_alive: 0,
+            keep_alive: DEFAULT_KEEP_ALIVE,
             bind: None,
             buffer: BUFFER,
+            clean_start: true,
         }
     }
 }
 
 impl Client {
-    /// Connects with a clean session and keepalive 0, and awaits a successful CONNACK.
+    /// Connects with a clean session and the default keep alive, and awaits a successful
+    /// CONNACK.
     pub async fn connect(addr: SocketAddr, protocol: Protocol, client_id: &str) -> Result<Client> {
         Client::connect_with(addr, protocol, &ConnectOptions::new(client_id)).await
     }
 
-    /// Connects with a clean session as `opts` says, and awaits a successful CONNACK.
+    /// Connects as `opts` says, and awaits a successful CONNACK.
     pub async fn connect_with(
         addr: SocketAddr,
         protocol: Protocol,
@@ -124,11 +136,15 @@ impl Client {
                 protocol,
             },
         };
+        let mut properties = Properties::default();
+        if !opts.clean_start && protocol == Protocol::V5 {
+            properties.session_expiry_interval = Some(u32::MAX);
+        }
         let connect = Connect {
             protocol,
-            clean_start: true,
+            clean_start: opts.clean_start,
             keep_alive: opts.keep_alive,
-            properties: Properties::default(),
+            properties,
             client_id: ByteString::from(client_id.to_string()),
             will: None,
             username: opts.username.clone().map(ByteString::from),
@@ -151,18 +167,7 @@ impl Client {
 
     /// Subscribes to one filter and awaits a SUBACK granting it.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<()> {
-        let sub = Subscribe {
-            packet_id: 1,
-            properties: Properties::default(),
-            filters: vec![(
-                ByteString::from(filter.to_string()),
-                SubscriptionOptions {
-                    qos,
-                    ..Default::default()
-                },
-            )],
-        };
-        self.writer.queue(&Packet::Subscribe(sub))?;
+        self.writer.queue_subscribe(1, filter, qos)?;
         self.writer.flush().await?;
         let id = self.reader.id.clone();
         match self.reader.next_timeout(HANDSHAKE_TIMEOUT).await? {
@@ -239,6 +244,22 @@ impl Writer {
         Ok(())
     }
 
+    /// Encodes a SUBSCRIBE of one filter into the send buffer.
+    pub fn queue_subscribe(&mut self, packet_id: u16, filter: &str, qos: QoS) -> Result<()> {
+        let sub = Subscribe {
+            packet_id,
+            properties: Properties::default(),
+            filters: vec![(
+                ByteString::from(filter.to_string()),
+                SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            )],
+        };
+        self.queue(&Packet::Subscribe(sub))
+    }
+
     /// Encodes a PUBLISH into the send buffer.
     pub fn queue_publish(
         &mut self,
@@ -247,10 +268,22 @@ impl Writer {
         packet_id: u16,
         payload: Bytes,
     ) -> Result<()> {
+        self.queue_publish_retain(topic, qos, false, packet_id, payload)
+    }
+
+    /// Encodes a PUBLISH with the given retain flag into the send buffer.
+    pub fn queue_publish_retain(
+        &mut self,
+        topic: &ByteString,
+        qos: QoS,
+        retain: bool,
+        packet_id: u16,
+        payload: Bytes,
+    ) -> Result<()> {
         let publish = Publish {
             dup: false,
             qos,
-            retain: false,
+            retain,
             topic: topic.clone(),
             packet_id,
             properties: Properties::default(),

@@ -6,7 +6,9 @@
 //! library functions returning a [`Report`], used by `tests/smoke.rs`. Criterion
 //! benchmarks live in `benches/`.
 
+pub mod broker;
 pub mod client;
+pub mod compare;
 pub mod error;
 pub mod run;
 pub mod scenarios;

@@ -37,6 +37,10 @@ pub struct Options {
     /// with a deep backlog of QoS 0 messages may take long to empty it); what has not
     /// arrived by then counts as dropped.
     pub max_drain: Duration,
+    /// A subscriber whose connection the broker closes stops there and counts as lost
+    /// (what it did not get counts as dropped) instead of ending the run with an error:
+    /// some brokers disconnect subscribers that fall behind a QoS 0 flood.
+    pub tolerate_disconnects: bool,
 }
 
 impl Options {
@@ -57,6 +61,7 @@ impl Options {
             run_id: format!("tb{}x{:x}", std::process::id(), nanos),
             drain_idle: Duration::from_millis(500),
             max_drain: Duration::from_secs(30),
+            tolerate_disconnects: false,
         }
     }
 
@@ -161,6 +166,8 @@ pub struct PubStats {
 /// What one subscriber received.
 #[derive(Default)]
 pub struct SubStats {
+    /// The broker closed the connection before the end (with `tolerate_disconnects`).
+    pub lost: bool,
     pub received: u64,
     pub received_in_window: u64,
     pub latencies: Latencies,
@@ -290,12 +297,15 @@ pub async fn publisher(client: Client, spec: PubSpec, tl: Timeline) -> Result<Pu
 }
 
 /// Receives (and acknowledges QoS 1) until the timeline's end and then until nothing has
-/// arrived for `drain_idle` (at most `max_drain` more); then disconnects.
+/// arrived for `drain_idle` (at most `max_drain` more); then disconnects. With `tolerate`,
+/// a connection the broker closes ends the subscriber early (`lost`) instead of with an
+/// error.
 pub async fn subscriber(
     client: Client,
     tl: Timeline,
     (drain_idle, max_drain): (Duration, Duration),
     record_latency: bool,
+    tolerate: bool,
 ) -> Result<SubStats> {
     let Client {
         mut reader,
@@ -303,6 +313,32 @@ pub async fn subscriber(
     } = client;
     let hard_end = tl.end + max_drain;
     let mut stats = SubStats::default();
+    let result = receive(
+        &mut reader,
+        &mut writer,
+        tl,
+        (drain_idle, hard_end),
+        record_latency,
+        &mut stats,
+    )
+    .await;
+    match result {
+        Ok(()) => writer.disconnect().await,
+        Err(_) if tolerate => stats.lost = true,
+        Err(e) => return Err(e),
+    }
+    Ok(stats)
+}
+
+/// The subscriber's loop (see [`subscriber`]).
+async fn receive(
+    reader: &mut crate::client::Reader,
+    writer: &mut crate::client::Writer,
+    tl: Timeline,
+    (drain_idle, hard_end): (Duration, Instant),
+    record_latency: bool,
+    stats: &mut SubStats,
+) -> Result<()> {
     loop {
         let packet = match reader.try_next()? {
             Some(p) => p,
@@ -343,8 +379,7 @@ pub async fn subscriber(
             }
         }
     }
-    writer.disconnect().await;
-    Ok(stats)
+    Ok(())
 }
 
 /// Everything a run measured, before it becomes a report.
@@ -398,6 +433,7 @@ impl Outcome {
             } else {
                 None
             },
+            lost_subscribers: self.subscribers.iter().filter(|s| s.lost).count(),
         }
     }
 }
@@ -429,8 +465,9 @@ pub async fn run(
     let (np, ns) = (publishers.len(), subscribers.len());
     for (i, c) in subscribers.into_iter().enumerate() {
         let drain = (opts.drain_idle, opts.max_drain);
+        let tolerate = opts.tolerate_disconnects;
         set.spawn(async move {
-            subscriber(c, tl, drain, record_latency)
+            subscriber(c, tl, drain, record_latency, tolerate)
                 .await
                 .map(|s| Done::Sub(i, s))
         });

@@ -147,6 +147,9 @@ pub struct Report {
     pub received_in_window: u64,
     /// Latency of the messages received in the window, when measured.
     pub latency: Option<LatencySummary>,
+    /// Subscribers whose connection the broker closed during the run (only counted when
+    /// the run tolerates it, `Options::tolerate_disconnects`; otherwise it is an error).
+    pub lost_subscribers: usize,
 }
 
 impl Report {
@@ -192,6 +195,13 @@ impl Report {
                 l.p50_us, l.p99_us, l.p999_us, l.max_us
             );
         }
+        if self.lost_subscribers > 0 {
+            let _ = write!(
+                s,
+                ", {} subscribers disconnected by the broker",
+                self.lost_subscribers
+            );
+        }
         s
     }
 
@@ -224,6 +234,7 @@ impl Report {
             }
             None => s.push_str(",\"latency_us\":null"),
         }
+        let _ = write!(s, ",\"lost_subscribers\":{}", self.lost_subscribers);
         s.push('}');
         s
     }

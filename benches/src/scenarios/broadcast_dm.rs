@@ -430,6 +430,7 @@ pub async fn broadcast_dm(opts: &Options, cfg: &BroadcastDmConfig) -> Result<Bro
             keep_alive: cfg.keep_alive,
             bind: source_address(opts.addr, cfg.per_source, i),
             buffer: SUBSCRIBER_BUFFER,
+            clean_start: true,
         };
         subscribers.spawn(idle_subscriber(
             (opts.addr, opts.protocol, conn),
@@ -614,7 +615,7 @@ pub async fn broadcast_dm(opts: &Options, cfg: &BroadcastDmConfig) -> Result<Bro
 
 /// Subscriber `i`'s source address: 127.0.0.2 for the first `per_source`, 127.0.0.3 for
 /// the next, ...; `None` (the system's choice) unless the broker is on 127.x.x.x.
-fn source_address(broker: SocketAddr, per_source: usize, i: usize) -> Option<IpAddr> {
+pub fn source_address(broker: SocketAddr, per_source: usize, i: usize) -> Option<IpAddr> {
     match broker.ip() {
         IpAddr::V4(ip) if ip.is_loopback() && per_source > 0 => {
             let offset = 2 + (i / per_source) as u32;

@@ -1,0 +1,238 @@
+//! Connections: N idle clients (keep alive 60 s, clean session, no subscription) connect,
+//! a bounded number at a time; measures the connect rate (connections per second until the
+//! last CONNACK) and, given the broker's process ID, its resident memory per connection:
+//! (RSS with N connected − RSS before) / N, from `/proc/PID/status`.
+//!
+//! On a 127.x broker the client sockets are bound to 127.0.0.2, 127.0.0.3, ...
+//! (`per_source` each, from `first_source` on) so that ephemeral ports never run out; the
+//! clients send PINGREQ at half their keep alive while they wait.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tern_codec::{Packet, Protocol};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::client::{Client, ConnectOptions};
+use crate::error::{Error, Result};
+use crate::run::{raise_open_files, Options};
+use crate::scenarios::broadcast_dm::source_address;
+
+/// Open files the tool needs besides one per client.
+const SPARE_FILES: u64 = 64;
+
+#[derive(Debug, Clone)]
+pub struct ConnectionsConfig {
+    pub clients: usize,
+    pub keep_alive: u16,
+    /// Clients per loopback source address; 0: the system's choice.
+    pub per_source: usize,
+    /// Index of the first source address block (127.0.0.2 + `first_source`): successive
+    /// runs can use fresh addresses, away from the previous run's TIME_WAIT sockets.
+    pub first_source: usize,
+    /// Connections in progress at once.
+    pub parallel: usize,
+    /// How long to wait with everyone connected before reading the broker's memory.
+    pub settle: Duration,
+}
+
+impl ConnectionsConfig {
+    pub fn new(clients: usize) -> ConnectionsConfig {
+        ConnectionsConfig {
+            clients,
+            keep_alive: 60,
+            per_source: 1000,
+            first_source: 0,
+            parallel: 64,
+            settle: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionsReport {
+    pub clients: usize,
+    /// From the first connect to the last CONNACK.
+    pub connect_secs: f64,
+    /// Broker RSS before the clients connected and with all of them connected, in KiB.
+    pub rss_before_kib: Option<u64>,
+    pub rss_after_kib: Option<u64>,
+    /// Connections the broker closed while they were idle.
+    pub lost: usize,
+}
+
+impl ConnectionsReport {
+    pub fn connects_per_sec(&self) -> f64 {
+        if self.connect_secs > 0.0 {
+            self.clients as f64 / self.connect_secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Broker memory per connection, in KiB.
+    pub fn rss_per_connection_kib(&self) -> Option<f64> {
+        let (before, after) = (self.rss_before_kib?, self.rss_after_kib?);
+        Some((after as f64 - before as f64) / self.clients.max(1) as f64)
+    }
+
+    pub fn line(&self) -> String {
+        let kib = |v: Option<u64>| {
+            v.map_or("n/a".to_string(), |v| {
+                format!("{:.1}MiB", v as f64 / 1024.0)
+            })
+        };
+        format!(
+            "connections n={}: {:.0} connects/s ({:.2}s), broker RSS {} -> {} = {} per connection, lost={}",
+            self.clients,
+            self.connects_per_sec(),
+            self.connect_secs,
+            kib(self.rss_before_kib),
+            kib(self.rss_after_kib),
+            self.rss_per_connection_kib()
+                .map_or("n/a".to_string(), |v| format!("{v:.2}KiB")),
+            self.lost,
+        )
+    }
+}
+
+/// Reads `VmRSS` of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Runs the scenario (see the module documentation); `broker_pid` for the memory figures.
+pub async fn connections(
+    opts: &Options,
+    cfg: &ConnectionsConfig,
+    broker_pid: Option<u32>,
+) -> Result<ConnectionsReport> {
+    let n = cfg.clients;
+    let need = n as u64 + SPARE_FILES;
+    let limit = raise_open_files(need)
+        .map_err(|e| Error::new(format!("cannot read the open files limit: {e}")))?;
+    if limit < need {
+        return Err(Error::new(format!(
+            "{n} clients need about {need} open files, the limit is {limit} (`ulimit -Hn`)"
+        )));
+    }
+    let rss_before = broker_pid.and_then(rss_kib);
+    let lost = Arc::new(AtomicUsize::new(0));
+    let (stop, stop_rx) = watch::channel(false);
+    let connecting = Arc::new(Semaphore::new(cfg.parallel.max(1)));
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<()>>();
+    let mut clients = JoinSet::new();
+    let started = Instant::now();
+    for i in 0..n {
+        let mut conn = ConnectOptions::new(&format!("{}-c{i}", opts.run_id));
+        conn.keep_alive = cfg.keep_alive;
+        conn.bind = source_address(
+            opts.addr,
+            cfg.per_source,
+            i + cfg.first_source * cfg.per_source.max(1),
+        );
+        conn.buffer = 256;
+        clients.spawn(idle_client(
+            (opts.addr, opts.protocol, conn),
+            connecting.clone(),
+            ready_tx.clone(),
+            lost.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..n {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                failure = Some(e);
+                break;
+            }
+            None => {
+                failure = Some(Error::new("a client task failed"));
+                break;
+            }
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    if failure.is_none() {
+        tokio::time::sleep(cfg.settle).await;
+    }
+    let rss_after = broker_pid.and_then(rss_kib);
+    let _ = stop.send(true);
+    while clients.join_next().await.is_some() {}
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(ConnectionsReport {
+        clients: n,
+        connect_secs,
+        rss_before_kib: rss_before,
+        rss_after_kib: rss_after,
+        lost: lost.load(Ordering::Relaxed),
+    })
+}
+
+/// One idle client: connects (a bounded number at a time), says so on `ready`, then reads
+/// and discards until `stop`, sending PINGREQ at half its keep alive.
+async fn idle_client(
+    (addr, protocol, conn): (SocketAddr, Protocol, ConnectOptions),
+    connecting: Arc<Semaphore>,
+    ready: mpsc::UnboundedSender<Result<()>>,
+    lost: Arc<AtomicUsize>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let keep_alive = conn.keep_alive;
+    let connected = {
+        let _permit = connecting.acquire().await;
+        Client::connect_with(addr, protocol, &conn).await
+    };
+    let Client {
+        mut reader,
+        mut writer,
+    } = match connected {
+        Ok(c) => {
+            let _ = ready.send(Ok(()));
+            c
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    drop(ready);
+    let ping_every = Duration::from_secs(u64::from(keep_alive / 2).max(1));
+    let mut next_ping = Instant::now() + ping_every;
+    let result: Result<()> = async {
+        loop {
+            while reader.try_next()?.is_some() {}
+            writer.flush().await?;
+            tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                read = reader.fill() => read?,
+                _ = tokio::time::sleep_until(next_ping.into()), if keep_alive > 0 => {
+                    writer.queue(&Packet::PingReq)?;
+                    next_ping = Instant::now() + ping_every;
+                }
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => writer.disconnect().await,
+        Err(_) => {
+            lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
