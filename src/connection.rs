@@ -881,28 +881,35 @@ impl Connection {
             }
             return Ok(());
         }
+        let inbound_qos2 = self.inbound_qos2(ack);
+        self.route(ack, |reply| Command::Publish {
+            message,
+            inbound_qos2,
+            reply,
+        })
+        .await
+    }
+
+    /// The "already received" marker a persistent session's inbound QoS 2 publish writes
+    /// with the message.
+    fn inbound_qos2(&self, ack: Option<(u16, QoS)>) -> Option<(ByteString, u16)> {
+        ack.filter(|(_, qos)| self.persistent && *qos == QoS::ExactlyOnce)
+            .map(|(packet_id, _)| (self.client_id.clone(), packet_id))
+    }
+
+    /// Sends a publish's router command; for QoS > 0 (`ack`), queues its acknowledgement,
+    /// which goes out in order once the router answered and the writes are durable.
+    async fn route(
+        &mut self,
+        ack: Option<(u16, QoS)>,
+        command: impl FnOnce(Option<oneshot::Sender<crate::router::Routed>>) -> Command,
+    ) -> Result<(), ConnectionError> {
         let Some((packet_id, qos)) = ack else {
-            self.ctx
-                .router
-                .send(Command::Publish {
-                    message,
-                    inbound_qos2: None,
-                    reply: None,
-                })
-                .await?;
+            self.ctx.router.send(command(None)).await?;
             return Ok(());
         };
-        let inbound_qos2 = (self.persistent && qos == QoS::ExactlyOnce)
-            .then(|| (self.client_id.clone(), packet_id));
         let (reply, routed) = oneshot::channel();
-        self.ctx
-            .router
-            .send(Command::Publish {
-                message,
-                inbound_qos2,
-                reply: Some(reply),
-            })
-            .await?;
+        self.ctx.router.send(command(Some(reply))).await?;
         self.await_ack(packet_id, qos, routed);
         Ok(())
     }
@@ -922,33 +929,14 @@ impl Connection {
             .acquire_owned()
             .await
             .map_err(|_| ConnectionError::RouterGone)?;
-        let inbound_qos2 = ack
-            .filter(|(_, qos)| self.persistent && *qos == QoS::ExactlyOnce)
-            .map(|(packet_id, _)| (self.client_id.clone(), packet_id));
-        let Some((packet_id, qos)) = ack else {
-            self.ctx
-                .router
-                .send(Command::Broadcast {
-                    message,
-                    inbound_qos2,
-                    permit,
-                    reply: None,
-                })
-                .await?;
-            return Ok(());
-        };
-        let (reply, routed) = oneshot::channel();
-        self.ctx
-            .router
-            .send(Command::Broadcast {
-                message,
-                inbound_qos2,
-                permit,
-                reply: Some(reply),
-            })
-            .await?;
-        self.await_ack(packet_id, qos, routed);
-        Ok(())
+        let inbound_qos2 = self.inbound_qos2(ack);
+        self.route(ack, |reply| Command::Broadcast {
+            message,
+            inbound_qos2,
+            permit,
+            reply,
+        })
+        .await
     }
 
     /// A direct or group message: one router command carries it to every inbox.
@@ -957,32 +945,12 @@ impl Connection {
         message: Arc<Message>,
         ack: Option<(u16, QoS)>,
     ) -> Result<(), ConnectionError> {
-        let message = Arc::unwrap_or_clone(message);
-        let inbound_qos2 = ack
-            .filter(|(_, qos)| self.persistent && *qos == QoS::ExactlyOnce)
-            .map(|(packet_id, _)| (self.client_id.clone(), packet_id));
         let chat = Box::new(ChatPublish {
             from: self.identity.user.clone(),
-            message,
-            inbound_qos2,
+            message: Arc::unwrap_or_clone(message),
+            inbound_qos2: self.inbound_qos2(ack),
         });
-        let Some((packet_id, qos)) = ack else {
-            self.ctx
-                .router
-                .send(Command::Chat { chat, reply: None })
-                .await?;
-            return Ok(());
-        };
-        let (reply, routed) = oneshot::channel();
-        self.ctx
-            .router
-            .send(Command::Chat {
-                chat,
-                reply: Some(reply),
-            })
-            .await?;
-        self.await_ack(packet_id, qos, routed);
-        Ok(())
+        self.route(ack, |reply| Command::Chat { chat, reply }).await
     }
 
     /// Replays the user's inbox log after the seq in the `$sync` payload, to this
