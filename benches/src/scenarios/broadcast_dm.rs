@@ -504,8 +504,12 @@ pub async fn broadcast_dm(opts: &Options, cfg: &BroadcastDmConfig) -> Result<Bro
         measure_start: phases.broadcast.0,
         end: phases.broadcast.1,
     };
+    // The operator starts only once phase 1's closing count is taken: on a loaded machine
+    // that snapshot can wake late, and must not count the first broadcasts as phase 1's.
+    let (quiet_counted, counted) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(async move {
         tokio::time::sleep_until(tl.start.into()).await;
+        let _ = counted.await;
         operator(ops, spec, tl).await
     });
     let snapshot = |at: Instant| {
@@ -517,6 +521,7 @@ pub async fn broadcast_dm(opts: &Options, cfg: &BroadcastDmConfig) -> Result<Bro
     };
     let q0 = snapshot(phases.quiet.0).await;
     let q1 = snapshot(phases.quiet.1).await;
+    let _ = quiet_counted.send(());
     let b0 = snapshot(phases.broadcast.0).await;
     let b1 = snapshot(phases.broadcast.1).await;
     let ops_stats: PubStats = operator
