@@ -26,6 +26,8 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod subscriptions;
+#[cfg(test)]
+mod topic_strategies;
 
 use std::process::ExitCode;
 

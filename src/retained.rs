@@ -209,9 +209,10 @@ impl<V> RetainedTree<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topic_strategies::{filter, topic};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
-    use tern_codec::topic::{filter_matches, validate_topic_filter, validate_topic_name};
+    use tern_codec::topic::filter_matches;
 
     fn tree_of(topics: &[&str]) -> RetainedTree<usize> {
         let mut tree = RetainedTree::new();
@@ -351,28 +352,6 @@ mod tests {
         assert_eq!(tree.get(&deep[1..]), Some(&2));
         tree.insert(&deep, 1);
         drop(tree);
-    }
-
-    const LEVELS: [&str; 5] = ["", "$sys", "a", "b", "+"];
-
-    fn filter() -> impl Strategy<Value = String> {
-        (
-            prop::collection::vec(prop::sample::select(&LEVELS[..]), 0..4),
-            any::<bool>(),
-        )
-            .prop_map(|(mut levels, hash)| {
-                if hash || levels.is_empty() {
-                    levels.push("#");
-                }
-                levels.join("/")
-            })
-            .prop_filter("valid filter", |f| validate_topic_filter(f).is_ok())
-    }
-
-    fn topic() -> impl Strategy<Value = String> {
-        prop::collection::vec(prop::sample::select(&LEVELS[..4]), 1..5)
-            .prop_map(|levels| levels.join("/"))
-            .prop_filter("valid topic", |t| validate_topic_name(t).is_ok())
     }
 
     proptest! {

@@ -463,8 +463,9 @@ impl<K: Clone + Eq + Hash> SubscriptionTree<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topic_strategies::{filter, topic};
     use proptest::prelude::*;
-    use tern_codec::topic::{filter_matches, validate_topic_filter, validate_topic_name};
+    use tern_codec::topic::filter_matches;
     use tern_codec::QoS;
 
     fn sub(qos: QoS, identifier: Option<u32>) -> Subscription {
@@ -722,28 +723,6 @@ mod tests {
         assert!(tree.unsubscribe(&2, &format!("{deep}#")).is_some());
         assert_eq!(tree.len(), 1);
         drop(tree);
-    }
-
-    const LEVELS: [&str; 5] = ["", "$sys", "a", "b", "+"];
-
-    fn filter() -> impl Strategy<Value = String> {
-        (
-            prop::collection::vec(prop::sample::select(&LEVELS[..]), 0..4),
-            any::<bool>(),
-        )
-            .prop_map(|(mut levels, hash)| {
-                if hash || levels.is_empty() {
-                    levels.push("#");
-                }
-                levels.join("/")
-            })
-            .prop_filter("valid filter", |f| validate_topic_filter(f).is_ok())
-    }
-
-    fn topic() -> impl Strategy<Value = String> {
-        prop::collection::vec(prop::sample::select(&LEVELS[..4]), 1..5)
-            .prop_map(|levels| levels.join("/"))
-            .prop_filter("valid topic", |t| validate_topic_name(t).is_ok())
     }
 
     #[derive(Debug, Clone)]
