@@ -173,6 +173,27 @@ pub struct SubStats {
     pub latencies: Latencies,
 }
 
+/// What a publisher does next: send a batch of this many, or wait until the next message is
+/// due.
+pub(crate) enum Pace {
+    Send(u64),
+    Wait(Instant),
+}
+
+/// Full speed (`rate` None): batches of `batch`. Paced at `rate` msgs/s from `start`: every
+/// message due by `now` (at most 1,024 at once), or the instant the next one is due.
+pub(crate) fn pace(rate: Option<f64>, start: Instant, sent: u64, now: Instant, batch: u64) -> Pace {
+    let Some(rate) = rate else {
+        return Pace::Send(batch);
+    };
+    let due = (rate * (now - start).as_secs_f64()) as u64 + 1;
+    if due <= sent {
+        Pace::Wait(start + Duration::from_secs_f64((sent as f64) / rate))
+    } else {
+        Pace::Send((due - sent).min(1024))
+    }
+}
+
 /// Publishes until the end of the timeline: full speed or paced, in batches, with a window
 /// of QoS 1 messages in flight; then awaits the outstanding PUBACKs and disconnects.
 pub async fn publisher(client: Client, spec: PubSpec, tl: Timeline) -> Result<PubStats> {
@@ -217,16 +238,13 @@ pub async fn publisher(client: Client, spec: PubSpec, tl: Timeline) -> Result<Pu
             if now >= tl.end {
                 break;
             }
-            let mut n = BATCH;
-            if let Some(rate) = spec.rate {
-                let due = (rate * (now - tl.start).as_secs_f64()) as u64 + 1;
-                if due <= stats.sent {
-                    let next = tl.start + Duration::from_secs_f64((stats.sent as f64) / rate);
+            let n = match pace(spec.rate, tl.start, stats.sent, now, BATCH) {
+                Pace::Send(n) => n,
+                Pace::Wait(next) => {
                     tokio::time::sleep_until(next.into()).await;
                     continue;
                 }
-                n = (due - stats.sent).min(1024);
-            }
+            };
             let in_window = tl.in_window(now);
             for _ in 0..n {
                 if qos1 {

@@ -40,7 +40,7 @@ use tokio::task::JoinSet;
 
 use crate::client::{Client, ConnectOptions};
 use crate::error::{Error, Result};
-use crate::run::{raise_open_files, Options, PubSpec, PubStats, Timeline};
+use crate::run::{pace, raise_open_files, Options, Pace, PubSpec, PubStats, Timeline};
 use crate::stats::{
     nanos_at, now_nanos, payload_latency, payload_stamp, stamped_payload, Latencies, LatencySummary,
 };
@@ -748,16 +748,13 @@ async fn operator(client: Client, spec: PubSpec, tl: Timeline) -> Result<PubStat
             if now >= tl.end {
                 break;
             }
-            let mut n = BATCH;
-            if let Some(rate) = spec.rate {
-                let due = (rate * (now - tl.start).as_secs_f64()) as u64 + 1;
-                if due <= stats.sent {
-                    let next = tl.start + Duration::from_secs_f64((stats.sent as f64) / rate);
+            let n = match pace(spec.rate, tl.start, stats.sent, now, BATCH) {
+                Pace::Send(n) => n,
+                Pace::Wait(next) => {
                     tokio::time::sleep_until(next.min(tl.end).into()).await;
                     continue;
                 }
-                n = (due - stats.sent).min(1024);
-            }
+            };
             let mut queued = 0;
             for _ in 0..n {
                 if qos1 {
