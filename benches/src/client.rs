@@ -346,3 +346,30 @@ impl Writer {
         let _ = self.half.shutdown().await;
     }
 }
+
+/// Keeps a subscriber connected until `stop` changes: after every read, `handle` takes the
+/// packets that arrived (it drains `reader` with `try_next`, queueing any answers on
+/// `writer`), queued bytes are flushed, and a PINGREQ goes out every half `keep_alive`
+/// (seconds; 0 = none). Returns `Ok` on `stop`, the error when the connection fails.
+pub async fn stay_connected(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    keep_alive: u16,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    mut handle: impl FnMut(&mut Reader, &mut Writer) -> Result<()>,
+) -> Result<()> {
+    let ping_every = Duration::from_secs(u64::from(keep_alive / 2).max(1));
+    let mut next_ping = tokio::time::Instant::now() + ping_every;
+    loop {
+        handle(reader, writer)?;
+        writer.flush().await?;
+        tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            read = reader.fill() => read?,
+            _ = tokio::time::sleep_until(next_ping), if keep_alive > 0 => {
+                writer.queue(&Packet::PingReq)?;
+                next_ping = tokio::time::Instant::now() + ping_every;
+            }
+        }
+    }
+}

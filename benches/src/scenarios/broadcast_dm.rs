@@ -38,7 +38,7 @@ use tern_codec::{ByteString, Packet, Protocol, QoS};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore, TryAcquireError};
 use tokio::task::JoinSet;
 
-use crate::client::{Client, ConnectOptions};
+use crate::client::{stay_connected, Client, ConnectOptions};
 use crate::error::{Error, Result};
 use crate::run::{pace, raise_open_files, Options, Pace, PubSpec, PubStats, Timeline};
 use crate::stats::{
@@ -666,36 +666,24 @@ async fn idle_subscriber(
     };
     drop(ready);
     let mut latencies = sample.then(Latencies::default);
-    let ping_every = Duration::from_secs(u64::from(keep_alive / 2).max(1));
-    let mut next_ping = Instant::now() + ping_every;
-    let result: Result<()> = async {
-        loop {
-            let mut received = 0;
-            while let Some(packet) = reader.try_next()? {
-                if let Packet::Publish(p) = packet {
-                    received += 1;
-                    if p.qos != QoS::AtMostOnce {
-                        writer.queue_puback(p.packet_id)?;
-                    }
-                    if let (Some(l), Some(d)) = (latencies.as_mut(), payload_latency(&p.payload)) {
-                        l.record(d);
-                    }
+    let result = stay_connected(&mut reader, &mut writer, keep_alive, &mut stop, |r, w| {
+        let mut received = 0;
+        while let Some(packet) = r.try_next()? {
+            if let Packet::Publish(p) = packet {
+                received += 1;
+                if p.qos != QoS::AtMostOnce {
+                    w.queue_puback(p.packet_id)?;
                 }
-            }
-            if received > 0 {
-                fleet.deliveries.fetch_add(received, Ordering::Relaxed);
-            }
-            writer.flush().await?;
-            tokio::select! {
-                _ = stop.changed() => return Ok(()),
-                read = reader.fill() => read?,
-                _ = tokio::time::sleep_until(next_ping.into()), if keep_alive > 0 => {
-                    writer.queue(&Packet::PingReq)?;
-                    next_ping = Instant::now() + ping_every;
+                if let (Some(l), Some(d)) = (latencies.as_mut(), payload_latency(&p.payload)) {
+                    l.record(d);
                 }
             }
         }
-    }
+        if received > 0 {
+            fleet.deliveries.fetch_add(received, Ordering::Relaxed);
+        }
+        Ok(())
+    })
     .await;
     match result {
         Ok(()) => writer.disconnect().await,

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tern_codec::{Packet, Protocol};
+use tern_codec::Protocol;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::client::{Client, ConnectOptions};
+use crate::client::{stay_connected, Client, ConnectOptions};
 use crate::error::{Error, Result};
 use crate::run::{raise_open_files, Options};
 use crate::scenarios::broadcast_dm::source_address;
@@ -212,22 +212,10 @@ async fn idle_client(
         }
     };
     drop(ready);
-    let ping_every = Duration::from_secs(u64::from(keep_alive / 2).max(1));
-    let mut next_ping = Instant::now() + ping_every;
-    let result: Result<()> = async {
-        loop {
-            while reader.try_next()?.is_some() {}
-            writer.flush().await?;
-            tokio::select! {
-                _ = stop.changed() => return Ok(()),
-                read = reader.fill() => read?,
-                _ = tokio::time::sleep_until(next_ping.into()), if keep_alive > 0 => {
-                    writer.queue(&Packet::PingReq)?;
-                    next_ping = Instant::now() + ping_every;
-                }
-            }
-        }
-    }
+    let result = stay_connected(&mut reader, &mut writer, keep_alive, &mut stop, |r, _| {
+        while r.try_next()?.is_some() {}
+        Ok(())
+    })
     .await;
     match result {
         Ok(()) => writer.disconnect().await,
