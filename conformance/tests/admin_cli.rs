@@ -1171,11 +1171,14 @@ async fn deleting_a_user_closes_its_live_connections() {
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    let mut connect = connect_packet(Protocol::V5, "erin-phone", true);
-    connect.username = Some("erin".into());
-    connect.password = Some(Bytes::from_static(b"pw"));
-    let mut phone = RawClient::connect(broker.addr, Protocol::V5).await;
-    assert_eq!(phone.handshake(connect).await.code, ReasonCode::Success);
+    let mut phone = client(
+        &broker,
+        "erin-phone",
+        true,
+        Some(("erin", Some("pw"))),
+        |_| {},
+    )
+    .await;
 
     let (status, body) = http("DELETE", format!("{base}/v1/users/erin"), t(), None).await;
     assert_eq!(status, 200, "{body}");
