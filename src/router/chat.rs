@@ -80,12 +80,12 @@ impl Router {
         let mut live = Vec::new();
         let max_entries = self.limits.im.inbox_max_messages;
         for (user, role) in recipients {
-            let next = self.inbox_next.entry(user.clone()).or_insert(0);
-            let seq = *next;
-            *next += 1;
+            let seq = self.inbox_next.get(&user).copied().unwrap_or(0);
             let Some(copy) = for_recipient(&message, &user, role, seq) else {
                 continue;
             };
+            // Taken only once the entry is certain, so that a user's seqs never skip one.
+            self.inbox_next.insert(user.clone(), seq + 1);
             ops.push(Op::AppendInbox {
                 user: user.clone(),
                 seq,
