@@ -21,7 +21,7 @@ use tern_codec::{
     decode, ByteString, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol,
     QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
-use tern_storage::{Op, QueueState, Writer};
+use tern_storage::{Op, QueueState, StorageError, Store, Writer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -350,16 +350,8 @@ impl Connection {
         };
         let mut session = Session::new(params);
         if attached.session_present && persistent {
-            ctx.writer
-                .barrier()
-                .await
-                .map_err(|e| ConnectionError::Storage(e.to_string()))?;
-            let store = ctx.writer.store().clone();
             let id = client_id.to_string();
-            let ids = tokio::task::spawn_blocking(move || store.inbound_qos2(&id))
-                .await
-                .map_err(|e| ConnectionError::Storage(e.to_string()))?
-                .map_err(|e| ConnectionError::Storage(e.to_string()))?;
+            let ids = read_store(&ctx, move |store| store.inbound_qos2(&id)).await?;
             session.restore_inbound_qos2(ids);
         }
 
@@ -630,18 +622,9 @@ impl Connection {
             return Ok(());
         };
         let upto = backlog.upto;
-        self.ctx
-            .writer
-            .barrier()
-            .await
-            .map_err(|e| ConnectionError::Storage(e.to_string()))?;
-        let store = self.ctx.writer.store().clone();
         let id = self.client_id.to_string();
         let from = self.next_stored;
-        let page = tokio::task::spawn_blocking(move || store.queue(&id, from, BACKLOG_PAGE))
-            .await
-            .map_err(|e| ConnectionError::Storage(e.to_string()))?
-            .map_err(|e| ConnectionError::Storage(e.to_string()))?;
+        let page = read_store(&self.ctx, move |store| store.queue(&id, from, BACKLOG_PAGE)).await?;
         let complete = page.len() < BACKLOG_PAGE;
         for (seq, queued) in page {
             if seq >= upto {
@@ -966,22 +949,11 @@ impl Connection {
         };
         let from = after.map_or(0, |a| a.saturating_add(1));
         let limit = self.ctx.config.im.sync_max_messages;
-        self.ctx
-            .writer
-            .barrier()
-            .await
-            .map_err(|e| ConnectionError::Storage(e.to_string()))?;
-        let store = self.ctx.writer.store().clone();
         let who = user.clone();
-        let (entries, (_, next)) = tokio::task::spawn_blocking(move || {
-            Ok::<_, tern_storage::StorageError>((
-                store.inbox(&who, from, limit)?,
-                store.inbox_bounds(&who)?,
-            ))
+        let (entries, (_, next)) = read_store(&self.ctx, move |store| {
+            Ok((store.inbox(&who, from, limit)?, store.inbox_bounds(&who)?))
         })
-        .await
-        .map_err(|e| ConnectionError::Storage(e.to_string()))?
-        .map_err(|e| ConnectionError::Storage(e.to_string()))?;
+        .await?;
         let mut last = None;
         let mut more = entries.len() == limit;
         let now = now_ms();
@@ -1091,6 +1063,21 @@ impl Connection {
         let _ = self.flush().await;
         let _ = self.writer.shutdown().await;
     }
+}
+
+/// Reads the store off the runtime (RocksDB reads block), after every write queued so far
+/// has been applied, so that what this connection wrote itself is visible.
+async fn read_store<T: Send + 'static>(
+    ctx: &Context,
+    read: impl FnOnce(&dyn Store) -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, ConnectionError> {
+    let failed = |e: &dyn std::fmt::Display| ConnectionError::Storage(e.to_string());
+    ctx.writer.barrier().await.map_err(|e| failed(&e))?;
+    let store = ctx.writer.store().clone();
+    tokio::task::spawn_blocking(move || read(&*store))
+        .await
+        .map_err(|e| failed(&e))?
+        .map_err(|e| failed(&e))
 }
 
 /// An acknowledgement decided without the router (refusals, sync requests).
