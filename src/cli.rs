@@ -278,7 +278,7 @@ pub struct ServeArgs {
     /// Command-line flags override it. [default: none: built-in defaults only]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address to listen on for MQTT over TCP; overrides `listen` in the config file.
+    /// Address to listen on for MQTT over TCP; overrides `listeners.tcp.listen` in the config file.
     /// [default: 127.0.0.1:1883]
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,

@@ -1,8 +1,9 @@
 //! The broker's configuration: what `tern serve` runs with.
 //!
-//! [`Config`] holds the listener address, the data directory, whether anonymous clients are
-//! accepted, the per-connection and per-session [`Limits`], the durability of the storage
-//! writer ([`StorageConfig`]) and logging ([`LogConfig`]). `tern.example.toml` at the root
+//! [`Config`] holds the listeners ([`Listeners`]: MQTT over TCP, TLS, WebSocket and
+//! WebSocket over TLS, each with its own [`ListenerLimits`]), the data directory, whether
+//! anonymous clients are accepted, the per-connection and per-session [`Limits`], the
+//! durability of the storage writer ([`StorageConfig`]), metrics and logging. `tern.example.toml` at the root
 //! of the repository lists every key with its default and meaning.
 //!
 //! # Precedence
@@ -19,7 +20,7 @@
 //!
 //! - an unknown key, at any level, is an error naming it (`limits.max_pakcet_size`);
 //! - a value of the wrong type or an unknown variant is an error naming the key
-//!   (`listen`, `storage.sync`), with its line and column;
+//!   (`listeners.tcp.listen`, `storage.sync`), with its line and column;
 //! - a value of the right type but out of range, or inconsistent with another, is
 //!   [`ConfigError::Invalid`] with the dotted key (`limits.max_inflight`).
 
@@ -42,13 +43,14 @@ pub const MIN_PACKET_SIZE_LIMIT: u32 = 64;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address of the MQTT-over-TCP listener. Default `127.0.0.1:1883`.
-    pub listen: SocketAddr,
+    /// The MQTT listeners (the `[listeners.*]` tables): TCP on by default, TLS, WebSocket
+    /// and WebSocket over TLS off.
+    pub listeners: Listeners,
     /// Directory of the broker's durable state. Default `./tern-data`. A relative path is
     /// relative to the working directory, not to the config file.
     pub data_dir: PathBuf,
     /// Accept clients that present no credentials: [`AnonymousPolicy`]. Default
-    /// `"loopback"`: only while `listen` is a loopback address (the default listener).
+    /// `"loopback"`: only on listeners bound to a loopback address (the default TCP one).
     pub allow_anonymous: AnonymousPolicy,
     /// Which user an anonymous client acts as. Default [`AnonymousIdentity::Username`].
     pub anonymous_identity: AnonymousIdentity,
@@ -60,6 +62,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Durability of the storage writer.
     pub storage: StorageConfig,
+    /// `$SYS` topics (the `[metrics]` table); Prometheus metrics are served by the admin API.
+    pub metrics: MetricsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -67,7 +71,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 1883)),
+            listeners: Listeners::default(),
             data_dir: PathBuf::from("./tern-data"),
             allow_anonymous: AnonymousPolicy::Loopback,
             anonymous_identity: AnonymousIdentity::Username,
@@ -75,7 +79,262 @@ impl Default for Config {
             im: ImConfig::default(),
             admin: AdminConfig::default(),
             storage: StorageConfig::default(),
+            metrics: MetricsConfig::default(),
             log: LogConfig::default(),
+        }
+    }
+}
+
+/// The MQTT listeners (the `[listeners]` table). Each is on or off, binds its own address,
+/// and has its own [`ListenerLimits`]; `limits.max_connections` caps all of them together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listeners {
+    /// MQTT over TCP. On by default, on `127.0.0.1:1883`.
+    pub tcp: TcpListenerConfig,
+    /// MQTT over TLS (rustls). Off by default; `127.0.0.1:8883`.
+    pub tls: TlsListenerConfig,
+    /// MQTT over WebSocket (subprotocol `mqtt`). Off by default; `127.0.0.1:8083`, `/mqtt`.
+    pub ws: WsListenerConfig,
+    /// MQTT over WebSocket over TLS. Off by default; `127.0.0.1:8084`, `/mqtt`.
+    pub wss: WssListenerConfig,
+}
+
+/// `[listeners.tcp]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpListenerConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub limits: ListenerLimits,
+}
+
+impl Default for TcpListenerConfig {
+    fn default() -> Self {
+        TcpListenerConfig {
+            enabled: true,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 1883)),
+            limits: ListenerLimits::default(),
+        }
+    }
+}
+
+/// `[listeners.tls]`: certificate chain and private key in PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsListenerConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// PEM file with the certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    pub limits: ListenerLimits,
+}
+
+impl Default for TlsListenerConfig {
+    fn default() -> Self {
+        TlsListenerConfig {
+            enabled: false,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8883)),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            limits: ListenerLimits::default(),
+        }
+    }
+}
+
+/// `[listeners.ws]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsListenerConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// The HTTP path of the upgrade request; other paths get 404.
+    pub path: String,
+    pub limits: ListenerLimits,
+}
+
+impl Default for WsListenerConfig {
+    fn default() -> Self {
+        WsListenerConfig {
+            enabled: false,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8083)),
+            path: "/mqtt".to_string(),
+            limits: ListenerLimits::default(),
+        }
+    }
+}
+
+/// `[listeners.wss]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WssListenerConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub path: String,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub limits: ListenerLimits,
+}
+
+impl Default for WssListenerConfig {
+    fn default() -> Self {
+        WssListenerConfig {
+            enabled: false,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8084)),
+            path: "/mqtt".to_string(),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            limits: ListenerLimits::default(),
+        }
+    }
+}
+
+/// The transport of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerKind {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+impl ListenerKind {
+    pub const ALL: [ListenerKind; 4] = [
+        ListenerKind::Tcp,
+        ListenerKind::Tls,
+        ListenerKind::Ws,
+        ListenerKind::Wss,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+    }
+}
+
+impl std::fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One enabled listener, whatever its table looked like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub kind: ListenerKind,
+    pub listen: SocketAddr,
+    /// Certificate chain and key files (TLS and WSS).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The upgrade path (WS and WSS).
+    pub ws_path: Option<String>,
+    pub limits: ListenerLimits,
+}
+
+impl Listeners {
+    /// The enabled listeners, TCP first.
+    pub fn enabled(&self) -> Vec<ListenerSpec> {
+        let mut out = Vec::new();
+        if self.tcp.enabled {
+            out.push(ListenerSpec {
+                kind: ListenerKind::Tcp,
+                listen: self.tcp.listen,
+                tls: None,
+                ws_path: None,
+                limits: self.tcp.limits.clone(),
+            });
+        }
+        if self.tls.enabled {
+            out.push(ListenerSpec {
+                kind: ListenerKind::Tls,
+                listen: self.tls.listen,
+                tls: Some((self.tls.cert_file.clone(), self.tls.key_file.clone())),
+                ws_path: None,
+                limits: self.tls.limits.clone(),
+            });
+        }
+        if self.ws.enabled {
+            out.push(ListenerSpec {
+                kind: ListenerKind::Ws,
+                listen: self.ws.listen,
+                tls: None,
+                ws_path: Some(self.ws.path.clone()),
+                limits: self.ws.limits.clone(),
+            });
+        }
+        if self.wss.enabled {
+            out.push(ListenerSpec {
+                kind: ListenerKind::Wss,
+                listen: self.wss.listen,
+                tls: Some((self.wss.cert_file.clone(), self.wss.key_file.clone())),
+                ws_path: Some(self.wss.path.clone()),
+                limits: self.wss.limits.clone(),
+            });
+        }
+        out
+    }
+
+    /// Sets every listener's port to 0 (free ports; tests and benches).
+    pub fn use_free_ports(&mut self) {
+        self.tcp.listen.set_port(0);
+        self.tls.listen.set_port(0);
+        self.ws.listen.set_port(0);
+        self.wss.listen.set_port(0);
+    }
+}
+
+/// What one listener lets its clients do (`[listeners.*.limits]`). Every limit is checked
+/// before anything else is spent on a connection; 0 turns a limit off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerLimits {
+    /// Connections on this listener at once; more are closed at accept. Default 0: only
+    /// `limits.max_connections` (all listeners together) applies.
+    pub max_connections: usize,
+    /// Connections from one IP address at once; more are closed at accept. Default 0 (off:
+    /// many phones share one carrier NAT address).
+    pub max_connections_per_ip: usize,
+    /// New connections accepted per second (bursts up to one second's worth). Beyond it the
+    /// listener stops accepting for a moment: new clients wait in the kernel's accept
+    /// queue, established ones are not touched. Absorbs reconnect storms. Default 1_000.
+    pub max_connects_per_sec: u32,
+    /// PUBLISH packets one connection may send per second (bursts up to one second's
+    /// worth); beyond it the connection is not read until its budget recovers (TCP
+    /// backpressure). Default 0 (off).
+    pub max_inbound_messages_per_sec: u32,
+    /// Bytes one connection may send per second, the same way. Default 0 (off).
+    pub max_inbound_bytes_per_sec: u64,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            max_connects_per_sec: 1_000,
+            max_inbound_messages_per_sec: 0,
+            max_inbound_bytes_per_sec: 0,
+        }
+    }
+}
+
+/// `$SYS` topics (the `[metrics]` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Seconds between updates of the `$SYS/broker/...` topics. Default 10; 0 = no `$SYS`.
+    pub sys_interval_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            sys_interval_secs: 10,
         }
     }
 }
@@ -101,7 +360,7 @@ pub struct Limits {
     /// Bytes queued per session (same queue as `max_queued_messages`). Default 64 MiB; at
     /// least `max_packet_size`, so one message of the largest accepted size can be queued.
     pub max_queued_bytes: usize,
-    /// Concurrent client connections. Default 18_000; at least 1.
+    /// Concurrent client connections, all listeners together. Default 18_000; at least 1.
     pub max_connections: usize,
     /// Levels of a topic name or filter (`a/b/c` has 3); deeper ones are refused. Default
     /// 32; at least 1.
@@ -393,7 +652,7 @@ impl Config {
             None => Config::default(),
         };
         if let Some(listen) = args.listen {
-            config.listen = listen;
+            config.listeners.tcp.listen = listen;
         }
         if let Some(data_dir) = &args.data_dir {
             config.data_dir = data_dir.clone();
@@ -460,6 +719,8 @@ impl Config {
             1,
         )?;
 
+        self.validate_listeners()?;
+
         let s = &self.storage;
         check_range("storage.sync_interval_ms", s.sync_interval_ms, 1, 10_000)?;
         check_min("storage.writer_queue", to_u64(s.writer_queue), 1)?;
@@ -486,6 +747,42 @@ impl Config {
         }
 
         validate_log_level(&self.log.level)?;
+        Ok(())
+    }
+
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let l = &self.listeners;
+        if self.listeners.enabled().is_empty() {
+            return Err(invalid(
+                "listeners",
+                "every listener is off: enable at least one".to_string(),
+            ));
+        }
+        if l.tls.enabled {
+            check_file("listeners.tls.cert_file", &l.tls.cert_file)?;
+            check_file("listeners.tls.key_file", &l.tls.key_file)?;
+        }
+        if l.wss.enabled {
+            check_file("listeners.wss.cert_file", &l.wss.cert_file)?;
+            check_file("listeners.wss.key_file", &l.wss.key_file)?;
+        }
+        check_path("listeners.ws.path", &l.ws.path)?;
+        check_path("listeners.wss.path", &l.wss.path)?;
+        let mut seen: Vec<(SocketAddr, ListenerKind)> = Vec::new();
+        for spec in l.enabled() {
+            if spec.listen.port() != 0 {
+                if let Some((_, other)) = seen.iter().find(|(addr, _)| *addr == spec.listen) {
+                    return Err(invalid(
+                        "listeners",
+                        format!(
+                            "listeners.{} and listeners.{other} both listen on {}",
+                            spec.kind, spec.listen
+                        ),
+                    ));
+                }
+            }
+            seen.push((spec.listen, spec.kind));
+        }
         Ok(())
     }
 
@@ -520,6 +817,26 @@ fn check_min(key: &'static str, value: u64, min: u64) -> Result<(), ConfigError>
         return Err(invalid(
             key,
             format!("{value} is below the minimum of {min}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_file(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    if path.as_os_str().is_empty() {
+        return Err(invalid(
+            key,
+            "must name a PEM file: the listener is enabled".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_path(key: &'static str, path: &str) -> Result<(), ConfigError> {
+    if !path.starts_with('/') || path.contains(char::is_whitespace) {
+        return Err(invalid(
+            key,
+            format!("{path:?} is not an HTTP path (it starts with `/`, no spaces)"),
         ));
     }
     Ok(())
@@ -649,10 +966,13 @@ mod tests {
     #[test]
     fn defaults() {
         let c = Config::default();
-        assert_eq!(c.listen, "127.0.0.1:1883".parse().unwrap());
+        assert_eq!(c.listeners.tcp.listen, "127.0.0.1:1883".parse().unwrap());
+        assert_eq!(c.listeners.enabled().len(), 1);
+        assert_eq!(c.listeners.tcp.limits.max_connects_per_sec, 1_000);
+        assert_eq!(c.metrics.sys_interval_secs, 10);
         assert_eq!(c.data_dir, PathBuf::from("./tern-data"));
         assert_eq!(c.allow_anonymous, AnonymousPolicy::Loopback);
-        assert!(c.allow_anonymous.allows(c.listen));
+        assert!(c.allow_anonymous.allows(c.listeners.tcp.listen));
         assert!(!c.allow_anonymous.allows("0.0.0.0:1883".parse().unwrap()));
         assert_eq!(c.im.max_devices_per_user, 8);
         assert_eq!(c.admin.listen, "127.0.0.1:8081".parse().unwrap());
@@ -715,8 +1035,10 @@ mod tests {
 
     #[test]
     fn partial_file_keeps_other_defaults() {
-        let c = parse("listen = \"0.0.0.0:1884\"\n[storage]\nsync = \"batched\"\n").unwrap();
-        assert_eq!(c.listen, "0.0.0.0:1884".parse().unwrap());
+        let c =
+            parse("[listeners.tcp]\nlisten = \"0.0.0.0:1884\"\n[storage]\nsync = \"batched\"\n")
+                .unwrap();
+        assert_eq!(c.listeners.tcp.listen, "0.0.0.0:1884".parse().unwrap());
         assert_eq!(c.storage.sync, SyncMode::Batched);
         assert_eq!(c.storage.sync_interval_ms, 5);
         assert_eq!(c.limits, Limits::default());
@@ -731,7 +1053,7 @@ mod tests {
 
     #[test]
     fn unknown_top_level_key_is_named() {
-        let msg = parse_error("listen = \"127.0.0.1:1883\"\nlisten_port = 1884\n");
+        let msg = parse_error("data_dir = \"x\"\nlisten_port = 1884\n");
         assert!(msg.contains("`listen_port`"), "{msg}");
         assert!(msg.contains("line 2"), "{msg}");
         assert!(msg.contains("test.toml"), "{msg}");
@@ -750,22 +1072,22 @@ mod tests {
 
     #[test]
     fn wrong_type_is_named() {
-        let msg = parse_error("listen = 5\n");
-        assert!(msg.contains("`listen`"), "{msg}");
+        let msg = parse_error("[listeners.tcp]\nlisten = 5\n");
+        assert!(msg.contains("`listeners.tcp.listen`"), "{msg}");
         let msg = parse_error("[storage]\nsync = \"sometimes\"\n");
         assert!(msg.contains("`storage.sync`"), "{msg}");
         assert!(msg.contains("sometimes"), "{msg}");
         let msg = parse_error("[limits]\nmax_inflight = 70000\n");
         assert!(msg.contains("`limits.max_inflight`"), "{msg}");
-        let msg = parse_error("listen = \"localhost\"\n");
-        assert!(msg.contains("`listen`"), "{msg}");
+        let msg = parse_error("listeners.ws.listen = \"localhost\"\n");
+        assert!(msg.contains("`listeners.ws.listen`"), "{msg}");
         let msg = parse_error("limits = 3\n");
         assert!(msg.contains("`limits`"), "{msg}");
     }
 
     #[test]
     fn syntax_error_gives_the_position() {
-        let msg = parse_error("listen = \n");
+        let msg = parse_error("data_dir = \n");
         assert!(msg.contains("line 1"), "{msg}");
     }
 
@@ -905,7 +1227,7 @@ mod tests {
     #[test]
     fn command_line_beats_the_file() {
         let file = config_file(
-            "listen = \"0.0.0.0:1884\"\ndata_dir = \"/from/file\"\n\
+            "data_dir = \"/from/file\"\n[listeners.tcp]\nlisten = \"0.0.0.0:1884\"\n\
              [log]\nlevel = \"debug\"\n[limits]\nmax_inflight = 7\n",
         );
         let args = ServeArgs {
@@ -916,7 +1238,7 @@ mod tests {
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         };
         let c = Config::from_args(&args).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:2883".parse().unwrap());
+        assert_eq!(c.listeners.tcp.listen, "127.0.0.1:2883".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("/from/cli"));
         assert_eq!(c.log.level, "warn");
         assert_eq!(c.admin.listen, "127.0.0.1:0".parse().unwrap());
@@ -929,7 +1251,7 @@ mod tests {
             ..ServeArgs::default()
         };
         let c = Config::from_args(&args).unwrap();
-        assert_eq!(c.listen, "0.0.0.0:1884".parse().unwrap());
+        assert_eq!(c.listeners.tcp.listen, "0.0.0.0:1884".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("/from/file"));
         assert_eq!(c.log.level, "debug");
     }
@@ -952,6 +1274,39 @@ mod tests {
             ..ServeArgs::default()
         };
         assert_eq!(Config::from_args(&args).unwrap().log.level, "info");
+    }
+
+    #[test]
+    fn listeners_are_checked() {
+        assert_eq!(
+            invalid_key("[listeners.tls]\nenabled = true\nkey_file = \"k.pem\""),
+            "listeners.tls.cert_file"
+        );
+        assert_eq!(
+            invalid_key("[listeners.wss]\nenabled = true\ncert_file = \"c.pem\""),
+            "listeners.wss.key_file"
+        );
+        assert_eq!(
+            invalid_key("[listeners.ws]\npath = \"mqtt\""),
+            "listeners.ws.path"
+        );
+        assert_eq!(invalid_key("[listeners.tcp]\nenabled = false"), "listeners");
+        assert_eq!(
+            invalid_key("[listeners.ws]\nenabled = true\nlisten = \"127.0.0.1:1883\""),
+            "listeners"
+        );
+        let c = parse(
+            "[listeners.ws]\nenabled = true\npath = \"/chat\"\n\
+             [listeners.ws.limits]\nmax_connections_per_ip = 4\n",
+        )
+        .unwrap();
+        let specs = c.listeners.enabled();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[1].kind, ListenerKind::Ws);
+        assert_eq!(specs[1].ws_path.as_deref(), Some("/chat"));
+        assert_eq!(specs[1].limits.max_connections_per_ip, 4);
+        let msg = parse_error("[listeners.tcp]\npath = \"/mqtt\"\n");
+        assert!(msg.contains("`listeners.tcp.path`"), "{msg}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,8 +23,6 @@ use tern_codec::{
     QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use tern_storage::{Op, QueueState, StorageError, Store, Writer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -33,12 +32,15 @@ use crate::im::acl::{check_filter, FilterDecision};
 use crate::im::auth::{authenticate, AuthError, Credentials, Identity};
 use crate::im::inbox::{for_recipient, parse_sync_request, sync_end};
 use crate::im::topics::{classify, Address};
+use crate::listener::Endpoint;
 use crate::message::{now_ms, Delivery, Message, SessionId};
+use crate::rate::TokenBucket;
 use crate::router::{
     sleep_until_opt, Attached, ChatPublish, CloseReason, Command, ConnId, ConnectRequest, Outbound,
     RouterHandle, WillRequest,
 };
 use crate::session::{Close, Effect, Session, SessionParams};
+use crate::transport::{upgrade, ReadHalf, WriteHalf};
 
 /// What every connection shares.
 pub struct Context {
@@ -58,6 +60,8 @@ pub enum ConnectionError {
     Decode(#[from] DecodeError),
     #[error("no CONNECT within {0:?}")]
     ConnectTimeout(Duration),
+    #[error("handshake: {0}")]
+    Handshake(std::io::Error),
     #[error("first packet was {0}, not CONNECT")]
     NotConnect(&'static str),
     #[error("CONNECT refused: {0:?}")]
@@ -88,24 +92,44 @@ const BACKLOG_PAGE: usize = 256;
 /// Bound of each connection's broadcast lane (system broadcasts, below chat in priority).
 const BROADCAST_LANE: usize = 64;
 
-/// Serves one accepted socket until it closes.
-pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
-    let peer = stream.peer_addr().ok();
+/// Serves one accepted socket until it closes: the listener's handshakes (TLS, WebSocket)
+/// and the CONNECT must both arrive within `limits.connect_timeout_secs`.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    endpoint: Arc<Endpoint>,
+    ctx: Arc<Context>,
+) {
     let _ = stream.set_nodelay(true);
-    match run(stream, &ctx).await {
-        Ok(()) => tracing::debug!(?peer, "connection closed"),
-        Err(e) => tracing::debug!(?peer, "connection ended: {e}"),
+    match run(stream, peer, endpoint, &ctx).await {
+        Ok(()) => {}
+        Err(e @ (ConnectionError::ConnectTimeout(_) | ConnectionError::Handshake(_))) => {
+            tracing::debug!(%peer, "connection ended before CONNECT: {e}")
+        }
+        Err(e) => tracing::debug!(%peer, "connection ended: {e}"),
     }
 }
 
-async fn run(stream: TcpStream, ctx: &Arc<Context>) -> Result<(), ConnectionError> {
-    let (mut reader, mut writer) = stream.into_split();
-    // Most CONNECTs are well under this; a larger one grows the buffer.
-    let mut rbuf = BytesMut::with_capacity(CONNECT_BUFFER);
+async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    endpoint: Arc<Endpoint>,
+    ctx: &Arc<Context>,
+) -> Result<(), ConnectionError> {
     let max_packet = ctx.config.limits.max_packet_size as usize;
     let timeout = Duration::from_secs(ctx.config.limits.connect_timeout_secs);
+    let deadline = Instant::now() + timeout;
+    let transport =
+        match tokio::time::timeout_at(deadline, upgrade(stream, &endpoint.upgrade)).await {
+            Err(_) => return Err(ConnectionError::ConnectTimeout(timeout)),
+            Ok(result) => result.map_err(ConnectionError::Handshake)?,
+        };
+    let (mut reader, mut writer) = transport.split();
+    // Most CONNECTs are well under this; a larger one grows the buffer.
+    let mut rbuf = BytesMut::new();
     let connect =
-        match tokio::time::timeout(timeout, read_connect(&mut reader, &mut rbuf, max_packet)).await
+        match tokio::time::timeout_at(deadline, read_connect(&mut reader, &mut rbuf, max_packet))
+            .await
         {
             Err(_) => return Err(ConnectionError::ConnectTimeout(timeout)),
             Ok(Err(ConnectionError::Decode(DecodeError::UnsupportedProtocolVersion(level)))) => {
@@ -125,8 +149,12 @@ async fn run(stream: TcpStream, ctx: &Arc<Context>) -> Result<(), ConnectionErro
     // every connection task's size for the connection's whole life.
     let connection = Box::pin(Connection::handshake(
         connect,
-        reader,
-        writer,
+        Link {
+            reader,
+            writer,
+            peer,
+            endpoint,
+        },
         rbuf,
         ctx.clone(),
     ))
@@ -135,7 +163,7 @@ async fn run(stream: TcpStream, ctx: &Arc<Context>) -> Result<(), ConnectionErro
 }
 
 async fn read_connect(
-    reader: &mut OwnedReadHalf,
+    reader: &mut ReadHalf,
     rbuf: &mut BytesMut,
     max_packet: usize,
 ) -> Result<Box<Connect>, ConnectionError> {
@@ -147,14 +175,14 @@ async fn read_connect(
                 other => Err(ConnectionError::NotConnect(other.name())),
             };
         }
-        if reader.read_buf(rbuf).await? == 0 {
+        if reader.read(rbuf, CONNECT_BUFFER).await? == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
     }
 }
 
 async fn write_packets(
-    writer: &mut OwnedWriteHalf,
+    writer: &mut WriteHalf,
     protocol: Protocol,
     packets: impl IntoIterator<Item = Packet>,
 ) -> std::io::Result<()> {
@@ -174,10 +202,51 @@ struct Backlog {
 
 type AckFuture = Pin<Box<dyn Future<Output = (u16, QoS, ReasonCode)> + Send + Sync>>;
 
+/// The socket of a connection and where it came from.
+struct Link {
+    reader: ReadHalf,
+    writer: WriteHalf,
+    peer: SocketAddr,
+    endpoint: Arc<Endpoint>,
+}
+
+/// The listener's per-connection inbound limits (messages and bytes per second).
+struct InboundBudget {
+    messages: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
+}
+
+impl InboundBudget {
+    fn new(endpoint: &Endpoint) -> Option<Box<InboundBudget>> {
+        let now = Instant::now();
+        let limits = &endpoint.limits;
+        let budget = InboundBudget {
+            messages: TokenBucket::new(limits.max_inbound_messages_per_sec.into(), now),
+            bytes: TokenBucket::new(limits.max_inbound_bytes_per_sec, now),
+        };
+        (budget.messages.is_some() || budget.bytes.is_some()).then(|| Box::new(budget))
+    }
+
+    /// When reading may resume, if the connection is over its budget.
+    fn paused_until(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let wait = [&mut self.messages, &mut self.bytes]
+            .into_iter()
+            .flatten()
+            .filter_map(|bucket| bucket.wait(0.0, now))
+            .max()?;
+        Some(now + wait)
+    }
+}
+
 struct Connection {
     ctx: Arc<Context>,
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: ReadHalf,
+    writer: WriteHalf,
+    peer: SocketAddr,
+    endpoint: Arc<Endpoint>,
+    /// `None` when the listener sets no inbound rate limits (boxed: rarely there).
+    budget: Option<Box<InboundBudget>>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     protocol: Protocol,
@@ -212,11 +281,16 @@ impl Connection {
     /// Validates CONNECT, attaches the session through the router and sends CONNACK.
     async fn handshake(
         connect: Box<Connect>,
-        reader: OwnedReadHalf,
-        mut writer: OwnedWriteHalf,
+        link: Link,
         rbuf: BytesMut,
         ctx: Arc<Context>,
     ) -> Result<Connection, ConnectionError> {
+        let Link {
+            reader,
+            mut writer,
+            peer,
+            endpoint,
+        } = link;
         let limits = &ctx.config.limits;
         let protocol = connect.protocol;
         let props = &connect.properties;
@@ -251,7 +325,7 @@ impl Connection {
             // the connection's life would keep the whole buffer allocated.
             ByteString::from(connect.client_id.to_string())
         };
-        let identity = match login(&ctx, &connect, &client_id).await {
+        let identity = match login(&ctx, &endpoint, &connect, &client_id).await {
             Ok(identity) => identity,
             Err(e) => {
                 let code = match e {
@@ -259,7 +333,7 @@ impl Connection {
                     AuthError::NotAuthorized => ReasonCode::NotAuthorized,
                     AuthError::Storage(_) => ReasonCode::ServerUnavailable,
                 };
-                tracing::info!(client_id = %client_id, user = ?connect.username, "login refused: {e}");
+                tracing::info!(client_id = %client_id, user = ?connect.username, %peer, listener = %endpoint.kind, "login refused: {e}");
                 write_packets(&mut writer, protocol, [Packet::ConnAck(refuse(code))]).await?;
                 return Err(ConnectionError::Refused(code));
             }
@@ -390,9 +464,11 @@ impl Connection {
                 delay_secs,
             }
         });
-        tracing::debug!(
+        tracing::info!(
             client_id = %client_id,
             user = %identity.user,
+            %peer,
+            listener = %endpoint.kind,
             ?protocol,
             session_present = attached.session_present,
             persistent,
@@ -402,6 +478,9 @@ impl Connection {
             ctx: ctx.clone(),
             reader,
             writer,
+            peer,
+            budget: InboundBudget::new(&endpoint),
+            endpoint,
             rbuf: if rbuf.is_empty() {
                 BytesMut::new()
             } else {
@@ -444,6 +523,17 @@ impl Connection {
 
     async fn run(mut self) -> Result<(), ConnectionError> {
         let result = self.serve().await;
+        let how = match &result {
+            Ok(()) => "DISCONNECT".to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::info!(
+            client_id = %self.client_id,
+            user = %self.identity.user,
+            peer = %self.peer,
+            listener = %self.endpoint.kind,
+            "client disconnected: {how}"
+        );
         // Whatever ended the connection, the router learns of it, with the will unless the
         // client said goodbye properly.
         let will = if self.clean_exit {
@@ -490,6 +580,11 @@ impl Connection {
                 Box::pin(self.resync()).await?;
                 continue;
             }
+            let paused_until = self.budget.as_mut().and_then(|b| b.paused_until());
+            if paused_until.is_some() {
+                // Not reading is the broker's choice: it does not count against keepalive.
+                last_read = Instant::now();
+            }
             let deadline = self.keep_alive.map(|k| last_read + k);
             let take_live = self.backlog.is_none() && self.session.has_room();
             tokio::select! {
@@ -499,20 +594,35 @@ impl Connection {
                     self.server_disconnect(reason.code, &reason.why).await;
                     return Err(ConnectionError::ClosedBy(reason));
                 }
-                ready = self.reader.readable(), if !self.session.inbound_full() => {
-                    ready?;
-                    if self.read_ready()? {
-                        last_read = Instant::now();
-                        if self.handle_input().await? {
-                            self.process_effects().await?;
-                            self.flush().await?;
-                            return Ok(());
+                read = self.reader.read(&mut self.rbuf, READ_BUFFER), if !self.session.inbound_full() && paused_until.is_none() => {
+                    let n = read?;
+                    if n == 0 {
+                        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                    }
+                    last_read = Instant::now();
+                    if let Some(budget) = &mut self.budget {
+                        if let Some(bytes) = &mut budget.bytes {
+                            bytes.spend(n as u64);
                         }
-                        if self.rbuf.is_empty() {
-                            // Idle again: hold no read buffer while waiting (most of a chat
-                            // connection's life). Decoded payloads keep their own reference.
-                            self.rbuf = BytesMut::new();
-                        }
+                    }
+                    if self.handle_input().await? {
+                        self.process_effects().await?;
+                        self.flush().await?;
+                        return Ok(());
+                    }
+                    if self.rbuf.is_empty() {
+                        // Idle again: hold no read buffer while waiting (most of a chat
+                        // connection's life). Decoded payloads keep their own reference.
+                        self.rbuf = BytesMut::new();
+                    }
+                }
+                // Over the listener's inbound rate: the socket is not read meanwhile. Then
+                // the packets already read but left undecoded go first.
+                _ = sleep_until_opt(paused_until) => {
+                    if !self.rbuf.is_empty() && self.handle_input().await? {
+                        self.process_effects().await?;
+                        self.flush().await?;
+                        return Ok(());
                     }
                 }
                 Some(outbound) = self.outbox.recv(), if take_live => {
@@ -547,20 +657,6 @@ impl Connection {
         }
     }
 
-    /// Reads what the socket has, after `readable()` said it has something: the buffer is
-    /// reserved only now, so an idle connection holds none. False on a spurious wakeup.
-    fn read_ready(&mut self) -> Result<bool, ConnectionError> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_BUFFER / 4 {
-            self.rbuf.reserve(READ_BUFFER);
-        }
-        match self.reader.try_read_buf(&mut self.rbuf) {
-            Ok(0) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Decodes every whole frame in the read buffer. Returns true once the client said
     /// DISCONNECT.
     async fn handle_input(&mut self) -> Result<bool, ConnectionError> {
@@ -568,6 +664,15 @@ impl Connection {
         loop {
             if self.session.inbound_full() {
                 // The rest stays buffered until acknowledgements free the window.
+                return Ok(false);
+            }
+            if self
+                .budget
+                .as_mut()
+                .and_then(|b| b.messages.as_mut())
+                .is_some_and(|m| m.wait(0.0, Instant::now()).is_some())
+            {
+                // Over the listener's message rate: the rest waits (see `serve`).
                 return Ok(false);
             }
             let packet = match decode(&mut self.rbuf, self.protocol, max) {
@@ -580,6 +685,11 @@ impl Connection {
                 }
             };
             let is_disconnect = matches!(packet, Packet::Disconnect(_));
+            if let (Packet::Publish(_), Some(budget)) = (&packet, &mut self.budget) {
+                if let Some(messages) = &mut budget.messages {
+                    messages.spend(1);
+                }
+            }
             if let Err(close) = self.session.handle_packet(packet, now_ms()) {
                 self.server_disconnect(close.reason, close.why).await;
                 return Err(ConnectionError::Closed(close));
@@ -1088,6 +1198,7 @@ fn ready_ack(packet_id: u16, qos: QoS, reason: ReasonCode) -> AckFuture {
 /// Who the client is (see `im::auth`): the store read and argon2 run on a blocking thread.
 async fn login(
     ctx: &Arc<Context>,
+    endpoint: &Endpoint,
     connect: &Connect,
     client_id: &ByteString,
 ) -> Result<Identity, AuthError> {
@@ -1095,7 +1206,7 @@ async fn login(
     let username = connect.username.as_ref().map(|u| u.to_string());
     let password = connect.password.clone();
     let client_id = client_id.to_string();
-    let anonymous_allowed = ctx.config.allow_anonymous.allows(ctx.config.listen);
+    let anonymous_allowed = endpoint.anonymous_allowed;
     let anonymous_by_client_id =
         ctx.config.anonymous_identity == crate::config::AnonymousIdentity::ClientId;
     let operators = ctx.config.im.operators.clone();

@@ -5,6 +5,9 @@
 //!
 //! - [`cli`] and [`config`]: the command line and the TOML configuration.
 //! - [`server`]: the lifecycle (bind, accept, stop cleanly on a signal).
+//! - [`listener`] and [`transport`]: the TCP, TLS, WebSocket and WSS listeners, their
+//!   limits at accept, and the byte streams a connection reads and writes ([`rate`]: the
+//!   token bucket behind the rate limits).
 //! - [`connection`]: drives one client socket: handshake, keepalive, I/O, backlog reading.
 //! - [`session`]: the MQTT session of a connected client as a state machine without I/O
 //!   (QoS flows, in-flight window, topic aliases).
@@ -20,7 +23,9 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod im;
+pub mod listener;
 pub mod message;
+pub mod rate;
 pub mod retained;
 pub mod router;
 pub mod server;
@@ -28,6 +33,7 @@ pub mod session;
 pub mod subscriptions;
 #[cfg(test)]
 mod topic_strategies;
+pub mod transport;
 
 use std::process::ExitCode;
 

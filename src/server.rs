@@ -1,5 +1,6 @@
-//! The broker's lifecycle: open storage, rebuild the router, accept connections, and stop
-//! cleanly (stop accepting, tell every client, flush storage).
+//! The broker's lifecycle: open storage, rebuild the router, accept connections on every
+//! enabled listener ([`crate::listener`]), and stop cleanly (stop accepting, tell every
+//! client, flush storage).
 //!
 //! [`Server::start`] binds and loads; [`Server::run`] serves until the given shutdown future
 //! resolves, which makes the whole broker easy to run inside a test on `127.0.0.1:0`.
@@ -14,13 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_storage::{RocksStore, Store, SyncPolicy, Writer};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::sync::{watch, Semaphore};
 
 use crate::admin::http::{AdminError, AdminServer};
-use crate::config::{Config, SyncMode};
-use crate::connection::{self, Context};
+use crate::config::{Config, ListenerKind, SyncMode};
+use crate::connection::Context;
+use crate::listener::{Listener, ListenerError};
 use crate::router::{Command, Router, RouterHandle, RouterLimits};
 
 /// Commands the router can have waiting: connections block (backpressure) beyond it.
@@ -30,11 +30,8 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -47,7 +44,7 @@ pub enum ServerError {
 }
 
 pub struct Server {
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     ctx: Arc<Context>,
     router_task: tokio::task::JoinHandle<()>,
     admin: Option<AdminServer>,
@@ -97,16 +94,17 @@ impl Server {
                 what: format!("loading state panicked: {e}"),
             })??;
         let (router, router_task) = router.spawn(ROUTER_QUEUE);
-        let listener = match TcpListener::bind(config.listen).await {
-            Ok(listener) => listener,
-            Err(source) => {
-                abandon(&router, router_task, &writer).await;
-                return Err(ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                });
+        let mut listeners = Vec::new();
+        for spec in config.listeners.enabled() {
+            match Listener::bind(&spec, &config).await {
+                Ok(listener) => listeners.push(listener),
+                Err(e) => {
+                    drop(listeners);
+                    abandon(&router, router_task, &writer).await;
+                    return Err(e.into());
+                }
             }
-        };
+        }
         let admin = if config.admin.enabled {
             match AdminServer::bind(&config, router.clone(), writer.clone()).await {
                 Ok(admin) => {
@@ -128,7 +126,7 @@ impl Server {
             None
         };
         Ok(Server {
-            listener,
+            listeners,
             ctx: Arc::new(Context {
                 config,
                 router,
@@ -147,8 +145,19 @@ impl Server {
         self.admin.as_ref().map(AdminServer::local_addr)
     }
 
+    /// The TCP listener's address (an error if it is off).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listener_addr(ListenerKind::Tcp).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "the TCP listener is off")
+        })
+    }
+
+    /// The bound address of a listener, if it is enabled.
+    pub fn listener_addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.kind() == kind)
+            .map(Listener::local_addr)
     }
 
     pub fn router(&self) -> RouterHandle {
@@ -158,7 +167,7 @@ impl Server {
     /// Serves until `shutdown` resolves, then stops cleanly.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let Server {
-            listener,
+            listeners,
             ctx,
             router_task,
             admin,
@@ -170,44 +179,25 @@ impl Server {
                 let _ = admin_stopped.await;
             }))
         });
-        let slots = Arc::new(Semaphore::new(ctx.config.limits.max_connections));
-        let mut connections = JoinSet::new();
-        tracing::info!(
-            addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
-            data_dir = %ctx.config.data_dir.display(),
-            "tern listening"
-        );
-        tokio::pin!(shutdown);
-        let mut accept_backoff = Duration::from_millis(5);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        accept_backoff = Duration::from_millis(5);
-                        let Ok(permit) = slots.clone().try_acquire_owned() else {
-                            tracing::warn!(%peer, "connection limit reached, closing new connection");
-                            drop(stream);
-                            continue;
-                        };
-                        let ctx = ctx.clone();
-                        connections.spawn(async move {
-                            connection::serve(stream, ctx).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(accept_backoff).await;
-                        accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
-                    }
-                },
+        let all_connections = Arc::new(Semaphore::new(ctx.config.limits.max_connections));
+        let (stop_accepting, stop) = watch::channel(false);
+        tracing::info!(data_dir = %ctx.config.data_dir.display(), "tern started");
+        let accepting: Vec<_> = listeners
+            .into_iter()
+            .map(|listener| {
+                tokio::spawn(listener.run(ctx.clone(), all_connections.clone(), stop.clone()))
+            })
+            .collect();
+        shutdown.await;
+        tracing::info!("stopping: closing connections");
+        let _ = stop_accepting.send(true);
+        let mut connections = Vec::new();
+        for task in accepting {
+            match task.await {
+                Ok(set) => connections.push(set),
+                Err(e) => tracing::warn!("a listener task failed: {e}"),
             }
         }
-        tracing::info!("stopping: closing connections");
-        drop(listener);
         // The API first, while the router still answers the requests in progress.
         let _ = admin_stop.send(());
         if let Some(mut task) = admin_task {
@@ -222,12 +212,16 @@ impl Server {
         // The router tells every connection to close (v5: DISCONNECT 0x8B) and stops.
         let _ = ctx.router.call(|reply| Command::Shutdown { reply }).await;
         let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
-            while connections.join_next().await.is_some() {}
+            for set in &mut connections {
+                while set.join_next().await.is_some() {}
+            }
         })
         .await;
         if drained.is_err() {
             tracing::warn!("connections did not close in time; aborting them");
-            connections.abort_all();
+            for set in &mut connections {
+                set.abort_all();
+            }
         }
         let _ = router_task.await;
         ctx.writer.shutdown().await?;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use tern::config::Config;
+use tern::config::{Config, ListenerKind};
 use tern::server::Server;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
@@ -21,17 +21,22 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// directory.
 pub fn test_config(data_dir: &Path) -> Config {
     let mut config = Config {
-        listen: "127.0.0.1:0".parse().expect("literal address"),
         data_dir: data_dir.to_path_buf(),
         ..Config::default()
     };
+    config.listeners.use_free_ports();
     config.admin.listen = "127.0.0.1:0".parse().expect("literal address");
     config
 }
 
 /// The broker running inside the test process.
 pub struct Broker {
+    /// The TCP listener's address.
     pub addr: SocketAddr,
+    /// The TLS, WebSocket and WebSocket-over-TLS listeners' addresses, when enabled.
+    pub tls: Option<SocketAddr>,
+    pub ws: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
     /// The admin API's address (`None` with `admin.enabled = false`).
     pub admin: Option<SocketAddr>,
     pub config: Config,
@@ -61,6 +66,9 @@ impl Broker {
     pub async fn start_config(config: Config) -> Broker {
         let server = Server::start(config.clone()).await.expect("broker starts");
         let addr = server.local_addr().expect("bound address");
+        let tls = server.listener_addr(ListenerKind::Tls);
+        let ws = server.listener_addr(ListenerKind::Ws);
+        let wss = server.listener_addr(ListenerKind::Wss);
         let admin = server.admin_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -73,6 +81,9 @@ impl Broker {
         });
         Broker {
             addr,
+            tls,
+            ws,
+            wss,
             admin,
             config,
             stop: Some(stop),
@@ -116,7 +127,7 @@ impl Broker {
     /// new port).
     pub async fn restart(self) -> Broker {
         let mut config = self.config.clone();
-        config.listen = "127.0.0.1:0".parse().expect("literal address");
+        config.listeners.use_free_ports();
         let dir = self.stop().await;
         let mut broker = Self::start_config(config).await;
         broker._dir = dir;
@@ -286,8 +297,12 @@ pub async fn next_v5<T>(
 
 /// A bare MQTT client over a TCP socket, speaking through `tern-codec`: for the exact packet
 /// sequences (resends with DUP, protocol violations, silence) that real clients never send.
+/// Any byte stream a raw client can speak MQTT over (TCP, TLS, WebSocket).
+pub trait ClientIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ClientIo for T {}
+
 pub struct RawClient {
-    stream: tokio::net::TcpStream,
+    stream: Box<dyn ClientIo>,
     buf: bytes::BytesMut,
     pub protocol: tern_codec::Protocol,
 }
@@ -298,8 +313,14 @@ impl RawClient {
             .await
             .expect("connect to broker");
         stream.set_nodelay(true).expect("TCP_NODELAY");
+        Self::over(stream, protocol)
+    }
+
+    /// A raw client on an established stream (TLS, WebSocket: see [`tls_connect`] and
+    /// [`ws_connect`]).
+    pub fn over(stream: impl ClientIo + 'static, protocol: tern_codec::Protocol) -> RawClient {
         RawClient {
-            stream,
+            stream: Box::new(stream),
             buf: bytes::BytesMut::new(),
             protocol,
         }
@@ -375,7 +396,8 @@ impl RawClient {
 
     async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
-        self.stream.write_all(bytes).await
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
     /// The next packet, or None once the broker closed the connection. Fails the test
@@ -552,4 +574,97 @@ pub fn publish_packet(
         properties: tern_codec::Properties::default(),
         payload: payload.into(),
     }
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, made for one test, in PEM
+/// files (what `listeners.tls` reads) and as text (what clients trust as their CA).
+pub struct TestCert {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The certificate in PEM: a client's trusted root.
+    pub cert_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCert {
+    pub fn localhost() -> TestCert {
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let certified = rcgen::generate_simple_self_signed(names).expect("generate a certificate");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cert_file = dir.path().join("cert.pem");
+        let key_file = dir.path().join("key.pem");
+        let cert_pem = certified.cert.pem();
+        std::fs::write(&cert_file, &cert_pem).expect("write cert.pem");
+        std::fs::write(&key_file, certified.signing_key.serialize_pem()).expect("write key.pem");
+        TestCert {
+            cert_file,
+            key_file,
+            cert_pem,
+            _dir: dir,
+        }
+    }
+
+    /// Turns on the TLS, WebSocket and WebSocket-over-TLS listeners, on free ports, with
+    /// this certificate.
+    pub fn enable_all_listeners(&self, config: &mut Config) {
+        let l = &mut config.listeners;
+        l.tls.enabled = true;
+        l.tls.cert_file = self.cert_file.clone();
+        l.tls.key_file = self.key_file.clone();
+        l.ws.enabled = true;
+        l.wss.enabled = true;
+        l.wss.cert_file = self.cert_file.clone();
+        l.wss.key_file = self.key_file.clone();
+        l.use_free_ports();
+    }
+}
+
+/// A TLS connection to `addr` that trusts only `ca_pem`, for server name `localhost`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| std::io::Error::other(e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost")
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    connector.connect(name, tcp).await
+}
+
+/// A WebSocket connection over `stream` to `path`, offering `subprotocol`, as MQTT's byte
+/// stream (the broker's own framing adapter, used here from the client side).
+pub async fn ws_connect<S>(
+    stream: S,
+    host: SocketAddr,
+    path: &str,
+    subprotocol: Option<&str>,
+) -> Result<tern::transport::WsStream<S>, tokio_tungstenite::tungstenite::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{host}{path}").into_client_request()?;
+    if let Some(protocol) = subprotocol {
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            protocol.parse().expect("a header value"),
+        );
+    }
+    let (ws, _response) = tokio_tungstenite::client_async(request, stream).await?;
+    Ok(tern::transport::WsStream::new(ws))
 }

@@ -1,0 +1,352 @@
+//! The byte streams MQTT runs over: plain TCP, TLS, WebSocket and WebSocket over TLS.
+//!
+//! A connection reads and writes through [`ReadHalf`] and [`WriteHalf`]. Plain TCP keeps
+//! its fast path: the socket is split without a lock and read on readiness, so an idle
+//! connection holds no read buffer. TLS and WebSocket streams are boxed behind
+//! `AsyncRead + AsyncWrite` and split with [`tokio::io::split`]; they buffer inside
+//! rustls and tungstenite anyway.
+//!
+//! [`upgrade`] turns an accepted TCP socket into the listener's transport (TLS handshake,
+//! WebSocket upgrade on the configured path with subprotocol `mqtt`).
+//! [`WsStream`] carries MQTT's byte stream in WebSocket binary messages, as the MQTT
+//! spec requires (section 6): a text frame closes the connection.
+
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_sink::Sink;
+use futures_util::Stream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+
+/// What a TLS or WebSocket connection is behind its box.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Io for T {}
+
+pub type BoxedIo = Box<dyn Io>;
+
+/// The read side of a client connection.
+pub enum ReadHalf {
+    Tcp(OwnedReadHalf),
+    Other(tokio::io::ReadHalf<BoxedIo>),
+}
+
+/// The write side of a client connection.
+pub enum WriteHalf {
+    Tcp(OwnedWriteHalf),
+    Other(tokio::io::WriteHalf<BoxedIo>),
+}
+
+/// An upgraded connection, before it is split.
+pub enum Transport {
+    Tcp(TcpStream),
+    Other(BoxedIo),
+}
+
+impl Transport {
+    pub fn split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Transport::Tcp(stream) => {
+                let (r, w) = stream.into_split();
+                (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
+            }
+            Transport::Other(io) => {
+                let (r, w) = tokio::io::split(io);
+                (ReadHalf::Other(r), WriteHalf::Other(w))
+            }
+        }
+    }
+}
+
+impl ReadHalf {
+    /// Waits for input and appends it to `buf`; 0 at end of stream. Reserves `reserve`
+    /// bytes when `buf` is nearly full. On TCP the reservation happens only once the
+    /// socket is readable, so a connection waiting for input holds no buffer.
+    ///
+    /// Cancel safe: if the future is dropped before it completes, nothing was read.
+    pub async fn read(&mut self, buf: &mut BytesMut, reserve: usize) -> io::Result<usize> {
+        match self {
+            ReadHalf::Tcp(socket) => loop {
+                socket.readable().await?;
+                make_room(buf, reserve);
+                match socket.try_read_buf(buf) {
+                    Ok(n) => return Ok(n),
+                    // A spurious wakeup: wait again.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            },
+            ReadHalf::Other(io) => {
+                make_room(buf, reserve);
+                io.read_buf(buf).await
+            }
+        }
+    }
+}
+
+fn make_room(buf: &mut BytesMut, reserve: usize) {
+    if buf.capacity() - buf.len() < reserve / 4 {
+        buf.reserve(reserve);
+    }
+}
+
+impl WriteHalf {
+    /// Writes all of `bytes` and flushes them (TLS records and WebSocket frames are sent
+    /// only on flush).
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            WriteHalf::Tcp(socket) => socket.write_all(bytes).await,
+            WriteHalf::Other(io) => {
+                io.write_all(bytes).await?;
+                io.flush().await
+            }
+        }
+    }
+
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            WriteHalf::Tcp(socket) => socket.shutdown().await,
+            WriteHalf::Other(io) => io.shutdown().await,
+        }
+    }
+}
+
+/// Why a TLS listener's certificate or key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot read the certificate chain {}: {message}", path.display())]
+    Certificates {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("cannot read the private key {}: {message}", path.display())]
+    Key {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("the certificate and key do not make a TLS server configuration: {0}")]
+    Config(String),
+}
+
+/// A rustls acceptor for the PEM certificate chain and private key files.
+pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsSetupError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsSetupError::Certificates {
+            path: cert_file.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsSetupError::Certificates {
+            path: cert_file.to_path_buf(),
+            message: "no CERTIFICATE block in the file".to_string(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| TlsSetupError::Key {
+        path: key_file.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// How an accepted socket becomes an MQTT byte stream.
+#[derive(Clone)]
+pub struct Upgrade {
+    pub tls: Option<TlsAcceptor>,
+    /// The WebSocket upgrade path, for WS and WSS.
+    pub ws_path: Option<Arc<str>>,
+    /// Largest WebSocket message accepted (the MQTT packet limit plus framing slack).
+    pub max_ws_message: usize,
+}
+
+/// Runs the listener's handshakes on an accepted socket (the caller bounds the time).
+pub async fn upgrade(stream: TcpStream, how: &Upgrade) -> io::Result<Transport> {
+    match (&how.tls, &how.ws_path) {
+        (None, None) => Ok(Transport::Tcp(stream)),
+        (Some(tls), None) => {
+            let stream = tls.accept(stream).await?;
+            Ok(Transport::Other(Box::new(stream)))
+        }
+        (None, Some(path)) => {
+            let ws = accept_ws(stream, path, how.max_ws_message).await?;
+            Ok(Transport::Other(Box::new(ws)))
+        }
+        (Some(tls), Some(path)) => {
+            let stream = tls.accept(stream).await?;
+            let ws = accept_ws(stream, path, how.max_ws_message).await?;
+            Ok(Transport::Other(Box::new(ws)))
+        }
+    }
+}
+
+/// The WebSocket upgrade: the request must be for `path`; the subprotocol `mqtt` is chosen
+/// when offered (MQTT 3.1's `mqttv3.1` too). A client offering only other subprotocols is
+/// refused; one offering none is accepted, as most brokers do.
+// The error type is the callback signature tungstenite asks for.
+#[allow(clippy::result_large_err)]
+async fn accept_ws<S>(stream: S, path: &str, max_message: usize) -> io::Result<WsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let check = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
+        if request.uri().path() != path {
+            return Err(refuse(
+                StatusCode::NOT_FOUND,
+                "no MQTT endpoint at this path",
+            ));
+        }
+        let offered: Vec<&str> = request
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        if offered.is_empty() {
+            return Ok(response);
+        }
+        match offered.iter().find(|p| **p == "mqtt" || **p == "mqttv3.1") {
+            Some(chosen) => {
+                if let Ok(value) = HeaderValue::from_str(chosen) {
+                    response
+                        .headers_mut()
+                        .insert("sec-websocket-protocol", value);
+                }
+                Ok(response)
+            }
+            None => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "the WebSocket subprotocol must be mqtt",
+            )),
+        }
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config))
+        .await
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("WebSocket: {e}")))?;
+    Ok(WsStream::new(ws))
+}
+
+fn refuse(status: StatusCode, why: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(why.to_string()));
+    *response.status_mut() = status;
+    response
+}
+
+/// MQTT's byte stream over WebSocket binary messages: reads concatenate the messages (a
+/// packet may span several, or a message hold several packets), each flush sends what was
+/// written as one message.
+pub struct WsStream<S> {
+    ws: WebSocketStream<S>,
+    /// The rest of the last binary message read.
+    pending: Bytes,
+    /// Written, not yet sent.
+    out: BytesMut,
+}
+
+impl<S> WsStream<S> {
+    /// Wraps an upgraded WebSocket (either side: tests use it as a client).
+    pub fn new(ws: WebSocketStream<S>) -> WsStream<S> {
+        WsStream {
+            ws,
+            pending: Bytes::new(),
+            out: BytesMut::new(),
+        }
+    }
+}
+
+fn ws_error(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::ConnectionClosed | Error::AlreadyClosed => io::ErrorKind::BrokenPipe.into(),
+        Error::Io(e) => e,
+        other => io::Error::new(io::ErrorKind::InvalidData, format!("WebSocket: {other}")),
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.pending.is_empty() {
+                let n = this.pending.len().min(buf.remaining());
+                buf.put_slice(&this.pending[..n]);
+                this.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            // Pings are answered by tungstenite itself while it reads.
+            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
+                Some(Ok(WsMessage::Binary(data))) => this.pending = data,
+                Some(Ok(WsMessage::Close(_))) | None => return Poll::Ready(Ok(())),
+                Some(Ok(WsMessage::Text(_))) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a WebSocket text frame: MQTT travels in binary frames only",
+                    )))
+                }
+                Some(Ok(_)) => {} // ping, pong, raw frame
+                Some(Err(e)) => return Poll::Ready(Err(ws_error(e))),
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // Collected until flush, which sends it as one message. The connection writes its
+        // whole batch and then flushes, so this never grows beyond one batch.
+        self.get_mut().out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.out.is_empty() {
+            ready!(Pin::new(&mut this.ws).poll_ready(cx)).map_err(ws_error)?;
+            let message = WsMessage::Binary(this.out.split().freeze());
+            Pin::new(&mut this.ws)
+                .start_send(message)
+                .map_err(ws_error)?;
+        }
+        Pin::new(&mut this.ws).poll_flush(cx).map_err(ws_error)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(Pin::new(&mut *this).poll_flush(cx))?;
+        Pin::new(&mut this.ws).poll_close(cx).map_err(ws_error)
+    }
+}
