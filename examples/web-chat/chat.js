@@ -1,0 +1,149 @@
+// The web chat: MQTT 5 over WebSocket with MQTT.js (the global `mqtt` of mqtt.min.js).
+//
+// Logging in connects as the user (user name + password) from a new device (client id),
+// subscribes to the user's inbox (inbox/{me}/#) and asks the broker to replay the inbox log
+// ($sync, empty payload: all of it). Every message in the inbox carries the user properties
+// `from` (the authenticated sender) and `seq` (its position in the inbox), which key the list:
+// a message seen both live and in the replay is shown once.
+//
+// Element ids and data attributes are stable: conformance/js/web_chat.js drives this page.
+'use strict';
+
+const $ = (id) => document.getElementById(id);
+
+let client = null; // the connection, while there is one
+let me = null; // the logged-in user
+
+$('url').value =
+  new URLSearchParams(location.search).get('broker') ||
+  `ws://${location.hostname || '127.0.0.1'}:8083/mqtt`;
+
+/** The connection state, shown in #status and as body[data-state] (offline, connecting,
+ * syncing, ready, error). */
+function setState(state, text) {
+  document.body.dataset.state = state;
+  $('status').textContent = text;
+}
+
+function notice(text, isError) {
+  $('notice').textContent = text;
+  $('notice').className = isError ? 'error' : '';
+}
+
+$('login').addEventListener('submit', (event) => {
+  event.preventDefault();
+  login($('url').value.trim(), $('user').value.trim(), $('password').value);
+});
+
+$('logout').addEventListener('click', () => client && client.end());
+
+$('send').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const topic = `${$('kind').value}/${$('to').value.trim()}`;
+  const text = $('text').value;
+  // msgid: the broker drops a resend of the same (sender, msgid), so retrying is safe.
+  const msgid = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+  const options = { qos: 1, properties: { userProperties: { msgid } } };
+  client.publish(topic, text, options, (err) => {
+    if (err) {
+      notice(`not sent to ${topic}: ${err.message}`, true);
+    } else {
+      notice(`sent to ${topic}`, false);
+      $('text').value = '';
+    }
+  });
+});
+
+function login(url, user, password) {
+  if (client) client.end(true); // a login still in progress
+  setState('connecting', `connecting to ${url} ...`);
+  const c = mqtt.connect(url, {
+    protocolVersion: 5,
+    username: user,
+    password: password || undefined,
+    clientId: `${user}-web-${Math.random().toString(36).slice(2, 10)}`,
+    clean: true,
+    reconnectPeriod: 0, // a refused login is shown, not retried
+    connectTimeout: 10_000,
+  });
+  client = c;
+  let connected = false;
+
+  c.on('connect', () => {
+    connected = true;
+    me = user;
+    $('me').textContent = user;
+    $('inbox').replaceChildren();
+    notice('', false);
+    $('login').hidden = true;
+    $('chat').hidden = false;
+    setState('syncing', `loading the inbox of ${user} ...`);
+    c.subscribe(`inbox/${user}/#`, { qos: 1 }, (err, granted) => {
+      if (err || granted[0].qos >= 0x80) {
+        setState('error', `cannot subscribe to the inbox: ${err ? err.message : 'refused'}`);
+        return;
+      }
+      c.publish('$sync', '', { qos: 1 });
+    });
+  });
+
+  c.on('message', (topic, payload, packet) => {
+    const parts = topic.split('/');
+    if (parts[0] !== 'inbox' || parts[1] !== me) return;
+    if (parts[2] === 'sync') {
+      // The end of a replay: {"after":..,"last":..,"next":..,"more":..}.
+      const end = JSON.parse(payload.toString());
+      if (end.more) {
+        c.publish('$sync', String(end.last), { qos: 1 });
+      } else {
+        setState('ready', `logged in as ${me}`);
+      }
+      return;
+    }
+    const props = (packet.properties && packet.properties.userProperties) || {};
+    show({
+      seq: Number(props.seq),
+      from: String(props.from),
+      kind: parts[2], // dm, sent or group
+      peer: parts[3], // the sender (dm), the recipient (sent) or the group (group)
+      text: payload.toString(),
+    });
+  });
+
+  c.on('error', (err) => setState('error', `error: ${err.message}`));
+
+  c.on('close', () => {
+    if (client !== c) return;
+    client = null;
+    $('chat').hidden = true;
+    $('login').hidden = false;
+    if (document.body.dataset.state === 'error') return; // keep the reason on screen
+    if (connected) setState('offline', 'disconnected');
+    else setState('error', `cannot connect to ${url}`);
+  });
+}
+
+/** Adds one inbox message to the list, in seq order, unless it is there already. */
+function show(m) {
+  const list = $('inbox');
+  if (list.querySelector(`li[data-seq="${m.seq}"]`)) return;
+
+  const li = document.createElement('li');
+  li.className = 'message';
+  Object.assign(li.dataset, { seq: m.seq, kind: m.kind, from: m.from, peer: m.peer });
+  const to = { dm: 'you', sent: m.peer, group: `#${m.peer}` }[m.kind] || m.peer;
+  for (const [cls, text] of [
+    ['seq', m.seq],
+    ['from', m.from === me ? 'you' : m.from],
+    ['to', `→ ${to}`],
+    ['text', m.text],
+  ]) {
+    const span = document.createElement('span');
+    span.className = cls;
+    span.textContent = text;
+    li.append(span, ' ');
+  }
+
+  const later = [...list.children].find((other) => Number(other.dataset.seq) > m.seq);
+  list.insertBefore(li, later || null);
+}
