@@ -260,6 +260,8 @@ struct Connection {
     /// System broadcasts: taken only while `outbox` (chat) is empty.
     broadcast: mpsc::Receiver<Box<Delivery>>,
     close: oneshot::Receiver<CloseReason>,
+    /// `close` has fired (a oneshot must not be polled again).
+    closing: bool,
     lagged: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
     identity: Identity,
@@ -499,6 +501,7 @@ impl Connection {
             outbox,
             broadcast,
             close,
+            closing: false,
             lagged,
             in_flight,
             identity,
@@ -588,7 +591,8 @@ impl Connection {
             let deadline = self.keep_alive.map(|k| last_read + k);
             let take_live = self.backlog.is_none() && self.session.has_room();
             tokio::select! {
-                reason = &mut self.close => {
+                reason = &mut self.close, if !self.closing => {
+                    self.closing = true;
                     let reason = reason
                         .unwrap_or_else(|_| CloseReason::new(ReasonCode::ServerShuttingDown, ""));
                     self.server_disconnect(reason.code, &reason.why).await;
@@ -1142,7 +1146,24 @@ impl Connection {
         // A peer that stops reading must not hold this task forever: give it the longer of
         // 1.5x its keepalive and WRITE_TIMEOUT to take the bytes.
         let limit = self.keep_alive.unwrap_or(WRITE_TIMEOUT).max(WRITE_TIMEOUT);
-        match tokio::time::timeout(limit, self.writer.write_all(&self.wbuf)).await {
+        let write = tokio::time::timeout(limit, self.writer.write_all(&self.wbuf));
+        let written = if self.closing {
+            write.await
+        } else {
+            // A peer that does not read blocks this write; the router may meanwhile close
+            // the connection (a slow consumer, a takeover): that must not wait for the
+            // write. Nothing more can be sent to such a peer, not even DISCONNECT.
+            tokio::select! {
+                written = write => written,
+                reason = &mut self.close => {
+                    self.closing = true;
+                    let reason = reason
+                        .unwrap_or_else(|_| CloseReason::new(ReasonCode::ServerShuttingDown, ""));
+                    return Err(ConnectionError::ClosedBy(reason));
+                }
+            }
+        };
+        match written {
             Ok(result) => result?,
             Err(_) => {
                 return Err(std::io::Error::new(

@@ -78,7 +78,8 @@ pub struct BrokerSetup {
     pub label: String,
     pub kind: Kind,
     /// tern: TOML appended to the configuration file (whole sections such as `[limits]`;
-    /// `[admin]` is already there, disabled).
+    /// `[admin]` (disabled) and `[listeners.tcp.limits]` (no connect rate) are already
+    /// there).
     pub tern_toml: String,
     /// Mosquitto: persistence on, saving the in-memory state every this many seconds (and
     /// at shutdown); `None`: no persistence.
@@ -119,7 +120,12 @@ impl BrokerSetup {
         match self.kind {
             Kind::Tern => {
                 let file = dir.join("tern.toml");
-                let text = format!("[admin]\nenabled = false\n\n{}\n", self.tern_toml);
+                // No connect-rate limit: Mosquitto and rumqttd have none, and scenario 5
+                // measures how fast connections are accepted.
+                let text = format!(
+                    "[admin]\nenabled = false\n\n[listeners.tcp.limits]\nmax_connects_per_sec = 0\n\n{}\n",
+                    self.tern_toml
+                );
                 fs::write(&file, text).map_err(io)?;
                 Ok(vec![
                     "serve".into(),

@@ -4,6 +4,8 @@
 //!
 //! Every test gets its own port and data directory, so tests run in parallel.
 
+pub mod stall;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -62,9 +64,30 @@ impl Broker {
         broker
     }
 
+    /// A broker on `store` instead of RocksDB (e.g. [`stall::StallingStore`]), with a
+    /// fresh data directory (for the admin files) and the config adjusted by `adjust`.
+    pub async fn start_on_store(
+        store: std::sync::Arc<dyn tern_storage::Store>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let server = Server::start_with_store(config.clone(), store)
+            .await
+            .expect("broker starts");
+        let mut broker = Self::serve(server, config);
+        broker._dir = Some(dir);
+        broker
+    }
+
     /// A broker on an explicit config (for restarts on the same data directory).
     pub async fn start_config(config: Config) -> Broker {
         let server = Server::start(config.clone()).await.expect("broker starts");
+        Self::serve(server, config)
+    }
+
+    fn serve(server: Server, config: Config) -> Broker {
         let addr = server.local_addr().expect("bound address");
         let tls = server.listener_addr(ListenerKind::Tls);
         let ws = server.listener_addr(ListenerKind::Ws);
@@ -239,8 +262,13 @@ impl BrokerProcess {
     }
 }
 
-/// The `addr=` field of the "tern listening" log line.
+/// The `addr` field of the first "listening" log line (the TCP listener), in either log
+/// format.
 fn listen_addr(line: &str) -> Option<SocketAddr> {
+    if let Some(json) = line.split(r#""addr":""#).nth(1) {
+        // log.format = "json": `"addr":"127.0.0.1:1883"`.
+        return json.split('"').next().and_then(|a| a.parse().ok());
+    }
     line.split_whitespace()
         .find_map(|w| w.strip_prefix("addr="))
         .and_then(|a| a.parse().ok())
