@@ -34,6 +34,7 @@ use crate::im::inbox::{for_recipient, parse_sync_request, sync_end};
 use crate::im::topics::{classify, Address};
 use crate::listener::Endpoint;
 use crate::message::{now_ms, Delivery, Message, SessionId};
+use crate::metrics::{DropReason, Metrics, PublishRefusal, RefuseReason, Traffic};
 use crate::rate::TokenBucket;
 use crate::router::{
     sleep_until_opt, Attached, ChatPublish, CloseReason, Command, ConnId, ConnectRequest, Outbound,
@@ -49,6 +50,8 @@ pub struct Context {
     pub writer: Writer,
     /// Permits for system broadcasts being fanned out (`router::MAX_BROADCASTS_IN_FLIGHT`).
     pub broadcasts: Arc<tokio::sync::Semaphore>,
+    /// The broker's counters (see `crate::metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a connection ended, for the log.
@@ -101,7 +104,20 @@ pub async fn serve(
     ctx: Arc<Context>,
 ) {
     let _ = stream.set_nodelay(true);
-    match run(stream, peer, endpoint, &ctx).await {
+    let _open = ctx.metrics.connection_opened(endpoint.kind);
+    let result = run(stream, peer, endpoint, &ctx).await;
+    let refused = match &result {
+        Err(ConnectionError::ConnectTimeout(_)) => Some(RefuseReason::ConnectTimeout),
+        Err(ConnectionError::Handshake(_) | ConnectionError::NotConnect(_)) => {
+            Some(RefuseReason::Protocol)
+        }
+        Err(ConnectionError::Refused(code)) => Some(RefuseReason::from_connack(*code)),
+        _ => None,
+    };
+    if let Some(reason) = refused {
+        ctx.metrics.connect_refused(reason);
+    }
+    match result {
         Ok(()) => {}
         Err(e @ (ConnectionError::ConnectTimeout(_) | ConnectionError::Handshake(_))) => {
             tracing::debug!(%peer, "connection ended before CONNECT: {e}")
@@ -265,8 +281,10 @@ struct Connection {
     lagged: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
     identity: Identity,
-    /// Publishes refused by the IM rules (inbox, broadcast without the operator role).
-    refused: u64,
+    /// Traffic counted since it was last added to `ctx.metrics` (once per loop iteration).
+    traffic: Traffic,
+    /// PUBLISH packets encoded into `wbuf` and not yet written.
+    publishes_queued: u64,
     backlog: Option<Backlog>,
     /// One past the highest durable queue position handed to the session.
     next_stored: u64,
@@ -460,6 +478,7 @@ impl Connection {
                 properties,
                 expires_at_ms: expiry.map(|secs| now_ms().saturating_add(u64::from(secs) * 1000)),
                 origin: Some(attached.session),
+                received_at: None,
             };
             WillRequest {
                 message: Arc::new(message),
@@ -505,7 +524,8 @@ impl Connection {
             lagged,
             in_flight,
             identity,
-            refused: 0,
+            traffic: Traffic::default(),
+            publishes_queued: 0,
             backlog: attached.backlog_upto.map(|upto| Backlog { upto }),
             next_stored: 0,
             sent_before: attached.sent.into_iter().collect(),
@@ -519,6 +539,9 @@ impl Connection {
     }
 
     fn queue_packet(&mut self, packet: Packet) {
+        if matches!(packet, Packet::Publish(_)) {
+            self.publishes_queued += 1;
+        }
         if let Err(e) = packet.encode(self.protocol, &mut self.wbuf) {
             tracing::warn!(client_id = %self.client_id, "cannot encode {}: {e}", packet.name());
         }
@@ -604,6 +627,7 @@ impl Connection {
                         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
                     }
                     last_read = Instant::now();
+                    self.traffic.read(n);
                     if let Some(budget) = &mut self.budget {
                         if let Some(bytes) = &mut budget.bytes {
                             bytes.spend(n as u64);
@@ -689,6 +713,9 @@ impl Connection {
                 }
             };
             let is_disconnect = matches!(packet, Packet::Disconnect(_));
+            if matches!(packet, Packet::Publish(_)) {
+                self.traffic.publish_received();
+            }
             if let (Packet::Publish(_), Some(budget)) = (&packet, &mut self.budget) {
                 if let Some(messages) = &mut budget.messages {
                     messages.spend(1);
@@ -706,6 +733,9 @@ impl Connection {
     }
 
     fn deliver_live(&mut self, mut delivery: Delivery) {
+        if let Some(at) = delivery.message.received_at {
+            self.ctx.metrics.observe_publish_to_deliver(at.elapsed());
+        }
         if let Some(seq) = delivery.seq {
             if seq < self.next_stored {
                 // Already read from storage while catching up.
@@ -726,7 +756,7 @@ impl Connection {
                     self.next_stored = seq;
                     self.lagged.store(true, Ordering::Release);
                 }
-                None => self.session.dropped += 1,
+                None => self.ctx.metrics.dropped(DropReason::QueueFull),
             }
         }
     }
@@ -971,7 +1001,10 @@ impl Connection {
         if let Some((reason, why)) = refusal {
             // 3.1.1 acknowledgements carry no reason: the message is dropped, logged and
             // counted, and acknowledged as usual.
-            self.refused += 1;
+            self.ctx.metrics.publish_refused(match reason {
+                ReasonCode::TopicNameInvalid => PublishRefusal::TopicInvalid,
+                _ => PublishRefusal::NotAuthorized,
+            });
             tracing::info!(client_id = %self.client_id, user = %self.identity.user, topic = %message.topic, "publish refused: {why}");
             if let Some((packet_id, qos)) = ack {
                 self.acks.push_back(ready_ack(packet_id, qos, reason));
@@ -1140,6 +1173,16 @@ impl Connection {
         while let Some(packet) = self.session.poll_transmit() {
             self.queue_packet(packet);
         }
+        // Once per loop iteration: the shared counters see batches, not packets.
+        self.traffic.flush(&self.ctx.metrics);
+        if self.session.dropped > 0 {
+            let n = std::mem::take(&mut self.session.dropped);
+            self.ctx.metrics.dropped_many(DropReason::TooLarge, n);
+        }
+        if self.session.expired > 0 {
+            let n = std::mem::take(&mut self.session.expired);
+            self.ctx.metrics.dropped_many(DropReason::Expired, n);
+        }
         if self.wbuf.is_empty() {
             return Ok(());
         }
@@ -1173,6 +1216,9 @@ impl Connection {
                 .into())
             }
         }
+        let publishes = std::mem::take(&mut self.publishes_queued);
+        self.traffic.written(publishes, self.wbuf.len());
+        self.traffic.flush(&self.ctx.metrics);
         if self.outbox.is_empty() && self.broadcast.is_empty() {
             // Nothing more on the way: an idle connection holds no write buffer.
             self.wbuf = BytesMut::new();

@@ -17,6 +17,8 @@
 //! - [`im`]: the chat layer: users, inbox ACL, direct and group messages, sync.
 //! - [`admin`]: the operator side: the admin HTTP/JSON API and the `tern` subcommands that
 //!   inspect and change a broker, running or stopped.
+//! - [`metrics`]: counters and latency histograms, served as Prometheus `/metrics` on the
+//!   admin listener and as `$SYS/broker/...` topics.
 
 pub mod admin;
 pub mod cli;
@@ -25,6 +27,7 @@ pub mod connection;
 pub mod im;
 pub mod listener;
 pub mod message;
+pub mod metrics;
 pub mod rate;
 pub mod retained;
 pub mod router;

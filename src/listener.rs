@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, ListenerKind, ListenerLimits, ListenerSpec};
 use crate::connection::{self, Context};
+use crate::metrics::{Metrics, RefuseReason};
 use crate::rate::TokenBucket;
 use crate::transport::{tls_acceptor, TlsSetupError, Upgrade};
 
@@ -137,7 +138,7 @@ impl Listener {
                         if let Some(pace) = &mut pace {
                             pace.spend(1);
                         }
-                        let Some(permits) = admit(&all_connections, mine.as_ref(), &per_ip, peer, &endpoint) else {
+                        let Some(permits) = admit(&all_connections, mine.as_ref(), &per_ip, peer, &endpoint, &ctx.metrics) else {
                             drop(stream);
                             continue;
                         };
@@ -175,24 +176,39 @@ fn admit(
     per_ip: &Arc<PerIp>,
     peer: SocketAddr,
     endpoint: &Endpoint,
+    metrics: &Metrics,
 ) -> Option<Permits> {
-    let refused = |why: &str| {
+    let refused = |reason: RefuseReason, why: &str| {
+        metrics.connect_refused(reason);
         tracing::warn!(listener = %endpoint.kind, %peer, "{why}: closing the new connection");
         None
     };
     let Ok(all) = all.clone().try_acquire_owned() else {
-        return refused("limits.max_connections reached");
+        return refused(
+            RefuseReason::ConnectionLimit,
+            "limits.max_connections reached",
+        );
     };
     let mine = match mine {
         Some(mine) => match mine.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
-            Err(_) => return refused("the listener's max_connections reached"),
+            Err(_) => {
+                return refused(
+                    RefuseReason::ConnectionLimit,
+                    "the listener's max_connections reached",
+                )
+            }
         },
         None => None,
     };
     let ip = match per_ip.enter(peer.ip()) {
         Ok(place) => place,
-        Err(()) => return refused("max_connections_per_ip reached for this address"),
+        Err(()) => {
+            return refused(
+                RefuseReason::PerIpLimit,
+                "max_connections_per_ip reached for this address",
+            )
+        }
     };
     Some(Permits {
         _all: all,

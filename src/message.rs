@@ -31,6 +31,9 @@ pub struct Message {
     pub expires_at_ms: Option<u64>,
     /// The publishing session, when it came from a client (not from storage).
     pub origin: Option<SessionId>,
+    /// When its PUBLISH was read, for the publish-to-deliver latency (`None`: not from a
+    /// client's PUBLISH, or read back from storage).
+    pub received_at: Option<std::time::Instant>,
 }
 
 impl Message {
@@ -55,6 +58,7 @@ impl Message {
                 .message_expiry_interval
                 .map(|secs| now_ms().saturating_add(u64::from(secs) * 1000)),
             origin: Some(origin),
+            received_at: Some(std::time::Instant::now()),
         }
     }
 
@@ -110,6 +114,7 @@ impl Message {
             properties,
             expires_at_ms: stored.expires_at_ms,
             origin: None,
+            received_at: None,
         })
     }
 }

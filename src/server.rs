@@ -21,6 +21,7 @@ use crate::admin::http::{AdminError, AdminServer};
 use crate::config::{Config, ListenerKind, SyncMode};
 use crate::connection::Context;
 use crate::listener::{Listener, ListenerError};
+use crate::metrics::Metrics;
 use crate::router::{Command, Router, RouterHandle, RouterLimits};
 
 /// Commands the router can have waiting: connections block (backpressure) beyond it.
@@ -78,7 +79,9 @@ impl Server {
             }
             SyncMode::None => SyncPolicy::None,
         };
-        let writer = Writer::start(store, policy, config.storage.writer_queue);
+        let metrics = Arc::new(Metrics::new());
+        let writer =
+            Writer::start_observed(store, policy, config.storage.writer_queue, metrics.clone());
         let limits = &config.limits;
         let router_limits = RouterLimits {
             max_topic_levels: limits.max_topic_levels,
@@ -88,11 +91,14 @@ impl Server {
             im: config.im.clone(),
         };
         let load_writer = writer.clone();
-        let router = tokio::task::spawn_blocking(move || Router::load(router_limits, load_writer))
-            .await
-            .map_err(|e| tern_storage::StorageError::Corrupt {
-                what: format!("loading state panicked: {e}"),
-            })??;
+        let router_metrics = metrics.clone();
+        let router = tokio::task::spawn_blocking(move || {
+            Router::load(router_limits, load_writer).map(|r| r.with_metrics(router_metrics))
+        })
+        .await
+        .map_err(|e| tern_storage::StorageError::Corrupt {
+            what: format!("loading state panicked: {e}"),
+        })??;
         let (router, router_task) = router.spawn(ROUTER_QUEUE);
         let mut listeners = Vec::new();
         for spec in config.listeners.enabled() {
@@ -108,6 +114,7 @@ impl Server {
         let admin = if config.admin.enabled {
             match AdminServer::bind(&config, router.clone(), writer.clone()).await {
                 Ok(admin) => {
+                    let admin = admin.with_metrics(metrics.clone());
                     if !admin.local_addr().ip().is_loopback() {
                         tracing::warn!(
                             api = %admin.local_addr(),
@@ -134,6 +141,7 @@ impl Server {
                 broadcasts: Arc::new(tokio::sync::Semaphore::new(
                     crate::router::MAX_BROADCASTS_IN_FLIGHT,
                 )),
+                metrics,
             }),
             router_task,
             admin,
@@ -179,6 +187,11 @@ impl Server {
                 let _ = admin_stopped.await;
             }))
         });
+        let sys = crate::metrics::spawn_sys_publisher(
+            ctx.metrics.clone(),
+            ctx.router.clone(),
+            Duration::from_secs(ctx.config.metrics.sys_interval_secs),
+        );
         let all_connections = Arc::new(Semaphore::new(ctx.config.limits.max_connections));
         let (stop_accepting, stop) = watch::channel(false);
         tracing::info!(data_dir = %ctx.config.data_dir.display(), "tern started");
@@ -224,6 +237,8 @@ impl Server {
             }
         }
         let _ = router_task.await;
+        // It ends by itself once the router is gone.
+        let _ = sys.await;
         ctx.writer.shutdown().await?;
         tracing::info!("stopped");
         Ok(())

@@ -114,8 +114,11 @@ pub struct Session {
     in_flight: HashMap<u16, InFlight>,
     queue: VecDeque<Delivery>,
     queued_bytes: usize,
-    /// Messages dropped at the queue bound or because they exceed the client's packet size.
+    /// Messages dropped because they exceed the client's packet size (the driver takes the
+    /// count for its metrics).
     pub dropped: u64,
+    /// Messages that expired (v5 Message Expiry) before they could be sent.
+    pub expired: u64,
 }
 
 impl Session {
@@ -133,6 +136,7 @@ impl Session {
             queue: VecDeque::new(),
             queued_bytes: 0,
             dropped: 0,
+            expired: 0,
         }
     }
 
@@ -229,6 +233,7 @@ impl Session {
             return;
         }
         if delivery.message.is_expired(now_ms) {
+            self.expired += 1;
             if let Some(seq) = delivery.seq {
                 self.effects.push_back(Effect::Dequeue(seq));
             }
@@ -606,6 +611,7 @@ mod tests {
                 properties: Properties::default(),
                 expires_at_ms: None,
                 origin: Some(9),
+                received_at: None,
             }),
             qos,
             retain: false,

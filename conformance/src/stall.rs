@@ -4,8 +4,8 @@
 use std::sync::{Arc, Condvar, Mutex};
 
 use tern_storage::{
-    InboxEntry, MemoryStore, Op, QueuedMessage, SessionRecord, StorageError, Store,
-    StoredGroup, StoredMessage, StoredUser,
+    InboxEntry, MemoryStore, Op, QueuedMessage, SessionRecord, StorageError, Store, StoredGroup,
+    StoredMessage, StoredUser,
 };
 
 /// An in-memory store with a gate in front of `write` and `sync`.

@@ -1,8 +1,9 @@
 //! The admin HTTP/JSON API, served by the broker (axum, HTTP/1.1, no TLS: bind it to
 //! loopback or put a TLS proxy in front). `docs/admin-api.md` documents every endpoint.
 //!
-//! Every endpoint but `GET /v1/health` needs `Authorization: Bearer <token>`; a missing or
-//! wrong token is `401` with a JSON error. Errors are `{"error": "..."}` with `400` (bad
+//! Every endpoint but `GET /v1/health` and `GET /metrics` (Prometheus, see
+//! [`crate::metrics`]) needs `Authorization: Bearer <token>`; a missing or wrong token is
+//! `401` with a JSON error. Errors are `{"error": "..."}` with `400` (bad
 //! request or value), `404` (no such user, group, session, topic or endpoint), `405`
 //! (method), `409` (already exists), `500` (storage failed) or `503` (the broker is
 //! stopping).
@@ -18,6 +19,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
@@ -34,6 +36,7 @@ use super::token;
 use crate::config::Config;
 use crate::im::directory::{user_ops, ChangeError, GroupChange, UserChange};
 use crate::message::now_ms;
+use crate::metrics::{self, Metrics};
 use crate::router::{CloseReason, Command, RouterGone, RouterHandle};
 use tern_codec::ReasonCode;
 
@@ -41,6 +44,9 @@ use tern_codec::ReasonCode;
 pub const DEFAULT_LIMIT: usize = 20;
 /// Default number of topics in `GET /v1/retained/stats`.
 pub const DEFAULT_TOP: usize = 10;
+/// How long `GET /metrics` waits for the router's counts before it answers with the last
+/// ones it has: a scrape must not hang on a router busy with a burst.
+const ROUTER_STATS_WAIT: Duration = Duration::from_secs(1);
 
 /// Why the admin API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +67,7 @@ pub enum AdminError {
 struct AdminState {
     router: RouterHandle,
     writer: Writer,
+    metrics: Arc<Metrics>,
     token: String,
     /// User changes read then write the store: one at a time, so that two concurrent adds
     /// of the same user cannot both pass the existence check.
@@ -71,7 +78,7 @@ struct AdminState {
 pub struct AdminServer {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
-    state: Arc<AdminState>,
+    state: AdminState,
     /// `admin.addr` and, for a generated token, `admin.token`: removed on stop.
     files: Vec<PathBuf>,
 }
@@ -120,14 +127,23 @@ impl AdminServer {
         Ok(AdminServer {
             listener,
             addr,
-            state: Arc::new(AdminState {
+            state: AdminState {
                 router,
                 writer,
+                // Replaced by the broker's own with `with_metrics`.
+                metrics: Arc::new(Metrics::new()),
                 token,
                 users: tokio::sync::Mutex::new(()),
-            }),
+            },
             files,
         })
+    }
+
+    /// Serves `metrics` on `GET /metrics` (without this, a set of its own that only the
+    /// router's counts ever reach).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> AdminServer {
+        self.state.metrics = metrics;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -144,7 +160,7 @@ impl AdminServer {
             files,
         } = self;
         tracing::info!(api = %addr, "admin API listening");
-        if let Err(e) = axum::serve(listener, app(state))
+        if let Err(e) = axum::serve(listener, app(Arc::new(state)))
             .with_graceful_shutdown(shutdown)
             .await
         {
@@ -184,6 +200,7 @@ fn app(state: Arc<AdminState>) -> Router {
         ));
     Router::new()
         .route("/v1/health", get(health))
+        .route("/metrics", get(metrics_text))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -309,6 +326,28 @@ async fn health() -> Json<Health> {
         status: "ok".to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     })
+}
+
+/// `GET /metrics`: the Prometheus exposition, with the router's gauges fresh (or as of the
+/// last scrape or `$SYS` tick when the router is too busy to answer in time).
+async fn metrics_text(State(state): State<Arc<AdminState>>) -> Response {
+    let stats = state.router.call(|reply| Command::Stats { reply });
+    match tokio::time::timeout(ROUTER_STATS_WAIT, stats).await {
+        Ok(Ok(stats)) => state.metrics.record_router(&stats),
+        Ok(Err(RouterGone)) => return ApiError::from(RouterGone).into_response(),
+        Err(_) => tracing::debug!("GET /metrics: the router did not answer in time"),
+    }
+    match state.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(format!("encoding the metrics failed: {e}")).into_response(),
+    }
 }
 
 /// Runs `read` on the store on a blocking thread, after everything submitted before is

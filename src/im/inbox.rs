@@ -76,6 +76,7 @@ pub fn sync_end(
         properties: Default::default(),
         expires_at_ms: None,
         origin: None,
+        received_at: None,
     }
 }
 
@@ -108,6 +109,7 @@ mod tests {
             properties: Default::default(),
             expires_at_ms: None,
             origin: Some(3),
+            received_at: None,
         };
         m.properties
             .user_properties

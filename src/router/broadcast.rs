@@ -12,13 +12,13 @@
 //!   operator publishing faster waits for a permit (its connection stops reading), so
 //!   broadcasts never pile up in the router's command queue in front of chat.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::BroadcastLane;
 use crate::message::Delivery;
+use crate::metrics::{DropReason, Metrics};
 
 /// Connections woken per step of a fan-out.
 pub const FANOUT_CHUNK: usize = 16;
@@ -26,18 +26,18 @@ pub const FANOUT_CHUNK: usize = 16;
 pub const MAX_BROADCASTS_IN_FLIGHT: usize = 2;
 
 /// Delivers one broadcast to every lane, chunk by chunk; the permit is released at the end.
-/// A full lane drops the broadcast for that connection (counted in `dropped`).
+/// A full lane drops the broadcast for that connection (counted in `metrics`).
 pub fn spawn_fan_out(
     lanes: Vec<(BroadcastLane, Delivery)>,
     permit: Option<OwnedSemaphorePermit>,
-    dropped: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 ) {
     tokio::spawn(async move {
         let mut lanes = lanes.into_iter().peekable();
         while lanes.peek().is_some() {
             for (lane, delivery) in lanes.by_ref().take(FANOUT_CHUNK) {
                 if let Err(mpsc::error::TrySendError::Full(_)) = lane.try_send(Box::new(delivery)) {
-                    dropped.fetch_add(1, Ordering::Relaxed);
+                    metrics.dropped(DropReason::BroadcastLaneFull);
                 }
             }
             tokio::task::yield_now().await;

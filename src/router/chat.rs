@@ -17,6 +17,7 @@ use crate::im::ids::cutoff;
 use crate::im::inbox::{for_recipient, stamp_sender, user_property, MSGID};
 use crate::im::topics::{Conversation, ROLE_RECEIVED, ROLE_SENT};
 use crate::message::{now_ms, Message};
+use crate::metrics::{DropReason, PublishRefusal};
 
 /// Inbox logs are trimmed to `im.inbox_max_messages` every this many appends per user, so
 /// a log holds at most that many entries plus this slack.
@@ -41,6 +42,7 @@ impl Router {
         } = chat;
         let now = now_ms();
         let Some(conversation) = Conversation::parse(&message.topic) else {
+            self.metrics.publish_refused(PublishRefusal::TopicInvalid);
             return Routed::refused(ReasonCode::TopicNameInvalid);
         };
         let recipients: Vec<(String, u8)> = match conversation {
@@ -53,7 +55,7 @@ impl Router {
                     .map(|member| (member.clone(), ROLE_RECEIVED))
                     .collect(),
                 members => {
-                    self.refused += 1;
+                    self.metrics.publish_refused(PublishRefusal::NotMember);
                     tracing::info!(%from, %gid, known = members.is_some(),
                         "group publish refused: sender is not a member");
                     return Routed::refused(ReasonCode::NotAuthorized);
@@ -62,6 +64,7 @@ impl Router {
         };
         if let Some(msgid) = user_property(&message, MSGID) {
             if self.dedup.check(&from, msgid, now) {
+                self.metrics.dropped(DropReason::Duplicate);
                 tracing::debug!(%from, %msgid, "duplicate chat message dropped");
                 return Routed {
                     matched: true,

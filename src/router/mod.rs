@@ -12,12 +12,17 @@
 //! (`Resync`). Durable writes go to the storage writer in routing order; the router does
 //! not wait for the sync either, it hands the [`Durable`] to the publisher's connection,
 //! which acknowledges once it resolves.
+//!
+//! `$SYS/...` belongs to the broker: client publishes and wills there are refused, and the
+//! `$SYS` publisher's messages ([`Command::SysPublish`], see [`crate::metrics::sys`]) are
+//! retained in memory only. The router counts what it drops and refuses in the shared
+//! [`Metrics`] ([`Router::with_metrics`]) and reports its sizes with [`Command::Stats`].
 
 mod broadcast;
 mod chat;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +45,7 @@ use crate::im::directory::{ChangeError, GroupChange, Groups};
 use crate::im::ids::MessageIds;
 use crate::im::topics::inbox_owner;
 use crate::message::{now_ms, Delivery, Message, SessionId};
+use crate::metrics::{DropReason, Metrics, PublishRefusal};
 use crate::retained::RetainedTree;
 use crate::subscriptions::{Match, Subscription, SubscriptionTree};
 
@@ -85,6 +91,33 @@ impl CloseReason {
 /// Topics under this prefix are system broadcasts: delivered live on each connection's
 /// broadcast lane, never queued durably, so that they cannot hold up chat messages.
 pub const BROADCAST_PREFIX: &str = "broadcast/";
+
+/// The first level of the broker's own topics (`$SYS/broker/...`).
+pub const SYS_TOPIC: &str = "$SYS";
+
+/// Whether `topic` is the broker's to publish on: `$SYS` or below it. Clients may publish
+/// on other `$` topics (MQTT only reserves them from wildcard matching), not on these.
+pub fn is_sys_topic(topic: &str) -> bool {
+    topic
+        .strip_prefix(SYS_TOPIC)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// What the router holds, counted without touching storage (for metrics and `$SYS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterStats {
+    /// Sessions, connected or not.
+    pub sessions: usize,
+    /// Sessions with a connected client.
+    pub connected: usize,
+    pub subscriptions: usize,
+    /// Retained messages, the in-memory `$SYS` ones included.
+    pub retained: usize,
+    /// QoS 1/2 messages queued for persistent sessions while they were offline (since they
+    /// went offline, or as found at start). Once the session reconnects, its backlog is
+    /// read from storage and no longer counted here.
+    pub queued: u64,
+}
 
 /// The connection side of an attached session.
 pub struct ConnectRequest {
@@ -237,6 +270,15 @@ pub enum Command {
         expiry_secs: Option<u32>,
         sent: Vec<u64>,
     },
+    /// The router's sizes, for metrics.
+    Stats {
+        reply: oneshot::Sender<RouterStats>,
+    },
+    /// The broker's own `$SYS/...` messages: routed like any QoS 0 publish, and when
+    /// retained, kept in memory only. Topics outside `$SYS` are ignored.
+    SysPublish {
+        messages: Vec<Arc<Message>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -266,6 +308,12 @@ impl RouterHandle {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx)).await?;
         rx.await.map_err(|_| RouterGone)
+    }
+
+    /// Resolves once the router has stopped (for tasks that would otherwise only notice at
+    /// their next command).
+    pub async fn closed(&self) {
+        self.tx.closed().await
     }
 }
 
@@ -359,12 +407,13 @@ pub struct Router {
     message_ids: MessageIds,
     /// Next inbox seq per user (users who ever received a chat message).
     inbox_next: HashMap<String, u64>,
-    /// Messages not delivered because a queue was full (QoS 0, or a non-persistent session).
-    pub dropped: u64,
-    /// Broadcasts not delivered because a connection's broadcast lane was full.
-    pub broadcast_dropped: Arc<AtomicU64>,
-    /// Chat publishes refused (not a group member, unknown group).
-    pub refused: u64,
+    /// Drops and refusals are counted here (shared with the broker's other parts).
+    metrics: Arc<Metrics>,
+    /// Sessions with a connection, kept as they change so that [`Command::Stats`] need not
+    /// walk every session.
+    online: usize,
+    /// Sum of every session's `offline_queued`, kept likewise.
+    offline_queued: u64,
 }
 
 impl Router {
@@ -382,8 +431,9 @@ impl Router {
             ),
             message_ids: MessageIds::new(store.last_message_id()?),
             inbox_next: store.inbox_heads()?.into_iter().collect(),
-            refused: 0,
-            broadcast_dropped: Arc::new(AtomicU64::new(0)),
+            metrics: Arc::new(Metrics::new()),
+            online: 0,
+            offline_queued: 0,
             limits,
             writer,
             subscriptions: SubscriptionTree::new(),
@@ -395,9 +445,14 @@ impl Router {
             timers: BTreeSet::new(),
             next_session: 1,
             next_conn: 1,
-            dropped: 0,
         };
         for (topic, stored) in store.retained()? {
+            if is_sys_topic(&topic) {
+                // Stored before `$SYS` was the broker's: stale, and replaced in memory by
+                // the first `$SYS` tick anyway.
+                tracing::debug!(%topic, "ignoring a stored retained $SYS message");
+                continue;
+            }
             match Message::from_stored(stored) {
                 Ok(message) => {
                     router.retained.insert(&topic, Arc::new(message));
@@ -480,8 +535,16 @@ impl Router {
             slot.expires_at = Some(at);
             self.timers.insert((at, id, TimerKind::Expiry));
         }
+        self.offline_queued += slot.offline_queued;
         self.by_client.insert(client_id, id);
         self.sessions.insert(id, slot);
+    }
+
+    /// Counts drops and refusals in `metrics` (the broker's shared ones) instead of a
+    /// private set nobody reads.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Router {
+        self.metrics = metrics;
+        self
     }
 
     /// Starts the router task. `capacity` bounds its command queue.
@@ -524,8 +587,15 @@ impl Router {
                 inbound_qos2,
                 reply,
             } => {
-                let ops = inbound_qos2_op(inbound_qos2);
-                let routed = self.route(&message, ops, reply.is_some()).await;
+                let routed = if is_sys_topic(&message.topic) {
+                    // Refused before anything is written: a QoS 2 refused with 0x87 ends
+                    // its flow, so no "already received" marker may be left behind.
+                    self.refuse_sys(&message);
+                    Routed::refused(ReasonCode::NotAuthorized)
+                } else {
+                    let ops = inbound_qos2_op(inbound_qos2);
+                    self.route(&message, ops, reply.is_some()).await
+                };
                 if let Some(reply) = reply {
                     let _ = reply.send(routed);
                 }
@@ -576,6 +646,18 @@ impl Router {
             }
             Command::Sessions { client_id, reply } => {
                 let _ = reply.send(self.summaries(client_id.as_deref()));
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+            Command::SysPublish { messages } => {
+                for message in messages {
+                    if is_sys_topic(&message.topic) {
+                        self.route_now(&message, Vec::new(), false).await;
+                    } else {
+                        tracing::warn!(topic = %message.topic, "not a $SYS topic, not published");
+                    }
+                }
             }
             Command::Subscribe {
                 session,
@@ -638,6 +720,7 @@ impl Router {
                 if let Some(mut old) = slot.online.take() {
                     tracing::debug!(client_id = %request.client_id, "session taken over");
                     old.close(CloseReason::new(ReasonCode::SessionTakenOver, ""));
+                    self.online -= 1;
                 }
             }
             let keep =
@@ -695,6 +778,8 @@ impl Router {
         slot.expiry_secs = request.expiry_secs;
         slot.persistent = persistent || (session_present && was_stored);
         slot.disconnected_at_ms = None;
+        // Its backlog is the connection's to read now (see `RouterStats::queued`).
+        self.offline_queued -= slot.offline_queued;
         slot.offline_queued = 0;
         if let Some(at) = slot.expires_at.take() {
             self.timers.remove(&(at, id, TimerKind::Expiry));
@@ -708,6 +793,7 @@ impl Router {
             lagged: request.lagged,
             in_flight: request.in_flight,
         });
+        self.online += 1;
         if slot.persistent {
             ops.push(Op::PutSession(slot.stored()));
         }
@@ -800,6 +886,10 @@ impl Router {
     /// Ends a session: its subscriptions, its stored state, a pending will.
     fn remove_session(&mut self, id: SessionId, ops: &mut Vec<Op>) -> Option<Arc<Message>> {
         let slot = self.sessions.remove(&id)?;
+        self.offline_queued -= slot.offline_queued;
+        if slot.online.is_some() {
+            self.online -= 1;
+        }
         if self.by_client.get(&slot.client_id) == Some(&id) {
             self.by_client.remove(&slot.client_id);
         }
@@ -829,6 +919,15 @@ impl Router {
     /// Routes one message and queues its durable writes (after `ops`, which go in the same
     /// atomic batch). With `wait`, the returned [`Durable`] resolves when they are synced.
     async fn route(&mut self, message: &Arc<Message>, ops: Vec<Op>, wait: bool) -> Routed {
+        if is_sys_topic(&message.topic) {
+            // A will on `$SYS`: dropped, but the session's own ops still go through.
+            self.refuse_sys(message);
+            let durable = self.commit(ops, wait).await;
+            return Routed {
+                durable,
+                ..Routed::refused(ReasonCode::NotAuthorized)
+            };
+        }
         if message.topic.starts_with(BROADCAST_PREFIX) {
             // A will on a broadcast topic (an operator's): fanned out the same way.
             return self.route_broadcast(message, ops, None, wait).await;
@@ -854,7 +953,7 @@ impl Router {
                 Some((online.broadcast.clone(), delivery))
             })
             .collect();
-        broadcast::spawn_fan_out(lanes, permit, self.broadcast_dropped.clone());
+        broadcast::spawn_fan_out(lanes, permit, self.metrics.clone());
         Routed {
             matched,
             durable,
@@ -974,7 +1073,7 @@ impl Router {
                 if slot.online.is_none()
                     && slot.offline_queued >= self.limits.max_queued_messages as u64
                 {
-                    self.dropped += 1;
+                    self.metrics.dropped(DropReason::QueueFull);
                     tracing::debug!(client_id = %slot.client_id, "offline queue full, message dropped");
                     continue;
                 }
@@ -982,6 +1081,7 @@ impl Router {
                 slot.next_seq += 1;
                 if slot.online.is_none() {
                     slot.offline_queued += 1;
+                    self.offline_queued += 1;
                 }
                 delivery.seq = Some(seq);
                 let mut queued = delivery.to_queued();
@@ -1004,24 +1104,40 @@ impl Router {
     }
 
     fn send_live(&mut self, id: SessionId, delivery: Delivery) {
-        let Some(slot) = self.sessions.get(&id) else {
+        let Some(slot) = self.sessions.get_mut(&id) else {
             return;
         };
-        let Some(online) = &slot.online else { return };
+        let Some(online) = &mut slot.online else {
+            return;
+        };
         let stored = delivery.seq.is_some();
         if stored && online.lagged.load(Ordering::Acquire) {
             // The connection reads it from storage when it resyncs.
             return;
         }
+        let qos = delivery.qos;
         // Broadcasts never come here: `route` hands them to `route_broadcast`.
         match online.outbox.try_send(Outbound::Deliver(delivery)) {
             Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) if stored => {
+                online.lagged.store(true, Ordering::Release);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) if qos == QoS::AtMostOnce => {
+                // A slow consumer loses its QoS 0 messages first.
+                self.metrics.dropped(DropReason::OutboundFull);
+                tracing::debug!(client_id = %slot.client_id, "delivery channel full, QoS 0 message dropped");
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if stored {
-                    online.lagged.store(true, Ordering::Release);
-                } else {
-                    self.dropped += 1;
-                    tracing::debug!(client_id = %slot.client_id, "delivery channel full, message dropped");
+                // A QoS 1/2 message that has nowhere to wait (no durable queue): rather
+                // than lose it silently, the consumer that cannot keep up is disconnected.
+                self.metrics.dropped(DropReason::SlowConsumer);
+                if online.close.is_some() {
+                    self.metrics.slow_consumer_disconnected();
+                    tracing::info!(client_id = %slot.client_id, "slow consumer: its queues are full, disconnecting it");
+                    online.close(CloseReason::new(
+                        ReasonCode::QuotaExceeded,
+                        "slow consumer: too many messages waiting for this client",
+                    ));
                 }
             }
             // The connection is closing; its Disconnected command is on its way.
@@ -1031,6 +1147,14 @@ impl Router {
 
     fn retain(&mut self, message: &Arc<Message>, ops: &mut Vec<Op>) {
         let topic = message.topic.to_string();
+        if is_sys_topic(&topic) {
+            // Only the `$SYS` publisher gets here (clients are refused in `handle` and
+            // `route`). Its values are rewritten every few seconds and recomputed after a
+            // restart: memory only, and outside `max_retained_messages`, so that a full
+            // store of client messages cannot hide them.
+            self.retained.insert(&topic, message.clone());
+            return;
+        }
         if message.payload.is_empty() {
             if self.retained.remove(&topic).is_some() {
                 ops.push(Op::DeleteRetained { topic });
@@ -1172,6 +1296,7 @@ impl Router {
             return;
         };
         slot.online = None;
+        self.online -= 1;
         slot.sent = sent;
         if let Some(expiry) = expiry_secs {
             slot.expiry_secs = expiry;
@@ -1260,6 +1385,40 @@ impl Router {
             if let Some(mut online) = slot.online.take() {
                 online.close(CloseReason::new(ReasonCode::ServerShuttingDown, ""));
             }
+        }
+        self.online = 0;
+    }
+
+    /// Counts and logs a client's publish or will on `$SYS`, which is refused.
+    fn refuse_sys(&self, message: &Message) {
+        self.metrics.publish_refused(PublishRefusal::SystemTopic);
+        tracing::info!(topic = %message.topic, "publish refused: $SYS topics are the broker's");
+    }
+
+    fn stats(&self) -> RouterStats {
+        // The running counts must match a full walk; checked where it is affordable.
+        debug_assert_eq!(
+            self.online,
+            self.sessions
+                .values()
+                .filter(|s| s.online.is_some())
+                .count(),
+            "online sessions"
+        );
+        debug_assert_eq!(
+            self.offline_queued,
+            self.sessions
+                .values()
+                .map(|s| s.offline_queued)
+                .sum::<u64>(),
+            "offline queued messages"
+        );
+        RouterStats {
+            sessions: self.sessions.len(),
+            connected: self.online,
+            subscriptions: self.subscriptions.len(),
+            retained: self.retained.len(),
+            queued: self.offline_queued,
         }
     }
 }
@@ -1356,6 +1515,7 @@ mod tests {
         router: RouterHandle,
         store: Arc<MemoryStore>,
         writer: Writer,
+        metrics: Arc<Metrics>,
     }
 
     impl Harness {
@@ -1384,12 +1544,16 @@ mod tests {
 
     fn start_on(store: Arc<MemoryStore>) -> Harness {
         let writer = Writer::start(store.clone(), SyncPolicy::Always, 64);
-        let router = Router::load(limits(), writer.clone()).expect("load");
+        let metrics = Arc::new(Metrics::new());
+        let router = Router::load(limits(), writer.clone())
+            .expect("load")
+            .with_metrics(metrics.clone());
         let (router, _task) = router.spawn(64);
         Harness {
             router,
             store,
             writer,
+            metrics,
         }
     }
 
@@ -1491,6 +1655,7 @@ mod tests {
             properties: Properties::default(),
             expires_at_ms: None,
             origin: None,
+            received_at: None,
         })
     }
 
@@ -1863,6 +2028,7 @@ mod tests {
             router,
             store,
             writer,
+            metrics: Arc::new(Metrics::new()),
         };
         for _ in 0..=chat::TRIM_EVERY {
             chat(&h, "alice", "dm/bob", None).await;
@@ -1872,5 +2038,265 @@ mod tests {
         assert_eq!(h.store.inbox_bounds("bob").expect("bounds"), (55, 65));
         let kept = h.store.inbox("bob", 0, 100).expect("inbox");
         assert_eq!(kept.len(), 10);
+    }
+
+    // ---- metrics and $SYS ----
+
+    async fn stats(h: &Harness) -> RouterStats {
+        h.router
+            .call(|reply| Command::Stats { reply })
+            .await
+            .expect("router")
+    }
+
+    fn received(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|Outbound::Deliver(d)| d.message.topic.to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn drops_and_refusals_are_counted_by_reason() {
+        let h = start(); // max_queued_messages = 3, delivery channels of 8
+        let reader = connect(&h, "reader", true, 0).await;
+        subscribe(&h, &reader, "t", QoS::AtMostOnce).await;
+        let offline = connect(&h, "offline", false, 3600).await;
+        subscribe(&h, &offline, "q", QoS::AtLeastOnce).await;
+        disconnect(&h, offline).await;
+
+        // Nobody reads `reader`'s channel: 8 fit, 2 are dropped.
+        for _ in 0..10 {
+            publish(&h, message("t", QoS::AtMostOnce, false, b"x")).await;
+        }
+        // The offline queue holds 3; 2 more are dropped.
+        for _ in 0..5 {
+            publish(&h, message("q", QoS::AtLeastOnce, false, b"x")).await;
+        }
+        assert_eq!(h.metrics.dropped_total(DropReason::OutboundFull), 2);
+        assert_eq!(h.metrics.dropped_total(DropReason::QueueFull), 2);
+
+        let refused = chat(&h, "mallory", "group/none", None).await;
+        assert_eq!(refused.refused, Some(ReasonCode::NotAuthorized));
+        assert_eq!(
+            h.metrics.publishes_refused_total(PublishRefusal::NotMember),
+            1
+        );
+        chat(&h, "alice", "dm/bob", Some("m-1")).await;
+        chat(&h, "alice", "dm/bob", Some("m-1")).await;
+        assert_eq!(h.metrics.dropped_total(DropReason::Duplicate), 1);
+        assert_eq!(h.metrics.totals().dropped, 5);
+        drop(reader);
+    }
+
+    #[tokio::test]
+    async fn full_broadcast_lanes_are_counted() {
+        let h = start();
+        let (outbox, _outbox_rx) = mpsc::channel(8);
+        let (broadcast, _lane) = mpsc::channel(1); // never read
+        let (close, _close_rx) = oneshot::channel();
+        let attached = h
+            .router
+            .call(|reply| Command::Connect {
+                request: ConnectRequest {
+                    client_id: ByteString::from("slow"),
+                    user: "slow".into(),
+                    clean_start: true,
+                    expiry_secs: 0,
+                    protocol: Protocol::V5,
+                    outbox,
+                    broadcast,
+                    close,
+                    lagged: Arc::new(AtomicBool::new(false)),
+                    in_flight: Arc::new(AtomicUsize::new(0)),
+                },
+                reply,
+            })
+            .await
+            .expect("router")
+            .expect("attached");
+        let slow = Client {
+            attached,
+            outbox: mpsc::channel(1).1,
+            close: oneshot::channel().1,
+        };
+        subscribe(&h, &slow, "broadcast/news", QoS::AtMostOnce).await;
+        for _ in 0..3 {
+            publish(&h, message("broadcast/news", QoS::AtMostOnce, false, b"x")).await;
+        }
+        // The fan-out runs on its own task.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while h.metrics.dropped_total(DropReason::BroadcastLaneFull) < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("two broadcasts dropped");
+        assert_eq!(h.metrics.dropped_total(DropReason::BroadcastLaneFull), 2);
+    }
+
+    #[tokio::test]
+    async fn stats_follow_sessions_and_offline_queues() {
+        let h = start();
+        assert_eq!(stats(&h).await, RouterStats::default());
+        let c = connect(&h, "dev", false, 3600).await;
+        subscribe(&h, &c, "q/#", QoS::AtLeastOnce).await;
+        let _other = connect(&h, "other", true, 0).await;
+        publish(&h, message("r/1", QoS::AtLeastOnce, true, b"kept")).await;
+        let taken = connect(&h, "dev", false, 3600).await; // takes the session over
+        assert_eq!(
+            stats(&h).await,
+            RouterStats {
+                sessions: 2,
+                connected: 2,
+                subscriptions: 1,
+                retained: 1,
+                queued: 0,
+            }
+        );
+        disconnect(&h, c).await; // the old connection's goodbye changes nothing
+        disconnect(&h, taken).await;
+        publish(&h, message("q/a", QoS::AtLeastOnce, false, b"1")).await;
+        publish(&h, message("q/b", QoS::AtLeastOnce, false, b"2")).await;
+        let s = stats(&h).await;
+        assert_eq!((s.sessions, s.connected, s.queued), (2, 1, 2));
+        // Queued messages survive a restart, and are counted again.
+        h.stop().await;
+        let h = start_on(h.store.clone());
+        let s = stats(&h).await;
+        assert_eq!((s.sessions, s.connected, s.queued), (1, 0, 2));
+        // Back online: the backlog is the connection's now.
+        let c = connect(&h, "dev", false, 3600).await;
+        let s = stats(&h).await;
+        assert_eq!((s.connected, s.queued), (1, 0));
+        // A session ending while online (clean start elsewhere) is no longer counted.
+        let _again = connect(&h, "dev", true, 0).await;
+        assert_eq!(stats(&h).await.connected, 1);
+        drop(c);
+    }
+
+    fn sys(topic: &str, value: &'static [u8]) -> Arc<Message> {
+        message(topic, QoS::AtMostOnce, true, value)
+    }
+
+    #[tokio::test]
+    async fn sys_topics_are_the_brokers_and_stay_in_memory() {
+        let h = start(); // max_retained_messages = 2
+        let mut watcher = connect(&h, "watcher", true, 0).await;
+        subscribe(&h, &watcher, "$SYS/#", QoS::AtLeastOnce).await;
+        let mut everything = connect(&h, "everything", true, 0).await;
+        subscribe(&h, &everything, "#", QoS::AtLeastOnce).await;
+        // The retained store full of client messages does not keep $SYS out.
+        publish(&h, message("r/1", QoS::AtMostOnce, true, b"1")).await;
+        publish(&h, message("r/2", QoS::AtMostOnce, true, b"2")).await;
+        assert_eq!(received(&mut everything.outbox), ["r/1", "r/2"]);
+
+        let messages = vec![
+            sys("$SYS/broker/uptime", b"1 seconds"),
+            sys("$SYS/broker/uptime", b"2 seconds"),
+            sys("$SYS/broker/clients/connected", b"2"),
+            sys("not/sys", b"ignored"),
+        ];
+        h.router
+            .send(Command::SysPublish { messages })
+            .await
+            .expect("router");
+        let s = stats(&h).await; // after the publish: the router handles commands in order
+        assert_eq!(s.retained, 4);
+        assert_eq!(
+            received(&mut watcher.outbox),
+            [
+                "$SYS/broker/uptime",
+                "$SYS/broker/uptime",
+                "$SYS/broker/clients/connected"
+            ]
+        );
+        assert!(
+            received(&mut everything.outbox).is_empty(),
+            "'#' does not match $SYS"
+        );
+        // Retained in memory, for the next subscriber; never written to storage.
+        let late = connect(&h, "late", true, 0).await;
+        let reply = subscribe(&h, &late, "$SYS/broker/+", QoS::AtMostOnce).await;
+        let got: Vec<_> = reply
+            .retained
+            .iter()
+            .map(|d| (d.message.topic.to_string(), d.message.payload.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [(
+                "$SYS/broker/uptime".to_string(),
+                Bytes::from_static(b"2 seconds")
+            )]
+        );
+        h.writer.barrier().await.expect("applied");
+        let stored: Vec<String> = h
+            .store
+            .retained()
+            .expect("retained")
+            .into_iter()
+            .map(|(topic, _)| topic)
+            .collect();
+        assert_eq!(stored, ["r/1", "r/2"]);
+
+        // Clients may not publish there, not even by will; other `$` topics are theirs.
+        for topic in ["$SYS", "$SYS/broker/uptime"] {
+            let routed = h
+                .router
+                .call(|reply| Command::Publish {
+                    message: message(topic, QoS::AtLeastOnce, true, b"forged"),
+                    inbound_qos2: None,
+                    reply: Some(reply),
+                })
+                .await
+                .expect("router");
+            assert_eq!(routed.refused, Some(ReasonCode::NotAuthorized), "{topic}");
+        }
+        let dev = connect(&h, "dev", false, 60).await;
+        h.router
+            .send(Command::Disconnected {
+                session: dev.attached.session,
+                conn: dev.attached.conn,
+                will: Some(WillRequest {
+                    message: message("$SYS/broker/version", QoS::AtMostOnce, true, b"forged"),
+                    delay_secs: 0,
+                }),
+                expiry_secs: None,
+                sent: vec![],
+            })
+            .await
+            .expect("router");
+        stats(&h).await; // the will has been handled
+        assert_eq!(
+            h.metrics
+                .publishes_refused_total(PublishRefusal::SystemTopic),
+            3
+        );
+        assert!(received(&mut watcher.outbox).is_empty());
+        // The will's session still went offline and was stored as such.
+        h.stop().await;
+        let stored = h.store.session("dev").expect("read").expect("stored");
+        assert!(stored.session.disconnected_at_ms.is_some());
+
+        let h = start();
+        let mut dollar = connect(&h, "dollar", true, 0).await;
+        subscribe(&h, &dollar, "$app/#", QoS::AtMostOnce).await;
+        assert!(publish(&h, message("$app/x", QoS::AtMostOnce, false, b"ok")).await);
+        assert_eq!(received(&mut dollar.outbox), ["$app/x"]);
+        assert!(is_sys_topic("$SYS") && is_sys_topic("$SYS/"));
+        assert!(!is_sys_topic("$SYSTEM/x") && !is_sys_topic("SYS/x"));
+    }
+
+    #[tokio::test]
+    async fn a_stored_sys_message_is_not_loaded() {
+        let store = Arc::new(MemoryStore::new());
+        let stale = message("$SYS/broker/uptime", QoS::AtMostOnce, true, b"9 seconds");
+        let op = Op::PutRetained {
+            topic: "$SYS/broker/uptime".into(),
+            message: stale.to_stored(),
+        };
+        store.write(&[op], true).expect("written");
+        let h = start_on(store);
+        assert_eq!(stats(&h).await.retained, 0);
     }
 }

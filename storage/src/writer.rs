@@ -15,6 +15,10 @@
 //! submitter are applied in submission order, and a detached request is ordered like any
 //! other. A failed group write fails every waiter of that group (each gets a clone of the
 //! error), detached requests of the group are logged, and the thread carries on.
+//!
+//! Timing: a [`WriterObserver`] given to [`Writer::start_observed`] is told how long each
+//! group write and each WAL sync took (the broker turns that into latency histograms). This
+//! crate stays free of any metrics library: the observer is the whole interface.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -46,6 +50,20 @@ pub enum SyncPolicy {
     /// Groups are written without sync; waiters complete right after the write. Durability
     /// is left to the operating system (a broker crash loses nothing, a machine crash may).
     None,
+}
+
+/// Told by the writer thread how long its storage calls took, for latency metrics.
+///
+/// Called on the writer thread right after each call returns, failed calls included: keep
+/// it cheap (a few atomic adds), since the next group waits for it.
+pub trait WriterObserver: Send + Sync {
+    /// One group was written with [`Store::write`]: `ops` ops in `elapsed`. With `synced`
+    /// ([`SyncPolicy::Always`]) the time includes the WAL fsync of that write.
+    fn write(&self, elapsed: Duration, ops: usize, synced: bool);
+
+    /// The WAL was synced on its own with [`Store::sync`] ([`SyncPolicy::Batched`], and the
+    /// final sync at shutdown).
+    fn sync(&self, elapsed: Duration);
 }
 
 /// Counters of a [`Writer`] since it started.
@@ -112,11 +130,39 @@ impl Writer {
         }
     }
 
+    /// [`Writer::start`], with `observer` told the duration of every write and sync.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot spawn a thread; see [`Writer::try_start_observed`].
+    pub fn start_observed(
+        store: Arc<dyn Store>,
+        policy: SyncPolicy,
+        capacity: usize,
+        observer: Arc<dyn WriterObserver>,
+    ) -> Writer {
+        match Writer::try_start_observed(store, policy, capacity, Some(observer)) {
+            Ok(writer) => writer,
+            Err(e) => panic!("cannot spawn the tern-storage writer thread: {e}"),
+        }
+    }
+
     /// [`Writer::start`], returning the error if the thread cannot be spawned.
     pub fn try_start(
         store: Arc<dyn Store>,
         policy: SyncPolicy,
         capacity: usize,
+    ) -> std::io::Result<Writer> {
+        Writer::try_start_observed(store, policy, capacity, None)
+    }
+
+    /// [`Writer::start_observed`] (or, without an observer, [`Writer::start`]), returning
+    /// the error if the thread cannot be spawned.
+    pub fn try_start_observed(
+        store: Arc<dyn Store>,
+        policy: SyncPolicy,
+        capacity: usize,
+        observer: Option<Arc<dyn WriterObserver>>,
     ) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let counters = Arc::new(Counters::default());
@@ -125,6 +171,7 @@ impl Writer {
             policy,
             rx,
             counters: counters.clone(),
+            observer,
             unsynced: Vec::new(),
             dirty_since: None,
         };
@@ -333,6 +380,7 @@ struct Worker {
     policy: SyncPolicy,
     rx: mpsc::Receiver<Request>,
     counters: Arc<Counters>,
+    observer: Option<Arc<dyn WriterObserver>>,
     /// [`SyncPolicy::Batched`]: waiters whose ops are written but not yet synced.
     unsynced: Vec<Reply>,
     /// When the oldest write not covered by a sync happened.
@@ -420,7 +468,14 @@ impl Worker {
         } else {
             let sync = self.policy == SyncPolicy::Always;
             let result = match &self.store {
-                Some(store) => store.write(&ops, sync),
+                Some(store) => {
+                    let started = Instant::now();
+                    let result = store.write(&ops, sync);
+                    if let Some(observer) = &self.observer {
+                        observer.write(started.elapsed(), ops.len(), sync);
+                    }
+                    result
+                }
                 None => Err(StorageError::Closed),
             };
             self.counters.groups.fetch_add(1, Ordering::Relaxed);
@@ -463,7 +518,14 @@ impl Worker {
     /// Syncs the WAL and completes the waiters it covers.
     fn sync_now(&mut self) -> Result<(), StorageError> {
         let result = match &self.store {
-            Some(store) => store.sync(),
+            Some(store) => {
+                let started = Instant::now();
+                let result = store.sync();
+                if let Some(observer) = &self.observer {
+                    observer.sync(started.elapsed());
+                }
+                result
+            }
             None => Err(StorageError::Closed),
         };
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
@@ -507,5 +569,72 @@ impl Worker {
             }
         }
         reply(done, result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::MemoryStore;
+
+    /// Records what the writer thread reports.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Mutex<Vec<(usize, bool)>>,
+        syncs: AtomicU64,
+    }
+
+    impl WriterObserver for Recorder {
+        fn write(&self, _elapsed: Duration, ops: usize, synced: bool) {
+            self.writes
+                .lock()
+                .expect("not poisoned")
+                .push((ops, synced));
+        }
+
+        fn sync(&self, _elapsed: Duration) {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn op(packet_id: u16) -> Op {
+        Op::PutInboundQos2 {
+            client_id: "c".into(),
+            packet_id,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_observer_hears_of_every_write_and_sync() {
+        let recorder = Arc::new(Recorder::default());
+        let writer = Writer::start_observed(
+            Arc::new(MemoryStore::new()),
+            SyncPolicy::Always,
+            16,
+            recorder.clone(),
+        );
+        writer
+            .submit(vec![op(1), op(2)])
+            .await
+            .await
+            .expect("written");
+        writer.shutdown().await.expect("shut down");
+        assert_eq!(*recorder.writes.lock().expect("not poisoned"), [(2, true)]);
+        // Synced with the write: nothing left for a separate sync.
+        assert_eq!(recorder.syncs.load(Ordering::Relaxed), 0);
+
+        let recorder = Arc::new(Recorder::default());
+        let writer = Writer::start_observed(
+            Arc::new(MemoryStore::new()),
+            SyncPolicy::Batched(Duration::ZERO),
+            16,
+            recorder.clone(),
+        );
+        writer.submit(vec![op(1)]).await.await.expect("synced");
+        writer.shutdown().await.expect("shut down");
+        assert_eq!(*recorder.writes.lock().expect("not poisoned"), [(1, false)]);
+        assert!(recorder.syncs.load(Ordering::Relaxed) >= 1);
     }
 }

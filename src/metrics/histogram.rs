@@ -1,0 +1,135 @@
+//! A latency histogram on atomics, exposed through `prometheus-client`.
+//!
+//! `prometheus_client::metrics::histogram::Histogram` takes a mutex on every observation.
+//! Publish-to-deliver latency is observed by every connection task for every message it
+//! writes, so that mutex would be taken across all runtime threads at message rate; here an
+//! observation is a binary search over a dozen or so bounds and two relaxed atomic adds, and
+//! only the scrape does any real work. The price is that a scrape racing observations can
+//! see `_sum` and the buckets from slightly different instants, which Prometheus tolerates;
+//! `_count` is computed from the buckets, so the exposition is always self-consistent.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+
+/// Bucket bounds of the publish-to-deliver latency, in microseconds: 50 µs to 10 s.
+pub const DELIVERY_BOUNDS_US: &[u64] = &[
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// Bucket bounds of storage write and sync latency, in microseconds: 10 µs (a write into the
+/// memtable) to 10 s (an fsync on a struggling disk).
+pub const STORAGE_BOUNDS_US: &[u64] = &[
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A histogram of durations with fixed bounds; clones share the same counts.
+#[derive(Debug, Clone)]
+pub struct LatencyHistogram {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Upper bounds (inclusive, as Prometheus's `le`) in nanoseconds, ascending.
+    bounds_ns: Box<[u64]>,
+    /// One count per bound, and a last one for everything above the highest bound (`+Inf`).
+    counts: Box<[AtomicU64]>,
+    /// Sum of every observation, in nanoseconds (584 years of accumulated latency fit).
+    sum_ns: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// A histogram with these upper bounds, in microseconds, ascending.
+    pub fn new(bounds_us: &[u64]) -> LatencyHistogram {
+        debug_assert!(
+            bounds_us.windows(2).all(|w| w[0] < w[1]),
+            "ascending bounds"
+        );
+        LatencyHistogram {
+            inner: Arc::new(Inner {
+                bounds_ns: bounds_us.iter().map(|us| us.saturating_mul(1000)).collect(),
+                counts: (0..=bounds_us.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum_ns: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn observe(&self, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let inner = &*self.inner;
+        // The first bound >= ns; past the last bound, the +Inf slot.
+        let index = inner.bounds_ns.partition_point(|&bound| bound < ns);
+        if let Some(count) = inner.counts.get(index) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        inner.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.inner
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Sum of the observations so far.
+    pub fn sum(&self) -> Duration {
+        Duration::from_nanos(self.inner.sum_ns.load(Ordering::Relaxed))
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let inner = &*self.inner;
+        // Per-bucket counts: the encoder accumulates them into Prometheus's cumulative form.
+        let buckets: Vec<(f64, u64)> = inner
+            .bounds_ns
+            .iter()
+            .map(|&ns| ns as f64 / 1e9)
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(inner.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = inner.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observations_land_in_the_first_bucket_that_holds_them() {
+        let h = LatencyHistogram::new(&[10, 100]);
+        h.observe(Duration::from_micros(10)); // le 10: inclusive
+        h.observe(Duration::from_nanos(10_001)); // le 100
+        h.observe(Duration::from_micros(100)); // le 100
+        h.observe(Duration::from_secs(1)); // +Inf
+        h.observe(Duration::MAX); // +Inf, saturating
+        let counts: Vec<u64> = h
+            .inner
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(counts, [1, 2, 2]);
+        assert_eq!(h.count(), 5);
+    }
+}
