@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, ListenerKind};
 use crate::im::acl::{check_filter, FilterDecision};
 use crate::im::auth::{authenticate, AuthError, Credentials, Identity};
 use crate::im::inbox::{for_recipient, parse_sync_request, sync_end};
@@ -230,15 +230,22 @@ struct Link {
 struct InboundBudget {
     messages: Option<TokenBucket>,
     bytes: Option<TokenBucket>,
+    /// Counts each pause once in the metrics.
+    paused: bool,
+    metrics: Arc<Metrics>,
+    listener: ListenerKind,
 }
 
 impl InboundBudget {
-    fn new(endpoint: &Endpoint) -> Option<Box<InboundBudget>> {
+    fn new(endpoint: &Endpoint, metrics: &Arc<Metrics>) -> Option<Box<InboundBudget>> {
         let now = Instant::now();
         let limits = &endpoint.limits;
         let budget = InboundBudget {
             messages: TokenBucket::new(limits.max_inbound_messages_per_sec.into(), now),
             bytes: TokenBucket::new(limits.max_inbound_bytes_per_sec, now),
+            paused: false,
+            metrics: metrics.clone(),
+            listener: endpoint.kind,
         };
         (budget.messages.is_some() || budget.bytes.is_some()).then(|| Box::new(budget))
     }
@@ -250,8 +257,12 @@ impl InboundBudget {
             .into_iter()
             .flatten()
             .filter_map(|bucket| bucket.wait(0.0, now))
-            .max()?;
-        Some(now + wait)
+            .max();
+        if wait.is_some() && !self.paused {
+            self.metrics.inbound_paused(self.listener);
+        }
+        self.paused = wait.is_some();
+        Some(now + wait?)
     }
 }
 
@@ -500,7 +511,7 @@ impl Connection {
             reader,
             writer,
             peer,
-            budget: InboundBudget::new(&endpoint),
+            budget: InboundBudget::new(&endpoint, &ctx.metrics),
             endpoint,
             rbuf: if rbuf.is_empty() {
                 BytesMut::new()

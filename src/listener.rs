@@ -124,6 +124,7 @@ impl Listener {
         tracing::info!(listener = %endpoint.kind, addr = %endpoint.local_addr, "listening");
         loop {
             if let Some(wait) = pace.as_mut().and_then(|p| p.wait(1.0, Instant::now())) {
+                ctx.metrics.accept_paced(endpoint.kind);
                 tokio::select! {
                     _ = stop.changed() => break,
                     _ = tokio::time::sleep(wait) => continue,

@@ -135,6 +135,21 @@ impl Broker {
             .expect("the broker wrote admin.token")
     }
 
+    /// The Prometheus exposition of `GET {admin}/metrics` (no token needed).
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.admin_url());
+        tokio::task::spawn_blocking(move || {
+            ureq::get(&url)
+                .call()
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+                .body_mut()
+                .read_to_string()
+                .expect("metrics body")
+        })
+        .await
+        .expect("request thread")
+    }
+
     /// Stops the broker cleanly and waits until storage is closed.
     pub async fn stop(mut self) -> Option<tempfile::TempDir> {
         if let Some(stop) = self.stop.take() {
@@ -695,4 +710,14 @@ where
     }
     let (ws, _response) = tokio_tungstenite::client_async(request, stream).await?;
     Ok(tern::transport::WsStream::new(ws))
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) in a Prometheus text
+/// exposition; 0 when absent.
+pub fn metric(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
 }

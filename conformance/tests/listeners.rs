@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tern_codec::{Packet, Protocol, QoS, ReasonCode};
 use tern_conformance::{
-    connect_packet, publish_packet, tls_connect, ws_connect, Broker, RawClient, TestCert,
+    connect_packet, metric, publish_packet, tls_connect, ws_connect, Broker, RawClient, TestCert,
     EVENT_TIMEOUT,
 };
 
@@ -391,6 +391,18 @@ async fn reconnect_storm_is_paced_without_refusing_or_disturbing_anyone() {
         slowest < Duration::from_secs(1),
         "an established client waited {slowest:?} for one round trip during the storm"
     );
+    let metrics = broker.metrics().await;
+    assert!(
+        metric(&metrics, "tern_accepts_paced_total{listener=\"tcp\"}") > 0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "tern_connects_refused_total{reason=\"connection_limit\"}"
+        ),
+        0.0
+    );
 }
 
 /// A client publishing far beyond `max_inbound_messages_per_sec` is slowed to that rate
@@ -449,6 +461,11 @@ async fn inbound_message_rate_slows_the_flooder_only() {
     );
     // Still connected: a round trip of its own.
     flooder.subscribe(1, "flooder/own", QoS::AtLeastOnce).await;
+    let metrics = broker.metrics().await;
+    assert!(
+        metric(&metrics, "tern_inbound_paused_total{listener=\"tcp\"}") > 0.0,
+        "{metrics}"
+    );
 }
 
 /// The same for bytes: 150 KB against 50 KB/s takes about two seconds.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tern_codec::{decode, Packet, Protocol, QoS};
 use tern_conformance::stall::StallingStore;
-use tern_conformance::{publish_packet, Broker, RawClient, EVENT_TIMEOUT};
+use tern_conformance::{metric, publish_packet, Broker, RawClient, EVENT_TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn open(addr: std::net::SocketAddr, protocol: Protocol, id: &str, clean: bool) -> RawClient {
@@ -230,32 +230,17 @@ async fn a_slow_consumer_loses_qos0_first_then_is_disconnected() {
     assert_eq!(&good.expect_publish("after").await.payload[..], b"after");
 
     // Operators see it in the metrics.
-    let metrics = scrape_metrics(&broker).await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "tern_slow_consumers_disconnected_total 1"),
+    let metrics = broker.metrics().await;
+    assert_eq!(
+        metric(&metrics, "tern_slow_consumers_disconnected_total"),
+        1.0,
         "{metrics}"
     );
-    let dropped_qos0 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("tern_messages_dropped_total{reason=\"outbound_full\"} "))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    assert!(dropped_qos0 > 0.0, "no QoS 0 drop counted:\n{metrics}");
-}
-
-/// `GET {admin}/metrics` (no token needed).
-async fn scrape_metrics(broker: &Broker) -> String {
-    let url = format!("{}/metrics", broker.admin_url());
-    tokio::task::spawn_blocking(move || {
-        ureq::get(&url)
-            .call()
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-            .body_mut()
-            .read_to_string()
-            .expect("metrics body")
-    })
-    .await
-    .expect("request thread")
+    assert!(
+        metric(
+            &metrics,
+            "tern_messages_dropped_total{reason=\"outbound_full\"}"
+        ) > 0.0,
+        "no QoS 0 drop counted:\n{metrics}"
+    );
 }

@@ -74,8 +74,6 @@ label_enum! {
         ConnectionLimit => "connection_limit",
         /// Too many connections from one IP address.
         PerIpLimit => "per_ip_limit",
-        /// Too many connection attempts per second.
-        RateLimited => "rate_limited",
         /// Unknown user or wrong password (CONNACK 0x86 / 3.1.1 0x04).
         BadCredentials => "bad_credentials",
         /// Authenticated but not allowed: anonymous refused, another user's client id, a
@@ -110,8 +108,6 @@ label_enum! {
         TooLarge => "too_large",
         /// Lost with a connection closed for not keeping up.
         SlowConsumer => "slow_consumer",
-        /// The publisher exceeded its inbound rate limit.
-        InboundRate => "inbound_rate",
         /// A chat message resent with a `msgid` already seen: acknowledged, not stored again.
         Duplicate => "duplicate",
     }
@@ -139,7 +135,6 @@ impl RefuseReason {
             ReasonCode::BadUserNameOrPassword => RefuseReason::BadCredentials,
             ReasonCode::NotAuthorized | ReasonCode::Banned => RefuseReason::NotAuthorized,
             ReasonCode::ClientIdentifierNotValid => RefuseReason::ClientIdInvalid,
-            ReasonCode::ConnectionRateExceeded => RefuseReason::RateLimited,
             ReasonCode::QuotaExceeded => RefuseReason::PerIpLimit,
             ReasonCode::ServerBusy => RefuseReason::ConnectionLimit,
             ReasonCode::ServerUnavailable
@@ -170,6 +165,8 @@ pub struct Metrics {
     dropped: Vec<Counter>,
     refused_publishes: Vec<Counter>,
     slow_consumers: Counter,
+    accepts_paced: Vec<Counter>,
+    inbound_paused: Vec<Counter>,
     publish_to_deliver: LatencyHistogram,
     storage_write: LatencyHistogram,
     storage_sync: LatencyHistogram,
@@ -223,6 +220,24 @@ impl Metrics {
             r,
             "connections_accepted",
             "Client connections accepted, per listener",
+            "listener",
+            &ListenerKind::ALL,
+            |l| l.as_str(),
+        );
+        let accepts_paced = family(
+            r,
+            "accepts_paced",
+            "Times a listener paused accepting to keep to its max_connects_per_sec (a \
+             reconnect storm waits in the kernel's accept queue meanwhile)",
+            "listener",
+            &ListenerKind::ALL,
+            |l| l.as_str(),
+        );
+        let inbound_paused = family(
+            r,
+            "inbound_paused",
+            "Times a connection was not read for a while because it exceeded its \
+             listener's max_inbound_messages_per_sec or max_inbound_bytes_per_sec",
             "listener",
             &ListenerKind::ALL,
             |l| l.as_str(),
@@ -351,6 +366,8 @@ impl Metrics {
             dropped,
             refused_publishes,
             slow_consumers,
+            accepts_paced,
+            inbound_paused,
             publish_to_deliver,
             storage_write,
             storage_sync,
@@ -430,6 +447,16 @@ impl Metrics {
 
     pub fn slow_consumer_disconnected(&self) {
         self.slow_consumers.inc();
+    }
+
+    /// A listener paused accepting for its connect rate.
+    pub fn accept_paced(&self, listener: ListenerKind) {
+        self.accepts_paced[listener as usize].inc();
+    }
+
+    /// A connection paused reading for its inbound rate.
+    pub fn inbound_paused(&self, listener: ListenerKind) {
+        self.inbound_paused[listener as usize].inc();
     }
 
     /// A message was written to a subscriber's socket `elapsed` after its PUBLISH was read.
