@@ -244,3 +244,64 @@ async fn a_slow_consumer_loses_qos0_first_then_is_disconnected() {
         "no QoS 0 drop counted:\n{metrics}"
     );
 }
+
+/// A client that subscribes to more filters than `limits.max_subscriptions_per_session`:
+/// the filters beyond the limit are refused in the SUBACK (v5 0x97 Quota exceeded, 3.1.1
+/// 0x80), the ones within it work, the client stays connected, and another client's
+/// subscriptions are not limited by its.
+#[tokio::test]
+async fn subscriptions_beyond_the_session_limit_are_refused_one_by_one() {
+    use tern_codec::{ReasonCode, Subscribe, SubscriptionOptions};
+    const LIMIT: usize = 10;
+    let broker = Broker::start_with(|c| c.limits.max_subscriptions_per_session = LIMIT).await;
+    for protocol in [Protocol::V5, Protocol::V311] {
+        let id = format!("greedy-{protocol:?}");
+        let mut greedy = open(broker.addr, protocol, &id, true).await;
+        let filters: Vec<_> = (0..LIMIT + 40)
+            .map(|i| (format!("many/{i}").into(), SubscriptionOptions::default()))
+            .collect();
+        greedy
+            .send(Packet::Subscribe(Subscribe {
+                packet_id: 1,
+                properties: Default::default(),
+                filters,
+            }))
+            .await;
+        let refused = match protocol {
+            Protocol::V5 => ReasonCode::QuotaExceeded,
+            Protocol::V311 => ReasonCode::UnspecifiedError,
+        };
+        match greedy.recv().await {
+            Some(Packet::SubAck(ack)) => {
+                assert_eq!(ack.reasons.len(), LIMIT + 40);
+                assert!(ack.reasons[..LIMIT]
+                    .iter()
+                    .all(|r| *r == ReasonCode::GRANTED_QOS_0));
+                assert!(
+                    ack.reasons[LIMIT..].iter().all(|r| *r == refused),
+                    "{:?}",
+                    &ack.reasons[LIMIT..]
+                );
+            }
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+        // Renewing a filter it holds is not a new subscription; it still works.
+        greedy.subscribe(2, "many/0", QoS::AtLeastOnce).await;
+        let mut other = open(
+            broker.addr,
+            Protocol::V5,
+            &format!("other-{protocol:?}"),
+            true,
+        )
+        .await;
+        other
+            .publish_qos1(1, "many/0", "still subscribed", false)
+            .await;
+        assert_eq!(
+            &greedy.expect_publish("many/0").await.payload[..],
+            b"still subscribed"
+        );
+        // Another session has its own allowance.
+        other.subscribe(2, "many/49", QoS::AtMostOnce).await;
+    }
+}
