@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building tern needs on a fresh Debian machine that has only the Rust
-# toolchain: libclang (RocksDB's bindings) and a C++ compiler. With --tests, also what the
-# tests drive: the third-party MQTT clients of conformance/tests/clients*.rs
-# (mosquitto-clients, python3-paho-mqtt), and for conformance/tests/js_clients.rs Node.js,
-# npm, Chromium and the npm packages of conformance/js (MQTT.js, playwright-core; pinned by
-# its package-lock.json). Safe to run again.
+# toolchain: libclang (RocksDB's bindings), a C++ compiler, and mosquitto-clients (the
+# README's walkthrough). With --tests, also the third-party clients the conformance tests
+# drive: paho-mqtt from PyPI (pinned, in a virtualenv under ~/.cache/tern-tools: Debian's
+# Python refuses pip installs, PEP 668), and for js_clients.rs Node.js, npm, Chromium and
+# the npm packages of conformance/js (MQTT.js, playwright-core; pinned by its
+# package-lock.json). Safe to run again; quiet when there is nothing to do.
 set -euo pipefail
 tests=false
 [ "${1:-}" = "--tests" ] && tests=true
@@ -14,8 +15,9 @@ command -v g++ >/dev/null 2>&1 || need+=(g++)
 # mosquitto_pub/sub: the README's walkthrough and the tests use them.
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 if $tests; then
-  # paho-mqtt for the Debian python3 (apt, not pip: PEP 668); the client tests run /usr/bin/python3.
-  /usr/bin/python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || need+=(python3-paho-mqtt)
+  # Python with venv, for paho-mqtt from PyPI (below).
+  [ -x /usr/bin/python3 ] || need+=(python3)
+  /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
   command -v node >/dev/null 2>&1 || need+=(nodejs)
   command -v npm >/dev/null 2>&1 || need+=(npm)
   # The browser the web chat test drives (playwright-core runs it; it downloads none itself).
@@ -26,9 +28,18 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+$tests || exit 0
+# paho-mqtt, the Python client of clients*.rs, at a pinned PyPI version.
+PAHO_VERSION=2.1.0
+tools="${TERN_TOOLS:-$HOME/.cache/tern-tools}"
+venv="$tools/paho-venv"
+if ! "$venv/bin/python" -c "import paho.mqtt, sys; sys.exit(paho.mqtt.__version__ != '$PAHO_VERSION')" >/dev/null 2>&1; then
+  mkdir -p "$tools"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "paho-mqtt==$PAHO_VERSION"
+fi
 # npm ci when node_modules is missing or older than the lock file (npm ci writes
 # node_modules/.package-lock.json last).
-$tests || exit 0
 js="$(dirname "$0")/../conformance/js"
 installed="$js/node_modules/.package-lock.json"
 if [ ! -e "$installed" ] || [ "$js/package-lock.json" -nt "$installed" ]; then

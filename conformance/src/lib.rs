@@ -721,3 +721,20 @@ pub fn metric(exposition: &str, series: &str) -> f64 {
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// The Python interpreter with paho-mqtt (PyPI, pinned): the virtualenv `scripts/setup.sh
+/// --tests` creates under `$TERN_TOOLS` (default `~/.cache/tern-tools`). Panics, saying
+/// so, when it is missing.
+pub fn paho_python() -> PathBuf {
+    let tools = std::env::var_os("TERN_TOOLS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/tern-tools")))
+        .unwrap_or_else(|| PathBuf::from(".cache/tern-tools"));
+    let python = tools.join("paho-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup.sh --tests (it installs paho-mqtt from PyPI)",
+        python.display()
+    );
+    python
+}

@@ -1,8 +1,9 @@
 //! Third-party clients against the broker: the Mosquitto command-line clients, Eclipse Paho
 //! for Python (1.x and 2.x API) and the `tern serve` command line itself.
 //!
-//! `scripts/setup.sh` installs `mosquitto-clients` and `python3-paho-mqtt`; a missing one
-//! fails the test loudly rather than skipping it.
+//! `scripts/setup.sh --tests` installs `mosquitto-clients` and paho-mqtt (PyPI, pinned, in
+//! a virtualenv: [`tern_conformance::paho_python`]); a missing one fails the test loudly
+//! rather than skipping it.
 
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -223,18 +224,8 @@ async fn mosquitto_clients_retained_message_reaches_later_subscriber() {
 // Eclipse Paho (Python)
 // ---------------------------------------------------------------------------------------
 
-/// The Python that has paho-mqtt: setup.sh installs the Debian package, which belongs to
-/// /usr/bin/python3 (a pyenv or venv `python3` on PATH would not see it).
-fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
 fn python_command(script: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(python());
+    let mut cmd = Command::new(tern_conformance::paho_python());
     cmd.arg("-c")
         .arg(format!("{PAHO_COMMON}\n{script}"))
         .args(args)

@@ -4,8 +4,8 @@
 //! - `mosquitto_pub` / `mosquitto_sub` (Debian `mosquitto-clients`) over TLS, verifying the
 //!   broker's certificate against `--cafile` for host `localhost`: QoS 1 and 2 in MQTT
 //!   3.1.1 and 5, a retained message, and the refusal of a certificate signed by another CA.
-//! - Eclipse Paho for Python (Debian `python3-paho-mqtt`: the 1.x API, or 2.x with
-//!   version-1 callbacks) in MQTT 3.1.1 and 5 over each of TCP, TLS, WebSocket and WSS
+//! - Eclipse Paho for Python (paho-mqtt from PyPI, 2.x with version-1 callbacks; the 1.x
+//!   API works too) in MQTT 3.1.1 and 5 over each of TCP, TLS, WebSocket and WSS
 //!   (path `/mqtt`): subscribe, publish at QoS 1 (a short text and a 200 kB message, more
 //!   than one TLS record or WebSocket frame) and receive, both its own messages and one from
 //!   a raw MQTT client on plain TCP, which receives paho's in turn; the refusal of an
@@ -15,11 +15,11 @@
 //! Every test starts its own broker with all four listeners and its own self-signed
 //! certificate ([`TestCert`]), runs the clients as child processes (killed if the test
 //! fails) and waits for the lines they print, with timeouts, never for fixed delays.
-//! `scripts/setup.sh` installs `mosquitto-clients` and `python3-paho-mqtt`; a missing one
+//! `scripts/setup.sh --tests` installs `mosquitto-clients` and paho-mqtt; a missing one
 //! fails the test loudly rather than skipping it.
 //!
-//! The small process helpers (`output`, `python`, the paho 1.x/2.x shim) are copies of
-//! those in `clients.rs`, generalised to TLS and WebSocket.
+//! The small process helpers (`output`, the paho 1.x/2.x shim) are copies of those in
+//! `clients.rs`, generalised to TLS and WebSocket.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -403,16 +403,6 @@ async fn mosquitto_tls_untrusted_certificate_is_refused() {
 // Eclipse Paho (Python) over TCP, TLS, WebSocket and WSS
 // ---------------------------------------------------------------------------------------
 
-/// The Python that has paho-mqtt: setup.sh installs the Debian package, which belongs to
-/// /usr/bin/python3 (a pyenv or venv `python3` on PATH would not see it).
-fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
 /// argv: transport (tcp, tls, ws, wss), port, CA file (or -), protocol (311 or 5), client
 /// id, filter, topic, expected message count, then the payloads to publish (`pattern*LEN`
 /// for [`pattern`]).
@@ -581,7 +571,7 @@ impl PahoRun<'_> {
     fn spawn(&self, broker: &Broker) -> Running {
         let port = self.transport.addr(broker).port().to_string();
         let expect = self.expect.to_string();
-        let mut cmd = Command::new(python());
+        let mut cmd = Command::new(tern_conformance::paho_python());
         cmd.arg("-c")
             .arg(PAHO_CLIENT)
             .args([self.transport.name(), &port, path_arg(self.ca)])
