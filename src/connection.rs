@@ -41,7 +41,7 @@ use crate::router::{
     RouterHandle, WillRequest,
 };
 use crate::session::{Close, Effect, Session, SessionParams};
-use crate::transport::{upgrade, ReadHalf, WriteHalf};
+use crate::transport::{upgrade, ReadHalf, Transport, WriteHalf};
 
 /// What every connection shares.
 pub struct Context {
@@ -135,11 +135,17 @@ async fn run(
     let max_packet = ctx.config.limits.max_packet_size as usize;
     let timeout = Duration::from_secs(ctx.config.limits.connect_timeout_secs);
     let deadline = Instant::now() + timeout;
-    let transport =
-        match tokio::time::timeout_at(deadline, upgrade(stream, &endpoint.upgrade)).await {
+    let transport = if endpoint.upgrade.is_plain() {
+        Transport::Tcp(stream)
+    } else {
+        // Boxed: the TLS and WebSocket handshake state is several KB, and as part of this
+        // future it would stay in every connection's task for the connection's whole life.
+        let handshake = Box::pin(upgrade(stream, &endpoint.upgrade));
+        match tokio::time::timeout_at(deadline, handshake).await {
             Err(_) => return Err(ConnectionError::ConnectTimeout(timeout)),
             Ok(result) => result.map_err(ConnectionError::Handshake)?,
-        };
+        }
+    };
     let (mut reader, mut writer) = transport.split();
     // Most CONNECTs are well under this; a larger one grows the buffer.
     let mut rbuf = BytesMut::new();

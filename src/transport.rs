@@ -83,8 +83,14 @@ impl ReadHalf {
                 make_room(buf, reserve);
                 match socket.try_read_buf(buf) {
                     Ok(n) => return Ok(n),
-                    // A spurious wakeup: wait again.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Readiness was stale: `readable()` stays ready after a read that
+                        // did not drain the socket, so this is common right after a
+                        // packet. Wait again without holding the buffer just reserved.
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
+                    }
                     Err(e) => return Err(e),
                 }
             },
@@ -179,6 +185,13 @@ pub struct Upgrade {
     pub ws_path: Option<Arc<str>>,
     /// Largest WebSocket message accepted (the MQTT packet limit plus framing slack).
     pub max_ws_message: usize,
+}
+
+impl Upgrade {
+    /// Plain TCP: nothing to do before MQTT.
+    pub fn is_plain(&self) -> bool {
+        self.tls.is_none() && self.ws_path.is_none()
+    }
 }
 
 /// Runs the listener's handshakes on an accepted socket (the caller bounds the time).

@@ -6,9 +6,10 @@
 //! rather than skipping it.
 
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use tern_conformance::process::{output, text};
 use tern_conformance::{
     next_v4, next_v5, v4_options, v5_options, Broker, BrokerProcess, RawClient,
 };
@@ -20,26 +21,6 @@ const BROKER: &str = env!("CARGO_BIN_EXE_tern-test-broker");
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 /// mosquitto_sub's output format: QoS, retain flag, topic, payload.
 const SUB_FORMAT: &str = "MSG %q %r %t %p";
-
-/// Runs a command to completion with piped output, failing the test if it cannot start
-/// or takes longer than [`CLIENT_TIMEOUT`].
-async fn output(cmd: &mut Command, what: &str) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e} (scripts/setup.sh installs it)"));
-    tokio::time::timeout(CLIENT_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {CLIENT_TIMEOUT:?}"))
-        .expect("wait for child process")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Reads lines from `lines` until one satisfies `done`; returns all lines read.
 async fn read_until(
@@ -80,7 +61,7 @@ async fn mosquitto_pub(port: u16, version: &str, qos: u8, topic: &str, msg: &str
     if retain {
         cmd.arg("-r");
     }
-    let out = output(&mut cmd, "mosquitto_pub").await;
+    let out = output(&mut cmd, "mosquitto_pub", CLIENT_TIMEOUT).await;
     assert!(
         out.status.success(),
         "mosquitto_pub -V {version} -q {qos} -t {topic} failed ({}): {}{}",
@@ -331,6 +312,7 @@ async fn paho_v311_publisher_reaches_rumqttc_subscriber() {
     let out = output(
         &mut python_command(PAHO_PUBLISHER, &[&port, "paho/in"]),
         "python3 (paho publisher)",
+        CLIENT_TIMEOUT,
     )
     .await;
     assert!(
@@ -472,6 +454,7 @@ async fn tern_serve_config_with_unknown_key_fails_naming_the_key() {
     let out = output(
         &mut tern_serve(&["--config", config], &dir.path().join("data")),
         "tern serve",
+        CLIENT_TIMEOUT,
     )
     .await;
     let stderr = text(&out.stderr);
@@ -499,6 +482,7 @@ async fn tern_serve_bad_listen_value_fails_clearly() {
         let out = output(
             &mut tern_serve(&["--listen", bad], &dir.path().join("data")),
             "tern serve",
+            CLIENT_TIMEOUT,
         )
         .await;
         let stderr = text(&out.stderr);

@@ -27,6 +27,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use tern_codec::{Protocol, QoS};
+use tern_conformance::process::{output, text};
 use tern_conformance::{Broker, RawClient, TestCert};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -49,10 +50,6 @@ fn path_arg(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 temp path")
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// `len` bytes of a fixed pattern (i mod 251), recognisable at both ends: the paho script
 /// builds the same for `pattern*LEN`.
 fn pattern(len: usize) -> Vec<u8> {
@@ -73,22 +70,6 @@ fn describe(payload: &[u8]) -> String {
             &payload[..32]
         )
     }
-}
-
-/// Runs a command to completion with piped output, failing the test if it cannot start
-/// or takes longer than [`CLIENT_TIMEOUT`].
-async fn output(cmd: &mut Command, what: &str) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e} (scripts/setup.sh installs it)"));
-    tokio::time::timeout(CLIENT_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {CLIENT_TIMEOUT:?}"))
-        .expect("wait for child process")
 }
 
 /// A client running as a child process, its stdout read line by line as it comes.
@@ -244,7 +225,7 @@ async fn mosquitto_pub_tls(
     if retain {
         cmd.arg("-r");
     }
-    output(&mut cmd, "mosquitto_pub").await
+    output(&mut cmd, "mosquitto_pub", CLIENT_TIMEOUT).await
 }
 
 /// Like [`mosquitto_pub_tls`], but it must succeed.
@@ -385,7 +366,7 @@ async fn mosquitto_tls_untrusted_certificate_is_refused() {
 
     let mut refused = mosquitto_tls("mosquitto_sub", tls, &other.cert_file);
     refused.args(["-V", "mqttv311", "-t", "t/#", "-C", "1", "-W", "10"]);
-    let out = output(&mut refused, "mosquitto_sub").await;
+    let out = output(&mut refused, "mosquitto_sub", CLIENT_TIMEOUT).await;
     let stderr = text(&out.stderr);
     assert!(
         !out.status.success() && (stderr.contains("TLS") || stderr.contains("certificate")),
