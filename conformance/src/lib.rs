@@ -4,6 +4,7 @@
 //!
 //! Every test gets its own port and data directory, so tests run in parallel.
 
+pub mod exit;
 pub mod process;
 pub mod stall;
 
@@ -84,7 +85,18 @@ impl Broker {
 
     /// A broker on an explicit config (for restarts on the same data directory).
     pub async fn start_config(config: Config) -> Broker {
-        let server = Server::start(config.clone()).await.expect("broker starts");
+        // The RocksDB store is opened here rather than by `Server::start`, to count it as
+        // open until it is closed (see [`exit`]).
+        std::fs::create_dir_all(&config.data_dir).expect("create the data directory");
+        let dir = config.data_dir.clone();
+        let rocks = tokio::task::spawn_blocking(move || tern_storage::RocksStore::open(&dir))
+            .await
+            .expect("open storage")
+            .expect("open storage");
+        let store = stall::StallingStore::over(Box::new(rocks), Some(exit::opened()));
+        let server = Server::start_with_store(config.clone(), std::sync::Arc::new(store))
+            .await
+            .expect("broker starts");
         Self::serve(server, config)
     }
 

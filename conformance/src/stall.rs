@@ -1,5 +1,8 @@
-//! A store whose writes can be held up on demand: a disk that stops keeping up (a write
-//! stall), for the tests of what the broker does meanwhile. Reads go straight through.
+//! The stores the harness gives brokers: a store whose writes can be held up on demand (a
+//! disk that stops keeping up, a write stall) for the tests of what the broker does
+//! meanwhile, and the same wrapper around the RocksDB store of every in-process broker,
+//! so that the test process does not exit while a database is still closing (see
+//! [`crate::exit`]). Reads go straight through.
 
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -8,17 +11,29 @@ use tern_storage::{
     StoredMessage, StoredUser,
 };
 
-/// An in-memory store with a gate in front of `write` and `sync`.
-#[derive(Default)]
+/// A store with a gate in front of `write` and `sync`.
 pub struct StallingStore {
-    inner: MemoryStore,
+    inner: Box<dyn Store>,
     stalled: Mutex<bool>,
     resumed: Condvar,
+    /// Dropped after `inner` (fields drop in order): the database is closed by then.
+    _open: Option<crate::exit::OpenDatabase>,
 }
 
 impl StallingStore {
+    /// An in-memory store that can stall.
     pub fn new() -> Arc<StallingStore> {
-        Arc::new(StallingStore::default())
+        Arc::new(Self::over(Box::new(MemoryStore::new()), None))
+    }
+
+    /// `inner` behind the gate; `open` is released once `inner` is closed.
+    pub fn over(inner: Box<dyn Store>, open: Option<crate::exit::OpenDatabase>) -> StallingStore {
+        StallingStore {
+            inner,
+            stalled: Mutex::new(false),
+            resumed: Condvar::new(),
+            _open: open,
+        }
     }
 
     /// From now on, writes wait until [`resume`](Self::resume).
