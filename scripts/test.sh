@@ -5,5 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh --tests
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tern-target}"
+# Test executables of earlier builds (one per hash, kept forever by cargo) are what fills
+# the shared target directory; any not rebuilt for two days go (cargo relinks one it
+# needs). Libraries and the RocksDB build are left alone.
+find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f ! -name '*.*' -mtime +2 -delete 2>/dev/null || true
 cargo test --workspace --all-targets
 cargo test --workspace --doc
