@@ -143,11 +143,8 @@ pub(crate) fn sys_messages(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
-
-    use tern_codec::{Protocol, RetainHandling, Subscribe, SubscriptionOptions};
+    use tern_codec::{RetainHandling, Subscribe, SubscriptionOptions};
     use tern_storage::{MemoryStore, Store, SyncPolicy, Writer};
-    use tokio::sync::{mpsc, oneshot};
 
     use super::*;
     use crate::config::ImConfig;
@@ -212,25 +209,9 @@ mod tests {
             .expect("load")
             .with_metrics(metrics.clone())
             .spawn(64);
-        let (outbox, mut deliveries) = mpsc::channel(64);
-        let (broadcast, _lane) = mpsc::channel(1);
-        let (close, _closed) = oneshot::channel();
+        let (request, mut link) = ConnectRequest::for_test("watcher", "watcher", true, 0, 64, 1);
         let attached = router
-            .call(|reply| crate::router::Command::Connect {
-                request: ConnectRequest {
-                    client_id: ByteString::from("watcher"),
-                    user: "watcher".into(),
-                    clean_start: true,
-                    expiry_secs: 0,
-                    protocol: Protocol::V5,
-                    outbox,
-                    broadcast,
-                    close,
-                    lagged: Arc::new(AtomicBool::new(false)),
-                    in_flight: Arc::new(AtomicUsize::new(0)),
-                },
-                reply,
-            })
+            .call(|reply| crate::router::Command::Connect { request, reply })
             .await
             .expect("router")
             .expect("attached");
@@ -267,7 +248,7 @@ mod tests {
             < 2
         {
             let Some(Outbound::Deliver(d)) =
-                tokio::time::timeout(Duration::from_secs(5), deliveries.recv())
+                tokio::time::timeout(Duration::from_secs(5), link.outbox.recv())
                     .await
                     .expect("a $SYS message in time")
             else {

@@ -141,6 +141,50 @@ pub struct ConnectRequest {
     pub in_flight: Arc<AtomicUsize>,
 }
 
+/// The receiving ends of a [`ConnectRequest`] made by [`ConnectRequest::for_test`].
+#[cfg(test)]
+pub(crate) struct TestLink {
+    pub outbox: mpsc::Receiver<Outbound>,
+    pub broadcast: mpsc::Receiver<Box<crate::message::Delivery>>,
+    pub close: oneshot::Receiver<CloseReason>,
+}
+
+#[cfg(test)]
+impl ConnectRequest {
+    /// A v5 connection of `user` as `client_id`, with channels of the given capacities
+    /// (delivery channel, broadcast lane), for tests of the router without sockets.
+    pub(crate) fn for_test(
+        user: &str,
+        client_id: &str,
+        clean_start: bool,
+        expiry_secs: u32,
+        outbox_capacity: usize,
+        lane_capacity: usize,
+    ) -> (ConnectRequest, TestLink) {
+        let (outbox, outbox_rx) = mpsc::channel(outbox_capacity);
+        let (broadcast, broadcast_rx) = mpsc::channel(lane_capacity);
+        let (close, close_rx) = oneshot::channel();
+        let request = ConnectRequest {
+            client_id: ByteString::from(client_id),
+            user: user.to_string(),
+            clean_start,
+            expiry_secs,
+            protocol: Protocol::V5,
+            outbox,
+            broadcast,
+            close,
+            lagged: Arc::new(AtomicBool::new(false)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        };
+        let link = TestLink {
+            outbox: outbox_rx,
+            broadcast: broadcast_rx,
+            close: close_rx,
+        };
+        (request, link)
+    }
+}
+
 /// The router's answer to CONNECT.
 #[derive(Debug)]
 pub struct Attached {
@@ -1564,6 +1608,9 @@ mod tests {
     struct Client {
         attached: Attached,
         outbox: mpsc::Receiver<Outbound>,
+        /// Kept so that the broadcast lane stays open (and fills when not read).
+        #[allow(dead_code)]
+        lane: mpsc::Receiver<Box<crate::message::Delivery>>,
         close: oneshot::Receiver<CloseReason>,
     }
 
@@ -1578,33 +1625,25 @@ mod tests {
         clean_start: bool,
         expiry_secs: u32,
     ) -> Client {
-        let (tx, outbox) = mpsc::channel(8);
-        let (broadcast, _) = mpsc::channel(8);
-        let (close_tx, close) = oneshot::channel();
+        connect_with(
+            h,
+            ConnectRequest::for_test(user, id, clean_start, expiry_secs, 8, 8),
+        )
+        .await
+    }
+
+    async fn connect_with(h: &Harness, (request, link): (ConnectRequest, TestLink)) -> Client {
         let attached = h
             .router
-            .call(|reply| Command::Connect {
-                request: ConnectRequest {
-                    client_id: ByteString::from(id),
-                    user: user.to_string(),
-                    clean_start,
-                    expiry_secs,
-                    protocol: Protocol::V5,
-                    outbox: tx,
-                    broadcast,
-                    close: close_tx,
-                    lagged: Arc::new(AtomicBool::new(false)),
-                    in_flight: Arc::new(AtomicUsize::new(0)),
-                },
-                reply,
-            })
+            .call(|reply| Command::Connect { request, reply })
             .await
             .expect("router")
             .expect("attached");
         Client {
             attached,
-            outbox,
-            close,
+            outbox: link.outbox,
+            lane: link.broadcast,
+            close: link.close,
         }
     }
 
@@ -1990,26 +2029,10 @@ mod tests {
     async fn another_users_client_id_is_refused() {
         let h = start();
         let _bob = connect_as(&h, "bob", "phone", false, 3600).await;
-        let (tx, _rx) = mpsc::channel(1);
-        let (broadcast, _b) = mpsc::channel(1);
-        let (close, _c) = oneshot::channel();
+        let (request, _link) = ConnectRequest::for_test("mallory", "phone", true, 0, 1, 1);
         let attached = h
             .router
-            .call(|reply| Command::Connect {
-                request: ConnectRequest {
-                    client_id: ByteString::from("phone"),
-                    user: "mallory".into(),
-                    clean_start: true,
-                    expiry_secs: 0,
-                    protocol: Protocol::V5,
-                    outbox: tx,
-                    broadcast,
-                    close,
-                    lagged: Arc::new(AtomicBool::new(false)),
-                    in_flight: Arc::new(AtomicUsize::new(0)),
-                },
-                reply,
-            })
+            .call(|reply| Command::Connect { request, reply })
             .await
             .expect("router");
         assert_eq!(attached.err(), Some(ReasonCode::NotAuthorized));
@@ -2091,34 +2114,8 @@ mod tests {
     #[tokio::test]
     async fn full_broadcast_lanes_are_counted() {
         let h = start();
-        let (outbox, _outbox_rx) = mpsc::channel(8);
-        let (broadcast, _lane) = mpsc::channel(1); // never read
-        let (close, _close_rx) = oneshot::channel();
-        let attached = h
-            .router
-            .call(|reply| Command::Connect {
-                request: ConnectRequest {
-                    client_id: ByteString::from("slow"),
-                    user: "slow".into(),
-                    clean_start: true,
-                    expiry_secs: 0,
-                    protocol: Protocol::V5,
-                    outbox,
-                    broadcast,
-                    close,
-                    lagged: Arc::new(AtomicBool::new(false)),
-                    in_flight: Arc::new(AtomicUsize::new(0)),
-                },
-                reply,
-            })
-            .await
-            .expect("router")
-            .expect("attached");
-        let slow = Client {
-            attached,
-            outbox: mpsc::channel(1).1,
-            close: oneshot::channel().1,
-        };
+        // A broadcast lane of 1 that is never read.
+        let slow = connect_with(&h, ConnectRequest::for_test("slow", "slow", true, 0, 8, 1)).await;
         subscribe(&h, &slow, "broadcast/news", QoS::AtMostOnce).await;
         for _ in 0..3 {
             publish(&h, message("broadcast/news", QoS::AtMostOnce, false, b"x")).await;
