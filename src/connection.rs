@@ -9,15 +9,12 @@
 //! deliveries again, so order is kept and memory stays bounded.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::stream::{FuturesOrdered, StreamExt};
 use tern_codec::{
     decode, ByteString, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol,
     QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
@@ -27,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::ack_queue::{Ack, AckQueue};
 use crate::config::{Config, ListenerKind};
 use crate::im::acl::{check_filter, FilterDecision};
 use crate::im::auth::{authenticate, AuthError, Credentials, Identity};
@@ -222,8 +220,6 @@ struct Backlog {
     upto: u64,
 }
 
-type AckFuture = Pin<Box<dyn Future<Output = (u16, QoS, ReasonCode)> + Send + Sync>>;
-
 /// The socket of a connection and where it came from.
 struct Link {
     reader: ReadHalf,
@@ -307,7 +303,9 @@ struct Connection {
     next_stored: u64,
     /// Positions the previous connection sent unacknowledged: resent with DUP.
     sent_before: HashSet<u64>,
-    acks: FuturesOrdered<AckFuture>,
+    acks: AckQueue,
+    /// Acknowledgements taken from `acks`, on their way to the session (kept for its capacity).
+    acks_done: Vec<Ack>,
     will: Option<WillRequest>,
     /// DISCONNECT received: the will is not published (unless 0x04 asked for it).
     clean_exit: bool,
@@ -546,7 +544,8 @@ impl Connection {
             backlog: attached.backlog_upto.map(|upto| Backlog { upto }),
             next_stored: 0,
             sent_before: attached.sent.into_iter().collect(),
-            acks: FuturesOrdered::new(),
+            acks: AckQueue::default(),
+            acks_done: Vec::new(),
             will,
             clean_exit: false,
             expiry_override: None,
@@ -607,6 +606,15 @@ impl Connection {
             return Ok(());
         }
         loop {
+            // Acknowledgements answered meanwhile go out in the same write as the rest.
+            if !self.acks.is_empty() {
+                self.acks.take_ready(&mut self.acks_done);
+                if self.acks_done() && self.handle_input().await? {
+                    self.process_effects().await?;
+                    self.flush().await?;
+                    return Ok(());
+                }
+            }
             self.process_effects().await?;
             self.flush().await?;
             if self.backlog.is_some()
@@ -685,10 +693,8 @@ impl Connection {
                 Some(delivery) = self.broadcast.recv(), if take_live && self.outbox.is_empty() => {
                     self.deliver_live(*delivery);
                 }
-                Some((packet_id, qos, reason)) = self.acks.next(), if !self.acks.is_empty() => {
-                    let was_full = self.session.inbound_full();
-                    self.session.publish_done(packet_id, qos, reason);
-                    if was_full && self.handle_input().await? {
+                () = std::future::poll_fn(|cx| self.acks.poll_ready(cx, &mut self.acks_done)), if !self.acks.is_empty() => {
+                    if self.acks_done() && self.handle_input().await? {
                         self.process_effects().await?;
                         self.flush().await?;
                         return Ok(());
@@ -700,6 +706,19 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Hands the acknowledgements taken from `acks` to the session. Returns true when that
+    /// reopened its inbound window: the read buffer may hold publishes to decode now.
+    fn acks_done(&mut self) -> bool {
+        if self.acks_done.is_empty() {
+            return false;
+        }
+        let was_full = self.session.inbound_full();
+        for (packet_id, qos, reason) in self.acks_done.drain(..) {
+            self.session.publish_done(packet_id, qos, reason);
+        }
+        was_full
     }
 
     /// Decodes every whole frame in the read buffer. Returns true once the client said
@@ -994,8 +1013,7 @@ impl Connection {
             Address::Sync => {
                 Box::pin(self.sync(&message)).await?;
                 if let Some((packet_id, qos)) = ack {
-                    self.acks
-                        .push_back(ready_ack(packet_id, qos, ReasonCode::Success));
+                    self.acks.push_ready(packet_id, qos, ReasonCode::Success);
                 }
                 return Ok(());
             }
@@ -1024,7 +1042,7 @@ impl Connection {
             });
             tracing::info!(client_id = %self.client_id, user = %self.identity.user, topic = %message.topic, "publish refused: {why}");
             if let Some((packet_id, qos)) = ack {
-                self.acks.push_back(ready_ack(packet_id, qos, reason));
+                self.acks.push_ready(packet_id, qos, reason);
             }
             return Ok(());
         }
@@ -1057,7 +1075,9 @@ impl Connection {
         };
         let (reply, routed) = oneshot::channel();
         self.ctx.router.send(command(Some(reply))).await?;
-        self.await_ack(packet_id, qos, routed);
+        // Acknowledged in order, once routed and durable; meanwhile the connection keeps
+        // reading.
+        self.acks.push_routed(packet_id, qos, routed);
         Ok(())
     }
 
@@ -1158,34 +1178,6 @@ impl Connection {
         Ok(())
     }
 
-    /// Acknowledges in order, once routed and durable; meanwhile the connection keeps
-    /// reading.
-    fn await_ack(
-        &mut self,
-        packet_id: u16,
-        qos: QoS,
-        routed: oneshot::Receiver<crate::router::Routed>,
-    ) {
-        self.acks.push_back(Box::pin(async move {
-            let reason = match routed.await {
-                Err(_) => ReasonCode::ServerUnavailable,
-                Ok(crate::router::Routed {
-                    refused: Some(reason),
-                    ..
-                }) => reason,
-                Ok(routed) => match routed.durable.await {
-                    Err(e) => {
-                        tracing::error!("durable write failed, publish refused: {e}");
-                        ReasonCode::ImplementationSpecificError
-                    }
-                    Ok(()) if routed.matched => ReasonCode::Success,
-                    Ok(()) => ReasonCode::NoMatchingSubscribers,
-                },
-            };
-            (packet_id, qos, reason)
-        }));
-    }
-
     async fn flush(&mut self) -> Result<(), ConnectionError> {
         while let Some(packet) = self.session.poll_transmit() {
             self.queue_packet(packet);
@@ -1272,11 +1264,6 @@ async fn read_store<T: Send + 'static>(
         .await
         .map_err(|e| failed(&e))?
         .map_err(|e| failed(&e))
-}
-
-/// An acknowledgement decided without the router (refusals, sync requests).
-fn ready_ack(packet_id: u16, qos: QoS, reason: ReasonCode) -> AckFuture {
-    Box::pin(std::future::ready((packet_id, qos, reason)))
 }
 
 /// Who the client is (see `im::auth`): the store read and argon2 run on a blocking thread.

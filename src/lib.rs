@@ -20,6 +20,7 @@
 //! - [`metrics`]: counters and latency histograms, served as Prometheus `/metrics` on the
 //!   admin listener and as `$SYS/broker/...` topics.
 
+mod ack_queue;
 pub mod admin;
 pub mod cli;
 pub mod config;
