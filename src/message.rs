@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use tern_codec::{ByteString, Properties, PropertyContext, Publish, QoS};
+use tern_codec::{ByteString, Properties, PropertyContext, PropertyFields, Publish, QoS};
 use tern_storage::{QueueState, QueuedMessage, StoredMessage};
 
 /// Which session a message came from, for v5's No Local option.
@@ -40,13 +40,18 @@ impl Message {
     /// Builds the routed message from a client's PUBLISH (topic already alias-resolved).
     pub fn from_publish(publish: &Publish, topic: ByteString, origin: SessionId) -> Message {
         let p = &publish.properties;
-        let properties = Properties {
-            payload_format_indicator: p.payload_format_indicator,
-            content_type: p.content_type.clone(),
-            response_topic: p.response_topic.clone(),
-            correlation_data: p.correlation_data.clone(),
-            user_properties: p.user_properties.clone(),
-            ..Properties::default()
+        let properties = if p.is_empty() {
+            Properties::default()
+        } else {
+            PropertyFields {
+                payload_format_indicator: p.payload_format_indicator,
+                content_type: p.content_type.clone(),
+                response_topic: p.response_topic.clone(),
+                correlation_data: p.correlation_data.clone(),
+                user_properties: p.user_properties.clone(),
+                ..PropertyFields::default()
+            }
+            .into()
         };
         Message {
             topic,

@@ -274,8 +274,15 @@ impl Session {
         let mut properties = Properties::default();
         if self.params.protocol == Protocol::V5 {
             properties = message.properties.clone();
-            properties.message_expiry_interval = message.remaining_secs(now_ms);
-            properties.subscription_identifiers = delivery.subscription_ids.clone();
+            // Written only when there is something to write: a property set is allocated on
+            // its first write (see `Properties`).
+            let remaining = message.remaining_secs(now_ms);
+            if remaining != properties.message_expiry_interval {
+                properties.message_expiry_interval = remaining;
+            }
+            if delivery.subscription_ids != properties.subscription_identifiers {
+                properties.subscription_identifiers = delivery.subscription_ids.clone();
+            }
         }
         let mut publish = Publish {
             dup: delivery.dup && delivery.qos != QoS::AtMostOnce,

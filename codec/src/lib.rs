@@ -40,5 +40,5 @@ pub use packet::{
     Will,
 };
 pub use primitives::{var_int_len, MAX_VAR_INT};
-pub use properties::{Properties, PropertyContext};
+pub use properties::{Properties, PropertyContext, PropertyFields};
 pub use reason::ReasonCode;

@@ -117,10 +117,58 @@ fn allowed(pid: u8, ctx: PropertyContext) -> bool {
     }
 }
 
+/// A packet's MQTT 5 properties, boxed and allocated on the first write: most packets (every
+/// 3.1.1 one, most PUBLISH and acknowledgements) carry none, and a packet is moved several
+/// times on its way through the broker, so an empty set is one null pointer, not 400 bytes.
+/// Fields are read and written through `Deref`/`DerefMut` to [`PropertyFields`].
+#[derive(Clone, Default)]
+pub struct Properties(Option<Box<PropertyFields>>);
+
+/// What an absent property set reads as.
+static NO_PROPERTIES: PropertyFields = PropertyFields::EMPTY;
+
+impl std::ops::Deref for Properties {
+    type Target = PropertyFields;
+
+    fn deref(&self) -> &PropertyFields {
+        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut PropertyFields {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Properties) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Properties {}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl From<PropertyFields> for Properties {
+    fn from(fields: PropertyFields) -> Properties {
+        if fields == PropertyFields::EMPTY {
+            Properties(None)
+        } else {
+            Properties(Some(Box::new(fields)))
+        }
+    }
+}
+
 /// All MQTT 5 properties. Absent ones are `None` / empty; a packet carries only those its
 /// context allows (checked on decode, and the caller's business on encode).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Properties {
+pub struct PropertyFields {
     pub payload_format_indicator: Option<u8>,
     pub message_expiry_interval: Option<u32>,
     pub content_type: Option<ByteString>,
@@ -177,9 +225,45 @@ fn non_zero<T: Default + PartialEq>(v: T, pid: u8) -> Result<T, nom::Err<DecodeE
     Ok(v)
 }
 
+impl PropertyFields {
+    /// No property at all (`Default`, usable in constants).
+    pub const EMPTY: PropertyFields = PropertyFields {
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        subscription_identifiers: Vec::new(),
+        session_expiry_interval: None,
+        assigned_client_identifier: None,
+        server_keep_alive: None,
+        authentication_method: None,
+        authentication_data: None,
+        request_problem_information: None,
+        will_delay_interval: None,
+        request_response_information: None,
+        response_information: None,
+        server_reference: None,
+        reason_string: None,
+        receive_maximum: None,
+        topic_alias_maximum: None,
+        topic_alias: None,
+        maximum_qos: None,
+        retain_available: None,
+        user_properties: Vec::new(),
+        maximum_packet_size: None,
+        wildcard_subscription_available: None,
+        subscription_identifier_available: None,
+        shared_subscription_available: None,
+    };
+}
+
 impl Properties {
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        match &self.0 {
+            None => true,
+            Some(fields) => **fields == PropertyFields::EMPTY,
+        }
     }
 
     /// Parses a property length and the properties it covers.

@@ -7,8 +7,8 @@
 use bytes::{Bytes, BytesMut};
 use tern_codec::{
     check_frame, decode, ByteString, ConnAck, Connect, Disconnect, FixedHeader, FrameStatus,
-    Packet, Properties, Protocol, PubResponse, Publish, QoS, ReasonCode, RetainHandling, Subscribe,
-    SubscriptionOptions, Will,
+    Packet, Properties, PropertyFields, Protocol, PubResponse, Publish, QoS, ReasonCode,
+    RetainHandling, Subscribe, SubscriptionOptions, Will,
 };
 
 const MAX: usize = 1 << 30;
@@ -540,7 +540,7 @@ fn v5_connack_with_properties() {
     };
     assert!(ack.session_present);
     assert_eq!(ack.code, ReasonCode::Success);
-    let expected = Properties {
+    let expected = PropertyFields {
         assigned_client_identifier: Some(s("abc")),
         server_keep_alive: Some(30),
         receive_maximum: Some(100),
@@ -549,8 +549,9 @@ fn v5_connack_with_properties() {
         retain_available: Some(0),
         maximum_packet_size: Some(1 << 20),
         shared_subscription_available: Some(1),
-        ..Properties::default()
-    };
+        ..PropertyFields::default()
+    }
+    .into();
     assert_eq!(ack.properties, expected);
 }
 
@@ -594,7 +595,7 @@ fn v5_publish_with_properties() {
         retain: true,
         topic: s("a/b"),
         packet_id: 10,
-        properties: Properties {
+        properties: PropertyFields {
             payload_format_indicator: Some(1),
             message_expiry_interval: Some(60),
             content_type: Some(s("j")),
@@ -603,8 +604,9 @@ fn v5_publish_with_properties() {
             subscription_identifiers: vec![5, 128],
             topic_alias: Some(7),
             user_properties: vec![(s("x"), s("y"))],
-            ..Properties::default()
-        },
+            ..PropertyFields::default()
+        }
+        .into(),
         payload: Bytes::from_static(b"hi"),
     };
     assert_eq!(publish, expected);
@@ -777,12 +779,13 @@ fn v5_disconnect_with_properties() {
     assert_eq!(d.reason, ReasonCode::DisconnectWithWillMessage);
     assert_eq!(
         d.properties,
-        Properties {
+        PropertyFields {
             session_expiry_interval: Some(0),
             server_reference: Some(s("s")),
             reason_string: Some(s("bye")),
-            ..Properties::default()
+            ..PropertyFields::default()
         }
+        .into()
     );
 }
 

@@ -18,8 +18,8 @@ use proptest::prelude::*;
 use tern_codec::topic::{validate_topic_filter, validate_topic_name};
 use tern_codec::{
     check_frame, decode, Auth, ByteString, ConnAck, Connect, Disconnect, FrameStatus, Packet,
-    Properties, Protocol, PubResponse, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
-    SubscriptionOptions, UnsubAck, Unsubscribe, Will, MAX_VAR_INT,
+    Properties, PropertyFields, Protocol, PubResponse, Publish, QoS, ReasonCode, RetainHandling,
+    SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will, MAX_VAR_INT,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -405,7 +405,7 @@ fn any_properties() -> impl Strategy<Value = Properties> {
             subscription_identifier_available,
             shared_subscription_available,
         ) = limits;
-        Properties {
+        PropertyFields {
             payload_format_indicator,
             message_expiry_interval,
             content_type,
@@ -434,6 +434,7 @@ fn any_properties() -> impl Strategy<Value = Properties> {
             subscription_identifier_available,
             shared_subscription_available,
         }
+        .into()
     })
 }
 

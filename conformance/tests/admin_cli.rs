@@ -1185,7 +1185,7 @@ async fn deleting_a_user_closes_its_live_connections() {
     match phone.recv().await {
         Some(Packet::Disconnect(d)) => {
             assert_eq!(d.reason, ReasonCode::NotAuthorized);
-            let why = d.properties.reason_string.expect("reason string");
+            let why = d.properties.reason_string.clone().expect("reason string");
             assert!(why.contains("deleted"), "{why}");
         }
         other => panic!("expected DISCONNECT 0x87, got {other:?}"),

@@ -110,6 +110,7 @@ async fn mqtt5_3_2_2_response_information_on_request() {
     let info = ack
         .properties
         .response_information
+        .clone()
         .expect("Response Information when requested");
     assert!(info.contains("asker"), "{info}");
 
@@ -130,7 +131,7 @@ async fn mqtt5_3_14_2_2_server_disconnect_carries_a_reason_string() {
     match client.recv().await {
         Some(RawPacket::Disconnect(d)) => {
             assert_eq!(d.reason, tern_codec::ReasonCode::ProtocolError);
-            let why = d.properties.reason_string.expect("a reason string");
+            let why = d.properties.reason_string.clone().expect("a reason string");
             assert!(why.contains("CONNECT"), "{why}");
         }
         other => panic!("expected DISCONNECT, got {other:?}"),

@@ -508,7 +508,7 @@ async fn the_oldest_device_is_closed_with_0x98_past_the_device_limit() {
     match first.recv().await {
         Some(Packet::Disconnect(d)) => {
             assert_eq!(d.reason, ReasonCode::AdministrativeAction);
-            let why = d.properties.reason_string.expect("reason string");
+            let why = d.properties.reason_string.clone().expect("reason string");
             assert!(why.contains("bob") && why.contains('2'), "{why}");
         }
         other => panic!("expected DISCONNECT 0x98, got {other:?}"),

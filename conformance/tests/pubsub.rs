@@ -20,8 +20,8 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::Packet as V5Packet;
 use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use tern_codec::{
-    ByteString, Packet, Properties, Protocol, PubResponse, Publish, QoS, ReasonCode,
-    RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe,
+    ByteString, Packet, Properties, PropertyFields, Protocol, PubResponse, Publish, QoS,
+    ReasonCode, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe,
 };
 use tern_conformance::{granted, next_v4, next_v5, v4_options, v5_options, Broker, RawClient};
 
@@ -1360,10 +1360,11 @@ async fn mqtt_4_6_per_topic_order_qos1_v5() {
 #[tokio::test]
 async fn mqtt_3_3_4_9_receive_maximum_limits_unacknowledged_publishes() {
     let broker = Broker::start().await;
-    let properties = Properties {
+    let properties = PropertyFields {
         receive_maximum: Some(2),
-        ..Properties::default()
-    };
+        ..PropertyFields::default()
+    }
+    .into();
     let mut sub = Peer::connect_with(&broker, Protocol::V5, "sub", properties).await;
     let mut publisher = Peer::connect(&broker, Protocol::V5, "pub").await;
     sub.subscribe(&["rm/t"], QoS::AtLeastOnce).await;

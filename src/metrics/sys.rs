@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tern_codec::{ByteString, Properties, QoS};
+use tern_codec::{ByteString, PropertyFields, QoS};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
@@ -128,11 +128,12 @@ pub(crate) fn sys_messages(
                 payload: Bytes::from(value),
                 qos: QoS::AtMostOnce,
                 retain: true,
-                properties: Properties {
+                properties: PropertyFields {
                     // UTF-8 text, for v5 subscribers.
                     payload_format_indicator: Some(1),
-                    ..Properties::default()
-                },
+                    ..PropertyFields::default()
+                }
+                .into(),
                 expires_at_ms: None,
                 origin: None,
                 received_at: None,
@@ -217,7 +218,7 @@ mod tests {
             .expect("attached");
         let subscribe = Subscribe {
             packet_id: 1,
-            properties: Properties::default(),
+            properties: tern_codec::Properties::default(),
             filters: vec![(
                 ByteString::from("$SYS/#"),
                 SubscriptionOptions {
