@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -84,6 +85,8 @@ impl From<crate::router::RouterGone> for ConnectionError {
 }
 
 const READ_BUFFER: usize = 4 * 1024;
+/// First write buffer of a busy connection (it grows as needed; an idle one holds none).
+const WRITE_BUFFER: usize = 4 * 1024;
 /// First read buffer of a connection, for its CONNECT.
 const CONNECT_BUFFER: usize = 512;
 /// The least time a peer gets to accept written bytes before it is dropped.
@@ -558,6 +561,10 @@ impl Connection {
         if matches!(packet, Packet::Publish(_)) {
             self.publishes_queued += 1;
         }
+        if self.wbuf.capacity() == 0 {
+            // One allocation for a burst of packets rather than one per growth step.
+            self.wbuf.reserve(WRITE_BUFFER);
+        }
         if let Err(e) = packet.encode(self.protocol, &mut self.wbuf) {
             tracing::warn!(client_id = %self.client_id, "cannot encode {}: {e}", packet.name());
         }
@@ -599,6 +606,12 @@ impl Connection {
 
     async fn serve(&mut self) -> Result<(), ConnectionError> {
         let mut last_read = Instant::now();
+        // Armed for the keepalive deadline as it was, and moved on only when it fires: one
+        // timer operation per keepalive period rather than two per loop iteration. Never
+        // polled (so never registered) without a keepalive.
+        let keepalive_timer =
+            tokio::time::sleep_until(last_read + self.keep_alive.unwrap_or(WRITE_TIMEOUT));
+        tokio::pin!(keepalive_timer);
         // Packets a client sent right behind its CONNECT, in the same read.
         if !self.rbuf.is_empty() && self.handle_input().await? {
             self.process_effects().await?;
@@ -636,7 +649,6 @@ impl Connection {
                 // Not reading is the broker's choice: it does not count against keepalive.
                 last_read = Instant::now();
             }
-            let deadline = self.keep_alive.map(|k| last_read + k);
             let take_live = self.backlog.is_none() && self.session.has_room();
             tokio::select! {
                 reason = &mut self.close, if !self.closing => {
@@ -700,7 +712,12 @@ impl Connection {
                         return Ok(());
                     }
                 }
-                _ = sleep_until_opt(deadline) => {
+                () = &mut keepalive_timer, if self.keep_alive.is_some() => {
+                    let deadline = last_read + self.keep_alive.unwrap_or_default();
+                    if deadline > Instant::now() {
+                        keepalive_timer.as_mut().reset(deadline);
+                        continue;
+                    }
                     self.server_disconnect(ReasonCode::KeepAliveTimeout, "keepalive timeout").await;
                     return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
                 }
@@ -1198,20 +1215,26 @@ impl Connection {
         // A peer that stops reading must not hold this task forever: give it the longer of
         // 1.5x its keepalive and WRITE_TIMEOUT to take the bytes.
         let limit = self.keep_alive.unwrap_or(WRITE_TIMEOUT).max(WRITE_TIMEOUT);
-        let write = tokio::time::timeout(limit, self.writer.write_all(&self.wbuf));
-        let written = if self.closing {
-            write.await
-        } else {
-            // A peer that does not read blocks this write; the router may meanwhile close
-            // the connection (a slow consumer, a takeover): that must not wait for the
-            // write. Nothing more can be sent to such a peer, not even DISCONNECT.
-            tokio::select! {
-                written = write => written,
-                reason = &mut self.close => {
-                    self.closing = true;
-                    let reason = reason
-                        .unwrap_or_else(|_| CloseReason::new(ReasonCode::ServerShuttingDown, ""));
-                    return Err(ConnectionError::ClosedBy(reason));
+        let written = {
+            let mut write = std::pin::pin!(self.writer.write_all(&self.wbuf));
+            // Most writes complete at once: the timer is armed only when the peer makes us wait.
+            if let Poll::Ready(result) = futures_util::poll!(write.as_mut()) {
+                Ok(result)
+            } else if self.closing {
+                tokio::time::timeout(limit, write).await
+            } else {
+                let write = tokio::time::timeout(limit, write);
+                // A peer that does not read blocks this write; the router may meanwhile close
+                // the connection (a slow consumer, a takeover): that must not wait for the
+                // write. Nothing more can be sent to such a peer, not even DISCONNECT.
+                tokio::select! {
+                    written = write => written,
+                    reason = &mut self.close => {
+                        self.closing = true;
+                        let reason = reason
+                            .unwrap_or_else(|_| CloseReason::new(ReasonCode::ServerShuttingDown, ""));
+                        return Err(ConnectionError::ClosedBy(reason));
+                    }
                 }
             }
         };
