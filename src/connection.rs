@@ -218,6 +218,21 @@ async fn write_packets(
     writer.write_all(&buf).await
 }
 
+/// The time, read once for a batch of deliveries.
+struct Now {
+    at: std::time::Instant,
+    ms: u64,
+}
+
+impl Now {
+    fn read() -> Now {
+        Now {
+            at: std::time::Instant::now(),
+            ms: now_ms(),
+        }
+    }
+}
+
 /// Reading the durable queue of a persistent session, from `next` up to `upto`.
 struct Backlog {
     upto: u64,
@@ -692,18 +707,21 @@ impl Connection {
                 }
                 Some(outbound) = self.outbox.recv(), if take_live => {
                     let Outbound::Deliver(delivery) = outbound;
-                    self.deliver_live(delivery);
+                    // One clock reading for the batch (a fan-out hands each connection
+                    // many messages at once).
+                    let now = Now::read();
+                    self.deliver_live(delivery, &now);
                     // Take whatever else is waiting in one go: fewer wakeups, larger writes.
                     while self.session.has_room() {
                         match self.outbox.try_recv() {
-                            Ok(Outbound::Deliver(d)) => self.deliver_live(d),
+                            Ok(Outbound::Deliver(d)) => self.deliver_live(d, &now),
                             Err(_) => break,
                         }
                     }
                 }
                 // Broadcasts only while no chat message waits: a DM overtakes them.
                 Some(delivery) = self.broadcast.recv(), if take_live && self.outbox.is_empty() => {
-                    self.deliver_live(*delivery);
+                    self.deliver_live(*delivery, &Now::read());
                 }
                 () = std::future::poll_fn(|cx| self.acks.poll_ready(cx, &mut self.acks_done)), if !self.acks.is_empty() => {
                     if self.acks_done() && self.handle_input().await? {
@@ -742,6 +760,7 @@ impl Connection {
     /// DISCONNECT.
     async fn handle_input(&mut self) -> Result<bool, ConnectionError> {
         let max = self.ctx.config.limits.max_packet_size as usize;
+        let now = now_ms();
         loop {
             if self.session.inbound_full() {
                 // The rest stays buffered until acknowledgements free the window.
@@ -774,7 +793,7 @@ impl Connection {
                     messages.spend(1);
                 }
             }
-            if let Err(close) = self.session.handle_packet(packet, now_ms()) {
+            if let Err(close) = self.session.handle_packet(packet, now) {
                 self.server_disconnect(close.reason, close.why).await;
                 return Err(ConnectionError::Closed(close));
             }
@@ -785,9 +804,11 @@ impl Connection {
         }
     }
 
-    fn deliver_live(&mut self, mut delivery: Delivery) {
+    fn deliver_live(&mut self, mut delivery: Delivery, now: &Now) {
         if let Some(at) = delivery.message.received_at {
-            self.ctx.metrics.observe_publish_to_deliver(at.elapsed());
+            self.ctx
+                .metrics
+                .observe_publish_to_deliver(now.at.saturating_duration_since(at));
         }
         if let Some(seq) = delivery.seq {
             if seq < self.next_stored {
@@ -802,7 +823,7 @@ impl Connection {
             delivery.dup = self.sent_before.remove(&seq);
         }
         let stored = delivery.seq;
-        if self.session.deliver(delivery, now_ms()).is_err() {
+        if self.session.deliver(delivery, now.ms).is_err() {
             match stored {
                 Some(seq) => {
                     // In storage: read it back once the queue has room.

@@ -12,6 +12,8 @@
 //! the rest wait in a queue bounded in messages and bytes.
 
 use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use tern_codec::{
@@ -107,11 +109,11 @@ pub struct Session {
     /// Inbound QoS 1/2 publishes not yet fully acknowledged (counted against our maximum).
     inbound_unacked: u16,
     /// Inbound QoS 2 packet IDs between PUBLISH and PUBREL; `true` once PUBREC was sent.
-    inbound_qos2: HashMap<u16, bool>,
-    aliases_in: HashMap<u16, ByteString>,
+    inbound_qos2: FxHashMap<u16, bool>,
+    aliases_in: FxHashMap<u16, ByteString>,
     aliases_out: HashMap<ByteString, u16>,
     next_packet_id: u16,
-    in_flight: HashMap<u16, InFlight>,
+    in_flight: FxHashMap<u16, InFlight>,
     queue: VecDeque<Delivery>,
     queued_bytes: usize,
     /// Messages dropped because they exceed the client's packet size (the driver takes the
@@ -128,11 +130,11 @@ impl Session {
             transmit: VecDeque::new(),
             effects: VecDeque::new(),
             inbound_unacked: 0,
-            inbound_qos2: HashMap::new(),
-            aliases_in: HashMap::new(),
+            inbound_qos2: FxHashMap::default(),
+            aliases_in: FxHashMap::default(),
             aliases_out: HashMap::new(),
             next_packet_id: 1,
-            in_flight: HashMap::new(),
+            in_flight: FxHashMap::default(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             dropped: 0,

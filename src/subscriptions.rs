@@ -21,6 +21,8 @@
 //! once or several times is the broker's business.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::hash::Hash;
 use std::mem;
 
@@ -89,7 +91,7 @@ struct Node<K> {
 struct Subs<K> {
     /// The filter (without any `$share/{group}/` prefix).
     filter: Box<str>,
-    direct: HashMap<K, Subscription>,
+    direct: FxHashMap<K, Subscription>,
     shared: HashMap<Box<str>, Vec<(K, Subscription)>>,
 }
 
@@ -212,7 +214,7 @@ impl<K> Subs<K> {
     fn new(filter: &str) -> Self {
         Subs {
             filter: Box::from(filter),
-            direct: HashMap::new(),
+            direct: FxHashMap::default(),
             shared: HashMap::new(),
         }
     }

@@ -22,6 +22,8 @@ mod broadcast;
 mod chat;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -436,7 +438,7 @@ pub struct Router {
     writer: Writer,
     subscriptions: SubscriptionTree<SessionId>,
     retained: RetainedTree<Arc<Message>>,
-    sessions: HashMap<SessionId, Slot>,
+    sessions: FxHashMap<SessionId, Slot>,
     by_client: HashMap<ByteString, SessionId>,
     share_cursor: HashMap<String, usize>,
     /// Reused by `plan` for the matches of each message.
@@ -482,7 +484,7 @@ impl Router {
             writer,
             subscriptions: SubscriptionTree::new(),
             retained: RetainedTree::new(),
-            sessions: HashMap::new(),
+            sessions: FxHashMap::default(),
             by_client: HashMap::new(),
             share_cursor: HashMap::new(),
             scratch_targets: Vec::new(),
@@ -1516,7 +1518,7 @@ fn merge_session(targets: &[Target], index: &mut usize) -> (QoS, bool, Vec<u32>)
 /// One member of a shared subscription group per message, round robin, preferring members
 /// that are online (an offline member's queue would hold the message back).
 fn pick_member<'a>(
-    sessions: &HashMap<SessionId, Slot>,
+    sessions: &FxHashMap<SessionId, Slot>,
     cursors: &mut HashMap<String, usize>,
     group: &str,
     filter: &str,
