@@ -34,6 +34,7 @@ use crate::im::topics::{classify, Address};
 use crate::listener::Endpoint;
 use crate::message::{now_ms, Delivery, Message, SessionId};
 use crate::metrics::{DropReason, Metrics, PublishRefusal, RefuseReason, Traffic};
+use crate::outgoing::Transmit;
 use crate::rate::TokenBucket;
 use crate::router::{
     sleep_until_opt, Attached, ChatPublish, CloseReason, Command, ConnId, ConnectRequest, Outbound,
@@ -572,8 +573,9 @@ impl Connection {
         Ok(connection)
     }
 
-    fn queue_packet(&mut self, packet: Packet) {
-        if matches!(packet, Packet::Publish(_)) {
+    fn queue_packet(&mut self, packet: impl Into<Transmit>) {
+        let packet = packet.into();
+        if packet.is_publish() {
             self.publishes_queued += 1;
         }
         if self.wbuf.capacity() == 0 {

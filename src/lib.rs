@@ -29,6 +29,7 @@ pub mod im;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod outgoing;
 pub mod rate;
 pub mod retained;
 pub mod router;

@@ -21,6 +21,7 @@ use tern_codec::{
 };
 
 use crate::message::{Delivery, Message, SessionId};
+use crate::outgoing::{OutboundPublish, Transmit};
 
 /// What a session may do, agreed at CONNECT time.
 #[derive(Debug, Clone)]
@@ -104,7 +105,7 @@ pub enum Refused {
 
 pub struct Session {
     params: SessionParams,
-    transmit: VecDeque<Packet>,
+    transmit: VecDeque<Transmit>,
     effects: VecDeque<Effect>,
     /// Inbound QoS 1/2 publishes not yet fully acknowledged (counted against our maximum).
     inbound_unacked: u16,
@@ -154,8 +155,12 @@ impl Session {
         }
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Packet> {
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmit.pop_front()
+    }
+
+    fn transmit_packet(&mut self, packet: Packet) {
+        self.transmit.push_back(Transmit::Packet(packet));
     }
 
     pub fn poll_effect(&mut self) -> Option<Effect> {
@@ -223,8 +228,7 @@ impl Session {
     fn send(&mut self, delivery: Delivery, now_ms: u64) {
         if delivery.released {
             let packet_id = self.allocate_packet_id();
-            self.transmit
-                .push_back(Packet::PubRel(PubResponse::new(packet_id)));
+            self.transmit_packet(Packet::PubRel(PubResponse::new(packet_id)));
             self.in_flight.insert(
                 packet_id,
                 InFlight {
@@ -254,7 +258,7 @@ impl Session {
             }
             return;
         };
-        self.transmit.push_back(publish);
+        self.transmit.push_back(Transmit::Publish(publish));
         let stage = match delivery.qos {
             QoS::AtMostOnce => return,
             QoS::AtLeastOnce => Stage::Ack,
@@ -271,7 +275,7 @@ impl Session {
         delivery: &Delivery,
         packet_id: u16,
         now_ms: u64,
-    ) -> Option<Packet> {
+    ) -> Option<OutboundPublish> {
         let message = &delivery.message;
         let mut properties = Properties::default();
         if self.params.protocol == Protocol::V5 {
@@ -286,20 +290,20 @@ impl Session {
                 properties.subscription_identifiers = delivery.subscription_ids.clone();
             }
         }
-        let mut publish = Publish {
+        let mut publish = OutboundPublish {
+            message: message.clone(),
             dup: delivery.dup && delivery.qos != QoS::AtMostOnce,
             qos: delivery.qos,
             retain: delivery.retain,
-            topic: message.topic.clone(),
             packet_id,
+            aliased: false,
             properties,
-            payload: message.payload.clone(),
         };
         let max = self.params.max_packet_size_out as usize;
         let mut new_alias = None;
         if self.params.topic_alias_maximum_out > 0 {
             if let Some(&alias) = self.aliases_out.get(&message.topic) {
-                publish.topic = ByteString::from_static("");
+                publish.aliased = true;
                 publish.properties.topic_alias = Some(alias);
             } else if self.aliases_out.len() < usize::from(self.params.topic_alias_maximum_out) {
                 // Aliases are handed out first come, first kept: chat clients talk on few
@@ -309,14 +313,13 @@ impl Session {
                 new_alias = Some(alias);
             }
         }
-        let packet = Packet::Publish(publish);
-        if packet.encoded_len(self.params.protocol) > max {
+        if publish.parts().encoded_len(self.params.protocol) > max {
             return None;
         }
         if let Some(alias) = new_alias {
             self.aliases_out.insert(message.topic.clone(), alias);
         }
-        Some(packet)
+        Some(publish)
     }
 
     fn allocate_packet_id(&mut self) -> u16 {
@@ -359,7 +362,7 @@ impl Session {
                 Ok(())
             }
             Packet::PingReq => {
-                self.transmit.push_back(Packet::PingResp);
+                self.transmit_packet(Packet::PingResp);
                 Ok(())
             }
             Packet::Disconnect(disconnect) => self.handle_disconnect(disconnect),
@@ -390,8 +393,9 @@ impl Session {
                         // A resend of a message already routed: acknowledge, never route
                         // twice [MQTT-4.3.3-9]. Before our PUBREC went out it is on its way.
                         if acked {
-                            self.transmit
-                                .push_back(Packet::PubRec(PubResponse::new(publish.packet_id)));
+                            self.transmit_packet(Packet::PubRec(PubResponse::new(
+                                publish.packet_id,
+                            )));
                         }
                         return Ok(());
                     }
@@ -455,19 +459,17 @@ impl Session {
             (QoS::AtMostOnce, _) => Ok(()),
             (_, Protocol::V311) => Err(Close::new(reason, "invalid PUBLISH")),
             (QoS::AtLeastOnce, Protocol::V5) => {
-                self.transmit
-                    .push_back(Packet::PubAck(PubResponse::with_reason(
-                        publish.packet_id,
-                        reason,
-                    )));
+                self.transmit_packet(Packet::PubAck(PubResponse::with_reason(
+                    publish.packet_id,
+                    reason,
+                )));
                 Ok(())
             }
             (QoS::ExactlyOnce, Protocol::V5) => {
-                self.transmit
-                    .push_back(Packet::PubRec(PubResponse::with_reason(
-                        publish.packet_id,
-                        reason,
-                    )));
+                self.transmit_packet(Packet::PubRec(PubResponse::with_reason(
+                    publish.packet_id,
+                    reason,
+                )));
                 Ok(())
             }
         }
@@ -484,8 +486,7 @@ impl Session {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
                 self.inbound_unacked = self.inbound_unacked.saturating_sub(1);
-                self.transmit
-                    .push_back(Packet::PubAck(PubResponse::with_reason(packet_id, reason)));
+                self.transmit_packet(Packet::PubAck(PubResponse::with_reason(packet_id, reason)));
             }
             QoS::ExactlyOnce => {
                 if reason.is_error() {
@@ -495,8 +496,7 @@ impl Session {
                 } else {
                     self.inbound_qos2.insert(packet_id, true);
                 }
-                self.transmit
-                    .push_back(Packet::PubRec(PubResponse::with_reason(packet_id, reason)));
+                self.transmit_packet(Packet::PubRec(PubResponse::with_reason(packet_id, reason)));
             }
         }
     }
@@ -512,21 +512,19 @@ impl Session {
         } else {
             ReasonCode::Success
         };
-        self.transmit
-            .push_back(Packet::PubComp(PubResponse::with_reason(
-                rel.packet_id,
-                reason,
-            )));
+        self.transmit_packet(Packet::PubComp(PubResponse::with_reason(
+            rel.packet_id,
+            reason,
+        )));
     }
 
     fn handle_pubrec(&mut self, rec: PubResponse, now_ms: u64) {
         let Some(entry) = self.in_flight.get_mut(&rec.packet_id) else {
             if self.params.protocol == Protocol::V5 {
-                self.transmit
-                    .push_back(Packet::PubRel(PubResponse::with_reason(
-                        rec.packet_id,
-                        ReasonCode::PacketIdentifierNotFound,
-                    )));
+                self.transmit_packet(Packet::PubRel(PubResponse::with_reason(
+                    rec.packet_id,
+                    ReasonCode::PacketIdentifierNotFound,
+                )));
             }
             return;
         };
@@ -542,8 +540,7 @@ impl Session {
         if let Some(seq) = entry.delivery.seq {
             self.effects.push_back(Effect::Released(seq));
         }
-        self.transmit
-            .push_back(Packet::PubRel(PubResponse::new(rec.packet_id)));
+        self.transmit_packet(Packet::PubRel(PubResponse::new(rec.packet_id)));
     }
 
     fn finish_outbound(&mut self, packet_id: u16, expected: Stage, now_ms: u64) {
@@ -632,7 +629,9 @@ mod tests {
     }
 
     fn drain(s: &mut Session) -> Vec<Packet> {
-        std::iter::from_fn(|| s.poll_transmit()).collect()
+        std::iter::from_fn(|| s.poll_transmit())
+            .map(|t| t.to_packet())
+            .collect()
     }
 
     fn effects(s: &mut Session) -> Vec<Effect> {

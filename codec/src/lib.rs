@@ -36,8 +36,8 @@ pub use error::{DecodeError, EncodeError, TopicError};
 pub use header::{check_frame, FixedHeader, FrameStatus};
 pub use packet::{
     decode, decode_frame, Auth, ConnAck, Connect, Disconnect, Packet, Protocol, PubResponse,
-    Publish, QoS, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
-    Will,
+    Publish, PublishRef, QoS, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
+    Unsubscribe, Will,
 };
 pub use primitives::{var_int_len, MAX_VAR_INT};
 pub use properties::{Properties, PropertyContext, PropertyFields};

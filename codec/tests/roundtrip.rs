@@ -911,3 +911,25 @@ proptest! {
         check_byte_by_byte(&packet, p)?;
     }
 }
+
+proptest! {
+    /// A PUBLISH encoded from borrowed parts is byte for byte the packet's own encoding,
+    /// with the length it announced, and decodes back to the packet.
+    #[test]
+    fn publish_ref_encodes_like_the_packet(
+        (p, packet) in prop_oneof![Just(V311), Just(V5)]
+            .prop_flat_map(|p| (Just(p), publish(p, 4096)))
+    ) {
+        let Packet::Publish(publish) = &packet else {
+            return Err(TestCaseError::fail("not a PUBLISH"));
+        };
+        let mut owned = BytesMut::new();
+        packet.encode(p, &mut owned).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut borrowed = BytesMut::new();
+        let parts = publish.as_ref();
+        parts.encode(p, &mut borrowed).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&borrowed[..], &owned[..]);
+        prop_assert_eq!(parts.encoded_len(p), borrowed.len());
+        prop_assert_eq!(decode(&mut borrowed, p, usize::MAX), Ok(Some(packet.clone())));
+    }
+}

@@ -16,7 +16,7 @@ pub use ack::PubResponse;
 pub use connack::ConnAck;
 pub use connect::{Connect, Will};
 pub use disconnect::{Auth, Disconnect};
-pub use publish::Publish;
+pub use publish::{Publish, PublishRef};
 pub use subscribe::{RetainHandling, SubAck, Subscribe, SubscriptionOptions};
 pub use unsubscribe::{UnsubAck, Unsubscribe};
 
