@@ -1319,13 +1319,28 @@ async fn login(
     connect: &Connect,
     client_id: &ByteString,
 ) -> Result<Identity, AuthError> {
+    let anonymous_allowed = endpoint.anonymous_allowed;
+    let anonymous_by_client_id =
+        ctx.config.anonymous_identity == crate::config::AnonymousIdentity::ClientId;
+    if connect.username.is_none() {
+        // No user name: nothing to read or hash, decided here (a hop to a blocking thread
+        // per connect would cost more than the decision).
+        return authenticate(
+            &**ctx.writer.store(),
+            &Credentials {
+                username: None,
+                password: connect.password.as_deref(),
+                client_id,
+                anonymous_allowed,
+                anonymous_by_client_id,
+                operators: &ctx.config.im.operators,
+            },
+        );
+    }
     let store = ctx.writer.store().clone();
     let username = connect.username.as_ref().map(|u| u.to_string());
     let password = connect.password.clone();
     let client_id = client_id.to_string();
-    let anonymous_allowed = endpoint.anonymous_allowed;
-    let anonymous_by_client_id =
-        ctx.config.anonymous_identity == crate::config::AnonymousIdentity::ClientId;
     let operators = ctx.config.im.operators.clone();
     tokio::task::spawn_blocking(move || {
         authenticate(
