@@ -10,7 +10,9 @@ set -euo pipefail
 tests=false
 [ "${1:-}" = "--tests" ] && tests=true
 need=()
-command -v clang >/dev/null 2>&1 || [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+# bindgen loads libclang itself (libclang.so or libclang-N.so): a clang binary, or
+# libclang-cpp (which some images carry alone), does not provide it.
+compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || compgen -G '/usr/lib/*/libclang-[0-9]*.so*' >/dev/null || need+=(libclang-dev)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 # mosquitto_pub/sub: the README's walkthrough and the tests use them.
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
