@@ -383,10 +383,12 @@ pub struct Limits {
     /// Retained messages stored in total. At the limit a retained message on a new topic is
     /// not stored (it is still delivered). Default 1_000_000.
     pub max_retained_messages: usize,
-    /// Bound of each router-to-connection delivery channel; the router never waits on a
-    /// connection. When full, a persistent session's QoS>0 messages wait in its durable
-    /// queue, the rest for that connection are dropped and counted. Default 1_024; at
-    /// least 1 (a bounded channel of 0 cannot carry anything).
+    /// Bound of each connection's mailbox of chat deliveries from the router (see
+    /// `mailbox.rs`); the router never waits on a connection. When full, a persistent
+    /// session's QoS>0 messages wait in its durable queue, the rest for that connection
+    /// are dropped and counted. The connection takes a whole mailbox at a time, so up to
+    /// twice this many can be in memory for one connection. Default 1_024; at least 1 (a
+    /// mailbox of 0 cannot carry anything).
     pub outbound_channel_capacity: usize,
 }
 
@@ -712,7 +714,7 @@ impl Config {
             1,
             3_600,
         )?;
-        // A bounded channel of capacity 0 cannot carry anything (tokio panics on it).
+        // A mailbox of capacity 0 cannot carry anything.
         check_min(
             "limits.outbound_channel_capacity",
             to_u64(l.outbound_channel_capacity),

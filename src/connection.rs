@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -22,7 +22,7 @@ use tern_codec::{
 };
 use tern_storage::{Op, QueueState, StorageError, Store, Writer};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::ack_queue::{Ack, AckQueue};
@@ -32,12 +32,13 @@ use crate::im::auth::{authenticate, AuthError, Credentials, Identity};
 use crate::im::inbox::{for_recipient, parse_sync_request, sync_end};
 use crate::im::topics::{classify, Address};
 use crate::listener::Endpoint;
+use crate::mailbox::{Mail, Mailbox, BROADCAST_LANE};
 use crate::message::{now_ms, Delivery, Message, SessionId};
 use crate::metrics::{DropReason, Metrics, PublishRefusal, RefuseReason, Traffic};
 use crate::outgoing::Transmit;
 use crate::rate::TokenBucket;
 use crate::router::{
-    sleep_until_opt, Attached, ChatPublish, CloseReason, Command, ConnId, ConnectRequest, Outbound,
+    sleep_until_opt, Attached, ChatPublish, CloseReason, Command, ConnId, ConnectRequest,
     RouterHandle, WillRequest,
 };
 use crate::session::{Close, Effect, Session, SessionParams};
@@ -94,8 +95,6 @@ const CONNECT_BUFFER: usize = 512;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Storage pages read per backlog refill.
 const BACKLOG_PAGE: usize = 256;
-/// Bound of each connection's broadcast lane (system broadcasts, below chat in priority).
-const BROADCAST_LANE: usize = 64;
 
 /// Serves one accepted socket until it closes: the listener's handshakes (TLS, WebSocket)
 /// and the CONNECT must both arrive within `limits.connect_timeout_secs`.
@@ -304,14 +303,10 @@ struct Connection {
     persistent: bool,
     session: Session,
     keep_alive: Option<Duration>,
-    outbox: mpsc::Receiver<Outbound>,
-    /// System broadcasts: taken only while `outbox` (chat) is empty.
-    broadcast: mpsc::Receiver<Box<Delivery>>,
-    close: oneshot::Receiver<CloseReason>,
-    /// `close` has fired (a oneshot must not be polled again).
+    /// What the router hands this connection: chat deliveries, broadcasts, a close order.
+    mailbox: Mailbox,
+    /// The router's close order has been taken: the connection is ending.
     closing: bool,
-    lagged: Arc<AtomicBool>,
-    in_flight: Arc<AtomicUsize>,
     identity: Identity,
     /// Traffic counted since it was last added to `ctx.metrics` (once per loop iteration).
     traffic: Traffic,
@@ -428,11 +423,8 @@ impl Connection {
                 return Err(ConnectionError::Refused(code));
             }
         }
-        let (outbox_tx, outbox) = mpsc::channel(limits.outbound_channel_capacity);
-        let (broadcast_tx, broadcast) = mpsc::channel(BROADCAST_LANE);
-        let (close_tx, close) = oneshot::channel();
-        let lagged = Arc::new(AtomicBool::new(false));
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (postbox, mailbox) =
+            crate::mailbox::mailbox(limits.outbound_channel_capacity, BROADCAST_LANE);
         let attached: Result<Attached, ReasonCode> = ctx
             .router
             .call(|reply| Command::Connect {
@@ -442,11 +434,7 @@ impl Connection {
                     clean_start: connect.clean_start,
                     expiry_secs,
                     protocol,
-                    outbox: outbox_tx,
-                    broadcast: broadcast_tx,
-                    close: close_tx,
-                    lagged: lagged.clone(),
-                    in_flight: in_flight.clone(),
+                    postbox,
                 },
                 reply,
             })
@@ -551,12 +539,8 @@ impl Connection {
             session,
             keep_alive: (keep_alive > 0)
                 .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
-            outbox,
-            broadcast,
-            close,
+            mailbox,
             closing: false,
-            lagged,
-            in_flight,
             identity,
             traffic: Traffic::default(),
             publishes_queued: 0,
@@ -654,10 +638,7 @@ impl Connection {
                 Box::pin(self.refill_backlog()).await?;
                 continue;
             }
-            if self.backlog.is_none()
-                && self.lagged.load(Ordering::Acquire)
-                && self.outbox.is_empty()
-            {
+            if self.backlog.is_none() && self.mailbox.lagged() && self.mailbox.chat_is_empty() {
                 Box::pin(self.resync()).await?;
                 continue;
             }
@@ -668,13 +649,27 @@ impl Connection {
             }
             let take_live = self.backlog.is_none() && self.session.has_room();
             tokio::select! {
-                reason = &mut self.close, if !self.closing => {
-                    self.closing = true;
-                    let reason = reason
-                        .unwrap_or_else(|_| CloseReason::new(ReasonCode::ServerShuttingDown, ""));
-                    self.server_disconnect(reason.code, &reason.why).await;
-                    return Err(ConnectionError::ClosedBy(reason));
-                }
+                mail = self.mailbox.next(take_live), if !self.closing => match mail {
+                    Mail::Close(reason) => {
+                        self.closing = true;
+                        self.server_disconnect(reason.code, &reason.why).await;
+                        return Err(ConnectionError::ClosedBy(reason));
+                    }
+                    Mail::Chat => {
+                        // One clock reading for the batch (a fan-out hands each connection
+                        // many messages at once), and everything waiting taken in one go:
+                        // fewer wakeups, larger writes.
+                        let now = Now::read();
+                        while self.session.has_room() {
+                            match self.mailbox.pop_chat() {
+                                Some(delivery) => self.deliver_live(delivery, &now),
+                                None => break,
+                            }
+                        }
+                    }
+                    // Only while no chat message waits: a DM overtakes broadcasts.
+                    Mail::Broadcast(delivery) => self.deliver_live(delivery, &Now::read()),
+                },
                 read = self.reader.read(&mut self.rbuf, READ_BUFFER), if !self.session.inbound_full() && paused_until.is_none() => {
                     let n = read?;
                     if n == 0 {
@@ -706,24 +701,6 @@ impl Connection {
                         self.flush().await?;
                         return Ok(());
                     }
-                }
-                Some(outbound) = self.outbox.recv(), if take_live => {
-                    let Outbound::Deliver(delivery) = outbound;
-                    // One clock reading for the batch (a fan-out hands each connection
-                    // many messages at once).
-                    let now = Now::read();
-                    self.deliver_live(delivery, &now);
-                    // Take whatever else is waiting in one go: fewer wakeups, larger writes.
-                    while self.session.has_room() {
-                        match self.outbox.try_recv() {
-                            Ok(Outbound::Deliver(d)) => self.deliver_live(d, &now),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                // Broadcasts only while no chat message waits: a DM overtakes them.
-                Some(delivery) = self.broadcast.recv(), if take_live && self.outbox.is_empty() => {
-                    self.deliver_live(*delivery, &Now::read());
                 }
                 () = std::future::poll_fn(|cx| self.acks.poll_ready(cx, &mut self.acks_done)), if !self.acks.is_empty() => {
                     if self.acks_done() && self.handle_input().await? {
@@ -817,7 +794,7 @@ impl Connection {
                 // Already read from storage while catching up.
                 return;
             }
-            if self.lagged.load(Ordering::Acquire) {
+            if self.mailbox.lagged() {
                 // Behind: it is in storage and comes back in order with the resync.
                 return;
             }
@@ -830,7 +807,7 @@ impl Connection {
                 Some(seq) => {
                     // In storage: read it back once the queue has room.
                     self.next_stored = seq;
-                    self.lagged.store(true, Ordering::Release);
+                    self.mailbox.set_lagged();
                 }
                 None => self.ctx.metrics.dropped(DropReason::QueueFull),
             }
@@ -946,8 +923,7 @@ impl Connection {
         if !ops.is_empty() {
             self.ctx.writer.submit_detached(ops).await;
         }
-        self.in_flight
-            .store(self.session.in_flight(), Ordering::Relaxed);
+        self.mailbox.set_in_flight(self.session.in_flight());
         Ok(())
     }
 
@@ -1252,10 +1228,8 @@ impl Connection {
                 // write. Nothing more can be sent to such a peer, not even DISCONNECT.
                 tokio::select! {
                     written = write => written,
-                    reason = &mut self.close => {
+                    Mail::Close(reason) = self.mailbox.next(false) => {
                         self.closing = true;
-                        let reason = reason
-                            .unwrap_or_else(|_| CloseReason::new(ReasonCode::ServerShuttingDown, ""));
                         return Err(ConnectionError::ClosedBy(reason));
                     }
                 }
@@ -1274,7 +1248,7 @@ impl Connection {
         let publishes = std::mem::take(&mut self.publishes_queued);
         self.traffic.written(publishes, self.wbuf.len());
         self.traffic.flush(&self.ctx.metrics);
-        if self.outbox.is_empty() && self.broadcast.is_empty() {
+        if self.mailbox.is_empty() {
             // Nothing more on the way: an idle connection holds no write buffer.
             self.wbuf = BytesMut::new();
         } else {

@@ -11,7 +11,8 @@
 //! - [`connection`]: drives one client socket: handshake, keepalive, I/O, backlog reading.
 //! - [`session`]: the MQTT session of a connected client as a state machine without I/O
 //!   (QoS flows, in-flight window, topic aliases).
-//! - [`router`]: the one owner of subscriptions, retained messages and session placement.
+//! - [`router`]: the one owner of subscriptions, retained messages and session placement;
+//!   [`mailbox`]: what it hands each connection (deliveries, broadcasts, a close order).
 //! - [`subscriptions`] and [`retained`]: the topic tries the router matches with.
 //! - [`message`]: the routed message and the per-subscriber delivery.
 //! - [`im`]: the chat layer: users, inbox ACL, direct and group messages, sync.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod connection;
 pub mod im;
 pub mod listener;
+pub mod mailbox;
 pub mod message;
 pub mod metrics;
 pub mod outgoing;

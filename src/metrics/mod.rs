@@ -98,7 +98,7 @@ label_enum! {
         /// A queue bound was reached: an offline session's durable queue
         /// (`limits.max_queued_messages`) or a session's in-memory queue.
         QueueFull => "queue_full",
-        /// The connection's delivery channel was full (QoS 0, or a non-persistent session).
+        /// The connection's mailbox was full (QoS 0, or a non-persistent session).
         OutboundFull => "outbound_full",
         /// A system broadcast met a full broadcast lane.
         BroadcastLaneFull => "broadcast_lane_full",

@@ -149,7 +149,7 @@ mod tests {
 
     use super::*;
     use crate::config::ImConfig;
-    use crate::router::{ConnectRequest, Outbound, Router, RouterLimits};
+    use crate::router::{ConnectRequest, Router, RouterLimits};
 
     fn payload(messages: &[Arc<Message>], topic: &str) -> Option<String> {
         messages
@@ -248,12 +248,11 @@ mod tests {
             .count()
             < 2
         {
-            let Some(Outbound::Deliver(d)) =
-                tokio::time::timeout(Duration::from_secs(5), link.outbox.recv())
-                    .await
-                    .expect("a $SYS message in time")
+            let Some(d) = tokio::time::timeout(Duration::from_secs(5), link.recv_chat())
+                .await
+                .expect("a $SYS message in time")
             else {
-                panic!("delivery channel closed")
+                panic!("mailbox closed")
             };
             seen.push(d.message.topic.to_string());
         }

@@ -14,9 +14,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 
-use super::BroadcastLane;
+use crate::mailbox::{BroadcastLane, Refused};
 use crate::message::Delivery;
 use crate::metrics::{DropReason, Metrics};
 
@@ -36,7 +36,7 @@ pub fn spawn_fan_out(
         let mut lanes = lanes.into_iter().peekable();
         while lanes.peek().is_some() {
             for (lane, delivery) in lanes.by_ref().take(FANOUT_CHUNK) {
-                if let Err(mpsc::error::TrySendError::Full(_)) = lane.try_send(Box::new(delivery)) {
+                if let Err(Refused::Full) = lane.deliver(delivery) {
                     metrics.dropped(DropReason::BroadcastLaneFull);
                 }
             }

@@ -2,11 +2,12 @@
 //! every session's place (online on a connection, or offline with a durable queue).
 //!
 //! Connections talk to it only through [`RouterHandle`] (a bounded command channel), and it
-//! answers through oneshot replies and each connection's bounded delivery channel. Keeping
-//! the interface to these few commands is deliberate: a cluster transport can later sit
-//! behind the same commands without the connections knowing.
+//! answers through oneshot replies and each connection's bounded mailbox
+//! ([`crate::mailbox`]). Keeping the interface to these few commands is deliberate: a
+//! cluster transport can later sit behind the same commands without the connections
+//! knowing.
 //!
-//! The router never waits on a connection: a full delivery channel drops QoS 0 (counted) and,
+//! The router never waits on a connection: a full mailbox drops QoS 0 (counted) and,
 //! for a persistent session, marks it *lagged* — its QoS > 0 messages are in its durable
 //! queue, and the connection reads them back from storage once it has caught up
 //! (`Resync`). Durable writes go to the storage writer in routing order; the router does
@@ -24,7 +25,6 @@ mod chat;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +46,9 @@ use crate::im::dedup::DedupWindow;
 use crate::im::directory::{ChangeError, GroupChange, Groups};
 use crate::im::ids::MessageIds;
 use crate::im::topics::inbox_owner;
+#[cfg(test)]
+use crate::mailbox::Mailbox;
+use crate::mailbox::{Postbox, Refused};
 use crate::message::{now_ms, Delivery, Message, SessionId};
 use crate::metrics::{DropReason, Metrics, PublishRefusal};
 use crate::retained::RetainedTree;
@@ -53,16 +56,6 @@ use crate::subscriptions::{Match, Subscription, SubscriptionTree};
 
 /// Identifies one connection of a session (a session outlives its connections).
 pub type ConnId = u64;
-
-/// What the router sends down a connection's delivery channel.
-#[derive(Debug)]
-pub enum Outbound {
-    Deliver(Delivery),
-}
-
-/// A connection's broadcast lane. Deliveries are boxed: the channel's first block is
-/// allocated with it, for every connection, so small slots keep idle connections small.
-pub type BroadcastLane = mpsc::Sender<Box<Delivery>>;
 
 /// Limits the router enforces.
 #[derive(Debug, Clone)]
@@ -130,31 +123,15 @@ pub struct ConnectRequest {
     /// Seconds the session outlives the connection; 0 ends it with the connection.
     pub expiry_secs: u32,
     pub protocol: Protocol,
-    pub outbox: mpsc::Sender<Outbound>,
-    /// The low-priority lane for system broadcasts (`broadcast/...`).
-    pub broadcast: BroadcastLane,
-    /// Fired to end this connection: session taken over, too many devices, or the broker
-    /// stops.
-    pub close: oneshot::Sender<CloseReason>,
-    /// Set by the router when it could not deliver into `outbox` and the session's QoS > 0
-    /// messages wait in storage instead.
-    pub lagged: Arc<AtomicBool>,
-    /// Unacknowledged outbound QoS > 0 messages, kept by the connection for operators.
-    pub in_flight: Arc<AtomicUsize>,
-}
-
-/// The receiving ends of a [`ConnectRequest`] made by [`ConnectRequest::for_test`].
-#[cfg(test)]
-pub(crate) struct TestLink {
-    pub outbox: mpsc::Receiver<Outbound>,
-    pub broadcast: mpsc::Receiver<Box<crate::message::Delivery>>,
-    pub close: oneshot::Receiver<CloseReason>,
+    /// Where the router puts the connection's deliveries, broadcasts and close order
+    /// (see [`crate::mailbox`]).
+    pub postbox: Postbox,
 }
 
 #[cfg(test)]
 impl ConnectRequest {
-    /// A v5 connection of `user` as `client_id`, with channels of the given capacities
-    /// (delivery channel, broadcast lane), for tests of the router without sockets.
+    /// A v5 connection of `user` as `client_id`, with a mailbox of the given capacities
+    /// (chat, broadcasts), for tests of the router without sockets.
     pub(crate) fn for_test(
         user: &str,
         client_id: &str,
@@ -162,28 +139,17 @@ impl ConnectRequest {
         expiry_secs: u32,
         outbox_capacity: usize,
         lane_capacity: usize,
-    ) -> (ConnectRequest, TestLink) {
-        let (outbox, outbox_rx) = mpsc::channel(outbox_capacity);
-        let (broadcast, broadcast_rx) = mpsc::channel(lane_capacity);
-        let (close, close_rx) = oneshot::channel();
+    ) -> (ConnectRequest, Mailbox) {
+        let (postbox, mailbox) = crate::mailbox::mailbox(outbox_capacity, lane_capacity);
         let request = ConnectRequest {
             client_id: ByteString::from(client_id),
             user: user.to_string(),
             clean_start,
             expiry_secs,
             protocol: Protocol::V5,
-            outbox,
-            broadcast,
-            close,
-            lagged: Arc::new(AtomicBool::new(false)),
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            postbox,
         };
-        let link = TestLink {
-            outbox: outbox_rx,
-            broadcast: broadcast_rx,
-            close: close_rx,
-        };
-        (request, link)
+        (request, mailbox)
     }
 }
 
@@ -365,19 +331,12 @@ impl RouterHandle {
 
 struct Online {
     id: ConnId,
-    outbox: mpsc::Sender<Outbound>,
-    broadcast: BroadcastLane,
-    /// Taken when the connection has been told to close.
-    close: Option<oneshot::Sender<CloseReason>>,
-    lagged: Arc<AtomicBool>,
-    in_flight: Arc<AtomicUsize>,
+    postbox: Postbox,
 }
 
 impl Online {
     fn close(&mut self, reason: CloseReason) {
-        if let Some(close) = self.close.take() {
-            let _ = close.send(reason);
-        }
+        self.postbox.close(reason);
     }
 }
 
@@ -728,7 +687,7 @@ impl Router {
             } => {
                 if let Some(slot) = self.sessions.get(&session) {
                     if let Some(online) = slot.online.as_ref().filter(|o| o.id == conn) {
-                        online.lagged.store(false, Ordering::Release);
+                        online.postbox.set_lagged(false);
                     }
                     let _ = reply.send(slot.next_seq);
                 }
@@ -833,11 +792,7 @@ impl Router {
         let sent = std::mem::take(&mut slot.sent);
         slot.online = Some(Online {
             id: conn,
-            outbox: request.outbox,
-            broadcast: request.broadcast,
-            close: Some(request.close),
-            lagged: request.lagged,
-            in_flight: request.in_flight,
+            postbox: request.postbox,
         });
         self.online += 1;
         if slot.persistent {
@@ -878,7 +833,7 @@ impl Router {
             .iter()
             .filter_map(|id| {
                 let online = self.sessions.get(id)?.online.as_ref()?;
-                online.close.is_some().then_some((online.id, *id))
+                (!online.postbox.is_closing()).then_some((online.id, *id))
             })
             .collect();
         if online.len() <= max {
@@ -911,7 +866,7 @@ impl Router {
                 .map(|(filter, s)| (filter.clone(), s.options.qos.as_u8()))
                 .collect(),
             in_flight: match &slot.online {
-                Some(online) => online.in_flight.load(Ordering::Relaxed),
+                Some(online) => online.postbox.in_flight(),
                 None => slot.sent.len(),
             },
         };
@@ -996,7 +951,7 @@ impl Router {
             .into_iter()
             .filter_map(|(id, delivery)| {
                 let online = self.sessions.get(&id)?.online.as_ref()?;
-                Some((online.broadcast.clone(), delivery))
+                Some((online.postbox.broadcast_lane(), delivery))
             })
             .collect();
         broadcast::spawn_fan_out(lanes, permit, self.metrics.clone());
@@ -1157,27 +1112,27 @@ impl Router {
             return;
         };
         let stored = delivery.seq.is_some();
-        if stored && online.lagged.load(Ordering::Acquire) {
+        if stored && online.postbox.lagged() {
             // The connection reads it from storage when it resyncs.
             return;
         }
         let qos = delivery.qos;
         // Broadcasts never come here: `route` hands them to `route_broadcast`.
-        match online.outbox.try_send(Outbound::Deliver(delivery)) {
+        match online.postbox.deliver(delivery) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) if stored => {
-                online.lagged.store(true, Ordering::Release);
+            Err(Refused::Full) if stored => {
+                online.postbox.set_lagged(true);
             }
-            Err(mpsc::error::TrySendError::Full(_)) if qos == QoS::AtMostOnce => {
+            Err(Refused::Full) if qos == QoS::AtMostOnce => {
                 // A slow consumer loses its QoS 0 messages first.
                 self.metrics.dropped(DropReason::OutboundFull);
-                tracing::debug!(client_id = %slot.client_id, "delivery channel full, QoS 0 message dropped");
+                tracing::debug!(client_id = %slot.client_id, "mailbox full, QoS 0 message dropped");
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 // A QoS 1/2 message that has nowhere to wait (no durable queue): rather
                 // than lose it silently, the consumer that cannot keep up is disconnected.
                 self.metrics.dropped(DropReason::SlowConsumer);
-                if online.close.is_some() {
+                if !online.postbox.is_closing() {
                     self.metrics.slow_consumer_disconnected();
                     tracing::info!(client_id = %slot.client_id, "slow consumer: its queues are full, disconnecting it");
                     online.close(CloseReason::new(
@@ -1187,7 +1142,7 @@ impl Router {
                 }
             }
             // The connection is closing; its Disconnected command is on its way.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(Refused::Closed) => {}
         }
     }
 
@@ -1609,11 +1564,8 @@ mod tests {
 
     struct Client {
         attached: Attached,
-        outbox: mpsc::Receiver<Outbound>,
-        /// Kept so that the broadcast lane stays open (and fills when not read).
-        #[allow(dead_code)]
-        lane: mpsc::Receiver<Box<crate::message::Delivery>>,
-        close: oneshot::Receiver<CloseReason>,
+        /// Kept open (its broadcast lane fills when not read).
+        mailbox: Mailbox,
     }
 
     async fn connect(h: &Harness, id: &str, clean_start: bool, expiry_secs: u32) -> Client {
@@ -1634,19 +1586,14 @@ mod tests {
         .await
     }
 
-    async fn connect_with(h: &Harness, (request, link): (ConnectRequest, TestLink)) -> Client {
+    async fn connect_with(h: &Harness, (request, mailbox): (ConnectRequest, Mailbox)) -> Client {
         let attached = h
             .router
             .call(|reply| Command::Connect { request, reply })
             .await
             .expect("router")
             .expect("attached");
-        Client {
-            attached,
-            outbox: link.outbox,
-            lane: link.broadcast,
-            close: link.close,
-        }
+        Client { attached, mailbox }
     }
 
     async fn subscribe(h: &Harness, c: &Client, filter: &str, qos: QoS) -> SubscribeReply {
@@ -1746,7 +1693,7 @@ mod tests {
         let mut c = connect(&h, "tmp", true, 0).await;
         subscribe(&h, &c, "t", QoS::AtLeastOnce).await;
         assert!(publish(&h, message("t", QoS::AtLeastOnce, false, b"x")).await);
-        assert!(matches!(c.outbox.recv().await, Some(Outbound::Deliver(d)) if d.seq.is_none()));
+        assert!(matches!(c.mailbox.recv_chat().await, Some(d) if d.seq.is_none()));
         assert!(h.store.sessions().unwrap().is_empty());
         disconnect(&h, c).await;
         assert!(!publish(&h, message("t", QoS::AtLeastOnce, false, b"y")).await);
@@ -1759,14 +1706,14 @@ mod tests {
         subscribe(&h, &first, "t", QoS::AtMostOnce).await;
         let mut second = connect(&h, "dev", false, 60).await;
         assert_eq!(
-            (&mut first.close).await.unwrap().code,
+            first.mailbox.closed().await.code,
             ReasonCode::SessionTakenOver
         );
         assert!(second.attached.session_present);
         // The old connection's late goodbye must not take the session offline.
         disconnect(&h, first).await;
         assert!(publish(&h, message("t", QoS::AtMostOnce, false, b"x")).await);
-        assert!(second.outbox.recv().await.is_some());
+        assert!(second.mailbox.recv_chat().await.is_some());
     }
 
     #[tokio::test]
@@ -1795,9 +1742,8 @@ mod tests {
         for _ in 0..4 {
             publish(&h, message("jobs", QoS::AtMostOnce, false, b"j")).await;
         }
-        let count =
-            |rx: &mut mpsc::Receiver<Outbound>| std::iter::from_fn(|| rx.try_recv().ok()).count();
-        assert_eq!((count(&mut a.outbox), count(&mut b.outbox)), (2, 2));
+        let count = |mailbox: &mut Mailbox| std::iter::from_fn(|| mailbox.pop_chat()).count();
+        assert_eq!((count(&mut a.mailbox), count(&mut b.mailbox)), (2, 2));
     }
 
     #[tokio::test]
@@ -1848,7 +1794,7 @@ mod tests {
             .await
             .unwrap();
         // The will waits for min(delay, expiry) = 5 s; paused time jumps there.
-        let Some(Outbound::Deliver(will)) = watcher.outbox.recv().await else {
+        let Some(will) = watcher.mailbox.recv_chat().await else {
             panic!("will not published")
         };
         assert_eq!(will.message.payload, Bytes::from_static(b"gone"));
@@ -1887,9 +1833,9 @@ mod tests {
         routed
     }
 
-    fn inbox(rx: &mut mpsc::Receiver<Outbound>) -> Vec<(String, String, String)> {
-        std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|Outbound::Deliver(d)| {
+    fn inbox(mailbox: &mut Mailbox) -> Vec<(String, String, String)> {
+        std::iter::from_fn(|| mailbox.pop_chat())
+            .map(|d| {
                 let prop = |k: &str| {
                     crate::im::inbox::user_property(&d.message, k)
                         .unwrap_or_default()
@@ -1928,17 +1874,17 @@ mod tests {
             row("inbox/bob/dm/alice", "alice", "0"),
             row("inbox/bob/dm/alice", "alice", "1"),
         ];
-        assert_eq!(inbox(&mut bob_phone.outbox), expected);
-        assert_eq!(inbox(&mut bob_laptop.outbox), expected);
+        assert_eq!(inbox(&mut bob_phone.mailbox), expected);
+        assert_eq!(inbox(&mut bob_laptop.mailbox), expected);
         assert_eq!(
-            inbox(&mut alice_laptop.outbox),
+            inbox(&mut alice_laptop.mailbox),
             vec![
                 row("inbox/alice/sent/bob", "alice", "0"),
                 row("inbox/alice/sent/bob", "alice", "1"),
             ]
         );
         assert!(
-            inbox(&mut carol.outbox).is_empty(),
+            inbox(&mut carol.mailbox).is_empty(),
             "'#' must not reach into other users' inboxes"
         );
         // Stored once, indexed twice per message.
@@ -2005,7 +1951,7 @@ mod tests {
         chat(&h, "carol", "dm/bob", Some("m-1")).await;
         h.writer.barrier().await.expect("applied");
         assert_eq!(
-            inbox(&mut bob.outbox),
+            inbox(&mut bob.mailbox),
             vec![
                 row("inbox/bob/dm/alice", "alice", "0"),
                 row("inbox/bob/dm/carol", "carol", "1"),
@@ -2019,12 +1965,15 @@ mod tests {
         let mut first = connect_as(&h, "bob", "one", true, 0).await;
         let mut second = connect_as(&h, "bob", "two", true, 0).await;
         let _other = connect_as(&h, "alice", "three", true, 0).await;
-        assert!(first.close.try_recv().is_err());
+        assert!(first.mailbox.try_closed().is_none());
         let _third = connect_as(&h, "bob", "four", true, 0).await;
-        let reason = (&mut first.close).await.expect("closed");
+        let reason = first.mailbox.closed().await;
         assert_eq!(reason.code, ReasonCode::AdministrativeAction);
         assert!(reason.why.contains("bob"), "{}", reason.why);
-        assert!(second.close.try_recv().is_err(), "only the oldest goes");
+        assert!(
+            second.mailbox.try_closed().is_none(),
+            "only the oldest goes"
+        );
     }
 
     #[tokio::test]
@@ -2074,15 +2023,15 @@ mod tests {
             .expect("router")
     }
 
-    fn received(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {
-        std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|Outbound::Deliver(d)| d.message.topic.to_string())
+    fn received(mailbox: &mut Mailbox) -> Vec<String> {
+        std::iter::from_fn(|| mailbox.pop_chat())
+            .map(|d| d.message.topic.to_string())
             .collect()
     }
 
     #[tokio::test]
     async fn drops_and_refusals_are_counted_by_reason() {
-        let h = start(); // max_queued_messages = 3, delivery channels of 8
+        let h = start(); // max_queued_messages = 3, mailboxes of 8
         let reader = connect(&h, "reader", true, 0).await;
         subscribe(&h, &reader, "t", QoS::AtMostOnce).await;
         let offline = connect(&h, "offline", false, 3600).await;
@@ -2187,7 +2136,7 @@ mod tests {
         // The retained store full of client messages does not keep $SYS out.
         publish(&h, message("r/1", QoS::AtMostOnce, true, b"1")).await;
         publish(&h, message("r/2", QoS::AtMostOnce, true, b"2")).await;
-        assert_eq!(received(&mut everything.outbox), ["r/1", "r/2"]);
+        assert_eq!(received(&mut everything.mailbox), ["r/1", "r/2"]);
 
         let messages = vec![
             sys("$SYS/broker/uptime", b"1 seconds"),
@@ -2202,7 +2151,7 @@ mod tests {
         let s = stats(&h).await; // after the publish: the router handles commands in order
         assert_eq!(s.retained, 4);
         assert_eq!(
-            received(&mut watcher.outbox),
+            received(&mut watcher.mailbox),
             [
                 "$SYS/broker/uptime",
                 "$SYS/broker/uptime",
@@ -2210,7 +2159,7 @@ mod tests {
             ]
         );
         assert!(
-            received(&mut everything.outbox).is_empty(),
+            received(&mut everything.mailbox).is_empty(),
             "'#' does not match $SYS"
         );
         // Retained in memory, for the next subscriber; never written to storage.
@@ -2271,7 +2220,7 @@ mod tests {
                 .publishes_refused_total(PublishRefusal::SystemTopic),
             3
         );
-        assert!(received(&mut watcher.outbox).is_empty());
+        assert!(received(&mut watcher.mailbox).is_empty());
         // The will's session still went offline and was stored as such.
         h.stop().await;
         let stored = h.store.session("dev").expect("read").expect("stored");
@@ -2281,7 +2230,7 @@ mod tests {
         let mut dollar = connect(&h, "dollar", true, 0).await;
         subscribe(&h, &dollar, "$app/#", QoS::AtMostOnce).await;
         assert!(publish(&h, message("$app/x", QoS::AtMostOnce, false, b"ok")).await);
-        assert_eq!(received(&mut dollar.outbox), ["$app/x"]);
+        assert_eq!(received(&mut dollar.mailbox), ["$app/x"]);
         assert!(is_sys_topic("$SYS") && is_sys_topic("$SYS/"));
         assert!(!is_sys_topic("$SYSTEM/x") && !is_sys_topic("SYS/x"));
     }
