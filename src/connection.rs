@@ -333,7 +333,7 @@ impl Connection {
         link: Link,
         rbuf: BytesMut,
         ctx: Arc<Context>,
-    ) -> Result<Connection, ConnectionError> {
+    ) -> Result<Box<Connection>, ConnectionError> {
         let Link {
             reader,
             mut writer,
@@ -517,7 +517,11 @@ impl Connection {
             persistent,
             "client connected"
         );
-        let mut connection = Connection {
+        // Boxed: moved by value into `run`'s future, the connection's ~800 bytes were
+        // stored twice in every task (a moved-from local keeps its slot in the async
+        // state machine). Measured: a 3,216-byte task before, 1,600 bytes plus this box
+        // (816) after.
+        let mut connection = Box::new(Connection {
             ctx: ctx.clone(),
             reader,
             writer,
@@ -552,7 +556,7 @@ impl Connection {
             will,
             clean_exit: false,
             expiry_override: None,
-        };
+        });
         connection.queue_packet(Packet::ConnAck(connack));
         Ok(connection)
     }
@@ -571,7 +575,7 @@ impl Connection {
         }
     }
 
-    async fn run(mut self) -> Result<(), ConnectionError> {
+    async fn run(mut self: Box<Self>) -> Result<(), ConnectionError> {
         let result = self.serve().await;
         let how = match &result {
             Ok(()) => "DISCONNECT".to_string(),
