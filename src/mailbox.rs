@@ -62,9 +62,8 @@ pub enum Mail {
 struct Queues {
     chat: VecDeque<Delivery>,
     broadcasts: VecDeque<Delivery>,
+    /// Set once (by the one `Postbox`), taken once by the connection.
     close: Option<CloseReason>,
-    /// `close` was handed out already.
-    close_taken: bool,
     /// The connection's end was dropped.
     receiver_gone: bool,
 }
@@ -110,15 +109,6 @@ impl Shared {
         }
         Ok(())
     }
-
-    fn close(&self, reason: CloseReason) {
-        let mut queues = self.lock();
-        if queues.close.is_none() && !queues.close_taken {
-            queues.close = Some(reason);
-        }
-        drop(queues);
-        self.waker.wake();
-    }
 }
 
 /// Creates a connection's mailbox: the router's end and the connection's.
@@ -128,7 +118,6 @@ pub fn mailbox(chat_capacity: usize, broadcast_capacity: usize) -> (Postbox, Mai
             chat: VecDeque::new(),
             broadcasts: VecDeque::new(),
             close: None,
-            close_taken: false,
             receiver_gone: false,
         }),
         waker: AtomicWaker::new(),
@@ -173,7 +162,8 @@ impl Postbox {
     pub fn close(&mut self, reason: CloseReason) {
         if !self.closing {
             self.closing = true;
-            self.shared.close(reason);
+            self.shared.lock().close = Some(reason);
+            self.shared.waker.wake();
         }
     }
 
@@ -236,7 +226,6 @@ impl Mailbox {
             self.shared.waker.register(cx.waker());
             let mut queues = self.shared.lock();
             if let Some(reason) = queues.close.take() {
-                queues.close_taken = true;
                 return Poll::Ready(Mail::Close(reason));
             }
             if !take_live {

@@ -334,12 +334,6 @@ struct Online {
     postbox: Postbox,
 }
 
-impl Online {
-    fn close(&mut self, reason: CloseReason) {
-        self.postbox.close(reason);
-    }
-}
-
 struct Slot {
     client_id: ByteString,
     /// The user the session belongs to; empty for a session restored from a database
@@ -645,7 +639,7 @@ impl Router {
                     if let Some(online) = self.sessions.get_mut(&id).and_then(|s| s.online.as_mut())
                     {
                         tracing::info!(%user, why = %reason.why, "closing the user's connection");
-                        online.close(reason.clone());
+                        online.postbox.close(reason.clone());
                     }
                 }
             }
@@ -724,7 +718,8 @@ impl Router {
                 }
                 if let Some(mut old) = slot.online.take() {
                     tracing::debug!(client_id = %request.client_id, "session taken over");
-                    old.close(CloseReason::new(ReasonCode::SessionTakenOver, ""));
+                    old.postbox
+                        .close(CloseReason::new(ReasonCode::SessionTakenOver, ""));
                     self.online -= 1;
                 }
             }
@@ -844,7 +839,7 @@ impl Router {
         for (_, id) in online.into_iter().take(excess) {
             if let Some(online) = self.sessions.get_mut(&id).and_then(|s| s.online.as_mut()) {
                 tracing::info!(%user, max, "device limit reached, closing the oldest connection");
-                online.close(CloseReason::new(
+                online.postbox.close(CloseReason::new(
                     ReasonCode::AdministrativeAction,
                     format!("{user} connected more than {max} devices; this one was the oldest"),
                 ));
@@ -1135,7 +1130,7 @@ impl Router {
                 if !online.postbox.is_closing() {
                     self.metrics.slow_consumer_disconnected();
                     tracing::info!(client_id = %slot.client_id, "slow consumer: its queues are full, disconnecting it");
-                    online.close(CloseReason::new(
+                    online.postbox.close(CloseReason::new(
                         ReasonCode::QuotaExceeded,
                         "slow consumer: too many messages waiting for this client",
                     ));
@@ -1384,7 +1379,9 @@ impl Router {
     fn shutdown(&mut self) {
         for slot in self.sessions.values_mut() {
             if let Some(mut online) = slot.online.take() {
-                online.close(CloseReason::new(ReasonCode::ServerShuttingDown, ""));
+                online
+                    .postbox
+                    .close(CloseReason::new(ReasonCode::ServerShuttingDown, ""));
             }
         }
         self.online = 0;
