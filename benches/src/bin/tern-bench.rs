@@ -7,12 +7,14 @@
 //! tern-bench fan-out --subscribers 1000 --qos 1
 //! tern-bench --json latency --rate 20000 --qos 0
 //! tern-bench broadcast-dm --subscribers 19000 --rate 1000 --broadcast-rate 10
+//! tern-bench connections --clients 19000 --pid $(pidof tern)
 //! ```
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tern_bench::scenarios::{ConnectionsConfig, ConnectionsReport};
 use tern_bench::{scenarios, BroadcastDmConfig, BroadcastDmReport, Options, Report};
 use tern_codec::{Protocol, QoS};
 
@@ -114,12 +116,36 @@ enum Scenario {
         #[arg(long)]
         bob_without_broadcasts: bool,
     },
+    /// N idle clients connect (a bounded number at a time) and stay: connect rate, and the
+    /// broker's resident memory per connection when --pid names its process. Against a
+    /// broker started by hand, so that it can be profiled while clients connect.
+    Connections {
+        #[arg(long, default_value_t = 19_000)]
+        clients: usize,
+        /// Keep alive of the clients in seconds (they ping at half of it).
+        #[arg(long, default_value_t = 60)]
+        keepalive: u16,
+        /// Clients per loopback source address (127.0.0.2, .3, ...); 0 = don't spread.
+        #[arg(long, default_value_t = 1000)]
+        per_source: usize,
+        /// Source address block to start from (successive runs: fresh addresses, away
+        /// from the last run's TIME_WAIT sockets).
+        #[arg(long, default_value_t = 0)]
+        first_source: usize,
+        /// Connections in progress at once.
+        #[arg(long, default_value_t = 64)]
+        parallel: usize,
+        /// The broker's process ID, for its resident memory.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
 }
 
 /// What a scenario returns.
 enum Output {
     Standard(Report),
     BroadcastDm(Box<BroadcastDmReport>),
+    Connections(ConnectionsReport),
 }
 
 impl Output {
@@ -127,6 +153,7 @@ impl Output {
         match self {
             Output::Standard(r) => r.line(),
             Output::BroadcastDm(r) => r.text(),
+            Output::Connections(r) => r.line(),
         }
     }
 
@@ -134,6 +161,7 @@ impl Output {
         match self {
             Output::Standard(r) => r.json(),
             Output::BroadcastDm(r) => r.json(),
+            Output::Connections(r) => r.json(),
         }
     }
 }
@@ -198,6 +226,24 @@ async fn main_inner(cli: Cli) -> Result<Output, String> {
             return scenarios::broadcast_dm(&opts, &cfg)
                 .await
                 .map(|r| Output::BroadcastDm(Box::new(r)))
+                .map_err(|e| e.to_string());
+        }
+        Scenario::Connections {
+            clients,
+            keepalive,
+            per_source,
+            first_source,
+            parallel,
+            pid,
+        } => {
+            let mut cfg = ConnectionsConfig::new(clients.max(1));
+            cfg.keep_alive = keepalive;
+            cfg.per_source = per_source;
+            cfg.first_source = first_source;
+            cfg.parallel = parallel.max(1);
+            return scenarios::connections(&opts, &cfg, pid)
+                .await
+                .map(Output::Connections)
                 .map_err(|e| e.to_string());
         }
     };

@@ -60,6 +60,11 @@ pub struct ConnectionsReport {
     /// Broker RSS before the clients connected and with all of them connected, in KiB.
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
+    /// CPU time the broker process spent (user + system) from the first connect to the
+    /// last CONNACK, in seconds. On a machine the load tool shares, the connect rate is
+    /// bounded by the tool and the kernel as much as by the broker; this is the broker's
+    /// own share.
+    pub broker_cpu_secs: Option<f64>,
     /// Connections the broker closed while they were idle.
     pub lost: usize,
 }
@@ -73,10 +78,33 @@ impl ConnectionsReport {
         }
     }
 
+    /// Broker CPU time per accepted connection, in microseconds.
+    pub fn cpu_per_connection_us(&self) -> Option<f64> {
+        Some(self.broker_cpu_secs? * 1e6 / self.clients.max(1) as f64)
+    }
+
     /// Broker memory per connection, in KiB.
     pub fn rss_per_connection_kib(&self) -> Option<f64> {
         let (before, after) = (self.rss_before_kib?, self.rss_after_kib?);
         Some((after as f64 - before as f64) / self.clients.max(1) as f64)
+    }
+
+    /// The report as one JSON object.
+    pub fn json(&self) -> String {
+        let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
+        format!(
+            "{{\"scenario\":\"connections\",\"clients\":{},\"connect_secs\":{:.3},\"connects_per_sec\":{:.1},\"rss_before_kib\":{},\"rss_after_kib\":{},\"rss_per_connection_kib\":{},\"broker_cpu_us_per_connection\":{},\"lost\":{}}}",
+            self.clients,
+            self.connect_secs,
+            self.connects_per_sec(),
+            opt(self.rss_before_kib),
+            opt(self.rss_after_kib),
+            self.rss_per_connection_kib()
+                .map_or("null".to_string(), |v| format!("{v:.3}")),
+            self.cpu_per_connection_us()
+                .map_or("null".to_string(), |v| format!("{v:.2}")),
+            self.lost,
+        )
     }
 
     pub fn line(&self) -> String {
@@ -86,10 +114,12 @@ impl ConnectionsReport {
             })
         };
         format!(
-            "connections n={}: {:.0} connects/s ({:.2}s), broker RSS {} -> {} = {} per connection, lost={}",
+            "connections n={}: {:.0} connects/s ({:.2}s, broker CPU {} per connection), broker RSS {} -> {} = {} per connection, lost={}",
             self.clients,
             self.connects_per_sec(),
             self.connect_secs,
+            self.cpu_per_connection_us()
+                .map_or("n/a".to_string(), |v| format!("{v:.1}us")),
             kib(self.rss_before_kib),
             kib(self.rss_after_kib),
             self.rss_per_connection_kib()
@@ -111,6 +141,19 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// CPU time a process has used so far (user + system), in seconds.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
+}
+
 /// Runs the scenario (see the module documentation); `broker_pid` for the memory figures.
 pub async fn connections(
     opts: &Options,
@@ -127,6 +170,7 @@ pub async fn connections(
         )));
     }
     let rss_before = broker_pid.and_then(rss_kib);
+    let cpu_before = broker_pid.and_then(cpu_secs);
     let lost = Arc::new(AtomicUsize::new(0));
     let (stop, stop_rx) = watch::channel(false);
     let connecting = Arc::new(Semaphore::new(cfg.parallel.max(1)));
@@ -166,6 +210,7 @@ pub async fn connections(
         }
     }
     let connect_secs = started.elapsed().as_secs_f64();
+    let cpu_after = broker_pid.and_then(cpu_secs);
     if failure.is_none() {
         tokio::time::sleep(cfg.settle).await;
     }
@@ -180,6 +225,7 @@ pub async fn connections(
         connect_secs,
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,
+        broker_cpu_secs: cpu_before.zip(cpu_after).map(|(b, a)| a - b),
         lost: lost.load(Ordering::Relaxed),
     })
 }
