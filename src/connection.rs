@@ -38,8 +38,7 @@ use crate::metrics::{DropReason, Metrics, PublishRefusal, RefuseReason, Traffic}
 use crate::outgoing::Transmit;
 use crate::rate::TokenBucket;
 use crate::router::{
-    sleep_until_opt, Attached, ChatPublish, CloseReason, Command, ConnId, ConnectRequest,
-    RouterHandle, WillRequest,
+    Attached, ChatPublish, CloseReason, Command, ConnId, ConnectRequest, RouterHandle, WillRequest,
 };
 use crate::session::{Close, Effect, Session, SessionParams};
 use crate::transport::{upgrade, ReadHalf, Transport, WriteHalf};
@@ -96,17 +95,29 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Storage pages read per backlog refill.
 const BACKLOG_PAGE: usize = 256;
 
+/// A socket the listener accepted, handed to [`serve`] in one box: an async fn keeps its
+/// arguments for its whole life, and this one lives as long as the connection.
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub endpoint: Arc<Endpoint>,
+    pub ctx: Arc<Context>,
+}
+
 /// Serves one accepted socket until it closes: the listener's handshakes (TLS, WebSocket)
 /// and the CONNECT must both arrive within `limits.connect_timeout_secs`.
-pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    endpoint: Arc<Endpoint>,
-    ctx: Arc<Context>,
-) {
-    let _ = stream.set_nodelay(true);
-    let _open = ctx.metrics.connection_opened(endpoint.kind);
-    let result = run(stream, peer, endpoint, &ctx).await;
+pub async fn serve(accepted: Box<Accepted>) {
+    let _ = accepted.stream.set_nodelay(true);
+    let peer = accepted.peer;
+    let ctx = accepted.ctx.clone();
+    let _open = ctx.metrics.connection_opened(accepted.endpoint.kind);
+    // The task's size is that of its largest state, for the connection's whole life:
+    // so everything before CONNACK (TLS and WebSocket handshakes, CONNECT, login, the
+    // router call) runs in a box freed once the connection is accepted.
+    let result = match Box::pin(accept(accepted)).await {
+        Ok(connection) => connection.run().await,
+        Err(e) => Err(e),
+    };
     let refused = match &result {
         Err(ConnectionError::ConnectTimeout(_)) => Some(RefuseReason::ConnectTimeout),
         Err(ConnectionError::Handshake(_) | ConnectionError::NotConnect(_)) => {
@@ -127,20 +138,22 @@ pub async fn serve(
     }
 }
 
-async fn run(
-    stream: TcpStream,
-    peer: SocketAddr,
-    endpoint: Arc<Endpoint>,
-    ctx: &Arc<Context>,
-) -> Result<(), ConnectionError> {
+/// From the accepted socket to CONNACK: the upgrade, CONNECT, and [`Connection::handshake`].
+async fn accept(accepted: Box<Accepted>) -> Result<Box<Connection>, ConnectionError> {
+    let Accepted {
+        stream,
+        peer,
+        endpoint,
+        ctx,
+    } = *accepted;
     let max_packet = ctx.config.limits.max_packet_size as usize;
     let timeout = Duration::from_secs(ctx.config.limits.connect_timeout_secs);
     let deadline = Instant::now() + timeout;
     let transport = if endpoint.upgrade.is_plain() {
         Transport::Tcp(stream)
     } else {
-        // Boxed: the TLS and WebSocket handshake state is several KB, and as part of this
-        // future it would stay in every connection's task for the connection's whole life.
+        // Boxed: the TLS and WebSocket handshake state is several KB, which plain TCP
+        // connections need not allocate.
         let handshake = Box::pin(upgrade(stream, &endpoint.upgrade));
         match tokio::time::timeout_at(deadline, handshake).await {
             Err(_) => return Err(ConnectionError::ConnectTimeout(timeout)),
@@ -168,9 +181,7 @@ async fn run(
             }
             Ok(result) => result?,
         };
-    // Boxed: the handshake's state (login, the router call) would otherwise stay part of
-    // every connection task's size for the connection's whole life.
-    let connection = Box::pin(Connection::handshake(
+    Connection::handshake(
         connect,
         Link {
             reader,
@@ -179,10 +190,9 @@ async fn run(
             endpoint,
         },
         rbuf,
-        ctx.clone(),
-    ))
-    .await?;
-    connection.run().await
+        ctx,
+    )
+    .await
 }
 
 async fn read_connect(
@@ -284,6 +294,26 @@ impl InboundBudget {
         self.paused = wait.is_some();
         Some(now + wait?)
     }
+}
+
+/// What woke an idle connection (see [`Connection::serve`]).
+enum Event {
+    Mail(Mail),
+    Read(std::io::Result<usize>),
+    /// The inbound rate limit's pause is over.
+    Resume,
+    AcksDone,
+    Keepalive,
+}
+
+/// Where [`Connection::settle`] left the connection.
+enum Settled {
+    /// Waiting for the next event.
+    Idle,
+    /// More to do before waiting (a backlog page or a resync was taken in).
+    Again,
+    /// The client said DISCONNECT.
+    Disconnected,
 }
 
 struct Connection {
@@ -577,7 +607,15 @@ impl Connection {
 
     async fn run(mut self: Box<Self>) -> Result<(), ConnectionError> {
         let result = self.serve().await;
-        let how = match &result {
+        // Boxed, like every rare path (see `serve`).
+        Box::pin(self.ended(&result)).await;
+        result
+    }
+
+    /// Logs the end and tells the router, with the will unless the client said goodbye
+    /// properly.
+    async fn ended(&mut self, result: &Result<(), ConnectionError>) {
+        let how = match result {
             Ok(()) => "DISCONNECT".to_string(),
             Err(e) => e.to_string(),
         };
@@ -588,8 +626,6 @@ impl Connection {
             listener = %self.endpoint.kind,
             "client disconnected: {how}"
         );
-        // Whatever ended the connection, the router learns of it, with the will unless the
-        // client said goodbye properly.
         let will = if self.clean_exit {
             None
         } else {
@@ -606,9 +642,14 @@ impl Connection {
                 sent: self.session.in_flight_seqs(),
             })
             .await;
-        result
     }
 
+    /// The connection's life after CONNACK. Most of it is spent idle, waiting in the
+    /// `select!` below, and a task's size is that of its largest state: so the waiting
+    /// holds only small futures, and the work on each event (decoding, the router, the
+    /// store, writing) runs in a boxed future that exists only while it runs. One
+    /// allocation per event, next to a system call per event; it keeps the idle task
+    /// about 1 KB smaller.
     async fn serve(&mut self) -> Result<(), ConnectionError> {
         let mut last_read = Instant::now();
         // Armed for the keepalive deadline as it was, and moved on only when it fires: one
@@ -618,63 +659,53 @@ impl Connection {
             tokio::time::sleep_until(last_read + self.keep_alive.unwrap_or(WRITE_TIMEOUT));
         tokio::pin!(keepalive_timer);
         // Packets a client sent right behind its CONNECT, in the same read.
-        if !self.rbuf.is_empty() && self.handle_input().await? {
-            self.process_effects().await?;
-            self.flush().await?;
+        if !self.rbuf.is_empty() && Box::pin(self.take_input()).await? {
             return Ok(());
         }
         loop {
-            // Acknowledgements answered meanwhile go out in the same write as the rest.
-            if !self.acks.is_empty() {
-                self.acks.take_ready(&mut self.acks_done);
-                if self.acks_done() && self.handle_input().await? {
-                    self.process_effects().await?;
-                    self.flush().await?;
-                    return Ok(());
-                }
-            }
-            self.process_effects().await?;
-            self.flush().await?;
-            if self.backlog.is_some()
-                && self.session.has_room()
-                && self.session.queued() < BACKLOG_PAGE
-            {
-                Box::pin(self.refill_backlog()).await?;
-                continue;
-            }
-            if self.backlog.is_none() && self.mailbox.lagged() && self.mailbox.chat_is_empty() {
-                Box::pin(self.resync()).await?;
-                continue;
+            match Box::pin(self.settle()).await? {
+                Settled::Disconnected => return Ok(()),
+                Settled::Again => continue,
+                Settled::Idle => {}
             }
             let paused_until = self.budget.as_mut().and_then(|b| b.paused_until());
             if paused_until.is_some() {
                 // Not reading is the broker's choice: it does not count against keepalive.
                 last_read = Instant::now();
             }
+            // Boxed (when there is a pause at all): a Sleep is 100-odd bytes.
+            let pause = paused_until.map(|at| Box::pin(tokio::time::sleep_until(at)));
             let take_live = self.backlog.is_none() && self.session.has_room();
-            tokio::select! {
-                mail = self.mailbox.next(take_live), if !self.closing => match mail {
-                    Mail::Close(reason) => {
-                        self.closing = true;
-                        self.server_disconnect(reason.code, &reason.why).await;
-                        return Err(ConnectionError::ClosedBy(reason));
-                    }
-                    Mail::Chat => {
-                        // One clock reading for the batch (a fan-out hands each connection
-                        // many messages at once), and everything waiting taken in one go:
-                        // fewer wakeups, larger writes.
-                        let now = Now::read();
-                        while self.session.has_room() {
-                            match self.mailbox.pop_chat() {
-                                Some(delivery) => self.deliver_live(delivery, &now),
-                                None => break,
-                            }
+            let event = tokio::select! {
+                mail = self.mailbox.next(take_live), if !self.closing => Event::Mail(mail),
+                read = self.reader.read(&mut self.rbuf, READ_BUFFER), if !self.session.inbound_full() && pause.is_none() => Event::Read(read),
+                // Over the listener's inbound rate: the socket is not read meanwhile. Then
+                // the packets already read but left undecoded go first.
+                () = async { if let Some(pause) = pause { pause.await } }, if paused_until.is_some() => Event::Resume,
+                () = std::future::poll_fn(|cx| self.acks.poll_ready(cx, &mut self.acks_done)), if !self.acks.is_empty() => Event::AcksDone,
+                () = &mut keepalive_timer, if self.keep_alive.is_some() => Event::Keepalive,
+            };
+            match event {
+                Event::Mail(Mail::Close(reason)) => {
+                    self.closing = true;
+                    Box::pin(self.server_disconnect(reason.code, &reason.why)).await;
+                    return Err(ConnectionError::ClosedBy(reason));
+                }
+                Event::Mail(Mail::Chat) => {
+                    // One clock reading for the batch (a fan-out hands each connection
+                    // many messages at once), and everything waiting taken in one go:
+                    // fewer wakeups, larger writes.
+                    let now = Now::read();
+                    while self.session.has_room() {
+                        match self.mailbox.pop_chat() {
+                            Some(delivery) => self.deliver_live(delivery, &now),
+                            None => break,
                         }
                     }
-                    // Only while no chat message waits: a DM overtakes broadcasts.
-                    Mail::Broadcast(delivery) => self.deliver_live(delivery, &Now::read()),
-                },
-                read = self.reader.read(&mut self.rbuf, READ_BUFFER), if !self.session.inbound_full() && paused_until.is_none() => {
+                }
+                // Only while no chat message waits: a DM overtakes broadcasts.
+                Event::Mail(Mail::Broadcast(delivery)) => self.deliver_live(delivery, &Now::read()),
+                Event::Read(read) => {
                     let n = read?;
                     if n == 0 {
                         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
@@ -686,9 +717,7 @@ impl Connection {
                             bytes.spend(n as u64);
                         }
                     }
-                    if self.handle_input().await? {
-                        self.process_effects().await?;
-                        self.flush().await?;
+                    if Box::pin(self.take_input()).await? {
                         return Ok(());
                     }
                     if self.rbuf.is_empty() {
@@ -697,33 +726,65 @@ impl Connection {
                         self.rbuf = BytesMut::new();
                     }
                 }
-                // Over the listener's inbound rate: the socket is not read meanwhile. Then
-                // the packets already read but left undecoded go first.
-                _ = sleep_until_opt(paused_until) => {
-                    if !self.rbuf.is_empty() && self.handle_input().await? {
-                        self.process_effects().await?;
-                        self.flush().await?;
+                Event::Resume => {
+                    if !self.rbuf.is_empty() && Box::pin(self.take_input()).await? {
                         return Ok(());
                     }
                 }
-                () = std::future::poll_fn(|cx| self.acks.poll_ready(cx, &mut self.acks_done)), if !self.acks.is_empty() => {
-                    if self.acks_done() && self.handle_input().await? {
-                        self.process_effects().await?;
-                        self.flush().await?;
+                Event::AcksDone => {
+                    if self.acks_done() && Box::pin(self.take_input()).await? {
                         return Ok(());
                     }
                 }
-                () = &mut keepalive_timer, if self.keep_alive.is_some() => {
+                Event::Keepalive => {
                     let deadline = last_read + self.keep_alive.unwrap_or_default();
                     if deadline > Instant::now() {
                         keepalive_timer.as_mut().reset(deadline);
                         continue;
                     }
-                    self.server_disconnect(ReasonCode::KeepAliveTimeout, "keepalive timeout").await;
+                    Box::pin(
+                        self.server_disconnect(ReasonCode::KeepAliveTimeout, "keepalive timeout"),
+                    )
+                    .await;
                     return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
                 }
             }
         }
+    }
+
+    /// The work between two waits: acknowledgements answered meanwhile, the session's
+    /// effects, the write, and the next page of the backlog or a resync.
+    async fn settle(&mut self) -> Result<Settled, ConnectionError> {
+        // Acknowledgements answered meanwhile go out in the same write as the rest.
+        if !self.acks.is_empty() {
+            self.acks.take_ready(&mut self.acks_done);
+            if self.acks_done() && self.take_input().await? {
+                return Ok(Settled::Disconnected);
+            }
+        }
+        self.process_effects().await?;
+        self.flush().await?;
+        if self.backlog.is_some() && self.session.has_room() && self.session.queued() < BACKLOG_PAGE
+        {
+            Box::pin(self.refill_backlog()).await?;
+            return Ok(Settled::Again);
+        }
+        if self.backlog.is_none() && self.mailbox.lagged() && self.mailbox.chat_is_empty() {
+            Box::pin(self.resync()).await?;
+            return Ok(Settled::Again);
+        }
+        Ok(Settled::Idle)
+    }
+
+    /// Decodes what the read buffer holds; once the client said DISCONNECT, handles and
+    /// writes what came before it and returns true.
+    async fn take_input(&mut self) -> Result<bool, ConnectionError> {
+        if !self.handle_input().await? {
+            return Ok(false);
+        }
+        self.process_effects().await?;
+        self.flush().await?;
+        Ok(true)
     }
 
     /// Hands the acknowledgements taken from `acks` to the session. Returns true when that

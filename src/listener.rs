@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{Config, ListenerKind, ListenerLimits, ListenerSpec};
-use crate::connection::{self, Context};
+use crate::connection::{self, Accepted, Context};
 use crate::metrics::{Metrics, RefuseReason};
 use crate::rate::TokenBucket;
 use crate::transport::{tls_acceptor, TlsSetupError, Upgrade};
@@ -143,10 +143,14 @@ impl Listener {
                             drop(stream);
                             continue;
                         };
-                        let ctx = ctx.clone();
-                        let endpoint = endpoint.clone();
+                        let accepted = Box::new(Accepted {
+                            stream,
+                            peer,
+                            endpoint: endpoint.clone(),
+                            ctx: ctx.clone(),
+                        });
                         connections.spawn(async move {
-                            connection::serve(stream, peer, endpoint, ctx).await;
+                            connection::serve(accepted).await;
                             drop(permits);
                         });
                     }

@@ -78,26 +78,40 @@ impl ReadHalf {
     /// Cancel safe: if the future is dropped before it completes, nothing was read.
     pub async fn read(&mut self, buf: &mut BytesMut, reserve: usize) -> io::Result<usize> {
         match self {
-            ReadHalf::Tcp(socket) => loop {
-                socket.readable().await?;
-                make_room(buf, reserve);
-                match socket.try_read_buf(buf) {
-                    Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        // Readiness was stale: `readable()` stays ready after a read that
-                        // did not drain the socket, so this is common right after a
-                        // packet. Wait again without holding the buffer just reserved.
-                        if buf.is_empty() {
-                            *buf = BytesMut::new();
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
-            },
+            // A poll_fn rather than `readable().await`: an idle connection waits here, and
+            // this future is part of its task's size (a few dozen bytes instead of 200).
+            ReadHalf::Tcp(socket) => {
+                std::future::poll_fn(|cx| poll_read_tcp(socket, cx, buf, reserve)).await
+            }
             ReadHalf::Other(io) => {
                 make_room(buf, reserve);
                 io.read_buf(buf).await
             }
+        }
+    }
+}
+
+fn poll_read_tcp(
+    socket: &OwnedReadHalf,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    reserve: usize,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(socket.as_ref().poll_read_ready(cx))?;
+        make_room(buf, reserve);
+        match socket.try_read_buf(buf) {
+            Ok(n) => return Poll::Ready(Ok(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Readiness was stale (it stays set after a read that did not drain the
+                // socket, so this is common right after a packet); the failed read cleared
+                // it, and the next poll_read_ready registers for the real thing. Wait
+                // without holding the buffer just reserved.
+                if buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
+            }
+            Err(e) => return Poll::Ready(Err(e)),
         }
     }
 }

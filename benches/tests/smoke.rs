@@ -176,7 +176,10 @@ async fn comparison_scenarios_at_small_scale() {
         "{r:?}"
     );
     // The broker's CPU time (this process's) is read; 10 ms ticks may make it 0.
-    assert!(r.cpu_per_connection_us().is_some_and(|us| us >= 0.0), "{r:?}");
+    assert!(
+        r.cpu_per_connection_us().is_some_and(|us| us >= 0.0),
+        "{r:?}"
+    );
     assert!(r.json().contains("\"clients\":60"), "{}", r.json());
 
     // Retained: every match arrives, for the few and for the subtree.
