@@ -391,7 +391,9 @@ pub struct Router {
     writer: Writer,
     subscriptions: SubscriptionTree<SessionId>,
     retained: RetainedTree<Arc<Message>>,
-    sessions: FxHashMap<SessionId, Slot>,
+    /// Boxed: a hash table keeps spare room (up to half of it empty), and a 200-byte
+    /// slot per spare place would cost more than the box.
+    sessions: FxHashMap<SessionId, Box<Slot>>,
     by_client: HashMap<ByteString, SessionId>,
     share_cursor: HashMap<String, usize>,
     /// Reused by `plan` for the matches of each message.
@@ -536,7 +538,7 @@ impl Router {
         }
         self.offline_queued += slot.offline_queued;
         self.by_client.insert(client_id, id);
-        self.sessions.insert(id, slot);
+        self.sessions.insert(id, Box::new(slot));
     }
 
     /// Counts drops and refusals in `metrics` (the broker's shared ones) instead of a
@@ -748,7 +750,7 @@ impl Router {
                 self.by_client.insert(request.client_id.clone(), id);
                 self.sessions.insert(
                     id,
-                    Slot {
+                    Box::new(Slot {
                         client_id: request.client_id.clone(),
                         user: request.user.clone(),
                         protocol: request.protocol,
@@ -762,7 +764,7 @@ impl Router {
                         disconnected_at_ms: None,
                         expires_at: None,
                         will: None,
-                    },
+                    }),
                 );
                 (id, false)
             }
@@ -870,10 +872,10 @@ impl Router {
                 .by_client
                 .get(client_id)
                 .and_then(|id| self.sessions.get(id))
-                .map(summary)
+                .map(|slot| summary(slot))
                 .into_iter()
                 .collect(),
-            None => self.sessions.values().map(summary).collect(),
+            None => self.sessions.values().map(|slot| summary(slot)).collect(),
         };
         all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         all
@@ -1470,7 +1472,7 @@ fn merge_session(targets: &[Target], index: &mut usize) -> (QoS, bool, Vec<u32>)
 /// One member of a shared subscription group per message, round robin, preferring members
 /// that are online (an offline member's queue would hold the message back).
 fn pick_member<'a>(
-    sessions: &FxHashMap<SessionId, Slot>,
+    sessions: &FxHashMap<SessionId, Box<Slot>>,
     cursors: &mut HashMap<String, usize>,
     group: &str,
     filter: &str,
