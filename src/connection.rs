@@ -8,7 +8,7 @@
 //! connection reads them back from storage in pages ("backlog") before taking live
 //! deliveries again, so order is kept and memory stays bounded.
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -346,7 +346,7 @@ struct Connection {
     /// One past the highest durable queue position handed to the session.
     next_stored: u64,
     /// Positions the previous connection sent unacknowledged: resent with DUP.
-    sent_before: HashSet<u64>,
+    sent_before: FxHashSet<u64>,
     acks: AckQueue,
     /// Acknowledgements taken from `acks`, on their way to the session (kept for its capacity).
     acks_done: Vec<Ack>,

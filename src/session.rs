@@ -111,8 +111,8 @@ pub struct Session {
     inbound_unacked: u16,
     /// Inbound QoS 2 packet IDs between PUBLISH and PUBREL; `true` once PUBREC was sent.
     inbound_qos2: FxHashMap<u16, bool>,
-    aliases_in: FxHashMap<u16, ByteString>,
-    aliases_out: HashMap<ByteString, u16>,
+    /// MQTT 5 topic aliases, allocated on first use: most connections never have any.
+    aliases: Option<Box<TopicAliases>>,
     next_packet_id: u16,
     in_flight: FxHashMap<u16, InFlight>,
     queue: VecDeque<Delivery>,
@@ -124,6 +124,13 @@ pub struct Session {
     pub expired: u64,
 }
 
+/// A connection's topic aliases, both ways.
+#[derive(Debug, Default)]
+struct TopicAliases {
+    inbound: FxHashMap<u16, ByteString>,
+    outbound: HashMap<ByteString, u16>,
+}
+
 impl Session {
     pub fn new(params: SessionParams) -> Session {
         Session {
@@ -132,8 +139,7 @@ impl Session {
             effects: VecDeque::new(),
             inbound_unacked: 0,
             inbound_qos2: FxHashMap::default(),
-            aliases_in: FxHashMap::default(),
-            aliases_out: HashMap::new(),
+            aliases: None,
             next_packet_id: 1,
             in_flight: FxHashMap::default(),
             queue: VecDeque::new(),
@@ -302,13 +308,15 @@ impl Session {
         let max = self.params.max_packet_size_out as usize;
         let mut new_alias = None;
         if self.params.topic_alias_maximum_out > 0 {
-            if let Some(&alias) = self.aliases_out.get(&message.topic) {
+            let outbound = self.aliases.as_ref().map(|a| &a.outbound);
+            let used = outbound.map_or(0, HashMap::len);
+            if let Some(&alias) = outbound.and_then(|o| o.get(&message.topic)) {
                 publish.aliased = true;
                 publish.properties.topic_alias = Some(alias);
-            } else if self.aliases_out.len() < usize::from(self.params.topic_alias_maximum_out) {
+            } else if used < usize::from(self.params.topic_alias_maximum_out) {
                 // Aliases are handed out first come, first kept: chat clients talk on few
                 // topics, and never replacing one avoids any ambiguity on the client side.
-                let alias = u16::try_from(self.aliases_out.len() + 1).unwrap_or(u16::MAX);
+                let alias = u16::try_from(used + 1).unwrap_or(u16::MAX);
                 publish.properties.topic_alias = Some(alias);
                 new_alias = Some(alias);
             }
@@ -317,7 +325,8 @@ impl Session {
             return None;
         }
         if let Some(alias) = new_alias {
-            self.aliases_out.insert(message.topic.clone(), alias);
+            let aliases = self.aliases.get_or_insert_with(Box::default);
+            aliases.outbound.insert(message.topic.clone(), alias);
         }
         Some(publish)
     }
@@ -444,12 +453,14 @@ impl Session {
             ));
         }
         if publish.topic.is_empty() {
-            self.aliases_in.get(&alias).cloned().ok_or(Close::new(
+            let known = self.aliases.as_ref().and_then(|a| a.inbound.get(&alias));
+            known.cloned().ok_or(Close::new(
                 ReasonCode::ProtocolError,
                 "topic alias not defined on this connection",
             ))
         } else {
-            self.aliases_in.insert(alias, publish.topic.clone());
+            let aliases = self.aliases.get_or_insert_with(Box::default);
+            aliases.inbound.insert(alias, publish.topic.clone());
             Ok(publish.topic.clone())
         }
     }
