@@ -8,7 +8,6 @@
 //! connection reads them back from storage in pages ("backlog") before taking live
 //! deliveries again, so order is kept and memory stays bounded.
 
-use rustc_hash::FxHashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use rustc_hash::FxHashSet;
 use tern_codec::{
     decode, ByteString, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol,
     QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,

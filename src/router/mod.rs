@@ -1496,7 +1496,7 @@ fn pick_member<'a>(
 }
 
 /// Sleeps until `at`, or forever without a deadline (a disabled `select!` timer).
-pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
+async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
