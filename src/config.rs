@@ -390,6 +390,13 @@ pub struct Limits {
     /// twice this many can be in memory for one connection. Default 1_024; at least 1 (a
     /// mailbox of 0 cannot carry anything).
     pub outbound_channel_capacity: usize,
+    /// Milliseconds of quiet after which a connection that was woken leaves its task and
+    /// waits in the parking lot (`parking.rs`): about 1 KB less per idle connection, and a
+    /// few microseconds to wake it on its next packet, message or keepalive deadline. A
+    /// new connection parks at its first quiet moment after CONNACK. Only plain TCP
+    /// connections park (TLS and WebSocket state stays in its task). 0 turns parking off.
+    /// Default 1_000; at most 3_600_000.
+    pub idle_park_ms: u64,
 }
 
 impl Default for Limits {
@@ -408,6 +415,7 @@ impl Default for Limits {
             max_session_expiry_secs: 7 * 24 * 60 * 60,
             max_retained_messages: 1_000_000,
             outbound_channel_capacity: 1_024,
+            idle_park_ms: 1_000,
         }
     }
 }
@@ -721,6 +729,9 @@ impl Config {
             1,
         )?;
 
+        // Bounded for the same `Instant + Duration` arithmetic.
+        check_range("limits.idle_park_ms", l.idle_park_ms, 0, 3_600_000)?;
+
         self.validate_listeners()?;
 
         let s = &self.storage;
@@ -991,6 +1002,7 @@ mod tests {
         assert_eq!(c.limits.max_session_expiry_secs, 604_800);
         assert_eq!(c.limits.max_retained_messages, 1_000_000);
         assert_eq!(c.limits.outbound_channel_capacity, 1_024);
+        assert_eq!(c.limits.idle_park_ms, 1_000);
         assert_eq!(c.storage.sync, SyncMode::Always);
         assert_eq!(c.storage.sync_interval_ms, 5);
         assert_eq!(c.storage.writer_queue, 4_096);
@@ -1122,6 +1134,10 @@ mod tests {
         assert_eq!(
             invalid_key("[limits]\noutbound_channel_capacity = 0"),
             "limits.outbound_channel_capacity"
+        );
+        assert_eq!(
+            invalid_key("[limits]\nidle_park_ms = 3_600_001"),
+            "limits.idle_park_ms"
         );
         assert_eq!(
             invalid_key("[storage]\nsync_interval_ms = 0"),

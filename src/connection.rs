@@ -31,11 +31,12 @@ use crate::im::acl::{check_filter, FilterDecision};
 use crate::im::auth::{authenticate, AuthError, Credentials, Identity};
 use crate::im::inbox::{for_recipient, parse_sync_request, sync_end};
 use crate::im::topics::{classify, Address};
-use crate::listener::Endpoint;
+use crate::listener::{Endpoint, Permits};
 use crate::mailbox::{Mail, Mailbox, BROADCAST_LANE};
 use crate::message::{now_ms, Delivery, Message, SessionId};
 use crate::metrics::{DropReason, Metrics, PublishRefusal, RefuseReason, Traffic};
 use crate::outgoing::Transmit;
+use crate::parking::{Parked, ParkingLot};
 use crate::rate::TokenBucket;
 use crate::router::{
     Attached, ChatPublish, CloseReason, Command, ConnId, ConnectRequest, RouterHandle, WillRequest,
@@ -52,6 +53,8 @@ pub struct Context {
     pub broadcasts: Arc<tokio::sync::Semaphore>,
     /// The broker's counters (see `crate::metrics`).
     pub metrics: Arc<Metrics>,
+    /// Where idle connections wait without a task (see `crate::parking`).
+    pub lot: ParkingLot,
 }
 
 /// Why a connection ended, for the log.
@@ -102,6 +105,8 @@ pub struct Accepted {
     pub peer: SocketAddr,
     pub endpoint: Arc<Endpoint>,
     pub ctx: Arc<Context>,
+    /// The connection's places under the connection limits, held until it ends.
+    pub permits: Permits,
 }
 
 /// Serves one accepted socket until it closes: the listener's handshakes (TLS, WebSocket)
@@ -110,7 +115,6 @@ pub async fn serve(accepted: Box<Accepted>) {
     let _ = accepted.stream.set_nodelay(true);
     let peer = accepted.peer;
     let ctx = accepted.ctx.clone();
-    let _open = ctx.metrics.connection_opened(accepted.endpoint.kind);
     // The task's size is that of its largest state, for the connection's whole life:
     // so everything before CONNACK (TLS and WebSocket handshakes, CONNECT, login, the
     // router call) runs in a box freed once the connection is accepted.
@@ -129,6 +133,10 @@ pub async fn serve(accepted: Box<Accepted>) {
     if let Some(reason) = refused {
         ctx.metrics.connect_refused(reason);
     }
+    log_end(peer, &result);
+}
+
+fn log_end(peer: SocketAddr, result: &Result<(), ConnectionError>) {
     match result {
         Ok(()) => {}
         Err(e @ (ConnectionError::ConnectTimeout(_) | ConnectionError::Handshake(_))) => {
@@ -145,6 +153,7 @@ async fn accept(accepted: Box<Accepted>) -> Result<Box<Connection>, ConnectionEr
         peer,
         endpoint,
         ctx,
+        permits,
     } = *accepted;
     let max_packet = ctx.config.limits.max_packet_size as usize;
     let timeout = Duration::from_secs(ctx.config.limits.connect_timeout_secs);
@@ -188,6 +197,7 @@ async fn accept(accepted: Box<Accepted>) -> Result<Box<Connection>, ConnectionEr
             writer,
             peer,
             endpoint,
+            permits,
         },
         rbuf,
         ctx,
@@ -254,6 +264,7 @@ struct Link {
     writer: WriteHalf,
     peer: SocketAddr,
     endpoint: Arc<Endpoint>,
+    permits: Permits,
 }
 
 /// The listener's per-connection inbound limits (messages and bytes per second).
@@ -303,7 +314,16 @@ enum Event {
     /// The inbound rate limit's pause is over.
     Resume,
     AcksDone,
-    Keepalive,
+    /// The keepalive deadline, or the time to see whether the connection can park.
+    Timer,
+}
+
+/// Why [`Connection::serve`] returned.
+enum Stop {
+    /// The client said DISCONNECT.
+    Disconnected,
+    /// Idle: the connection goes to the parking lot, its task ends.
+    Park,
 }
 
 /// Where [`Connection::settle`] left the connection.
@@ -322,6 +342,7 @@ struct Connection {
     writer: WriteHalf,
     peer: SocketAddr,
     endpoint: Arc<Endpoint>,
+    _permits: Permits,
     /// `None` when the listener sets no inbound rate limits (boxed: rarely there).
     budget: Option<Box<InboundBudget>>,
     rbuf: BytesMut,
@@ -333,6 +354,12 @@ struct Connection {
     persistent: bool,
     session: Session,
     keep_alive: Option<Duration>,
+    /// When the client last sent something (or reading last resumed after a pause).
+    last_read: Instant,
+    /// Something happened since the timer was last armed: not idle, do not park.
+    busy: bool,
+    /// Not parked yet: parks at its first idle moment, without waiting `idle_park_ms`.
+    fresh: bool,
     /// What the router hands this connection: chat deliveries, broadcasts, a close order.
     mailbox: Mailbox,
     /// The router's close order has been taken: the connection is ending.
@@ -356,6 +383,39 @@ struct Connection {
     expiry_override: Option<u32>,
 }
 
+impl Parked for Connection {
+    fn poll_wake(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        if self.mailbox.poll_waiting(cx) {
+            return true;
+        }
+        match &mut self.reader {
+            // A peek rather than the socket's readiness: that stays set after the last read
+            // until a read finds nothing, so it is stale more often than not when a
+            // connection parks. The peek clears it, and registers `cx` for new input.
+            ReadHalf::Tcp(socket) => {
+                let mut byte = [std::mem::MaybeUninit::uninit()];
+                socket
+                    .poll_peek(cx, &mut tokio::io::ReadBuf::uninit(&mut byte))
+                    .is_ready()
+            }
+            // Never parked (see `park_after`); if it were, it would go straight back.
+            ReadHalf::Other(_) => true,
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.keep_alive.map(|limit| self.last_read + limit)
+    }
+
+    fn resume(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let peer = self.peer;
+            let result = self.run().await;
+            log_end(peer, &result);
+        })
+    }
+}
+
 impl Connection {
     /// Validates CONNECT, attaches the session through the router and sends CONNACK.
     async fn handshake(
@@ -369,6 +429,7 @@ impl Connection {
             mut writer,
             peer,
             endpoint,
+            permits,
         } = link;
         let limits = &ctx.config.limits;
         let protocol = connect.protocol;
@@ -556,6 +617,7 @@ impl Connection {
             reader,
             writer,
             peer,
+            _permits: permits,
             budget: InboundBudget::new(&endpoint, &ctx.metrics),
             endpoint,
             rbuf: if rbuf.is_empty() {
@@ -573,6 +635,9 @@ impl Connection {
             session,
             keep_alive: (keep_alive > 0)
                 .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            last_read: Instant::now(),
+            busy: false,
+            fresh: true,
             mailbox,
             closing: false,
             identity,
@@ -606,10 +671,55 @@ impl Connection {
     }
 
     async fn run(mut self: Box<Self>) -> Result<(), ConnectionError> {
-        let result = self.serve().await;
+        let result = match self.serve().await {
+            Ok(Stop::Park) => {
+                self.fresh = false;
+                let lot = self.ctx.lot.clone();
+                return match lot.park(self) {
+                    Ok(()) => Ok(()),
+                    // The lot stopped meanwhile (the broker is stopping): serve on here.
+                    Err(parked) => {
+                        parked.resume().await;
+                        Ok(())
+                    }
+                };
+            }
+            Ok(Stop::Disconnected) => Ok(()),
+            Err(e) => Err(e),
+        };
         // Boxed, like every rare path (see `serve`).
         Box::pin(self.ended(&result)).await;
         result
+    }
+
+    /// How long this connection stays quiet before it parks; `None` when it does not park.
+    fn park_after(&self) -> Option<Duration> {
+        let ms = self.ctx.config.limits.idle_park_ms;
+        (ms > 0 && matches!(self.reader, ReadHalf::Tcp(_)) && !self.ctx.lot.is_closed())
+            .then(|| Duration::from_millis(ms))
+    }
+
+    /// Whether the connection can wait in the parking lot: nothing under way that the lot
+    /// does not watch (it watches the mailbox, the socket and the keepalive deadline).
+    fn can_park(&self) -> bool {
+        !self.closing
+            && self.rbuf.is_empty()
+            && self.wbuf.is_empty()
+            && self.acks.is_empty()
+            && self.acks_done.is_empty()
+            && self.backlog.is_none()
+            && self.mailbox.is_idle()
+    }
+
+    /// The timer's next deadline: the keepalive deadline, or sooner the next look at
+    /// whether to park.
+    fn next_timer(&self, now: Instant, park_after: Option<Duration>) -> Instant {
+        let keepalive = self.keep_alive.map(|limit| self.last_read + limit);
+        let park = park_after.map(|after| now + after);
+        match (keepalive, park) {
+            (Some(keepalive), Some(park)) => keepalive.min(park),
+            (keepalive, park) => keepalive.or(park).unwrap_or(now + WRITE_TIMEOUT),
+        }
     }
 
     /// Logs the end and tells the router, with the will unless the client said goodbye
@@ -650,28 +760,33 @@ impl Connection {
     /// store, writing) runs in a boxed future that exists only while it runs. One
     /// allocation per event, next to a system call per event; it keeps the idle task
     /// about 1 KB smaller.
-    async fn serve(&mut self) -> Result<(), ConnectionError> {
-        let mut last_read = Instant::now();
-        // Armed for the keepalive deadline as it was, and moved on only when it fires: one
-        // timer operation per keepalive period rather than two per loop iteration. Never
-        // polled (so never registered) without a keepalive.
-        let keepalive_timer =
-            tokio::time::sleep_until(last_read + self.keep_alive.unwrap_or(WRITE_TIMEOUT));
-        tokio::pin!(keepalive_timer);
+    ///
+    /// It returns [`Stop::Park`] once the connection is idle and may wait in the parking
+    /// lot: at once the first time (a new connection, typically with nothing to do for a
+    /// while), and after a quiet `idle_park_ms` once woken from there.
+    async fn serve(&mut self) -> Result<Stop, ConnectionError> {
+        let park_after = self.park_after();
+        // One timer for the keepalive deadline and for parking, armed for the nearer and
+        // moved on only when it fires: one timer operation per period rather than two per
+        // loop iteration. Never polled (so never registered) without either.
+        let timer = tokio::time::sleep_until(self.next_timer(Instant::now(), park_after));
+        tokio::pin!(timer);
         // Packets a client sent right behind its CONNECT, in the same read.
         if !self.rbuf.is_empty() && Box::pin(self.take_input()).await? {
-            return Ok(());
+            return Ok(Stop::Disconnected);
         }
         loop {
             match Box::pin(self.settle()).await? {
-                Settled::Disconnected => return Ok(()),
+                Settled::Disconnected => return Ok(Stop::Disconnected),
                 Settled::Again => continue,
                 Settled::Idle => {}
             }
             let paused_until = self.budget.as_mut().and_then(|b| b.paused_until());
             if paused_until.is_some() {
                 // Not reading is the broker's choice: it does not count against keepalive.
-                last_read = Instant::now();
+                self.last_read = Instant::now();
+            } else if self.fresh && park_after.is_some() && self.can_park() {
+                return Ok(Stop::Park);
             }
             // Boxed (when there is a pause at all): a Sleep is 100-odd bytes.
             let pause = paused_until.map(|at| Box::pin(tokio::time::sleep_until(at)));
@@ -683,8 +798,11 @@ impl Connection {
                 // the packets already read but left undecoded go first.
                 () = async { if let Some(pause) = pause { pause.await } }, if paused_until.is_some() => Event::Resume,
                 () = std::future::poll_fn(|cx| self.acks.poll_ready(cx, &mut self.acks_done)), if !self.acks.is_empty() => Event::AcksDone,
-                () = &mut keepalive_timer, if self.keep_alive.is_some() => Event::Keepalive,
+                () = &mut timer, if self.keep_alive.is_some() || park_after.is_some() => Event::Timer,
             };
+            if !matches!(event, Event::Timer) {
+                self.busy = true;
+            }
             match event {
                 Event::Mail(Mail::Close(reason)) => {
                     self.closing = true;
@@ -710,7 +828,7 @@ impl Connection {
                     if n == 0 {
                         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
                     }
-                    last_read = Instant::now();
+                    self.last_read = Instant::now();
                     self.traffic.read(n);
                     if let Some(budget) = &mut self.budget {
                         if let Some(bytes) = &mut budget.bytes {
@@ -718,7 +836,7 @@ impl Connection {
                         }
                     }
                     if Box::pin(self.take_input()).await? {
-                        return Ok(());
+                        return Ok(Stop::Disconnected);
                     }
                     if self.rbuf.is_empty() {
                         // Idle again: hold no read buffer while waiting (most of a chat
@@ -728,25 +846,38 @@ impl Connection {
                 }
                 Event::Resume => {
                     if !self.rbuf.is_empty() && Box::pin(self.take_input()).await? {
-                        return Ok(());
+                        return Ok(Stop::Disconnected);
                     }
                 }
                 Event::AcksDone => {
                     if self.acks_done() && Box::pin(self.take_input()).await? {
-                        return Ok(());
+                        return Ok(Stop::Disconnected);
                     }
                 }
-                Event::Keepalive => {
-                    let deadline = last_read + self.keep_alive.unwrap_or_default();
-                    if deadline > Instant::now() {
-                        keepalive_timer.as_mut().reset(deadline);
-                        continue;
+                Event::Timer => {
+                    let now = Instant::now();
+                    if self
+                        .keep_alive
+                        .is_some_and(|limit| self.last_read + limit <= now)
+                    {
+                        Box::pin(
+                            self.server_disconnect(
+                                ReasonCode::KeepAliveTimeout,
+                                "keepalive timeout",
+                            ),
+                        )
+                        .await;
+                        return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
                     }
-                    Box::pin(
-                        self.server_disconnect(ReasonCode::KeepAliveTimeout, "keepalive timeout"),
-                    )
-                    .await;
-                    return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
+                    if park_after.is_some()
+                        && !self.busy
+                        && paused_until.is_none()
+                        && self.can_park()
+                    {
+                        return Ok(Stop::Park);
+                    }
+                    self.busy = false;
+                    timer.as_mut().reset(self.next_timer(now, park_after));
                 }
             }
         }

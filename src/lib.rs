@@ -8,7 +8,8 @@
 //! - [`listener`] and [`transport`]: the TCP, TLS, WebSocket and WSS listeners, their
 //!   limits at accept, and the byte streams a connection reads and writes ([`rate`]: the
 //!   token bucket behind the rate limits).
-//! - [`connection`]: drives one client socket: handshake, keepalive, I/O, backlog reading.
+//! - [`connection`]: drives one client socket: handshake, keepalive, I/O, backlog reading;
+//!   [`parking`]: where idle connections wait without a task.
 //! - [`session`]: the MQTT session of a connected client as a state machine without I/O
 //!   (QoS flows, in-flight window, topic aliases).
 //! - [`router`]: the one owner of subscriptions, retained messages and session placement;
@@ -32,6 +33,7 @@ pub mod mailbox;
 pub mod message;
 pub mod metrics;
 pub mod outgoing;
+pub mod parking;
 pub mod rate;
 pub mod retained;
 pub mod router;

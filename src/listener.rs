@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, ListenerKind, ListenerLimits, ListenerSpec};
 use crate::connection::{self, Accepted, Context};
-use crate::metrics::{Metrics, RefuseReason};
+use crate::metrics::{ConnectionGuard, Metrics, RefuseReason};
 use crate::rate::TokenBucket;
 use crate::transport::{tls_acceptor, TlsSetupError, Upgrade};
 
@@ -148,11 +148,11 @@ impl Listener {
                             peer,
                             endpoint: endpoint.clone(),
                             ctx: ctx.clone(),
+                            permits,
                         });
-                        connections.spawn(async move {
-                            connection::serve(accepted).await;
-                            drop(permits);
-                        });
+                        // A connection that parks (see `parking.rs`) leaves this set: the
+                        // parking lot tracks it from then on.
+                        connections.spawn(connection::serve(accepted));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: wait instead of spinning.
@@ -167,11 +167,13 @@ impl Listener {
     }
 }
 
-/// What a running connection holds; dropping it frees its places.
-struct Permits {
+/// What a connection holds for its whole life, parked or not; dropping it frees its places.
+pub struct Permits {
     _all: OwnedSemaphorePermit,
     _mine: Option<OwnedSemaphorePermit>,
     _ip: Option<IpPlace>,
+    /// Counts the connection as open in the metrics.
+    _open: ConnectionGuard,
 }
 
 /// The connection limits, checked at accept; `None` when one is reached (logged).
@@ -219,6 +221,7 @@ fn admit(
         _all: all,
         _mine: mine,
         _ip: ip,
+        _open: metrics.connection_opened(endpoint.kind),
     })
 }
 

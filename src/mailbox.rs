@@ -282,6 +282,23 @@ impl Mailbox {
         queues.chat.is_empty() && queues.broadcasts.is_empty()
     }
 
+    /// Nothing waits and nothing is owed: no delivery, broadcast or close order, and no
+    /// lag to resync. A connection may park only then.
+    pub fn is_idle(&self) -> bool {
+        if !self.batch.is_empty() || self.lagged() {
+            return false;
+        }
+        let queues = self.shared.lock();
+        queues.chat.is_empty() && queues.broadcasts.is_empty() && queues.close.is_none()
+    }
+
+    /// For a parked connection: registers `cx` to be woken by whatever the router hands
+    /// over next; true when something is there already (then it is not waited for).
+    pub fn poll_waiting(&self, cx: &mut std::task::Context<'_>) -> bool {
+        self.shared.waker.register(cx.waker());
+        !self.is_idle()
+    }
+
     pub fn lagged(&self) -> bool {
         self.shared.lagged.load(Ordering::Acquire)
     }

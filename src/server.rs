@@ -22,6 +22,7 @@ use crate::config::{Config, ListenerKind, SyncMode};
 use crate::connection::Context;
 use crate::listener::{Listener, ListenerError};
 use crate::metrics::Metrics;
+use crate::parking::{LotTask, ParkingLot};
 use crate::router::{Command, Router, RouterHandle, RouterLimits};
 
 /// Commands the router can have waiting: connections block (backpressure) beyond it.
@@ -49,6 +50,7 @@ pub struct Server {
     ctx: Arc<Context>,
     router_task: tokio::task::JoinHandle<()>,
     admin: Option<AdminServer>,
+    lot_task: LotTask,
 }
 
 impl Server {
@@ -132,8 +134,10 @@ impl Server {
         } else {
             None
         };
+        let (lot, lot_task) = ParkingLot::new(metrics.parked_gauge());
         Ok(Server {
             listeners,
+            lot_task,
             ctx: Arc::new(Context {
                 config,
                 router,
@@ -142,6 +146,7 @@ impl Server {
                     crate::router::MAX_BROADCASTS_IN_FLIGHT,
                 )),
                 metrics,
+                lot,
             }),
             router_task,
             admin,
@@ -179,6 +184,7 @@ impl Server {
             ctx,
             router_task,
             admin,
+            lot_task,
         } = self;
         // Dropped without a send (this future dropped) stops the API too.
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -192,6 +198,10 @@ impl Server {
             ctx.router.clone(),
             Duration::from_secs(ctx.config.metrics.sys_interval_secs),
         );
+        let (drain_lot, lot_drain) = tokio::sync::oneshot::channel::<()>();
+        let mut lot_task = tokio::spawn(lot_task.run(async move {
+            let _ = lot_drain.await;
+        }));
         let all_connections = Arc::new(Semaphore::new(ctx.config.limits.max_connections));
         let (stop_accepting, stop) = watch::channel(false);
         tracing::info!(data_dir = %ctx.config.data_dir.display(), "tern started");
@@ -222,12 +232,16 @@ impl Server {
                 task.abort();
             }
         }
-        // The router tells every connection to close (v5: DISCONNECT 0x8B) and stops.
+        // The router tells every connection to close (v5: DISCONNECT 0x8B) and stops;
+        // parked connections are woken by it like the others.
         let _ = ctx.router.call(|reply| Command::Shutdown { reply }).await;
         let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
             for set in &mut connections {
                 while set.join_next().await.is_some() {}
             }
+            // No connection task is left to park; the lot ends once its connections have.
+            let _ = drain_lot.send(());
+            let _ = (&mut lot_task).await;
         })
         .await;
         if drained.is_err() {
@@ -235,6 +249,7 @@ impl Server {
             for set in &mut connections {
                 set.abort_all();
             }
+            lot_task.abort();
         }
         let _ = router_task.await;
         // It ends by itself once the router is gone.

@@ -175,6 +175,7 @@ pub struct Metrics {
     subscriptions: Gauge,
     retained: Gauge,
     queued: Gauge,
+    parked: Gauge,
     uptime: Gauge,
 }
 
@@ -341,6 +342,11 @@ impl Metrics {
             "queued_messages",
             "QoS 1/2 messages queued for sessions while they were offline",
         );
+        let parked = gauge(
+            r,
+            "parked_connections",
+            "Idle connections waiting in the parking lot, without a task of their own",
+        );
         let uptime = Gauge::default();
         r.register_with_unit(
             "uptime",
@@ -376,6 +382,7 @@ impl Metrics {
             subscriptions,
             retained,
             queued,
+            parked,
             uptime,
         }
     }
@@ -462,6 +469,11 @@ impl Metrics {
     /// A message was written to a subscriber's socket `elapsed` after its PUBLISH was read.
     pub fn observe_publish_to_deliver(&self, elapsed: Duration) {
         self.publish_to_deliver.observe(elapsed);
+    }
+
+    /// The gauge the parking lot keeps (`crate::parking`).
+    pub fn parked_gauge(&self) -> Gauge {
+        self.parked.clone()
     }
 
     /// Sets the gauges of what the router holds.

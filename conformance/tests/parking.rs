@@ -1,0 +1,161 @@
+//! Parked connections (`src/parking.rs`) over real sockets: an idle connection leaves its
+//! task for the parking lot, and everything that concerns it must still reach it there: a
+//! message, a packet from the client, its keepalive deadline, a session takeover, the
+//! broker stopping. Each test first waits for the `tern_parked_connections` gauge to show
+//! the connection parked, so the path under test is the parked one.
+
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, Incoming, QoS as V4QoS};
+use tern_codec::{Packet, Protocol, ReasonCode};
+use tern_conformance::{next_v4, v4_options, Broker, RawClient, EVENT_TIMEOUT};
+
+/// A short quiet time, so that woken connections park again quickly.
+const IDLE_PARK_MS: u64 = 50;
+
+async fn broker() -> Broker {
+    Broker::start_with(|config| config.limits.idle_park_ms = IDLE_PARK_MS).await
+}
+
+/// The `tern_parked_connections` gauge.
+async fn parked(broker: &Broker) -> u64 {
+    let text = broker.metrics().await;
+    text.lines()
+        .find_map(|line| line.strip_prefix("tern_parked_connections "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tern_parked_connections in the exposition:\n{text}"))
+}
+
+/// Waits until exactly `n` connections are parked; fails after [`EVENT_TIMEOUT`].
+async fn wait_parked(broker: &Broker, n: u64) {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let now = parked(broker).await;
+        if now == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} parked connections, the gauge stays at {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_parked_subscriber_gets_every_message_and_parks_again() {
+    let broker = broker().await;
+    let (client, mut eventloop) = AsyncClient::new(v4_options("parked-sub", broker.port()), 10);
+    client
+        .subscribe("park/inbox", V4QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_v4(&mut eventloop, |e| {
+        matches!(e, Event::Incoming(Incoming::SubAck(_))).then_some(())
+    })
+    .await;
+    for round in 0..3u8 {
+        // The rumqttc event loop is not polled meanwhile: the connection is quiet.
+        wait_parked(&broker, 1).await;
+        let (mut publisher, _) =
+            RawClient::open_ok(broker.addr, Protocol::V311, "parked-pub", true, |_| {}).await;
+        publisher
+            .publish_qos1(1, "park/inbox", [round], false)
+            .await;
+        publisher.disconnect().await;
+        let payload = next_v4(&mut eventloop, |e| match e {
+            Event::Incoming(Incoming::Publish(p)) => Some(p.payload.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(&payload[..], &[round], "round {round}");
+    }
+    wait_parked(&broker, 1).await;
+    drop(client);
+    drop(eventloop);
+    wait_parked(&broker, 0).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_packet_from_the_client_wakes_its_parked_connection() {
+    let broker = broker().await;
+    let (mut client, _) =
+        RawClient::open_ok(broker.addr, Protocol::V311, "pinger", true, |_| {}).await;
+    for _ in 0..3 {
+        wait_parked(&broker, 1).await;
+        client.send(Packet::PingReq).await;
+        assert_eq!(client.recv().await, Some(Packet::PingResp));
+    }
+    client.disconnect().await;
+    wait_parked(&broker, 0).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_parked_connection_is_held_to_its_keepalive() {
+    let broker = broker().await;
+    let connected = Instant::now();
+    let (mut client, _) = RawClient::open_ok(broker.addr, Protocol::V5, "silent", true, |c| {
+        c.keep_alive = 1;
+    })
+    .await;
+    wait_parked(&broker, 1).await;
+    match client.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::KeepAliveTimeout),
+        other => panic!("expected DISCONNECT 0x8D, got {other:?}"),
+    }
+    // 1.5 times the keep alive [MQTT-3.1.2-24], not earlier.
+    let waited = connected.elapsed();
+    assert!(waited >= Duration::from_millis(1_500), "{waited:?}");
+    assert_eq!(client.recv().await, None);
+    wait_parked(&broker, 0).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_parked_session_can_be_taken_over() {
+    let broker = broker().await;
+    let (mut first, _) = RawClient::open_ok(broker.addr, Protocol::V5, "twin", true, |_| {}).await;
+    wait_parked(&broker, 1).await;
+    let (second, _) = RawClient::open_ok(broker.addr, Protocol::V5, "twin", false, |_| {}).await;
+    match first.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::SessionTakenOver),
+        other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+    }
+    assert_eq!(first.recv().await, None);
+    // The new connection parks in its turn; the old one is gone from the lot.
+    wait_parked(&broker, 1).await;
+    second.disconnect().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_stopping_broker_says_goodbye_to_parked_connections() {
+    let broker = broker().await;
+    let (mut client, _) =
+        RawClient::open_ok(broker.addr, Protocol::V5, "bystander", true, |_| {}).await;
+    wait_parked(&broker, 1).await;
+    let stopping = tokio::spawn(broker.stop());
+    match client.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::ServerShuttingDown),
+        other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
+    }
+    assert_eq!(client.recv().await, None);
+    tokio::time::timeout(EVENT_TIMEOUT, stopping)
+        .await
+        .expect("the broker stops")
+        .expect("stop task");
+}
+
+#[tokio::test]
+async fn with_parking_off_connections_keep_their_tasks() {
+    let broker = Broker::start_with(|config| config.limits.idle_park_ms = 0).await;
+    let (client, _) =
+        RawClient::open_ok(broker.addr, Protocol::V311, "unparked", true, |_| {}).await;
+    // With parking on, a new connection parks right after CONNACK (as the tests above
+    // wait for); here it stays a task.
+    assert_eq!(parked(&broker).await, 0);
+    client.disconnect().await;
+    broker.stop().await;
+}

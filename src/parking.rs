@@ -1,0 +1,379 @@
+//! The parking lot: where idle connections wait without a task of their own.
+//!
+//! A chat device's connection is idle nearly all its life, and as a tokio task it pays
+//! about 1 KB for that: the task's cell (its future, in a 128-byte-aligned allocation) and
+//! the entry that tracks it. A connection with nothing under way hands itself to the lot
+//! instead ([`ParkingLot::park`]) and its task ends. The lot is one task for all of them.
+//! It gives each parked connection a small waker and registers it with everything that can
+//! wake the connection (its mailbox, its socket's readiness: see [`Parked::poll_wake`]),
+//! and it checks deadlines (keepalive) every [`DEADLINE_TICK`]. When one fires, the
+//! connection becomes a task again ([`Parked::resume`]), tracked by the lot until it ends
+//! or parks again.
+//!
+//! The lot knows connections only through [`Parked`], so it is tested here with fakes.
+//! Its queue of incoming connections is unbounded, but each connection is in it at most
+//! once, so `limits.max_connections` bounds it.
+
+use std::future::{poll_fn, Future};
+use std::mem;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
+use prometheus_client::metrics::gauge::Gauge;
+use slab::Slab;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+
+/// How often the deadlines of parked connections are checked: a keepalive expiry is acted
+/// on at most this late.
+pub const DEADLINE_TICK: Duration = Duration::from_millis(250);
+
+/// A connection waiting in the lot.
+pub trait Parked: Send + 'static {
+    /// Registers `cx`'s waker with every source that can wake the connection; true when
+    /// one already has something for it (it is then resumed).
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> bool;
+
+    /// When to resume it whether or not anything happened (its keepalive deadline).
+    fn deadline(&self) -> Option<Instant>;
+
+    /// The connection as a task again.
+    fn resume(self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// The connections' end of the lot (cheap to clone).
+#[derive(Clone)]
+pub struct ParkingLot {
+    incoming: mpsc::UnboundedSender<Box<dyn Parked>>,
+}
+
+impl ParkingLot {
+    /// A lot, and its task to run ([`LotTask::run`]); until it runs, parked connections
+    /// wait in its queue.
+    pub fn new(parked_gauge: Gauge) -> (ParkingLot, LotTask) {
+        let (incoming, receiver) = mpsc::unbounded_channel();
+        let task = LotTask {
+            incoming: receiver,
+            entries: Slab::new(),
+            signals: Arc::new(Signals::default()),
+            woken: Vec::new(),
+            resumed: JoinSet::new(),
+            gauge: parked_gauge,
+        };
+        (ParkingLot { incoming }, task)
+    }
+
+    /// Hands a connection to the lot; gives it back when the lot has stopped.
+    pub fn park(&self, parked: Box<dyn Parked>) -> Result<(), Box<dyn Parked>> {
+        self.incoming.send(parked).map_err(|refused| refused.0)
+    }
+
+    /// The lot has stopped: [`ParkingLot::park`] would fail.
+    pub fn is_closed(&self) -> bool {
+        self.incoming.is_closed()
+    }
+}
+
+/// Keys of woken entries, and the lot task's waker.
+#[derive(Default)]
+struct Signals {
+    woken: Mutex<Vec<usize>>,
+    task: AtomicWaker,
+}
+
+impl Signals {
+    fn poll_woken(&self, cx: &mut Context<'_>, out: &mut Vec<usize>) -> Poll<()> {
+        self.task.register(cx.waker());
+        let mut woken = self.woken.lock().unwrap_or_else(PoisonError::into_inner);
+        if woken.is_empty() {
+            return Poll::Pending;
+        }
+        mem::swap(&mut *woken, out);
+        Poll::Ready(())
+    }
+}
+
+/// One parked connection's waker.
+struct Signal {
+    key: usize,
+    /// Already in `Signals::woken`: a source that fires again adds nothing, so the list
+    /// holds each live signal at most once.
+    queued: AtomicBool,
+    signals: Arc<Signals>,
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.signals
+                .woken
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(self.key);
+            self.signals.task.wake();
+        }
+    }
+}
+
+struct Entry {
+    parked: Box<dyn Parked>,
+    signal: Arc<Signal>,
+}
+
+/// The lot's own task: see the module docs.
+pub struct LotTask {
+    incoming: mpsc::UnboundedReceiver<Box<dyn Parked>>,
+    entries: Slab<Entry>,
+    signals: Arc<Signals>,
+    /// Woken keys taken from `signals` (kept for its capacity).
+    woken: Vec<usize>,
+    /// Connections resumed by the lot, running as tasks.
+    resumed: JoinSet<()>,
+    gauge: Gauge,
+}
+
+impl LotTask {
+    /// Runs the lot. Once `drain` resolves (the broker is stopping and has told every
+    /// connection to close) or every [`ParkingLot`] is gone, it returns as soon as no
+    /// connection is parked or resumed. Dropping it drops the parked connections and
+    /// aborts the resumed ones.
+    pub async fn run(mut self, drain: impl Future<Output = ()>) {
+        let mut drain = std::pin::pin!(drain);
+        let mut draining = false;
+        let mut open = true;
+        let mut tick = tokio::time::interval(DEADLINE_TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                parked = self.incoming.recv(), if open => match parked {
+                    Some(parked) => self.admit(parked),
+                    None => open = false,
+                },
+                () = &mut drain, if !draining => draining = true,
+                () = poll_fn(|cx| self.signals.poll_woken(cx, &mut self.woken)) => {
+                    let mut woken = mem::take(&mut self.woken);
+                    for key in woken.drain(..) {
+                        self.check(key);
+                    }
+                    self.woken = woken;
+                }
+                _ = tick.tick(), if !self.entries.is_empty() => self.expire(Instant::now()),
+                Some(ended) = self.resumed.join_next(), if !self.resumed.is_empty() => {
+                    if let Err(e) = ended {
+                        if e.is_panic() {
+                            tracing::error!("a resumed connection panicked: {e}");
+                        }
+                    }
+                }
+            }
+            self.gauge.set(self.entries.len() as i64);
+            if (draining || !open) && self.entries.is_empty() && self.resumed.is_empty() {
+                // A connection that parked just before its task ended is in the queue.
+                match self.incoming.try_recv() {
+                    Ok(parked) => self.admit(parked),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, parked: Box<dyn Parked>) {
+        let entry = self.entries.vacant_entry();
+        let signal = Arc::new(Signal {
+            key: entry.key(),
+            queued: AtomicBool::new(false),
+            signals: self.signals.clone(),
+        });
+        let key = entry.key();
+        entry.insert(Entry { parked, signal });
+        self.check(key);
+    }
+
+    /// Polls an entry's sources (a woken one, or a new one); resumes it if one is ready.
+    /// A key may be stale (its entry resumed, the place reused): then it is polled for
+    /// nothing.
+    fn check(&mut self, key: usize) {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        // Cleared before polling: a source firing from here on queues the key again.
+        entry.signal.queued.store(false, Ordering::Release);
+        let waker = Waker::from(entry.signal.clone());
+        if entry.parked.poll_wake(&mut Context::from_waker(&waker)) {
+            self.resume(key);
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let due: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.parked.deadline().is_some_and(|at| at <= now))
+            .map(|(key, _)| key)
+            .collect();
+        for key in due {
+            self.resume(key);
+        }
+    }
+
+    fn resume(&mut self, key: usize) {
+        let entry = self.entries.remove(key);
+        self.resumed.spawn(entry.parked.resume());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::sync::{oneshot, Notify};
+
+    /// A parked thing woken by a `Notify`-like flag, with an optional deadline; when resumed
+    /// it reports on `resumed`.
+    struct Fake {
+        ready: Arc<ReadyFlag>,
+        deadline: Option<Instant>,
+        resumed: Option<oneshot::Sender<&'static str>>,
+        name: &'static str,
+    }
+
+    #[derive(Default)]
+    struct ReadyFlag {
+        set: AtomicBool,
+        waker: AtomicWaker,
+        polls: AtomicUsize,
+    }
+
+    impl ReadyFlag {
+        fn set(&self) {
+            self.set.store(true, Ordering::Release);
+            self.waker.wake();
+        }
+    }
+
+    impl Parked for Fake {
+        fn poll_wake(&mut self, cx: &mut Context<'_>) -> bool {
+            self.ready.polls.fetch_add(1, Ordering::Relaxed);
+            self.ready.waker.register(cx.waker());
+            self.ready.set.load(Ordering::Acquire)
+        }
+
+        fn deadline(&self) -> Option<Instant> {
+            self.deadline
+        }
+
+        fn resume(mut self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            Box::pin(async move {
+                if let Some(tx) = self.resumed.take() {
+                    let _ = tx.send(self.name);
+                }
+            })
+        }
+    }
+
+    fn fake(
+        name: &'static str,
+        deadline: Option<Instant>,
+    ) -> (Box<Fake>, Arc<ReadyFlag>, oneshot::Receiver<&'static str>) {
+        let ready = Arc::new(ReadyFlag::default());
+        let (tx, rx) = oneshot::channel();
+        let parked = Box::new(Fake {
+            ready: ready.clone(),
+            deadline,
+            resumed: Some(tx),
+            name,
+        });
+        (parked, ready, rx)
+    }
+
+    fn gauge_value(gauge: &Gauge) -> i64 {
+        gauge.get()
+    }
+
+    #[tokio::test]
+    async fn a_woken_connection_is_resumed_and_the_others_stay() {
+        let gauge = Gauge::default();
+        let (lot, task) = ParkingLot::new(gauge.clone());
+        let stop = Arc::new(Notify::new());
+        let stopped = stop.clone();
+        let running = tokio::spawn(task.run(async move { stopped.notified().await }));
+        let (a, a_ready, mut a_resumed) = fake("a", None);
+        let (b, _b_ready, b_resumed) = fake("b", None);
+        assert!(lot.park(a).is_ok());
+        assert!(lot.park(b).is_ok());
+        // Both polled once on arrival, neither ready.
+        while a_ready.polls.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(a_resumed.try_recv().is_err());
+        a_ready.set();
+        assert_eq!(a_resumed.await.expect("a resumed"), "a");
+        assert_eq!(gauge_value(&gauge), 1, "b is still parked");
+        // Draining waits for b, which nothing wakes: the lot is still running.
+        stop.notify_one();
+        tokio::task::yield_now().await;
+        assert!(!running.is_finished());
+        drop(b_resumed);
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn one_already_ready_is_resumed_at_once() {
+        let (lot, task) = ParkingLot::new(Gauge::default());
+        let running = tokio::spawn(task.run(std::future::pending()));
+        let (a, a_ready, a_resumed) = fake("a", None);
+        a_ready.set.store(true, Ordering::Release);
+        assert!(lot.park(a).is_ok());
+        assert_eq!(a_resumed.await.expect("a resumed"), "a");
+        running.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_resumes_within_a_tick() {
+        let (lot, task) = ParkingLot::new(Gauge::default());
+        let running = tokio::spawn(task.run(std::future::pending()));
+        let start = Instant::now();
+        let (a, _a_ready, a_resumed) = fake("a", Some(start + Duration::from_secs(3)));
+        assert!(lot.park(a).is_ok());
+        assert_eq!(a_resumed.await.expect("a resumed"), "a");
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_secs(3), "{waited:?}");
+        assert!(
+            waited <= Duration::from_secs(3) + DEADLINE_TICK,
+            "{waited:?}"
+        );
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn draining_ends_once_every_connection_is_resumed_and_done() {
+        let gauge = Gauge::default();
+        let (lot, task) = ParkingLot::new(gauge.clone());
+        let (drain_tx, drain_rx) = oneshot::channel::<()>();
+        let running = tokio::spawn(task.run(async move {
+            let _ = drain_rx.await;
+        }));
+        let (a, a_ready, a_resumed) = fake("a", None);
+        assert!(lot.park(a).is_ok());
+        let _ = drain_tx.send(());
+        tokio::task::yield_now().await;
+        assert!(!running.is_finished(), "a is still parked");
+        a_ready.set();
+        assert_eq!(a_resumed.await.expect("a resumed"), "a");
+        running.await.expect("the lot ends");
+        assert_eq!(gauge_value(&gauge), 0);
+        // A stopped lot hands connections back.
+        let (b, _, _) = fake("b", None);
+        assert!(lot.is_closed());
+        assert!(lot.park(b).is_err());
+    }
+}
