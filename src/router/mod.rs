@@ -402,7 +402,7 @@ pub struct Router {
     next_session: SessionId,
     next_conn: ConnId,
     /// Sessions per user, for the device limit.
-    user_sessions: HashMap<String, BTreeSet<SessionId>>,
+    user_sessions: HashMap<String, SessionSet>,
     groups: Groups,
     dedup: DedupWindow,
     message_ids: MessageIds,
@@ -892,7 +892,7 @@ impl Router {
             self.by_client.remove(&slot.client_id);
         }
         if let Some(ids) = self.user_sessions.get_mut(&slot.user) {
-            ids.remove(&id);
+            ids.remove(id);
             if ids.is_empty() {
                 self.user_sessions.remove(&slot.user);
             }
@@ -1503,6 +1503,47 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// A user's sessions, in id order (the oldest first). A sorted `Vec` rather than a
+/// `BTreeSet`: a user has a few sessions (`im.max_devices_per_user`), and a B-tree's first
+/// node holds room for 11, about 100 bytes for the one session most users have.
+#[derive(Debug, Clone, Default)]
+struct SessionSet(Vec<SessionId>);
+
+impl SessionSet {
+    fn insert(&mut self, id: SessionId) {
+        if let Err(at) = self.0.binary_search(&id) {
+            self.0.insert(at, id);
+        }
+    }
+
+    fn remove(&mut self, id: SessionId) {
+        if let Ok(at) = self.0.binary_search(&id) {
+            self.0.remove(at);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &SessionId> {
+        self.0.iter()
+    }
+}
+
+impl IntoIterator for SessionSet {
+    type Item = SessionId;
+    type IntoIter = std::vec::IntoIter<SessionId>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Router behaviour on the in-memory store: no sockets, no RocksDB.
@@ -1510,6 +1551,19 @@ mod tests {
     use bytes::Bytes;
     use tern_codec::Properties;
     use tern_storage::{MemoryStore, Store, SyncPolicy};
+
+    #[test]
+    fn a_session_set_keeps_ids_once_and_in_order() {
+        let mut set = SessionSet::default();
+        for id in [7, 3, 9, 3, 1] {
+            set.insert(id);
+        }
+        assert_eq!(set.iter().copied().collect::<Vec<_>>(), [1, 3, 7, 9]);
+        set.remove(3);
+        set.remove(4);
+        assert_eq!(set.len(), 3);
+        assert_eq!(set.into_iter().collect::<Vec<_>>(), [1, 7, 9]);
+    }
 
     struct Harness {
         router: RouterHandle,
