@@ -63,7 +63,8 @@ struct Queues {
     chat: VecDeque<Delivery>,
     broadcasts: VecDeque<Delivery>,
     /// Set once (by the one `Postbox`), taken once by the connection.
-    close: Option<CloseReason>,
+    /// Boxed: rarely there, and a `CloseReason` is 32 bytes in every mailbox otherwise.
+    close: Option<Box<CloseReason>>,
     /// The connection's end was dropped.
     receiver_gone: bool,
 }
@@ -71,8 +72,8 @@ struct Queues {
 struct Shared {
     queues: Mutex<Queues>,
     waker: AtomicWaker,
-    chat_capacity: usize,
-    broadcast_capacity: usize,
+    chat_capacity: u32,
+    broadcast_capacity: u32,
     /// Set by the router when a stored delivery did not fit: the connection reads the
     /// session's messages back from storage instead.
     lagged: AtomicBool,
@@ -92,9 +93,9 @@ impl Shared {
             return Err(Refused::Closed);
         }
         let (queue, capacity) = if broadcast {
-            (&mut queues.broadcasts, self.broadcast_capacity)
+            (&mut queues.broadcasts, self.broadcast_capacity as usize)
         } else {
-            (&mut queues.chat, self.chat_capacity)
+            (&mut queues.chat, self.chat_capacity as usize)
         };
         if queue.len() >= capacity {
             return Err(Refused::Full);
@@ -121,8 +122,9 @@ pub fn mailbox(chat_capacity: usize, broadcast_capacity: usize) -> (Postbox, Mai
             receiver_gone: false,
         }),
         waker: AtomicWaker::new(),
-        chat_capacity,
-        broadcast_capacity,
+        // Queues beyond 4 billion entries are not a bound anybody means.
+        chat_capacity: u32::try_from(chat_capacity).unwrap_or(u32::MAX),
+        broadcast_capacity: u32::try_from(broadcast_capacity).unwrap_or(u32::MAX),
         lagged: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
     });
@@ -162,7 +164,7 @@ impl Postbox {
     pub fn close(&mut self, reason: CloseReason) {
         if !self.closing {
             self.closing = true;
-            self.shared.lock().close = Some(reason);
+            self.shared.lock().close = Some(Box::new(reason));
             self.shared.waker.wake();
         }
     }
@@ -226,7 +228,7 @@ impl Mailbox {
             self.shared.waker.register(cx.waker());
             let mut queues = self.shared.lock();
             if let Some(reason) = queues.close.take() {
-                return Poll::Ready(Mail::Close(reason));
+                return Poll::Ready(Mail::Close(*reason));
             }
             if !take_live {
                 return Poll::Pending;
