@@ -273,6 +273,9 @@ struct InboundBudget {
     bytes: Option<TokenBucket>,
     /// Counts each pause once in the metrics.
     paused: bool,
+    /// Complete packets were left in the read buffer for the message rate: they are
+    /// decoded once it allows, whether or not more input comes.
+    held: bool,
     metrics: Arc<Metrics>,
     listener: ListenerKind,
 }
@@ -285,6 +288,7 @@ impl InboundBudget {
             messages: TokenBucket::new(limits.max_inbound_messages_per_sec.into(), now),
             bytes: TokenBucket::new(limits.max_inbound_bytes_per_sec, now),
             paused: false,
+            held: false,
             metrics: metrics.clone(),
             listener: endpoint.kind,
         };
@@ -785,6 +789,13 @@ impl Connection {
             if paused_until.is_some() {
                 // Not reading is the broker's choice: it does not count against keepalive.
                 self.last_read = Instant::now();
+            } else if self.budget.as_ref().is_some_and(|b| b.held) {
+                // The rate allows again already (it did between the decoding and now):
+                // no pause will end to decode what was held back, so decode it now.
+                if Box::pin(self.take_input()).await? {
+                    return Ok(Stop::Disconnected);
+                }
+                continue;
             } else if self.fresh && park_after.is_some() && self.can_park() {
                 return Ok(Stop::Park);
             }
@@ -936,19 +947,24 @@ impl Connection {
     async fn handle_input(&mut self) -> Result<bool, ConnectionError> {
         let max = self.ctx.config.limits.max_packet_size as usize;
         let now = now_ms();
+        if let Some(budget) = &mut self.budget {
+            budget.held = false;
+        }
         loop {
             if self.session.inbound_full() {
                 // The rest stays buffered until acknowledgements free the window.
                 return Ok(false);
             }
-            if self
-                .budget
-                .as_mut()
-                .and_then(|b| b.messages.as_mut())
-                .is_some_and(|m| m.wait(0.0, Instant::now()).is_some())
-            {
-                // Over the listener's message rate: the rest waits (see `serve`).
-                return Ok(false);
+            if let Some(budget) = &mut self.budget {
+                if budget
+                    .messages
+                    .as_mut()
+                    .is_some_and(|m| m.wait(0.0, Instant::now()).is_some())
+                {
+                    // Over the listener's message rate: the rest waits (see `serve`).
+                    budget.held = !self.rbuf.is_empty();
+                    return Ok(false);
+                }
             }
             let packet = match decode(&mut self.rbuf, self.protocol, max) {
                 Ok(Some(packet)) => packet,
