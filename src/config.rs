@@ -394,7 +394,8 @@ pub struct Limits {
     /// mailbox of 0 cannot carry anything).
     pub outbound_channel_capacity: usize,
     /// Milliseconds of quiet after which a connection that was woken leaves its task and
-    /// waits in the parking lot (`parking.rs`): about 1 KB less per idle connection, and a
+    /// waits in the parking lot (`parking.rs`; checked every this many milliseconds, so it
+    /// parks after one to two times this): about 0.7 KB less per idle connection, and a
     /// few microseconds to wake it on its next packet, message or keepalive deadline. A
     /// new connection parks at its first quiet moment after CONNACK. Only plain TCP
     /// connections park (TLS and WebSocket state stays in its task). 0 turns parking off.

@@ -767,7 +767,8 @@ impl Connection {
     ///
     /// It returns [`Stop::Park`] once the connection is idle and may wait in the parking
     /// lot: at once the first time (a new connection, typically with nothing to do for a
-    /// while), and after a quiet `idle_park_ms` once woken from there.
+    /// while), and once woken from there, after one to two `idle_park_ms` of quiet (the
+    /// timer looks every `idle_park_ms` whether anything happened since its last look).
     async fn serve(&mut self) -> Result<Stop, ConnectionError> {
         let park_after = self.park_after();
         // One timer for the keepalive deadline and for parking, armed for the nearer and

@@ -1,14 +1,14 @@
 //! The parking lot: where idle connections wait without a task of their own.
 //!
 //! A chat device's connection is idle nearly all its life, and as a tokio task it pays
-//! about 1 KB for that: the task's cell (its future, in a 128-byte-aligned allocation) and
-//! the entry that tracks it. A connection with nothing under way hands itself to the lot
-//! instead ([`ParkingLot::park`]) and its task ends. The lot is one task for all of them.
-//! It gives each parked connection a small waker and registers it with everything that can
-//! wake the connection (its mailbox, its socket's readiness: see [`Parked::poll_wake`]),
-//! and it checks deadlines (keepalive) every [`DEADLINE_TICK`]. When one fires, the
-//! connection becomes a task again ([`Parked::resume`]), tracked by the lot until it ends
-//! or parks again.
+//! about 0.7 KB for that (measured in RSS, 19,000 idle connections): the task's cell (its
+//! future, in a 128-byte-aligned allocation) and the entry that tracks it. A connection
+//! with nothing under way hands itself to the lot instead ([`ParkingLot::park`]) and its
+//! task ends. The lot is one task for all of them. It gives each parked connection a small
+//! waker and registers it with everything that can wake the connection (its mailbox, its
+//! socket: see [`Parked::poll_wake`]), and it checks deadlines (keepalive) every
+//! [`DEADLINE_TICK`]. When one fires, the connection becomes a task again
+//! ([`Parked::resume`]), tracked by the lot until it ends or parks again.
 //!
 //! The lot knows connections only through [`Parked`], so it is tested here with fakes.
 //! Its queue of incoming connections is unbounded, but each connection is in it at most
