@@ -349,8 +349,8 @@ struct Connection {
     _permits: Permits,
     /// `None` when the listener sets no inbound rate limits (boxed: rarely there).
     budget: Option<Box<InboundBudget>>,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
+    /// What only a working connection needs: `None` while parked (see [`Io`]).
+    io: Option<Box<Io>>,
     protocol: Protocol,
     client_id: ByteString,
     session_id: SessionId,
@@ -369,22 +369,30 @@ struct Connection {
     /// The router's close order has been taken: the connection is ending.
     closing: bool,
     identity: Identity,
-    /// Traffic counted since it was last added to `ctx.metrics` (once per loop iteration).
-    traffic: Traffic,
-    /// PUBLISH packets encoded into `wbuf` and not yet written.
-    publishes_queued: u64,
     backlog: Option<Backlog>,
     /// One past the highest durable queue position handed to the session.
     next_stored: u64,
     /// Positions the previous connection sent unacknowledged: resent with DUP.
     sent_before: FxHashSet<u64>,
-    acks: AckQueue,
-    /// Acknowledgements taken from `acks`, on their way to the session (kept for its capacity).
-    acks_done: Vec<Ack>,
     will: Option<WillRequest>,
     /// DISCONNECT received: the will is not published (unless 0x04 asked for it).
     clean_exit: bool,
     expiry_override: Option<u32>,
+}
+
+/// The buffers and counters of a connection at work. All of them are empty when it parks,
+/// so a parked connection drops them (160 bytes) and a woken one allocates them again.
+#[derive(Default)]
+struct Io {
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// Traffic counted since it was last added to `ctx.metrics` (once per loop iteration).
+    traffic: Traffic,
+    /// PUBLISH packets encoded into `wbuf` and not yet written.
+    publishes_queued: u64,
+    acks: AckQueue,
+    /// Acknowledgements taken from `acks`, on their way to the session (kept for its capacity).
+    acks_done: Vec<Ack>,
 }
 
 impl Parked for Connection {
@@ -624,13 +632,15 @@ impl Connection {
             _permits: permits,
             budget: InboundBudget::new(&endpoint, &ctx.metrics),
             endpoint,
-            rbuf: if rbuf.is_empty() {
-                BytesMut::new()
-            } else {
-                rbuf
-            },
-            // Allocated by the first packet written, released when idle (see `flush`).
-            wbuf: BytesMut::new(),
+            io: Some(Box::new(Io {
+                rbuf: if rbuf.is_empty() {
+                    BytesMut::new()
+                } else {
+                    rbuf
+                },
+                // Allocated by the first packet written, released when idle (see `flush`).
+                ..Io::default()
+            })),
             protocol,
             client_id,
             session_id: attached.session,
@@ -645,13 +655,9 @@ impl Connection {
             mailbox,
             closing: false,
             identity,
-            traffic: Traffic::default(),
-            publishes_queued: 0,
             backlog: attached.backlog_upto.map(|upto| Backlog { upto }),
             next_stored: 0,
             sent_before: attached.sent.into_iter().collect(),
-            acks: AckQueue::default(),
-            acks_done: Vec::new(),
             will,
             clean_exit: false,
             expiry_override: None,
@@ -660,16 +666,21 @@ impl Connection {
         Ok(connection)
     }
 
+    /// The working buffers, allocated again after the connection was parked.
+    fn io(&mut self) -> &mut Io {
+        self.io.get_or_insert_with(Box::default)
+    }
+
     fn queue_packet(&mut self, packet: impl Into<Transmit>) {
         let packet = packet.into();
         if packet.is_publish() {
-            self.publishes_queued += 1;
+            self.io().publishes_queued += 1;
         }
-        if self.wbuf.capacity() == 0 {
+        if self.io().wbuf.capacity() == 0 {
             // One allocation for a burst of packets rather than one per growth step.
-            self.wbuf.reserve(WRITE_BUFFER);
+            self.io().wbuf.reserve(WRITE_BUFFER);
         }
-        if let Err(e) = packet.encode(self.protocol, &mut self.wbuf) {
+        if let Err(e) = packet.encode(self.protocol, &mut self.io().wbuf) {
             tracing::warn!(client_id = %self.client_id, "cannot encode {}: {e}", packet.name());
         }
     }
@@ -678,6 +689,10 @@ impl Connection {
         let result = match self.serve().await {
             Ok(Stop::Park) => {
                 self.fresh = false;
+                // Empty (see `can_park`) but for counts not yet added to the metrics.
+                if let Some(mut io) = self.io.take() {
+                    io.traffic.flush(&self.ctx.metrics);
+                }
                 let lot = self.ctx.lot.clone();
                 return match lot.park(self) {
                     Ok(()) => Ok(()),
@@ -706,13 +721,14 @@ impl Connection {
     /// Whether the connection can wait in the parking lot: nothing under way that the lot
     /// does not watch (it watches the mailbox, the socket and the keepalive deadline).
     fn can_park(&self) -> bool {
-        !self.closing
-            && self.rbuf.is_empty()
-            && self.wbuf.is_empty()
-            && self.acks.is_empty()
-            && self.acks_done.is_empty()
-            && self.backlog.is_none()
-            && self.mailbox.is_idle()
+        let io_idle = self.io.as_ref().is_none_or(|io| {
+            io.rbuf.is_empty()
+                && io.wbuf.is_empty()
+                && io.acks.is_empty()
+                && io.acks_done.is_empty()
+                && io.publishes_queued == 0
+        });
+        !self.closing && io_idle && self.backlog.is_none() && self.mailbox.is_idle()
     }
 
     /// The timer's next deadline: the keepalive deadline, or sooner the next look at
@@ -777,7 +793,7 @@ impl Connection {
         let timer = tokio::time::sleep_until(self.next_timer(Instant::now(), park_after));
         tokio::pin!(timer);
         // Packets a client sent right behind its CONNECT, in the same read.
-        if !self.rbuf.is_empty() && Box::pin(self.take_input()).await? {
+        if !self.io().rbuf.is_empty() && Box::pin(self.take_input()).await? {
             return Ok(Stop::Disconnected);
         }
         loop {
@@ -803,13 +819,14 @@ impl Connection {
             // Boxed (when there is a pause at all): a Sleep is 100-odd bytes.
             let pause = paused_until.map(|at| Box::pin(tokio::time::sleep_until(at)));
             let take_live = self.backlog.is_none() && self.session.has_room();
+            let io: &mut Io = self.io.get_or_insert_with(Box::default);
             let event = tokio::select! {
                 mail = self.mailbox.next(take_live), if !self.closing => Event::Mail(mail),
-                read = self.reader.read(&mut self.rbuf, READ_BUFFER), if !self.session.inbound_full() && pause.is_none() => Event::Read(read),
+                read = self.reader.read(&mut io.rbuf, READ_BUFFER), if !self.session.inbound_full() && pause.is_none() => Event::Read(read),
                 // Over the listener's inbound rate: the socket is not read meanwhile. Then
                 // the packets already read but left undecoded go first.
                 () = async { if let Some(pause) = pause { pause.await } }, if paused_until.is_some() => Event::Resume,
-                () = std::future::poll_fn(|cx| self.acks.poll_ready(cx, &mut self.acks_done)), if !self.acks.is_empty() => Event::AcksDone,
+                () = std::future::poll_fn(|cx| io.acks.poll_ready(cx, &mut io.acks_done)), if !io.acks.is_empty() => Event::AcksDone,
                 () = &mut timer, if self.keep_alive.is_some() || park_after.is_some() => Event::Timer,
             };
             if !matches!(event, Event::Timer) {
@@ -841,7 +858,7 @@ impl Connection {
                         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
                     }
                     self.last_read = Instant::now();
-                    self.traffic.read(n);
+                    self.io().traffic.read(n);
                     if let Some(budget) = &mut self.budget {
                         if let Some(bytes) = &mut budget.bytes {
                             bytes.spend(n as u64);
@@ -850,14 +867,14 @@ impl Connection {
                     if Box::pin(self.take_input()).await? {
                         return Ok(Stop::Disconnected);
                     }
-                    if self.rbuf.is_empty() {
+                    if self.io().rbuf.is_empty() {
                         // Idle again: hold no read buffer while waiting (most of a chat
                         // connection's life). Decoded payloads keep their own reference.
-                        self.rbuf = BytesMut::new();
+                        self.io().rbuf = BytesMut::new();
                     }
                 }
                 Event::Resume => {
-                    if !self.rbuf.is_empty() && Box::pin(self.take_input()).await? {
+                    if !self.io().rbuf.is_empty() && Box::pin(self.take_input()).await? {
                         return Ok(Stop::Disconnected);
                     }
                 }
@@ -899,8 +916,9 @@ impl Connection {
     /// effects, the write, and the next page of the backlog or a resync.
     async fn settle(&mut self) -> Result<Settled, ConnectionError> {
         // Acknowledgements answered meanwhile go out in the same write as the rest.
-        if !self.acks.is_empty() {
-            self.acks.take_ready(&mut self.acks_done);
+        if !self.io().acks.is_empty() {
+            let io = self.io();
+            io.acks.take_ready(&mut io.acks_done);
             if self.acks_done() && self.take_input().await? {
                 return Ok(Settled::Disconnected);
             }
@@ -933,11 +951,12 @@ impl Connection {
     /// Hands the acknowledgements taken from `acks` to the session. Returns true when that
     /// reopened its inbound window: the read buffer may hold publishes to decode now.
     fn acks_done(&mut self) -> bool {
-        if self.acks_done.is_empty() {
+        if self.io().acks_done.is_empty() {
             return false;
         }
         let was_full = self.session.inbound_full();
-        for (packet_id, qos, reason) in self.acks_done.drain(..) {
+        let io: &mut Io = self.io.get_or_insert_with(Box::default);
+        for (packet_id, qos, reason) in io.acks_done.drain(..) {
             self.session.publish_done(packet_id, qos, reason);
         }
         was_full
@@ -963,11 +982,12 @@ impl Connection {
                     .is_some_and(|m| m.wait(0.0, Instant::now()).is_some())
                 {
                     // Over the listener's message rate: the rest waits (see `serve`).
-                    budget.held = !self.rbuf.is_empty();
+                    budget.held = self.io.as_ref().is_some_and(|io| !io.rbuf.is_empty());
                     return Ok(false);
                 }
             }
-            let packet = match decode(&mut self.rbuf, self.protocol, max) {
+            let protocol = self.protocol;
+            let packet = match decode(&mut self.io().rbuf, protocol, max) {
                 Ok(Some(packet)) => packet,
                 Ok(None) => return Ok(false),
                 Err(e) => {
@@ -978,7 +998,7 @@ impl Connection {
             };
             let is_disconnect = matches!(packet, Packet::Disconnect(_));
             if matches!(packet, Packet::Publish(_)) {
-                self.traffic.publish_received();
+                self.io().traffic.publish_received();
             }
             if let (Packet::Publish(_), Some(budget)) = (&packet, &mut self.budget) {
                 if let Some(messages) = &mut budget.messages {
@@ -1242,7 +1262,9 @@ impl Connection {
             Address::Sync => {
                 Box::pin(self.sync(&message)).await?;
                 if let Some((packet_id, qos)) = ack {
-                    self.acks.push_ready(packet_id, qos, ReasonCode::Success);
+                    self.io()
+                        .acks
+                        .push_ready(packet_id, qos, ReasonCode::Success);
                 }
                 return Ok(());
             }
@@ -1271,7 +1293,7 @@ impl Connection {
             });
             tracing::info!(client_id = %self.client_id, user = %self.identity.user, topic = %message.topic, "publish refused: {why}");
             if let Some((packet_id, qos)) = ack {
-                self.acks.push_ready(packet_id, qos, reason);
+                self.io().acks.push_ready(packet_id, qos, reason);
             }
             return Ok(());
         }
@@ -1306,7 +1328,7 @@ impl Connection {
         self.ctx.router.send(command(Some(reply))).await?;
         // Acknowledged in order, once routed and durable; meanwhile the connection keeps
         // reading.
-        self.acks.push_routed(packet_id, qos, routed);
+        self.io().acks.push_routed(packet_id, qos, routed);
         Ok(())
     }
 
@@ -1412,7 +1434,9 @@ impl Connection {
             self.queue_packet(packet);
         }
         // Once per loop iteration: the shared counters see batches, not packets.
-        self.traffic.flush(&self.ctx.metrics);
+        if let Some(io) = &mut self.io {
+            io.traffic.flush(&self.ctx.metrics);
+        }
         if self.session.dropped > 0 {
             let n = std::mem::take(&mut self.session.dropped);
             self.ctx.metrics.dropped_many(DropReason::TooLarge, n);
@@ -1421,14 +1445,15 @@ impl Connection {
             let n = std::mem::take(&mut self.session.expired);
             self.ctx.metrics.dropped_many(DropReason::Expired, n);
         }
-        if self.wbuf.is_empty() {
+        if self.io().wbuf.is_empty() {
             return Ok(());
         }
         // A peer that stops reading must not hold this task forever: give it the longer of
         // 1.5x its keepalive and WRITE_TIMEOUT to take the bytes.
         let limit = self.keep_alive.unwrap_or(WRITE_TIMEOUT).max(WRITE_TIMEOUT);
         let written = {
-            let mut write = std::pin::pin!(self.writer.write_all(&self.wbuf));
+            let io: &mut Io = self.io.get_or_insert_with(Box::default);
+            let mut write = std::pin::pin!(self.writer.write_all(&io.wbuf));
             // Most writes complete at once: the timer is armed only when the peer makes us wait.
             if let Poll::Ready(result) = futures_util::poll!(write.as_mut()) {
                 Ok(result)
@@ -1458,14 +1483,15 @@ impl Connection {
                 .into())
             }
         }
-        let publishes = std::mem::take(&mut self.publishes_queued);
-        self.traffic.written(publishes, self.wbuf.len());
-        self.traffic.flush(&self.ctx.metrics);
+        let io: &mut Io = self.io.get_or_insert_with(Box::default);
+        let publishes = std::mem::take(&mut io.publishes_queued);
+        io.traffic.written(publishes, io.wbuf.len());
+        io.traffic.flush(&self.ctx.metrics);
         if self.mailbox.is_empty() {
             // Nothing more on the way: an idle connection holds no write buffer.
-            self.wbuf = BytesMut::new();
+            self.io().wbuf = BytesMut::new();
         } else {
-            self.wbuf.clear();
+            self.io().wbuf.clear();
         }
         Ok(())
     }
