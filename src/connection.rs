@@ -693,6 +693,7 @@ impl Connection {
                 if let Some(mut io) = self.io.take() {
                     io.traffic.flush(&self.ctx.metrics);
                 }
+                self.session.release_idle_memory();
                 let lot = self.ctx.lot.clone();
                 return match lot.park(self) {
                     Ok(()) => Ok(()),

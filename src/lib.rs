@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod im;
+mod in_flight;
 pub mod listener;
 pub mod mailbox;
 pub mod message;

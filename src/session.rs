@@ -20,8 +20,15 @@ use tern_codec::{
     ByteString, Disconnect, Packet, Properties, Protocol, PubResponse, Publish, QoS, ReasonCode,
 };
 
+use crate::in_flight::InFlightWindow;
 use crate::message::{Delivery, Message, SessionId};
 use crate::outgoing::{OutboundPublish, Transmit};
+
+/// How far past the oldest unacknowledged message the window's packet IDs may reach, in
+/// multiples of the client's Receive Maximum. Acknowledgements come in order, so the span
+/// is the count but for a QoS 2 message waiting for PUBCOMP; this bounds what a client that
+/// never acknowledges its oldest message costs (about 64 bytes a slot).
+const MAX_SPAN_PER_RECEIVE_MAXIMUM: usize = 4;
 
 /// What a session may do, agreed at CONNECT time.
 #[derive(Debug, Clone)]
@@ -91,8 +98,11 @@ enum Stage {
 }
 
 #[derive(Debug)]
+/// What is kept of a message in flight: its durable queue position, to dequeue it once
+/// acknowledged. Not the message: it was handed over whole to be sent, and is never sent
+/// again on this connection (a later one reads it back from storage).
 struct InFlight {
-    delivery: Delivery,
+    seq: Option<u64>,
     stage: Stage,
 }
 
@@ -113,8 +123,8 @@ pub struct Session {
     inbound_qos2: FxHashMap<u16, bool>,
     /// MQTT 5 topic aliases, allocated on first use: most connections never have any.
     aliases: Option<Box<TopicAliases>>,
-    next_packet_id: u16,
-    in_flight: FxHashMap<u16, InFlight>,
+    /// Sent at QoS > 0, waiting for acknowledgement; also hands out the packet IDs.
+    in_flight: InFlightWindow<InFlight>,
     queue: VecDeque<Delivery>,
     queued_bytes: usize,
     /// Messages dropped because they exceed the client's packet size (the driver takes the
@@ -140,8 +150,7 @@ impl Session {
             inbound_unacked: 0,
             inbound_qos2: FxHashMap::default(),
             aliases: None,
-            next_packet_id: 1,
-            in_flight: FxHashMap::default(),
+            in_flight: InFlightWindow::default(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             dropped: 0,
@@ -173,6 +182,23 @@ impl Session {
         self.effects.pop_front()
     }
 
+    /// Frees the capacity its queues kept from earlier traffic, where they are empty: for a
+    /// connection about to wait idle (parked), which then holds none.
+    pub fn release_idle_memory(&mut self) {
+        fn release<T>(queue: &mut VecDeque<T>) {
+            if queue.is_empty() {
+                *queue = VecDeque::new();
+            }
+        }
+        release(&mut self.transmit);
+        release(&mut self.effects);
+        release(&mut self.queue);
+        self.in_flight.shrink_when_empty();
+        if self.inbound_qos2.is_empty() {
+            self.inbound_qos2 = FxHashMap::default();
+        }
+    }
+
     /// Messages waiting behind the in-flight window.
     pub fn queued(&self) -> usize {
         self.queue.len()
@@ -184,10 +210,7 @@ impl Session {
 
     /// Durable queue positions sent and not yet acknowledged (for DUP on a later reconnect).
     pub fn in_flight_seqs(&self) -> Vec<u64> {
-        self.in_flight
-            .values()
-            .filter_map(|f| f.delivery.seq)
-            .collect()
+        self.in_flight.values().filter_map(|f| f.seq).collect()
     }
 
     /// 3.1.1 has no Receive Maximum: a client may have any number of publishes waiting
@@ -218,9 +241,7 @@ impl Session {
     /// Sends queued messages while the client's Receive Maximum allows.
     fn pump(&mut self, now_ms: u64) {
         while let Some(front) = self.queue.front() {
-            if front.qos != QoS::AtMostOnce
-                && self.in_flight.len() >= usize::from(self.params.receive_maximum_out)
-            {
+            if front.qos != QoS::AtMostOnce && !self.window_open() {
                 return;
             }
             let Some(delivery) = self.queue.pop_front() else {
@@ -231,17 +252,25 @@ impl Session {
         }
     }
 
+    /// Room for one more QoS > 0 message: fewer than the client's Receive Maximum
+    /// unacknowledged, over at most [`MAX_SPAN_PER_RECEIVE_MAXIMUM`] times as many packet IDs.
+    fn window_open(&self) -> bool {
+        let receive_maximum = usize::from(self.params.receive_maximum_out);
+        self.in_flight.len() < receive_maximum
+            && self.in_flight.span() < receive_maximum * MAX_SPAN_PER_RECEIVE_MAXIMUM
+            && self.in_flight.next_id().is_some()
+    }
+
     fn send(&mut self, delivery: Delivery, now_ms: u64) {
         if delivery.released {
-            let packet_id = self.allocate_packet_id();
-            self.transmit_packet(Packet::PubRel(PubResponse::new(packet_id)));
-            self.in_flight.insert(
-                packet_id,
-                InFlight {
-                    delivery,
-                    stage: Stage::Comp,
-                },
-            );
+            let entry = InFlight {
+                seq: delivery.seq,
+                stage: Stage::Comp,
+            };
+            // `pump` sends only while the window is open, so an ID is free.
+            if let Some(packet_id) = self.in_flight.push(entry) {
+                self.transmit_packet(Packet::PubRel(PubResponse::new(packet_id)));
+            }
             return;
         }
         if delivery.message.is_expired(now_ms) {
@@ -253,38 +282,44 @@ impl Session {
         }
         let packet_id = match delivery.qos {
             QoS::AtMostOnce => 0,
-            _ => self.allocate_packet_id(),
+            // Taken by the push below, once the message is known to be sent.
+            _ => self.in_flight.next_id().unwrap_or(0),
         };
-        let Some(publish) = self.outbound_publish(&delivery, packet_id, now_ms) else {
+        let (seq, qos) = (delivery.seq, delivery.qos);
+        let Some(publish) = self.outbound_publish(delivery, packet_id, now_ms) else {
             // Larger than the client accepts: the spec says discard it as if it was sent
             // [MQTT-3.1.2-25].
             self.dropped += 1;
-            if let Some(seq) = delivery.seq {
+            if let Some(seq) = seq {
                 self.effects.push_back(Effect::Dequeue(seq));
             }
             return;
         };
-        self.transmit.push_back(Transmit::Publish(publish));
-        let stage = match delivery.qos {
-            QoS::AtMostOnce => return,
-            QoS::AtLeastOnce => Stage::Ack,
-            QoS::ExactlyOnce => Stage::Rec,
+        let stage = match qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(Stage::Ack),
+            QoS::ExactlyOnce => Some(Stage::Rec),
         };
-        self.in_flight
-            .insert(packet_id, InFlight { delivery, stage });
+        if let Some(stage) = stage {
+            let pushed = self.in_flight.push(InFlight { seq, stage });
+            debug_assert_eq!(pushed, Some(packet_id));
+        }
+        self.transmit.push_back(Transmit::Publish(publish));
     }
 
     /// The PUBLISH packet for one delivery, or None if it exceeds the client's maximum
-    /// packet size (measured on the packet itself: no copy on the delivery path).
+    /// packet size (measured on the packet itself: no copy on the delivery path). Takes the
+    /// delivery's message over rather than sharing it once more: the reference count of a
+    /// message fanned out to many connections is one cache line they all contend for.
     fn outbound_publish(
         &mut self,
-        delivery: &Delivery,
+        delivery: Delivery,
         packet_id: u16,
         now_ms: u64,
     ) -> Option<OutboundPublish> {
-        let message = &delivery.message;
         let mut properties = Properties::default();
         if self.params.protocol == Protocol::V5 {
+            let message = &delivery.message;
             properties = message.properties.clone();
             // Written only when there is something to write: a property set is allocated on
             // its first write (see `Properties`).
@@ -293,14 +328,14 @@ impl Session {
                 properties.message_expiry_interval = remaining;
             }
             if delivery.subscription_ids != properties.subscription_identifiers {
-                properties.subscription_identifiers = delivery.subscription_ids.clone();
+                properties.subscription_identifiers = delivery.subscription_ids;
             }
         }
         let mut publish = OutboundPublish {
-            message: message.clone(),
             dup: delivery.dup && delivery.qos != QoS::AtMostOnce,
             qos: delivery.qos,
             retain: delivery.retain,
+            message: delivery.message,
             packet_id,
             aliased: false,
             properties,
@@ -310,7 +345,7 @@ impl Session {
         if self.params.topic_alias_maximum_out > 0 {
             let outbound = self.aliases.as_ref().map(|a| &a.outbound);
             let used = outbound.map_or(0, HashMap::len);
-            if let Some(&alias) = outbound.and_then(|o| o.get(&message.topic)) {
+            if let Some(&alias) = outbound.and_then(|o| o.get(&publish.message.topic)) {
                 publish.aliased = true;
                 publish.properties.topic_alias = Some(alias);
             } else if used < usize::from(self.params.topic_alias_maximum_out) {
@@ -326,20 +361,11 @@ impl Session {
         }
         if let Some(alias) = new_alias {
             let aliases = self.aliases.get_or_insert_with(Box::default);
-            aliases.outbound.insert(message.topic.clone(), alias);
+            aliases
+                .outbound
+                .insert(publish.message.topic.clone(), alias);
         }
         Some(publish)
-    }
-
-    fn allocate_packet_id(&mut self) -> u16 {
-        // The window (<= 65535) is below the ID space, so a free ID always exists.
-        loop {
-            let id = self.next_packet_id;
-            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if !self.in_flight.contains_key(&id) {
-                return id;
-            }
-        }
     }
 
     /// A packet from the client (CONNECT already handled by the driver).
@@ -530,7 +556,7 @@ impl Session {
     }
 
     fn handle_pubrec(&mut self, rec: PubResponse, now_ms: u64) {
-        let Some(entry) = self.in_flight.get_mut(&rec.packet_id) else {
+        let Some(entry) = self.in_flight.get_mut(rec.packet_id) else {
             if self.params.protocol == Protocol::V5 {
                 self.transmit_packet(Packet::PubRel(PubResponse::with_reason(
                     rec.packet_id,
@@ -548,21 +574,21 @@ impl Session {
             return;
         }
         entry.stage = Stage::Comp;
-        if let Some(seq) = entry.delivery.seq {
+        if let Some(seq) = entry.seq {
             self.effects.push_back(Effect::Released(seq));
         }
         self.transmit_packet(Packet::PubRel(PubResponse::new(rec.packet_id)));
     }
 
     fn finish_outbound(&mut self, packet_id: u16, expected: Stage, now_ms: u64) {
-        match self.in_flight.get(&packet_id) {
+        match self.in_flight.get(packet_id) {
             Some(entry) if entry.stage == expected => {}
             // An acknowledgement for nothing we sent (or at the wrong stage): ignore it,
             // as a stale acknowledgement after reconnect can be.
             _ => return,
         }
-        if let Some(entry) = self.in_flight.remove(&packet_id) {
-            if let Some(seq) = entry.delivery.seq {
+        if let Some(entry) = self.in_flight.remove(packet_id) {
+            if let Some(seq) = entry.seq {
                 self.effects.push_back(Effect::Dequeue(seq));
             }
         }
@@ -725,6 +751,57 @@ mod tests {
             .unwrap();
         assert!(matches!(effects(&mut s)[..], [Effect::Dequeue(0)]));
         assert_eq!(drain(&mut s).len(), 1, "third sent after the ack");
+    }
+
+    #[test]
+    fn out_of_order_acks_free_the_window_up_to_its_span() {
+        let mut p = params(Protocol::V311);
+        p.max_queued_messages = 100;
+        let mut s = Session::new(p);
+        for seq in 0..20 {
+            s.deliver(delivery("t", QoS::AtLeastOnce, Some(seq)), 0)
+                .unwrap();
+        }
+        let ids = |packets: Vec<Packet>| -> Vec<u16> {
+            packets
+                .into_iter()
+                .map(|p| match p {
+                    Packet::Publish(p) => p.packet_id,
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(ids(drain(&mut s)), [1, 2]);
+        // The oldest (1) stays unacknowledged; each later one acknowledged lets one more
+        // out, until the IDs from the oldest span 4 windows (1 to 8).
+        let mut sent = vec![2];
+        for _ in 0..7 {
+            let newest = *sent.last().unwrap();
+            s.handle_packet(Packet::PubAck(PubResponse::new(newest)), 0)
+                .unwrap();
+            sent.extend(ids(drain(&mut s)));
+        }
+        assert_eq!(sent, [2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(s.in_flight(), 1, "only 1, yet the window stays shut");
+        // A duplicate or unknown acknowledgement changes nothing.
+        s.handle_packet(Packet::PubAck(PubResponse::new(5)), 0)
+            .unwrap();
+        s.handle_packet(Packet::PubAck(PubResponse::new(300)), 0)
+            .unwrap();
+        assert!(drain(&mut s).is_empty());
+        // The oldest acknowledged: the window moves on past the acknowledged IDs.
+        s.handle_packet(Packet::PubAck(PubResponse::new(1)), 0)
+            .unwrap();
+        assert_eq!(ids(drain(&mut s)), [9, 10]);
+        let dequeued: Vec<u64> = effects(&mut s)
+            .into_iter()
+            .map(|e| match e {
+                Effect::Dequeue(seq) => seq,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(dequeued, [1, 2, 3, 4, 5, 6, 7, 0]);
+        assert_eq!(s.in_flight_seqs(), [8, 9]);
     }
 
     #[test]
