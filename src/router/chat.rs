@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tern_codec::{ByteString, ReasonCode};
 use tern_storage::{InboxEntry, Op};
 
-use super::{inbound_qos2_op, Routed, Router};
+use super::{inbound_qos2_op, Live, Routed, Router};
 use crate::im::ids::cutoff;
 use crate::im::inbox::{for_recipient, stamp_sender, user_property, MSGID};
 use crate::im::topics::{Conversation, ROLE_RECEIVED, ROLE_SENT};
@@ -103,7 +103,13 @@ impl Router {
                     below_seq: seq + 1 - max_entries,
                 });
             }
-            self.plan(&Arc::new(copy), &mut ops, Some(id), &mut live);
+            self.plan(
+                &Arc::new(copy),
+                &mut ops,
+                Some(id),
+                &mut live,
+                Live::HandOver,
+            );
         }
         let durable = self.commit(ops, wait).await;
         self.send_all_live(live);

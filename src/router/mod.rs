@@ -942,7 +942,7 @@ impl Router {
         wait: bool,
     ) -> Routed {
         let mut live = Vec::new();
-        let matched = self.plan(message, &mut ops, None, &mut live);
+        let matched = self.plan(message, &mut ops, None, &mut live, Live::Collect);
         let durable = self.commit(ops, wait).await;
         let lanes = live
             .into_iter()
@@ -962,7 +962,7 @@ impl Router {
     /// Routes one message and hands live deliveries to their connections at once.
     async fn route_now(&mut self, message: &Arc<Message>, mut ops: Vec<Op>, wait: bool) -> Routed {
         let mut live = Vec::new();
-        let matched = self.plan(message, &mut ops, None, &mut live);
+        let matched = self.plan(message, &mut ops, None, &mut live, Live::HandOver);
         let durable = self.commit(ops, wait).await;
         self.send_all_live(live);
         Routed {
@@ -996,7 +996,9 @@ impl Router {
     /// Decides where a message goes: the retained store, then every matching subscription
     /// (durable queue entries appended to `ops`, referring to the stored chat message
     /// `message_ref` instead of copying the payload when given). Appends the deliveries for
-    /// sessions that are online to `live`; returns whether any subscription matched.
+    /// sessions that are online to `live`, or with [`Live::HandOver`] hands those that are
+    /// not durable to their connections at once (the others wait in `live` for their
+    /// queue entries to be committed first); returns whether any subscription matched.
     ///
     /// Two IM rules hold here whatever filter matched: an inbox topic reaches only sessions
     /// of the inbox's user, and a broadcast is never queued durably.
@@ -1006,6 +1008,7 @@ impl Router {
         ops: &mut Vec<Op>,
         message_ref: Option<u64>,
         live: &mut Vec<(SessionId, Delivery)>,
+        mode: Live,
     ) -> bool {
         if message.retain {
             self.retain(message, ops);
@@ -1094,7 +1097,13 @@ impl Router {
                 });
             }
             if slot.online.is_some() {
-                live.push((id, delivery));
+                if mode == Live::HandOver && delivery.seq.is_none() {
+                    // Saves finding the session again, and a copy of the delivery, for
+                    // every subscriber of a fan-out.
+                    hand_over(slot, delivery, &self.metrics);
+                } else {
+                    live.push((id, delivery));
+                }
             }
         }
         self.scratch_targets = targets;
@@ -1102,44 +1111,8 @@ impl Router {
     }
 
     fn send_live(&mut self, id: SessionId, delivery: Delivery) {
-        let Some(slot) = self.sessions.get_mut(&id) else {
-            return;
-        };
-        let Some(online) = &mut slot.online else {
-            return;
-        };
-        let stored = delivery.seq.is_some();
-        if stored && online.postbox.lagged() {
-            // The connection reads it from storage when it resyncs.
-            return;
-        }
-        let qos = delivery.qos;
-        // Broadcasts never come here: `route` hands them to `route_broadcast`.
-        match online.postbox.deliver(delivery) {
-            Ok(()) => {}
-            Err(Refused::Full) if stored => {
-                online.postbox.set_lagged(true);
-            }
-            Err(Refused::Full) if qos == QoS::AtMostOnce => {
-                // A slow consumer loses its QoS 0 messages first.
-                self.metrics.dropped(DropReason::OutboundFull);
-                tracing::debug!(client_id = %slot.client_id, "mailbox full, QoS 0 message dropped");
-            }
-            Err(Refused::Full) => {
-                // A QoS 1/2 message that has nowhere to wait (no durable queue): rather
-                // than lose it silently, the consumer that cannot keep up is disconnected.
-                self.metrics.dropped(DropReason::SlowConsumer);
-                if !online.postbox.is_closing() {
-                    self.metrics.slow_consumer_disconnected();
-                    tracing::info!(client_id = %slot.client_id, "slow consumer: its queues are full, disconnecting it");
-                    online.postbox.close(CloseReason::new(
-                        ReasonCode::QuotaExceeded,
-                        "slow consumer: too many messages waiting for this client",
-                    ));
-                }
-            }
-            // The connection is closing; its Disconnected command is on its way.
-            Err(Refused::Closed) => {}
+        if let Some(slot) = self.sessions.get_mut(&id) {
+            hand_over(slot, delivery, &self.metrics);
         }
     }
 
@@ -1449,6 +1422,57 @@ impl Target {
             retain_as_published: subscription.options.retain_as_published,
             identifier: subscription.identifier,
         }
+    }
+}
+
+/// What [`Router::plan`] does with deliveries to sessions that are online.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Live {
+    /// Every one goes into `live`, for the caller.
+    Collect,
+    /// Those without a durable queue entry go to their connections at once.
+    HandOver,
+}
+
+/// Hands a live delivery to a session's connection, if it has one: into its mailbox, or,
+/// when that is full, the spec's and the session's answer to a consumer that cannot keep
+/// up.
+fn hand_over(slot: &mut Slot, delivery: Delivery, metrics: &Metrics) {
+    let Some(online) = &mut slot.online else {
+        return;
+    };
+    let stored = delivery.seq.is_some();
+    if stored && online.postbox.lagged() {
+        // The connection reads it from storage when it resyncs.
+        return;
+    }
+    let qos = delivery.qos;
+    // Broadcasts never come here: `route` hands them to `route_broadcast`.
+    match online.postbox.deliver(delivery) {
+        Ok(()) => {}
+        Err(Refused::Full) if stored => {
+            online.postbox.set_lagged(true);
+        }
+        Err(Refused::Full) if qos == QoS::AtMostOnce => {
+            // A slow consumer loses its QoS 0 messages first.
+            metrics.dropped(DropReason::OutboundFull);
+            tracing::debug!(client_id = %slot.client_id, "mailbox full, QoS 0 message dropped");
+        }
+        Err(Refused::Full) => {
+            // A QoS 1/2 message that has nowhere to wait (no durable queue): rather
+            // than lose it silently, the consumer that cannot keep up is disconnected.
+            metrics.dropped(DropReason::SlowConsumer);
+            if !online.postbox.is_closing() {
+                metrics.slow_consumer_disconnected();
+                tracing::info!(client_id = %slot.client_id, "slow consumer: its queues are full, disconnecting it");
+                online.postbox.close(CloseReason::new(
+                    ReasonCode::QuotaExceeded,
+                    "slow consumer: too many messages waiting for this client",
+                ));
+            }
+        }
+        // The connection is closing; its Disconnected command is on its way.
+        Err(Refused::Closed) => {}
     }
 }
 
