@@ -20,7 +20,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_sink::Sink;
 use futures_util::Stream;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
@@ -100,13 +100,34 @@ fn poll_read_tcp(
     loop {
         ready!(socket.as_ref().poll_read_ready(cx))?;
         make_room(buf, reserve);
-        match socket.try_read_buf(buf) {
+        let room = buf.capacity() - buf.len();
+        let mut read = None;
+        // Through `try_io`, so that the read can say the socket is drained: tokio keeps
+        // readiness set until a read fails with WouldBlock, which costs a `recv` per
+        // wake-up that finds nothing (nearly one per delivery to a subscriber that acks
+        // each message). A read that filled less than the room it had took everything
+        // the socket held; clearing readiness then is safe, because readiness is cleared
+        // only if no newer event arrived since it was sampled, and data arriving later
+        // raises a new edge-triggered event.
+        let result = socket.as_ref().try_io(Interest::READABLE, || {
+            let n = socket.try_read_buf(buf)?;
+            read = Some(n);
+            if n > 0 && n < room {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        if let Some(n) = read {
+            return Poll::Ready(Ok(n));
+        }
+        match result {
             Ok(n) => return Poll::Ready(Ok(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Readiness was stale (it stays set after a read that did not drain the
-                // socket, so this is common right after a packet); the failed read cleared
-                // it, and the next poll_read_ready registers for the real thing. Wait
-                // without holding the buffer just reserved.
+                // Readiness was stale (it stays set after a read that filled the buffer,
+                // and when the lot's peek saw the data first); the failed read cleared it,
+                // and the next poll_read_ready registers for the real thing. Wait without
+                // holding the buffer just reserved.
                 if buf.is_empty() {
                     *buf = BytesMut::new();
                 }
