@@ -1019,16 +1019,21 @@ impl Router {
         targets.clear();
         let sessions = &self.sessions;
         let cursors = &mut self.share_cursor;
+        // A session has at most one subscription per filter, so matches of a single filter
+        // (the common case: everybody on one topic) need no merging, and no sort.
+        let mut single_filter = true;
+        let mut first_filter = None;
         self.subscriptions
             .for_each_match(&message.topic, |m| match m {
                 Match::Direct {
                     client,
+                    filter,
                     subscription,
-                    ..
                 } => {
                     if subscription.options.no_local && message.origin == Some(*client) {
                         return;
                     }
+                    single_filter &= *first_filter.get_or_insert(filter) == filter;
                     targets.push(Target::new(*client, subscription));
                 }
                 Match::Shared {
@@ -1039,13 +1044,17 @@ impl Router {
                     if let Some((client, subscription)) =
                         pick_member(sessions, cursors, group, filter, members)
                     {
+                        // The member may hold other matching subscriptions.
+                        single_filter = false;
                         targets.push(Target::new(*client, subscription));
                     }
                 }
             });
         let matched = !targets.is_empty();
-        // Stable, so that a session's subscription identifiers keep their match order.
-        targets.sort_by_key(|t| t.session);
+        if !single_filter {
+            // Stable, so that a session's subscription identifiers keep their match order.
+            targets.sort_by_key(|t| t.session);
+        }
         live.reserve(targets.len());
         let now = now_ms();
         let inbox_of = inbox_owner(&message.topic);
@@ -1821,6 +1830,40 @@ mod tests {
         }
         let count = |mailbox: &mut Mailbox| std::iter::from_fn(|| mailbox.pop_chat()).count();
         assert_eq!((count(&mut a.mailbox), count(&mut b.mailbox)), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn overlapping_subscriptions_of_several_sessions_give_each_one_copy() {
+        let h = start();
+        let mut clients = Vec::new();
+        for id in ["a", "b", "c", "d"] {
+            let c = connect(&h, id, true, 0).await;
+            subscribe(&h, &c, "t/#", QoS::AtMostOnce).await;
+            clients.push(c);
+        }
+        // Two of them also through `t/+`, one at a higher QoS: their matches interleave
+        // with the others' and must still be merged, one copy at the highest QoS.
+        subscribe(&h, &clients[1], "t/+", QoS::AtLeastOnce).await;
+        subscribe(&h, &clients[3], "t/+", QoS::AtMostOnce).await;
+        publish(&h, message("t/x", QoS::AtLeastOnce, false, b"m")).await;
+        let received: Vec<Vec<QoS>> = clients
+            .iter_mut()
+            .map(|c| {
+                std::iter::from_fn(|| c.mailbox.pop_chat())
+                    .map(|d| d.qos)
+                    .collect()
+            })
+            .collect();
+        use QoS::{AtLeastOnce, AtMostOnce};
+        assert_eq!(
+            received,
+            [
+                vec![AtMostOnce],
+                vec![AtLeastOnce],
+                vec![AtMostOnce],
+                vec![AtMostOnce]
+            ]
+        );
     }
 
     #[tokio::test]
