@@ -348,20 +348,38 @@ struct Slot {
     next_seq: u64,
     /// QoS > 0 messages queued while offline, held to `max_queued_messages`.
     offline_queued: u64,
+    /// What only a session without a connection has; `None` while one is attached.
+    away: Option<Box<Away>>,
+}
+
+/// A session's state between connections. Boxed in its [`Slot`]: 80 bytes that every
+/// online session (every idle chat device) would otherwise carry unused.
+#[derive(Default)]
+struct Away {
+    /// Durable queue positions the last connection sent unacknowledged (resent with DUP).
     sent: Vec<u64>,
     disconnected_at_ms: Option<u64>,
     expires_at: Option<Instant>,
+    /// A will waiting for its delay.
     will: Option<(Instant, Arc<Message>)>,
 }
 
 impl Slot {
+    fn away(&mut self) -> &mut Away {
+        self.away.get_or_insert_with(Box::default)
+    }
+
+    fn expires_at(&self) -> Option<Instant> {
+        self.away.as_ref().and_then(|away| away.expires_at)
+    }
+
     fn stored(&self) -> StoredSession {
         StoredSession {
             client_id: self.client_id.to_string(),
             user: self.user.clone(),
             protocol_level: self.protocol.level(),
             expiry_interval_secs: self.expiry_secs,
-            disconnected_at_ms: self.disconnected_at_ms,
+            disconnected_at_ms: self.away.as_ref().and_then(|away| away.disconnected_at_ms),
             subscriptions: self
                 .subscriptions
                 .iter()
@@ -511,10 +529,10 @@ impl Router {
             subscriptions: BTreeMap::new(),
             next_seq,
             offline_queued: next_seq.saturating_sub(first_seq),
-            sent: Vec::new(),
-            disconnected_at_ms: Some(disconnected_at_ms),
-            expires_at: None,
-            will: None,
+            away: Some(Box::new(Away {
+                disconnected_at_ms: Some(disconnected_at_ms),
+                ..Away::default()
+            })),
         };
         for sub in session.subscriptions {
             let Ok(options) = SubscriptionOptions::from_byte(Protocol::V5, sub.options) else {
@@ -533,7 +551,7 @@ impl Router {
             let deadline_ms = disconnected_at_ms + u64::from(slot.expiry_secs) * 1000;
             let left = Duration::from_millis(deadline_ms.saturating_sub(now));
             let at = Instant::now() + left;
-            slot.expires_at = Some(at);
+            slot.away().expires_at = Some(at);
             self.timers.insert((at, id, TimerKind::Expiry));
         }
         self.offline_queued += slot.offline_queued;
@@ -731,7 +749,7 @@ impl Router {
                 // A new connection to the session before the will delay ends cancels the
                 // will [MQTT-3.1.3-9].
                 if let Some(slot) = self.sessions.get_mut(&id) {
-                    if let Some((at, _)) = slot.will.take() {
+                    if let Some((at, _)) = slot.away.as_mut().and_then(|away| away.will.take()) {
                         self.timers.remove(&(at, id, TimerKind::Will));
                     }
                 }
@@ -760,10 +778,7 @@ impl Router {
                         subscriptions: BTreeMap::new(),
                         next_seq: 0,
                         offline_queued: 0,
-                        sent: Vec::new(),
-                        disconnected_at_ms: None,
-                        expires_at: None,
-                        will: None,
+                        away: None,
                     }),
                 );
                 (id, false)
@@ -779,14 +794,18 @@ impl Router {
         slot.protocol = request.protocol;
         slot.expiry_secs = request.expiry_secs;
         slot.persistent = persistent || (session_present && was_stored);
-        slot.disconnected_at_ms = None;
         // Its backlog is the connection's to read now (see `RouterStats::queued`).
         self.offline_queued -= slot.offline_queued;
         slot.offline_queued = 0;
-        if let Some(at) = slot.expires_at.take() {
+        let away = slot.away.take().map(|away| *away).unwrap_or_default();
+        if let Some(at) = away.expires_at {
             self.timers.remove(&(at, id, TimerKind::Expiry));
         }
-        let sent = std::mem::take(&mut slot.sent);
+        if let Some((at, _)) = away.will {
+            // Taken above when the session was resumed; never left behind.
+            self.timers.remove(&(at, id, TimerKind::Will));
+        }
+        let sent = away.sent;
         slot.online = Some(Online {
             id: conn,
             postbox: request.postbox,
@@ -864,7 +883,7 @@ impl Router {
                 .collect(),
             in_flight: match &slot.online {
                 Some(online) => online.postbox.in_flight(),
-                None => slot.sent.len(),
+                None => slot.away.as_ref().map_or(0, |away| away.sent.len()),
             },
         };
         let mut all: Vec<SessionSummary> = match client_id {
@@ -900,7 +919,7 @@ impl Router {
         for filter in slot.subscriptions.keys() {
             self.subscriptions.unsubscribe(&id, filter);
         }
-        if let Some(at) = slot.expires_at {
+        if let Some(at) = slot.expires_at() {
             self.timers.remove(&(at, id, TimerKind::Expiry));
         }
         if slot.persistent {
@@ -908,7 +927,7 @@ impl Router {
                 client_id: slot.client_id.to_string(),
             });
         }
-        slot.will.map(|(at, will)| {
+        slot.away.and_then(|away| away.will).map(|(at, will)| {
             self.timers.remove(&(at, id, TimerKind::Will));
             will
         })
@@ -1277,7 +1296,7 @@ impl Router {
         };
         slot.online = None;
         self.online -= 1;
-        slot.sent = sent;
+        slot.away().sent = sent;
         if let Some(expiry) = expiry_secs {
             slot.expiry_secs = expiry;
         }
@@ -1287,10 +1306,10 @@ impl Router {
             will_now = will.map(|w| w.message).or(pending);
         } else {
             let now = now_ms();
-            slot.disconnected_at_ms = Some(now);
+            slot.away().disconnected_at_ms = Some(now);
             if slot.expiry_secs != u32::MAX {
                 let at = Instant::now() + Duration::from_secs(u64::from(slot.expiry_secs));
-                slot.expires_at = Some(at);
+                slot.away().expires_at = Some(at);
                 self.timers.insert((at, id, TimerKind::Expiry));
             }
             if let Some(will) = will {
@@ -1300,7 +1319,7 @@ impl Router {
                     will_now = Some(will.message);
                 } else {
                     let at = Instant::now() + Duration::from_secs(u64::from(delay));
-                    slot.will = Some((at, will.message));
+                    slot.away().will = Some((at, will.message));
                     self.timers.insert((at, id, TimerKind::Will));
                 }
             }
@@ -1337,16 +1356,18 @@ impl Router {
             match kind {
                 TimerKind::Sweep => {}
                 TimerKind::Will => {
-                    if let Some((will_at, will)) = slot.will.take() {
+                    if let Some((will_at, will)) =
+                        slot.away.as_mut().and_then(|away| away.will.take())
+                    {
                         if will_at == at {
                             self.route(&will, Vec::new(), false).await;
                         } else {
-                            slot.will = Some((will_at, will));
+                            slot.away().will = Some((will_at, will));
                         }
                     }
                 }
                 TimerKind::Expiry => {
-                    if slot.expires_at == Some(at) && slot.online.is_none() {
+                    if slot.expires_at() == Some(at) && slot.online.is_none() {
                         tracing::debug!(client_id = %slot.client_id, "session expired");
                         if let Some(will) = self.remove_session(id, &mut ops) {
                             self.route(&will, std::mem::take(&mut ops), false).await;
