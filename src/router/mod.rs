@@ -338,7 +338,9 @@ struct Slot {
     client_id: ByteString,
     /// The user the session belongs to; empty for a session restored from a database
     /// written before users existed (it is adopted by the next user to connect with it).
-    user: String,
+    /// Shared with the user's other sessions and `Router::user_sessions` (see
+    /// [`Router::user_name`]).
+    user: Arc<str>,
     protocol: Protocol,
     expiry_secs: u32,
     /// Stored in the database: subscriptions and QoS > 0 messages survive restarts.
@@ -376,7 +378,7 @@ impl Slot {
     fn stored(&self) -> StoredSession {
         StoredSession {
             client_id: self.client_id.to_string(),
-            user: self.user.clone(),
+            user: self.user.to_string(),
             protocol_level: self.protocol.level(),
             expiry_interval_secs: self.expiry_secs,
             disconnected_at_ms: self.away.as_ref().and_then(|away| away.disconnected_at_ms),
@@ -420,7 +422,7 @@ pub struct Router {
     next_session: SessionId,
     next_conn: ConnId,
     /// Sessions per user, for the device limit.
-    user_sessions: HashMap<String, SessionSet>,
+    user_sessions: HashMap<Arc<str>, SessionSet>,
     groups: Groups,
     dedup: DedupWindow,
     message_ids: MessageIds,
@@ -512,7 +514,7 @@ impl Router {
         let client_id = ByteString::from(session.client_id.clone());
         // A session that was online when the broker died went offline at restart.
         let disconnected_at_ms = session.disconnected_at_ms.unwrap_or(now);
-        let user = session.user.clone();
+        let user = self.user_name(&session.user);
         if !user.is_empty() {
             self.user_sessions
                 .entry(user.clone())
@@ -654,7 +656,11 @@ impl Router {
                 let _ = reply.send(answer);
             }
             Command::CloseUser { user, reason } => {
-                let ids = self.user_sessions.get(&user).cloned().unwrap_or_default();
+                let ids = self
+                    .user_sessions
+                    .get(user.as_str())
+                    .cloned()
+                    .unwrap_or_default();
                 for id in ids {
                     if let Some(online) = self.sessions.get_mut(&id).and_then(|s| s.online.as_mut())
                     {
@@ -729,7 +735,7 @@ impl Router {
         let mut pending_will = None;
         if let Some(&id) = self.by_client.get(&request.client_id) {
             if let Some(slot) = self.sessions.get_mut(&id) {
-                if !slot.user.is_empty() && slot.user != request.user {
+                if !slot.user.is_empty() && *slot.user != *request.user {
                     // A client id names one device of one user: another user may neither
                     // take the session over (and read its queue) nor end it.
                     tracing::info!(client_id = %request.client_id, user = %request.user,
@@ -760,6 +766,7 @@ impl Router {
                 pending_will = Some(will);
             }
         }
+        let user = self.user_name(&request.user);
         let (id, session_present) = match resumed {
             Some(id) => (id, true),
             None => {
@@ -770,7 +777,7 @@ impl Router {
                     id,
                     Box::new(Slot {
                         client_id: request.client_id.clone(),
-                        user: request.user.clone(),
+                        user: user.clone(),
                         protocol: request.protocol,
                         expiry_secs: request.expiry_secs,
                         persistent,
@@ -789,7 +796,7 @@ impl Router {
         };
         let was_stored = slot.persistent;
         if slot.user.is_empty() {
-            slot.user = request.user.clone();
+            slot.user = user.clone();
         }
         slot.protocol = request.protocol;
         slot.expiry_secs = request.expiry_secs;
@@ -815,10 +822,7 @@ impl Router {
             ops.push(Op::PutSession(slot.stored()));
         }
         let backlog_upto = (session_present && was_stored).then_some(slot.next_seq);
-        self.user_sessions
-            .entry(request.user.clone())
-            .or_default()
-            .insert(id);
+        self.user_sessions.entry(user).or_default().insert(id);
         self.enforce_device_limit(&request.user);
         match pending_will {
             Some(will) => {
@@ -834,6 +838,15 @@ impl Router {
             backlog_upto,
             sent,
         })
+    }
+
+    /// The user's name as its sessions hold it: one allocation per user, shared by its
+    /// devices and the `user_sessions` key, rather than two per session.
+    fn user_name(&self, user: &str) -> Arc<str> {
+        match self.user_sessions.get_key_value(user) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(user),
+        }
     }
 
     /// Closes the user's oldest connections beyond `im.max_devices_per_user`.
@@ -871,7 +884,7 @@ impl Router {
     fn summaries(&self, client_id: Option<&str>) -> Vec<SessionSummary> {
         let summary = |slot: &Slot| SessionSummary {
             client_id: slot.client_id.to_string(),
-            user: slot.user.clone(),
+            user: slot.user.to_string(),
             connected: slot.online.is_some(),
             persistent: slot.persistent,
             protocol_level: slot.protocol.level(),
@@ -910,10 +923,10 @@ impl Router {
         if self.by_client.get(&slot.client_id) == Some(&id) {
             self.by_client.remove(&slot.client_id);
         }
-        if let Some(ids) = self.user_sessions.get_mut(&slot.user) {
+        if let Some(ids) = self.user_sessions.get_mut(&*slot.user) {
             ids.remove(id);
             if ids.is_empty() {
-                self.user_sessions.remove(&slot.user);
+                self.user_sessions.remove(&*slot.user);
             }
         }
         for filter in slot.subscriptions.keys() {
@@ -1085,7 +1098,7 @@ impl Router {
             let Some(slot) = self.sessions.get_mut(&id) else {
                 continue;
             };
-            if inbox_of.is_some_and(|owner| owner != slot.user) {
+            if inbox_of.is_some_and(|owner| owner != &*slot.user) {
                 continue;
             }
             let qos = qos.min(message.qos);
