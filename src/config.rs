@@ -352,7 +352,8 @@ pub struct Limits {
     pub max_packet_size: u32,
     /// Receive Maximum announced to v5 clients, and the cap on unacknowledged outbound
     /// QoS>0 messages per session. Default 32; at least 1 (v5 forbids a Receive Maximum
-    /// of 0).
+    /// of 0). Acknowledged out of order, the outbound packet IDs in flight may spread over
+    /// at most 4x the window (see `crate::in_flight`), which bounds the window's memory.
     pub max_inflight: u16,
     /// Messages queued per session beyond the in-flight window. At the limit QoS 0 messages
     /// are dropped; QoS>0 messages of a connected persistent session stay in its durable

@@ -27,7 +27,7 @@ use crate::outgoing::{OutboundPublish, Transmit};
 /// How far past the oldest unacknowledged message the window's packet IDs may reach, in
 /// multiples of the client's Receive Maximum. Acknowledgements come in order, so the span
 /// is the count but for a QoS 2 message waiting for PUBCOMP; this bounds what a client that
-/// never acknowledges its oldest message costs (about 64 bytes a slot).
+/// never acknowledges its oldest message costs (24 bytes a slot).
 const MAX_SPAN_PER_RECEIVE_MAXIMUM: usize = 4;
 
 /// What a session may do, agreed at CONNECT time.
