@@ -416,7 +416,7 @@ impl Parked for Connection {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.keep_alive.map(|limit| self.last_read + limit)
+        self.keepalive_deadline()
     }
 
     fn resume(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
@@ -732,10 +732,16 @@ impl Connection {
         !self.closing && io_idle && self.backlog.is_none() && self.mailbox.is_idle()
     }
 
+    /// When the client has been silent too long (1.5 times its keep alive, counted from
+    /// its last input); `None` without a keep alive.
+    fn keepalive_deadline(&self) -> Option<Instant> {
+        self.keep_alive.map(|limit| self.last_read + limit)
+    }
+
     /// The timer's next deadline: the keepalive deadline, or sooner the next look at
     /// whether to park.
     fn next_timer(&self, now: Instant, park_after: Option<Duration>) -> Instant {
-        let keepalive = self.keep_alive.map(|limit| self.last_read + limit);
+        let keepalive = self.keepalive_deadline();
         let park = park_after.map(|after| now + after);
         match (keepalive, park) {
             (Some(keepalive), Some(park)) => keepalive.min(park),
@@ -886,10 +892,7 @@ impl Connection {
                 }
                 Event::Timer => {
                     let now = Instant::now();
-                    if self
-                        .keep_alive
-                        .is_some_and(|limit| self.last_read + limit <= now)
-                    {
+                    if self.keepalive_deadline().is_some_and(|at| at <= now) {
                         Box::pin(
                             self.server_disconnect(
                                 ReasonCode::KeepAliveTimeout,

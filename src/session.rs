@@ -262,8 +262,7 @@ impl Session {
         if !self.has_room() {
             return Err(Refused::QueueFull);
         }
-        if self.flows().queue.is_empty() && (delivery.qos == QoS::AtMostOnce || self.window_open())
-        {
+        if self.flows().queue.is_empty() && self.may_send(delivery.qos) {
             // Nothing ahead of it and room in the window: straight out, without touching
             // the queue's buffer (a cache miss per delivery when a message fans out to
             // many connections).
@@ -280,7 +279,7 @@ impl Session {
     /// Sends queued messages while the client's Receive Maximum allows.
     fn pump(&mut self, now_ms: u64) {
         while let Some(qos) = self.flows().queue.front().map(|d| d.qos) {
-            if qos != QoS::AtMostOnce && !self.window_open() {
+            if !self.may_send(qos) {
                 return;
             }
             let flows = self.flows();
@@ -290,6 +289,11 @@ impl Session {
             flows.queued_bytes = flows.queued_bytes.saturating_sub(delivery.message.cost());
             self.send(delivery, now_ms);
         }
+    }
+
+    /// A message at `qos` may go out now: QoS 0 always, QoS > 0 while the window is open.
+    fn may_send(&self, qos: QoS) -> bool {
+        qos == QoS::AtMostOnce || self.window_open()
     }
 
     /// Room for one more QoS > 0 message: fewer than the client's Receive Maximum

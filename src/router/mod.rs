@@ -808,10 +808,6 @@ impl Router {
         if let Some(at) = away.expires_at {
             self.timers.remove(&(at, id, TimerKind::Expiry));
         }
-        if let Some((at, _)) = away.will {
-            // Taken above when the session was resumed; never left behind.
-            self.timers.remove(&(at, id, TimerKind::Will));
-        }
         let sent = away.sent;
         slot.online = Some(Online {
             id: conn,
