@@ -550,6 +550,35 @@ impl RawClient {
         }
     }
 
+    /// The broker closes the connection (without sending anything first).
+    pub async fn expect_closed(&mut self, what: &str) {
+        if let Some(packet) = self.recv().await {
+            panic!("{what}: expected the connection closed, got {packet:?}");
+        }
+    }
+
+    /// The broker sends DISCONNECT with one of `reasons`, then closes. Returns the reason.
+    pub async fn expect_disconnect(
+        &mut self,
+        reasons: &[tern_codec::ReasonCode],
+        what: &str,
+    ) -> tern_codec::ReasonCode {
+        let reason = match self.recv().await {
+            Some(tern_codec::Packet::Disconnect(d)) => {
+                assert!(
+                    reasons.contains(&d.reason),
+                    "{what}: DISCONNECT reason {:?}, expected one of {reasons:?} ({:?})",
+                    d.reason,
+                    d.properties.reason_string
+                );
+                d.reason
+            }
+            other => panic!("{what}: expected DISCONNECT {reasons:?}, got {other:?}"),
+        };
+        self.expect_closed(what).await;
+        reason
+    }
+
     /// Receives one PUBLISH and acknowledges it (QoS 2: PUBREC, PUBREL, PUBCOMP).
     pub async fn expect_publish(&mut self, what: &str) -> tern_codec::Publish {
         match self.recv().await {

@@ -119,11 +119,12 @@ async fn a_parked_session_can_be_taken_over() {
     let (mut first, _) = RawClient::open_ok(broker.addr, Protocol::V5, "twin", true, |_| {}).await;
     wait_parked(&broker, 1).await;
     let (second, _) = RawClient::open_ok(broker.addr, Protocol::V5, "twin", false, |_| {}).await;
-    match first.recv().await {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::SessionTakenOver),
-        other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
-    }
-    assert_eq!(first.recv().await, None);
+    first
+        .expect_disconnect(
+            &[ReasonCode::SessionTakenOver],
+            "the parked connection taken over",
+        )
+        .await;
     // The new connection parks in its turn; the old one is gone from the lot.
     wait_parked(&broker, 1).await;
     second.disconnect().await;
@@ -137,11 +138,9 @@ async fn a_stopping_broker_says_goodbye_to_parked_connections() {
         RawClient::open_ok(broker.addr, Protocol::V5, "bystander", true, |_| {}).await;
     wait_parked(&broker, 1).await;
     let stopping = tokio::spawn(broker.stop());
-    match client.recv().await {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::ServerShuttingDown),
-        other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
-    }
-    assert_eq!(client.recv().await, None);
+    client
+        .expect_disconnect(&[ReasonCode::ServerShuttingDown], "broker stopping")
+        .await;
     tokio::time::timeout(EVENT_TIMEOUT, stopping)
         .await
         .expect("the broker stops")

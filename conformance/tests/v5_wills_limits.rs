@@ -124,44 +124,14 @@ async fn assert_quiet(client: &mut RawClient, what: &str) {
     }
 }
 
-/// The broker closes the connection (without sending anything first).
-async fn expect_closed(client: &mut RawClient, what: &str) {
-    match client.recv().await {
-        None => {}
-        Some(packet) => panic!("{what}: expected the connection closed, got {packet:?}"),
-    }
-}
-
-/// The broker sends DISCONNECT with one of `reasons`, then closes. Returns the reason.
-async fn expect_disconnect(
-    client: &mut RawClient,
-    reasons: &[ReasonCode],
-    what: &str,
-) -> ReasonCode {
-    let reason = match client.recv().await {
-        Some(Packet::Disconnect(d)) => {
-            assert!(
-                reasons.contains(&d.reason),
-                "{what}: DISCONNECT reason {:?}, expected one of {reasons:?} ({:?})",
-                d.reason,
-                d.properties.reason_string
-            );
-            d.reason
-        }
-        other => panic!("{what}: expected DISCONNECT {reasons:?}, got {other:?}"),
-    };
-    expect_closed(client, what).await;
-    reason
-}
-
 /// The end of a connection after a protocol violation: on v5, DISCONNECT with one of
 /// `reasons`, then the close; on 3.1.1 (no server DISCONNECT) just the close.
 async fn expect_violation_close(client: &mut RawClient, reasons: &[ReasonCode], what: &str) {
     match client.protocol {
         Protocol::V5 => {
-            expect_disconnect(client, reasons, what).await;
+            client.expect_disconnect(reasons, what).await;
         }
-        Protocol::V311 => expect_closed(client, what).await,
+        Protocol::V311 => client.expect_closed(what).await,
     }
 }
 
@@ -171,7 +141,7 @@ async fn disconnect_normally(mut client: RawClient) {
     client
         .send(Packet::Disconnect(Disconnect::new(ReasonCode::Success)))
         .await;
-    expect_closed(&mut client, "after DISCONNECT").await;
+    client.expect_closed("after DISCONNECT").await;
 }
 
 /// PINGREQ answered with PINGRESP: the connection is alive.
@@ -343,7 +313,7 @@ async fn mqtt5_3_14_2_1_disconnect_with_will_message_0x04_publishes_will() {
             ReasonCode::DisconnectWithWillMessage,
         )))
         .await;
-    expect_closed(&mut dying, "after DISCONNECT 0x04").await;
+    dying.expect_closed("after DISCONNECT 0x04").await;
 
     let got = next_publish(&mut watcher).await;
     assert_eq!(&*got.topic, "wills/0x04");
@@ -621,7 +591,7 @@ async fn alias_refused(
     let mut publish = publish_packet(topic, QoS::AtLeastOnce, 1, "x");
     publish.properties.topic_alias = Some(alias(max));
     publisher.send(Packet::Publish(publish)).await;
-    expect_disconnect(&mut publisher, reasons, what).await;
+    publisher.expect_disconnect(reasons, what).await;
 }
 
 #[tokio::test]
@@ -690,12 +660,12 @@ async fn mqtt5_3_3_2_1_empty_topic_without_alias_is_protocol_error() {
             "x",
         )))
         .await;
-    expect_disconnect(
-        &mut publisher,
-        &[ReasonCode::ProtocolError],
-        "empty topic without topic alias",
-    )
-    .await;
+    publisher
+        .expect_disconnect(
+            &[ReasonCode::ProtocolError],
+            "empty topic without topic alias",
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -988,13 +958,10 @@ async fn mqtt5_3_14_broker_shutdown_sends_disconnect_0x8b() {
     tokio::time::timeout(EVENT_TIMEOUT, broker.stop())
         .await
         .expect("broker stops within the timeout");
-    expect_disconnect(
-        &mut v5,
-        &[ReasonCode::ServerShuttingDown],
-        "broker shutdown",
-    )
-    .await;
-    expect_closed(&mut v311, "broker shutdown (3.1.1 has no DISCONNECT)").await;
+    v5.expect_disconnect(&[ReasonCode::ServerShuttingDown], "broker shutdown")
+        .await;
+    v311.expect_closed("broker shutdown (3.1.1 has no DISCONNECT)")
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1034,7 +1001,7 @@ async fn mqtt5_3_3_4_receive_maximum_exceeded_disconnects_0x93() {
             other => panic!("expected DISCONNECT 0x93, got {other:?}"),
         }
     }
-    expect_closed(&mut client, "after DISCONNECT 0x93").await;
+    client.expect_closed("after DISCONNECT 0x93").await;
 }
 
 /// A connection beyond `limits.max_connections`: the broker closes it (or refuses its
