@@ -9,6 +9,7 @@
 //! deliveries again, so order is kept and memory stays bounded.
 
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
@@ -42,7 +43,7 @@ use crate::router::{
     Attached, ChatPublish, CloseReason, Command, ConnId, ConnectRequest, RouterHandle, WillRequest,
 };
 use crate::session::{Close, Effect, Session, SessionParams};
-use crate::transport::{upgrade, ReadHalf, Transport, WriteHalf};
+use crate::transport::{upgrade, Stream};
 
 /// What every connection shares.
 pub struct Context {
@@ -158,8 +159,8 @@ async fn accept(accepted: Box<Accepted>) -> Result<Box<Connection>, ConnectionEr
     let max_packet = ctx.config.limits.max_packet_size as usize;
     let timeout = Duration::from_secs(ctx.config.limits.connect_timeout_secs);
     let deadline = Instant::now() + timeout;
-    let transport = if endpoint.upgrade.is_plain() {
-        Transport::Tcp(stream)
+    let mut stream = if endpoint.upgrade.is_plain() {
+        Stream::Tcp(stream)
     } else {
         // Boxed: the TLS and WebSocket handshake state is several KB, which plain TCP
         // connections need not allocate.
@@ -169,11 +170,10 @@ async fn accept(accepted: Box<Accepted>) -> Result<Box<Connection>, ConnectionEr
             Ok(result) => result.map_err(ConnectionError::Handshake)?,
         }
     };
-    let (mut reader, mut writer) = transport.split();
     // Most CONNECTs are well under this; a larger one grows the buffer.
     let mut rbuf = BytesMut::new();
     let connect =
-        match tokio::time::timeout_at(deadline, read_connect(&mut reader, &mut rbuf, max_packet))
+        match tokio::time::timeout_at(deadline, read_connect(&mut stream, &mut rbuf, max_packet))
             .await
         {
             Err(_) => return Err(ConnectionError::ConnectTimeout(timeout)),
@@ -185,7 +185,7 @@ async fn accept(accepted: Box<Accepted>) -> Result<Box<Connection>, ConnectionEr
                     code: ReasonCode::UnsupportedProtocolVersion,
                     properties: Properties::default(),
                 };
-                let _ = write_packets(&mut writer, Protocol::V311, [Packet::ConnAck(nack)]).await;
+                let _ = write_packets(&mut stream, Protocol::V311, [Packet::ConnAck(nack)]).await;
                 return Err(DecodeError::UnsupportedProtocolVersion(level).into());
             }
             Ok(result) => result?,
@@ -193,8 +193,7 @@ async fn accept(accepted: Box<Accepted>) -> Result<Box<Connection>, ConnectionEr
     Connection::handshake(
         connect,
         Link {
-            reader,
-            writer,
+            stream,
             peer,
             endpoint,
             permits,
@@ -206,7 +205,7 @@ async fn accept(accepted: Box<Accepted>) -> Result<Box<Connection>, ConnectionEr
 }
 
 async fn read_connect(
-    reader: &mut ReadHalf,
+    stream: &mut Stream,
     rbuf: &mut BytesMut,
     max_packet: usize,
 ) -> Result<Box<Connect>, ConnectionError> {
@@ -218,14 +217,14 @@ async fn read_connect(
                 other => Err(ConnectionError::NotConnect(other.name())),
             };
         }
-        if reader.read(rbuf, CONNECT_BUFFER).await? == 0 {
+        if stream.read(rbuf, CONNECT_BUFFER).await? == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
     }
 }
 
 async fn write_packets(
-    writer: &mut WriteHalf,
+    stream: &mut Stream,
     protocol: Protocol,
     packets: impl IntoIterator<Item = Packet>,
 ) -> std::io::Result<()> {
@@ -235,7 +234,7 @@ async fn write_packets(
             .encode(protocol, &mut buf)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
     }
-    writer.write_all(&buf).await
+    stream.write_all(&buf).await
 }
 
 /// The time, read once for a batch of deliveries.
@@ -260,8 +259,7 @@ struct Backlog {
 
 /// The socket of a connection and where it came from.
 struct Link {
-    reader: ReadHalf,
-    writer: WriteHalf,
+    stream: Stream,
     peer: SocketAddr,
     endpoint: Arc<Endpoint>,
     permits: Permits,
@@ -342,8 +340,8 @@ enum Settled {
 
 struct Connection {
     ctx: Arc<Context>,
-    reader: ReadHalf,
-    writer: WriteHalf,
+    /// The socket; detached from the runtime while the connection is parked.
+    stream: Stream,
     peer: SocketAddr,
     endpoint: Arc<Endpoint>,
     _permits: Permits,
@@ -397,22 +395,12 @@ struct Io {
 
 impl Parked for Connection {
     fn poll_wake(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        if self.mailbox.poll_waiting(cx) {
-            return true;
-        }
-        match &mut self.reader {
-            // A peek rather than the socket's readiness: that stays set after the last read
-            // until a read finds nothing, so it is stale more often than not when a
-            // connection parks. The peek clears it, and registers `cx` for new input.
-            ReadHalf::Tcp(socket) => {
-                let mut byte = [std::mem::MaybeUninit::uninit()];
-                socket
-                    .poll_peek(cx, &mut tokio::io::ReadBuf::uninit(&mut byte))
-                    .is_ready()
-            }
-            // Never parked (see `park_after`); if it were, it would go straight back.
-            ReadHalf::Other(_) => true,
-        }
+        self.mailbox.poll_waiting(cx)
+    }
+
+    fn socket(&self) -> Option<RawFd> {
+        // Only plain TCP parks (see `park_after`), detached from the runtime.
+        self.stream.detached_fd()
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -437,8 +425,7 @@ impl Connection {
         ctx: Arc<Context>,
     ) -> Result<Box<Connection>, ConnectionError> {
         let Link {
-            reader,
-            mut writer,
+            mut stream,
             peer,
             endpoint,
             permits,
@@ -461,7 +448,7 @@ impl Connection {
                 None
             };
         if let Some(code) = refusal {
-            write_packets(&mut writer, protocol, [Packet::ConnAck(refuse(code))]).await?;
+            write_packets(&mut stream, protocol, [Packet::ConnAck(refuse(code))]).await?;
             return Err(ConnectionError::Refused(code));
         }
 
@@ -486,7 +473,7 @@ impl Connection {
                     AuthError::Storage(_) => ReasonCode::ServerUnavailable,
                 };
                 tracing::info!(client_id = %client_id, user = ?connect.username, %peer, listener = %endpoint.kind, "login refused: {e}");
-                write_packets(&mut writer, protocol, [Packet::ConnAck(refuse(code))]).await?;
+                write_packets(&mut stream, protocol, [Packet::ConnAck(refuse(code))]).await?;
                 return Err(ConnectionError::Refused(code));
             }
         };
@@ -522,7 +509,7 @@ impl Connection {
             if !allowed {
                 tracing::info!(client_id = %client_id, topic = %will.topic, "will topic refused");
                 let code = ReasonCode::NotAuthorized;
-                write_packets(&mut writer, protocol, [Packet::ConnAck(refuse(code))]).await?;
+                write_packets(&mut stream, protocol, [Packet::ConnAck(refuse(code))]).await?;
                 return Err(ConnectionError::Refused(code));
             }
         }
@@ -545,7 +532,7 @@ impl Connection {
         let attached = match attached {
             Ok(attached) => attached,
             Err(code) => {
-                write_packets(&mut writer, protocol, [Packet::ConnAck(refuse(code))]).await?;
+                write_packets(&mut stream, protocol, [Packet::ConnAck(refuse(code))]).await?;
                 return Err(ConnectionError::Refused(code));
             }
         };
@@ -626,8 +613,7 @@ impl Connection {
         // (816) after.
         let mut connection = Box::new(Connection {
             ctx: ctx.clone(),
-            reader,
-            writer,
+            stream,
             peer,
             _permits: permits,
             budget: InboundBudget::new(&endpoint, &ctx.metrics),
@@ -694,15 +680,22 @@ impl Connection {
                     io.traffic.flush(&self.ctx.metrics);
                 }
                 self.session.release_idle_memory();
-                let lot = self.ctx.lot.clone();
-                return match lot.park(self) {
-                    Ok(()) => Ok(()),
-                    // The lot stopped meanwhile (the broker is stopping): serve on here.
-                    Err(parked) => {
-                        parked.resume().await;
-                        Ok(())
+                // The lot watches the socket from here: the runtime's registration goes.
+                match self.stream.detach() {
+                    Ok(()) => {
+                        let lot = self.ctx.lot.clone();
+                        return match lot.park(self) {
+                            Ok(()) => Ok(()),
+                            // The lot stopped meanwhile (the broker is stopping): serve on
+                            // here (the first read registers the socket again).
+                            Err(parked) => {
+                                parked.resume().await;
+                                Ok(())
+                            }
+                        };
                     }
-                };
+                    Err(e) => Err(e.into()),
+                }
             }
             Ok(Stop::Disconnected) => Ok(()),
             Err(e) => Err(e),
@@ -715,7 +708,7 @@ impl Connection {
     /// How long this connection stays quiet before it parks; `None` when it does not park.
     fn park_after(&self) -> Option<Duration> {
         let ms = self.ctx.config.limits.idle_park_ms;
-        (ms > 0 && matches!(self.reader, ReadHalf::Tcp(_)) && !self.ctx.lot.is_closed())
+        (ms > 0 && self.stream.is_tcp() && !self.ctx.lot.is_closed())
             .then(|| Duration::from_millis(ms))
     }
 
@@ -829,7 +822,7 @@ impl Connection {
             let io: &mut Io = self.io.get_or_insert_with(Box::default);
             let event = tokio::select! {
                 mail = self.mailbox.next(take_live), if !self.closing => Event::Mail(mail),
-                read = self.reader.read(&mut io.rbuf, READ_BUFFER), if !self.session.inbound_full() && pause.is_none() => Event::Read(read),
+                read = self.stream.read(&mut io.rbuf, READ_BUFFER), if !self.session.inbound_full() && pause.is_none() => Event::Read(read),
                 // Over the listener's inbound rate: the socket is not read meanwhile. Then
                 // the packets already read but left undecoded go first.
                 () = async { if let Some(pause) = pause { pause.await } }, if paused_until.is_some() => Event::Resume,
@@ -1457,7 +1450,7 @@ impl Connection {
         let limit = self.keep_alive.unwrap_or(WRITE_TIMEOUT).max(WRITE_TIMEOUT);
         let written = {
             let io: &mut Io = self.io.get_or_insert_with(Box::default);
-            let mut write = std::pin::pin!(self.writer.write_all(&io.wbuf));
+            let mut write = std::pin::pin!(self.stream.write_all(&io.wbuf));
             // Most writes complete at once: the timer is armed only when the peer makes us wait.
             if let Poll::Ready(result) = futures_util::poll!(write.as_mut()) {
                 Ok(result)
@@ -1510,7 +1503,7 @@ impl Connection {
             self.queue_packet(Packet::Disconnect(disconnect));
         }
         let _ = self.flush().await;
-        let _ = self.writer.shutdown().await;
+        let _ = self.stream.shutdown().await;
     }
 }
 

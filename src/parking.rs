@@ -5,17 +5,21 @@
 //! future, in a 128-byte-aligned allocation) and the entry that tracks it. A connection
 //! with nothing under way hands itself to the lot instead ([`ParkingLot::park`]) and its
 //! task ends. The lot is one task for all of them. It gives each parked connection a small
-//! waker and registers it with everything that can wake the connection (its mailbox, its
-//! socket: see [`Parked::poll_wake`]), and it checks deadlines (keepalive) every
-//! [`DEADLINE_TICK`]. When one fires, the connection becomes a task again
+//! waker and registers it with what can wake the connection besides its socket (its
+//! mailbox: see [`Parked::poll_wake`]); it watches the socket itself, in an epoll set of
+//! its own ([`Parked::socket`]: the connection has taken the socket off the runtime's I/O
+//! driver, whose registration is another 256 bytes); and it checks deadlines (keepalive)
+//! every [`DEADLINE_TICK`]. When one fires, the connection becomes a task again
 //! ([`Parked::resume`]), tracked by the lot until it ends or parks again.
 //!
-//! The lot knows connections only through [`Parked`], so it is tested here with fakes.
-//! Its queue of incoming connections is unbounded, but each connection is in it at most
-//! once, so `limits.max_connections` bounds it.
+//! The lot knows connections only through [`Parked`], so it is tested here with fakes
+//! (and socket pairs). Its queue of incoming connections is unbounded, but each
+//! connection is in it at most once, so `limits.max_connections` bounds it.
 
 use std::future::{poll_fn, Future};
+use std::io;
 use std::mem;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,8 +27,10 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
+use mio::unix::SourceFd;
 use prometheus_client::metrics::gauge::Gauge;
 use slab::Slab;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -33,11 +39,18 @@ use tokio::time::{Instant, MissedTickBehavior};
 /// on at most this late.
 pub const DEADLINE_TICK: Duration = Duration::from_millis(250);
 
+/// How many socket events the lot takes from its epoll set at a time.
+const SOCKET_EVENTS: usize = 1024;
+
 /// A connection waiting in the lot.
 pub trait Parked: Send + 'static {
-    /// Registers `cx`'s waker with every source that can wake the connection; true when
-    /// one already has something for it (it is then resumed).
+    /// Registers `cx`'s waker with every source but the socket that can wake the
+    /// connection; true when one already has something for it (it is then resumed).
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> bool;
+
+    /// The socket, off the runtime's I/O driver, that the lot watches for input and
+    /// hang-ups while the connection is parked (input already waiting counts).
+    fn socket(&self) -> Option<RawFd>;
 
     /// When to resume it whether or not anything happened (its keepalive deadline).
     fn deadline(&self) -> Option<Instant>;
@@ -62,6 +75,8 @@ impl ParkingLot {
             entries: Slab::new(),
             signals: Arc::new(Signals::default()),
             woken: Vec::new(),
+            sockets: None,
+            readable: Vec::new(),
             resumed: JoinSet::new(),
             gauge: parked_gauge,
         };
@@ -129,6 +144,75 @@ struct Entry {
     signal: Arc<Signal>,
 }
 
+/// The sockets of parked connections: an epoll set of the lot's own (through mio), itself
+/// registered with the runtime's I/O driver. mio registers edge-triggered, and epoll
+/// reports a socket that is already readable when it is added, so input that arrived
+/// before the connection parked is not missed.
+struct Sockets {
+    poll: AsyncFd<mio::Poll>,
+    events: mio::Events,
+}
+
+impl Sockets {
+    /// Needs the runtime (its I/O driver).
+    fn new() -> io::Result<Sockets> {
+        let poll = mio::Poll::new()?;
+        // SAFETY: the descriptor is the epoll set's, which `mio::Poll` owns and keeps open
+        // for its whole life; nothing here replaces the `Poll` inside the `AsyncFd`.
+        let poll = unsafe { AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE) }
+            .map_err(|refused| refused.into_parts().1)?;
+        Ok(Sockets {
+            poll,
+            events: mio::Events::with_capacity(SOCKET_EVENTS),
+        })
+    }
+
+    fn watch(&self, fd: RawFd, key: usize) -> io::Result<()> {
+        self.poll.get_ref().registry().register(
+            &mut SourceFd(&fd),
+            mio::Token(key),
+            mio::Interest::READABLE,
+        )
+    }
+
+    fn unwatch(&self, fd: RawFd) {
+        // Fails only for a socket not in the set (or closed): nothing to undo then.
+        let _ = self
+            .poll
+            .get_ref()
+            .registry()
+            .deregister(&mut SourceFd(&fd));
+    }
+
+    /// Appends to `out` the keys of sockets with input or a hang-up; pending until one
+    /// has.
+    fn poll_ready(&mut self, cx: &mut Context<'_>, out: &mut Vec<usize>) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = match self.poll.poll_read_ready_mut(cx) {
+                Poll::Ready(guard) => guard?,
+                Poll::Pending => return Poll::Pending,
+            };
+            match guard
+                .get_inner_mut()
+                .poll(&mut self.events, Some(Duration::ZERO))
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            out.extend(self.events.iter().map(|event| event.token().0));
+            let full = out.len() >= SOCKET_EVENTS;
+            if !full {
+                // Drained: the next socket event raises the set's readiness again.
+                guard.clear_ready();
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
 /// The lot's own task: see the module docs.
 pub struct LotTask {
     incoming: mpsc::UnboundedReceiver<Box<dyn Parked>>,
@@ -136,6 +220,11 @@ pub struct LotTask {
     signals: Arc<Signals>,
     /// Woken keys taken from `signals` (kept for its capacity).
     woken: Vec<usize>,
+    /// Watches the parked connections' sockets; `None` until `run` starts, and for good if
+    /// it cannot start (no connection parks then).
+    sockets: Option<Sockets>,
+    /// Keys of entries whose socket has input (kept for its capacity).
+    readable: Vec<usize>,
     /// Connections resumed by the lot, running as tasks.
     resumed: JoinSet<()>,
     gauge: Gauge,
@@ -147,6 +236,10 @@ impl LotTask {
     /// connection is parked or resumed. Dropping it drops the parked connections and
     /// aborts the resumed ones.
     pub async fn run(mut self, drain: impl Future<Output = ()>) {
+        match Sockets::new() {
+            Ok(sockets) => self.sockets = Some(sockets),
+            Err(e) => self.stop_parking(&e),
+        }
         let mut drain = std::pin::pin!(drain);
         let mut draining = false;
         let mut open = true;
@@ -166,6 +259,23 @@ impl LotTask {
                     }
                     self.woken = woken;
                 }
+                ready = poll_fn(|cx| match &mut self.sockets {
+                    Some(sockets) => sockets.poll_ready(cx, &mut self.readable),
+                    None => Poll::Pending,
+                }) => match ready {
+                    Ok(()) => {
+                        let mut readable = mem::take(&mut self.readable);
+                        for key in readable.drain(..) {
+                            // Stale when the entry was resumed since (its socket was
+                            // removed from the set then) and its place not reused yet.
+                            if self.entries.contains(key) {
+                                self.resume(key);
+                            }
+                        }
+                        self.readable = readable;
+                    }
+                    Err(e) => self.stop_parking(&e),
+                },
                 _ = tick.tick(), if !self.entries.is_empty() => self.expire(Instant::now()),
                 Some(ended) = self.resumed.join_next(), if !self.resumed.is_empty() => {
                     if let Err(e) = ended {
@@ -194,8 +304,33 @@ impl LotTask {
             signals: self.signals.clone(),
         });
         let key = entry.key();
+        let socket = parked.socket();
         entry.insert(Entry { parked, signal });
+        if let Some(fd) = socket {
+            let watched = match &self.sockets {
+                Some(sockets) => sockets.watch(fd, key),
+                None => Err(io::Error::other("the lot watches no sockets")),
+            };
+            if let Err(e) = watched {
+                // Unwatched, it could miss its client: it goes back to work instead.
+                tracing::warn!("cannot watch a parked connection's socket: {e}");
+                self.resume(key);
+                return;
+            }
+        }
         self.check(key);
+    }
+
+    /// The lot cannot watch sockets (its epoll set failed): no connection parks from now
+    /// on, and the parked ones go back to work.
+    fn stop_parking(&mut self, e: &io::Error) {
+        tracing::error!("the parking lot stops taking connections: {e}");
+        self.incoming.close();
+        self.sockets = None;
+        let keys: Vec<usize> = self.entries.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.resume(key);
+        }
     }
 
     /// Polls an entry's sources (a woken one, or a new one); resumes it if one is ready.
@@ -227,6 +362,9 @@ impl LotTask {
 
     fn resume(&mut self, key: usize) {
         let entry = self.entries.remove(key);
+        if let (Some(fd), Some(sockets)) = (entry.parked.socket(), &self.sockets) {
+            sockets.unwatch(fd);
+        }
         self.resumed.spawn(entry.parked.resume());
     }
 }
@@ -234,6 +372,9 @@ impl LotTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
     use std::sync::atomic::AtomicUsize;
     use tokio::sync::{oneshot, Notify};
 
@@ -241,6 +382,8 @@ mod tests {
     /// it reports on `resumed`.
     struct Fake {
         ready: Arc<ReadyFlag>,
+        /// One end of a socket pair, non-blocking, as a detached connection's socket is.
+        socket: Option<UnixStream>,
         deadline: Option<Instant>,
         resumed: Option<oneshot::Sender<&'static str>>,
         name: &'static str,
@@ -267,6 +410,10 @@ mod tests {
             self.ready.set.load(Ordering::Acquire)
         }
 
+        fn socket(&self) -> Option<RawFd> {
+            self.socket.as_ref().map(AsRawFd::as_raw_fd)
+        }
+
         fn deadline(&self) -> Option<Instant> {
             self.deadline
         }
@@ -288,6 +435,7 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         let parked = Box::new(Fake {
             ready: ready.clone(),
+            socket: None,
             deadline,
             resumed: Some(tx),
             name,
@@ -375,5 +523,87 @@ mod tests {
         let (b, _, _) = fake("b", None);
         assert!(lot.is_closed());
         assert!(lot.park(b).is_err());
+    }
+
+    /// A fake whose socket is one end of a pair; the other end is returned.
+    fn fake_with_socket(
+        name: &'static str,
+    ) -> (Box<Fake>, UnixStream, oneshot::Receiver<&'static str>) {
+        let (mine, peer) = UnixStream::pair().expect("socket pair");
+        mine.set_nonblocking(true).expect("non-blocking");
+        let (mut parked, _ready, resumed) = fake(name, None);
+        parked.socket = Some(mine);
+        (parked, peer, resumed)
+    }
+
+    #[tokio::test]
+    async fn input_on_a_parked_socket_resumes_only_its_connection() {
+        let gauge = Gauge::default();
+        let (lot, task) = ParkingLot::new(gauge.clone());
+        let running = tokio::spawn(task.run(std::future::pending()));
+        let (a, mut a_peer, a_resumed) = fake_with_socket("a");
+        let (b, _b_peer, mut b_resumed) = fake_with_socket("b");
+        assert!(lot.park(a).is_ok());
+        assert!(lot.park(b).is_ok());
+        while gauge_value(&gauge) < 2 {
+            tokio::task::yield_now().await;
+        }
+        a_peer.write_all(b"\xc0\x00").expect("write to a");
+        assert_eq!(a_resumed.await.expect("a resumed"), "a");
+        assert!(b_resumed.try_recv().is_err(), "b had no input");
+        assert_eq!(gauge_value(&gauge), 1, "b is still parked");
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn input_that_came_before_parking_and_a_hang_up_both_resume() {
+        let (lot, task) = ParkingLot::new(Gauge::default());
+        let running = tokio::spawn(task.run(std::future::pending()));
+        // Input waiting before the lot ever sees the socket: no new edge will come.
+        let (a, mut a_peer, a_resumed) = fake_with_socket("a");
+        a_peer.write_all(b"\xc0\x00").expect("write to a");
+        assert!(lot.park(a).is_ok());
+        assert_eq!(a_resumed.await.expect("a resumed"), "a");
+        // A client that goes away: the end of stream wakes its connection too.
+        let (b, b_peer, b_resumed) = fake_with_socket("b");
+        assert!(lot.park(b).is_ok());
+        drop(b_peer);
+        assert_eq!(b_resumed.await.expect("b resumed"), "b");
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn a_connection_resumed_by_its_mailbox_leaves_the_socket_set() {
+        let gauge = Gauge::default();
+        let (lot, task) = ParkingLot::new(gauge.clone());
+        let running = tokio::spawn(task.run(std::future::pending()));
+        let (mut a, mut a_peer, a_resumed) = fake_with_socket("a");
+        let a_ready = Arc::new(ReadyFlag::default());
+        a.ready = a_ready.clone();
+        // A second descriptor for a's socket keeps it open after a is dropped: epoll
+        // would go on reporting it under a's old key had the lot not removed it.
+        let _a_kept = a
+            .socket
+            .as_ref()
+            .map(|socket| socket.try_clone().expect("dup"));
+        assert!(lot.park(a).is_ok());
+        while gauge_value(&gauge) < 1 {
+            tokio::task::yield_now().await;
+        }
+        a_ready.set();
+        assert_eq!(a_resumed.await.expect("a resumed"), "a");
+        // Another connection takes a's place in the table; input for a must not resume it.
+        let (b, _b_ready, mut b_resumed) = fake("b", None);
+        assert!(lot.park(b).is_ok());
+        while gauge_value(&gauge) < 1 {
+            tokio::task::yield_now().await;
+        }
+        a_peer.write_all(b"\xc0\x00").expect("write to a");
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(b_resumed.try_recv().is_err(), "b was resumed by a's socket");
+        assert_eq!(gauge_value(&gauge), 1);
+        running.abort();
     }
 }

@@ -1,10 +1,11 @@
 //! The byte streams MQTT runs over: plain TCP, TLS, WebSocket and WebSocket over TLS.
 //!
-//! A connection reads and writes through [`ReadHalf`] and [`WriteHalf`]. Plain TCP keeps
-//! its fast path: the socket is split without a lock and read on readiness, so an idle
-//! connection holds no read buffer. TLS and WebSocket streams are boxed behind
-//! `AsyncRead + AsyncWrite` and split with [`tokio::io::split`]; they buffer inside
-//! rustls and tungstenite anyway.
+//! A connection reads and writes through one [`Stream`]. Plain TCP keeps its fast path:
+//! the socket is read on readiness, so an idle connection holds no read buffer, and while
+//! the connection is parked the socket is taken off the runtime's I/O driver altogether
+//! ([`Stream::detach`]: the parking lot watches it instead), so it holds no registration
+//! either. TLS and WebSocket streams are boxed behind `AsyncRead + AsyncWrite`; they
+//! buffer inside rustls and tungstenite anyway, and are never parked.
 //!
 //! [`upgrade`] turns an accepted TCP socket into the listener's transport (TLS handshake,
 //! WebSocket upgrade on the configured path with subprotocol `mqtt`).
@@ -12,6 +13,7 @@
 //! spec requires (section 6): a text frame closes the connection.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,9 +21,8 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_sink::Sink;
-use futures_util::Stream;
+use futures_util::Stream as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
@@ -37,68 +38,119 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Io for T {}
 
 pub type BoxedIo = Box<dyn Io>;
 
-/// The read side of a client connection.
-pub enum ReadHalf {
-    Tcp(OwnedReadHalf),
-    Other(tokio::io::ReadHalf<BoxedIo>),
-}
-
-/// The write side of a client connection.
-pub enum WriteHalf {
-    Tcp(OwnedWriteHalf),
-    Other(tokio::io::WriteHalf<BoxedIo>),
-}
-
-/// An upgraded connection, before it is split.
-pub enum Transport {
+/// A client connection's byte stream. One value for both directions: a connection never
+/// reads and writes at the same moment (it writes between reads), so nothing is split
+/// and no half is shared behind an `Arc` or a lock.
+pub enum Stream {
+    /// Plain TCP, registered with the runtime's I/O driver.
     Tcp(TcpStream),
+    /// Plain TCP off the I/O driver, its connection parked: nothing but the descriptor
+    /// (a registration is a 256-byte allocation, the largest thing an idle connection
+    /// held). The first read or write registers it again.
+    Detached(std::net::TcpStream),
+    /// TLS, WebSocket, WebSocket over TLS.
     Other(BoxedIo),
+    /// The socket was lost: registering or deregistering it failed (it is closed).
+    Lost,
 }
 
-impl Transport {
-    pub fn split(self) -> (ReadHalf, WriteHalf) {
+impl Stream {
+    /// Plain TCP (which can be detached while its connection is parked).
+    pub fn is_tcp(&self) -> bool {
+        matches!(self, Stream::Tcp(_) | Stream::Detached(_))
+    }
+
+    /// The descriptor of a detached socket, for the parking lot to watch.
+    pub fn detached_fd(&self) -> Option<RawFd> {
         match self {
-            Transport::Tcp(stream) => {
-                let (r, w) = stream.into_split();
-                (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
-            }
-            Transport::Other(io) => {
-                let (r, w) = tokio::io::split(io);
-                (ReadHalf::Other(r), WriteHalf::Other(w))
-            }
+            Stream::Detached(socket) => Some(socket.as_raw_fd()),
+            _ => None,
         }
     }
-}
 
-impl ReadHalf {
+    /// Takes a plain TCP socket off the runtime's I/O driver; other streams stay as they
+    /// are. Whoever watches the socket meanwhile must register it themselves (and do so
+    /// in a way that reports input already waiting: epoll does on `EPOLL_CTL_ADD`).
+    pub fn detach(&mut self) -> io::Result<()> {
+        *self = match std::mem::replace(self, Stream::Lost) {
+            Stream::Tcp(socket) => Stream::Detached(socket.into_std()?),
+            other => other,
+        };
+        Ok(())
+    }
+
+    /// Registers a detached socket with the runtime's I/O driver again.
+    fn attach(&mut self) -> io::Result<()> {
+        if let Stream::Detached(_) = self {
+            if let Stream::Detached(socket) = std::mem::replace(self, Stream::Lost) {
+                *self = Stream::Tcp(TcpStream::from_std(socket)?);
+            }
+        }
+        Ok(())
+    }
+
     /// Waits for input and appends it to `buf`; 0 at end of stream. Reserves `reserve`
     /// bytes when `buf` is nearly full. On TCP the reservation happens only once the
     /// socket is readable, so a connection waiting for input holds no buffer.
     ///
     /// Cancel safe: if the future is dropped before it completes, nothing was read.
     pub async fn read(&mut self, buf: &mut BytesMut, reserve: usize) -> io::Result<usize> {
+        self.attach()?;
         match self {
             // A poll_fn rather than `readable().await`: an idle connection waits here, and
             // this future is part of its task's size (a few dozen bytes instead of 200).
-            ReadHalf::Tcp(socket) => {
+            Stream::Tcp(socket) => {
+                let socket = &*socket;
                 std::future::poll_fn(|cx| poll_read_tcp(socket, cx, buf, reserve)).await
             }
-            ReadHalf::Other(io) => {
+            Stream::Other(io) => {
                 make_room(buf, reserve);
                 io.read_buf(buf).await
             }
+            Stream::Detached(_) | Stream::Lost => Err(lost()),
+        }
+    }
+
+    /// Writes all of `bytes` and flushes them (TLS records and WebSocket frames are sent
+    /// only on flush).
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.attach()?;
+        match self {
+            Stream::Tcp(socket) => socket.write_all(bytes).await,
+            Stream::Other(io) => {
+                io.write_all(bytes).await?;
+                io.flush().await
+            }
+            Stream::Detached(_) | Stream::Lost => Err(lost()),
+        }
+    }
+
+    /// Closes the sending direction (TLS and WebSocket send their close first).
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(socket) => socket.shutdown().await,
+            Stream::Detached(socket) => socket.shutdown(std::net::Shutdown::Write),
+            Stream::Other(io) => io.shutdown().await,
+            Stream::Lost => Err(lost()),
         }
     }
 }
 
+fn lost() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the socket was lost while its connection was parked",
+    )
+}
+
 fn poll_read_tcp(
-    socket: &OwnedReadHalf,
+    socket: &TcpStream,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
     reserve: usize,
 ) -> Poll<io::Result<usize>> {
     loop {
-        ready!(socket.as_ref().poll_read_ready(cx))?;
+        ready!(socket.poll_read_ready(cx))?;
         make_room(buf, reserve);
         let room = buf.capacity() - buf.len();
         let mut read = None;
@@ -109,7 +161,7 @@ fn poll_read_tcp(
         // the socket held; clearing readiness then is safe, because readiness is cleared
         // only if no newer event arrived since it was sampled, and data arriving later
         // raises a new edge-triggered event.
-        let result = socket.as_ref().try_io(Interest::READABLE, || {
+        let result = socket.try_io(Interest::READABLE, || {
             let n = socket.try_read_buf(buf)?;
             read = Some(n);
             if n > 0 && n < room {
@@ -124,10 +176,9 @@ fn poll_read_tcp(
         match result {
             Ok(n) => return Poll::Ready(Ok(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Readiness was stale (it stays set after a read that filled the buffer,
-                // and when the lot's peek saw the data first); the failed read cleared it,
-                // and the next poll_read_ready registers for the real thing. Wait without
-                // holding the buffer just reserved.
+                // Readiness was stale (it stays set after a read that filled the buffer);
+                // the failed read cleared it, and the next poll_read_ready registers for
+                // the real thing. Wait without holding the buffer just reserved.
                 if buf.is_empty() {
                     *buf = BytesMut::new();
                 }
@@ -140,27 +191,6 @@ fn poll_read_tcp(
 fn make_room(buf: &mut BytesMut, reserve: usize) {
     if buf.capacity() - buf.len() < reserve / 4 {
         buf.reserve(reserve);
-    }
-}
-
-impl WriteHalf {
-    /// Writes all of `bytes` and flushes them (TLS records and WebSocket frames are sent
-    /// only on flush).
-    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            WriteHalf::Tcp(socket) => socket.write_all(bytes).await,
-            WriteHalf::Other(io) => {
-                io.write_all(bytes).await?;
-                io.flush().await
-            }
-        }
-    }
-
-    pub async fn shutdown(&mut self) -> io::Result<()> {
-        match self {
-            WriteHalf::Tcp(socket) => socket.shutdown().await,
-            WriteHalf::Other(io) => io.shutdown().await,
-        }
     }
 }
 
@@ -230,21 +260,21 @@ impl Upgrade {
 }
 
 /// Runs the listener's handshakes on an accepted socket (the caller bounds the time).
-pub async fn upgrade(stream: TcpStream, how: &Upgrade) -> io::Result<Transport> {
+pub async fn upgrade(stream: TcpStream, how: &Upgrade) -> io::Result<Stream> {
     match (&how.tls, &how.ws_path) {
-        (None, None) => Ok(Transport::Tcp(stream)),
+        (None, None) => Ok(Stream::Tcp(stream)),
         (Some(tls), None) => {
             let stream = tls.accept(stream).await?;
-            Ok(Transport::Other(Box::new(stream)))
+            Ok(Stream::Other(Box::new(stream)))
         }
         (None, Some(path)) => {
             let ws = accept_ws(stream, path, how.max_ws_message).await?;
-            Ok(Transport::Other(Box::new(ws)))
+            Ok(Stream::Other(Box::new(ws)))
         }
         (Some(tls), Some(path)) => {
             let stream = tls.accept(stream).await?;
             let ws = accept_ws(stream, path, how.max_ws_message).await?;
-            Ok(Transport::Other(Box::new(ws)))
+            Ok(Stream::Other(Box::new(ws)))
         }
     }
 }
