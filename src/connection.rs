@@ -367,15 +367,34 @@ struct Connection {
     /// The router's close order has been taken: the connection is ending.
     closing: bool,
     identity: Identity,
-    backlog: Option<Backlog>,
+    /// What few connections carry (`None` when all of it is empty).
+    extras: Option<Box<Extras>>,
     /// One past the highest durable queue position handed to the session.
     next_stored: u64,
+    /// DISCONNECT received: the will is not published (unless 0x04 asked for it).
+    clean_exit: bool,
+}
+
+/// The state of a connection that most connections never have, boxed: 72 bytes every
+/// idle connection would otherwise carry.
+#[derive(Default)]
+struct Extras {
+    /// A resumed session's durable queue, still to be read.
+    backlog: Option<Backlog>,
     /// Positions the previous connection sent unacknowledged: resent with DUP.
     sent_before: FxHashSet<u64>,
     will: Option<WillRequest>,
-    /// DISCONNECT received: the will is not published (unless 0x04 asked for it).
-    clean_exit: bool,
+    /// The Session Expiry Interval a v5 DISCONNECT set.
     expiry_override: Option<u32>,
+}
+
+impl Extras {
+    fn is_empty(&self) -> bool {
+        self.backlog.is_none()
+            && self.sent_before.is_empty()
+            && self.will.is_none()
+            && self.expiry_override.is_none()
+    }
 }
 
 /// The buffers and counters of a connection at work. All of them are empty when it parks,
@@ -641,12 +660,15 @@ impl Connection {
             mailbox,
             closing: false,
             identity,
-            backlog: attached.backlog_upto.map(|upto| Backlog { upto }),
+            extras: Some(Box::new(Extras {
+                backlog: attached.backlog_upto.map(|upto| Backlog { upto }),
+                sent_before: attached.sent.into_iter().collect(),
+                will,
+                expiry_override: None,
+            }))
+            .filter(|extras| !extras.is_empty()),
             next_stored: 0,
-            sent_before: attached.sent.into_iter().collect(),
-            will,
             clean_exit: false,
-            expiry_override: None,
         });
         connection.queue_packet(Packet::ConnAck(connack));
         Ok(connection)
@@ -655,6 +677,40 @@ impl Connection {
     /// The working buffers, allocated again after the connection was parked.
     fn io(&mut self) -> &mut Io {
         self.io.get_or_insert_with(Box::default)
+    }
+
+    fn extras(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// The durable queue still to be read, if any.
+    fn backlog(&self) -> Option<&Backlog> {
+        self.extras.as_ref()?.backlog.as_ref()
+    }
+
+    fn set_backlog(&mut self, backlog: Option<Backlog>) {
+        if backlog.is_some() || self.extras.is_some() {
+            self.extras().backlog = backlog;
+        }
+        if self.extras.as_ref().is_some_and(|extras| extras.is_empty()) {
+            self.extras = None;
+        }
+    }
+
+    /// Whether the previous connection sent the message at queue position `seq` (it goes
+    /// out again with DUP set); asked once per position.
+    fn sent_before(&mut self, seq: u64) -> bool {
+        let Some(extras) = &mut self.extras else {
+            return false;
+        };
+        let sent = extras.sent_before.remove(&seq);
+        if sent && extras.sent_before.is_empty() {
+            extras.sent_before = FxHashSet::default();
+            if extras.is_empty() {
+                self.extras = None;
+            }
+        }
+        sent
     }
 
     fn queue_packet(&mut self, packet: impl Into<Transmit>) {
@@ -722,7 +778,7 @@ impl Connection {
                 && io.acks_done.is_empty()
                 && io.publishes_queued == 0
         });
-        !self.closing && io_idle && self.backlog.is_none() && self.mailbox.is_idle()
+        !self.closing && io_idle && self.backlog().is_none() && self.mailbox.is_idle()
     }
 
     /// When the client has been silent too long (1.5 times its keep alive, counted from
@@ -759,7 +815,7 @@ impl Connection {
         let will = if self.clean_exit {
             None
         } else {
-            self.will.take()
+            self.extras.as_mut().and_then(|extras| extras.will.take())
         };
         let _ = self
             .ctx
@@ -768,7 +824,10 @@ impl Connection {
                 session: self.session_id,
                 conn: self.conn_id,
                 will,
-                expiry_secs: self.expiry_override,
+                expiry_secs: self
+                    .extras
+                    .as_ref()
+                    .and_then(|extras| extras.expiry_override),
                 sent: self.session.in_flight_seqs(),
             })
             .await;
@@ -818,7 +877,7 @@ impl Connection {
             }
             // Boxed (when there is a pause at all): a Sleep is 100-odd bytes.
             let pause = paused_until.map(|at| Box::pin(tokio::time::sleep_until(at)));
-            let take_live = self.backlog.is_none() && self.session.has_room();
+            let take_live = self.backlog().is_none() && self.session.has_room();
             let io: &mut Io = self.io.get_or_insert_with(Box::default);
             let event = tokio::select! {
                 mail = self.mailbox.next(take_live), if !self.closing => Event::Mail(mail),
@@ -922,12 +981,14 @@ impl Connection {
         }
         self.process_effects().await?;
         self.flush().await?;
-        if self.backlog.is_some() && self.session.has_room() && self.session.queued() < BACKLOG_PAGE
+        if self.backlog().is_some()
+            && self.session.has_room()
+            && self.session.queued() < BACKLOG_PAGE
         {
             Box::pin(self.refill_backlog()).await?;
             return Ok(Settled::Again);
         }
-        if self.backlog.is_none() && self.mailbox.lagged() && self.mailbox.chat_is_empty() {
+        if self.backlog().is_none() && self.mailbox.lagged() && self.mailbox.chat_is_empty() {
             Box::pin(self.resync()).await?;
             return Ok(Settled::Again);
         }
@@ -1029,7 +1090,7 @@ impl Connection {
                 return;
             }
             self.next_stored = seq + 1;
-            delivery.dup = self.sent_before.remove(&seq);
+            delivery.dup = self.sent_before(seq);
         }
         let stored = delivery.seq;
         if self.session.deliver(delivery, now.ms).is_err() {
@@ -1045,17 +1106,16 @@ impl Connection {
     }
 
     async fn refill_backlog(&mut self) -> Result<(), ConnectionError> {
-        let Some(backlog) = &self.backlog else {
+        let Some(upto) = self.backlog().map(|backlog| backlog.upto) else {
             return Ok(());
         };
-        let upto = backlog.upto;
         let id = self.client_id.to_string();
         let from = self.next_stored;
         let page = read_store(&self.ctx, move |store| store.queue(&id, from, BACKLOG_PAGE)).await?;
         let complete = page.len() < BACKLOG_PAGE;
         for (seq, queued) in page {
             if seq >= upto {
-                self.backlog = None;
+                self.set_backlog(None);
                 break;
             }
             self.next_stored = seq + 1;
@@ -1067,7 +1127,7 @@ impl Connection {
             }
             match Delivery::from_queued(seq, queued) {
                 Ok(mut delivery) => {
-                    delivery.dup = self.sent_before.remove(&seq);
+                    delivery.dup = self.sent_before(seq);
                     if self.session.deliver(delivery, now_ms()).is_err() {
                         // Cannot happen while pages are smaller than the queue's room; if
                         // it does, read this entry again next time.
@@ -1082,7 +1142,7 @@ impl Connection {
             }
         }
         if complete || self.next_stored >= upto {
-            self.backlog = None;
+            self.set_backlog(None);
             self.next_stored = self.next_stored.max(upto);
         }
         Ok(())
@@ -1099,7 +1159,7 @@ impl Connection {
                 reply,
             })
             .await?;
-        self.backlog = Some(Backlog { upto });
+        self.set_backlog(Some(Backlog { upto }));
         Ok(())
     }
 
@@ -1143,7 +1203,9 @@ impl Connection {
                     session_expiry,
                 } => {
                     self.clean_exit = !publish_will;
-                    self.expiry_override = session_expiry;
+                    if session_expiry.is_some() {
+                        self.extras().expiry_override = session_expiry;
+                    }
                 }
             }
         }
