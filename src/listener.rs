@@ -13,14 +13,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{Config, ListenerKind, ListenerLimits, ListenerSpec};
 use crate::connection::{self, Accepted, Context};
-use crate::metrics::{ConnectionGuard, Metrics, RefuseReason};
+use crate::metrics::{Metrics, RefuseReason};
 use crate::rate::TokenBucket;
 use crate::transport::{tls_acceptor, TlsSetupError, Upgrade};
 
@@ -115,9 +116,12 @@ impl Listener {
     ) -> JoinSet<()> {
         let Listener { socket, endpoint } = self;
         let limits = &endpoint.limits;
-        let mine =
-            (limits.max_connections > 0).then(|| Arc::new(Semaphore::new(limits.max_connections)));
-        let per_ip = Arc::new(PerIp::new(limits.max_connections_per_ip));
+        let places = Arc::new(Places {
+            all: all_connections,
+            mine: (limits.max_connections > 0).then(|| Semaphore::new(limits.max_connections)),
+            per_ip: PerIp::new(limits.max_connections_per_ip),
+            open: ctx.metrics.open_connections(endpoint.kind),
+        });
         let mut pace = TokenBucket::new(limits.max_connects_per_sec.into(), Instant::now());
         let mut connections = JoinSet::new();
         let mut accept_backoff = Duration::from_millis(5);
@@ -139,7 +143,7 @@ impl Listener {
                         if let Some(pace) = &mut pace {
                             pace.spend(1);
                         }
-                        let Some(permits) = admit(&all_connections, mine.as_ref(), &per_ip, peer, &endpoint, &ctx.metrics) else {
+                        let Some(permits) = admit(&places, peer, &endpoint, &ctx.metrics) else {
                             drop(stream);
                             continue;
                         };
@@ -167,20 +171,44 @@ impl Listener {
     }
 }
 
-/// What a connection holds for its whole life, parked or not; dropping it frees its places.
+/// A listener's limits on open connections, and its gauge of them: what each connection's
+/// [`Permits`] gives back when it ends.
+struct Places {
+    /// The broker's `limits.max_connections`, shared by all listeners.
+    all: Arc<Semaphore>,
+    /// The listener's own `max_connections`.
+    mine: Option<Semaphore>,
+    per_ip: PerIp,
+    /// `tern_connections` for this listener.
+    open: Gauge,
+}
+
+/// What a connection holds for its whole life, parked or not; dropping it frees its
+/// places. 32 bytes: one pointer to the listener's [`Places`] rather than a permit, a
+/// guard and a table pointer for each limit.
 pub struct Permits {
-    _all: OwnedSemaphorePermit,
-    _mine: Option<OwnedSemaphorePermit>,
-    _ip: Option<IpPlace>,
-    /// Counts the connection as open in the metrics.
-    _open: ConnectionGuard,
+    places: Arc<Places>,
+    /// Counted in `places.per_ip` (when the listener limits connections per address).
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Permits {
+    fn drop(&mut self) {
+        let places = &self.places;
+        places.all.add_permits(1);
+        if let Some(mine) = &places.mine {
+            mine.add_permits(1);
+        }
+        if let Some(ip) = self.ip {
+            places.per_ip.leave(ip);
+        }
+        places.open.dec();
+    }
 }
 
 /// The connection limits, checked at accept; `None` when one is reached (logged).
 fn admit(
-    all: &Arc<Semaphore>,
-    mine: Option<&Arc<Semaphore>>,
-    per_ip: &Arc<PerIp>,
+    places: &Arc<Places>,
     peer: SocketAddr,
     endpoint: &Endpoint,
     metrics: &Metrics,
@@ -190,14 +218,14 @@ fn admit(
         tracing::warn!(listener = %endpoint.kind, %peer, "{why}: closing the new connection");
         None
     };
-    let Ok(all) = all.clone().try_acquire_owned() else {
+    let Ok(all) = places.all.try_acquire() else {
         return refused(
             RefuseReason::ConnectionLimit,
             "limits.max_connections reached",
         );
     };
-    let mine = match mine {
-        Some(mine) => match mine.clone().try_acquire_owned() {
+    let mine = match &places.mine {
+        Some(mine) => match mine.try_acquire() {
             Ok(permit) => Some(permit),
             Err(_) => {
                 return refused(
@@ -208,7 +236,7 @@ fn admit(
         },
         None => None,
     };
-    let ip = match per_ip.enter(peer.ip()) {
+    let ip = match places.per_ip.enter(peer.ip()) {
         Ok(place) => place,
         Err(()) => {
             return refused(
@@ -217,11 +245,16 @@ fn admit(
             )
         }
     };
+    // Given back by `Permits::drop` from here on.
+    all.forget();
+    if let Some(mine) = mine {
+        mine.forget();
+    }
+    metrics.connection_accepted(endpoint.kind);
+    places.open.inc();
     Some(Permits {
-        _all: all,
-        _mine: mine,
-        _ip: ip,
-        _open: metrics.connection_opened(endpoint.kind),
+        places: places.clone(),
+        ip,
     })
 }
 
@@ -239,8 +272,9 @@ impl PerIp {
         }
     }
 
-    /// A place for one more connection from `ip`; `Ok(None)` when there is no limit.
-    fn enter(self: &Arc<Self>, ip: IpAddr) -> Result<Option<IpPlace>, ()> {
+    /// A place for one more connection from `ip`, to [`PerIp::leave`] when it ends;
+    /// `Ok(None)` when there is no limit.
+    fn enter(&self, ip: IpAddr) -> Result<Option<IpAddr>, ()> {
         if self.max == 0 {
             return Ok(None);
         }
@@ -251,25 +285,15 @@ impl PerIp {
             return Err(());
         }
         *count += 1;
-        Ok(Some(IpPlace {
-            table: self.clone(),
-            ip,
-        }))
+        Ok(Some(ip))
     }
-}
 
-struct IpPlace {
-    table: Arc<PerIp>,
-    ip: IpAddr,
-}
-
-impl Drop for IpPlace {
-    fn drop(&mut self) {
-        let mut counts = self.table.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
+    fn leave(&self, ip: IpAddr) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&ip) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&self.ip);
+                counts.remove(&ip);
             }
         }
     }
@@ -281,15 +305,23 @@ mod tests {
 
     #[test]
     fn per_ip_counts_places_and_frees_them() {
-        let table = Arc::new(PerIp::new(2));
+        let table = PerIp::new(2);
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
-        let one = table.enter(a).unwrap();
-        let _two = table.enter(a).unwrap();
+        assert_eq!(table.enter(a), Ok(Some(a)));
+        assert_eq!(table.enter(a), Ok(Some(a)));
         assert!(table.enter(a).is_err());
-        let _other = table.enter(b).unwrap();
-        drop(one);
+        assert_eq!(table.enter(b), Ok(Some(b)));
+        table.leave(a);
         assert!(table.enter(a).is_ok());
-        assert!(Arc::new(PerIp::new(0)).enter(a).unwrap().is_none());
+        assert!(table.enter(a).is_err());
+        table.leave(a);
+        table.leave(a);
+        table.leave(b);
+        assert!(
+            table.counts.lock().unwrap().is_empty(),
+            "no count is kept at zero"
+        );
+        assert_eq!(PerIp::new(0).enter(a), Ok(None));
     }
 }

@@ -400,14 +400,16 @@ impl Metrics {
         self.started.elapsed()
     }
 
-    /// A connection was accepted on a `listener`: counted, and open until the returned
-    /// guard is dropped (keep it for the connection's whole life, refused CONNECT included).
-    pub fn connection_opened(&self, listener: ListenerKind) -> ConnectionGuard {
+    /// A connection was accepted on a `listener` (the listener counts it as open in
+    /// [`Metrics::open_connections`] for its whole life, refused CONNECT included).
+    pub fn connection_accepted(&self, listener: ListenerKind) {
         // `ListenerKind::ALL` is in declaration order (tested), so this is its index.
         self.accepted[listener as usize].inc();
-        let open = self.connections[listener as usize].clone();
-        open.inc();
-        ConnectionGuard { open }
+    }
+
+    /// The gauge of connections open on a `listener` (`tern_connections`).
+    pub fn open_connections(&self, listener: ListenerKind) -> Gauge {
+        self.connections[listener as usize].clone()
     }
 
     /// A connection refused before it got a session (a refusing CONNACK, or closed
@@ -527,18 +529,6 @@ impl tern_storage::WriterObserver for Metrics {
     }
 }
 
-/// Keeps a connection counted as open (`tern_connections`) until dropped.
-#[derive(Debug)]
-pub struct ConnectionGuard {
-    open: Gauge,
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.open.dec();
-    }
-}
-
 /// A connection's traffic counts, kept locally and added to [`Metrics`] in one go
 /// ([`Traffic::flush`], e.g. once per loop iteration), so that the shared counters are
 /// touched once per batch rather than once per packet.
@@ -631,8 +621,11 @@ mod tests {
     #[test]
     fn counters_gauges_and_histograms_move() {
         let metrics = Metrics::new();
-        let guard = metrics.connection_opened(ListenerKind::Tls);
-        let _other = metrics.connection_opened(ListenerKind::Tls);
+        let open = metrics.open_connections(ListenerKind::Tls);
+        for _ in 0..2 {
+            metrics.connection_accepted(ListenerKind::Tls);
+            open.inc();
+        }
         metrics.connect_refused(RefuseReason::NotAuthorized);
         metrics.add_received(2, 100);
         let mut traffic = Traffic::default();
@@ -656,7 +649,7 @@ mod tests {
             retained: 4,
             queued: 11,
         });
-        drop(guard);
+        open.dec();
 
         let text = metrics.encode().expect("encodes");
         for (series, value) in [
