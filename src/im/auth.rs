@@ -17,6 +17,7 @@
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use std::sync::Arc;
 use tern_storage::Store;
 
 use super::topics::valid_id;
@@ -24,7 +25,9 @@ use super::topics::valid_id;
 /// The user a connection acts as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    pub user: String,
+    /// Shared with the router (its sessions and user table) and every chat message the
+    /// connection sends: one allocation per user rather than one per use.
+    pub user: Arc<str>,
     /// May publish to `broadcast/...`.
     pub operator: bool,
     /// Accepted without credentials.
@@ -94,7 +97,7 @@ pub fn authenticate(store: &dyn Store, c: &Credentials<'_>) -> Result<Identity, 
             return match password {
                 Some(password) if verify_password(&stored.password_hash, password) => {
                     Ok(Identity {
-                        user: stored.user.clone(),
+                        user: Arc::from(stored.user.as_str()),
                         operator: stored.operator || is_operator(&stored.user),
                         anonymous: false,
                     })
@@ -111,13 +114,13 @@ pub fn authenticate(store: &dyn Store, c: &Credentials<'_>) -> Result<Identity, 
     }
     let username = c.username.filter(|_| !c.anonymous_by_client_id);
     let named = username.unwrap_or(c.client_id);
-    let user = if valid_id(named) {
-        named.to_string()
+    let user: Arc<str> = if valid_id(named) {
+        Arc::from(named)
     } else if username.is_some() {
         // A user name that cannot be a user id is a mistake worth refusing.
         return Err(AuthError::BadCredentials);
     } else {
-        ANONYMOUS_USER.to_string()
+        Arc::from(ANONYMOUS_USER)
     };
     Ok(Identity {
         operator: is_operator(&user),
@@ -159,7 +162,7 @@ mod tests {
     fn registered_users_need_their_password() {
         let store = store_with_alice();
         let ok = authenticate(&store, &creds(Some("alice"), Some("secret"))).expect("ok");
-        assert_eq!(ok.user, "alice");
+        assert_eq!(&*ok.user, "alice");
         assert!(!ok.anonymous);
         for wrong in [Some("nope"), Some(""), None] {
             assert_eq!(
@@ -177,21 +180,24 @@ mod tests {
     fn anonymous_clients_follow_the_listener_policy() {
         let store = store_with_alice();
         let dev = authenticate(&store, &creds(Some("bob"), None)).expect("anonymous bob");
-        assert_eq!((dev.user.as_str(), dev.anonymous), ("bob", true));
+        assert_eq!((&*dev.user, dev.anonymous), ("bob", true));
         let by_id = authenticate(&store, &creds(None, None)).expect("anonymous");
-        assert_eq!(by_id.user, "phone-1");
+        assert_eq!(&*by_id.user, "phone-1");
         let mut closed = creds(Some("bob"), None);
         closed.anonymous_allowed = false;
         assert_eq!(authenticate(&store, &closed), Err(AuthError::NotAuthorized));
         let mut by_client = creds(Some("bob"), None);
         by_client.anonymous_by_client_id = true;
         assert_eq!(
-            authenticate(&store, &by_client).expect("ok").user,
+            &*authenticate(&store, &by_client).expect("ok").user,
             "phone-1"
         );
         let mut odd = creds(None, None);
         odd.client_id = "a/b";
-        assert_eq!(authenticate(&store, &odd).expect("ok").user, ANONYMOUS_USER);
+        assert_eq!(
+            &*authenticate(&store, &odd).expect("ok").user,
+            ANONYMOUS_USER
+        );
         let ops = ["ops".to_string()];
         let mut op = creds(Some("ops"), None);
         op.operators = &ops;

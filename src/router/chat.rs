@@ -26,7 +26,7 @@ pub(super) const TRIM_EVERY: u64 = 64;
 /// A chat publish from an authenticated user.
 pub struct ChatPublish {
     /// The authenticated sender.
-    pub from: String,
+    pub from: Arc<str>,
     /// The message as published (topic `dm/{to}` or `group/{gid}`).
     pub message: Message,
     /// As in `Command::Publish`: the inbound QoS 2 marker, written in the same batch.
@@ -47,10 +47,13 @@ impl Router {
         };
         let recipients: Vec<(String, u8)> = match conversation {
             Conversation::Direct { to } => {
-                vec![(to.to_string(), ROLE_RECEIVED), (from.clone(), ROLE_SENT)]
+                vec![
+                    (to.to_string(), ROLE_RECEIVED),
+                    (from.to_string(), ROLE_SENT),
+                ]
             }
             Conversation::Group { gid } => match self.groups.members(gid) {
-                Some(members) if members.contains(&from) => members
+                Some(members) if members.contains(&*from) => members
                     .iter()
                     .map(|member| (member.clone(), ROLE_RECEIVED))
                     .collect(),

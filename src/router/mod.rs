@@ -119,7 +119,7 @@ pub struct RouterStats {
 pub struct ConnectRequest {
     pub client_id: ByteString,
     /// The authenticated (or anonymous) user the connection acts as.
-    pub user: String,
+    pub user: Arc<str>,
     pub clean_start: bool,
     /// Seconds the session outlives the connection; 0 ends it with the connection.
     pub expiry_secs: u32,
@@ -144,7 +144,7 @@ impl ConnectRequest {
         let (postbox, mailbox) = crate::mailbox::mailbox(outbox_capacity, lane_capacity);
         let request = ConnectRequest {
             client_id: ByteString::from(client_id),
-            user: user.to_string(),
+            user: Arc::from(user),
             clean_start,
             expiry_secs,
             protocol: Protocol::V5,
@@ -515,7 +515,7 @@ impl Router {
         let client_id = ByteString::from(session.client_id.clone());
         // A session that was online when the broker died went offline at restart.
         let disconnected_at_ms = session.disconnected_at_ms.unwrap_or(now);
-        let user = self.user_name(&session.user);
+        let user = self.user_name(&session.user, || Arc::from(session.user.as_str()));
         if !user.is_empty() {
             self.user_sessions
                 .entry(user.clone())
@@ -767,7 +767,8 @@ impl Router {
                 pending_will = Some(will);
             }
         }
-        let user = self.user_name(&request.user);
+        // The connection's copy (it authenticated as this user) when the user is new.
+        let user = self.user_name(&request.user, || request.user.clone());
         let (id, session_present) = match resumed {
             Some(id) => (id, true),
             None => {
@@ -838,11 +839,12 @@ impl Router {
     }
 
     /// The user's name as its sessions hold it: one allocation per user, shared by its
-    /// devices and the `user_sessions` key, rather than two per session.
-    fn user_name(&self, user: &str) -> Arc<str> {
+    /// devices and the `user_sessions` key, rather than two per session. `named` is the
+    /// caller's own copy, taken when the user has no session yet.
+    fn user_name(&self, user: &str, named: impl FnOnce() -> Arc<str>) -> Arc<str> {
         match self.user_sessions.get_key_value(user) {
             Some((name, _)) => name.clone(),
-            None => Arc::from(user),
+            None => named(),
         }
     }
 
@@ -1971,7 +1973,7 @@ mod tests {
             .user_properties
             .push(("from".into(), "mallory".into()));
         let chat = Box::new(ChatPublish {
-            from: from.to_string(),
+            from: Arc::from(from),
             message,
             inbound_qos2: None,
         });
