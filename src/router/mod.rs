@@ -23,6 +23,7 @@ mod broadcast;
 mod chat;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher;
 
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -355,6 +356,72 @@ struct Slot {
     away: Option<Box<Away>>,
 }
 
+/// Session ids by client id. The table holds only the ids: a lookup compares the client id
+/// with the session's own [`Slot::client_id`], so the id is not kept twice (a
+/// `HashMap<ByteString, SessionId>` entry was 40 bytes a session). Every id in the index
+/// has its slot in the sessions map, except the one being inserted.
+#[derive(Default)]
+struct ClientIndex {
+    table: hashbrown::HashTable<SessionId>,
+    /// SipHash with random keys: peers choose client ids.
+    hasher: std::hash::RandomState,
+}
+
+impl ClientIndex {
+    fn get(
+        &self,
+        client_id: &str,
+        sessions: &FxHashMap<SessionId, Box<Slot>>,
+    ) -> Option<SessionId> {
+        let hash = self.hasher.hash_one(client_id);
+        self.table
+            .find(hash, |id| names(sessions, *id, client_id))
+            .copied()
+    }
+
+    /// `client_id`'s session is `id` from now on.
+    fn insert(
+        &mut self,
+        client_id: &str,
+        id: SessionId,
+        sessions: &FxHashMap<SessionId, Box<Slot>>,
+    ) {
+        let hasher = &self.hasher;
+        let hash = hasher.hash_one(client_id);
+        let rehash = |other: &SessionId| {
+            // Every other id has its slot (see the type's docs).
+            sessions
+                .get(other)
+                .map_or(0, |slot| hasher.hash_one(&*slot.client_id))
+        };
+        match self
+            .table
+            .entry(hash, |other| names(sessions, *other, client_id), rehash)
+        {
+            hashbrown::hash_table::Entry::Occupied(mut entry) => *entry.get_mut() = id,
+            hashbrown::hash_table::Entry::Vacant(entry) => {
+                entry.insert(id);
+            }
+        }
+    }
+
+    /// Removes `client_id`'s entry if it is session `id` (another session may have
+    /// taken the client id over since).
+    fn remove(&mut self, client_id: &str, id: SessionId) {
+        let hash = self.hasher.hash_one(client_id);
+        if let Ok(entry) = self.table.find_entry(hash, |other| *other == id) {
+            entry.remove();
+        }
+    }
+}
+
+/// Whether session `id` is the one of `client_id`.
+fn names(sessions: &FxHashMap<SessionId, Box<Slot>>, id: SessionId, client_id: &str) -> bool {
+    sessions
+        .get(&id)
+        .is_some_and(|slot| &*slot.client_id == client_id)
+}
+
 /// A session's state between connections. Boxed in its [`Slot`]: 80 bytes that every
 /// online session (every idle chat device) would otherwise carry unused.
 #[derive(Default)]
@@ -415,7 +482,7 @@ pub struct Router {
     /// Boxed: a hash table keeps spare room (up to half of it empty), and a 200-byte
     /// slot per spare place would cost more than the box.
     sessions: FxHashMap<SessionId, Box<Slot>>,
-    by_client: HashMap<ByteString, SessionId>,
+    by_client: ClientIndex,
     share_cursor: HashMap<String, usize>,
     /// Reused by `plan` for the matches of each message.
     scratch_targets: Vec<Target>,
@@ -461,7 +528,7 @@ impl Router {
             subscriptions: SubscriptionTree::new(),
             retained: RetainedTree::new(),
             sessions: FxHashMap::default(),
-            by_client: HashMap::new(),
+            by_client: ClientIndex::default(),
             share_cursor: HashMap::new(),
             scratch_targets: Vec::new(),
             timers: BTreeSet::new(),
@@ -558,7 +625,7 @@ impl Router {
             self.timers.insert((at, id, TimerKind::Expiry));
         }
         self.offline_queued += slot.offline_queued;
-        self.by_client.insert(client_id, id);
+        self.by_client.insert(&client_id, id, &self.sessions);
         self.sessions.insert(id, Box::new(slot));
     }
 
@@ -734,7 +801,7 @@ impl Router {
         let mut ops = Vec::new();
         let mut resumed = None;
         let mut pending_will = None;
-        if let Some(&id) = self.by_client.get(&request.client_id) {
+        if let Some(id) = self.by_client.get(&request.client_id, &self.sessions) {
             if let Some(slot) = self.sessions.get_mut(&id) {
                 if !slot.user.is_empty() && *slot.user != *request.user {
                     // A client id names one device of one user: another user may neither
@@ -774,7 +841,8 @@ impl Router {
             None => {
                 let id = self.next_session;
                 self.next_session += 1;
-                self.by_client.insert(request.client_id.clone(), id);
+                self.by_client
+                    .insert(&request.client_id, id, &self.sessions);
                 self.sessions.insert(
                     id,
                     Box::new(Slot {
@@ -901,8 +969,8 @@ impl Router {
         let mut all: Vec<SessionSummary> = match client_id {
             Some(client_id) => self
                 .by_client
-                .get(client_id)
-                .and_then(|id| self.sessions.get(id))
+                .get(client_id, &self.sessions)
+                .and_then(|id| self.sessions.get(&id))
                 .map(|slot| summary(slot))
                 .into_iter()
                 .collect(),
@@ -919,9 +987,7 @@ impl Router {
         if slot.online.is_some() {
             self.online -= 1;
         }
-        if self.by_client.get(&slot.client_id) == Some(&id) {
-            self.by_client.remove(&slot.client_id);
-        }
+        self.by_client.remove(&slot.client_id, id);
         if let Some(ids) = self.user_sessions.get_mut(&*slot.user) {
             ids.remove(id);
             if ids.is_empty() {
@@ -1835,6 +1901,28 @@ mod tests {
         disconnect(&h, first).await;
         assert!(publish(&h, message("t", QoS::AtMostOnce, false, b"x")).await);
         assert!(second.mailbox.recv_chat().await.is_some());
+    }
+
+    #[tokio::test]
+    async fn sessions_are_found_by_client_id_as_the_index_grows_and_shrinks() {
+        let h = start();
+        let ids: Vec<String> = (0..200).map(|i| format!("dev-{i}")).collect();
+        for id in &ids {
+            let c = connect(&h, id, false, 60).await;
+            disconnect(&h, c).await;
+        }
+        // Every other session ends: a clean start without expiry replaces it, and its
+        // disconnect removes it.
+        for id in ids.iter().step_by(2) {
+            let c = connect(&h, id, true, 0).await;
+            assert!(!c.attached.session_present, "{id}");
+            disconnect(&h, c).await;
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let c = connect(&h, id, false, 60).await;
+            assert_eq!(c.attached.session_present, i % 2 == 1, "{id}");
+            disconnect(&h, c).await;
+        }
     }
 
     #[tokio::test]
