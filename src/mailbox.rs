@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 
@@ -61,7 +61,10 @@ pub enum Mail {
 
 struct Queues {
     chat: VecDeque<Delivery>,
-    broadcasts: VecDeque<Delivery>,
+    /// Boxed, and only while one waits: broadcasts are rare, and an empty `VecDeque` is
+    /// 32 bytes in every connection's mailbox.
+    #[allow(clippy::box_collection)]
+    broadcasts: Option<Box<VecDeque<Delivery>>>,
     /// Set once (by the one `Postbox`), taken once by the connection.
     /// Boxed: rarely there, and a `CloseReason` is 32 bytes in every mailbox otherwise.
     close: Option<Box<CloseReason>>,
@@ -78,7 +81,8 @@ struct Shared {
     /// session's messages back from storage instead.
     lagged: AtomicBool,
     /// Outbound QoS > 0 messages unacknowledged, published by the connection for operators.
-    in_flight: AtomicUsize,
+    /// (A u32 is plenty: the in-flight window is at most 65,535; it packs with `lagged`.)
+    in_flight: AtomicU32,
 }
 
 impl Shared {
@@ -93,7 +97,8 @@ impl Shared {
             return Err(Refused::Closed);
         }
         let (queue, capacity) = if broadcast {
-            (&mut queues.broadcasts, self.broadcast_capacity as usize)
+            let lane = queues.broadcasts.get_or_insert_with(Box::default);
+            (&mut **lane, self.broadcast_capacity as usize)
         } else {
             (&mut queues.chat, self.chat_capacity as usize)
         };
@@ -117,7 +122,7 @@ pub fn mailbox(chat_capacity: usize, broadcast_capacity: usize) -> (Postbox, Mai
     let shared = Arc::new(Shared {
         queues: Mutex::new(Queues {
             chat: VecDeque::new(),
-            broadcasts: VecDeque::new(),
+            broadcasts: None,
             close: None,
             receiver_gone: false,
         }),
@@ -126,7 +131,7 @@ pub fn mailbox(chat_capacity: usize, broadcast_capacity: usize) -> (Postbox, Mai
         chat_capacity: u32::try_from(chat_capacity).unwrap_or(u32::MAX),
         broadcast_capacity: u32::try_from(broadcast_capacity).unwrap_or(u32::MAX),
         lagged: AtomicBool::new(false),
-        in_flight: AtomicUsize::new(0),
+        in_flight: AtomicU32::new(0),
     });
     let postbox = Postbox {
         shared: shared.clone(),
@@ -184,7 +189,7 @@ impl Postbox {
 
     /// Outbound QoS > 0 messages the connection reported unacknowledged.
     pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Ordering::Relaxed)
+        self.shared.in_flight.load(Ordering::Relaxed) as usize
     }
 }
 
@@ -238,7 +243,14 @@ impl Mailbox {
                 self.batch_len = self.batch.len();
                 return Poll::Ready(Mail::Chat);
             }
-            match queues.broadcasts.pop_front() {
+            let Some(lane) = &mut queues.broadcasts else {
+                return Poll::Pending;
+            };
+            let next = lane.pop_front();
+            if lane.is_empty() {
+                queues.broadcasts = None;
+            }
+            match next {
                 Some(delivery) => Poll::Ready(Mail::Broadcast(delivery)),
                 None => Poll::Pending,
             }
@@ -281,7 +293,7 @@ impl Mailbox {
             return false;
         }
         let queues = self.shared.lock();
-        queues.chat.is_empty() && queues.broadcasts.is_empty()
+        queues.chat.is_empty() && queues.broadcasts.is_none()
     }
 
     /// Nothing waits and nothing is owed: no delivery, broadcast or close order, and no
@@ -291,7 +303,7 @@ impl Mailbox {
             return false;
         }
         let queues = self.shared.lock();
-        queues.chat.is_empty() && queues.broadcasts.is_empty() && queues.close.is_none()
+        queues.chat.is_empty() && queues.broadcasts.is_none() && queues.close.is_none()
     }
 
     /// For a parked connection: registers `cx` to be woken by whatever the router hands
@@ -311,6 +323,7 @@ impl Mailbox {
 
     /// Publishes the connection's count of unacknowledged outbound messages.
     pub fn set_in_flight(&self, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
         self.shared.in_flight.store(n, Ordering::Relaxed);
     }
 }
@@ -354,7 +367,7 @@ impl Drop for Mailbox {
         queues.receiver_gone = true;
         // Messages nobody will read: freed now, not when the router lets go of its end.
         queues.chat = VecDeque::new();
-        queues.broadcasts = VecDeque::new();
+        queues.broadcasts = None;
     }
 }
 
