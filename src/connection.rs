@@ -350,7 +350,7 @@ struct Connection {
     /// What only a working connection needs: `None` while parked (see [`Io`]).
     io: Option<Box<Io>>,
     protocol: Protocol,
-    client_id: ByteString,
+    client_id: Arc<str>,
     session_id: SessionId,
     conn_id: ConnId,
     persistent: bool,
@@ -472,16 +472,18 @@ impl Connection {
         }
 
         let mut connack_props = Properties::default();
-        let client_id = if connect.client_id.is_empty() {
-            let id = ByteString::from(format!("tern-{:016x}", rand_id()));
+        // One `Arc<str>` that the router's session shares (a `Bytes` copy would be two
+        // allocations once cloned). Copied either way: the decoded string is a slice of
+        // the read buffer, and keeping it for the connection's life would keep the whole
+        // buffer allocated.
+        let client_id: Arc<str> = if connect.client_id.is_empty() {
+            let id = format!("tern-{:016x}", rand_id());
             if protocol == Protocol::V5 {
-                connack_props.assigned_client_identifier = Some(id.clone());
+                connack_props.assigned_client_identifier = Some(ByteString::from(id.as_str()));
             }
-            id
+            Arc::from(id)
         } else {
-            // Copied: the decoded string is a slice of the read buffer, and keeping it for
-            // the connection's life would keep the whole buffer allocated.
-            ByteString::from(connect.client_id.to_string())
+            Arc::from(&*connect.client_id)
         };
         let identity = match login(&ctx, &endpoint, &connect, &client_id).await {
             Ok(identity) => identity,
@@ -1367,7 +1369,7 @@ impl Connection {
 
     /// The "already received" marker a persistent session's inbound QoS 2 publish writes
     /// with the message.
-    fn inbound_qos2(&self, ack: Option<(u16, QoS)>) -> Option<(ByteString, u16)> {
+    fn inbound_qos2(&self, ack: Option<(u16, QoS)>) -> Option<(Arc<str>, u16)> {
         ack.filter(|(_, qos)| self.persistent && *qos == QoS::ExactlyOnce)
             .map(|(packet_id, _)| (self.client_id.clone(), packet_id))
     }
@@ -1589,7 +1591,7 @@ async fn login(
     ctx: &Arc<Context>,
     endpoint: &Endpoint,
     connect: &Connect,
-    client_id: &ByteString,
+    client_id: &str,
 ) -> Result<Identity, AuthError> {
     let anonymous_allowed = endpoint.anonymous_allowed;
     let anonymous_by_client_id =

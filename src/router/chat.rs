@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use tern_codec::{ByteString, ReasonCode};
+use tern_codec::ReasonCode;
 use tern_storage::{InboxEntry, Op};
 
 use super::{inbound_qos2_op, Live, Routed, Router};
@@ -30,7 +30,7 @@ pub struct ChatPublish {
     /// The message as published (topic `dm/{to}` or `group/{gid}`).
     pub message: Message,
     /// As in `Command::Publish`: the inbound QoS 2 marker, written in the same batch.
-    pub inbound_qos2: Option<(ByteString, u16)>,
+    pub inbound_qos2: Option<(Arc<str>, u16)>,
 }
 
 impl Router {

@@ -31,8 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_codec::{
-    ByteString, Protocol, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionOptions,
-    Unsubscribe,
+    Protocol, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe,
 };
 use tern_storage::{
     Durable, Op, SessionRecord, StorageError, StoredSession, StoredSubscription, Writer,
@@ -118,7 +117,7 @@ pub struct RouterStats {
 
 /// The connection side of an attached session.
 pub struct ConnectRequest {
-    pub client_id: ByteString,
+    pub client_id: Arc<str>,
     /// The authenticated (or anonymous) user the connection acts as.
     pub user: Arc<str>,
     pub clean_start: bool,
@@ -144,7 +143,7 @@ impl ConnectRequest {
     ) -> (ConnectRequest, Mailbox) {
         let (postbox, mailbox) = crate::mailbox::mailbox(outbox_capacity, lane_capacity);
         let request = ConnectRequest {
-            client_id: ByteString::from(client_id),
+            client_id: Arc::from(client_id),
             user: Arc::from(user),
             clean_start,
             expiry_secs,
@@ -224,14 +223,14 @@ pub enum Command {
         message: Arc<Message>,
         /// (client ID, packet ID) of an inbound QoS 2 publish of a persistent session: its
         /// "already received" marker is written in the same batch as the message.
-        inbound_qos2: Option<(ByteString, u16)>,
+        inbound_qos2: Option<(Arc<str>, u16)>,
         reply: Option<oneshot::Sender<Routed>>,
     },
     /// A system broadcast from an operator's connection, holding one of the
     /// [`MAX_BROADCASTS_IN_FLIGHT`] permits until its fan-out ends (see `broadcast.rs`).
     Broadcast {
         message: Arc<Message>,
-        inbound_qos2: Option<(ByteString, u16)>,
+        inbound_qos2: Option<(Arc<str>, u16)>,
         permit: OwnedSemaphorePermit,
         reply: Option<oneshot::Sender<Routed>>,
     },
@@ -337,7 +336,8 @@ struct Online {
 }
 
 struct Slot {
-    client_id: ByteString,
+    /// Shared with the connection (see `ConnectRequest::client_id`).
+    client_id: Arc<str>,
     /// The user the session belongs to; empty for a session restored from a database
     /// written before users existed (it is adopted by the next user to connect with it).
     /// Shared with the user's other sessions and `Router::user_sessions` (see
@@ -579,7 +579,7 @@ impl Router {
         };
         let id = self.next_session;
         self.next_session += 1;
-        let client_id = ByteString::from(session.client_id.clone());
+        let client_id: Arc<str> = Arc::from(session.client_id.as_str());
         // A session that was online when the broker died went offline at restart.
         let disconnected_at_ms = session.disconnected_at_ms.unwrap_or(now);
         let user = self.user_name(&session.user, || Arc::from(session.user.as_str()));
@@ -1504,7 +1504,7 @@ impl Router {
     }
 }
 
-fn inbound_qos2_op(inbound_qos2: Option<(ByteString, u16)>) -> Vec<Op> {
+fn inbound_qos2_op(inbound_qos2: Option<(Arc<str>, u16)>) -> Vec<Op> {
     inbound_qos2
         .map(|(client_id, packet_id)| Op::PutInboundQos2 {
             client_id: client_id.to_string(),
@@ -1683,7 +1683,7 @@ mod tests {
     //! Router behaviour on the in-memory store: no sockets, no RocksDB.
     use super::*;
     use bytes::Bytes;
-    use tern_codec::Properties;
+    use tern_codec::{ByteString, Properties};
     use tern_storage::{MemoryStore, Store, SyncPolicy};
 
     #[test]
