@@ -395,6 +395,11 @@ impl Extras {
             && self.will.is_none()
             && self.expiry_override.is_none()
     }
+
+    /// What `Connection::extras` holds: nothing (no allocation) when there is nothing.
+    fn boxed_unless_empty(self) -> Option<Box<Extras>> {
+        (!self.is_empty()).then(|| Box::new(self))
+    }
 }
 
 /// The buffers and counters of a connection at work. All of them are empty when it parks,
@@ -662,13 +667,13 @@ impl Connection {
             mailbox,
             closing: false,
             identity,
-            extras: Some(Box::new(Extras {
+            extras: Extras {
                 backlog: attached.backlog_upto.map(|upto| Backlog { upto }),
                 sent_before: attached.sent.into_iter().collect(),
                 will,
                 expiry_override: None,
-            }))
-            .filter(|extras| !extras.is_empty()),
+            }
+            .boxed_unless_empty(),
             next_stored: 0,
             clean_exit: false,
         });
@@ -694,6 +699,10 @@ impl Connection {
         if backlog.is_some() || self.extras.is_some() {
             self.extras().backlog = backlog;
         }
+        self.drop_empty_extras();
+    }
+
+    fn drop_empty_extras(&mut self) {
         if self.extras.as_ref().is_some_and(|extras| extras.is_empty()) {
             self.extras = None;
         }
@@ -707,10 +716,9 @@ impl Connection {
         };
         let sent = extras.sent_before.remove(&seq);
         if sent && extras.sent_before.is_empty() {
+            // Its table's capacity goes too, with the box if nothing else is in it.
             extras.sent_before = FxHashSet::default();
-            if extras.is_empty() {
-                self.extras = None;
-            }
+            self.drop_empty_extras();
         }
         sent
     }
