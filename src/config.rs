@@ -359,15 +359,16 @@ pub struct Limits {
     /// are dropped; QoS>0 messages of a connected persistent session stay in its durable
     /// queue and are read back in order later; QoS>0 messages of a non-persistent session,
     /// or of an offline persistent session already holding this many, are dropped and
-    /// counted. Default 10_000; at least 1.
+    /// counted. Default 10_000; 1..=4_294_967_295.
     pub max_queued_messages: usize,
     /// Bytes queued per session (same queue as `max_queued_messages`). Default 64 MiB; at
-    /// least `max_packet_size`, so one message of the largest accepted size can be queued.
+    /// least `max_packet_size`, so one message of the largest accepted size can be queued,
+    /// and at most 4_294_967_295 (4 GiB).
     pub max_queued_bytes: usize,
     /// Concurrent client connections, all listeners together. Default 18_000; at least 1.
     pub max_connections: usize,
     /// Levels of a topic name or filter (`a/b/c` has 3); deeper ones are refused. Default
-    /// 32; at least 1.
+    /// 32; 1..=4_294_967_295.
     pub max_topic_levels: usize,
     /// Topic Alias Maximum announced to v5 clients. Default 64; 0 turns aliases off.
     pub max_topic_aliases: u16,
@@ -708,10 +709,19 @@ impl Config {
             u64::from(MAX_PACKET_SIZE_LIMIT),
         )?;
         check_min("limits.max_inflight", u64::from(l.max_inflight), 1)?;
-        check_min(
+        // At most u32::MAX each: every session carries these as u32s.
+        let u32_max = u64::from(u32::MAX);
+        check_range(
             "limits.max_queued_messages",
             to_u64(l.max_queued_messages),
             1,
+            u32_max,
+        )?;
+        check_range(
+            "limits.max_queued_bytes",
+            to_u64(l.max_queued_bytes),
+            0,
+            u32_max,
         )?;
         if to_u64(l.max_queued_bytes) < u64::from(l.max_packet_size) {
             return Err(invalid(
@@ -724,7 +734,12 @@ impl Config {
             ));
         }
         check_min("limits.max_connections", to_u64(l.max_connections), 1)?;
-        check_min("limits.max_topic_levels", to_u64(l.max_topic_levels), 1)?;
+        check_range(
+            "limits.max_topic_levels",
+            to_u64(l.max_topic_levels),
+            1,
+            u32_max,
+        )?;
         check_min(
             "limits.max_subscriptions_per_session",
             to_u64(l.max_subscriptions_per_session),
@@ -1133,6 +1148,14 @@ mod tests {
         assert_eq!(
             invalid_key("[limits]\nmax_inflight = 0"),
             "limits.max_inflight"
+        );
+        assert_eq!(
+            invalid_key("[limits]\nmax_queued_bytes = 4_294_967_296"),
+            "limits.max_queued_bytes"
+        );
+        assert_eq!(
+            invalid_key("[limits]\nmax_topic_levels = 4_294_967_296"),
+            "limits.max_topic_levels"
         );
         assert_eq!(
             invalid_key("[limits]\nmax_packet_size = 10"),

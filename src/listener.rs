@@ -9,7 +9,7 @@
 //! TLS and WebSocket handshakes run in the connection's task, under its connect timeout.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -149,7 +149,6 @@ impl Listener {
                         };
                         let accepted = Box::new(Accepted {
                             stream,
-                            peer,
                             endpoint: endpoint.clone(),
                             ctx: ctx.clone(),
                             permits,
@@ -183,13 +182,23 @@ struct Places {
     open: Gauge,
 }
 
-/// What a connection holds for its whole life, parked or not; dropping it frees its
-/// places. 32 bytes: one pointer to the listener's [`Places`] rather than a permit, a
-/// guard and a table pointer for each limit.
+/// What a connection holds for its whole life, parked or not: its places under the
+/// listener's limits (dropping it frees them) and its peer's address. 32 bytes: one
+/// pointer to the listener's [`Places`] rather than a permit, a guard and a table pointer
+/// for each limit, and the address without what nothing here uses.
 pub struct Permits {
     places: Arc<Places>,
-    /// Counted in `places.per_ip` (when the listener limits connections per address).
-    ip: Option<IpAddr>,
+    peer: PeerAddr,
+    /// The peer's IP is counted in `places.per_ip` (the listener limits connections per
+    /// address).
+    per_ip: bool,
+}
+
+impl Permits {
+    /// Where the connection comes from.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer.into()
+    }
 }
 
 impl Drop for Permits {
@@ -199,10 +208,45 @@ impl Drop for Permits {
         if let Some(mine) = &places.mine {
             mine.add_permits(1);
         }
-        if let Some(ip) = self.ip {
-            places.per_ip.leave(ip);
+        if self.per_ip {
+            places.per_ip.leave(SocketAddr::from(self.peer).ip());
         }
         places.open.dec();
+    }
+}
+
+/// A socket address in 20 bytes instead of `SocketAddr`'s 32: IPv6 flow info and scope
+/// id are not kept (nothing reads them). Every connection carries its peer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerAddr {
+    /// An IPv4 address as its IPv4-mapped IPv6 form.
+    ip: [u8; 16],
+    port: u16,
+    v4: bool,
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(addr: SocketAddr) -> PeerAddr {
+        let (ip, v4) = match addr.ip() {
+            IpAddr::V4(ip) => (ip.to_ipv6_mapped(), true),
+            IpAddr::V6(ip) => (ip, false),
+        };
+        PeerAddr {
+            ip: ip.octets(),
+            port: addr.port(),
+            v4,
+        }
+    }
+}
+
+impl From<PeerAddr> for SocketAddr {
+    fn from(addr: PeerAddr) -> SocketAddr {
+        let ip = Ipv6Addr::from(addr.ip);
+        let ip = match ip.to_ipv4_mapped() {
+            Some(v4) if addr.v4 => IpAddr::V4(v4),
+            _ => IpAddr::V6(ip),
+        };
+        SocketAddr::new(ip, addr.port)
     }
 }
 
@@ -236,8 +280,8 @@ fn admit(
         },
         None => None,
     };
-    let ip = match places.per_ip.enter(peer.ip()) {
-        Ok(place) => place,
+    let per_ip = match places.per_ip.enter(peer.ip()) {
+        Ok(counted) => counted,
         Err(()) => {
             return refused(
                 RefuseReason::PerIpLimit,
@@ -254,7 +298,8 @@ fn admit(
     places.open.inc();
     Some(Permits {
         places: places.clone(),
-        ip,
+        peer: peer.into(),
+        per_ip,
     })
 }
 
@@ -273,10 +318,10 @@ impl PerIp {
     }
 
     /// A place for one more connection from `ip`, to [`PerIp::leave`] when it ends;
-    /// `Ok(None)` when there is no limit.
-    fn enter(&self, ip: IpAddr) -> Result<Option<IpAddr>, ()> {
+    /// `Ok(false)` when there is no limit (nothing is counted).
+    fn enter(&self, ip: IpAddr) -> Result<bool, ()> {
         if self.max == 0 {
-            return Ok(None);
+            return Ok(false);
         }
         // The map only holds counts: a panic elsewhere cannot leave it inconsistent.
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
@@ -285,7 +330,7 @@ impl PerIp {
             return Err(());
         }
         *count += 1;
-        Ok(Some(ip))
+        Ok(true)
     }
 
     fn leave(&self, ip: IpAddr) {
@@ -308,10 +353,10 @@ mod tests {
         let table = PerIp::new(2);
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
-        assert_eq!(table.enter(a), Ok(Some(a)));
-        assert_eq!(table.enter(a), Ok(Some(a)));
+        assert_eq!(table.enter(a), Ok(true));
+        assert_eq!(table.enter(a), Ok(true));
         assert!(table.enter(a).is_err());
-        assert_eq!(table.enter(b), Ok(Some(b)));
+        assert_eq!(table.enter(b), Ok(true));
         table.leave(a);
         assert!(table.enter(a).is_ok());
         assert!(table.enter(a).is_err());
@@ -322,6 +367,23 @@ mod tests {
             table.counts.lock().unwrap().is_empty(),
             "no count is kept at zero"
         );
-        assert_eq!(PerIp::new(0).enter(a), Ok(None));
+        assert_eq!(PerIp::new(0).enter(a), Ok(false));
+    }
+
+    #[test]
+    fn peer_addresses_keep_their_family_ip_and_port() {
+        for text in [
+            "127.0.0.2:1883",
+            "[::1]:8883",
+            "[::ffff:10.0.0.1]:40000",
+            "[fe80::1]:1",
+            "0.0.0.0:0",
+        ] {
+            let addr: SocketAddr = text.parse().unwrap();
+            let back = SocketAddr::from(PeerAddr::from(addr));
+            assert_eq!(back, addr, "{text}");
+            assert_eq!(back.is_ipv4(), addr.is_ipv4(), "{text}");
+        }
+        assert!(std::mem::size_of::<PeerAddr>() <= 20);
     }
 }

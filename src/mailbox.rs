@@ -139,8 +139,7 @@ pub fn mailbox(chat_capacity: usize, broadcast_capacity: usize) -> (Postbox, Mai
     };
     let mailbox = Mailbox {
         shared,
-        batch: VecDeque::new(),
-        batch_len: 0,
+        batch: None,
     };
     (postbox, mailbox)
 }
@@ -215,11 +214,18 @@ impl BroadcastLane {
 /// The connection's end of its mailbox.
 pub struct Mailbox {
     shared: Arc<Shared>,
-    /// Chat deliveries taken from the shared queue and not yet handed out (in order, ahead
-    /// of anything queued since).
-    batch: VecDeque<Delivery>,
-    /// How many deliveries the current batch held when taken.
-    batch_len: usize,
+    /// Chat deliveries taken from the shared queue and not yet handed out. Boxed, and
+    /// only while there is one: an idle connection carries 8 bytes here, not 40.
+    batch: Option<Box<Batch>>,
+}
+
+/// Chat deliveries taken from the shared queue in one swap.
+#[derive(Default)]
+struct Batch {
+    /// Not handed out yet (in order, ahead of anything queued since).
+    deliveries: VecDeque<Delivery>,
+    /// How many deliveries it held when taken.
+    taken: usize,
 }
 
 impl Mailbox {
@@ -227,7 +233,7 @@ impl Mailbox {
     /// A close order comes first; broadcasts only while no chat delivery waits.
     pub async fn next(&mut self, take_live: bool) -> Mail {
         poll_fn(|cx| {
-            if take_live && !self.batch.is_empty() {
+            if take_live && !self.batch_is_empty() {
                 return Poll::Ready(Mail::Chat);
             }
             self.shared.waker.register(cx.waker());
@@ -239,8 +245,7 @@ impl Mailbox {
                 return Poll::Pending;
             }
             if !queues.chat.is_empty() {
-                std::mem::swap(&mut queues.chat, &mut self.batch);
-                self.batch_len = self.batch.len();
+                Self::take_batch(&mut self.batch, &mut queues.chat);
                 return Poll::Ready(Mail::Chat);
             }
             let Some(lane) = &mut queues.broadcasts else {
@@ -261,7 +266,7 @@ impl Mailbox {
     /// The next chat delivery, taking what the router queued meanwhile once the batch is
     /// handed out.
     pub fn pop_chat(&mut self) -> Option<Delivery> {
-        if let Some(delivery) = self.batch.pop_front() {
+        if let Some(delivery) = self.batch.as_mut().and_then(|b| b.deliveries.pop_front()) {
             return Some(delivery);
         }
         self.release_batch();
@@ -269,27 +274,48 @@ impl Mailbox {
         if queues.chat.is_empty() {
             return None;
         }
-        std::mem::swap(&mut queues.chat, &mut self.batch);
+        Self::take_batch(&mut self.batch, &mut queues.chat);
         drop(queues);
-        self.batch_len = self.batch.len();
-        self.batch.pop_front()
+        self.batch.as_mut()?.deliveries.pop_front()
     }
 
-    /// Frees the batch buffer after a short batch: a quiet connection holds no queue memory.
+    /// Swaps the shared chat queue (not empty) with the batch's emptied buffer.
+    fn take_batch(batch: &mut Option<Box<Batch>>, chat: &mut VecDeque<Delivery>) {
+        let batch = batch.get_or_insert_with(Box::default);
+        std::mem::swap(chat, &mut batch.deliveries);
+        batch.taken = batch.deliveries.len();
+    }
+
+    /// Frees the batch's buffer after a short batch: a quiet connection holds no queue
+    /// memory. The box stays until [`Mailbox::release_idle_memory`] (one allocation less
+    /// per batch for a connection at work).
     fn release_batch(&mut self) {
-        if self.batch_len < KEEP_BUFFER_FROM && self.batch.capacity() > 0 {
-            self.batch = VecDeque::new();
+        if let Some(batch) = &mut self.batch {
+            if batch.taken < KEEP_BUFFER_FROM && batch.deliveries.capacity() > 0 {
+                batch.deliveries = VecDeque::new();
+            }
         }
+    }
+
+    /// For a connection about to wait idle (parked): frees the batch if it is empty.
+    pub fn release_idle_memory(&mut self) {
+        if self.batch_is_empty() {
+            self.batch = None;
+        }
+    }
+
+    fn batch_is_empty(&self) -> bool {
+        self.batch.as_ref().is_none_or(|b| b.deliveries.is_empty())
     }
 
     /// No chat delivery waits, taken or not.
     pub fn chat_is_empty(&self) -> bool {
-        self.batch.is_empty() && self.shared.lock().chat.is_empty()
+        self.batch_is_empty() && self.shared.lock().chat.is_empty()
     }
 
     /// Nothing waits at all: no chat delivery, no broadcast.
     pub fn is_empty(&self) -> bool {
-        if !self.batch.is_empty() {
+        if !self.batch_is_empty() {
             return false;
         }
         let queues = self.shared.lock();
@@ -299,7 +325,7 @@ impl Mailbox {
     /// Nothing waits and nothing is owed: no delivery, broadcast or close order, and no
     /// lag to resync. A connection may park only then.
     pub fn is_idle(&self) -> bool {
-        if !self.batch.is_empty() || self.lagged() {
+        if !self.batch_is_empty() || self.lagged() {
             return false;
         }
         let queues = self.shared.lock();
@@ -429,6 +455,33 @@ mod tests {
         postbox.deliver(delivery("d")).expect("room");
         assert_eq!(topics(&mut mailbox), ["b", "c", "d"]);
         assert!(mailbox.chat_is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_quiet_mailbox_gives_its_memory_back() {
+        let (postbox, mut mailbox) = mailbox(64, 1);
+        let batch_capacity =
+            |mailbox: &Mailbox| mailbox.batch.as_ref().map(|b| b.deliveries.capacity());
+        // A long batch keeps its buffer for the next one (a busy connection)...
+        for i in 0..KEEP_BUFFER_FROM {
+            postbox.deliver(delivery(&i.to_string())).expect("room");
+        }
+        assert!(matches!(next(&mut mailbox, true).await, Mail::Chat));
+        assert_eq!(topics(&mut mailbox).len(), KEEP_BUFFER_FROM);
+        assert!(batch_capacity(&mailbox).is_some_and(|c| c > 0));
+        // ...a short one does not.
+        postbox.deliver(delivery("short")).expect("room");
+        assert!(matches!(next(&mut mailbox, true).await, Mail::Chat));
+        assert_eq!(topics(&mut mailbox), ["short"]);
+        assert_eq!(batch_capacity(&mailbox), Some(0));
+        // Parking drops the emptied batch itself, but never one still holding deliveries.
+        postbox.deliver(delivery("kept")).expect("room");
+        assert!(matches!(next(&mut mailbox, true).await, Mail::Chat));
+        mailbox.release_idle_memory();
+        assert!(mailbox.batch.is_some());
+        assert_eq!(topics(&mut mailbox), ["kept"]);
+        mailbox.release_idle_memory();
+        assert!(mailbox.batch.is_none());
     }
 
     #[tokio::test]

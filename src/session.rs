@@ -45,9 +45,11 @@ pub struct SessionParams {
     pub max_packet_size_out: u32,
     /// The client's Topic Alias Maximum (v5); we alias topics we send up to it.
     pub topic_alias_maximum_out: u16,
-    pub max_queued_messages: usize,
-    pub max_queued_bytes: usize,
-    pub max_topic_levels: usize,
+    /// Queue bounds from `[limits]` (which keeps them within u32: an idle connection
+    /// carries these, so they are 4 bytes each rather than 8).
+    pub max_queued_messages: u32,
+    pub max_queued_bytes: u32,
+    pub max_topic_levels: u32,
     /// The Session Expiry Interval of CONNECT was 0: a DISCONNECT may not raise it.
     pub expiry_was_zero: bool,
 }
@@ -122,11 +124,17 @@ pub struct Session {
     inbound_unacked: u16,
     /// MQTT 5 topic aliases, allocated on first use: most connections never have any.
     aliases: Option<Box<TopicAliases>>,
-    /// Messages dropped because they exceed the client's packet size (the driver takes the
-    /// count for its metrics).
-    pub dropped: u64,
-    /// Messages that expired (v5 Message Expiry) before they could be sent.
-    pub expired: u64,
+}
+
+/// Messages a session discarded instead of sending, counted until the driver takes the
+/// counts for its metrics ([`Session::take_discarded`], after every event: a u32 does
+/// not saturate).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Discarded {
+    /// Larger than the client's Maximum Packet Size.
+    pub too_large: u32,
+    /// Expired (v5 Message Expiry) before they could be sent.
+    pub expired: u32,
 }
 
 /// What is under way in a session: outputs not yet taken, messages in flight both ways,
@@ -142,11 +150,14 @@ struct Flows {
     in_flight: InFlightWindow<InFlight>,
     queue: VecDeque<Delivery>,
     queued_bytes: usize,
+    /// Counted here rather than in `Session`: only a delivery discards anything.
+    discarded: Discarded,
 }
 
 impl Flows {
     fn is_empty(&self) -> bool {
-        self.transmit.is_empty()
+        self.discarded == Discarded::default()
+            && self.transmit.is_empty()
             && self.effects.is_empty()
             && self.inbound_qos2.is_empty()
             && self.in_flight.len() == 0
@@ -168,13 +179,18 @@ impl Session {
             flows: None,
             inbound_unacked: 0,
             aliases: None,
-            dropped: 0,
-            expired: 0,
         }
     }
 
     pub fn params(&self) -> &SessionParams {
         &self.params
+    }
+
+    /// What was discarded since the last call.
+    pub fn take_discarded(&mut self) -> Discarded {
+        self.flows
+            .as_mut()
+            .map_or_else(Discarded::default, |f| std::mem::take(&mut f.discarded))
     }
 
     fn flows(&mut self) -> &mut Flows {
@@ -251,8 +267,8 @@ impl Session {
 
     pub fn has_room(&self) -> bool {
         self.flows.as_ref().is_none_or(|f| {
-            f.queue.len() < self.params.max_queued_messages
-                && f.queued_bytes < self.params.max_queued_bytes
+            f.queue.len() < self.params.max_queued_messages as usize
+                && f.queued_bytes < self.params.max_queued_bytes as usize
         })
     }
 
@@ -320,7 +336,8 @@ impl Session {
             return;
         }
         if delivery.message.is_expired(now_ms) {
-            self.expired += 1;
+            let expired = &mut self.flows().discarded.expired;
+            *expired = expired.saturating_add(1);
             if let Some(seq) = delivery.seq {
                 self.flows().effects.push_back(Effect::Dequeue(seq));
             }
@@ -335,7 +352,8 @@ impl Session {
         let Some(publish) = self.outbound_publish(delivery, packet_id, now_ms) else {
             // Larger than the client accepts: the spec says discard it as if it was sent
             // [MQTT-3.1.2-25].
-            self.dropped += 1;
+            let too_large = &mut self.flows().discarded.too_large;
+            *too_large = too_large.saturating_add(1);
             if let Some(seq) = seq {
                 self.flows().effects.push_back(Effect::Dequeue(seq));
             }
@@ -465,7 +483,7 @@ impl Session {
 
     fn handle_publish(&mut self, publish: Publish) -> Result<(), Close> {
         let topic = self.resolve_topic(&publish)?;
-        if topic.split('/').count() > self.params.max_topic_levels {
+        if topic.split('/').count() > self.params.max_topic_levels as usize {
             return self.refuse_publish(&publish, ReasonCode::TopicNameInvalid);
         }
         match publish.qos {
@@ -896,7 +914,12 @@ mod tests {
         Arc::make_mut(&mut big.message).payload = Bytes::from(vec![0; 2000]);
         s.deliver(big, 20).unwrap();
         assert!(drain(&mut s).is_empty());
-        assert_eq!(s.dropped, 1);
+        let discarded = Discarded {
+            too_large: 1,
+            expired: 1,
+        };
+        assert_eq!(s.take_discarded(), discarded);
+        assert_eq!(s.take_discarded(), Discarded::default(), "taken once");
     }
 
     #[test]

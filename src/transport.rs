@@ -41,20 +41,34 @@ pub type BoxedIo = Box<dyn Io>;
 /// A client connection's byte stream. One value for both directions: a connection never
 /// reads and writes at the same moment (it writes between reads), so nothing is split
 /// and no half is shared behind an `Arc` or a lock.
+///
+/// Every variant holds at most one thin pointer, so a `Stream` is 16 bytes: it is part of
+/// every idle connection, which holds it `Detached` (a bare descriptor).
 pub enum Stream {
-    /// Plain TCP, registered with the runtime's I/O driver.
-    Tcp(TcpStream),
+    /// Plain TCP, registered with the runtime's I/O driver (boxed: 32 bytes only a
+    /// working connection needs).
+    Tcp(Box<TcpStream>),
     /// Plain TCP off the I/O driver, its connection parked: nothing but the descriptor
     /// (a registration is a 256-byte allocation, the largest thing an idle connection
     /// held). The first read or write registers it again.
     Detached(std::net::TcpStream),
-    /// TLS, WebSocket, WebSocket over TLS.
-    Other(BoxedIo),
+    /// TLS, WebSocket, WebSocket over TLS (boxed twice: a thin pointer).
+    Other(Box<BoxedIo>),
     /// The socket was lost: registering or deregistering it failed (it is closed).
     Lost,
 }
 
 impl Stream {
+    /// Plain TCP.
+    pub fn tcp(socket: TcpStream) -> Stream {
+        Stream::Tcp(Box::new(socket))
+    }
+
+    /// A stream layered on TCP (TLS, WebSocket).
+    pub fn other(io: impl Io + 'static) -> Stream {
+        Stream::Other(Box::new(Box::new(io)))
+    }
+
     /// Plain TCP (which can be detached while its connection is parked).
     pub fn is_tcp(&self) -> bool {
         matches!(self, Stream::Tcp(_) | Stream::Detached(_))
@@ -83,7 +97,7 @@ impl Stream {
     fn attach(&mut self) -> io::Result<()> {
         if let Stream::Detached(_) = self {
             if let Stream::Detached(socket) = std::mem::replace(self, Stream::Lost) {
-                *self = Stream::Tcp(TcpStream::from_std(socket)?);
+                *self = Stream::tcp(TcpStream::from_std(socket)?);
             }
         }
         Ok(())
@@ -262,19 +276,19 @@ impl Upgrade {
 /// Runs the listener's handshakes on an accepted socket (the caller bounds the time).
 pub async fn upgrade(stream: TcpStream, how: &Upgrade) -> io::Result<Stream> {
     match (&how.tls, &how.ws_path) {
-        (None, None) => Ok(Stream::Tcp(stream)),
+        (None, None) => Ok(Stream::tcp(stream)),
         (Some(tls), None) => {
             let stream = tls.accept(stream).await?;
-            Ok(Stream::Other(Box::new(stream)))
+            Ok(Stream::other(stream))
         }
         (None, Some(path)) => {
             let ws = accept_ws(stream, path, how.max_ws_message).await?;
-            Ok(Stream::Other(Box::new(ws)))
+            Ok(Stream::other(ws))
         }
         (Some(tls), Some(path)) => {
             let stream = tls.accept(stream).await?;
             let ws = accept_ws(stream, path, how.max_ws_message).await?;
-            Ok(Stream::Other(Box::new(ws)))
+            Ok(Stream::other(ws))
         }
     }
 }
