@@ -68,6 +68,10 @@ struct Queues {
     /// Set once (by the one `Postbox`), taken once by the connection.
     /// Boxed: rarely there, and a `CloseReason` is 32 bytes in every mailbox otherwise.
     close: Option<Box<CloseReason>>,
+    /// The `Postbox` has ordered the connection closed (`close` may be taken since). Kept
+    /// here rather than in the `Postbox`, which every session's router slot holds: 8
+    /// bytes less there.
+    close_ordered: bool,
     /// The connection's end was dropped.
     receiver_gone: bool,
 }
@@ -124,6 +128,7 @@ pub fn mailbox(chat_capacity: usize, broadcast_capacity: usize) -> (Postbox, Mai
             chat: VecDeque::new(),
             broadcasts: None,
             close: None,
+            close_ordered: false,
             receiver_gone: false,
         }),
         waker: AtomicWaker::new(),
@@ -135,7 +140,6 @@ pub fn mailbox(chat_capacity: usize, broadcast_capacity: usize) -> (Postbox, Mai
     });
     let postbox = Postbox {
         shared: shared.clone(),
-        closing: false,
     };
     let mailbox = Mailbox {
         shared,
@@ -147,8 +151,6 @@ pub fn mailbox(chat_capacity: usize, broadcast_capacity: usize) -> (Postbox, Mai
 /// The router's end of a connection's mailbox.
 pub struct Postbox {
     shared: Arc<Shared>,
-    /// The connection has been told to close.
-    closing: bool,
 }
 
 impl Postbox {
@@ -166,16 +168,18 @@ impl Postbox {
 
     /// Tells the connection to close; only the first reason counts.
     pub fn close(&mut self, reason: CloseReason) {
-        if !self.closing {
-            self.closing = true;
-            self.shared.lock().close = Some(Box::new(reason));
+        let mut queues = self.shared.lock();
+        if !queues.close_ordered {
+            queues.close_ordered = true;
+            queues.close = Some(Box::new(reason));
+            drop(queues);
             self.shared.waker.wake();
         }
     }
 
     /// The connection has been told to close.
     pub fn is_closing(&self) -> bool {
-        self.closing
+        self.shared.lock().close_ordered
     }
 
     pub fn lagged(&self) -> bool {

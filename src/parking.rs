@@ -12,6 +12,11 @@
 //! every [`DEADLINE_TICK`]. When one fires, the connection becomes a task again
 //! ([`Parked::resume`]), tracked by the lot until it ends or parks again.
 //!
+//! A parked connection's waker allocates nothing: it is the lot's id and the entry's key
+//! packed into the waker's data word, and waking it looks the lot up in a process-wide
+//! table of lots ([`LOTS`]). (An `Arc` waker per entry was a 48-byte allocation for every
+//! idle connection.)
+//!
 //! The lot knows connections only through [`Parked`], so it is tested here with fakes
 //! (and socket pairs). Its queue of incoming connections is unbounded, but each
 //! connection is in it at most once, so `limits.max_connections` bounds it.
@@ -21,9 +26,8 @@ use std::io;
 use std::mem;
 use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
@@ -46,6 +50,8 @@ const SOCKET_EVENTS: usize = 1024;
 pub trait Parked: Send + 'static {
     /// Registers `cx`'s waker with every source but the socket that can wake the
     /// connection; true when one already has something for it (it is then resumed).
+    /// A source wakes a registered waker at most once (as an `AtomicWaker` does): each
+    /// wake queues the entry for the lot to look at.
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> bool;
 
     /// The socket, off the runtime's I/O driver, that the lot watches for input and
@@ -70,10 +76,12 @@ impl ParkingLot {
     /// wait in its queue.
     pub fn new(parked_gauge: Gauge) -> (ParkingLot, LotTask) {
         let (incoming, receiver) = mpsc::unbounded_channel();
+        let signals = Arc::new(Signals::default());
         let task = LotTask {
             incoming: receiver,
             entries: Slab::new(),
-            signals: Arc::new(Signals::default()),
+            id: LotId::register(&signals),
+            signals,
             woken: Vec::new(),
             sockets: None,
             readable: Vec::new(),
@@ -102,6 +110,16 @@ struct Signals {
 }
 
 impl Signals {
+    fn wake(&self, key: usize) {
+        self.woken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(key);
+        self.task.wake();
+    }
+}
+
+impl Signals {
     fn poll_woken(&self, cx: &mut Context<'_>, out: &mut Vec<usize>) -> Poll<()> {
         self.task.register(cx.waker());
         let mut woken = self.woken.lock().unwrap_or_else(PoisonError::into_inner);
@@ -113,36 +131,70 @@ impl Signals {
     }
 }
 
-/// One parked connection's waker.
-struct Signal {
-    key: usize,
-    /// Already in `Signals::woken`: a source that fires again adds nothing, so the list
-    /// holds each live signal at most once.
-    queued: AtomicBool,
-    signals: Arc<Signals>,
-}
+/// Every running lot's [`Signals`], by lot id: what an entry's waker finds its lot by.
+static LOTS: RwLock<Slab<Weak<Signals>>> = RwLock::new(Slab::new());
 
-impl Wake for Signal {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
+/// Bits of an entry waker's data word that hold the entry's key; the bits above hold the
+/// lot's id (so 65,536 lots at once, and 2^48 entries a lot on 64-bit targets).
+const KEY_BITS: u32 = usize::BITS - 16;
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        if !self.queued.swap(true, Ordering::AcqRel) {
-            self.signals
-                .woken
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(self.key);
-            self.signals.task.wake();
+/// A lot's place in [`LOTS`], given back when the lot's task goes.
+struct LotId(usize);
+
+impl LotId {
+    /// `None` when every id is taken.
+    fn register(signals: &Arc<Signals>) -> Option<LotId> {
+        let mut lots = LOTS.write().unwrap_or_else(PoisonError::into_inner);
+        let id = lots.insert(Arc::downgrade(signals));
+        if id >> (usize::BITS - KEY_BITS) != 0 {
+            lots.remove(id);
+            return None;
         }
+        Some(LotId(id))
+    }
+
+    /// The waker of entry `key` (which fits [`KEY_BITS`]). A waker that outlives its
+    /// entry, or its lot, wakes nothing or a later entry with the same key, which the lot
+    /// then polls for nothing.
+    fn entry_waker(&self, key: usize) -> Waker {
+        let word = (self.0 << KEY_BITS) | key;
+        let raw = RawWaker::new(std::ptr::without_provenance(word), &ENTRY_WAKER);
+        // SAFETY: the vtable's functions treat the data word as a number and never
+        // dereference it; they own nothing (clone copies, drop does nothing) and are safe
+        // to call from any thread (they only take locks).
+        unsafe { Waker::from_raw(raw) }
     }
 }
 
-struct Entry {
-    parked: Box<dyn Parked>,
-    signal: Arc<Signal>,
+impl Drop for LotId {
+    fn drop(&mut self) {
+        LOTS.write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_remove(self.0);
+    }
 }
+
+static ENTRY_WAKER: RawWakerVTable =
+    RawWakerVTable::new(clone_entry_waker, wake_entry, wake_entry, drop_entry_waker);
+
+fn clone_entry_waker(data: *const ()) -> RawWaker {
+    RawWaker::new(data, &ENTRY_WAKER)
+}
+
+fn wake_entry(data: *const ()) {
+    let word = data.addr();
+    let (lot, key) = (word >> KEY_BITS, word & ((1 << KEY_BITS) - 1));
+    let signals = LOTS
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(lot)
+        .and_then(Weak::upgrade);
+    if let Some(signals) = signals {
+        signals.wake(key);
+    }
+}
+
+fn drop_entry_waker(_: *const ()) {}
 
 /// The sockets of parked connections: an epoll set of the lot's own (through mio), itself
 /// registered with the runtime's I/O driver. mio registers edge-triggered, and epoll
@@ -216,7 +268,9 @@ impl Sockets {
 /// The lot's own task: see the module docs.
 pub struct LotTask {
     incoming: mpsc::UnboundedReceiver<Box<dyn Parked>>,
-    entries: Slab<Entry>,
+    entries: Slab<Box<dyn Parked>>,
+    /// For the entries' wakers; `None` if the lot could not get one (it parks nothing).
+    id: Option<LotId>,
     signals: Arc<Signals>,
     /// Woken keys taken from `signals` (kept for its capacity).
     woken: Vec<usize>,
@@ -237,6 +291,9 @@ impl LotTask {
     /// aborts the resumed ones.
     pub async fn run(mut self, drain: impl Future<Output = ()>) {
         match Sockets::new() {
+            Ok(_) if self.id.is_none() => {
+                self.stop_parking(&io::Error::other("65,536 parking lots exist already"));
+            }
             Ok(sockets) => self.sockets = Some(sockets),
             Err(e) => self.stop_parking(&e),
         }
@@ -297,15 +354,13 @@ impl LotTask {
     }
 
     fn admit(&mut self, parked: Box<dyn Parked>) {
-        let entry = self.entries.vacant_entry();
-        let signal = Arc::new(Signal {
-            key: entry.key(),
-            queued: AtomicBool::new(false),
-            signals: self.signals.clone(),
-        });
-        let key = entry.key();
         let socket = parked.socket();
-        entry.insert(Entry { parked, signal });
+        let key = self.entries.insert(parked);
+        if key >> KEY_BITS != 0 {
+            // Beyond what a waker can name (2^48 entries on 64-bit targets).
+            self.resume(key);
+            return;
+        }
         if let Some(fd) = socket {
             let watched = match &self.sockets {
                 Some(sockets) => sockets.watch(fd, key),
@@ -337,13 +392,11 @@ impl LotTask {
     /// A key may be stale (its entry resumed, the place reused): then it is polled for
     /// nothing.
     fn check(&mut self, key: usize) {
-        let Some(entry) = self.entries.get_mut(key) else {
+        let (Some(parked), Some(id)) = (self.entries.get_mut(key), &self.id) else {
             return;
         };
-        // Cleared before polling: a source firing from here on queues the key again.
-        entry.signal.queued.store(false, Ordering::Release);
-        let waker = Waker::from(entry.signal.clone());
-        if entry.parked.poll_wake(&mut Context::from_waker(&waker)) {
+        let waker = id.entry_waker(key);
+        if parked.poll_wake(&mut Context::from_waker(&waker)) {
             self.resume(key);
         }
     }
@@ -352,7 +405,7 @@ impl LotTask {
         let due: Vec<usize> = self
             .entries
             .iter()
-            .filter(|(_, entry)| entry.parked.deadline().is_some_and(|at| at <= now))
+            .filter(|(_, parked)| parked.deadline().is_some_and(|at| at <= now))
             .map(|(key, _)| key)
             .collect();
         for key in due {
@@ -361,11 +414,11 @@ impl LotTask {
     }
 
     fn resume(&mut self, key: usize) {
-        let entry = self.entries.remove(key);
-        if let (Some(fd), Some(sockets)) = (entry.parked.socket(), &self.sockets) {
+        let parked = self.entries.remove(key);
+        if let (Some(fd), Some(sockets)) = (parked.socket(), &self.sockets) {
             sockets.unwatch(fd);
         }
-        self.resumed.spawn(entry.parked.resume());
+        self.resumed.spawn(parked.resume());
     }
 }
 
@@ -376,6 +429,7 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
     use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::sync::{oneshot, Notify};
 
     /// A parked thing woken by a `Notify`-like flag, with an optional deadline; when resumed
@@ -472,6 +526,37 @@ mod tests {
         assert!(!running.is_finished());
         drop(b_resumed);
         running.abort();
+    }
+
+    #[tokio::test]
+    async fn wakers_find_their_own_lot() {
+        // Two lots, each with an entry under key 0: the wakers differ only in the lot id.
+        let (gauge1, gauge2) = (Gauge::default(), Gauge::default());
+        let (lot1, task1) = ParkingLot::new(gauge1.clone());
+        let (lot2, task2) = ParkingLot::new(gauge2.clone());
+        let running1 = tokio::spawn(task1.run(std::future::pending()));
+        let running2 = tokio::spawn(task2.run(std::future::pending()));
+        let (a, a_ready, mut a_resumed) = fake("a", None);
+        let (b, b_ready, b_resumed) = fake("b", None);
+        assert!(lot1.park(a).is_ok());
+        assert!(lot2.park(b).is_ok());
+        while a_ready.polls.load(Ordering::Relaxed) == 0
+            || b_ready.polls.load(Ordering::Relaxed) == 0
+        {
+            tokio::task::yield_now().await;
+        }
+        b_ready.set();
+        let resumed = tokio::time::timeout(Duration::from_secs(10), b_resumed).await;
+        assert_eq!(resumed.expect("b's waker reached its lot"), Ok("b"));
+        assert_eq!(gauge_value(&gauge2), 0);
+        assert!(a_resumed.try_recv().is_err(), "a was resumed by b's waker");
+        assert_eq!(gauge_value(&gauge1), 1);
+        // A waker that outlives its lot wakes nothing.
+        let stale = a_ready.waker.take().expect("a's waker");
+        running1.abort();
+        let _ = running1.await;
+        stale.wake();
+        running2.abort();
     }
 
     #[tokio::test]
