@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building tern needs on a fresh Debian machine that has only the Rust
-# toolchain: libclang (RocksDB's bindings), a C++ compiler, and mosquitto-clients (the
-# README's walkthrough). With --tests, also the third-party clients the conformance tests
-# drive: paho-mqtt from PyPI (pinned, in a virtualenv under ~/.cache/tern-tools: Debian's
-# Python refuses pip installs, PEP 668), and for js_clients.rs Node.js, npm, Chromium and
-# the npm packages of conformance/js (MQTT.js, playwright-core; pinned by its
-# package-lock.json). Safe to run again; quiet when there is nothing to do.
+# toolchain: libclang (RocksDB's bindings), a C++ compiler, make (jemalloc), and
+# mosquitto-clients (the README's walkthrough). With --tests, also the third-party
+# clients the conformance tests drive: paho-mqtt from PyPI (pinned, in a virtualenv under
+# ~/.cache/tern-tools: Debian's Python refuses pip installs, PEP 668), and for
+# js_clients.rs Node.js, npm, Chromium and the npm packages of conformance/js (MQTT.js,
+# playwright-core; pinned by its package-lock.json). Safe to run again; quiet when there
+# is nothing to do.
 set -euo pipefail
 tests=false
 [ "${1:-}" = "--tests" ] && tests=true
@@ -14,6 +15,8 @@ need=()
 # libclang-cpp (which some images carry alone), does not provide it.
 compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || compgen -G '/usr/lib/*/libclang-[0-9]*.so*' >/dev/null || need+=(libclang-dev)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
+# jemalloc's build (tikv-jemalloc-sys, the broker's allocator) runs configure and make.
+command -v make >/dev/null 2>&1 || need+=(make)
 # mosquitto_pub/sub: the README's walkthrough and the tests use them.
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 if $tests; then
