@@ -147,6 +147,7 @@ impl Server {
                 )),
                 metrics,
                 lot,
+                started: tokio::time::Instant::now(),
             }),
             router_task,
             admin,

@@ -1688,8 +1688,9 @@ mod tests {
     use tern_codec::{ByteString, Properties};
     use tern_storage::{MemoryStore, Store, SyncPolicy};
 
-    /// Every session has its slot, connected or not: it stays within a 112-byte chunk of
-    /// glibc's malloc (8 bytes added to the request, rounded up to 16).
+    /// Every session has its slot, connected or not: it stays within jemalloc's 112-byte
+    /// size class (the binary's allocator) and glibc's 112-byte chunk (8 bytes added to
+    /// the request, rounded up to 16).
     #[cfg(target_pointer_width = "64")]
     #[test]
     fn a_session_slot_fits_a_112_byte_allocation() {
