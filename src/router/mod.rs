@@ -21,12 +21,11 @@
 
 mod broadcast;
 mod chat;
+mod index;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::BuildHasher;
 
 use rustc_hash::FxHashMap;
-use smallvec::SmallVec;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +53,7 @@ use crate::message::{now_ms, Delivery, Message, SessionId};
 use crate::metrics::{DropReason, Metrics, PublishRefusal};
 use crate::retained::RetainedTree;
 use crate::subscriptions::{Match, Subscription, SubscriptionTree};
+use index::{ClientIndex, UserIndex};
 
 /// Identifies one connection of a session (a session outlives its connections).
 pub type ConnId = u64;
@@ -357,72 +357,6 @@ struct Slot {
     away: Option<Box<Away>>,
 }
 
-/// Session ids by client id. The table holds only the ids: a lookup compares the client id
-/// with the session's own [`Slot::client_id`], so the id is not kept twice (a
-/// `HashMap<ByteString, SessionId>` entry was 40 bytes a session). Every id in the index
-/// has its slot in the sessions map, except the one being inserted.
-#[derive(Default)]
-struct ClientIndex {
-    table: hashbrown::HashTable<SessionId>,
-    /// SipHash with random keys: peers choose client ids.
-    hasher: std::hash::RandomState,
-}
-
-impl ClientIndex {
-    fn get(
-        &self,
-        client_id: &str,
-        sessions: &FxHashMap<SessionId, Box<Slot>>,
-    ) -> Option<SessionId> {
-        let hash = self.hasher.hash_one(client_id);
-        self.table
-            .find(hash, |id| names(sessions, *id, client_id))
-            .copied()
-    }
-
-    /// `client_id`'s session is `id` from now on.
-    fn insert(
-        &mut self,
-        client_id: &str,
-        id: SessionId,
-        sessions: &FxHashMap<SessionId, Box<Slot>>,
-    ) {
-        let hasher = &self.hasher;
-        let hash = hasher.hash_one(client_id);
-        let rehash = |other: &SessionId| {
-            // Every other id has its slot (see the type's docs).
-            sessions
-                .get(other)
-                .map_or(0, |slot| hasher.hash_one(&*slot.client_id))
-        };
-        match self
-            .table
-            .entry(hash, |other| names(sessions, *other, client_id), rehash)
-        {
-            hashbrown::hash_table::Entry::Occupied(mut entry) => *entry.get_mut() = id,
-            hashbrown::hash_table::Entry::Vacant(entry) => {
-                entry.insert(id);
-            }
-        }
-    }
-
-    /// Removes `client_id`'s entry if it is session `id` (another session may have
-    /// taken the client id over since).
-    fn remove(&mut self, client_id: &str, id: SessionId) {
-        let hash = self.hasher.hash_one(client_id);
-        if let Ok(entry) = self.table.find_entry(hash, |other| *other == id) {
-            entry.remove();
-        }
-    }
-}
-
-/// Whether session `id` is the one of `client_id`.
-fn names(sessions: &FxHashMap<SessionId, Box<Slot>>, id: SessionId, client_id: &str) -> bool {
-    sessions
-        .get(&id)
-        .is_some_and(|slot| &*slot.client_id == client_id)
-}
-
 /// A session's state between connections. Boxed in its [`Slot`]: 80 bytes that every
 /// online session (every idle chat device) would otherwise carry unused.
 #[derive(Default)]
@@ -491,7 +425,7 @@ pub struct Router {
     next_session: SessionId,
     next_conn: ConnId,
     /// Sessions per user, for the device limit.
-    user_sessions: HashMap<Arc<str>, SessionSet>,
+    user_sessions: UserIndex,
     groups: Groups,
     dedup: DedupWindow,
     message_ids: MessageIds,
@@ -513,7 +447,7 @@ impl Router {
         let store = writer.store().clone();
         let im = limits.im.clone();
         let mut router = Router {
-            user_sessions: HashMap::new(),
+            user_sessions: UserIndex::default(),
             groups: Groups::new(store.groups()?, im.max_group_members),
             dedup: DedupWindow::new(
                 im.dedup_window_secs.saturating_mul(1000),
@@ -584,12 +518,6 @@ impl Router {
         // A session that was online when the broker died went offline at restart.
         let disconnected_at_ms = session.disconnected_at_ms.unwrap_or(now);
         let user = self.user_name(&session.user, || Arc::from(session.user.as_str()));
-        if !user.is_empty() {
-            self.user_sessions
-                .entry(user.clone())
-                .or_default()
-                .insert(id);
-        }
         let mut slot = Slot {
             client_id: client_id.clone(),
             user,
@@ -627,7 +555,11 @@ impl Router {
         }
         self.offline_queued += u64::from(slot.offline_queued);
         self.by_client.insert(&client_id, id, &self.sessions);
+        let user = slot.user.clone();
         self.sessions.insert(id, Box::new(slot));
+        if !user.is_empty() {
+            self.user_sessions.insert(&user, id, &self.sessions);
+        }
     }
 
     /// Counts drops and refusals in `metrics` (the broker's shared ones) instead of a
@@ -727,7 +659,7 @@ impl Router {
             Command::CloseUser { user, reason } => {
                 let ids = self
                     .user_sessions
-                    .get(user.as_str())
+                    .get(user.as_str(), &self.sessions)
                     .cloned()
                     .unwrap_or_default();
                 for id in ids {
@@ -889,7 +821,7 @@ impl Router {
             ops.push(Op::PutSession(slot.stored()));
         }
         let backlog_upto = (session_present && was_stored).then_some(slot.next_seq);
-        self.user_sessions.entry(user).or_default().insert(id);
+        self.user_sessions.insert(&user, id, &self.sessions);
         self.enforce_device_limit(&request.user);
         match pending_will {
             Some(will) => {
@@ -911,8 +843,8 @@ impl Router {
     /// devices and the `user_sessions` key, rather than two per session. `named` is the
     /// caller's own copy, taken when the user has no session yet.
     fn user_name(&self, user: &str, named: impl FnOnce() -> Arc<str>) -> Arc<str> {
-        match self.user_sessions.get_key_value(user) {
-            Some((name, _)) => name.clone(),
+        match self.user_sessions.name(user, &self.sessions) {
+            Some(name) => name.clone(),
             None => named(),
         }
     }
@@ -920,7 +852,11 @@ impl Router {
     /// Closes the user's oldest connections beyond `im.max_devices_per_user`.
     fn enforce_device_limit(&mut self, user: &str) {
         let max = self.limits.im.max_devices_per_user;
-        let Some(ids) = self.user_sessions.get(user).filter(|ids| ids.len() > max) else {
+        let Some(ids) = self
+            .user_sessions
+            .get(user, &self.sessions)
+            .filter(|ids| ids.len() > max)
+        else {
             return;
         };
         if max == 0 {
@@ -989,12 +925,7 @@ impl Router {
             self.online -= 1;
         }
         self.by_client.remove(&slot.client_id, id);
-        if let Some(ids) = self.user_sessions.get_mut(&*slot.user) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.user_sessions.remove(&*slot.user);
-            }
-        }
+        self.user_sessions.remove(&slot.user, id);
         for filter in slot.subscriptions.keys() {
             self.subscriptions.unsubscribe(&id, filter);
         }
@@ -1637,49 +1568,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// A user's sessions, in id order (the oldest first). A sorted vector rather than a
-/// `BTreeSet`: a user has a few sessions (`im.max_devices_per_user`), and a B-tree's first
-/// node holds room for 11, about 100 bytes for the one session most users have. Two ids
-/// fit inline (a phone and a desktop), in the 24 bytes a `Vec` takes anyway: a `Vec`'s
-/// first allocation was another 48 bytes for each user.
-#[derive(Debug, Clone, Default)]
-struct SessionSet(SmallVec<[SessionId; 2]>);
-
-impl SessionSet {
-    fn insert(&mut self, id: SessionId) {
-        if let Err(at) = self.0.binary_search(&id) {
-            self.0.insert(at, id);
-        }
-    }
-
-    fn remove(&mut self, id: SessionId) {
-        if let Ok(at) = self.0.binary_search(&id) {
-            self.0.remove(at);
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &SessionId> {
-        self.0.iter()
-    }
-}
-
-impl IntoIterator for SessionSet {
-    type Item = SessionId;
-    type IntoIter = smallvec::IntoIter<[SessionId; 2]>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! Router behaviour on the in-memory store: no sockets, no RocksDB.
@@ -1696,19 +1584,6 @@ mod tests {
     fn a_session_slot_fits_a_112_byte_allocation() {
         let size = std::mem::size_of::<Slot>();
         assert!(size <= 104, "Slot is {size} bytes");
-    }
-
-    #[test]
-    fn a_session_set_keeps_ids_once_and_in_order() {
-        let mut set = SessionSet::default();
-        for id in [7, 3, 9, 3, 1] {
-            set.insert(id);
-        }
-        assert_eq!(set.iter().copied().collect::<Vec<_>>(), [1, 3, 7, 9]);
-        set.remove(3);
-        set.remove(4);
-        assert_eq!(set.len(), 3);
-        assert_eq!(set.into_iter().collect::<Vec<_>>(), [1, 7, 9]);
     }
 
     struct Harness {
