@@ -22,11 +22,9 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::Poll;
+use std::task::{Poll, Waker};
 
-use futures_util::task::AtomicWaker;
 use tern_codec::ReasonCode;
 
 use crate::message::Delivery;
@@ -42,8 +40,12 @@ const KEEP_BUFFER_FROM: usize = 8;
 /// Why a delivery was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// The queue holds its capacity already.
+    /// The queue holds its capacity already (a stored delivery refused so makes the
+    /// mailbox lagged: see [`Postbox::lagged`]).
     Full,
+    /// A stored delivery while the mailbox is lagged: the connection will read it from
+    /// storage.
+    Lagged,
     /// The connection has gone.
     Closed,
 }
@@ -59,34 +61,70 @@ pub enum Mail {
     Broadcast(Delivery),
 }
 
+/// Everything the two ends share, behind one lock: 80 bytes, so that with the `Arc`'s
+/// counts the allocation is 96 (a jemalloc size class; an idle connection's mailbox is
+/// one of its larger parts). The waker, the flags and the counters sit under the lock
+/// too, rather than in atomics beside it: the lock is taken for every hand-over anyway.
 struct Queues {
     chat: VecDeque<Delivery>,
-    /// Boxed, and only while one waits: broadcasts are rare, and an empty `VecDeque` is
-    /// 32 bytes in every connection's mailbox.
-    #[allow(clippy::box_collection)]
-    broadcasts: Option<Box<VecDeque<Delivery>>>,
-    /// Set once (by the one `Postbox`), taken once by the connection.
-    /// Boxed: rarely there, and a `CloseReason` is 32 bytes in every mailbox otherwise.
-    close: Option<Box<CloseReason>>,
-    /// The `Postbox` has ordered the connection closed (`close` may be taken since). Kept
-    /// here rather than in the `Postbox`, which every session's router slot holds: 8
-    /// bytes less there.
+    /// What rarely happens: broadcasts waiting, a close order. Boxed, and only while
+    /// there is some.
+    rare: Option<Box<Rare>>,
+    /// The connection's waker (or the parking lot's), taken by the first wake: it is
+    /// woken once per registration.
+    waker: Option<Waker>,
+    chat_capacity: u32,
+    /// Outbound QoS > 0 messages unacknowledged, published by the connection for operators
+    /// (the in-flight window is at most 65,535).
+    in_flight: u32,
+    broadcast_capacity: u16,
+    /// The `Postbox` has ordered the connection closed (the order may be taken since).
+    /// Kept here rather than in the `Postbox`, which every session's router slot holds.
     close_ordered: bool,
     /// The connection's end was dropped.
     receiver_gone: bool,
+    /// A stored delivery did not fit: the connection reads the session's messages back
+    /// from storage instead, and stored deliveries are refused until it has resynced.
+    lagged: bool,
+}
+
+#[derive(Default)]
+struct Rare {
+    broadcasts: VecDeque<Delivery>,
+    /// Set once (by the one `Postbox`), taken once by the connection.
+    close: Option<CloseReason>,
+}
+
+impl Queues {
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    fn drop_empty_rare(&mut self) {
+        if self
+            .rare
+            .as_ref()
+            .is_some_and(|rare| rare.broadcasts.is_empty() && rare.close.is_none())
+        {
+            self.rare = None;
+        }
+    }
+
+    fn has_broadcasts(&self) -> bool {
+        self.rare
+            .as_ref()
+            .is_some_and(|rare| !rare.broadcasts.is_empty())
+    }
+
+    fn register(&mut self, waker: &Waker) {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.waker = Some(waker.clone());
+        }
+    }
 }
 
 struct Shared {
     queues: Mutex<Queues>,
-    waker: AtomicWaker,
-    chat_capacity: u32,
-    broadcast_capacity: u32,
-    /// Set by the router when a stored delivery did not fit: the connection reads the
-    /// session's messages back from storage instead.
-    lagged: AtomicBool,
-    /// Outbound QoS > 0 messages unacknowledged, published by the connection for operators.
-    /// (A u32 is plenty: the in-flight window is at most 65,535; it packs with `lagged`.)
-    in_flight: AtomicU32,
 }
 
 impl Shared {
@@ -100,43 +138,54 @@ impl Shared {
         if queues.receiver_gone {
             return Err(Refused::Closed);
         }
+        let stored = delivery.seq.is_some();
+        if stored && queues.lagged {
+            return Err(Refused::Lagged);
+        }
         let (queue, capacity) = if broadcast {
-            let lane = queues.broadcasts.get_or_insert_with(Box::default);
-            (&mut **lane, self.broadcast_capacity as usize)
+            let capacity = usize::from(queues.broadcast_capacity);
+            (&mut queues.rare().broadcasts, capacity)
         } else {
-            (&mut queues.chat, self.chat_capacity as usize)
+            let capacity = queues.chat_capacity as usize;
+            (&mut queues.chat, capacity)
         };
         if queue.len() >= capacity {
+            if stored {
+                queues.lagged = true;
+            } else {
+                queues.drop_empty_rare();
+            }
             return Err(Refused::Full);
         }
         let was_empty = queue.is_empty();
         queue.push_back(delivery);
+        // Otherwise the connection has been woken for this queue already and takes
+        // everything in it when it runs.
+        let waker = if was_empty { queues.waker.take() } else { None };
         drop(queues);
-        if was_empty {
-            // Otherwise the connection has been woken for this queue already and takes
-            // everything in it when it runs.
-            self.waker.wake();
+        if let Some(waker) = waker {
+            waker.wake();
         }
         Ok(())
     }
 }
 
 /// Creates a connection's mailbox: the router's end and the connection's.
+/// `broadcast_capacity` is at most 65,535.
 pub fn mailbox(chat_capacity: usize, broadcast_capacity: usize) -> (Postbox, Mailbox) {
     let shared = Arc::new(Shared {
         queues: Mutex::new(Queues {
             chat: VecDeque::new(),
-            broadcasts: None,
-            close: None,
+            rare: None,
+            waker: None,
+            // Queues beyond 4 billion entries are not a bound anybody means.
+            chat_capacity: u32::try_from(chat_capacity).unwrap_or(u32::MAX),
+            in_flight: 0,
+            broadcast_capacity: u16::try_from(broadcast_capacity).unwrap_or(u16::MAX),
             close_ordered: false,
             receiver_gone: false,
+            lagged: false,
         }),
-        waker: AtomicWaker::new(),
-        // Queues beyond 4 billion entries are not a bound anybody means.
-        chat_capacity: u32::try_from(chat_capacity).unwrap_or(u32::MAX),
-        broadcast_capacity: u32::try_from(broadcast_capacity).unwrap_or(u32::MAX),
-        lagged: AtomicBool::new(false),
-        in_flight: AtomicU32::new(0),
     });
     let postbox = Postbox {
         shared: shared.clone(),
@@ -171,9 +220,12 @@ impl Postbox {
         let mut queues = self.shared.lock();
         if !queues.close_ordered {
             queues.close_ordered = true;
-            queues.close = Some(Box::new(reason));
+            queues.rare().close = Some(reason);
+            let waker = queues.waker.take();
             drop(queues);
-            self.shared.waker.wake();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
         }
     }
 
@@ -182,17 +234,20 @@ impl Postbox {
         self.shared.lock().close_ordered
     }
 
+    /// Stored deliveries are refused (`Refused::Lagged`) until the connection has read
+    /// the session's queue back from storage.
     pub fn lagged(&self) -> bool {
-        self.shared.lagged.load(Ordering::Acquire)
+        self.shared.lock().lagged
     }
 
-    pub fn set_lagged(&self, lagged: bool) {
-        self.shared.lagged.store(lagged, Ordering::Release);
+    /// The connection has resynced: stored deliveries are taken again.
+    pub fn clear_lagged(&self) {
+        self.shared.lock().lagged = false;
     }
 
     /// Outbound QoS > 0 messages the connection reported unacknowledged.
     pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Ordering::Relaxed) as usize
+        self.shared.lock().in_flight as usize
     }
 }
 
@@ -240,10 +295,11 @@ impl Mailbox {
             if take_live && !self.batch_is_empty() {
                 return Poll::Ready(Mail::Chat);
             }
-            self.shared.waker.register(cx.waker());
             let mut queues = self.shared.lock();
-            if let Some(reason) = queues.close.take() {
-                return Poll::Ready(Mail::Close(*reason));
+            queues.register(cx.waker());
+            if let Some(reason) = queues.rare.as_mut().and_then(|rare| rare.close.take()) {
+                queues.drop_empty_rare();
+                return Poll::Ready(Mail::Close(reason));
             }
             if !take_live {
                 return Poll::Pending;
@@ -252,12 +308,12 @@ impl Mailbox {
                 Self::take_batch(&mut self.batch, &mut queues.chat);
                 return Poll::Ready(Mail::Chat);
             }
-            let Some(lane) = &mut queues.broadcasts else {
-                return Poll::Pending;
-            };
-            let next = lane.pop_front();
-            if lane.is_empty() {
-                queues.broadcasts = None;
+            let next = queues
+                .rare
+                .as_mut()
+                .and_then(|rare| rare.broadcasts.pop_front());
+            if next.is_some() {
+                queues.drop_empty_rare();
             }
             match next {
                 Some(delivery) => Poll::Ready(Mail::Broadcast(delivery)),
@@ -323,38 +379,39 @@ impl Mailbox {
             return false;
         }
         let queues = self.shared.lock();
-        queues.chat.is_empty() && queues.broadcasts.is_none()
+        queues.chat.is_empty() && !queues.has_broadcasts()
     }
 
     /// Nothing waits and nothing is owed: no delivery, broadcast or close order, and no
     /// lag to resync. A connection may park only then.
     pub fn is_idle(&self) -> bool {
-        if !self.batch_is_empty() || self.lagged() {
-            return false;
-        }
-        let queues = self.shared.lock();
-        queues.chat.is_empty() && queues.broadcasts.is_none() && queues.close.is_none()
+        self.batch_is_empty() && Self::nothing_waits(&self.shared.lock())
+    }
+
+    fn nothing_waits(queues: &Queues) -> bool {
+        // The rare part is dropped once empty: no broadcast and no close order.
+        !queues.lagged && queues.chat.is_empty() && queues.rare.is_none()
     }
 
     /// For a parked connection: registers `cx` to be woken by whatever the router hands
     /// over next; true when something is there already (then it is not waited for).
     pub fn poll_waiting(&self, cx: &mut std::task::Context<'_>) -> bool {
-        self.shared.waker.register(cx.waker());
-        !self.is_idle()
+        let mut queues = self.shared.lock();
+        queues.register(cx.waker());
+        !(self.batch_is_empty() && Self::nothing_waits(&queues))
     }
 
     pub fn lagged(&self) -> bool {
-        self.shared.lagged.load(Ordering::Acquire)
+        self.shared.lock().lagged
     }
 
     pub fn set_lagged(&self) {
-        self.shared.lagged.store(true, Ordering::Release);
+        self.shared.lock().lagged = true;
     }
 
     /// Publishes the connection's count of unacknowledged outbound messages.
     pub fn set_in_flight(&self, n: usize) {
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        self.shared.in_flight.store(n, Ordering::Relaxed);
+        self.shared.lock().in_flight = u32::try_from(n).unwrap_or(u32::MAX);
     }
 }
 
@@ -397,7 +454,8 @@ impl Drop for Mailbox {
         queues.receiver_gone = true;
         // Messages nobody will read: freed now, not when the router lets go of its end.
         queues.chat = VecDeque::new();
-        queues.broadcasts = None;
+        queues.rare = None;
+        queues.waker = None;
     }
 }
 
@@ -563,9 +621,48 @@ mod tests {
         let (postbox, mailbox) = mailbox(8, 8);
         mailbox.set_lagged();
         assert!(postbox.lagged());
-        postbox.set_lagged(false);
+        postbox.clear_lagged();
         assert!(!mailbox.lagged());
         mailbox.set_in_flight(7);
         assert_eq!(postbox.in_flight(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_stored_delivery_that_does_not_fit_makes_the_mailbox_lagged() {
+        let stored = |topic: &str, seq: u64| {
+            let mut d = delivery(topic);
+            d.seq = Some(seq);
+            d
+        };
+        let (postbox, mut mailbox) = mailbox(2, 1);
+        postbox.deliver(stored("a", 1)).expect("room");
+        postbox.deliver(delivery("b")).expect("room");
+        assert_eq!(postbox.deliver(delivery("c")), Err(Refused::Full));
+        assert!(
+            !postbox.lagged(),
+            "a live delivery that does not fit is only refused"
+        );
+        assert_eq!(postbox.deliver(stored("c", 2)), Err(Refused::Full));
+        assert!(postbox.lagged() && !mailbox.is_idle());
+        // Room again, but stored deliveries wait in storage until the resync; live ones
+        // still come through.
+        assert!(matches!(next(&mut mailbox, true).await, Mail::Chat));
+        assert_eq!(topics(&mut mailbox), ["a", "b"]);
+        assert_eq!(postbox.deliver(stored("d", 3)), Err(Refused::Lagged));
+        postbox.deliver(delivery("e")).expect("room");
+        postbox.clear_lagged();
+        postbox.deliver(stored("f", 4)).expect("room");
+        assert!(matches!(next(&mut mailbox, true).await, Mail::Chat));
+        assert_eq!(topics(&mut mailbox), ["e", "f"]);
+        assert!(mailbox.is_idle());
+    }
+
+    /// The shared part is one of an idle connection's larger allocations.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn the_shared_part_fits_a_96_byte_allocation() {
+        // With the `Arc`'s two counts.
+        let size = 16 + std::mem::size_of::<Shared>();
+        assert!(size <= 96, "the mailbox's Arc allocation is {size} bytes");
     }
 }

@@ -708,7 +708,7 @@ impl Router {
             } => {
                 if let Some(slot) = self.sessions.get(&session) {
                     if let Some(online) = slot.online.as_ref().filter(|o| o.id == conn) {
-                        online.postbox.set_lagged(false);
+                        online.postbox.clear_lagged();
                     }
                     let _ = reply.send(slot.next_seq);
                 }
@@ -1483,17 +1483,14 @@ fn hand_over(slot: &mut Slot, delivery: Delivery, metrics: &Metrics) {
         return;
     };
     let stored = delivery.seq.is_some();
-    if stored && online.postbox.lagged() {
-        // The connection reads it from storage when it resyncs.
-        return;
-    }
     let qos = delivery.qos;
     // Broadcasts never come here: `route` hands them to `route_broadcast`.
     match online.postbox.deliver(delivery) {
         Ok(()) => {}
-        Err(Refused::Full) if stored => {
-            online.postbox.set_lagged(true);
-        }
+        // The connection reads it from storage when it resyncs (a stored delivery that
+        // did not fit made the mailbox lagged).
+        Err(Refused::Lagged) => {}
+        Err(Refused::Full) if stored => {}
         Err(Refused::Full) if qos == QoS::AtMostOnce => {
             // A slow consumer loses its QoS 0 messages first.
             metrics.dropped(DropReason::OutboundFull);
