@@ -359,16 +359,16 @@ pub struct Limits {
     /// are dropped; QoS>0 messages of a connected persistent session stay in its durable
     /// queue and are read back in order later; QoS>0 messages of a non-persistent session,
     /// or of an offline persistent session already holding this many, are dropped and
-    /// counted. Default 10_000; 1..=4_294_967_295.
+    /// counted. Default 10_000; at least 1; values above 4_294_967_295 act as that.
     pub max_queued_messages: usize,
     /// Bytes queued per session (same queue as `max_queued_messages`). Default 64 MiB; at
-    /// least `max_packet_size`, so one message of the largest accepted size can be queued,
-    /// and at most 4_294_967_295 (4 GiB).
+    /// least `max_packet_size`, so one message of the largest accepted size can be queued;
+    /// values above 4 GiB (4_294_967_295) act as 4 GiB.
     pub max_queued_bytes: usize,
     /// Concurrent client connections, all listeners together. Default 18_000; at least 1.
     pub max_connections: usize,
     /// Levels of a topic name or filter (`a/b/c` has 3); deeper ones are refused. Default
-    /// 32; 1..=4_294_967_295.
+    /// 32; at least 1.
     pub max_topic_levels: usize,
     /// Topic Alias Maximum announced to v5 clients. Default 64; 0 turns aliases off.
     pub max_topic_aliases: u16,
@@ -709,19 +709,10 @@ impl Config {
             u64::from(MAX_PACKET_SIZE_LIMIT),
         )?;
         check_min("limits.max_inflight", u64::from(l.max_inflight), 1)?;
-        // At most u32::MAX each: every session carries these as u32s.
-        let u32_max = u64::from(u32::MAX);
-        check_range(
+        check_min(
             "limits.max_queued_messages",
             to_u64(l.max_queued_messages),
             1,
-            u32_max,
-        )?;
-        check_range(
-            "limits.max_queued_bytes",
-            to_u64(l.max_queued_bytes),
-            0,
-            u32_max,
         )?;
         if to_u64(l.max_queued_bytes) < u64::from(l.max_packet_size) {
             return Err(invalid(
@@ -734,12 +725,7 @@ impl Config {
             ));
         }
         check_min("limits.max_connections", to_u64(l.max_connections), 1)?;
-        check_range(
-            "limits.max_topic_levels",
-            to_u64(l.max_topic_levels),
-            1,
-            u32_max,
-        )?;
+        check_min("limits.max_topic_levels", to_u64(l.max_topic_levels), 1)?;
         check_min(
             "limits.max_subscriptions_per_session",
             to_u64(l.max_subscriptions_per_session),
@@ -1150,14 +1136,6 @@ mod tests {
             "limits.max_inflight"
         );
         assert_eq!(
-            invalid_key("[limits]\nmax_queued_bytes = 4_294_967_296"),
-            "limits.max_queued_bytes"
-        );
-        assert_eq!(
-            invalid_key("[limits]\nmax_topic_levels = 4_294_967_296"),
-            "limits.max_topic_levels"
-        );
-        assert_eq!(
             invalid_key("[limits]\nmax_packet_size = 10"),
             "limits.max_packet_size"
         );
@@ -1212,6 +1190,9 @@ mod tests {
     fn edges_of_ranges_are_accepted() {
         parse("[limits]\nmax_packet_size = 64\nmax_inflight = 1\nmax_queued_bytes = 64").unwrap();
         parse("[limits]\nmax_packet_size = 268_435_460\nmax_queued_bytes = 268_435_460").unwrap();
+        // Beyond what a session counts (u32): accepted, and acting as u32::MAX.
+        parse("[limits]\nmax_queued_bytes = 4_294_967_296\nmax_queued_messages = 5_000_000_000")
+            .unwrap();
         parse("[storage]\nsync_interval_ms = 10_000").unwrap();
         parse("[limits]\nmax_topic_aliases = 0\nmax_retained_messages = 0").unwrap();
     }

@@ -593,7 +593,7 @@ impl Connection {
                 .min(limits.max_inflight),
             max_packet_size_out: props.maximum_packet_size.unwrap_or(u32::MAX),
             topic_alias_maximum_out: props.topic_alias_maximum.unwrap_or(0),
-            // The config keeps these within u32 (`Config::validate`).
+            // Larger limits act as u32::MAX (documented in `config::Limits`).
             max_queued_messages: saturating_u32(limits.max_queued_messages),
             max_queued_bytes: saturating_u32(limits.max_queued_bytes),
             max_topic_levels: saturating_u32(limits.max_topic_levels),
