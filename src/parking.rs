@@ -117,9 +117,7 @@ impl Signals {
             .push(key);
         self.task.wake();
     }
-}
 
-impl Signals {
     fn poll_woken(&self, cx: &mut Context<'_>, out: &mut Vec<usize>) -> Poll<()> {
         self.task.register(cx.waker());
         let mut woken = self.woken.lock().unwrap_or_else(PoisonError::into_inner);
