@@ -681,7 +681,7 @@ impl Connection {
             fresh: true,
             mailbox,
             closing: false,
-            user: identity.user,
+            user: attached.user,
             operator: identity.operator,
             extras: Extras {
                 backlog: attached.backlog_upto.map(|upto| Backlog { upto }),

@@ -165,6 +165,9 @@ pub struct Attached {
     pub backlog_upto: Option<u64>,
     /// Queue positions the previous connection had sent unacknowledged: resent with DUP.
     pub sent: Vec<u64>,
+    /// The user's name as the router's slots hold it: the connection keeps this one, so a
+    /// user's name is one allocation however many devices it has.
+    pub user: Arc<str>,
 }
 
 /// The router's answer to a PUBLISH.
@@ -836,6 +839,7 @@ impl Router {
             session_present,
             backlog_upto,
             sent,
+            user,
         })
     }
 
@@ -1975,6 +1979,23 @@ mod tests {
 
     fn row(topic: &str, from: &str, seq: &str) -> (String, String, String) {
         (topic.to_string(), from.to_string(), seq.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_users_devices_share_one_copy_of_its_name() {
+        let h = start();
+        let phone = connect_as(&h, "bob", "bob-phone", true, 0).await;
+        let laptop = connect_as(&h, "bob", "bob-laptop", true, 0).await;
+        let alice = connect_as(&h, "alice", "alice-phone", true, 0).await;
+        assert_eq!(&*laptop.attached.user, "bob");
+        assert!(Arc::ptr_eq(&phone.attached.user, &laptop.attached.user));
+        assert!(!Arc::ptr_eq(&phone.attached.user, &alice.attached.user));
+        // Taking a session over hands back the same name too.
+        let phone_again = connect_as(&h, "bob", "bob-phone", false, 0).await;
+        assert!(Arc::ptr_eq(
+            &phone_again.attached.user,
+            &laptop.attached.user
+        ));
     }
 
     #[tokio::test]
