@@ -161,12 +161,20 @@ impl Shared {
         queue.push_back(delivery);
         // Otherwise the connection has been woken for this queue already and takes
         // everything in it when it runs.
-        let waker = if was_empty { queues.waker.take() } else { None };
-        drop(queues);
-        if let Some(waker) = waker {
-            waker.wake();
+        if was_empty {
+            wake(queues);
         }
         Ok(())
+    }
+}
+
+/// Wakes the registered waker, taking it (one wake per registration), once the lock is
+/// let go.
+fn wake(mut queues: MutexGuard<'_, Queues>) {
+    let waker = queues.waker.take();
+    drop(queues);
+    if let Some(waker) = waker {
+        waker.wake();
     }
 }
 
@@ -221,23 +229,13 @@ impl Postbox {
         if !queues.close_ordered {
             queues.close_ordered = true;
             queues.rare().close = Some(reason);
-            let waker = queues.waker.take();
-            drop(queues);
-            if let Some(waker) = waker {
-                waker.wake();
-            }
+            wake(queues);
         }
     }
 
     /// The connection has been told to close.
     pub fn is_closing(&self) -> bool {
         self.shared.lock().close_ordered
-    }
-
-    /// Stored deliveries are refused (`Refused::Lagged`) until the connection has read
-    /// the session's queue back from storage.
-    pub fn lagged(&self) -> bool {
-        self.shared.lock().lagged
     }
 
     /// The connection has resynced: stored deliveries are taken again.
@@ -416,6 +414,15 @@ impl Mailbox {
 }
 
 /// Shortcuts for tests of the router, which read mailboxes without a connection.
+#[cfg(test)]
+impl Postbox {
+    /// Stored deliveries are refused (`Refused::Lagged`) until the connection has read
+    /// the session's queue back from storage.
+    pub(crate) fn lagged(&self) -> bool {
+        self.shared.lock().lagged
+    }
+}
+
 #[cfg(test)]
 impl Mailbox {
     /// Waits for the next chat delivery (broadcasts are skipped); `None` once told to close.
