@@ -844,6 +844,12 @@ fn invalid(key: &'static str, reason: String) -> ConfigError {
 }
 
 /// `usize` is at most 64 bits on every target Rust supports; saturate rather than unwrap.
+/// A queue limit as sessions count it (u32): larger configured values act as u32::MAX,
+/// as `Limits` documents for `max_queued_messages` and `max_queued_bytes`.
+pub fn limit_u32(value: usize) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
 fn to_u64(value: usize) -> u64 {
     u64::try_from(value).unwrap_or(u64::MAX)
 }

@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::ack_queue::{Ack, AckQueue};
-use crate::config::{Config, ListenerKind};
+use crate::config::{limit_u32, Config, ListenerKind};
 use crate::im::acl::{check_filter, FilterDecision};
 use crate::im::auth::{authenticate, AuthError, Credentials, Identity};
 use crate::im::inbox::{for_recipient, parse_sync_request, sync_end};
@@ -145,10 +145,6 @@ pub async fn serve(accepted: Box<Accepted>) {
         ctx.metrics.connect_refused(reason);
     }
     log_end(peer, &result);
-}
-
-fn saturating_u32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn log_end(peer: SocketAddr, result: &Result<(), ConnectionError>) {
@@ -593,10 +589,9 @@ impl Connection {
                 .min(limits.max_inflight),
             max_packet_size_out: props.maximum_packet_size.unwrap_or(u32::MAX),
             topic_alias_maximum_out: props.topic_alias_maximum.unwrap_or(0),
-            // Larger limits act as u32::MAX (documented in `config::Limits`).
-            max_queued_messages: saturating_u32(limits.max_queued_messages),
-            max_queued_bytes: saturating_u32(limits.max_queued_bytes),
-            max_topic_levels: saturating_u32(limits.max_topic_levels),
+            max_queued_messages: limit_u32(limits.max_queued_messages),
+            max_queued_bytes: limit_u32(limits.max_queued_bytes),
+            max_topic_levels: limit_u32(limits.max_topic_levels),
             expiry_was_zero: props.session_expiry_interval.unwrap_or(0) == 0,
         };
         let mut session = Session::new(params);
@@ -821,8 +816,13 @@ impl Connection {
     /// When the client has been silent too long (1.5 times its keep alive, counted from
     /// its last input); `None` without a keep alive.
     fn keepalive_deadline(&self) -> Option<Instant> {
-        let last_read = self.ctx.started + Duration::from_millis(self.last_read_ms);
-        self.keep_alive().map(|limit| last_read + limit)
+        self.keep_alive()
+            .map(|limit| self.ctx.started + Duration::from_millis(self.last_read_ms) + limit)
+    }
+
+    /// The keepalive clock starts again from now.
+    fn mark_read(&mut self) {
+        self.last_read_ms = self.ctx.millis_since_start(Instant::now());
     }
 
     /// How long the client may be silent (1.5 times its keep alive).
@@ -908,7 +908,7 @@ impl Connection {
             let paused_until = self.budget_mut().and_then(|b| b.paused_until());
             if paused_until.is_some() {
                 // Not reading is the broker's choice: it does not count against keepalive.
-                self.last_read_ms = self.ctx.millis_since_start(Instant::now());
+                self.mark_read();
             } else if self.budget().is_some_and(|b| b.held) {
                 // The rate allows again already (it did between the decoding and now):
                 // no pause will end to decode what was held back, so decode it now.
@@ -960,7 +960,7 @@ impl Connection {
                     if n == 0 {
                         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
                     }
-                    self.last_read_ms = self.ctx.millis_since_start(Instant::now());
+                    self.mark_read();
                     self.io().traffic.read(n);
                     if let Some(budget) = self.budget_mut() {
                         if let Some(bytes) = &mut budget.bytes {

@@ -88,9 +88,7 @@ impl Server {
         let router_limits = RouterLimits {
             max_topic_levels: limits.max_topic_levels,
             max_subscriptions_per_session: limits.max_subscriptions_per_session,
-            // A session counts its offline queue in a u32 (larger limits act as
-            // u32::MAX, as documented in `config::Limits`).
-            max_queued_messages: limits.max_queued_messages.min(u32::MAX as usize),
+            max_queued_messages: crate::config::limit_u32(limits.max_queued_messages),
             max_retained_messages: limits.max_retained_messages,
             im: config.im.clone(),
         };

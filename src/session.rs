@@ -45,7 +45,7 @@ pub struct SessionParams {
     pub max_packet_size_out: u32,
     /// The client's Topic Alias Maximum (v5); we alias topics we send up to it.
     pub topic_alias_maximum_out: u16,
-    /// Queue bounds from `[limits]` (which keeps them within u32: an idle connection
+    /// Queue bounds from `[limits]`, as u32s (`config::limit_u32`: an idle connection
     /// carries these, so they are 4 bytes each rather than 8).
     pub max_queued_messages: u32,
     pub max_queued_bytes: u32,

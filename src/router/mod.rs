@@ -63,7 +63,8 @@ pub type ConnId = u64;
 pub struct RouterLimits {
     pub max_topic_levels: usize,
     pub max_subscriptions_per_session: usize,
-    pub max_queued_messages: usize,
+    /// A u32, as each session's offline count (`Slot::offline_queued`) is.
+    pub max_queued_messages: u32,
     pub max_retained_messages: usize,
     pub im: ImConfig,
 }
@@ -1113,9 +1114,7 @@ impl Router {
                 released: false,
             };
             if slot.persistent && qos != QoS::AtMostOnce && !broadcast && !message.is_expired(now) {
-                if slot.online.is_none()
-                    && slot.offline_queued as usize >= self.limits.max_queued_messages
-                {
+                if slot.online.is_none() && slot.offline_queued >= self.limits.max_queued_messages {
                     self.metrics.dropped(DropReason::QueueFull);
                     tracing::debug!(client_id = %slot.client_id, "offline queue full, message dropped");
                     continue;
@@ -1123,7 +1122,7 @@ impl Router {
                 let seq = slot.next_seq;
                 slot.next_seq += 1;
                 if slot.online.is_none() {
-                    // Below max_queued_messages, itself at most u32::MAX (checked above).
+                    // Below max_queued_messages (checked above), so within u32.
                     slot.offline_queued += 1;
                     self.offline_queued += 1;
                 }
