@@ -13,6 +13,8 @@ use std::num::NonZeroU32;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+use arcstr::ArcStr;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -43,7 +45,7 @@ use crate::rate::TokenBucket;
 use crate::router::{
     Attached, ChatPublish, CloseReason, Command, ConnId, ConnectRequest, RouterHandle, WillRequest,
 };
-use crate::session::{Close, Effect, Session, SessionParams};
+use crate::session::{Close, Effect, Session, SessionLimits, SessionParams};
 use crate::transport::{upgrade, Stream};
 
 /// What every connection shares.
@@ -59,9 +61,22 @@ pub struct Context {
     pub lot: ParkingLot,
     /// When the broker started: connections keep their times as ms since then.
     pub started: Instant,
+    /// What every session may do, from `[limits]`.
+    pub session_limits: Arc<SessionLimits>,
 }
 
 impl Context {
+    /// The part of `[limits]` that sessions enforce themselves.
+    pub fn session_limits(limits: &crate::config::Limits) -> SessionLimits {
+        SessionLimits {
+            receive_maximum_in: limits.max_inflight,
+            topic_alias_maximum_in: limits.max_topic_aliases,
+            max_queued_messages: limit_u32(limits.max_queued_messages),
+            max_queued_bytes: limit_u32(limits.max_queued_bytes),
+            max_topic_levels: limit_u32(limits.max_topic_levels),
+        }
+    }
+
     /// `at` in ms since the broker started (0 for an earlier instant).
     pub fn millis_since_start(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
@@ -355,7 +370,7 @@ struct Connection {
     permits: Permits,
     /// What only a working connection needs: `None` while parked (see [`Io`]).
     io: Option<Box<Io>>,
-    client_id: Arc<str>,
+    client_id: ArcStr,
     conn_id: ConnId,
     persistent: bool,
     session: Session,
@@ -363,8 +378,8 @@ struct Connection {
     /// limit). A u32, not a `Duration`: every idle connection carries it.
     keep_alive_ms: Option<NonZeroU32>,
     /// When the client last sent something (or reading last resumed after a pause), in
-    /// ms since `ctx.started` (8 bytes rather than an `Instant`'s 16).
-    last_read_ms: u64,
+    /// eighths of a second since `ctx.started`, rounded up (see [`ReadClock`]).
+    last_read: ReadClock,
     /// Something happened since the timer was last armed: not idle, do not park.
     busy: bool,
     /// Not parked yet: parks at its first idle moment, without waiting `idle_park_ms`.
@@ -375,7 +390,7 @@ struct Connection {
     closing: bool,
     /// The authenticated user (see `crate::im::auth::Identity`; kept as its parts, so
     /// that the flag packs with the connection's other flags).
-    user: Arc<str>,
+    user: ArcStr,
     /// May publish to `broadcast/...`.
     operator: bool,
     /// What few connections carry (`None` when all of it is empty).
@@ -384,6 +399,28 @@ struct Connection {
     next_stored: u64,
     /// DISCONNECT received: the will is not published (unless 0x04 asked for it).
     clean_exit: bool,
+}
+
+/// A time since the broker started, in eighths of a second rounded up: 4 bytes that hold
+/// 17 years, after which it reads as unknown (keepalive is then not enforced, rather than
+/// enforced on everyone at once). Every connection carries its last input's time; the
+/// parking lot checks keepalive deadlines every 250 ms anyway, so a deadline that comes
+/// up to 125 ms late (never early) changes nothing a client can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReadClock(u32);
+
+impl ReadClock {
+    const TICK_MS: u64 = 125;
+
+    fn at(ms_since_start: u64) -> ReadClock {
+        let ticks = ms_since_start.div_ceil(Self::TICK_MS);
+        ReadClock(u32::try_from(ticks).unwrap_or(u32::MAX))
+    }
+
+    /// `None` once the clock has reached its end.
+    fn since_start(self) -> Option<Duration> {
+        (self.0 != u32::MAX).then(|| Duration::from_millis(u64::from(self.0) * Self::TICK_MS))
+    }
 }
 
 /// The state of a connection that most connections never have, boxed: 72 bytes every
@@ -491,21 +528,21 @@ impl Connection {
         }
 
         let mut connack_props = Properties::default();
-        // One `Arc<str>` that the router's session shares (a `Bytes` copy would be two
+        // One `ArcStr` that the router's session shares (a `Bytes` copy would be two
         // allocations once cloned). Copied either way: the decoded string is a slice of
         // the read buffer, and keeping it for the connection's life would keep the whole
         // buffer allocated.
-        let client_id: Arc<str> = if connect.client_id.is_empty() {
+        let client_id: ArcStr = if connect.client_id.is_empty() {
             let id = format!("tern-{:016x}", rand_id());
             if protocol == Protocol::V5 {
                 connack_props.assigned_client_identifier = Some(ByteString::from(id.as_str()));
             }
-            Arc::from(id)
+            ArcStr::from(id)
         } else {
-            Arc::from(&*connect.client_id)
+            ArcStr::from(&*connect.client_id)
         };
         let identity = match login(&ctx, &endpoint, &connect, &client_id).await {
-            Ok(identity) => identity,
+            Ok(identity) => identity.sharing_name_with(&client_id),
             Err(e) => {
                 let code = match e {
                     AuthError::BadCredentials => ReasonCode::BadUserNameOrPassword,
@@ -581,18 +618,14 @@ impl Connection {
         let params = SessionParams {
             protocol,
             id: attached.session,
-            receive_maximum_in: limits.max_inflight,
-            topic_alias_maximum_in: limits.max_topic_aliases,
             receive_maximum_out: props
                 .receive_maximum
                 .unwrap_or(u16::MAX)
                 .min(limits.max_inflight),
             max_packet_size_out: props.maximum_packet_size.unwrap_or(u32::MAX),
             topic_alias_maximum_out: props.topic_alias_maximum.unwrap_or(0),
-            max_queued_messages: limit_u32(limits.max_queued_messages),
-            max_queued_bytes: limit_u32(limits.max_queued_bytes),
-            max_topic_levels: limit_u32(limits.max_topic_levels),
             expiry_was_zero: props.session_expiry_interval.unwrap_or(0) == 0,
+            limits: ctx.session_limits.clone(),
         };
         let mut session = Session::new(params);
         if attached.session_present && persistent {
@@ -671,7 +704,7 @@ impl Connection {
             session,
             // 1.5 times 65,535 s is 98 million ms: a u32 holds it.
             keep_alive_ms: NonZeroU32::new(u32::from(keep_alive) * 1500),
-            last_read_ms: ctx.millis_since_start(Instant::now()),
+            last_read: ReadClock::at(ctx.millis_since_start(Instant::now())),
             busy: false,
             fresh: true,
             mailbox,
@@ -817,12 +850,13 @@ impl Connection {
     /// its last input); `None` without a keep alive.
     fn keepalive_deadline(&self) -> Option<Instant> {
         self.keep_alive()
-            .map(|limit| self.ctx.started + Duration::from_millis(self.last_read_ms) + limit)
+            .zip(self.last_read.since_start())
+            .map(|(limit, since_start)| self.ctx.started + since_start + limit)
     }
 
     /// The keepalive clock starts again from now.
     fn mark_read(&mut self) {
-        self.last_read_ms = self.ctx.millis_since_start(Instant::now());
+        self.last_read = ReadClock::at(self.ctx.millis_since_start(Instant::now()));
     }
 
     /// How long the client may be silent (1.5 times its keep alive).
@@ -1412,7 +1446,7 @@ impl Connection {
 
     /// The "already received" marker a persistent session's inbound QoS 2 publish writes
     /// with the message.
-    fn inbound_qos2(&self, ack: Option<(u16, QoS)>) -> Option<(Arc<str>, u16)> {
+    fn inbound_qos2(&self, ack: Option<(u16, QoS)>) -> Option<(ArcStr, u16)> {
         ack.filter(|(_, qos)| self.persistent && *qos == QoS::ExactlyOnce)
             .map(|(packet_id, _)| (self.client_id.clone(), packet_id))
     }
@@ -1695,12 +1729,30 @@ fn rand_id() -> u64 {
 mod tests {
     /// Every connection carries its `Connection` for its whole life, parked or not (a
     /// third of an idle connection's memory, RSS measured with `tern-bench
-    /// connections`): it stays within jemalloc's 224-byte size class (the classes are 32
+    /// connections`): it stays within jemalloc's 192-byte size class (the classes are 32
     /// bytes apart from 128 to 256).
     #[cfg(target_pointer_width = "64")]
     #[test]
-    fn a_connection_fits_a_224_byte_allocation() {
+    fn a_connection_fits_a_192_byte_allocation() {
         let size = std::mem::size_of::<super::Connection>();
-        assert!(size <= 224, "Connection is {size} bytes");
+        assert!(size <= 192, "Connection is {size} bytes");
+    }
+
+    #[test]
+    fn the_read_clock_rounds_up_and_stops_at_its_end() {
+        use super::ReadClock;
+        use std::time::Duration;
+        let ms = |ms| Some(Duration::from_millis(ms));
+        assert_eq!(ReadClock::at(0).since_start(), ms(0));
+        // Never earlier than the input itself: a keepalive deadline is never early.
+        assert_eq!(ReadClock::at(1).since_start(), ms(125));
+        assert_eq!(ReadClock::at(125).since_start(), ms(125));
+        assert_eq!(ReadClock::at(126).since_start(), ms(250));
+        let day = 86_400_000;
+        assert_eq!(ReadClock::at(day).since_start(), ms(day));
+        // 2^32 eighths of a second (17 years) on, the clock reads as unknown.
+        let end = ReadClock::at(u64::MAX);
+        assert_eq!(end.since_start(), None);
+        assert_eq!(ReadClock::at(u64::from(u32::MAX) * 125 + 1), end);
     }
 }

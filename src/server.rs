@@ -135,6 +135,7 @@ impl Server {
             None
         };
         let (lot, lot_task) = ParkingLot::new(metrics.parked_gauge());
+        let session_limits = Arc::new(Context::session_limits(&config.limits));
         Ok(Server {
             listeners,
             lot_task,
@@ -148,6 +149,7 @@ impl Server {
                 metrics,
                 lot,
                 started: tokio::time::Instant::now(),
+                session_limits,
             }),
             router_task,
             admin,

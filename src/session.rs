@@ -35,23 +35,30 @@ const MAX_SPAN_PER_RECEIVE_MAXIMUM: usize = 4;
 pub struct SessionParams {
     pub protocol: Protocol,
     pub id: SessionId,
-    /// Our Receive Maximum: QoS > 0 publishes the client may have unacknowledged.
-    pub receive_maximum_in: u16,
-    /// Our Topic Alias Maximum (v5).
-    pub topic_alias_maximum_in: u16,
     /// The client's Receive Maximum, capped by our in-flight limit.
     pub receive_maximum_out: u16,
     /// The client's Maximum Packet Size (v5); larger messages are not sent to it.
     pub max_packet_size_out: u32,
     /// The client's Topic Alias Maximum (v5); we alias topics we send up to it.
     pub topic_alias_maximum_out: u16,
-    /// Queue bounds from `[limits]`, as u32s (`config::limit_u32`: an idle connection
-    /// carries these, so they are 4 bytes each rather than 8).
+    /// The Session Expiry Interval of CONNECT was 0: a DISCONNECT may not raise it.
+    pub expiry_was_zero: bool,
+    /// What the broker allows every session.
+    pub limits: Arc<SessionLimits>,
+}
+
+/// What the broker's configuration allows every session alike: one shared copy
+/// (`connection::Context::session_limits`) rather than 16 bytes in every connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Our Receive Maximum: QoS > 0 publishes the client may have unacknowledged.
+    pub receive_maximum_in: u16,
+    /// Our Topic Alias Maximum (v5).
+    pub topic_alias_maximum_in: u16,
+    /// Queue bounds from `[limits]`, as u32s (`config::limit_u32`).
     pub max_queued_messages: u32,
     pub max_queued_bytes: u32,
     pub max_topic_levels: u32,
-    /// The Session Expiry Interval of CONNECT was 0: a DISCONNECT may not raise it.
-    pub expiry_was_zero: bool,
 }
 
 /// What the session asks of the broker.
@@ -262,13 +269,13 @@ impl Session {
     /// while this is true (TCP backpressure), so the window is still bounded.
     pub fn inbound_full(&self) -> bool {
         self.params.protocol == Protocol::V311
-            && self.inbound_unacked >= self.params.receive_maximum_in
+            && self.inbound_unacked >= self.params.limits.receive_maximum_in
     }
 
     pub fn has_room(&self) -> bool {
         self.flows.as_ref().is_none_or(|f| {
-            f.queue.len() < self.params.max_queued_messages as usize
-                && f.queued_bytes < self.params.max_queued_bytes as usize
+            f.queue.len() < self.params.limits.max_queued_messages as usize
+                && f.queued_bytes < self.params.limits.max_queued_bytes as usize
         })
     }
 
@@ -483,7 +490,7 @@ impl Session {
 
     fn handle_publish(&mut self, publish: Publish) -> Result<(), Close> {
         let topic = self.resolve_topic(&publish)?;
-        if topic.split('/').count() > self.params.max_topic_levels as usize {
+        if topic.split('/').count() > self.params.limits.max_topic_levels as usize {
             return self.refuse_publish(&publish, ReasonCode::TopicNameInvalid);
         }
         match publish.qos {
@@ -502,7 +509,7 @@ impl Session {
                     }
                 }
                 if self.params.protocol == Protocol::V5
-                    && self.inbound_unacked >= self.params.receive_maximum_in
+                    && self.inbound_unacked >= self.params.limits.receive_maximum_in
                 {
                     return Err(Close::new(
                         ReasonCode::ReceiveMaximumExceeded,
@@ -538,7 +545,7 @@ impl Session {
             }
             return Ok(publish.topic.clone());
         };
-        if alias == 0 || alias > self.params.topic_alias_maximum_in {
+        if alias == 0 || alias > self.params.limits.topic_alias_maximum_in {
             return Err(Close::new(
                 ReasonCode::TopicAliasInvalid,
                 "topic alias 0 or above Topic Alias Maximum [MQTT-3.3.2-9]",
@@ -687,15 +694,17 @@ mod tests {
         SessionParams {
             protocol,
             id: 1,
-            receive_maximum_in: 2,
-            topic_alias_maximum_in: 4,
             receive_maximum_out: 2,
             max_packet_size_out: 1024,
             topic_alias_maximum_out: 0,
-            max_queued_messages: 3,
-            max_queued_bytes: 1 << 20,
-            max_topic_levels: 8,
             expiry_was_zero: true,
+            limits: Arc::new(SessionLimits {
+                receive_maximum_in: 2,
+                topic_alias_maximum_in: 4,
+                max_queued_messages: 3,
+                max_queued_bytes: 1 << 20,
+                max_topic_levels: 8,
+            }),
         }
     }
 
@@ -823,7 +832,7 @@ mod tests {
     #[test]
     fn out_of_order_acks_free_the_window_up_to_its_span() {
         let mut p = params(Protocol::V311);
-        p.max_queued_messages = 100;
+        Arc::make_mut(&mut p.limits).max_queued_messages = 100;
         let mut s = Session::new(p);
         for seq in 0..20 {
             s.deliver(delivery("t", QoS::AtLeastOnce, Some(seq)), 0)

@@ -14,10 +14,10 @@
 //! Hashing is deliberately slow (argon2id, default parameters: about 20 ms of CPU in a
 //! release build), so callers run it on a blocking thread.
 
+use arcstr::ArcStr;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use std::sync::Arc;
 use tern_storage::Store;
 
 use super::topics::valid_id;
@@ -27,11 +27,23 @@ use super::topics::valid_id;
 pub struct Identity {
     /// Shared with the router (its sessions and user table) and every chat message the
     /// connection sends: one allocation per user rather than one per use.
-    pub user: Arc<str>,
+    pub user: ArcStr,
     /// May publish to `broadcast/...`.
     pub operator: bool,
     /// Accepted without credentials.
     pub anonymous: bool,
+}
+
+impl Identity {
+    /// The same identity, its user name taking `client_id`'s allocation when they are the
+    /// same text: an anonymous client's user is its client id, and many apps name a
+    /// user's device after the user. One name less for every such connection to hold.
+    pub fn sharing_name_with(mut self, client_id: &ArcStr) -> Identity {
+        if self.user == *client_id {
+            self.user = client_id.clone();
+        }
+        self
+    }
 }
 
 /// The user a client without a usable user id gets: it can never be a registered user
@@ -97,7 +109,7 @@ pub fn authenticate(store: &dyn Store, c: &Credentials<'_>) -> Result<Identity, 
             return match password {
                 Some(password) if verify_password(&stored.password_hash, password) => {
                     Ok(Identity {
-                        user: Arc::from(stored.user.as_str()),
+                        user: ArcStr::from(stored.user.as_str()),
                         operator: stored.operator || is_operator(&stored.user),
                         anonymous: false,
                     })
@@ -114,13 +126,13 @@ pub fn authenticate(store: &dyn Store, c: &Credentials<'_>) -> Result<Identity, 
     }
     let username = c.username.filter(|_| !c.anonymous_by_client_id);
     let named = username.unwrap_or(c.client_id);
-    let user: Arc<str> = if valid_id(named) {
-        Arc::from(named)
+    let user: ArcStr = if valid_id(named) {
+        ArcStr::from(named)
     } else if username.is_some() {
         // A user name that cannot be a user id is a mistake worth refusing.
         return Err(AuthError::BadCredentials);
     } else {
-        Arc::from(ANONYMOUS_USER)
+        ArcStr::from(ANONYMOUS_USER)
     };
     Ok(Identity {
         operator: is_operator(&user),
@@ -174,6 +186,20 @@ mod tests {
             authenticate(&store, &creds(Some("mallory"), Some("x"))),
             Err(AuthError::BadCredentials)
         );
+    }
+
+    #[test]
+    fn a_user_named_as_its_device_shares_the_client_ids_allocation() {
+        let store = store_with_alice();
+        let client_id: ArcStr = ArcStr::from("phone-1");
+        let named = authenticate(&store, &creds(None, None)).expect("anonymous");
+        assert!(!ArcStr::ptr_eq(&named.user, &client_id));
+        let shared = named.sharing_name_with(&client_id);
+        assert!(ArcStr::ptr_eq(&shared.user, &client_id));
+        // Another name keeps its own.
+        let alice = authenticate(&store, &creds(Some("alice"), Some("secret"))).expect("ok");
+        let alice = alice.sharing_name_with(&client_id);
+        assert_eq!(&*alice.user, "alice");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use arcstr::ArcStr;
+
 use tern_codec::ReasonCode;
 use tern_storage::{InboxEntry, Op};
 
@@ -26,11 +28,11 @@ pub(super) const TRIM_EVERY: u64 = 64;
 /// A chat publish from an authenticated user.
 pub struct ChatPublish {
     /// The authenticated sender.
-    pub from: Arc<str>,
+    pub from: ArcStr,
     /// The message as published (topic `dm/{to}` or `group/{gid}`).
     pub message: Message,
     /// As in `Command::Publish`: the inbound QoS 2 marker, written in the same batch.
-    pub inbound_qos2: Option<(Arc<str>, u16)>,
+    pub inbound_qos2: Option<(ArcStr, u16)>,
 }
 
 impl Router {

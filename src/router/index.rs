@@ -4,8 +4,8 @@
 //! brings with the name the session's own [`Slot`] holds, rather than keeping a second
 //! handle on every client id and user name.
 
+use arcstr::ArcStr;
 use std::hash::BuildHasher;
-use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -92,7 +92,7 @@ impl UserIndex {
     }
 
     /// The user's name as its sessions hold it (one allocation per user).
-    pub(super) fn name<'a>(&self, user: &str, sessions: &'a Sessions) -> Option<&'a Arc<str>> {
+    pub(super) fn name<'a>(&self, user: &str, sessions: &'a Sessions) -> Option<&'a ArcStr> {
         let oldest = self.get(user, sessions)?.first()?;
         Some(&sessions.get(&oldest)?.user)
     }
@@ -197,9 +197,9 @@ mod tests {
     use std::collections::BTreeMap;
     use tern_codec::Protocol;
 
-    fn slot(client_id: &str, user: &Arc<str>) -> Box<Slot> {
+    fn slot(client_id: &str, user: &ArcStr) -> Box<Slot> {
         Box::new(Slot {
-            client_id: Arc::from(client_id),
+            client_id: ArcStr::from(client_id),
             user: user.clone(),
             protocol: Protocol::V311,
             expiry_secs: 0,
@@ -207,7 +207,6 @@ mod tests {
             online: None,
             subscriptions: BTreeMap::new(),
             next_seq: 0,
-            offline_queued: 0,
             away: None,
         })
     }
@@ -231,7 +230,9 @@ mod tests {
     fn users_are_found_by_name_as_the_index_grows_and_shrinks() {
         let mut sessions = Sessions::default();
         let mut index = UserIndex::default();
-        let users: Vec<Arc<str>> = (0..300).map(|i| Arc::from(format!("user-{i}"))).collect();
+        let users: Vec<ArcStr> = (0..300)
+            .map(|i| ArcStr::from(format!("user-{i}")))
+            .collect();
         // One to three devices each, interleaved: the table grows (and rehashes through
         // the slots) while sets gain members.
         let mut next_id = 0;
@@ -249,7 +250,7 @@ mod tests {
             assert_eq!(set.len(), i % 3 + 1, "{user}");
             assert!(set.iter().all(|id| sessions[id].user == *user));
             let name = index.name(user, &sessions).expect("named");
-            assert!(Arc::ptr_eq(name, user), "the slots' own name");
+            assert!(ArcStr::ptr_eq(name, user), "the slots' own name");
         }
         assert!(index.get("nobody", &sessions).is_none());
         // Every user loses its oldest device; those with one are gone from the index.

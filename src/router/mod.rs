@@ -27,6 +27,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
+
+use arcstr::ArcStr;
 use std::time::Duration;
 
 use tern_codec::{
@@ -63,7 +65,7 @@ pub type ConnId = u64;
 pub struct RouterLimits {
     pub max_topic_levels: usize,
     pub max_subscriptions_per_session: usize,
-    /// A u32, as each session's offline count (`Slot::offline_queued`) is.
+    /// A u32, as each session's offline count (`Away::queued`) is.
     pub max_queued_messages: u32,
     pub max_retained_messages: usize,
     pub im: ImConfig,
@@ -118,9 +120,9 @@ pub struct RouterStats {
 
 /// The connection side of an attached session.
 pub struct ConnectRequest {
-    pub client_id: Arc<str>,
+    pub client_id: ArcStr,
     /// The authenticated (or anonymous) user the connection acts as.
-    pub user: Arc<str>,
+    pub user: ArcStr,
     pub clean_start: bool,
     /// Seconds the session outlives the connection; 0 ends it with the connection.
     pub expiry_secs: u32,
@@ -144,8 +146,8 @@ impl ConnectRequest {
     ) -> (ConnectRequest, Mailbox) {
         let (postbox, mailbox) = crate::mailbox::mailbox(outbox_capacity, lane_capacity);
         let request = ConnectRequest {
-            client_id: Arc::from(client_id),
-            user: Arc::from(user),
+            client_id: ArcStr::from(client_id),
+            user: ArcStr::from(user),
             clean_start,
             expiry_secs,
             protocol: Protocol::V5,
@@ -168,7 +170,7 @@ pub struct Attached {
     pub sent: Vec<u64>,
     /// The user's name as the router's slots hold it: the connection keeps this one, so a
     /// user's name is one allocation however many devices it has.
-    pub user: Arc<str>,
+    pub user: ArcStr,
 }
 
 /// The router's answer to a PUBLISH.
@@ -227,14 +229,14 @@ pub enum Command {
         message: Arc<Message>,
         /// (client ID, packet ID) of an inbound QoS 2 publish of a persistent session: its
         /// "already received" marker is written in the same batch as the message.
-        inbound_qos2: Option<(Arc<str>, u16)>,
+        inbound_qos2: Option<(ArcStr, u16)>,
         reply: Option<oneshot::Sender<Routed>>,
     },
     /// A system broadcast from an operator's connection, holding one of the
     /// [`MAX_BROADCASTS_IN_FLIGHT`] permits until its fan-out ends (see `broadcast.rs`).
     Broadcast {
         message: Arc<Message>,
-        inbound_qos2: Option<(Arc<str>, u16)>,
+        inbound_qos2: Option<(ArcStr, u16)>,
         permit: OwnedSemaphorePermit,
         reply: Option<oneshot::Sender<Routed>>,
     },
@@ -341,12 +343,12 @@ struct Online {
 
 struct Slot {
     /// Shared with the connection (see `ConnectRequest::client_id`).
-    client_id: Arc<str>,
+    client_id: ArcStr,
     /// The user the session belongs to; empty for a session restored from a database
     /// written before users existed (it is adopted by the next user to connect with it).
     /// Shared with the user's other sessions and `Router::user_sessions` (see
     /// [`Router::user_name`]).
-    user: Arc<str>,
+    user: ArcStr,
     protocol: Protocol,
     expiry_secs: u32,
     /// Stored in the database: subscriptions and QoS > 0 messages survive restarts.
@@ -354,17 +356,17 @@ struct Slot {
     online: Option<Online>,
     subscriptions: BTreeMap<String, Subscription>,
     next_seq: u64,
-    /// QoS > 0 messages queued while offline, held to `max_queued_messages` (a u32, as
-    /// that limit is: 8 bytes less in every session's slot, which then fits 112 bytes).
-    offline_queued: u32,
     /// What only a session without a connection has; `None` while one is attached.
     away: Option<Box<Away>>,
 }
 
-/// A session's state between connections. Boxed in its [`Slot`]: 80 bytes that every
+/// A session's state between connections. Boxed in its [`Slot`]: 88 bytes that every
 /// online session (every idle chat device) would otherwise carry unused.
 #[derive(Default)]
 struct Away {
+    /// QoS > 0 messages queued while offline, held to `max_queued_messages` (a u32, as
+    /// that limit is). Here rather than in the slot: only an offline session counts them.
+    queued: u32,
     /// Durable queue positions the last connection sent unacknowledged (resent with DUP).
     sent: Vec<u64>,
     disconnected_at_ms: Option<u64>,
@@ -376,6 +378,11 @@ struct Away {
 impl Slot {
     fn away(&mut self) -> &mut Away {
         self.away.get_or_insert_with(Box::default)
+    }
+
+    /// QoS > 0 messages queued since the session went offline.
+    fn offline_queued(&self) -> u32 {
+        self.away.as_ref().map_or(0, |away| away.queued)
     }
 
     fn expires_at(&self) -> Option<Instant> {
@@ -518,10 +525,10 @@ impl Router {
         };
         let id = self.next_session;
         self.next_session += 1;
-        let client_id: Arc<str> = Arc::from(session.client_id.as_str());
+        let client_id: ArcStr = ArcStr::from(session.client_id.as_str());
         // A session that was online when the broker died went offline at restart.
         let disconnected_at_ms = session.disconnected_at_ms.unwrap_or(now);
-        let user = self.user_name(&session.user, || Arc::from(session.user.as_str()));
+        let user = self.user_name(&session.user, || ArcStr::from(session.user.as_str()));
         let mut slot = Slot {
             client_id: client_id.clone(),
             user,
@@ -531,8 +538,8 @@ impl Router {
             online: None,
             subscriptions: BTreeMap::new(),
             next_seq,
-            offline_queued: u32::try_from(next_seq.saturating_sub(first_seq)).unwrap_or(u32::MAX),
             away: Some(Box::new(Away {
+                queued: u32::try_from(next_seq.saturating_sub(first_seq)).unwrap_or(u32::MAX),
                 disconnected_at_ms: Some(disconnected_at_ms),
                 ..Away::default()
             })),
@@ -557,7 +564,7 @@ impl Router {
             slot.away().expires_at = Some(at);
             self.timers.insert((at, id, TimerKind::Expiry));
         }
-        self.offline_queued += u64::from(slot.offline_queued);
+        self.offline_queued += u64::from(slot.offline_queued());
         self.by_client.insert(&client_id, id, &self.sessions);
         let user = slot.user.clone();
         self.sessions.insert(id, Box::new(slot));
@@ -791,7 +798,6 @@ impl Router {
                         online: None,
                         subscriptions: BTreeMap::new(),
                         next_seq: 0,
-                        offline_queued: 0,
                         away: None,
                     }),
                 );
@@ -808,10 +814,9 @@ impl Router {
         slot.protocol = request.protocol;
         slot.expiry_secs = request.expiry_secs;
         slot.persistent = persistent || (session_present && was_stored);
-        // Its backlog is the connection's to read now (see `RouterStats::queued`).
-        self.offline_queued -= u64::from(slot.offline_queued);
-        slot.offline_queued = 0;
         let away = slot.away.take().map(|away| *away).unwrap_or_default();
+        // Its backlog is the connection's to read now (see `RouterStats::queued`).
+        self.offline_queued -= u64::from(away.queued);
         if let Some(at) = away.expires_at {
             self.timers.remove(&(at, id, TimerKind::Expiry));
         }
@@ -847,7 +852,7 @@ impl Router {
     /// The user's name as its sessions hold it: one allocation per user, shared by its
     /// devices and the `user_sessions` key, rather than two per session. `named` is the
     /// caller's own copy, taken when the user has no session yet.
-    fn user_name(&self, user: &str, named: impl FnOnce() -> Arc<str>) -> Arc<str> {
+    fn user_name(&self, user: &str, named: impl FnOnce() -> ArcStr) -> ArcStr {
         match self.user_sessions.name(user, &self.sessions) {
             Some(name) => name.clone(),
             None => named(),
@@ -925,7 +930,7 @@ impl Router {
     /// Ends a session: its subscriptions, its stored state, a pending will.
     fn remove_session(&mut self, id: SessionId, ops: &mut Vec<Op>) -> Option<Arc<Message>> {
         let slot = self.sessions.remove(&id)?;
-        self.offline_queued -= u64::from(slot.offline_queued);
+        self.offline_queued -= u64::from(slot.offline_queued());
         if slot.online.is_some() {
             self.online -= 1;
         }
@@ -1114,7 +1119,8 @@ impl Router {
                 released: false,
             };
             if slot.persistent && qos != QoS::AtMostOnce && !broadcast && !message.is_expired(now) {
-                if slot.online.is_none() && slot.offline_queued >= self.limits.max_queued_messages {
+                if slot.online.is_none() && slot.offline_queued() >= self.limits.max_queued_messages
+                {
                     self.metrics.dropped(DropReason::QueueFull);
                     tracing::debug!(client_id = %slot.client_id, "offline queue full, message dropped");
                     continue;
@@ -1123,7 +1129,7 @@ impl Router {
                 slot.next_seq += 1;
                 if slot.online.is_none() {
                     // Below max_queued_messages (checked above), so within u32.
-                    slot.offline_queued += 1;
+                    slot.away().queued += 1;
                     self.offline_queued += 1;
                 }
                 delivery.seq = Some(seq);
@@ -1426,7 +1432,7 @@ impl Router {
             self.offline_queued,
             self.sessions
                 .values()
-                .map(|s| u64::from(s.offline_queued))
+                .map(|s| u64::from(s.offline_queued()))
                 .sum::<u64>(),
             "offline queued messages"
         );
@@ -1440,7 +1446,7 @@ impl Router {
     }
 }
 
-fn inbound_qos2_op(inbound_qos2: Option<(Arc<str>, u16)>) -> Vec<Op> {
+fn inbound_qos2_op(inbound_qos2: Option<(ArcStr, u16)>) -> Vec<Op> {
     inbound_qos2
         .map(|(client_id, packet_id)| Op::PutInboundQos2 {
             client_id: client_id.to_string(),
@@ -1576,14 +1582,14 @@ mod tests {
     use tern_codec::{ByteString, Properties};
     use tern_storage::{MemoryStore, Store, SyncPolicy};
 
-    /// Every session has its slot, connected or not: it stays within jemalloc's 112-byte
-    /// size class (the binary's allocator) and glibc's 112-byte chunk (8 bytes added to
-    /// the request, rounded up to 16).
+    /// Every session has its slot, connected or not: it stays within jemalloc's 80-byte
+    /// size class (the binary's allocator; thin `ArcStr` names, and the offline count
+    /// in `Away`).
     #[cfg(target_pointer_width = "64")]
     #[test]
-    fn a_session_slot_fits_a_112_byte_allocation() {
+    fn a_session_slot_fits_an_80_byte_allocation() {
         let size = std::mem::size_of::<Slot>();
-        assert!(size <= 104, "Slot is {size} bytes");
+        assert!(size <= 80, "Slot is {size} bytes");
     }
 
     struct Harness {
@@ -1948,7 +1954,7 @@ mod tests {
             .user_properties
             .push(("from".into(), "mallory".into()));
         let chat = Box::new(ChatPublish {
-            from: Arc::from(from),
+            from: ArcStr::from(from),
             message,
             inbound_qos2: None,
         });
@@ -1987,11 +1993,11 @@ mod tests {
         let laptop = connect_as(&h, "bob", "bob-laptop", true, 0).await;
         let alice = connect_as(&h, "alice", "alice-phone", true, 0).await;
         assert_eq!(&*laptop.attached.user, "bob");
-        assert!(Arc::ptr_eq(&phone.attached.user, &laptop.attached.user));
-        assert!(!Arc::ptr_eq(&phone.attached.user, &alice.attached.user));
+        assert!(ArcStr::ptr_eq(&phone.attached.user, &laptop.attached.user));
+        assert!(!ArcStr::ptr_eq(&phone.attached.user, &alice.attached.user));
         // Taking a session over hands back the same name too.
         let phone_again = connect_as(&h, "bob", "bob-phone", false, 0).await;
-        assert!(Arc::ptr_eq(
+        assert!(ArcStr::ptr_eq(
             &phone_again.attached.user,
             &laptop.attached.user
         ));
