@@ -13,11 +13,10 @@ use std::num::NonZeroU32;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-use arcstr::ArcStr;
 use std::task::Poll;
 use std::time::Duration;
 
+use arcstr::ArcStr;
 use bytes::BytesMut;
 use rustc_hash::FxHashSet;
 use tern_codec::{

@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use arcstr::ArcStr;
-
 use tern_codec::ReasonCode;
 use tern_storage::{InboxEntry, Op};
 

@@ -4,9 +4,9 @@
 //! brings with the name the session's own [`Slot`] holds, rather than keeping a second
 //! handle on every client id and user name.
 
-use arcstr::ArcStr;
 use std::hash::BuildHasher;
 
+use arcstr::ArcStr;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 

@@ -27,10 +27,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
-
-use arcstr::ArcStr;
 use std::time::Duration;
 
+use arcstr::ArcStr;
 use tern_codec::{
     Protocol, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe,
 };
