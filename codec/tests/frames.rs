@@ -763,6 +763,54 @@ fn v5_puback_short_forms() {
 }
 
 #[test]
+fn acknowledgements_back_to_back_each_take_exactly_their_frame() {
+    // Short acknowledgements are decoded in place; one with properties, and a malformed one,
+    // between them must not disturb the frames around them.
+    #[rustfmt::skip]
+    let stream = [
+        0x40, 0x02, 0x00, 0x01,                               // PUBACK 1
+        0x50, 0x03, 0x00, 0x02, 0x10,                         // PUBREC 2, no matching subscribers
+        0x40, 0x08, 0x00, 0x03, 0x80, 0x04, 0x1F, 0x00, 0x01, // PUBACK 3 with a reason string...
+        b'e',
+        0x40, 0x03, 0x00, 0x04, 0x01,                         // PUBACK 4, reason 0x01: malformed
+        0x70, 0x02, 0x00, 0x05,                               // PUBCOMP 5
+        0x40, 0x02, 0x00,                                     // half a PUBACK
+    ];
+    let mut buf = BytesMut::from(&stream[..]);
+    let mut next = || decode(&mut buf, Protocol::V5, MAX);
+    assert_eq!(next(), Ok(Some(Packet::PubAck(PubResponse::new(1)))));
+    assert_eq!(
+        next(),
+        Ok(Some(Packet::PubRec(PubResponse::with_reason(
+            2,
+            ReasonCode::NoMatchingSubscribers
+        ))))
+    );
+    let Ok(Some(Packet::PubAck(ack))) = next() else {
+        panic!("PUBACK 3 expected");
+    };
+    assert_eq!(
+        (ack.packet_id, ack.reason),
+        (3, ReasonCode::UnspecifiedError)
+    );
+    assert_eq!(ack.properties.reason_string.as_deref(), Some("e"));
+    assert_eq!(
+        next(),
+        Err(tern_codec::DecodeError::InvalidReasonCode {
+            packet: "PUBACK/PUBREC",
+            code: 1
+        })
+    );
+    assert_eq!(next(), Ok(Some(Packet::PubComp(PubResponse::new(5)))));
+    assert_eq!(next(), Ok(None));
+    assert_eq!(&buf[..], &[0x40, 0x02, 0x00]);
+    // In 3.1.1 an acknowledgement is the packet identifier alone.
+    let mut buf = BytesMut::from(&[0x40, 0x03, 0x00, 0x01, 0x00][..]);
+    assert!(decode(&mut buf, Protocol::V311, MAX).is_err());
+    assert!(buf.is_empty(), "the malformed frame is consumed");
+}
+
+#[test]
 fn v5_disconnect_with_properties() {
     #[rustfmt::skip]
     let frame = [

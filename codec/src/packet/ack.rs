@@ -33,6 +33,21 @@ impl PubResponse {
         }
     }
 
+    /// The longest body without properties: packet identifier and reason code.
+    pub(crate) const MAX_LEN_WITHOUT_PROPERTIES: usize = 3;
+
+    /// Decodes a body of at most [`Self::MAX_LEN_WITHOUT_PROPERTIES`] bytes, which has no
+    /// properties and so needs no frame to share them with.
+    pub(crate) fn decode_without_properties(
+        p: Protocol,
+        body: &[u8],
+        rel_or_comp: bool,
+    ) -> Result<Self, DecodeError> {
+        debug_assert!(body.len() <= Self::MAX_LEN_WITHOUT_PROPERTIES);
+        // Only properties are read out of the frame, and a body this short has none.
+        complete(Self::parse(p, &Bytes::new(), body, rel_or_comp))
+    }
+
     /// `rel_or_comp` selects the reason codes of PUBREL/PUBCOMP instead of PUBACK/PUBREC.
     pub(crate) fn decode(
         p: Protocol,

@@ -20,7 +20,7 @@ pub use publish::{Publish, PublishRef};
 pub use subscribe::{RetainHandling, SubAck, Subscribe, SubscriptionOptions};
 pub use unsubscribe::{UnsubAck, Unsubscribe};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::header::{check_frame, packet_type as pt, FixedHeader, FrameStatus};
@@ -155,6 +155,36 @@ pub fn decode_frame(
     })
 }
 
+/// A PUBACK, PUBREC, PUBREL or PUBCOMP without properties, decoded from the read buffer in
+/// place; `None` for any other packet. Such a packet has nothing to share with the buffer, and
+/// one arrives for every QoS 1 or 2 message a subscriber receives: splitting a reference-counted
+/// frame off the buffer for it (two atomic counts, and as much bookkeeping again as decoding)
+/// would double the cost of reading it.
+fn decode_acknowledgement(
+    protocol: Protocol,
+    header: FixedHeader,
+    body: &[u8],
+) -> Option<Result<Packet, DecodeError>> {
+    let kind = header.packet_type();
+    let rel_or_comp = match kind {
+        pt::PUBACK | pt::PUBREC => false,
+        pt::PUBREL | pt::PUBCOMP => true,
+        _ => return None,
+    };
+    // Longer: MQTT 5 properties, whose strings are slices of the frame.
+    if body.len() > PubResponse::MAX_LEN_WITHOUT_PROPERTIES {
+        return None;
+    }
+    let decoded = crate::header::check_first_byte(header.first_byte)
+        .and_then(|()| PubResponse::decode_without_properties(protocol, body, rel_or_comp));
+    Some(decoded.map(|ack| match kind {
+        pt::PUBACK => Packet::PubAck(ack),
+        pt::PUBREC => Packet::PubRec(ack),
+        pt::PUBREL => Packet::PubRel(ack),
+        _ => Packet::PubComp(ack),
+    }))
+}
+
 /// Takes one packet off the front of `buf` if a whole frame is there.
 ///
 /// Returns `Ok(None)` when more bytes are needed (use `check_frame` to learn how many). The
@@ -167,6 +197,13 @@ pub fn decode(
     match check_frame(buf, max_packet_size)? {
         FrameStatus::Incomplete { .. } => Ok(None),
         FrameStatus::Complete(header) => {
+            let body = buf
+                .get(header.header_len..header.frame_len())
+                .unwrap_or_default();
+            if let Some(packet) = decode_acknowledgement(protocol, header, body) {
+                buf.advance(header.frame_len());
+                return packet.map(Some);
+            }
             let mut frame = buf.split_to(header.frame_len()).freeze();
             let body = frame.split_off(header.header_len);
             decode_frame(protocol, header, body).map(Some)
