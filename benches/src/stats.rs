@@ -50,6 +50,12 @@ pub fn payload_latency(payload: &[u8]) -> Option<Duration> {
     Some(Duration::from_nanos(now_nanos().saturating_sub(stamp)))
 }
 
+/// The latency of a stamped payload received at `at`, if it carries a timestamp.
+pub fn payload_latency_at(payload: &[u8], at: Instant) -> Option<Duration> {
+    let stamp = payload_stamp(payload)?;
+    Some(Duration::from_nanos(nanos_at(at).saturating_sub(stamp)))
+}
+
 /// A latency histogram in microseconds (1 µs to 100 s, 3 significant digits).
 pub struct Latencies(Histogram<u64>);
 
