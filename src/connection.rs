@@ -36,7 +36,7 @@ use crate::im::inbox::{for_recipient, parse_sync_request, sync_end};
 use crate::im::topics::{classify, Address};
 use crate::listener::{Endpoint, Permits};
 use crate::mailbox::{Mail, Mailbox, BROADCAST_LANE};
-use crate::message::{now_ms, Delivery, Message};
+use crate::message::{now_ms, Delivery, Message, PREFETCH_DISTANCE};
 use crate::metrics::{DropReason, Metrics, PublishRefusal, RefuseReason, Traffic};
 use crate::outgoing::Transmit;
 use crate::parking::{Parked, ParkingLot};
@@ -112,6 +112,10 @@ impl From<crate::router::RouterGone> for ConnectionError {
         ConnectionError::RouterGone
     }
 }
+
+/// Retained messages a subscription's matches are written in batches of, while the rest are
+/// still being encoded.
+const RETAINED_WRITE_BATCH: usize = 256;
 
 const READ_BUFFER: usize = 4 * 1024;
 /// First write buffer of a busy connection (it grows as needed; an idle one holds none).
@@ -1258,7 +1262,18 @@ impl Connection {
                 Effect::Publish { message, ack } => self.publish(message, ack).await?,
                 // Boxed, like the other rare paths: their futures would otherwise be part
                 // of every connection task's size (see `serve`).
-                Effect::Subscribe(subscribe) => Box::pin(self.subscribe(subscribe)).await?,
+                Effect::Subscribe(subscribe) => {
+                    // It may write (retained messages go out a batch at a time): what the
+                    // effects before it stored goes to the storage writer first, as before
+                    // any write.
+                    if !ops.is_empty() {
+                        self.ctx
+                            .writer
+                            .submit_detached(std::mem::take(&mut ops))
+                            .await;
+                    }
+                    Box::pin(self.subscribe(subscribe)).await?
+                }
                 Effect::Unsubscribe(unsubscribe) => Box::pin(self.unsubscribe(unsubscribe)).await?,
                 Effect::Dequeue(seq) if self.persistent => ops.push(Op::Dequeue {
                     client_id: self.client_id.to_string(),
@@ -1324,9 +1339,31 @@ impl Connection {
             properties: Properties::default(),
             reasons: reply.reasons,
         }));
-        for delivery in reply.retained {
+        // A filter can match thousands of retained messages, each in memory of its own
+        // (message, topic, payload) and, in a large store, none of it in cache: the loads
+        // for the messages a few places ahead are started while this one is encoded, so
+        // that their cache misses overlap instead of following one another.
+        //
+        // They are written a batch at a time as they are encoded (the SUBACK with the first),
+        // so that the client reads while the rest is encoded rather than after.
+        let now = now_ms();
+        let mut retained = reply.retained.into_iter();
+        let mut batch = 0;
+        while let Some(delivery) = retained.next() {
+            let ahead = retained.as_slice();
+            if let Some(later) = ahead.get(2 * PREFETCH_DISTANCE - 1) {
+                later.message.prefetch();
+            }
+            if let Some(next) = ahead.get(PREFETCH_DISTANCE - 1) {
+                next.message.prefetch_contents();
+            }
             // Retained messages beyond the queue bound are not sent.
-            let _ = self.session.deliver(delivery, now_ms());
+            let _ = self.session.deliver(delivery, now);
+            batch += 1;
+            if batch == RETAINED_WRITE_BATCH && !retained.as_slice().is_empty() {
+                batch = 0;
+                self.flush().await?;
+            }
         }
         Ok(())
     }

@@ -13,6 +13,25 @@ use bytes::{Bytes, BytesMut};
 use tern_codec::{ByteString, Properties, PropertyContext, PropertyFields, Publish, QoS};
 use tern_storage::{QueueState, QueuedMessage, StoredMessage};
 
+/// How many messages ahead of the one being encoded a loop over cold messages prefetches
+/// the topic and payload (and twice as far, the message itself): far enough for a load
+/// from memory (~100 ns) to complete meanwhile, near enough to stay in cache.
+pub const PREFETCH_DISTANCE: usize = 4;
+
+/// A hint to the CPU to load the cache line at `p`; nothing elsewhere than on x86-64.
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and changes nothing but the cache, whatever the
+    // address; `p` comes from a live reference anyway.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Which session a message came from, for v5's No Local option.
 pub type SessionId = u64;
 
@@ -37,6 +56,21 @@ pub struct Message {
 }
 
 impl Message {
+    /// Starts loading this message into the cache, ahead of its use: see
+    /// [`Message::prefetch_contents`].
+    pub fn prefetch(self: &Arc<Message>) {
+        prefetch(Arc::as_ptr(self).cast());
+    }
+
+    /// Starts loading the topic and payload into the cache (reading the message itself,
+    /// which [`Message::prefetch`] should have loaded a little earlier). For loops over
+    /// many messages that are not in cache, such as the retained messages a subscription
+    /// matches in a large store: a few messages ahead, so that their misses overlap.
+    pub fn prefetch_contents(&self) {
+        prefetch(self.topic.as_ptr());
+        prefetch(self.payload.as_ptr());
+    }
+
     /// Builds the routed message from a client's PUBLISH (topic already alias-resolved).
     pub fn from_publish(publish: &Publish, topic: ByteString, origin: SessionId) -> Message {
         let p = &publish.properties;

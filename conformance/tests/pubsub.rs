@@ -1537,6 +1537,69 @@ async fn mqtt_3_3_1_retained_wildcard_subscribe_v5() {
     retained_wildcard(Protocol::V5).await;
 }
 
+/// More retained matches than the broker writes at a time (it writes them in batches as it
+/// encodes them): the SUBACK comes first, then every message once, QoS 1 ones through the
+/// client's window as it acknowledges.
+#[tokio::test]
+async fn mqtt_3_3_1_retained_matches_beyond_one_write_all_arrive_after_the_suback() {
+    const MATCHES: usize = 1_000;
+    let broker = Broker::start().await;
+    let mut publisher = Peer::connect(&broker, Protocol::V311, "pub").await;
+    let mut expected = Vec::new();
+    for i in 0..MATCHES {
+        let topic = format!("many/{i}");
+        let qos = if i % 2 == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        publisher.publish(&topic, qos, true, &topic).await;
+        expected.push(topic);
+    }
+    // Read in order: once this QoS 1 PUBLISH is acknowledged, every one before it is stored.
+    publisher
+        .publish("many/last", QoS::AtLeastOnce, true, "many/last")
+        .await;
+    expected.push("many/last".to_string());
+
+    let mut sub = Peer::connect(&broker, Protocol::V311, "sub").await;
+    sub.send(Packet::Subscribe(Subscribe {
+        packet_id: 7,
+        properties: Properties::default(),
+        filters: vec![(ByteString::from("many/#"), opts(QoS::AtLeastOnce))],
+    }))
+    .await;
+    let first = sub.next().await;
+    let Packet::SubAck(ack) = first else {
+        panic!("the SUBACK comes before the retained messages, got {first:?}");
+    };
+    assert_eq!(
+        (ack.packet_id, ack.reasons),
+        (7, vec![granted(QoS::AtLeastOnce)])
+    );
+    let mut got = Vec::new();
+    for _ in 0..expected.len() {
+        got.push(sub.expect_publish().await);
+    }
+    sub.assert_quiet("after every retained message").await;
+    expected.sort();
+    assert_eq!(sorted_topics(&got), expected, "each retained message once");
+    for publish in &got {
+        assert!(publish.retain, "RETAIN 1 on {}", publish.topic);
+        assert_eq!(text(publish), publish.topic.to_string());
+        let n = publish
+            .topic
+            .strip_prefix("many/")
+            .and_then(|n| n.parse::<usize>().ok());
+        let published_at = if n.is_some_and(|n| n % 2 == 0) {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        assert_eq!(publish.qos, published_at, "QoS of {}", publish.topic);
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // PUBACK / PUBREC reason 0x10 (MQTT 5)
 // ------------------------------------------------------------------------------------------
