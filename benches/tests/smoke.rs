@@ -186,9 +186,12 @@ async fn comparison_scenarios_at_small_scale() {
     let mut cfg = RetainedConfig::new(400);
     cfg.subtree = 100;
     cfg.samples = 2;
+    // The broker runs in this process: the subscriptions wait for it to go quiet.
+    cfg.broker_pid = Some(std::process::id());
     let r = scenarios::retained(&opts, &cfg).await.expect("retained");
     println!("{}", r.line());
     assert_eq!(r.topics, 400, "{r:?}");
+    assert!(r.settle_secs.is_some_and(|s| s >= 0.0), "{r:?}");
     assert!(r.few.complete() && r.subtree.complete(), "{r:?}");
     assert_eq!((r.few.expected, r.subtree.expected), (10, 100));
     assert_eq!(r.subtree.all_ms.len(), 2, "{r:?}");

@@ -9,9 +9,11 @@
 //!
 //! The load goes over one connection: QoS 0 retained PUBLISHes written back to back, then
 //! one QoS 1 retained PUBLISH (overwriting the last topic) whose PUBACK says the broker has
-//! read everything before it. Each timed subscription uses a fresh connection (the connect
-//! is not timed): from writing the SUBSCRIBE (QoS 0) to having both the SUBACK and every
-//! expected retained message. It is repeated `samples` times, and the median is reported.
+//! read everything before it. When the broker's process is known, the subscriptions then
+//! wait until it has gone quiet (see [`settle`]; how long that took is reported). Each timed
+//! subscription uses a fresh connection (the connect is not timed): from writing the
+//! SUBSCRIBE (QoS 0) to having both the SUBACK and every expected retained message. It is
+//! repeated `samples` times, and the median is reported.
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,11 @@ pub struct RetainedConfig {
     /// The longest one timed subscription may take; also, once the SUBACK is in, the
     /// longest to wait for the next retained message before giving up (incomplete).
     pub subscribe_timeout: Duration,
+    /// The broker's process, when known: the timed subscriptions then wait until it has
+    /// gone quiet after the load (see [`settle`]).
+    pub broker_pid: Option<u32>,
+    /// The longest to wait for that.
+    pub settle_timeout: Duration,
 }
 
 impl RetainedConfig {
@@ -47,6 +54,8 @@ impl RetainedConfig {
             samples: 5,
             load_timeout: Duration::from_secs(900),
             subscribe_timeout: Duration::from_secs(30),
+            broker_pid: None,
+            settle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -84,6 +93,8 @@ pub struct RetainedReport {
     pub topics: usize,
     /// From the first PUBLISH to the PUBACK of the last.
     pub load_secs: f64,
+    /// From that PUBACK until the broker went quiet (None: its process is not known).
+    pub settle_secs: Option<f64>,
     pub few: SubscribeTiming,
     pub subtree: SubscribeTiming,
 }
@@ -109,8 +120,11 @@ impl RetainedReport {
                 s.expected
             )
         };
+        let settled = self
+            .settle_secs
+            .map_or(String::new(), |s| format!(", quiet {s:.2}s later"));
         format!(
-            "retained R={}: loaded in {:.1}s ({:.0}/s); {}; {}",
+            "retained R={}: loaded in {:.1}s ({:.0}/s{settled}); {}; {}",
             self.topics,
             self.load_secs,
             self.load_per_sec(),
@@ -223,14 +237,57 @@ pub async fn retained(opts: &Options, cfg: &RetainedConfig) -> Result<RetainedRe
 
     let few_filter = format!("{prefix}/bulk/{}/+", groups / 2);
     let subtree_filter = format!("{prefix}/sub/#");
+    let settle_secs = match cfg.broker_pid {
+        Some(pid) => Some(settle(pid, cfg.settle_timeout).await?),
+        None => None,
+    };
     let few = timed_subscriptions(opts, cfg, &few_filter, matching).await?;
     let subtree = timed_subscriptions(opts, cfg, &subtree_filter, cfg.subtree).await?;
     Ok(RetainedReport {
         topics,
         load_secs,
+        settle_secs,
         few,
         subtree,
     })
+}
+
+/// Sampling window of [`settle`].
+const SETTLE_WINDOW: Duration = Duration::from_millis(250);
+/// CPU time in one window under which the broker counts as quiet (8% of a core: an idle
+/// broker's timers, not work).
+const SETTLE_QUIET_CPU: f64 = 0.02;
+
+/// Waits until the broker has gone quiet after the load: a window of [`SETTLE_WINDOW`] in
+/// which it used less than [`SETTLE_QUIET_CPU`] seconds of CPU. The PUBACK that ends the
+/// load says the broker has read every message, not that it is done with them: a broker
+/// that persists retained messages may still be writing the tail of a million, and
+/// subscriptions timed meanwhile would measure that, not their own cost. Returns the
+/// seconds it took (the timed subscriptions follow; this is reported on its own row).
+async fn settle(pid: u32, timeout: Duration) -> Result<f64> {
+    let started = Instant::now();
+    let cpu = || {
+        crate::scenarios::connections::cpu_secs(pid)
+            .ok_or_else(|| Error::new(format!("cannot read the CPU time of process {pid}")))
+    };
+    let mut before = cpu()?;
+    loop {
+        tokio::time::sleep(SETTLE_WINDOW).await;
+        let now = cpu()?;
+        if now - before < SETTLE_QUIET_CPU {
+            // The quiet window itself is not part of the time it took.
+            return Ok(started
+                .elapsed()
+                .saturating_sub(SETTLE_WINDOW)
+                .as_secs_f64());
+        }
+        if started.elapsed() >= timeout {
+            return Err(Error::new(format!(
+                "the broker was still busy {timeout:?} after the load"
+            )));
+        }
+        before = now;
+    }
 }
 
 async fn timed_subscriptions(
