@@ -159,7 +159,8 @@ pub fn decode_frame(
 /// place; `None` for any other packet. Such a packet has nothing to share with the buffer, and
 /// one arrives for every QoS 1 or 2 message a subscriber receives: splitting a reference-counted
 /// frame off the buffer for it (two atomic counts, and as much bookkeeping again as decoding)
-/// would double the cost of reading it.
+/// would double the cost of reading it. `header` comes from [`check_frame`], which has
+/// already checked its first byte.
 fn decode_acknowledgement(
     protocol: Protocol,
     header: FixedHeader,
@@ -175,8 +176,7 @@ fn decode_acknowledgement(
     if body.len() > PubResponse::MAX_LEN_WITHOUT_PROPERTIES {
         return None;
     }
-    let decoded = crate::header::check_first_byte(header.first_byte)
-        .and_then(|()| PubResponse::decode_without_properties(protocol, body, rel_or_comp));
+    let decoded = PubResponse::decode_without_properties(protocol, body, rel_or_comp);
     Some(decoded.map(|ack| match kind {
         pt::PUBACK => Packet::PubAck(ack),
         pt::PUBREC => Packet::PubRec(ack),
