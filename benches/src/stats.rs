@@ -46,8 +46,7 @@ pub fn payload_stamp(payload: &[u8]) -> Option<u64> {
 
 /// The latency of a stamped payload received now, if it carries a timestamp.
 pub fn payload_latency(payload: &[u8]) -> Option<Duration> {
-    let stamp = payload_stamp(payload)?;
-    Some(Duration::from_nanos(now_nanos().saturating_sub(stamp)))
+    payload_latency_at(payload, Instant::now())
 }
 
 /// The latency of a stamped payload received at `at`, if it carries a timestamp.
