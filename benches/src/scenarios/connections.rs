@@ -65,6 +65,10 @@ pub struct ConnectionsReport {
     /// bounded by the tool and the kernel as much as by the broker; this is the broker's
     /// own share.
     pub broker_cpu_secs: Option<f64>,
+    /// CPU time this tool spent over the same span: on a shared machine, what the
+    /// clients' side of every connect costs (the kernel's share of a loopback handshake
+    /// included).
+    pub tool_cpu_secs: Option<f64>,
     /// Connections the broker closed while they were idle.
     pub lost: usize,
 }
@@ -83,6 +87,11 @@ impl ConnectionsReport {
         Some(self.broker_cpu_secs? * 1e6 / self.clients.max(1) as f64)
     }
 
+    /// This tool's CPU time per connection, in microseconds.
+    pub fn tool_cpu_per_connection_us(&self) -> Option<f64> {
+        Some(self.tool_cpu_secs? * 1e6 / self.clients.max(1) as f64)
+    }
+
     /// Broker memory per connection, in KiB.
     pub fn rss_per_connection_kib(&self) -> Option<f64> {
         let (before, after) = (self.rss_before_kib?, self.rss_after_kib?);
@@ -93,7 +102,7 @@ impl ConnectionsReport {
     pub fn json(&self) -> String {
         let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
         format!(
-            "{{\"scenario\":\"connections\",\"clients\":{},\"connect_secs\":{:.3},\"connects_per_sec\":{:.1},\"rss_before_kib\":{},\"rss_after_kib\":{},\"rss_per_connection_kib\":{},\"broker_cpu_us_per_connection\":{},\"lost\":{}}}",
+            "{{\"scenario\":\"connections\",\"clients\":{},\"connect_secs\":{:.3},\"connects_per_sec\":{:.1},\"rss_before_kib\":{},\"rss_after_kib\":{},\"rss_per_connection_kib\":{},\"broker_cpu_us_per_connection\":{},\"tool_cpu_us_per_connection\":{},\"lost\":{}}}",
             self.clients,
             self.connect_secs,
             self.connects_per_sec(),
@@ -102,6 +111,8 @@ impl ConnectionsReport {
             self.rss_per_connection_kib()
                 .map_or("null".to_string(), |v| format!("{v:.3}")),
             self.cpu_per_connection_us()
+                .map_or("null".to_string(), |v| format!("{v:.2}")),
+            self.tool_cpu_per_connection_us()
                 .map_or("null".to_string(), |v| format!("{v:.2}")),
             self.lost,
         )
@@ -114,11 +125,13 @@ impl ConnectionsReport {
             })
         };
         format!(
-            "connections n={}: {:.0} connects/s ({:.2}s, broker CPU {} per connection), broker RSS {} -> {} = {} per connection, lost={}",
+            "connections n={}: {:.0} connects/s ({:.2}s, CPU per connection: broker {}, tool {}), broker RSS {} -> {} = {} per connection, lost={}",
             self.clients,
             self.connects_per_sec(),
             self.connect_secs,
             self.cpu_per_connection_us()
+                .map_or("n/a".to_string(), |v| format!("{v:.1}us")),
+            self.tool_cpu_per_connection_us()
                 .map_or("n/a".to_string(), |v| format!("{v:.1}us")),
             kib(self.rss_before_kib),
             kib(self.rss_after_kib),
@@ -171,6 +184,7 @@ pub async fn connections(
     }
     let rss_before = broker_pid.and_then(rss_kib);
     let cpu_before = broker_pid.and_then(cpu_secs);
+    let tool_cpu_before = cpu_secs(std::process::id());
     let lost = Arc::new(AtomicUsize::new(0));
     let (stop, stop_rx) = watch::channel(false);
     let connecting = Arc::new(Semaphore::new(cfg.parallel.max(1)));
@@ -211,6 +225,7 @@ pub async fn connections(
     }
     let connect_secs = started.elapsed().as_secs_f64();
     let cpu_after = broker_pid.and_then(cpu_secs);
+    let tool_cpu_after = cpu_secs(std::process::id());
     if failure.is_none() {
         tokio::time::sleep(cfg.settle).await;
     }
@@ -226,6 +241,7 @@ pub async fn connections(
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,
         broker_cpu_secs: cpu_before.zip(cpu_after).map(|(b, a)| a - b),
+        tool_cpu_secs: tool_cpu_before.zip(tool_cpu_after).map(|(b, a)| a - b),
         lost: lost.load(Ordering::Relaxed),
     })
 }
