@@ -130,7 +130,8 @@ const BACKLOG_PAGE: usize = 256;
 /// A socket the listener accepted, handed to [`serve`] in one box: an async fn keeps its
 /// arguments for its whole life, and this one lives as long as the connection.
 pub struct Accepted {
-    pub stream: TcpStream,
+    /// Non-blocking, not registered with the runtime's I/O driver.
+    pub stream: std::net::TcpStream,
     pub endpoint: Arc<Endpoint>,
     pub ctx: Arc<Context>,
     /// The connection's places under the connection limits, held until it ends, and its
@@ -165,6 +166,12 @@ pub async fn serve(accepted: Box<Accepted>) {
     log_end(peer, &result);
 }
 
+/// Whether the input waiting is PINGREQs and nothing else (a PINGREQ is always the two
+/// bytes 0xC0 0x00).
+fn is_heartbeat(input: &[u8]) -> bool {
+    !input.is_empty() && input.len() % 2 == 0 && input.chunks(2).all(|p| p == [0xC0, 0x00])
+}
+
 fn log_end(peer: SocketAddr, result: &Result<(), ConnectionError>) {
     match result {
         Ok(()) => {}
@@ -187,8 +194,9 @@ async fn accept(accepted: Box<Accepted>) -> Result<Box<Connection>, ConnectionEr
     let timeout = Duration::from_secs(ctx.config.limits.connect_timeout_secs);
     let deadline = Instant::now() + timeout;
     let mut stream = if endpoint.upgrade.is_plain() {
-        Stream::tcp(stream)
+        Stream::detached(stream)
     } else {
+        let stream = TcpStream::from_std(stream)?;
         // Boxed: the TLS and WebSocket handshake state is several KB, which plain TCP
         // connections need not allocate.
         let handshake = Box::pin(upgrade(stream, &endpoint.upgrade));
@@ -385,8 +393,9 @@ struct Connection {
     last_read: ReadClock,
     /// Something happened since the timer was last armed: not idle, do not park.
     busy: bool,
-    /// Not parked yet: parks at its first idle moment, without waiting `idle_park_ms`.
-    fresh: bool,
+    /// Parks at its first idle moment, without waiting `idle_park_ms`: a new connection
+    /// (typically quiet for a while), or a parked one woken only by a heartbeat.
+    park_at_once: bool,
     /// What the router hands this connection: chat deliveries, broadcasts, a close order.
     mailbox: Mailbox,
     /// The router's close order has been taken: the connection is ending.
@@ -709,7 +718,7 @@ impl Connection {
             keep_alive_ms: NonZeroU32::new(u32::from(keep_alive) * 1500),
             last_read: ReadClock::at(ctx.millis_since_start(Instant::now())),
             busy: false,
-            fresh: true,
+            park_at_once: true,
             mailbox,
             closing: false,
             user: attached.user,
@@ -797,7 +806,7 @@ impl Connection {
     async fn run(mut self: Box<Self>) -> Result<(), ConnectionError> {
         let result = match self.serve().await {
             Ok(Stop::Park) => {
-                self.fresh = false;
+                self.park_at_once = false;
                 // Empty (see `can_park`) but for counts not yet added to the metrics.
                 if let Some(mut io) = self.io.take() {
                     io.traffic.flush(&self.ctx.metrics);
@@ -923,8 +932,9 @@ impl Connection {
     ///
     /// It returns [`Stop::Park`] once the connection is idle and may wait in the parking
     /// lot: at once the first time (a new connection, typically with nothing to do for a
-    /// while), and once woken from there, after one to two `idle_park_ms` of quiet (the
-    /// timer looks every `idle_park_ms` whether anything happened since its last look).
+    /// while) and after a heartbeat, otherwise once woken from there, after one to two
+    /// `idle_park_ms` of quiet (the timer looks every `idle_park_ms` whether anything
+    /// happened since its last look).
     async fn serve(&mut self) -> Result<Stop, ConnectionError> {
         let park_after = self.park_after();
         // One timer for the keepalive deadline and for parking, armed for the nearer and
@@ -953,7 +963,7 @@ impl Connection {
                     return Ok(Stop::Disconnected);
                 }
                 continue;
-            } else if self.fresh && park_after.is_some() && self.can_park() {
+            } else if self.park_at_once && park_after.is_some() && self.can_park() {
                 return Ok(Stop::Park);
             }
             // Boxed (when there is a pause at all): a Sleep is 100-odd bytes.
@@ -998,6 +1008,12 @@ impl Connection {
                         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
                     }
                     self.mark_read();
+                    if is_heartbeat(&self.io().rbuf) {
+                        // A device's keepalive: it goes back to sleep, and so can this
+                        // connection once it has answered (a resumed one otherwise works
+                        // on for `idle_park_ms` first, in case a conversation follows).
+                        self.park_at_once = true;
+                    }
                     self.io().traffic.read(n);
                     if let Some(budget) = self.budget_mut() {
                         if let Some(bytes) = &mut budget.bytes {

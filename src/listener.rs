@@ -7,14 +7,20 @@
 //! competing with established clients), then the broker-wide connection limit, the
 //! listener's own, and the per-IP limit (beyond those the socket is closed at once). The
 //! TLS and WebSocket handshakes run in the connection's task, under its connect timeout.
+//!
+//! Accepted sockets are not registered with the runtime's I/O driver here: a plain TCP
+//! connection reads its CONNECT and writes its CONNACK directly, and usually parks before
+//! it ever needs the driver (see [`crate::transport`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::net::TcpListener;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -56,7 +62,7 @@ pub struct Endpoint {
 
 /// A bound listener, not yet accepting.
 pub struct Listener {
-    socket: TcpListener,
+    socket: AsyncFd<mio::net::TcpListener>,
     endpoint: Arc<Endpoint>,
 }
 
@@ -79,8 +85,14 @@ impl Listener {
             addr: spec.listen,
             source,
         };
-        let socket = TcpListener::bind(spec.listen).await.map_err(bind_error)?;
-        let local_addr = socket.local_addr().map_err(bind_error)?;
+        // mio's bind is tokio's (SO_REUSEADDR, backlog 1024); its accept hands out
+        // non-blocking sockets that nothing has registered yet.
+        let socket = mio::net::TcpListener::bind(spec.listen).map_err(bind_error)?;
+        // SAFETY: the descriptor is the listener's, which owns it and keeps it open for its
+        // whole life; nothing replaces the listener inside the `AsyncFd`.
+        let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
+            .map_err(|refused| bind_error(refused.into_parts().1))?;
+        let local_addr = socket.get_ref().local_addr().map_err(bind_error)?;
         let endpoint = Endpoint {
             kind: spec.kind,
             local_addr,
@@ -137,7 +149,7 @@ impl Listener {
             tokio::select! {
                 _ = stop.changed() => break,
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                accepted = socket.accept() => match accepted {
+                accepted = accept(&socket) => match accepted {
                     Ok((stream, peer)) => {
                         accept_backoff = Duration::from_millis(5);
                         if let Some(pace) = &mut pace {
@@ -172,6 +184,24 @@ impl Listener {
 
 /// A listener's limits on open connections, and its gauge of them: what each connection's
 /// [`Permits`] gives back when it ends.
+/// The next connection from the accept queue, as a non-blocking socket not registered with
+/// the runtime. Cancel safe: nothing is accepted until the listener is ready and polled.
+async fn accept(
+    listener: &AsyncFd<mio::net::TcpListener>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        match ready.try_io(|listener| listener.get_ref().accept()) {
+            Ok(accepted) => {
+                let (socket, peer) = accepted?;
+                return Ok((std::net::TcpStream::from(OwnedFd::from(socket)), peer));
+            }
+            // The queue is empty (readiness cleared): wait for the next connection.
+            Err(_would_block) => continue,
+        }
+    }
+}
+
 struct Places {
     /// The broker's `limits.max_connections`, shared by all listeners.
     all: Arc<Semaphore>,

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Incoming, QoS as V4QoS};
-use tern_codec::{Packet, Protocol, ReasonCode};
+use tern_codec::{Packet, Protocol, QoS, ReasonCode};
 use tern_conformance::{next_v4, v4_options, Broker, RawClient, EVENT_TIMEOUT};
 
 /// A short quiet time, so that woken connections park again quickly.
@@ -89,6 +89,118 @@ async fn a_packet_from_the_client_wakes_its_parked_connection() {
     }
     client.disconnect().await;
     wait_parked(&broker, 0).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_heartbeat_lets_its_connection_park_again_at_once() {
+    // Long enough that a connection woken by anything but a heartbeat stays a task for the
+    // whole test.
+    let broker = Broker::start_with(|config| config.limits.idle_park_ms = 600_000).await;
+    let (mut client, _) =
+        RawClient::open_ok(broker.addr, Protocol::V311, "heartbeat", true, |_| {}).await;
+    wait_parked(&broker, 1).await;
+    for _ in 0..3 {
+        client.send(Packet::PingReq).await;
+        assert_eq!(client.recv().await, Some(Packet::PingResp));
+        wait_parked(&broker, 1).await;
+    }
+    // Other input keeps the connection at work for idle_park_ms (the SUBACK is sent after
+    // the lot resumed it)...
+    client
+        .subscribe(1, "heartbeat/inbox", QoS::AtMostOnce)
+        .await;
+    assert_eq!(parked(&broker).await, 0);
+    // ...until a heartbeat says the device has gone quiet.
+    client.send(Packet::PingReq).await;
+    assert_eq!(client.recv().await, Some(Packet::PingResp));
+    wait_parked(&broker, 1).await;
+    // Parked, it still gets its messages.
+    let (mut publisher, _) =
+        RawClient::open_ok(broker.addr, Protocol::V311, "heartbeat-pub", true, |_| {}).await;
+    publisher
+        .publish_qos1(1, "heartbeat/inbox", *b"after the heartbeat", false)
+        .await;
+    let publish = client.expect_publish("a message after the heartbeat").await;
+    assert_eq!(&publish.payload[..], b"after the heartbeat");
+    publisher.disconnect().await;
+    client.disconnect().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_connect_that_arrives_late_and_in_pieces_is_served() {
+    // A new connection reads its socket directly first; a CONNECT not there yet, or not
+    // whole, is awaited through the runtime as usual.
+    let broker = broker().await;
+    let mut client = RawClient::connect(broker.addr, Protocol::V311).await;
+    let mut connect = bytes::BytesMut::new();
+    client.encode(
+        &Packet::Connect(Box::new(client.connect_packet("late", true))),
+        &mut connect,
+    );
+    // Nothing yet: the broker's first read finds the socket empty.
+    assert_eq!(
+        client.recv_within(Duration::from_millis(100)).await,
+        Err(())
+    );
+    let (head, tail) = connect.split_at(3);
+    client.send_raw(head).await;
+    assert_eq!(
+        client.recv_within(Duration::from_millis(100)).await,
+        Err(())
+    );
+    client.send_raw(tail).await;
+    match client.recv().await {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, ReasonCode::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    wait_parked(&broker, 1).await;
+    client.send(Packet::PingReq).await;
+    assert_eq!(client.recv().await, Some(Packet::PingResp));
+    client.disconnect().await;
+    wait_parked(&broker, 0).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_write_larger_than_the_socket_takes_is_finished_after_parking() {
+    // A woken connection writes straight to its socket until the socket is full; the rest
+    // goes out through the runtime as the client reads. 16 MiB of retained messages is
+    // more than a loopback socket buffers.
+    const MESSAGES: usize = 64;
+    const SIZE: usize = 256 * 1024;
+    let broker = broker().await;
+    let (mut publisher, _) =
+        RawClient::open_ok(broker.addr, Protocol::V311, "big-pub", true, |_| {}).await;
+    for i in 0..MESSAGES {
+        let payload = vec![i as u8; SIZE];
+        publisher
+            .publish_qos1(1, &format!("big/{i}"), payload, true)
+            .await;
+    }
+    publisher.disconnect().await;
+    let (mut client, _) =
+        RawClient::open_ok(broker.addr, Protocol::V311, "big-sub", true, |_| {}).await;
+    wait_parked(&broker, 1).await;
+    client.subscribe(1, "big/#", QoS::AtMostOnce).await;
+    // Not reading for a while: the broker's writes block.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut seen = [false; MESSAGES];
+    for _ in 0..MESSAGES {
+        let publish = client.expect_publish("a large retained message").await;
+        let i: usize = publish.topic["big/".len()..]
+            .parse()
+            .expect("topic big/{i}");
+        assert!(!seen[i], "big/{i} twice");
+        seen[i] = true;
+        assert_eq!(publish.payload.len(), SIZE, "big/{i}");
+        assert!(
+            publish.payload.iter().all(|&b| b == i as u8),
+            "big/{i} intact"
+        );
+    }
+    client.disconnect().await;
     broker.stop().await;
 }
 
