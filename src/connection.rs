@@ -396,6 +396,9 @@ struct Connection {
     /// Parks at its first idle moment, without waiting `idle_park_ms`: a new connection
     /// (typically quiet for a while), or a parked one woken only by a heartbeat.
     park_at_once: bool,
+    /// The socket is in the parking lot's epoll set from an earlier park (see
+    /// `crate::parking::Sockets`).
+    in_lot_set: bool,
     /// What the router hands this connection: chat deliveries, broadcasts, a close order.
     mailbox: Mailbox,
     /// The router's close order has been taken: the connection is ending.
@@ -488,6 +491,14 @@ impl Parked for Connection {
     fn socket(&self) -> Option<RawFd> {
         // Only plain TCP parks (see `park_after`), detached from the runtime.
         self.stream.detached_fd()
+    }
+
+    fn in_lot_set(&self) -> bool {
+        self.in_lot_set
+    }
+
+    fn set_in_lot_set(&mut self, in_set: bool) {
+        self.in_lot_set = in_set;
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -719,6 +730,7 @@ impl Connection {
             last_read: ReadClock::at(ctx.millis_since_start(Instant::now())),
             busy: false,
             park_at_once: true,
+            in_lot_set: false,
             mailbox,
             closing: false,
             user: attached.user,

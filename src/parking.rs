@@ -24,7 +24,7 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::mem;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
@@ -57,6 +57,12 @@ pub trait Parked: Send + 'static {
     /// The socket, off the runtime's I/O driver, that the lot watches for input and
     /// hang-ups while the connection is parked (input already waiting counts).
     fn socket(&self) -> Option<RawFd>;
+
+    /// Whether the socket is still in the lot's epoll set from an earlier park, as the
+    /// lot records with [`Parked::set_in_lot_set`] (see [`Sockets`]).
+    fn in_lot_set(&self) -> bool;
+
+    fn set_in_lot_set(&mut self, in_set: bool);
 
     /// When to resume it whether or not anything happened (its keepalive deadline).
     fn deadline(&self) -> Option<Instant>;
@@ -194,10 +200,18 @@ fn wake_entry(data: *const ()) {
 
 fn drop_entry_waker(_: *const ()) {}
 
-/// The sockets of parked connections: an epoll set of the lot's own (through mio), itself
-/// registered with the runtime's I/O driver. mio registers edge-triggered, and epoll
-/// reports a socket that is already readable when it is added, so input that arrived
-/// before the connection parked is not missed.
+/// The sockets of parked connections: an epoll set of the lot's own (a `mio::Poll`), itself
+/// registered with the runtime's I/O driver. Sockets are added edge-triggered and
+/// one-shot; epoll reports a socket that is already readable when it is added or re-armed,
+/// so input that arrived before the connection parked is not missed.
+///
+/// One-shot, because a socket whose input resumed its connection can stay in the set: its
+/// registration fired and is disarmed, and parking again re-arms it with one
+/// `EPOLL_CTL_MOD` (under its new key). Removing it and adding it again took two
+/// `epoll_ctl`, and the add allocates and runs the kernel's nested-epoll checks (this set
+/// is itself watched). That is a device's heartbeat: one system call of five saved. A
+/// connection resumed by anything else (its mailbox, its deadline) is removed from the
+/// set, as its registration is still armed under a key that another connection may take.
 struct Sockets {
     poll: AsyncFd<mio::Poll>,
     events: mio::Events,
@@ -217,12 +231,31 @@ impl Sockets {
         })
     }
 
-    fn watch(&self, fd: RawFd, key: usize) -> io::Result<()> {
-        self.poll.get_ref().registry().register(
-            &mut SourceFd(&fd),
-            mio::Token(key),
-            mio::Interest::READABLE,
-        )
+    /// Adds a socket to the set, or re-arms it (`in_set`) under a new key.
+    fn watch(&self, fd: RawFd, key: usize, in_set: bool) -> io::Result<()> {
+        // mio registers without EPOLLONESHOT; its `Poll` reads the events of a socket
+        // registered here all the same (the key is the event's data, as a `Token`).
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET | libc::EPOLLONESHOT) as u32,
+            u64: key as u64,
+        };
+        let op = if in_set {
+            libc::EPOLL_CTL_MOD
+        } else {
+            libc::EPOLL_CTL_ADD
+        };
+        // SAFETY: the set's descriptor is open for the life of the `mio::Poll` that owns
+        // it; `event` is a live, initialised epoll_event; epoll_ctl does not keep it.
+        let done = unsafe { libc::epoll_ctl(self.poll.get_ref().as_raw_fd(), op, fd, &mut event) };
+        if done == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if in_set && e.raw_os_error() == Some(libc::ENOENT) {
+            // Not in this set after all (it belonged to another lot's): add it.
+            return self.watch(fd, key, false);
+        }
+        Err(e)
     }
 
     fn unwatch(&self, fd: RawFd) {
@@ -324,7 +357,7 @@ impl LotTask {
                             // Stale when the entry was resumed since (its socket was
                             // removed from the set then) and its place not reused yet.
                             if self.entries.contains(key) {
-                                self.resume(key);
+                                self.resume(key, Resumed::BySocket);
                             }
                         }
                         self.readable = readable;
@@ -352,23 +385,26 @@ impl LotTask {
     }
 
     fn admit(&mut self, parked: Box<dyn Parked>) {
-        let socket = parked.socket();
+        let (socket, in_set) = (parked.socket(), parked.in_lot_set());
         let key = self.entries.insert(parked);
         if key >> KEY_BITS != 0 {
             // Beyond what a waker can name (2^48 entries on 64-bit targets).
-            self.resume(key);
+            self.resume(key, Resumed::ByOther);
             return;
         }
         if let Some(fd) = socket {
             let watched = match &self.sockets {
-                Some(sockets) => sockets.watch(fd, key),
+                Some(sockets) => sockets.watch(fd, key, in_set),
                 None => Err(io::Error::other("the lot watches no sockets")),
             };
-            if let Err(e) = watched {
-                // Unwatched, it could miss its client: it goes back to work instead.
-                tracing::warn!("cannot watch a parked connection's socket: {e}");
-                self.resume(key);
-                return;
+            match watched {
+                Ok(()) => self.entries[key].set_in_lot_set(true),
+                Err(e) => {
+                    // Unwatched, it could miss its client: it goes back to work instead.
+                    tracing::warn!("cannot watch a parked connection's socket: {e}");
+                    self.resume(key, Resumed::ByOther);
+                    return;
+                }
             }
         }
         self.check(key);
@@ -382,7 +418,7 @@ impl LotTask {
         self.sockets = None;
         let keys: Vec<usize> = self.entries.iter().map(|(key, _)| key).collect();
         for key in keys {
-            self.resume(key);
+            self.resume(key, Resumed::ByOther);
         }
     }
 
@@ -395,7 +431,7 @@ impl LotTask {
         };
         let waker = id.entry_waker(key);
         if parked.poll_wake(&mut Context::from_waker(&waker)) {
-            self.resume(key);
+            self.resume(key, Resumed::ByOther);
         }
     }
 
@@ -407,17 +443,32 @@ impl LotTask {
             .map(|(key, _)| key)
             .collect();
         for key in due {
-            self.resume(key);
+            self.resume(key, Resumed::ByOther);
         }
     }
 
-    fn resume(&mut self, key: usize) {
-        let parked = self.entries.remove(key);
-        if let (Some(fd), Some(sockets)) = (parked.socket(), &self.sockets) {
-            sockets.unwatch(fd);
+    fn resume(&mut self, key: usize, why: Resumed) {
+        let mut parked = self.entries.remove(key);
+        match (why, parked.socket(), &self.sockets) {
+            // Its one-shot registration fired: it stays in the set, disarmed.
+            (Resumed::BySocket, Some(_), Some(_)) => {}
+            (_, Some(fd), Some(sockets)) => {
+                sockets.unwatch(fd);
+                parked.set_in_lot_set(false);
+            }
+            _ => parked.set_in_lot_set(false),
         }
         self.resumed.spawn(parked.resume());
     }
+}
+
+/// What resumed a parked connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resumed {
+    /// Input or a hang-up on its socket.
+    BySocket,
+    /// Its mailbox, its deadline, or the lot itself.
+    ByOther,
 }
 
 #[cfg(test)]
@@ -439,6 +490,9 @@ mod tests {
         deadline: Option<Instant>,
         resumed: Option<oneshot::Sender<&'static str>>,
         name: &'static str,
+        in_set: bool,
+        /// Gets the socket back when resumed, and whether it was left in the lot's set.
+        hand_back: Option<oneshot::Sender<(UnixStream, bool)>>,
     }
 
     #[derive(Default)]
@@ -466,12 +520,23 @@ mod tests {
             self.socket.as_ref().map(AsRawFd::as_raw_fd)
         }
 
+        fn in_lot_set(&self) -> bool {
+            self.in_set
+        }
+
+        fn set_in_lot_set(&mut self, in_set: bool) {
+            self.in_set = in_set;
+        }
+
         fn deadline(&self) -> Option<Instant> {
             self.deadline
         }
 
         fn resume(mut self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
             Box::pin(async move {
+                if let (Some(tx), Some(socket)) = (self.hand_back.take(), self.socket.take()) {
+                    let _ = tx.send((socket, self.in_set));
+                }
                 if let Some(tx) = self.resumed.take() {
                     let _ = tx.send(self.name);
                 }
@@ -491,6 +556,8 @@ mod tests {
             deadline,
             resumed: Some(tx),
             name,
+            in_set: false,
+            hand_back: None,
         });
         (parked, ready, rx)
     }
@@ -686,6 +753,49 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(b_resumed.try_recv().is_err(), "b was resumed by a's socket");
+        assert_eq!(gauge_value(&gauge), 1);
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_resumed_its_connection_stays_in_the_set_disarmed() {
+        let gauge = Gauge::default();
+        let (lot, task) = ParkingLot::new(gauge.clone());
+        let running = tokio::spawn(task.run(std::future::pending()));
+        let (mut a, mut a_peer, a_resumed) = fake_with_socket("a");
+        let (back, returned) = oneshot::channel();
+        a.hand_back = Some(back);
+        assert!(lot.park(a).is_ok());
+        while gauge_value(&gauge) < 1 {
+            tokio::task::yield_now().await;
+        }
+        a_peer.write_all(b"\xc0\x00").expect("write to a");
+        assert_eq!(a_resumed.await.expect("a resumed"), "a");
+        let (mut socket, in_set) = returned.await.expect("a's socket back");
+        assert!(in_set, "resumed by its socket, it stays in the set");
+        let mut input = [0u8; 2];
+        std::io::Read::read_exact(&mut socket, &mut input).expect("a's input");
+
+        // Disarmed: another connection in a's old place is not resumed by a's input.
+        let (b, _b_ready, mut b_resumed) = fake("b", None);
+        assert!(lot.park(b).is_ok());
+        while gauge_value(&gauge) < 1 {
+            tokio::task::yield_now().await;
+        }
+        a_peer.write_all(b"\xc0\x00").expect("write to a");
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(b_resumed.try_recv().is_err(), "b was resumed by a's socket");
+
+        // Parked again, a's socket is re-armed (under its new key): the input waiting
+        // resumes it at once.
+        let (mut again, _ready, again_resumed) = fake("a again", None);
+        again.socket = Some(socket);
+        again.in_set = true;
+        assert!(lot.park(again).is_ok());
+        assert_eq!(again_resumed.await.expect("a resumed again"), "a again");
+        assert!(b_resumed.try_recv().is_err(), "b stays parked");
         assert_eq!(gauge_value(&gauge), 1);
         running.abort();
     }

@@ -138,6 +138,10 @@ enum Scenario {
         /// The broker's process ID, for its resident memory.
         #[arg(long)]
         pid: Option<u32>,
+        /// After connecting, stay this many seconds more and report the broker's CPU time
+        /// per heartbeat (PINGRESP) over them (with --pid; use a short --keepalive).
+        #[arg(long, default_value_t = 0.0)]
+        heartbeat_window: f64,
     },
 }
 
@@ -235,12 +239,15 @@ async fn main_inner(cli: Cli) -> Result<Output, String> {
             first_source,
             parallel,
             pid,
+            heartbeat_window,
         } => {
             let mut cfg = ConnectionsConfig::new(clients.max(1));
             cfg.keep_alive = keepalive;
             cfg.per_source = per_source;
             cfg.first_source = first_source;
             cfg.parallel = parallel.max(1);
+            cfg.heartbeat_window = Duration::try_from_secs_f64(heartbeat_window)
+                .map_err(|e| format!("--heartbeat-window {heartbeat_window}: {e}"))?;
             return scenarios::connections(&opts, &cfg, pid)
                 .await
                 .map(Output::Connections)

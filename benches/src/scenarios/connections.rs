@@ -5,14 +5,16 @@
 //!
 //! On a 127.x broker the client sockets are bound to 127.0.0.2, 127.0.0.3, ...
 //! (`per_source` each, from `first_source` on) so that ephemeral ports never run out; the
-//! clients send PINGREQ at half their keep alive while they wait.
+//! clients send PINGREQ at half their keep alive while they wait. With a heartbeat window,
+//! they then stay that long more, and the broker's CPU time over it per PINGRESP received
+//! is the cost of a device heartbeat (use a short keep alive).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tern_codec::Protocol;
+use tern_codec::{Packet, Protocol};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -37,6 +39,9 @@ pub struct ConnectionsConfig {
     pub parallel: usize,
     /// How long to wait with everyone connected before reading the broker's memory.
     pub settle: Duration,
+    /// After that, how long to count heartbeats (PINGRESPs) and the broker's CPU time;
+    /// zero: not measured.
+    pub heartbeat_window: Duration,
 }
 
 impl ConnectionsConfig {
@@ -48,6 +53,7 @@ impl ConnectionsConfig {
             first_source: 0,
             parallel: 64,
             settle: Duration::from_secs(2),
+            heartbeat_window: Duration::ZERO,
         }
     }
 }
@@ -69,6 +75,10 @@ pub struct ConnectionsReport {
     /// clients' side of every connect costs (the kernel's share of a loopback handshake
     /// included).
     pub tool_cpu_secs: Option<f64>,
+    /// PINGRESPs the clients received in the heartbeat window, and the broker's CPU
+    /// time over it (`None` without a window or a broker PID).
+    pub heartbeats: usize,
+    pub heartbeat_cpu_secs: Option<f64>,
     /// Connections the broker closed while they were idle.
     pub lost: usize,
 }
@@ -92,6 +102,12 @@ impl ConnectionsReport {
         Some(self.tool_cpu_secs? * 1e6 / self.clients.max(1) as f64)
     }
 
+    /// Broker CPU time per heartbeat (PINGREQ read, PINGRESP written), in microseconds.
+    pub fn cpu_per_heartbeat_us(&self) -> Option<f64> {
+        let cpu = self.heartbeat_cpu_secs?;
+        (self.heartbeats > 0).then(|| cpu * 1e6 / self.heartbeats as f64)
+    }
+
     /// Broker memory per connection, in KiB.
     pub fn rss_per_connection_kib(&self) -> Option<f64> {
         let (before, after) = (self.rss_before_kib?, self.rss_after_kib?);
@@ -102,7 +118,7 @@ impl ConnectionsReport {
     pub fn json(&self) -> String {
         let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
         format!(
-            "{{\"scenario\":\"connections\",\"clients\":{},\"connect_secs\":{:.3},\"connects_per_sec\":{:.1},\"rss_before_kib\":{},\"rss_after_kib\":{},\"rss_per_connection_kib\":{},\"broker_cpu_us_per_connection\":{},\"tool_cpu_us_per_connection\":{},\"lost\":{}}}",
+            "{{\"scenario\":\"connections\",\"clients\":{},\"connect_secs\":{:.3},\"connects_per_sec\":{:.1},\"rss_before_kib\":{},\"rss_after_kib\":{},\"rss_per_connection_kib\":{},\"broker_cpu_us_per_connection\":{},\"tool_cpu_us_per_connection\":{},\"heartbeats\":{},\"broker_cpu_us_per_heartbeat\":{},\"lost\":{}}}",
             self.clients,
             self.connect_secs,
             self.connects_per_sec(),
@@ -114,6 +130,9 @@ impl ConnectionsReport {
                 .map_or("null".to_string(), |v| format!("{v:.2}")),
             self.tool_cpu_per_connection_us()
                 .map_or("null".to_string(), |v| format!("{v:.2}")),
+            self.heartbeats,
+            self.cpu_per_heartbeat_us()
+                .map_or("null".to_string(), |v| format!("{v:.2}")),
             self.lost,
         )
     }
@@ -124,8 +143,15 @@ impl ConnectionsReport {
                 format!("{:.1}MiB", v as f64 / 1024.0)
             })
         };
+        let heartbeats = match self.cpu_per_heartbeat_us() {
+            Some(us) => format!(
+                ", {} heartbeats, broker CPU {us:.1}us each",
+                self.heartbeats
+            ),
+            None => String::new(),
+        };
         format!(
-            "connections n={}: {:.0} connects/s ({:.2}s, CPU per connection: broker {}, tool {}), broker RSS {} -> {} = {} per connection, lost={}",
+            "connections n={}: {:.0} connects/s ({:.2}s, CPU per connection: broker {}, tool {}), broker RSS {} -> {} = {} per connection{heartbeats}, lost={}",
             self.clients,
             self.connects_per_sec(),
             self.connect_secs,
@@ -186,6 +212,7 @@ pub async fn connections(
     let cpu_before = broker_pid.and_then(cpu_secs);
     let tool_cpu_before = cpu_secs(std::process::id());
     let lost = Arc::new(AtomicUsize::new(0));
+    let pongs = Arc::new(AtomicUsize::new(0));
     let (stop, stop_rx) = watch::channel(false);
     let connecting = Arc::new(Semaphore::new(cfg.parallel.max(1)));
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<()>>();
@@ -204,7 +231,7 @@ pub async fn connections(
             (opts.addr, opts.protocol, conn),
             connecting.clone(),
             ready_tx.clone(),
-            lost.clone(),
+            (lost.clone(), pongs.clone()),
             stop_rx.clone(),
         ));
     }
@@ -230,6 +257,17 @@ pub async fn connections(
         tokio::time::sleep(cfg.settle).await;
     }
     let rss_after = broker_pid.and_then(rss_kib);
+    let mut heartbeats = 0;
+    let mut heartbeat_cpu_secs = None;
+    if failure.is_none() && !cfg.heartbeat_window.is_zero() {
+        let (pongs_before, cpu_before) =
+            (pongs.load(Ordering::Relaxed), broker_pid.and_then(cpu_secs));
+        tokio::time::sleep(cfg.heartbeat_window).await;
+        heartbeats = pongs.load(Ordering::Relaxed) - pongs_before;
+        heartbeat_cpu_secs = cpu_before
+            .zip(broker_pid.and_then(cpu_secs))
+            .map(|(b, a)| a - b);
+    }
     let _ = stop.send(true);
     while clients.join_next().await.is_some() {}
     if let Some(e) = failure {
@@ -242,17 +280,20 @@ pub async fn connections(
         rss_after_kib: rss_after,
         broker_cpu_secs: cpu_before.zip(cpu_after).map(|(b, a)| a - b),
         tool_cpu_secs: tool_cpu_before.zip(tool_cpu_after).map(|(b, a)| a - b),
+        heartbeats,
+        heartbeat_cpu_secs,
         lost: lost.load(Ordering::Relaxed),
     })
 }
 
 /// One idle client: connects (a bounded number at a time), says so on `ready`, then reads
-/// and discards until `stop`, sending PINGREQ at half its keep alive.
+/// until `stop`, sending PINGREQ at half its keep alive and counting the PINGRESPs in
+/// `pongs` (and itself in `lost` if the broker closes it).
 async fn idle_client(
     (addr, protocol, conn): (SocketAddr, Protocol, ConnectOptions),
     connecting: Arc<Semaphore>,
     ready: mpsc::UnboundedSender<Result<()>>,
-    lost: Arc<AtomicUsize>,
+    (lost, pongs): (Arc<AtomicUsize>, Arc<AtomicUsize>),
     mut stop: watch::Receiver<bool>,
 ) {
     let keep_alive = conn.keep_alive;
@@ -275,7 +316,11 @@ async fn idle_client(
     };
     drop(ready);
     let result = stay_connected(&mut reader, &mut writer, keep_alive, &mut stop, |r, _| {
-        while r.try_next()?.is_some() {}
+        while let Some(packet) = r.try_next()? {
+            if matches!(packet, Packet::PingResp) {
+                pongs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         Ok(())
     })
     .await;
