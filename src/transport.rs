@@ -116,6 +116,36 @@ impl Stream {
         Ok(())
     }
 
+    /// One non-blocking read from a detached socket into `buf`: `Ok(None)` when it has
+    /// nothing, `Ok(Some(0))` at end of stream; an error for any other stream.
+    pub fn read_detached(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        use std::io::Read;
+        let Stream::Detached { socket, drained } = self else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        loop {
+            return match (&*socket).read(buf) {
+                Ok(n) => {
+                    *drained = n > 0 && n < buf.len();
+                    Ok(Some(n))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
+    }
+
+    /// Writes to a detached socket what it takes at once: the bytes written; an error for
+    /// any other stream.
+    pub fn write_detached(&self, bytes: &[u8]) -> io::Result<usize> {
+        let Stream::Detached { socket, .. } = self else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        let rest = write_direct(socket, bytes)?;
+        Ok(bytes.len() - rest.len())
+    }
+
     /// Registers a detached socket with the runtime's I/O driver again.
     fn attach(&mut self) -> io::Result<()> {
         if let Stream::Detached { .. } = self {

@@ -26,6 +26,15 @@ async fn parked(broker: &Broker) -> u64 {
         .unwrap_or_else(|| panic!("no tern_parked_connections in the exposition:\n{text}"))
 }
 
+/// The `tern_parked_heartbeats_total` counter.
+async fn heartbeats_in_place(broker: &Broker) -> u64 {
+    let text = broker.metrics().await;
+    text.lines()
+        .find_map(|line| line.strip_prefix("tern_parked_heartbeats_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tern_parked_heartbeats_total in the exposition:\n{text}"))
+}
+
 /// Waits until exactly `n` connections are parked; fails after [`EVENT_TIMEOUT`].
 async fn wait_parked(broker: &Broker, n: u64) {
     let deadline = Instant::now() + EVENT_TIMEOUT;
@@ -81,11 +90,13 @@ async fn a_parked_subscriber_gets_every_message_and_parks_again() {
 async fn a_packet_from_the_client_wakes_its_parked_connection() {
     let broker = broker().await;
     let (mut client, _) =
-        RawClient::open_ok(broker.addr, Protocol::V311, "pinger", true, |_| {}).await;
-    for _ in 0..3 {
+        RawClient::open_ok(broker.addr, Protocol::V311, "subscriber", true, |_| {}).await;
+    // A SUBSCRIBE needs the connection at work (a PINGREQ the lot answers itself).
+    for packet_id in 1..=3 {
         wait_parked(&broker, 1).await;
-        client.send(Packet::PingReq).await;
-        assert_eq!(client.recv().await, Some(Packet::PingResp));
+        client
+            .subscribe(packet_id, &format!("wake/{packet_id}"), QoS::AtLeastOnce)
+            .await;
     }
     client.disconnect().await;
     wait_parked(&broker, 0).await;
@@ -100,10 +111,12 @@ async fn a_heartbeat_lets_its_connection_park_again_at_once() {
     let (mut client, _) =
         RawClient::open_ok(broker.addr, Protocol::V311, "heartbeat", true, |_| {}).await;
     wait_parked(&broker, 1).await;
-    for _ in 0..3 {
+    // Answered by the parking lot: the connection never leaves it.
+    for round in 1..=3 {
         client.send(Packet::PingReq).await;
         assert_eq!(client.recv().await, Some(Packet::PingResp));
-        wait_parked(&broker, 1).await;
+        assert_eq!(heartbeats_in_place(&broker).await, round);
+        assert_eq!(parked(&broker).await, 1);
     }
     // Other input keeps the connection at work for idle_park_ms (the SUBACK is sent after
     // the lot resumed it)...
@@ -111,10 +124,11 @@ async fn a_heartbeat_lets_its_connection_park_again_at_once() {
         .subscribe(1, "heartbeat/inbox", QoS::AtMostOnce)
         .await;
     assert_eq!(parked(&broker).await, 0);
-    // ...until a heartbeat says the device has gone quiet.
+    // ...until a heartbeat says the device has gone quiet (answered by the connection).
     client.send(Packet::PingReq).await;
     assert_eq!(client.recv().await, Some(Packet::PingResp));
     wait_parked(&broker, 1).await;
+    assert_eq!(heartbeats_in_place(&broker).await, 3);
     // Parked, it still gets its messages.
     let (mut publisher, _) =
         RawClient::open_ok(broker.addr, Protocol::V311, "heartbeat-pub", true, |_| {}).await;

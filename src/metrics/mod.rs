@@ -165,6 +165,7 @@ pub struct Metrics {
     dropped: Vec<Counter>,
     refused_publishes: Vec<Counter>,
     slow_consumers: Counter,
+    heartbeats_in_place: Counter,
     accepts_paced: Vec<Counter>,
     inbound_paused: Vec<Counter>,
     publish_to_deliver: LatencyHistogram,
@@ -287,6 +288,12 @@ impl Metrics {
             "Application messages (PUBLISH packets) sent to clients",
             None,
         );
+        let heartbeats_in_place = counter(
+            r,
+            "parked_heartbeats",
+            "PINGREQs of parked connections answered by the parking lot, the connection staying parked",
+            None,
+        );
         let bytes_received = counter(
             r,
             "received",
@@ -372,6 +379,7 @@ impl Metrics {
             dropped,
             refused_publishes,
             slow_consumers,
+            heartbeats_in_place,
             accepts_paced,
             inbound_paused,
             publish_to_deliver,
@@ -422,6 +430,11 @@ impl Metrics {
     pub fn add_received(&self, messages: u64, bytes: u64) {
         add(&self.messages_received, messages);
         add(&self.bytes_received, bytes);
+    }
+
+    /// `count` PINGREQs of a parked connection answered by the parking lot.
+    pub fn heartbeats_in_place(&self, count: u64) {
+        add(&self.heartbeats_in_place, count);
     }
 
     /// `messages` PUBLISH packets and `bytes` bytes (every packet) went out to a client.
