@@ -182,6 +182,22 @@ async fn comparison_scenarios_at_small_scale() {
     );
     assert!(r.json().contains("\"clients\":60"), "{}", r.json());
 
+    // Heartbeats: clients pinging every second, counted over a window of 1.5 s: each of
+    // them gets at least one PINGRESP in it.
+    let mut cfg = ConnectionsConfig::new(20);
+    cfg.per_source = 25;
+    cfg.first_source = 4;
+    cfg.keep_alive = 2;
+    cfg.settle = Duration::from_millis(100);
+    cfg.heartbeat_window = Duration::from_millis(1500);
+    let r = scenarios::connections(&opts, &cfg, Some(std::process::id()))
+        .await
+        .expect("heartbeats");
+    println!("{}", r.line());
+    assert_eq!(r.lost, 0, "{r:?}");
+    assert!(r.heartbeats >= 20, "{r:?}");
+    assert!(r.cpu_per_heartbeat_us().is_some(), "{r:?}");
+
     // Retained: every match arrives, for the few and for the subtree.
     let mut cfg = RetainedConfig::new(400);
     cfg.subtree = 100;

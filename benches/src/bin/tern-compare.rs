@@ -31,6 +31,7 @@ const SCENARIOS: &[&str] = &[
     "fan-out",
     "latency",
     "connections",
+    "heartbeats",
     "durable",
     "retained",
     "group",
@@ -40,7 +41,7 @@ const SCENARIOS: &[&str] = &[
 #[command(
     name = "tern-compare",
     about = "tern side by side with Mosquitto and rumqttd: every scenario, brokers alternated, medians and ratios written to benches/RESULTS.md",
-    after_help = "Scenarios: fan-in, pairs, fan-out, latency, connections, durable, retained, group (durable: tern under each storage.sync policy vs Mosquitto with persistence; group: tern only)."
+    after_help = "Scenarios: fan-in, pairs, fan-out, latency, connections, heartbeats, durable, retained, group (heartbeats: the cost of idle devices' PINGREQs, beside scenario 5; durable: tern under each storage.sync policy vs Mosquitto with persistence; group: tern only)."
 )]
 struct Cli {
     /// Rounds: each scenario runs every broker this many times, alternating.
@@ -99,6 +100,15 @@ struct Cli {
     /// connections: connects in progress at once.
     #[arg(long, default_value_t = 64)]
     connect_parallel: usize,
+    /// heartbeats: idle clients, each pinging every `heartbeat_keepalive / 2` seconds.
+    #[arg(long, default_value_t = 5_000)]
+    heartbeat_clients: usize,
+    /// heartbeats: keep alive of those clients, seconds.
+    #[arg(long, default_value_t = 2)]
+    heartbeat_keepalive: u16,
+    /// heartbeats: how long the broker's CPU time and the PINGRESPs are counted, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    heartbeat_window: f64,
     /// durable: persistent sessions (scenario 6).
     #[arg(long, default_value_t = 1000)]
     durable_sessions: usize,
@@ -469,6 +479,96 @@ fn standard_targets(sec: &mut Section) {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Beside scenario 5: heartbeats.
+
+async fn heartbeats_section(ctx: &mut Ctx) -> Section {
+    let c = ctx.cli.clone();
+    let n = c.heartbeat_clients;
+    let window = Duration::from_secs_f64(c.heartbeat_window.max(0.1));
+    let setups = ctx.setups(|k| {
+        let mut s = BrokerSetup::new(k);
+        s.tern_toml = format!("[limits]\nmax_connections = {}\n", n + 500);
+        s.rumqttd_max_connections = n + 1000;
+        Some(s)
+    });
+    let mut sec = Section::new(
+        "heartbeats",
+        "5b. heartbeats",
+        &format!(
+            "What an idle chat device costs while it only keeps its connection alive (not a target of issue 5). {n} clients (MQTT 3.1.1, clean session, keep alive {} s, no subscription) connect as in scenario 5 and send PINGREQ every {} s; once all are connected and 2 s have passed, for {:.0} s: the PINGRESPs they receive, and the broker's CPU time (user + system, /proc/PID/stat) over them.",
+            c.heartbeat_keepalive,
+            (c.heartbeat_keepalive / 2).max(1),
+            window.as_secs_f64(),
+        ),
+        &labels(&setups),
+    );
+    for round in 0..c.rounds {
+        for i in order(setups.len(), round) {
+            let s = &setups[i];
+            let blocks = n.div_ceil(c.per_source.max(1));
+            let first_source = ctx.connection_runs * blocks;
+            ctx.connection_runs += 1;
+            let run = async {
+                let mut b = ctx.start(s).await?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let opts = ctx.options(b.addr);
+                let mut cfg = ConnectionsConfig::new(n);
+                cfg.keep_alive = c.heartbeat_keepalive;
+                cfg.per_source = c.per_source;
+                cfg.first_source = first_source;
+                cfg.parallel = c.connect_parallel;
+                cfg.heartbeat_window = window;
+                let r = limited(
+                    ctx.run_limit(),
+                    scenarios::connections(&opts, &cfg, b.pid()),
+                )
+                .await;
+                alive(&mut b)?;
+                r
+            };
+            match run.await {
+                Ok(r) => {
+                    progress("heartbeats", round, c.rounds, &s.label, &r.line());
+                    let l = &s.label;
+                    sec.record(
+                        "broker CPU per heartbeat",
+                        "µs",
+                        Better::Lower,
+                        l,
+                        r.cpu_per_heartbeat_us(),
+                    );
+                    sec.record(
+                        "heartbeats answered",
+                        "per s",
+                        Better::Neither,
+                        l,
+                        Some(r.heartbeats as f64 / window.as_secs_f64()),
+                    );
+                    sec.record(
+                        "connections closed by the broker",
+                        "",
+                        Better::Neither,
+                        l,
+                        Some(r.lost as f64),
+                    );
+                }
+                Err(e) => {
+                    progress(
+                        "heartbeats",
+                        round,
+                        c.rounds,
+                        &s.label,
+                        &format!("FAILED: {e}"),
+                    );
+                    sec.fail(&s.label, &e.to_string());
+                }
+            }
+        }
+    }
+    sec
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1375,6 +1475,7 @@ async fn main_inner(cli: Cli) -> std::result::Result<(), String> {
                 Some(standard_section(&mut ctx, id).await)
             }
             "connections" => Some(connections_section(&mut ctx).await),
+            "heartbeats" => Some(heartbeats_section(&mut ctx).await),
             "durable" => Some(durable_section(&mut ctx).await),
             "retained" => Some(retained_section(&mut ctx).await),
             "group" => group_section(&mut ctx).await,
