@@ -19,20 +19,21 @@ async fn broker() -> Broker {
 
 /// The `tern_parked_connections` gauge.
 async fn parked(broker: &Broker) -> u64 {
-    let text = broker.metrics().await;
-    text.lines()
-        .find_map(|line| line.strip_prefix("tern_parked_connections "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no tern_parked_connections in the exposition:\n{text}"))
+    series(broker, "tern_parked_connections").await
 }
 
 /// The `tern_parked_heartbeats_total` counter.
 async fn heartbeats_in_place(broker: &Broker) -> u64 {
+    series(broker, "tern_parked_heartbeats_total").await
+}
+
+/// One unlabelled series of the broker's exposition; fails the test when it is missing.
+async fn series(broker: &Broker, name: &str) -> u64 {
     let text = broker.metrics().await;
     text.lines()
-        .find_map(|line| line.strip_prefix("tern_parked_heartbeats_total "))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no tern_parked_heartbeats_total in the exposition:\n{text}"))
+        .unwrap_or_else(|| panic!("no {name} in the exposition:\n{text}"))
 }
 
 /// Waits until exactly `n` connections are parked; fails after [`EVENT_TIMEOUT`].
