@@ -20,7 +20,9 @@ use tern_bench::broker::{dir_bytes, Binaries, BrokerProcess, BrokerSetup, Kind};
 use tern_bench::compare::{self, Better, Header, Machine, Section, Verdict};
 use tern_bench::run::raise_open_files;
 use tern_bench::scenarios::durable::{self, DurableConfig};
-use tern_bench::scenarios::{self, ConnectionsConfig, GroupConfig, RetainedConfig};
+use tern_bench::scenarios::{
+    self, ConnectionsConfig, ConnectionsReport, GroupConfig, RetainedConfig,
+};
 use tern_bench::{Error, Options, Report, Result};
 use tern_codec::{Protocol, QoS};
 
@@ -488,12 +490,7 @@ async fn heartbeats_section(ctx: &mut Ctx) -> Section {
     let c = ctx.cli.clone();
     let n = c.heartbeat_clients;
     let window = Duration::from_secs_f64(c.heartbeat_window.max(0.1));
-    let setups = ctx.setups(|k| {
-        let mut s = BrokerSetup::new(k);
-        s.tern_toml = format!("[limits]\nmax_connections = {}\n", n + 500);
-        s.rumqttd_max_connections = n + 1000;
-        Some(s)
-    });
+    let setups = connection_setups(ctx, n);
     let mut sec = Section::new(
         "heartbeats",
         "5b. heartbeats",
@@ -505,22 +502,73 @@ async fn heartbeats_section(ctx: &mut Ctx) -> Section {
         ),
         &labels(&setups),
     );
+    let mut cfg = ConnectionsConfig::new(n);
+    cfg.keep_alive = c.heartbeat_keepalive;
+    cfg.heartbeat_window = window;
+    connection_rounds(ctx, &mut sec, &setups, cfg, |sec, l, r| {
+        sec.record(
+            "broker CPU per heartbeat",
+            "µs",
+            Better::Lower,
+            l,
+            r.cpu_per_heartbeat_us(),
+        );
+        sec.record(
+            "heartbeats answered",
+            "per s",
+            Better::Neither,
+            l,
+            Some(r.heartbeats as f64 / window.as_secs_f64()),
+        );
+        sec.record(
+            "connections closed by the broker",
+            "",
+            Better::Neither,
+            l,
+            Some(r.lost as f64),
+        );
+    })
+    .await;
+    sec
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenario 5: connections.
+
+/// The brokers of scenarios 5 and 5b, configured to take `n` connections.
+fn connection_setups(ctx: &Ctx, n: usize) -> Vec<BrokerSetup> {
+    ctx.setups(|k| {
+        let mut s = BrokerSetup::new(k);
+        s.tern_toml = format!("[limits]\nmax_connections = {}\n", n + 500);
+        s.rumqttd_max_connections = n + 1000;
+        Some(s)
+    })
+}
+
+/// Runs `scenarios::connections` with `cfg` against every broker, round after round,
+/// each run from fresh source addresses, and hands each report to `record` (a failed run
+/// is recorded as such in `sec`).
+async fn connection_rounds(
+    ctx: &mut Ctx,
+    sec: &mut Section,
+    setups: &[BrokerSetup],
+    mut cfg: ConnectionsConfig,
+    record: impl Fn(&mut Section, &str, &ConnectionsReport),
+) {
+    let c = ctx.cli.clone();
+    let scenario = sec.id.clone();
+    cfg.per_source = c.per_source;
+    cfg.parallel = c.connect_parallel;
     for round in 0..c.rounds {
         for i in order(setups.len(), round) {
             let s = &setups[i];
-            let blocks = n.div_ceil(c.per_source.max(1));
-            let first_source = ctx.connection_runs * blocks;
+            cfg.first_source = ctx.connection_runs * cfg.clients.div_ceil(c.per_source.max(1));
             ctx.connection_runs += 1;
             let run = async {
                 let mut b = ctx.start(s).await?;
+                // Let the broker finish starting up before the "before" reading.
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let opts = ctx.options(b.addr);
-                let mut cfg = ConnectionsConfig::new(n);
-                cfg.keep_alive = c.heartbeat_keepalive;
-                cfg.per_source = c.per_source;
-                cfg.first_source = first_source;
-                cfg.parallel = c.connect_parallel;
-                cfg.heartbeat_window = window;
                 let r = limited(
                     ctx.run_limit(),
                     scenarios::connections(&opts, &cfg, b.pid()),
@@ -531,33 +579,12 @@ async fn heartbeats_section(ctx: &mut Ctx) -> Section {
             };
             match run.await {
                 Ok(r) => {
-                    progress("heartbeats", round, c.rounds, &s.label, &r.line());
-                    let l = &s.label;
-                    sec.record(
-                        "broker CPU per heartbeat",
-                        "µs",
-                        Better::Lower,
-                        l,
-                        r.cpu_per_heartbeat_us(),
-                    );
-                    sec.record(
-                        "heartbeats answered",
-                        "per s",
-                        Better::Neither,
-                        l,
-                        Some(r.heartbeats as f64 / window.as_secs_f64()),
-                    );
-                    sec.record(
-                        "connections closed by the broker",
-                        "",
-                        Better::Neither,
-                        l,
-                        Some(r.lost as f64),
-                    );
+                    progress(&scenario, round, c.rounds, &s.label, &r.line());
+                    record(sec, &s.label, &r);
                 }
                 Err(e) => {
                     progress(
-                        "heartbeats",
+                        &scenario,
                         round,
                         c.rounds,
                         &s.label,
@@ -568,21 +595,12 @@ async fn heartbeats_section(ctx: &mut Ctx) -> Section {
             }
         }
     }
-    sec
 }
-
-// ---------------------------------------------------------------------------------------
-// Scenario 5: connections.
 
 async fn connections_section(ctx: &mut Ctx) -> Section {
     let c = ctx.cli.clone();
     let n = c.connections;
-    let setups = ctx.setups(|k| {
-        let mut s = BrokerSetup::new(k);
-        s.tern_toml = format!("[limits]\nmax_connections = {}\n", n + 500);
-        s.rumqttd_max_connections = n + 1000;
-        Some(s)
-    });
+    let setups = connection_setups(ctx, n);
     let mut sec = Section::new(
         "connections",
         "5. connections",
@@ -592,104 +610,67 @@ async fn connections_section(ctx: &mut Ctx) -> Section {
         ),
         &labels(&setups),
     );
-    for round in 0..c.rounds {
-        for i in order(setups.len(), round) {
-            let s = &setups[i];
-            let blocks = n.div_ceil(c.per_source.max(1));
-            let first_source = ctx.connection_runs * blocks;
-            ctx.connection_runs += 1;
-            let run = async {
-                let mut b = ctx.start(s).await?;
-                // Let the broker finish starting up before the "before" reading.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let opts = ctx.options(b.addr);
-                let mut cfg = ConnectionsConfig::new(n);
-                cfg.keep_alive = c.keepalive;
-                cfg.per_source = c.per_source;
-                cfg.first_source = first_source;
-                cfg.parallel = c.connect_parallel;
-                let r = limited(
-                    ctx.run_limit(),
-                    scenarios::connections(&opts, &cfg, b.pid()),
-                )
-                .await;
-                alive(&mut b)?;
-                r
-            };
-            match run.await {
-                Ok(r) => {
-                    progress("connections", round, c.rounds, &s.label, &r.line());
-                    let l = &s.label;
-                    sec.record(
-                        "connect rate",
-                        "connections/s",
-                        Better::Higher,
-                        l,
-                        Some(r.connects_per_sec()),
-                    );
-                    sec.record(
-                        "broker CPU per connect",
-                        "µs",
-                        Better::Lower,
-                        l,
-                        r.cpu_per_connection_us(),
-                    );
-                    sec.record(
-                        "tool CPU per connect",
-                        "µs",
-                        Better::Neither,
-                        l,
-                        r.tool_cpu_per_connection_us(),
-                    );
-                    sec.record(
-                        "time to connect all",
-                        "s",
-                        Better::Lower,
-                        l,
-                        Some(r.connect_secs),
-                    );
-                    sec.record(
-                        "RSS per connection",
-                        "KiB",
-                        Better::Lower,
-                        l,
-                        r.rss_per_connection_kib(),
-                    );
-                    sec.record(
-                        "RSS before",
-                        "MiB",
-                        Better::Neither,
-                        l,
-                        r.rss_before_kib.map(|v| v as f64 / 1024.0),
-                    );
-                    sec.record(
-                        &format!("RSS with {n} connected"),
-                        "MiB",
-                        Better::Neither,
-                        l,
-                        r.rss_after_kib.map(|v| v as f64 / 1024.0),
-                    );
-                    sec.record(
-                        "connections closed by the broker",
-                        "",
-                        Better::Neither,
-                        l,
-                        Some(r.lost as f64),
-                    );
-                }
-                Err(e) => {
-                    progress(
-                        "connections",
-                        round,
-                        c.rounds,
-                        &s.label,
-                        &format!("FAILED: {e}"),
-                    );
-                    sec.fail(&s.label, &e.to_string());
-                }
-            }
-        }
-    }
+    let mut cfg = ConnectionsConfig::new(n);
+    cfg.keep_alive = c.keepalive;
+    connection_rounds(ctx, &mut sec, &setups, cfg, |sec, l, r| {
+        sec.record(
+            "connect rate",
+            "connections/s",
+            Better::Higher,
+            l,
+            Some(r.connects_per_sec()),
+        );
+        sec.record(
+            "broker CPU per connect",
+            "µs",
+            Better::Lower,
+            l,
+            r.cpu_per_connection_us(),
+        );
+        sec.record(
+            "tool CPU per connect",
+            "µs",
+            Better::Neither,
+            l,
+            r.tool_cpu_per_connection_us(),
+        );
+        sec.record(
+            "time to connect all",
+            "s",
+            Better::Lower,
+            l,
+            Some(r.connect_secs),
+        );
+        sec.record(
+            "RSS per connection",
+            "KiB",
+            Better::Lower,
+            l,
+            r.rss_per_connection_kib(),
+        );
+        sec.record(
+            "RSS before",
+            "MiB",
+            Better::Neither,
+            l,
+            r.rss_before_kib.map(|v| v as f64 / 1024.0),
+        );
+        sec.record(
+            &format!("RSS with {n} connected"),
+            "MiB",
+            Better::Neither,
+            l,
+            r.rss_after_kib.map(|v| v as f64 / 1024.0),
+        );
+        sec.record(
+            "connections closed by the broker",
+            "",
+            Better::Neither,
+            l,
+            Some(r.lost as f64),
+        );
+    })
+    .await;
     let rss = sec.median("RSS per connection", "tern");
     sec.target(
         "tern <= 0.6 KB of RSS per idle connection",
