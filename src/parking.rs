@@ -610,6 +610,21 @@ mod tests {
         gauge.get()
     }
 
+    /// A lot running until the test ends (aborted), with its gauge of parked connections.
+    fn running_lot() -> (ParkingLot, Gauge, tokio::task::JoinHandle<()>) {
+        let gauge = Gauge::default();
+        let (lot, task) = ParkingLot::new(gauge.clone());
+        let running = tokio::spawn(task.run(std::future::pending()));
+        (lot, gauge, running)
+    }
+
+    /// Waits until the lot holds `n` connections (each counted once it has been polled).
+    async fn until_parked(gauge: &Gauge, n: i64) {
+        while gauge_value(gauge) < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test]
     async fn a_woken_connection_is_resumed_and_the_others_stay() {
         let gauge = Gauge::default();
@@ -670,8 +685,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_already_ready_is_resumed_at_once() {
-        let (lot, task) = ParkingLot::new(Gauge::default());
-        let running = tokio::spawn(task.run(std::future::pending()));
+        let (lot, _gauge, running) = running_lot();
         let (a, a_ready, a_resumed) = fake("a", None);
         a_ready.set.store(true, Ordering::Release);
         assert!(lot.park(a).is_ok());
@@ -681,8 +695,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_deadline_resumes_within_a_tick() {
-        let (lot, task) = ParkingLot::new(Gauge::default());
-        let running = tokio::spawn(task.run(std::future::pending()));
+        let (lot, _gauge, running) = running_lot();
         let start = Instant::now();
         let (a, _a_ready, a_resumed) = fake("a", Some(start + Duration::from_secs(3)));
         assert!(lot.park(a).is_ok());
@@ -732,16 +745,12 @@ mod tests {
 
     #[tokio::test]
     async fn input_on_a_parked_socket_resumes_only_its_connection() {
-        let gauge = Gauge::default();
-        let (lot, task) = ParkingLot::new(gauge.clone());
-        let running = tokio::spawn(task.run(std::future::pending()));
+        let (lot, gauge, running) = running_lot();
         let (a, mut a_peer, a_resumed) = fake_with_socket("a");
         let (b, _b_peer, mut b_resumed) = fake_with_socket("b");
         assert!(lot.park(a).is_ok());
         assert!(lot.park(b).is_ok());
-        while gauge_value(&gauge) < 2 {
-            tokio::task::yield_now().await;
-        }
+        until_parked(&gauge, 2).await;
         a_peer.write_all(b"\xc0\x00").expect("write to a");
         assert_eq!(a_resumed.await.expect("a resumed"), "a");
         assert!(b_resumed.try_recv().is_err(), "b had no input");
@@ -751,8 +760,7 @@ mod tests {
 
     #[tokio::test]
     async fn input_that_came_before_parking_and_a_hang_up_both_resume() {
-        let (lot, task) = ParkingLot::new(Gauge::default());
-        let running = tokio::spawn(task.run(std::future::pending()));
+        let (lot, _gauge, running) = running_lot();
         // Input waiting before the lot ever sees the socket: no new edge will come.
         let (a, mut a_peer, a_resumed) = fake_with_socket("a");
         a_peer.write_all(b"\xc0\x00").expect("write to a");
@@ -768,9 +776,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_resumed_by_its_mailbox_leaves_the_socket_set() {
-        let gauge = Gauge::default();
-        let (lot, task) = ParkingLot::new(gauge.clone());
-        let running = tokio::spawn(task.run(std::future::pending()));
+        let (lot, gauge, running) = running_lot();
         let (mut a, mut a_peer, a_resumed) = fake_with_socket("a");
         let a_ready = Arc::new(ReadyFlag::default());
         a.ready = a_ready.clone();
@@ -781,17 +787,13 @@ mod tests {
             .as_ref()
             .map(|socket| socket.try_clone().expect("dup"));
         assert!(lot.park(a).is_ok());
-        while gauge_value(&gauge) < 1 {
-            tokio::task::yield_now().await;
-        }
+        until_parked(&gauge, 1).await;
         a_ready.set();
         assert_eq!(a_resumed.await.expect("a resumed"), "a");
         // Another connection takes a's place in the table; input for a must not resume it.
         let (b, _b_ready, mut b_resumed) = fake("b", None);
         assert!(lot.park(b).is_ok());
-        while gauge_value(&gauge) < 1 {
-            tokio::task::yield_now().await;
-        }
+        until_parked(&gauge, 1).await;
         a_peer.write_all(b"\xc0\x00").expect("write to a");
         for _ in 0..100 {
             tokio::task::yield_now().await;
@@ -803,16 +805,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_socket_that_resumed_its_connection_stays_in_the_set_disarmed() {
-        let gauge = Gauge::default();
-        let (lot, task) = ParkingLot::new(gauge.clone());
-        let running = tokio::spawn(task.run(std::future::pending()));
+        let (lot, gauge, running) = running_lot();
         let (mut a, mut a_peer, a_resumed) = fake_with_socket("a");
         let (back, returned) = oneshot::channel();
         a.hand_back = Some(back);
         assert!(lot.park(a).is_ok());
-        while gauge_value(&gauge) < 1 {
-            tokio::task::yield_now().await;
-        }
+        until_parked(&gauge, 1).await;
         a_peer.write_all(b"\xc0\x00").expect("write to a");
         assert_eq!(a_resumed.await.expect("a resumed"), "a");
         let (mut socket, in_set) = returned.await.expect("a's socket back");
@@ -823,9 +821,7 @@ mod tests {
         // Disarmed: another connection in a's old place is not resumed by a's input.
         let (b, _b_ready, mut b_resumed) = fake("b", None);
         assert!(lot.park(b).is_ok());
-        while gauge_value(&gauge) < 1 {
-            tokio::task::yield_now().await;
-        }
+        until_parked(&gauge, 1).await;
         a_peer.write_all(b"\xc0\x00").expect("write to a");
         for _ in 0..100 {
             tokio::task::yield_now().await;
@@ -846,15 +842,11 @@ mod tests {
 
     #[tokio::test]
     async fn input_answered_in_place_keeps_the_connection_parked() {
-        let gauge = Gauge::default();
-        let (lot, task) = ParkingLot::new(gauge.clone());
-        let running = tokio::spawn(task.run(std::future::pending()));
+        let (lot, gauge, running) = running_lot();
         let (mut a, mut a_peer, mut a_resumed) = fake_with_socket("a");
         a.pongs = true;
         assert!(lot.park(a).is_ok());
-        while gauge_value(&gauge) < 1 {
-            tokio::task::yield_now().await;
-        }
+        until_parked(&gauge, 1).await;
         // Twice: the one-shot registration is re-armed after each answer.
         for _ in 0..2 {
             a_peer.write_all(b"ping").expect("write to a");
