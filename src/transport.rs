@@ -123,17 +123,11 @@ impl Stream {
         let Stream::Detached { socket, drained } = self else {
             return Err(io::ErrorKind::Unsupported.into());
         };
-        loop {
-            return match (&*socket).read(buf) {
-                Ok(n) => {
-                    *drained = n > 0 && n < buf.len();
-                    Ok(Some(n))
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                Err(e) => Err(e),
-            };
+        let read = try_recv(|| (&*socket).read(buf))?;
+        if let Some(n) = read {
+            *drained = n > 0 && n < buf.len();
         }
+        Ok(read)
     }
 
     /// Writes to a detached socket what it takes at once: the bytes written; an error for
@@ -236,22 +230,31 @@ fn read_direct(
 ) -> io::Result<Option<usize>> {
     make_room(buf, reserve);
     let room = buf.capacity() - buf.len();
+    match try_recv(|| socket2::SockRef::from(socket).recv(buf.spare_capacity_mut()))? {
+        Some(n) => {
+            // SAFETY: recv initialised the first `n` bytes of the spare capacity.
+            unsafe { buf.advance_mut(n) };
+            // Less than the room it had: the socket had no more (as in poll_read_tcp).
+            *drained = n > 0 && n < room;
+            Ok(Some(n))
+        }
+        None => {
+            if buf.is_empty() {
+                *buf = BytesMut::new();
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// One receive from a non-blocking socket, again if a signal interrupted it: `Ok(None)`
+/// when it has nothing now.
+fn try_recv(mut recv: impl FnMut() -> io::Result<usize>) -> io::Result<Option<usize>> {
     loop {
-        match socket2::SockRef::from(socket).recv(buf.spare_capacity_mut()) {
-            Ok(n) => {
-                // SAFETY: recv initialised the first `n` bytes of the spare capacity.
-                unsafe { buf.advance_mut(n) };
-                // Less than the room it had: the socket had no more (as in poll_read_tcp).
-                *drained = n > 0 && n < room;
-                return Ok(Some(n));
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if buf.is_empty() {
-                    *buf = BytesMut::new();
-                }
-                return Ok(None);
-            }
+        match recv() {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) => return Err(e),
         }
     }
