@@ -37,7 +37,7 @@ use crate::im::topics::{classify, Address};
 use crate::listener::{Endpoint, Permits};
 use crate::mailbox::{Mail, Mailbox, BROADCAST_LANE};
 use crate::message::{now_ms, Delivery, Message, PREFETCH_DISTANCE};
-use crate::metrics::{DropReason, Metrics, PublishRefusal, RefuseReason, Traffic};
+use crate::metrics::{DropReason, LatencyTally, Metrics, PublishRefusal, RefuseReason, Traffic};
 use crate::outgoing::Transmit;
 use crate::parking::{Parked, ParkingLot};
 use crate::rate::TokenBucket;
@@ -286,17 +286,20 @@ async fn write_packets(
     stream.write_all(&buf).await
 }
 
-/// The time, read once for a batch of deliveries.
-struct Now {
+/// The deliveries one wakeup takes: the time, read once for them, and their
+/// publish-to-deliver latencies, added to the metrics together at the end.
+struct Batch {
     at: std::time::Instant,
     ms: u64,
+    latencies: LatencyTally,
 }
 
-impl Now {
-    fn read() -> Now {
-        Now {
+impl Batch {
+    fn start() -> Batch {
+        Batch {
             at: std::time::Instant::now(),
             ms: now_ms(),
+            latencies: LatencyTally::default(),
         }
     }
 }
@@ -1055,16 +1058,21 @@ impl Connection {
                     // One clock reading for the batch (a fan-out hands each connection
                     // many messages at once), and everything waiting taken in one go:
                     // fewer wakeups, larger writes.
-                    let now = Now::read();
+                    let mut batch = Batch::start();
                     while self.session.has_room() {
                         match self.mailbox.pop_chat() {
-                            Some(delivery) => self.deliver_live(delivery, &now),
+                            Some(delivery) => self.deliver_live(delivery, &mut batch),
                             None => break,
                         }
                     }
+                    self.ctx.metrics.add_publish_to_deliver(batch.latencies);
                 }
                 // Only while no chat message waits: a DM overtakes broadcasts.
-                Event::Mail(Mail::Broadcast(delivery)) => self.deliver_live(delivery, &Now::read()),
+                Event::Mail(Mail::Broadcast(delivery)) => {
+                    let mut batch = Batch::start();
+                    self.deliver_live(delivery, &mut batch);
+                    self.ctx.metrics.add_publish_to_deliver(batch.latencies);
+                }
                 Event::Read(read) => {
                     let n = read?;
                     if n == 0 {
@@ -1235,11 +1243,12 @@ impl Connection {
         }
     }
 
-    fn deliver_live(&mut self, mut delivery: Delivery, now: &Now) {
+    fn deliver_live(&mut self, mut delivery: Delivery, batch: &mut Batch) {
         if let Some(at) = delivery.message.received_at {
-            self.ctx
-                .metrics
-                .observe_publish_to_deliver(now.at.saturating_duration_since(at));
+            self.ctx.metrics.tally_publish_to_deliver(
+                &mut batch.latencies,
+                batch.at.saturating_duration_since(at),
+            );
         }
         if let Some(seq) = delivery.seq {
             if seq < self.next_stored {
@@ -1254,7 +1263,7 @@ impl Connection {
             delivery.dup = self.sent_before(seq);
         }
         let stored = delivery.seq;
-        if self.session.deliver(delivery, now.ms).is_err() {
+        if self.session.deliver(delivery, batch.ms).is_err() {
             match stored {
                 Some(seq) => {
                     // In storage: read it back once the queue has room.

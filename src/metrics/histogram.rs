@@ -61,14 +61,20 @@ impl LatencyHistogram {
     }
 
     pub fn observe(&self, elapsed: Duration) {
-        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let mut tally = LatencyTally::default();
+        tally.observe(self, elapsed);
+        self.add(tally);
+    }
+
+    /// Adds what `tally` gathered.
+    pub fn add(&self, tally: LatencyTally) {
         let inner = &*self.inner;
-        // The first bound >= ns; past the last bound, the +Inf slot.
-        let index = inner.bounds_ns.partition_point(|&bound| bound < ns);
-        if let Some(count) = inner.counts.get(index) {
-            count.fetch_add(1, Ordering::Relaxed);
+        if let Some(run) = tally.run {
+            inner.add_run(run);
         }
-        inner.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        if tally.sum_ns > 0 {
+            inner.sum_ns.fetch_add(tally.sum_ns, Ordering::Relaxed);
+        }
     }
 
     /// Observations so far.
@@ -83,6 +89,53 @@ impl LatencyHistogram {
     /// Sum of the observations so far.
     pub fn sum(&self) -> Duration {
         Duration::from_nanos(self.inner.sum_ns.load(Ordering::Relaxed))
+    }
+}
+
+impl Inner {
+    /// The slot of an observation: the first bound >= ns; past the last bound, +Inf.
+    fn slot(&self, ns: u64) -> usize {
+        self.bounds_ns.partition_point(|&bound| bound < ns)
+    }
+
+    fn add_run(&self, (slot, n): (usize, u64)) {
+        if let Some(count) = self.counts.get(slot) {
+            count.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Observations gathered apart from the histogram, to add to it at once
+/// ([`LatencyHistogram::add`]).
+///
+/// A message fanned out to many connections is observed by each of them, on every runtime
+/// thread: with one atomic add per observation on counts all threads share, their cache
+/// line moved between cores for every delivery (4% of the broker's CPU in a 1,000-subscriber
+/// fan-out). A connection takes every message waiting in one wakeup, and those mostly
+/// land in the same bucket, so a tally keeps the current run of one bucket and the sum,
+/// and touches the shared counts only when the bucket changes and once at the end.
+#[derive(Debug, Default)]
+pub struct LatencyTally {
+    /// The slot of the latest observations and how many in a row landed there.
+    run: Option<(usize, u64)>,
+    sum_ns: u64,
+}
+
+impl LatencyTally {
+    /// Counts one observation for `histogram` (whose bounds decide the bucket).
+    pub fn observe(&mut self, histogram: &LatencyHistogram, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let inner = &*histogram.inner;
+        let slot = inner.slot(ns);
+        match &mut self.run {
+            Some((current, n)) if *current == slot => *n += 1,
+            run => {
+                if let Some(done) = run.replace((slot, 1)) {
+                    inner.add_run(done);
+                }
+            }
+        }
+        self.sum_ns = self.sum_ns.saturating_add(ns);
     }
 }
 
@@ -131,5 +184,29 @@ mod tests {
             .collect();
         assert_eq!(counts, [1, 2, 2]);
         assert_eq!(h.count(), 5);
+    }
+
+    #[test]
+    fn a_tally_adds_the_same_counts_and_sum_as_single_observations() {
+        let single = LatencyHistogram::new(&[10, 100]);
+        let tallied = LatencyHistogram::new(&[10, 100]);
+        let mut tally = LatencyTally::default();
+        let observations = [5, 7, 50, 50, 9, 1_000, 1_000, 60].map(Duration::from_micros);
+        for elapsed in observations {
+            single.observe(elapsed);
+            tally.observe(&tallied, elapsed);
+        }
+        tallied.add(tally);
+        let counts = |h: &LatencyHistogram| -> Vec<u64> {
+            h.inner
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect()
+        };
+        assert_eq!(counts(&tallied), [3, 3, 2]);
+        assert_eq!(counts(&tallied), counts(&single));
+        assert_eq!(tallied.sum(), single.sum());
+        assert_eq!(tallied.sum(), Duration::from_micros(2_181));
     }
 }

@@ -27,7 +27,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use tern_codec::ReasonCode;
 
-pub use histogram::LatencyHistogram;
+pub use histogram::{LatencyHistogram, LatencyTally};
 pub use sys::spawn_sys_publisher;
 
 use crate::config::ListenerKind;
@@ -484,6 +484,17 @@ impl Metrics {
     /// A message was written to a subscriber's socket `elapsed` after its PUBLISH was read.
     pub fn observe_publish_to_deliver(&self, elapsed: Duration) {
         self.publish_to_deliver.observe(elapsed);
+    }
+
+    /// Counts one publish-to-deliver latency in `tally`, to add with
+    /// [`Metrics::add_publish_to_deliver`] (a connection's batch of deliveries at once).
+    pub fn tally_publish_to_deliver(&self, tally: &mut LatencyTally, elapsed: Duration) {
+        tally.observe(&self.publish_to_deliver, elapsed);
+    }
+
+    /// Adds the publish-to-deliver latencies gathered in `tally`.
+    pub fn add_publish_to_deliver(&self, tally: LatencyTally) {
+        self.publish_to_deliver.add(tally);
     }
 
     /// The gauge the parking lot keeps (`crate::parking`).
