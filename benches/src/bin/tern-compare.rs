@@ -21,7 +21,7 @@ use tern_bench::compare::{self, Better, Header, Machine, Section, Verdict};
 use tern_bench::run::raise_open_files;
 use tern_bench::scenarios::durable::{self, DurableConfig};
 use tern_bench::scenarios::{
-    self, ConnectionsConfig, ConnectionsReport, GroupConfig, RetainedConfig,
+    self, connections, ConnectionsConfig, ConnectionsReport, GroupConfig, RetainedConfig,
 };
 use tern_bench::{Error, Options, Report, Result};
 use tern_codec::{Protocol, QoS};
@@ -263,10 +263,31 @@ enum Std {
     Latency(QoS),
 }
 
-async fn standard_run(ctx: &mut Ctx, setup: &BrokerSetup, which: Std) -> Result<Report> {
+/// One run of a tern-bench scenario, with the broker's CPU time over the whole run (from
+/// its start, connections and warm-up included) when it could be read.
+struct StandardRun {
+    report: Report,
+    broker_cpu_secs: Option<f64>,
+}
+
+impl StandardRun {
+    /// The broker's CPU time per message delivered over the whole run, in µs: what a
+    /// message costs the broker, less sensitive than a rate to what else the shared cores
+    /// run meanwhile.
+    fn cpu_per_delivery_us(&self) -> Option<f64> {
+        let received = self.report.received;
+        self.broker_cpu_secs
+            .filter(|_| received > 0)
+            .map(|secs| secs * 1e6 / received as f64)
+    }
+}
+
+async fn standard_run(ctx: &mut Ctx, setup: &BrokerSetup, which: Std) -> Result<StandardRun> {
     let mut b = ctx.start(setup).await?;
     let opts = ctx.options(b.addr);
     let c = &ctx.cli;
+    let pid = b.pid();
+    let cpu_before = pid.and_then(connections::cpu_secs);
     let run = async {
         match which {
             Std::FanIn => scenarios::fan_in(&opts, c.fan_in_publishers, QoS::AtMostOnce).await,
@@ -276,8 +297,12 @@ async fn standard_run(ctx: &mut Ctx, setup: &BrokerSetup, which: Std) -> Result<
         }
     };
     let r = limited(ctx.run_limit(), run).await;
+    let cpu_after = pid.and_then(connections::cpu_secs);
     alive(&mut b)?;
-    r
+    Ok(StandardRun {
+        report: r?,
+        broker_cpu_secs: cpu_before.zip(cpu_after).map(|(a, b)| b - a),
+    })
 }
 
 fn qname(q: QoS) -> &'static str {
@@ -288,7 +313,8 @@ fn qname(q: QoS) -> &'static str {
     }
 }
 
-fn record_standard(sec: &mut Section, which: Std, label: &str, r: &Report) {
+fn record_standard(sec: &mut Section, which: Std, label: &str, run: &StandardRun) {
+    let r = &run.report;
     let lat = |f: fn(&tern_bench::LatencySummary) -> u64| r.latency.as_ref().map(f);
     match which {
         Std::FanIn | Std::Pairs => {
@@ -307,6 +333,13 @@ fn record_standard(sec: &mut Section, which: Std, label: &str, r: &Report) {
                 Some(r.sent_per_sec()),
             );
             sec.record("dropped", "%", Better::Lower, label, Some(r.dropped_pct()));
+            sec.record(
+                "broker CPU per delivery",
+                "µs",
+                Better::Lower,
+                label,
+                run.cpu_per_delivery_us(),
+            );
             sec.record(
                 "latency p50",
                 "ms",
@@ -351,6 +384,13 @@ fn record_standard(sec: &mut Section, which: Std, label: &str, r: &Report) {
                 Better::Lower,
                 label,
                 Some(r.dropped_pct()),
+            );
+            sec.record(
+                &format!("{n} broker CPU per delivery"),
+                "µs",
+                Better::Lower,
+                label,
+                run.cpu_per_delivery_us(),
             );
             sec.record(
                 &format!("{n} subscribers disconnected by the broker"),
@@ -400,7 +440,7 @@ async fn standard_section(ctx: &mut Ctx, id: &str) -> Section {
         "fan-in" => (
             "1. fan-in, QoS 0",
             format!(
-                "{} publishers at full speed into 1 subscriber on one topic, QoS 0, {}-byte payloads, {} s measured after {} s of warm-up: messages delivered per second in the window, and the share of everything sent that never arrived (after up to {} s of drain).",
+                "{} publishers at full speed into 1 subscriber on one topic, QoS 0, {}-byte payloads, {} s measured after {} s of warm-up: messages delivered per second in the window, and the share of everything sent that never arrived (after up to {} s of drain). The broker's CPU time (user + system, /proc/PID/stat) over the whole run, connections and warm-up included, per message delivered: what a message costs the broker, steadier than a rate on shared cores.",
                 c.fan_in_publishers, c.payload, c.duration, c.warmup, c.max_drain
             ),
             vec![Std::FanIn],
@@ -408,7 +448,7 @@ async fn standard_section(ctx: &mut Ctx, id: &str) -> Section {
         "pairs" => (
             "2. pairs, QoS 1",
             format!(
-                "{} publisher/subscriber pairs on distinct topics (the direct-message pattern), QoS 1, each publisher at full speed with {} messages in flight, {}-byte payloads, {} s measured: messages delivered per second and end-to-end latency.",
+                "{} publisher/subscriber pairs on distinct topics (the direct-message pattern), QoS 1, each publisher at full speed with {} messages in flight, {}-byte payloads, {} s measured: messages delivered per second and end-to-end latency. The broker's CPU time (user + system, /proc/PID/stat) over the whole run, connections and warm-up included, per message delivered: what a message costs the broker, steadier than a rate on shared cores.",
                 c.pairs, c.inflight, c.payload, c.duration
             ),
             vec![Std::Pairs],
@@ -416,7 +456,7 @@ async fn standard_section(ctx: &mut Ctx, id: &str) -> Section {
         "fan-out" => (
             "3. fan-out, QoS 0 and QoS 1",
             format!(
-                "1 publisher at full speed (QoS 1: {} in flight) to {} subscribers on one topic, {}-byte payloads, {} s measured: deliveries per second (every subscriber's copy counts).",
+                "1 publisher at full speed (QoS 1: {} in flight) to {} subscribers on one topic, {}-byte payloads, {} s measured: deliveries per second (every subscriber's copy counts). The broker's CPU time (user + system, /proc/PID/stat) over the whole run, connections and warm-up included, per message delivered: what a message costs the broker, steadier than a rate on shared cores.",
                 c.inflight, c.fan_out_subscribers, c.payload, c.duration
             ),
             vec![Std::FanOut(QoS::AtMostOnce), Std::FanOut(QoS::AtLeastOnce)],
@@ -438,7 +478,7 @@ async fn standard_section(ctx: &mut Ctx, id: &str) -> Section {
                 let s = &setups[i];
                 match standard_run(ctx, s, which).await {
                     Ok(r) => {
-                        progress(id, round, c.rounds, &s.label, &r.line());
+                        progress(id, round, c.rounds, &s.label, &r.report.line());
                         record_standard(&mut sec, which, &s.label, &r);
                     }
                     Err(e) => {
