@@ -481,12 +481,8 @@ impl Metrics {
         self.inbound_paused[listener as usize].inc();
     }
 
-    /// A message was written to a subscriber's socket `elapsed` after its PUBLISH was read.
-    pub fn observe_publish_to_deliver(&self, elapsed: Duration) {
-        self.publish_to_deliver.observe(elapsed);
-    }
-
-    /// Counts one publish-to-deliver latency in `tally`, to add with
+    /// Counts one publish-to-deliver latency (a message handed to a subscriber's connection
+    /// `elapsed` after its PUBLISH was read) in `tally`, to add with
     /// [`Metrics::add_publish_to_deliver`] (a connection's batch of deliveries at once).
     pub fn tally_publish_to_deliver(&self, tally: &mut LatencyTally, elapsed: Duration) {
         tally.observe(&self.publish_to_deliver, elapsed);
@@ -663,7 +659,9 @@ mod tests {
         metrics.dropped_many(DropReason::Expired, 4);
         metrics.publish_refused(PublishRefusal::NotMember);
         metrics.slow_consumer_disconnected();
-        metrics.observe_publish_to_deliver(Duration::from_micros(70));
+        let mut latencies = LatencyTally::default();
+        metrics.tally_publish_to_deliver(&mut latencies, Duration::from_micros(70));
+        metrics.add_publish_to_deliver(latencies);
         tern_storage::WriterObserver::write(&metrics, Duration::from_millis(2), 5, true);
         tern_storage::WriterObserver::sync(&metrics, Duration::from_millis(3));
         metrics.record_router(&RouterStats {
