@@ -434,13 +434,16 @@ fn record_standard(sec: &mut Section, which: Std, label: &str, run: &StandardRun
     }
 }
 
+/// What the "broker CPU per delivery" rows of scenarios 1-3 measure.
+const CPU_PER_DELIVERY: &str = "The broker's CPU time (user + system, /proc/PID/stat) over the whole run, connections and warm-up included, per message delivered: what a message costs the broker, steadier than a rate on shared cores.";
+
 async fn standard_section(ctx: &mut Ctx, id: &str) -> Section {
     let c = ctx.cli.clone();
     let (title, setup_text, runs): (&str, String, Vec<Std>) = match id {
         "fan-in" => (
             "1. fan-in, QoS 0",
             format!(
-                "{} publishers at full speed into 1 subscriber on one topic, QoS 0, {}-byte payloads, {} s measured after {} s of warm-up: messages delivered per second in the window, and the share of everything sent that never arrived (after up to {} s of drain). The broker's CPU time (user + system, /proc/PID/stat) over the whole run, connections and warm-up included, per message delivered: what a message costs the broker, steadier than a rate on shared cores.",
+                "{} publishers at full speed into 1 subscriber on one topic, QoS 0, {}-byte payloads, {} s measured after {} s of warm-up: messages delivered per second in the window, and the share of everything sent that never arrived (after up to {} s of drain). {CPU_PER_DELIVERY}",
                 c.fan_in_publishers, c.payload, c.duration, c.warmup, c.max_drain
             ),
             vec![Std::FanIn],
@@ -448,7 +451,7 @@ async fn standard_section(ctx: &mut Ctx, id: &str) -> Section {
         "pairs" => (
             "2. pairs, QoS 1",
             format!(
-                "{} publisher/subscriber pairs on distinct topics (the direct-message pattern), QoS 1, each publisher at full speed with {} messages in flight, {}-byte payloads, {} s measured: messages delivered per second and end-to-end latency. The broker's CPU time (user + system, /proc/PID/stat) over the whole run, connections and warm-up included, per message delivered: what a message costs the broker, steadier than a rate on shared cores.",
+                "{} publisher/subscriber pairs on distinct topics (the direct-message pattern), QoS 1, each publisher at full speed with {} messages in flight, {}-byte payloads, {} s measured: messages delivered per second and end-to-end latency. {CPU_PER_DELIVERY}",
                 c.pairs, c.inflight, c.payload, c.duration
             ),
             vec![Std::Pairs],
@@ -456,7 +459,7 @@ async fn standard_section(ctx: &mut Ctx, id: &str) -> Section {
         "fan-out" => (
             "3. fan-out, QoS 0 and QoS 1",
             format!(
-                "1 publisher at full speed (QoS 1: {} in flight) to {} subscribers on one topic, {}-byte payloads, {} s measured: deliveries per second (every subscriber's copy counts). The broker's CPU time (user + system, /proc/PID/stat) over the whole run, connections and warm-up included, per message delivered: what a message costs the broker, steadier than a rate on shared cores.",
+                "1 publisher at full speed (QoS 1: {} in flight) to {} subscribers on one topic, {}-byte payloads, {} s measured: deliveries per second (every subscriber's copy counts). {CPU_PER_DELIVERY}",
                 c.inflight, c.fan_out_subscribers, c.payload, c.duration
             ),
             vec![Std::FanOut(QoS::AtMostOnce), Std::FanOut(QoS::AtLeastOnce)],
@@ -560,13 +563,6 @@ async fn heartbeats_section(ctx: &mut Ctx) -> Section {
             l,
             Some(r.heartbeats as f64 / window.as_secs_f64()),
         );
-        sec.record(
-            "connections closed by the broker",
-            "",
-            Better::Neither,
-            l,
-            Some(r.lost as f64),
-        );
     })
     .await;
     sec
@@ -586,8 +582,8 @@ fn connection_setups(ctx: &Ctx, n: usize) -> Vec<BrokerSetup> {
 }
 
 /// Runs `scenarios::connections` with `cfg` against every broker, round after round,
-/// each run from fresh source addresses, and hands each report to `record` (a failed run
-/// is recorded as such in `sec`).
+/// each run from fresh source addresses, and hands each report to `record`, then records
+/// the connections the broker closed (a failed run is recorded as such in `sec`).
 async fn connection_rounds(
     ctx: &mut Ctx,
     sec: &mut Section,
@@ -621,6 +617,13 @@ async fn connection_rounds(
                 Ok(r) => {
                     progress(&scenario, round, c.rounds, &s.label, &r.line());
                     record(sec, &s.label, &r);
+                    sec.record(
+                        "connections closed by the broker",
+                        "",
+                        Better::Neither,
+                        &s.label,
+                        Some(r.lost as f64),
+                    );
                 }
                 Err(e) => {
                     progress(
@@ -701,13 +704,6 @@ async fn connections_section(ctx: &mut Ctx) -> Section {
             Better::Neither,
             l,
             r.rss_after_kib.map(|v| v as f64 / 1024.0),
-        );
-        sec.record(
-            "connections closed by the broker",
-            "",
-            Better::Neither,
-            l,
-            Some(r.lost as f64),
         );
     })
     .await;
