@@ -56,6 +56,12 @@ impl AckQueue {
         self.push(packet_id, qos, AckState::Routed(routed));
     }
 
+    /// An acknowledgement decided by a router answer already in hand (the publish was
+    /// routed on the connection's own task: `RouterHandle::try_publish`).
+    pub fn push_answered(&mut self, packet_id: u16, qos: QoS, routed: Routed) {
+        self.push(packet_id, qos, AckState::answered(routed));
+    }
+
     fn push(&mut self, packet_id: u16, qos: QoS, state: AckState) {
         self.pending.push_back(PendingAck {
             packet_id,
@@ -92,6 +98,19 @@ impl AckQueue {
     }
 }
 
+impl AckState {
+    /// Where the router's answer leaves an acknowledgement.
+    fn answered(routed: Routed) -> AckState {
+        match routed.refused {
+            Some(reason) => AckState::Ready(reason),
+            None => AckState::Durable {
+                matched: routed.matched,
+                durable: routed.durable,
+            },
+        }
+    }
+}
+
 /// Advances one acknowledgement as far as it goes without waiting.
 fn poll_state(state: &mut AckState, cx: &mut Context<'_>) -> Poll<ReasonCode> {
     loop {
@@ -104,13 +123,7 @@ fn poll_state(state: &mut AckState, cx: &mut Context<'_>) -> Poll<ReasonCode> {
                     Poll::Ready(Err(_)) => return Poll::Ready(ReasonCode::ServerUnavailable),
                     Poll::Ready(Ok(routed)) => routed,
                 };
-                if let Some(reason) = routed.refused {
-                    return Poll::Ready(reason);
-                }
-                *state = AckState::Durable {
-                    matched: routed.matched,
-                    durable: routed.durable,
-                };
+                *state = AckState::answered(routed);
             }
             AckState::Durable { matched, durable } => {
                 return match std::pin::Pin::new(durable).poll(cx) {

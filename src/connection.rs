@@ -1560,6 +1560,16 @@ impl Connection {
             return Ok(());
         }
         let inbound_qos2 = self.inbound_qos2(ack);
+        if let Some(routed) = self
+            .ctx
+            .router
+            .try_publish(&message, &inbound_qos2, ack.is_some())
+        {
+            if let Some((packet_id, qos)) = ack {
+                self.io().acks.push_answered(packet_id, qos, routed);
+            }
+            return Ok(());
+        }
         self.route(ack, |reply| Command::Publish {
             message,
             inbound_qos2,

@@ -111,7 +111,7 @@ pub mod writer;
 pub use error::StorageError;
 pub use memory::MemoryStore;
 pub use rocks::RocksStore;
-pub use writer::{Durable, SyncPolicy, Writer, WriterObserver, WriterStats};
+pub use writer::{Durable, Reserved, SyncPolicy, Writer, WriterObserver, WriterStats};
 
 use bytes::Bytes;
 

@@ -99,6 +99,59 @@ enum Request {
     Shutdown(Reply),
 }
 
+/// A place in the writer's queue ([`Writer::try_reserve`]): submitting through it cannot
+/// wait. Dropped unused, it frees the place.
+pub struct Reserved<'a> {
+    permit: mpsc::Permit<'a, Request>,
+}
+
+impl Reserved<'_> {
+    /// As [`Writer::submit`], without waiting for queue space.
+    pub fn submit(self, ops: Vec<Op>) -> Durable {
+        if ops.is_empty() {
+            return Durable::ready();
+        }
+        match validate(&ops) {
+            Ok(()) => self.write(ops),
+            Err(e) => Durable::failed(e),
+        }
+    }
+
+    /// As [`Writer::submit_detached`], without waiting for queue space.
+    pub fn submit_detached(self, ops: Vec<Op>) {
+        if !ops.is_empty() && valid_detached(&ops) {
+            self.write_detached(ops);
+        }
+    }
+
+    /// Queues valid, non-empty `ops`.
+    fn write(self, ops: Vec<Op>) -> Durable {
+        let (done, rx) = oneshot::channel();
+        self.permit.send(Request::Write {
+            ops,
+            done: Some(done),
+        });
+        Durable {
+            state: DurableState::Waiting(rx),
+        }
+    }
+
+    fn write_detached(self, ops: Vec<Op>) {
+        self.permit.send(Request::Write { ops, done: None });
+    }
+}
+
+/// Whether detached `ops` may be queued; nobody waits for them, so a refusal is logged.
+fn valid_detached(ops: &[Op]) -> bool {
+    match validate(ops) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "storage ops rejected");
+            false
+        }
+    }
+}
+
 /// Handle to the writer thread; cheap to clone. When the last clone is dropped the thread
 /// applies what is queued, syncs and exits (like [`Writer::shutdown`], without a result).
 #[derive(Clone)]
@@ -195,37 +248,29 @@ impl Writer {
         if let Err(e) = validate(&ops) {
             return Durable::failed(e);
         }
-        let (done, rx) = oneshot::channel();
-        let request = Request::Write {
-            ops,
-            done: Some(done),
-        };
-        if self.tx.send(request).await.is_err() {
-            return Durable::failed(StorageError::Closed);
-        }
-        Durable {
-            state: DurableState::Waiting(rx),
+        match self.tx.reserve().await {
+            Ok(permit) => Reserved { permit }.write(ops),
+            Err(_) => Durable::failed(StorageError::Closed),
         }
     }
 
     /// Same, fire-and-forget: applied in order with everything else, nobody waits (e.g.
     /// dequeue after a client's PUBACK). Failures are logged.
     pub async fn submit_detached(&self, ops: Vec<Op>) {
-        if ops.is_empty() {
+        if ops.is_empty() || !valid_detached(&ops) {
             return;
         }
-        if let Err(e) = validate(&ops) {
-            tracing::error!(error = %e, "storage ops rejected");
-            return;
+        match self.tx.reserve().await {
+            Ok(permit) => Reserved { permit }.write_detached(ops),
+            Err(_) => tracing::warn!("storage writer shut down: detached ops dropped"),
         }
-        if self
-            .tx
-            .send(Request::Write { ops, done: None })
-            .await
-            .is_err()
-        {
-            tracing::warn!("storage writer shut down: detached ops dropped");
-        }
+    }
+
+    /// A place in the queue taken without waiting, or `None` while the queue is full (or
+    /// the writer has stopped). For a caller that must not wait once it has decided what
+    /// to write (the router's state is locked meanwhile): it takes the place first.
+    pub fn try_reserve(&self) -> Option<Reserved<'_>> {
+        self.tx.try_reserve().ok().map(|permit| Reserved { permit })
     }
 
     /// Resolves once everything submitted before it has been applied (readable via the
