@@ -39,11 +39,19 @@ pub type Ack = (u16, QoS, ReasonCode);
 #[derive(Default)]
 pub struct AckQueue {
     pending: VecDeque<PendingAck>,
+    /// Entries still in [`AckState::Routed`].
+    unanswered: usize,
 }
 
 impl AckQueue {
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
+    }
+
+    /// Whether a publish sent to the router's queue has not been seen answered yet (or
+    /// its answer has not been looked at: acknowledgements are looked at in order).
+    pub fn awaits_router(&self) -> bool {
+        self.unanswered > 0
     }
 
     /// An acknowledgement known now (it still waits behind older ones).
@@ -53,6 +61,7 @@ impl AckQueue {
 
     /// An acknowledgement decided by the router's answer on `routed`.
     pub fn push_routed(&mut self, packet_id: u16, qos: QoS, routed: oneshot::Receiver<Routed>) {
+        self.unanswered += 1;
         self.push(packet_id, qos, AckState::Routed(routed));
     }
 
@@ -75,7 +84,16 @@ impl AckQueue {
     pub fn poll_ready(&mut self, cx: &mut Context<'_>, done: &mut Vec<Ack>) -> Poll<()> {
         let before = done.len();
         while let Some(front) = self.pending.front_mut() {
-            match poll_state(&mut front.state, cx) {
+            let was_routed = matches!(front.state, AckState::Routed(_));
+            let poll = poll_state(&mut front.state, cx);
+            let answered = match poll {
+                Poll::Ready(_) => true,
+                Poll::Pending => !matches!(front.state, AckState::Routed(_)),
+            };
+            if was_routed && answered {
+                self.unanswered -= 1;
+            }
+            match poll {
                 Poll::Ready(reason) => {
                     done.push((front.packet_id, front.qos, reason));
                     self.pending.pop_front();
@@ -176,6 +194,30 @@ mod tests {
             ]
         );
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn awaits_the_router_until_every_routed_answer_is_seen() {
+        let mut queue = AckQueue::default();
+        assert!(!queue.awaits_router());
+        let (first_tx, first) = oneshot::channel();
+        let (_, gone) = oneshot::channel::<Routed>();
+        let (third_tx, third) = oneshot::channel();
+        queue.push_routed(1, QoS::AtLeastOnce, first);
+        queue.push_routed(2, QoS::AtLeastOnce, gone);
+        queue.push_routed(3, QoS::AtLeastOnce, third);
+        // An answer in hand (routed on the connection's task) awaits nothing.
+        queue.push_answered(4, QoS::AtLeastOnce, routed(true, None));
+        let mut done = Vec::new();
+        // The third is answered, but its answer is looked at only after the first's.
+        assert!(third_tx.send(routed(true, None)).is_ok());
+        queue.take_ready(&mut done);
+        assert!(done.is_empty());
+        assert!(queue.awaits_router());
+        assert!(first_tx.send(routed(true, None)).is_ok());
+        queue.take_ready(&mut done);
+        assert_eq!(done.len(), 4, "the vanished router's answer counts as seen");
+        assert!(!queue.awaits_router());
     }
 
     #[test]

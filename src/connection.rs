@@ -401,7 +401,6 @@ struct Connection {
     io: Option<Box<Io>>,
     client_id: ArcStr,
     conn_id: ConnId,
-    persistent: bool,
     session: Session,
     /// How long the client may be silent: 1.5 times its keep alive, in ms (`None`: no
     /// limit). A u32, not a `Duration`: every idle connection carries it.
@@ -421,6 +420,10 @@ struct Connection {
     mailbox: Mailbox,
     /// The router's close order has been taken: the connection is ending.
     closing: bool,
+    /// A command this connection put in the router's queue may not have been handled
+    /// yet, and no answer will tell (a QoS 0 publish): its publishes keep to the queue
+    /// (see `RouterHandle::try_publish`) until an answered command follows it.
+    queue_unconfirmed: bool,
     /// The authenticated user (see `crate::im::auth::Identity`; kept as its parts, so
     /// that the flag packs with the connection's other flags).
     user: ArcStr,
@@ -702,6 +705,7 @@ impl Connection {
             max_packet_size_out: props.maximum_packet_size.unwrap_or(u32::MAX),
             topic_alias_maximum_out: props.topic_alias_maximum.unwrap_or(0),
             expiry_was_zero: props.session_expiry_interval.unwrap_or(0) == 0,
+            persistent,
             limits: ctx.session_limits.clone(),
         };
         let mut session = Session::new(params);
@@ -777,7 +781,6 @@ impl Connection {
             })),
             client_id,
             conn_id: attached.conn,
-            persistent,
             session,
             // 1.5 times 65,535 s is 98 million ms: a u32 holds it.
             keep_alive_ms: NonZeroU32::new(u32::from(keep_alive) * 1500),
@@ -787,6 +790,7 @@ impl Connection {
             in_lot_set: false,
             mailbox,
             closing: false,
+            queue_unconfirmed: false,
             user: attached.user,
             operator: identity.operator,
             extras: Extras {
@@ -1329,12 +1333,14 @@ impl Connection {
                 reply,
             })
             .await?;
+        // An answer: everything this connection queued before it has been handled.
+        self.queue_unconfirmed = false;
         self.set_backlog(Some(Backlog { upto }));
         Ok(())
     }
 
     async fn dequeue(&self, seq: u64) {
-        if self.persistent {
+        if self.persistent() {
             let op = Op::Dequeue {
                 client_id: self.client_id.to_string(),
                 seq,
@@ -1363,16 +1369,16 @@ impl Connection {
                     Box::pin(self.subscribe(subscribe)).await?
                 }
                 Effect::Unsubscribe(unsubscribe) => Box::pin(self.unsubscribe(unsubscribe)).await?,
-                Effect::Dequeue(seq) if self.persistent => ops.push(Op::Dequeue {
+                Effect::Dequeue(seq) if self.persistent() => ops.push(Op::Dequeue {
                     client_id: self.client_id.to_string(),
                     seq,
                 }),
-                Effect::Released(seq) if self.persistent => ops.push(Op::SetQueueState {
+                Effect::Released(seq) if self.persistent() => ops.push(Op::SetQueueState {
                     client_id: self.client_id.to_string(),
                     seq,
                     state: QueueState::Released,
                 }),
-                Effect::InboundQos2Released(packet_id) if self.persistent => {
+                Effect::InboundQos2Released(packet_id) if self.persistent() => {
                     ops.push(Op::DeleteInboundQos2 {
                         client_id: self.client_id.to_string(),
                         packet_id,
@@ -1410,14 +1416,17 @@ impl Connection {
                 retained: Vec::new(),
             }
         } else {
-            self.ctx
+            let reply = self
+                .ctx
                 .router
                 .call(|reply| Command::Subscribe {
                     session,
                     subscribe,
                     reply,
                 })
-                .await?
+                .await?;
+            self.queue_unconfirmed = false;
+            reply
         };
         for index in refused {
             reply.reasons.insert(index, ReasonCode::NotAuthorized);
@@ -1469,6 +1478,7 @@ impl Connection {
                 reply,
             })
             .await?;
+        self.queue_unconfirmed = false;
         self.queue_packet(Packet::UnsubAck(UnsubAck {
             packet_id,
             properties: Properties::default(),
@@ -1560,10 +1570,16 @@ impl Connection {
             return Ok(());
         }
         let inbound_qos2 = self.inbound_qos2(ack);
-        if let Some(routed) = self
-            .ctx
-            .router
-            .try_publish(&message, &inbound_qos2, ack.is_some())
+        // Routed on this task if none of this connection's earlier commands can still be
+        // waiting in the router's queue (it would overtake them).
+        let in_order = !self.queue_unconfirmed && !self.io().acks.awaits_router();
+        if let Some(routed) = in_order
+            .then(|| {
+                self.ctx
+                    .router
+                    .try_publish(&message, &inbound_qos2, ack.is_some())
+            })
+            .flatten()
         {
             if let Some((packet_id, qos)) = ack {
                 self.io().acks.push_answered(packet_id, qos, routed);
@@ -1578,10 +1594,15 @@ impl Connection {
         .await
     }
 
+    /// The session outlives this connection (see `SessionParams::persistent`).
+    fn persistent(&self) -> bool {
+        self.session.params().persistent
+    }
+
     /// The "already received" marker a persistent session's inbound QoS 2 publish writes
     /// with the message.
     fn inbound_qos2(&self, ack: Option<(u16, QoS)>) -> Option<(ArcStr, u16)> {
-        ack.filter(|(_, qos)| self.persistent && *qos == QoS::ExactlyOnce)
+        ack.filter(|(_, qos)| self.persistent() && *qos == QoS::ExactlyOnce)
             .map(|(packet_id, _)| (self.client_id.clone(), packet_id))
     }
 
@@ -1594,10 +1615,14 @@ impl Connection {
     ) -> Result<(), ConnectionError> {
         let Some((packet_id, qos)) = ack else {
             self.ctx.router.send(command(None)).await?;
+            self.queue_unconfirmed = true;
             return Ok(());
         };
         let (reply, routed) = oneshot::channel();
         self.ctx.router.send(command(Some(reply))).await?;
+        // Answered in order: once this one is, so is everything sent before it (until
+        // then `acks` counts it as awaiting the router).
+        self.queue_unconfirmed = false;
         // Acknowledged in order, once routed and durable; meanwhile the connection keeps
         // reading.
         self.io().acks.push_routed(packet_id, qos, routed);

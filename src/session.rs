@@ -43,6 +43,9 @@ pub struct SessionParams {
     pub topic_alias_maximum_out: u16,
     /// The Session Expiry Interval of CONNECT was 0: a DISCONNECT may not raise it.
     pub expiry_was_zero: bool,
+    /// The session outlives the connection (stored): its QoS > 0 deliveries are in its
+    /// durable queue, and their acknowledgements are written there.
+    pub persistent: bool,
     /// What the broker allows every session.
     pub limits: Arc<SessionLimits>,
 }
@@ -698,6 +701,7 @@ mod tests {
             max_packet_size_out: 1024,
             topic_alias_maximum_out: 0,
             expiry_was_zero: true,
+            persistent: false,
             limits: Arc::new(SessionLimits {
                 receive_maximum_in: 2,
                 topic_alias_maximum_in: 4,

@@ -7,8 +7,8 @@
 //! cluster transport can later sit behind the same commands without the connections
 //! knowing. One shortcut: a plain publish arriving while the queue is empty and the router
 //! idle is routed on the publisher's own task, under the lock the router task holds while
-//! it handles a command ([`RouterHandle::try_publish`]), which saves the two task wakeups
-//! of the queue and its reply; the same code runs, in the same order.
+//! it handles commands ([`RouterHandle::try_publish`]), which saves the two task wakeups of
+//! the queue and its reply; the same code runs, and the connection keeps its own order.
 //!
 //! The router never waits on a connection: a full mailbox drops QoS 0 (counted) and,
 //! for a persistent session, marks it *lagged* — its QoS > 0 messages are in its durable
@@ -29,7 +29,6 @@ mod index;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -314,13 +313,9 @@ pub struct RouterHandle {
 }
 
 /// What the router task and the handles share. The router's state is the task's to
-/// change, command after command; a handle takes it only for [`RouterHandle::try_publish`],
-/// and only when that cannot reorder anything the queue would have kept in order.
+/// change, command after command; a handle takes it only for [`RouterHandle::try_publish`].
 struct Shared {
     router: tokio::sync::Mutex<Router>,
-    /// Commands sent and not yet handled, counted from before they enter the queue until
-    /// the router is done with them.
-    queued: AtomicUsize,
     /// The router's writer, for taking a place in its queue while the router is locked.
     writer: Writer,
 }
@@ -332,12 +327,7 @@ pub struct RouterGone;
 
 impl RouterHandle {
     pub async fn send(&self, command: Command) -> Result<(), RouterGone> {
-        // Counted before it is in the queue (a `try_publish` meanwhile would overtake it),
-        // and uncounted if it never gets there (refused, or this future dropped).
-        let counted = Counted::new(&self.shared.queued);
-        self.tx.send(command).await.map_err(|_| RouterGone)?;
-        counted.handed_over();
-        Ok(())
+        self.tx.send(command).await.map_err(|_| RouterGone)
     }
 
     /// Sends a command and awaits the reply its `make` closure wires in.
@@ -351,21 +341,26 @@ impl RouterHandle {
     }
 
     /// Routes a plain publish (not `$SYS`, not a broadcast) at once, on the caller's task,
-    /// when nothing waits in the router's queue or is being handled (so none of this
-    /// connection's earlier commands either), the router is free, and its writer's queue has
-    /// room; `None` otherwise, and the caller sends [`Command::Publish`]. What a publish
-    /// costs through the queue is mostly two task wakeups, the router's and then the
-    /// publisher's for the reply: on a lightly loaded broker each is often a thread woken
-    /// on the other core (at 20,000 msgs/s QoS 1: 46k context switches in the broker for
-    /// 110k messages, 26k without the reply's). Under load the queue is rarely empty and
-    /// the router task works through it in turn, as before.
+    /// when the router is idle (its queue empty, its state not locked) and its writer's
+    /// queue has room; `None` otherwise, and the caller sends [`Command::Publish`].
+    ///
+    /// The caller keeps its own order: it may call this only when every command it sent
+    /// earlier has been handled (answered, or followed by an answered one: the router
+    /// answers in order), or this publish could overtake them. The connection tracks that
+    /// (`Connection::queue_unconfirmed`, `AckQueue::awaits_router`) without any shared
+    /// counter: a counter every send touched cost the busy router more than it saved.
+    ///
+    /// What a publish costs through the queue is mostly two task wakeups, the router's and
+    /// then the publisher's for the reply: on a lightly loaded broker each is often a
+    /// thread woken on the other core (at 20,000 msgs/s QoS 1: 46k context switches in the
+    /// broker for 110k messages, 26k without them).
     pub fn try_publish(
         &self,
         message: &Arc<Message>,
         inbound_qos2: &Option<(ArcStr, u16)>,
         wait: bool,
     ) -> Option<Routed> {
-        if self.shared.queued.load(Ordering::Acquire) != 0
+        if self.tx.capacity() != self.tx.max_capacity()
             || is_sys_topic(&message.topic)
             || message.topic.starts_with(BROADCAST_PREFIX)
         {
@@ -387,27 +382,6 @@ impl RouterHandle {
     }
 }
 
-/// One command in [`Shared::queued`] while this lives, unless handed over to the router.
-struct Counted<'a>(&'a AtomicUsize);
-
-impl<'a> Counted<'a> {
-    fn new(queued: &'a AtomicUsize) -> Counted<'a> {
-        queued.fetch_add(1, Ordering::AcqRel);
-        Counted(queued)
-    }
-
-    /// In the queue: the router uncounts it once handled.
-    fn handed_over(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// The router task: handles the commands in their order, and the timers.
 async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
     let mut next_timer = shared.router.lock().await.next_timer();
@@ -422,28 +396,36 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
             }
         };
         let Some(command) = command else { break };
+        // What was queued meanwhile is handled under the same lock (up to a batch): a busy
+        // router locks once per batch, not per command.
         let mut router = shared.router.lock().await;
-        let stop = match command {
-            Command::Shutdown { reply } => {
-                router.shutdown();
-                let _ = reply.send(());
-                true
+        let mut next = Some(command);
+        let mut handled = 0;
+        let mut stop = false;
+        while let Some(command) = next.take() {
+            handled += 1;
+            match command {
+                Command::Shutdown { reply } => {
+                    router.shutdown();
+                    let _ = reply.send(());
+                    stop = true;
+                }
+                command => router.handle(command).await,
             }
-            command => {
-                router.handle(command).await;
-                false
+            if !stop && handled < ROUTER_BATCH {
+                next = rx.try_recv().ok();
             }
-        };
+        }
         next_timer = router.next_timer();
         drop(router);
-        // Released after the router: a `try_publish` that sees the count at zero finds
-        // this command's effects in place.
-        shared.queued.fetch_sub(1, Ordering::AcqRel);
         if stop {
             break;
         }
     }
 }
+
+/// The most commands the router task handles under one lock of the router.
+const ROUTER_BATCH: usize = 64;
 
 struct Online {
     id: ConnId,
@@ -698,7 +680,6 @@ impl Router {
         let shared = Arc::new(Shared {
             writer: self.writer.clone(),
             router: tokio::sync::Mutex::new(self),
-            queued: AtomicUsize::new(0),
         });
         let task = tokio::spawn(run(shared.clone(), rx));
         (RouterHandle { tx, shared }, task)
