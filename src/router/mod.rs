@@ -385,9 +385,12 @@ impl RouterHandle {
 /// The router task: handles the commands in their order, and the timers.
 async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
     let mut next_timer = shared.router.lock().await.next_timer();
+    // What was queued meanwhile is taken at once and handled under one lock (up to a
+    // batch): a busy router pays for the queue and the lock once per batch.
+    let mut batch = Vec::with_capacity(ROUTER_BATCH);
     loop {
-        let command = tokio::select! {
-            command = rx.recv() => command,
+        let received = tokio::select! {
+            received = rx.recv_many(&mut batch, ROUTER_BATCH) => received,
             _ = sleep_until_opt(next_timer) => {
                 let mut router = shared.router.lock().await;
                 router.fire_timers().await;
@@ -395,25 +398,21 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
                 continue;
             }
         };
-        let Some(command) = command else { break };
-        // What was queued meanwhile is handled under the same lock (up to a batch): a busy
-        // router locks once per batch, not per command.
+        if received == 0 {
+            break;
+        }
         let mut router = shared.router.lock().await;
-        let mut next = Some(command);
-        let mut handled = 0;
         let mut stop = false;
-        while let Some(command) = next.take() {
-            handled += 1;
+        for command in batch.drain(..) {
             match command {
                 Command::Shutdown { reply } => {
                     router.shutdown();
                     let _ = reply.send(());
+                    // What follows is dropped unanswered, as it would be in the queue.
                     stop = true;
+                    break;
                 }
                 command => router.handle(command).await,
-            }
-            if !stop && handled < ROUTER_BATCH {
-                next = rx.try_recv().ok();
             }
         }
         next_timer = router.next_timer();
