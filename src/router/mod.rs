@@ -1877,7 +1877,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_publish_behind_a_queued_command_goes_through_the_queue() {
+    async fn a_publish_goes_through_the_queue_while_the_router_is_busy() {
         let h = start();
         let mut c = connect(&h, "dev", true, 0).await;
         subscribe(&h, &c, "chat/#", QoS::AtLeastOnce).await;
@@ -1893,7 +1893,7 @@ mod tests {
         let second = message("chat/a", QoS::AtMostOnce, false, b"2");
         assert!(
             h.router.try_publish(&second, &None, false).is_none(),
-            "it would overtake the queued publish"
+            "the router is not idle: a command waits in its queue"
         );
         assert!(publish(&h, second).await);
         assert_eq!(
