@@ -1857,13 +1857,10 @@ mod tests {
         let h = start();
         let mut c = connect(&h, "dev", true, 0).await;
         subscribe(&h, &c, "chat/#", QoS::AtLeastOnce).await;
+        let first = message("chat/a", QoS::AtLeastOnce, false, b"1");
         let routed = h
             .router
-            .try_publish(
-                &message("chat/a", QoS::AtLeastOnce, false, b"1"),
-                &None,
-                true,
-            )
+            .try_publish(&first, &None, true)
             .expect("routed at once: the queue is empty");
         assert!(routed.matched);
         assert_eq!(routed.refused, None);
@@ -1920,13 +1917,10 @@ mod tests {
         disconnect(&h, c).await;
         // Let the router handle the disconnect (the fast path waits for an empty queue).
         let _ = stats(&h).await;
+        let first = message("chat/a", QoS::AtLeastOnce, false, b"1");
         let routed = h
             .router
-            .try_publish(
-                &message("chat/a", QoS::AtLeastOnce, false, b"1"),
-                &None,
-                true,
-            )
+            .try_publish(&first, &None, true)
             .expect("routed at once");
         assert!(routed.matched);
         routed.durable.await.expect("durable");

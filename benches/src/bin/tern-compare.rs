@@ -164,6 +164,8 @@ struct Ctx {
     seq: usize,
     /// Connection runs so far (each uses fresh source addresses).
     connection_runs: usize,
+    /// CPUs the run may use (the report's `machine.cpus`).
+    cpus: usize,
 }
 
 impl Ctx {
@@ -659,7 +661,7 @@ async fn connections_section(ctx: &mut Ctx) -> Section {
     );
     let mut cfg = ConnectionsConfig::new(n);
     cfg.keep_alive = c.keepalive;
-    let cpus = Machine::probe().cpus;
+    let cpus = ctx.cpus;
     connection_rounds(ctx, &mut sec, &setups, cfg, |sec, l, r| {
         sec.record(
             "connect rate",
@@ -1511,6 +1513,7 @@ async fn main_inner(cli: Cli) -> std::result::Result<(), String> {
         kinds,
         seq: 0,
         connection_runs: 0,
+        cpus: header.machine.cpus,
     };
     let mut sections: Vec<Section> = Vec::new();
     for id in &selected {
