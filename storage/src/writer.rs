@@ -266,9 +266,18 @@ impl Writer {
         }
     }
 
-    /// A place in the queue taken without waiting, or `None` while the queue is full (or
-    /// the writer has stopped). For a caller that must not wait once it has decided what
-    /// to write (the router's state is locked meanwhile): it takes the place first.
+    /// A place in the queue, waiting for one while the queue is full (backpressure). For a
+    /// caller that must not wait once it has decided what to write (the router, whose
+    /// state is locked meanwhile): it takes the place first, then decides.
+    pub async fn reserve(&self) -> Result<Reserved<'_>, StorageError> {
+        match self.tx.reserve().await {
+            Ok(permit) => Ok(Reserved { permit }),
+            Err(_) => Err(StorageError::Closed),
+        }
+    }
+
+    /// As [`Writer::reserve`] without waiting: `None` while the queue is full (or the
+    /// writer has stopped).
     pub fn try_reserve(&self) -> Option<Reserved<'_>> {
         self.tx.try_reserve().ok().map(|permit| Reserved { permit })
     }
