@@ -270,7 +270,7 @@ pub enum InboxCommand {
 }
 
 /// Flags of `tern serve`. Each flag left out falls back to the config file, then to the
-/// built-in default (see `crate::config::Config::from_args`). No flag has a clap default
+/// built-in default (see `crate::config::Config::with_overrides`). No flag has a clap default
 /// value on purpose: one would always override the file.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
@@ -294,4 +294,17 @@ pub struct ServeArgs {
     /// (port 0: any free port, written to {data_dir}/admin.addr). [default: 127.0.0.1:8081]
     #[arg(long, value_name = "ADDR:PORT")]
     pub admin_listen: Option<SocketAddr>,
+}
+
+impl ServeArgs {
+    /// The flags as the configuration's overrides.
+    pub fn overrides(&self) -> crate::config::Overrides {
+        crate::config::Overrides {
+            config_file: self.config.clone(),
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            log_level: self.log_level.clone(),
+            admin_listen: self.admin_listen,
+        }
+    }
 }

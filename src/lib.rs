@@ -1,49 +1,37 @@
 //! # tern: an MQTT broker for instant messaging
 //!
 //! The broker library behind the `tern` binary. The wire format lives in the `tern-codec`
-//! crate, durable state in `tern-storage`. Here:
+//! crate, durable state in `tern-storage`. Here, each part depending only on those below
+//! it:
 //!
-//! - [`cli`] and [`config`]: the command line and the TOML configuration.
-//! - [`server`]: the lifecycle (bind, accept, stop cleanly on a signal).
-//! - [`listener`] and [`transport`]: the TCP, TLS, WebSocket and WSS listeners, their
-//!   limits at accept, and the byte streams a connection reads and writes ([`rate`]: the
-//!   token bucket behind the rate limits).
-//! - [`connection`]: drives one client socket: handshake, keepalive, I/O, backlog reading;
-//!   [`parking`]: where idle connections wait without a task.
-//! - [`session`]: the MQTT session of a connected client as a state machine without I/O
-//!   (QoS flows, in-flight window, topic aliases).
-//! - [`router`]: the one owner of subscriptions, retained messages and session placement;
-//!   [`mailbox`]: what it hands each connection (deliveries, broadcasts, a close order).
-//! - [`subscriptions`] and [`retained`]: the topic tries the router matches with.
-//! - [`message`]: the routed message and the per-subscriber delivery.
-//! - [`im`]: the chat layer: users, inbox ACL, direct and group messages, sync.
-//! - [`admin`]: the operator side: the admin HTTP/JSON API and the `tern` subcommands that
-//!   inspect and change a broker, running or stopped.
-//! - [`metrics`]: counters and latency histograms, served as Prometheus `/metrics` on the
-//!   admin listener and as `$SYS/broker/...` topics.
+//! | module | what it is |
+//! | --- | --- |
+//! | [`cli`], [`server`] | the command line; the broker's lifecycle (bind, serve, stop on a signal) |
+//! | [`admin`] | the operator side: the admin HTTP API and the `tern` subcommands, on a running or a stopped broker |
+//! | `connection` | the driver of one client connection: handshake I/O, its event loop, reading, writing, parking |
+//! | `router` | the one owner of sessions, subscriptions, retained messages and chat state: synchronous handlers run on the caller's task, and each connection's mailbox |
+//! | `net` | listeners and admission limits, transports (TCP, TLS, WebSocket), rate limits, the parking lot |
+//! | [`im`] | the chat layer's rules: users and login, the topic namespace, who may publish and subscribe where, inboxes, `$sync` |
+//! | [`protocol`] | MQTT without I/O: CONNECT negotiation, the session's QoS flows, the durable queue read back, closing |
+//! | [`metrics`] | counters and latency histograms: Prometheus `/metrics` and `$SYS` |
+//! | [`config`] | the TOML configuration, its validation and the command line's overrides |
+//! | `records` | routed messages as storage records and back |
 
-mod ack_queue;
+#![warn(unreachable_pub)]
+
 pub mod admin;
 pub mod cli;
 pub mod config;
-pub mod connection;
+mod connection;
 pub mod im;
-mod in_flight;
-pub mod listener;
-pub mod mailbox;
-pub mod message;
-pub mod metrics;
-pub mod outgoing;
-pub mod parking;
-pub mod rate;
-pub mod retained;
-pub mod router;
+mod metrics;
+pub mod net;
+mod protocol;
+mod records;
+mod router;
 pub mod server;
-pub mod session;
-pub mod subscriptions;
 #[cfg(test)]
 mod topic_strategies;
-pub mod transport;
 
 use std::process::ExitCode;
 
@@ -75,7 +63,7 @@ pub fn run(cli: cli::Cli) -> ExitCode {
 
 /// `tern serve`: load the configuration, start logging, run the broker until SIGINT/SIGTERM.
 pub fn serve_command(args: &cli::ServeArgs) -> ExitCode {
-    let config = match Config::from_args(args) {
+    let config = match Config::with_overrides(&args.overrides()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("tern: {e}");

@@ -1,6 +1,6 @@
 //! The broker's lifecycle: open storage, rebuild the router, accept connections on every
-//! enabled listener ([`crate::listener`]), and stop cleanly (stop accepting, tell every
-//! client, flush storage).
+//! enabled listener (`net::listener`, which hands each admitted socket to
+//! `connection::run`), and stop cleanly (stop accepting, tell every client, flush storage).
 //!
 //! [`Server::start`] binds and loads; [`Server::run`] serves until the given shutdown future
 //! resolves, which makes the whole broker easy to run inside a test on `127.0.0.1:0`.
@@ -19,14 +19,12 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::admin::http::{AdminError, AdminServer};
 use crate::config::{Config, ListenerKind, SyncMode};
-use crate::connection::Context;
-use crate::listener::{Listener, ListenerError};
+use crate::connection::{Accepted, ConnectionLimits, Context};
 use crate::metrics::Metrics;
-use crate::parking::{LotTask, ParkingLot};
-use crate::router::{Command, Router, RouterHandle, RouterLimits};
+use crate::net::listener::{Listener, ListenerError};
+use crate::net::parking::{LotTask, ParkingLot};
+use crate::router::{Router, RouterHandle, RouterLimits};
 
-/// Commands the router can have waiting: connections block (backpressure) beyond it.
-const ROUTER_QUEUE: usize = 4096;
 /// How long connections get to finish once the broker stops.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -46,6 +44,7 @@ pub enum ServerError {
 }
 
 pub struct Server {
+    config: Config,
     listeners: Vec<Listener>,
     ctx: Arc<Context>,
     router_task: tokio::task::JoinHandle<()>,
@@ -84,24 +83,17 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let writer =
             Writer::start_observed(store, policy, config.storage.writer_queue, metrics.clone());
-        let limits = &config.limits;
-        let router_limits = RouterLimits {
-            max_topic_levels: limits.max_topic_levels,
-            max_subscriptions_per_session: limits.max_subscriptions_per_session,
-            max_queued_messages: crate::config::limit_u32(limits.max_queued_messages),
-            max_retained_messages: limits.max_retained_messages,
-            im: config.im.clone(),
-        };
-        let load_writer = writer.clone();
+        let router_limits = RouterLimits::from_config(&config);
+        let router_store = writer.store().clone();
         let router_metrics = metrics.clone();
         let router = tokio::task::spawn_blocking(move || {
-            Router::load(router_limits, load_writer).map(|r| r.with_metrics(router_metrics))
+            Router::load(router_limits, &*router_store, router_metrics)
         })
         .await
         .map_err(|e| tern_storage::StorageError::Corrupt {
             what: format!("loading state panicked: {e}"),
         })??;
-        let (router, router_task) = router.spawn(ROUTER_QUEUE);
+        let (router, router_task) = RouterHandle::start(router, writer.clone());
         let mut listeners = Vec::new();
         for spec in config.listeners.enabled() {
             match Listener::bind(&spec, &config).await {
@@ -135,12 +127,12 @@ impl Server {
             None
         };
         let (lot, lot_task) = ParkingLot::new(metrics.parked_gauge());
-        let session_limits = Arc::new(Context::session_limits(&config.limits));
+        let limits = ConnectionLimits::from_config(&config);
         Ok(Server {
+            config,
             listeners,
             lot_task,
             ctx: Arc::new(Context {
-                config,
                 router,
                 writer,
                 broadcasts: Arc::new(tokio::sync::Semaphore::new(
@@ -149,7 +141,7 @@ impl Server {
                 metrics,
                 lot,
                 started: tokio::time::Instant::now(),
-                session_limits,
+                limits,
             }),
             router_task,
             admin,
@@ -183,6 +175,7 @@ impl Server {
     /// Serves until `shutdown` resolves, then stops cleanly.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let Server {
+            config,
             listeners,
             ctx,
             router_task,
@@ -196,22 +189,32 @@ impl Server {
                 let _ = admin_stopped.await;
             }))
         });
-        let sys = crate::metrics::spawn_sys_publisher(
+        let sys = crate::router::sys::spawn_publisher(
             ctx.metrics.clone(),
             ctx.router.clone(),
-            Duration::from_secs(ctx.config.metrics.sys_interval_secs),
+            Duration::from_secs(config.metrics.sys_interval_secs),
         );
         let (drain_lot, lot_drain) = tokio::sync::oneshot::channel::<()>();
         let mut lot_task = tokio::spawn(lot_task.run(async move {
             let _ = lot_drain.await;
         }));
-        let all_connections = Arc::new(Semaphore::new(ctx.config.limits.max_connections));
+        let all_connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let (stop_accepting, stop) = watch::channel(false);
-        tracing::info!(data_dir = %ctx.config.data_dir.display(), "tern started");
+        tracing::info!(data_dir = %config.data_dir.display(), "tern started");
         let accepting: Vec<_> = listeners
             .into_iter()
             .map(|listener| {
-                tokio::spawn(listener.run(ctx.clone(), all_connections.clone(), stop.clone()))
+                let metrics = ctx.metrics.clone();
+                let ctx = ctx.clone();
+                let serve = move |admitted: crate::net::listener::Admitted| {
+                    crate::connection::run(Box::new(Accepted {
+                        stream: admitted.stream,
+                        endpoint: admitted.endpoint,
+                        ctx: ctx.clone(),
+                        permits: admitted.permits,
+                    }))
+                };
+                tokio::spawn(listener.run(metrics, all_connections.clone(), stop.clone(), serve))
             })
             .collect();
         shutdown.await;
@@ -237,7 +240,7 @@ impl Server {
         }
         // The router tells every connection to close (v5: DISCONNECT 0x8B) and stops;
         // parked connections are woken by it like the others.
-        let _ = ctx.router.call(|reply| Command::Shutdown { reply }).await;
+        ctx.router.shutdown();
         let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
             for set in &mut connections {
                 while set.join_next().await.is_some() {}
@@ -266,7 +269,7 @@ impl Server {
 /// Undoes a start that failed half-way: stops the router and closes storage, so that the
 /// data directory is released.
 async fn abandon(router: &RouterHandle, router_task: tokio::task::JoinHandle<()>, writer: &Writer) {
-    let _ = router.call(|reply| Command::Shutdown { reply }).await;
+    router.shutdown();
     let _ = router_task.await;
     if let Err(e) = writer.shutdown().await {
         tracing::warn!("closing storage after a failed start: {e}");

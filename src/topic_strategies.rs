@@ -10,7 +10,7 @@ use tern_codec::topic::{validate_topic_filter, validate_topic_name};
 const LEVELS: [&str; 5] = ["", "$sys", "a", "b", "+"];
 
 /// A valid topic filter: up to 3 levels (possibly `+`), often ending in `#`.
-pub fn filter() -> impl Strategy<Value = String> {
+pub(crate) fn filter() -> impl Strategy<Value = String> {
     (
         prop::collection::vec(prop::sample::select(&LEVELS[..]), 0..4),
         any::<bool>(),
@@ -25,7 +25,7 @@ pub fn filter() -> impl Strategy<Value = String> {
 }
 
 /// A valid topic name of 1 to 4 levels, without wildcards.
-pub fn topic() -> impl Strategy<Value = String> {
+pub(crate) fn topic() -> impl Strategy<Value = String> {
     prop::collection::vec(prop::sample::select(&LEVELS[..4]), 1..5)
         .prop_map(|levels| levels.join("/"))
         .prop_filter("valid topic", |t| validate_topic_name(t).is_ok())

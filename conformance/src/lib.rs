@@ -738,7 +738,7 @@ pub async fn ws_connect<S>(
     host: SocketAddr,
     path: &str,
     subprotocol: Option<&str>,
-) -> Result<tern::transport::WsStream<S>, tokio_tungstenite::tungstenite::Error>
+) -> Result<tern::net::transport::WsStream<S>, tokio_tungstenite::tungstenite::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -751,7 +751,7 @@ where
         );
     }
     let (ws, _response) = tokio_tungstenite::client_async(request, stream).await?;
-    Ok(tern::transport::WsStream::new(ws))
+    Ok(tern::net::transport::WsStream::new(ws))
 }
 
 /// The value of one series (`name{labels}` exactly as exposed) in a Prometheus text

@@ -36,7 +36,7 @@ use crate::cli::{
 };
 use crate::config::Config;
 use crate::im::directory::{user_ops, ChangeError, GroupChange, Groups, UserChange};
-use crate::message::now_ms;
+use crate::protocol::now_ms;
 
 /// Environment variable holding the admin token.
 pub const TOKEN_ENV: &str = "TERN_ADMIN_TOKEN";

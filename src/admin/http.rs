@@ -19,7 +19,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
@@ -35,18 +34,16 @@ use super::model::{self, Deleted, GroupView, Health, UserView};
 use super::token;
 use crate::config::Config;
 use crate::im::directory::{user_ops, ChangeError, GroupChange, UserChange};
-use crate::message::now_ms;
 use crate::metrics::{self, Metrics};
-use crate::router::{CloseReason, Command, RouterGone, RouterHandle};
+use crate::protocol::now_ms;
+use crate::protocol::Close;
+use crate::router::{RouterGone, RouterHandle};
 use tern_codec::ReasonCode;
 
 /// Default number of entries of `GET /v1/sessions/{id}/queue` and `GET /v1/inbox/{user}`.
 pub const DEFAULT_LIMIT: usize = 20;
 /// Default number of topics in `GET /v1/retained/stats`.
 pub const DEFAULT_TOP: usize = 10;
-/// How long `GET /metrics` waits for the router's counts before it answers with the last
-/// ones it has: a scrape must not hang on a router busy with a burst.
-const ROUTER_STATS_WAIT: Duration = Duration::from_secs(1);
 
 /// Why the admin API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +138,7 @@ impl AdminServer {
 
     /// Serves `metrics` on `GET /metrics` (without this, a set of its own that only the
     /// router's counts ever reach).
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> AdminServer {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> AdminServer {
         self.state.metrics = metrics;
         self
     }
@@ -328,14 +325,11 @@ async fn health() -> Json<Health> {
     })
 }
 
-/// `GET /metrics`: the Prometheus exposition, with the router's gauges fresh (or as of the
-/// last scrape or `$SYS` tick when the router is too busy to answer in time).
+/// `GET /metrics`: the Prometheus exposition, with the router's gauges fresh.
 async fn metrics_text(State(state): State<Arc<AdminState>>) -> Response {
-    let stats = state.router.call(|reply| Command::Stats { reply });
-    match tokio::time::timeout(ROUTER_STATS_WAIT, stats).await {
-        Ok(Ok(stats)) => state.metrics.record_router(&stats),
-        Ok(Err(RouterGone)) => return ApiError::from(RouterGone).into_response(),
-        Err(_) => tracing::debug!("GET /metrics: the router did not answer in time"),
+    match state.router.stats() {
+        Ok(stats) => state.metrics.record_router(&stats),
+        Err(gone) => return ApiError::from(gone).into_response(),
     }
     match state.metrics.encode() {
         Ok(text) => (
@@ -427,14 +421,7 @@ async fn retained_delete(
     q: Result<Query<TopicQuery>, QueryRejection>,
 ) -> ApiResult<Json<Deleted>> {
     let topic = query(q)?.topic;
-    let change = topic.clone();
-    let durable = state
-        .router
-        .call(|reply| Command::DeleteRetained {
-            topic: change,
-            reply,
-        })
-        .await?;
+    let durable = state.router.delete_retained(&topic).await?;
     match durable {
         Some(durable) => {
             durable.await?;
@@ -459,10 +446,7 @@ async fn live_sessions(
     state: &AdminState,
     client_id: Option<String>,
 ) -> ApiResult<Vec<model::SessionView>> {
-    let mut summaries = state
-        .router
-        .call(|reply| Command::Sessions { client_id, reply })
-        .await?;
+    let mut summaries = state.router.sessions(client_id.as_deref())?;
     summaries.sort_by(|a, b| a.client_id.cmp(&b.client_id));
     read(state, move |store| {
         summaries
@@ -506,13 +490,7 @@ async fn queue_peek(
     q: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult<Json<model::QueuePeek>> {
     let limit = query(q)?.limit.unwrap_or(DEFAULT_LIMIT);
-    let known = state
-        .router
-        .call(|reply| Command::Sessions {
-            client_id: Some(client_id.clone()),
-            reply,
-        })
-        .await?;
+    let known = state.router.sessions(Some(&client_id))?;
     if !known.iter().any(|s| s.client_id == client_id) {
         return Err(model::no_session(&client_id).into());
     }
@@ -555,8 +533,8 @@ async fn change_user(state: &AdminState, change: UserChange) -> ApiResult<Option
         UserChange::Add { .. } => None,
     };
     if let Some((user, why)) = closed {
-        let reason = CloseReason::new(ReasonCode::NotAuthorized, why);
-        let _ = state.router.send(Command::CloseUser { user, reason }).await;
+        let close = Close::new(ReasonCode::NotAuthorized, why);
+        let _ = state.router.close_user(&user, &close);
     }
     Ok(user)
 }
@@ -638,10 +616,7 @@ async fn change_group(state: &AdminState, change: GroupChange) -> ApiResult<Opti
         | GroupChange::Remove { gid, .. } => gid.clone(),
     };
     let deleting = matches!(change, GroupChange::Delete { .. });
-    let durable = state
-        .router
-        .call(|reply| Command::ChangeGroup { change, reply })
-        .await??;
+    let durable = state.router.change_group(change).await??;
     durable.await?;
     if deleting {
         return Ok(None);

@@ -17,7 +17,7 @@ use tern_storage::{QueueState, StorageError, Store, StoredGroup, StoredMessage, 
 
 use crate::im::directory::ChangeError;
 use crate::im::topics::{ROLE_RECEIVED, ROLE_SENT};
-use crate::message::Message;
+use crate::protocol::Message;
 use crate::router::SessionSummary;
 
 /// Bytes of a payload shown in lists (retained list, queue peek, inbox tail).

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tern_codec::ByteString;
 
 use super::topics::{sync_end_topic, Conversation};
-use crate::message::Message;
+use crate::protocol::Message;
 
 /// User property naming the sender.
 pub const FROM: &str = "from";

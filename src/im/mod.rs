@@ -4,11 +4,15 @@
 //! the scheme). The parts, each without I/O so they are tested alone:
 //!
 //! - [`auth`]: who a connecting client is (argon2id-checked user names, anonymous policy);
-//! - [`acl`]: which filters a user may subscribe to (nobody reads another user's inbox);
+//! - [`topics`]: every rule a topic's name carries (`dm/`, `group/`, `inbox/`,
+//!   `broadcast/`, `$sync`, `$SYS`);
+//! - [`acl`]: who may publish and subscribe where (nobody reads another user's inbox,
+//!   nobody but the broker writes into one), and where a will may go;
 //! - [`directory`]: operator changes to users and groups, and the in-memory group table;
 //! - [`dedup`]: the (sender, msgid) window that drops a client's resends;
 //! - [`ids`]: time-ordered message ids, so retention by age is one range deletion;
-//! - [`inbox`]: the stored form of a chat message and each recipient's copy of it.
+//! - [`inbox`]: the stored form of a chat message and each recipient's copy of it;
+//! - [`sync`]: what a `$sync` request replays.
 //!
 //! The router (`router::chat`) turns a chat publish into inbox entries: the payload is
 //! stored once under its message id, and each recipient user gets an entry in their inbox
@@ -21,4 +25,5 @@ pub mod dedup;
 pub mod directory;
 pub mod ids;
 pub mod inbox;
+pub mod sync;
 pub mod topics;

@@ -1,5 +1,5 @@
-//! The IM topic scheme: what a published topic addresses, and the inbox topics the broker
-//! delivers on.
+//! Every rule the broker attaches to a topic's name: what a published topic addresses,
+//! the inbox topics the broker delivers on, and the broker's own `$SYS` topics.
 //!
 //! | a client publishes to | the broker delivers on |
 //! | --- | --- |
@@ -8,6 +8,7 @@
 //! | `broadcast/{channel}` | `broadcast/{channel}` (operators only; every user may subscribe) |
 //! | `$sync` | nothing: the payload is the last inbox `seq` the device saw, and the broker replays the gap to that connection, then `inbox/{user}/sync` |
 //! | `inbox/...` | refused: only the broker writes into inboxes |
+//! | `$SYS/...` | refused: the broker publishes its state there |
 //!
 //! `{from}` is always the authenticated user of the publishing connection. Anything else is an
 //! ordinary MQTT topic, routed as such.
@@ -21,6 +22,10 @@ pub const ROLE_SENT: u8 = 1;
 pub const INBOX: &str = "inbox";
 /// The sync request topic.
 pub const SYNC: &str = "$sync";
+/// The first level of the broker's own topics (`$SYS/broker/...`).
+pub const SYSTEM: &str = "$SYS";
+/// The first level of system broadcasts (`broadcast/{channel}`).
+pub const BROADCAST: &str = "broadcast";
 
 /// What a PUBLISH topic addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +40,8 @@ pub enum Address<'a> {
     Sync,
     /// Inside `inbox/`: nobody publishes there but the broker.
     Inbox,
+    /// `$SYS` or below it: the broker's own.
+    System,
     /// `dm/`, `group/` with a missing or extra level: a mistake worth a clear refusal
     /// rather than a silent ordinary publish nobody receives.
     Malformed,
@@ -50,14 +57,31 @@ pub fn classify(topic: &str) -> Address<'_> {
     let rest = levels.next();
     match (first, second, rest) {
         (SYNC, None, None) => Address::Sync,
+        (SYSTEM, _, _) => Address::System,
         (INBOX, _, _) => Address::Inbox,
         ("dm", Some(to), None) if !to.is_empty() => Address::Direct { to },
         ("group", Some(gid), None) if !gid.is_empty() => Address::Group { gid },
         ("dm" | "group", _, _) => Address::Malformed,
-        ("broadcast", Some(channel), _) if !channel.is_empty() => Address::Broadcast,
-        ("broadcast", _, _) => Address::Malformed,
+        (BROADCAST, Some(channel), _) if !channel.is_empty() => Address::Broadcast,
+        (BROADCAST, _, _) => Address::Malformed,
         _ => Address::Plain,
     }
+}
+
+/// Whether `topic` is the broker's to publish on: `$SYS` or below it. Clients may publish
+/// on other `$` topics (MQTT only reserves them from wildcard matching), not on these.
+pub fn is_system(topic: &str) -> bool {
+    topic
+        .strip_prefix(SYSTEM)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Whether `topic` is a system broadcast: delivered live on each connection's broadcast
+/// lane, never queued durably, so that it cannot hold up chat messages.
+pub fn is_broadcast(topic: &str) -> bool {
+    topic
+        .strip_prefix(BROADCAST)
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// The user whose inbox a topic is in, if it is an inbox topic.
@@ -127,6 +151,27 @@ mod tests {
         assert_eq!(classify("sensors/1/temp"), Address::Plain);
         assert_eq!(classify("dmx/bob"), Address::Plain);
         assert_eq!(classify("$sync/x"), Address::Plain);
+        assert_eq!(classify("$SYS/broker/uptime"), Address::System);
+        assert_eq!(classify("$SYS"), Address::System);
+        assert_eq!(classify("$SYSTEM/x"), Address::Plain);
+    }
+
+    #[test]
+    fn the_brokers_own_topics_and_broadcasts_are_told_apart_by_their_first_level() {
+        for (topic, system, broadcast) in [
+            ("$SYS", true, false),
+            ("$SYS/broker/uptime", true, false),
+            ("$SYSX/a", false, false),
+            ("$sys/a", false, false),
+            ("broadcast/news", false, true),
+            ("broadcast/", false, true),
+            ("broadcast", false, false),
+            ("broadcasts/news", false, false),
+            ("a/broadcast/x", false, false),
+        ] {
+            assert_eq!(is_system(topic), system, "{topic}");
+            assert_eq!(is_broadcast(topic), broadcast, "{topic}");
+        }
     }
 
     #[test]

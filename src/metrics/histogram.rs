@@ -16,21 +16,21 @@ use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 
 /// Bucket bounds of the publish-to-deliver latency, in microseconds: 50 µs to 10 s.
-pub const DELIVERY_BOUNDS_US: &[u64] = &[
+pub(crate) const DELIVERY_BOUNDS_US: &[u64] = &[
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
 
 /// Bucket bounds of storage write and sync latency, in microseconds: 10 µs (a write into the
 /// memtable) to 10 s (an fsync on a struggling disk).
-pub const STORAGE_BOUNDS_US: &[u64] = &[
+pub(crate) const STORAGE_BOUNDS_US: &[u64] = &[
     10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
     500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
 
 /// A histogram of durations with fixed bounds; clones share the same counts.
 #[derive(Debug, Clone)]
-pub struct LatencyHistogram {
+pub(crate) struct LatencyHistogram {
     inner: Arc<Inner>,
 }
 
@@ -46,7 +46,7 @@ struct Inner {
 
 impl LatencyHistogram {
     /// A histogram with these upper bounds, in microseconds, ascending.
-    pub fn new(bounds_us: &[u64]) -> LatencyHistogram {
+    pub(crate) fn new(bounds_us: &[u64]) -> LatencyHistogram {
         debug_assert!(
             bounds_us.windows(2).all(|w| w[0] < w[1]),
             "ascending bounds"
@@ -60,14 +60,14 @@ impl LatencyHistogram {
         }
     }
 
-    pub fn observe(&self, elapsed: Duration) {
+    pub(crate) fn observe(&self, elapsed: Duration) {
         let mut tally = LatencyTally::default();
         tally.observe(self, elapsed);
         self.add(tally);
     }
 
     /// Adds what `tally` gathered.
-    pub fn add(&self, tally: LatencyTally) {
+    pub(crate) fn add(&self, tally: LatencyTally) {
         let inner = &*self.inner;
         if let Some(run) = tally.run {
             inner.add_run(run);
@@ -77,8 +77,9 @@ impl LatencyHistogram {
         }
     }
 
+    #[cfg(test)]
     /// Observations so far.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.inner
             .counts
             .iter()
@@ -86,8 +87,9 @@ impl LatencyHistogram {
             .sum()
     }
 
+    #[cfg(test)]
     /// Sum of the observations so far.
-    pub fn sum(&self) -> Duration {
+    pub(crate) fn sum(&self) -> Duration {
         Duration::from_nanos(self.inner.sum_ns.load(Ordering::Relaxed))
     }
 }
@@ -115,7 +117,7 @@ impl Inner {
 /// land in the same bucket, so a tally keeps the current run of one bucket and the sum,
 /// and touches the shared counts only when the bucket changes and once at the end.
 #[derive(Debug, Default)]
-pub struct LatencyTally {
+pub(crate) struct LatencyTally {
     /// The slot of the latest observations and how many in a row landed there.
     run: Option<(usize, u64)>,
     sum_ns: u64,
@@ -123,7 +125,7 @@ pub struct LatencyTally {
 
 impl LatencyTally {
     /// Counts one observation for `histogram` (whose bounds decide the bucket).
-    pub fn observe(&mut self, histogram: &LatencyHistogram, elapsed: Duration) {
+    pub(crate) fn observe(&mut self, histogram: &LatencyHistogram, elapsed: Duration) {
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let inner = &*histogram.inner;
         let slot = inner.slot(ns);

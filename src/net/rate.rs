@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 #[derive(Debug)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     tokens: f64,
     last: Instant,
@@ -14,7 +14,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// `rate` units per second, starting full; `None` for 0 (no limit).
-    pub fn new(rate: u64, now: Instant) -> Option<TokenBucket> {
+    pub(crate) fn new(rate: u64, now: Instant) -> Option<TokenBucket> {
         // u64 to f64 loses precision only beyond 2^53 per second: irrelevant here.
         let rate = rate as f64;
         (rate > 0.0).then_some(TokenBucket {
@@ -25,12 +25,12 @@ impl TokenBucket {
     }
 
     /// Uses `units`; the balance may go negative (a debt paid back by waiting).
-    pub fn spend(&mut self, units: u64) {
+    pub(crate) fn spend(&mut self, units: u64) {
         self.tokens -= units as f64;
     }
 
     /// How long until the balance reaches `level`; `None` if it already has.
-    pub fn wait(&mut self, level: f64, now: Instant) -> Option<Duration> {
+    pub(crate) fn wait(&mut self, level: f64, now: Instant) -> Option<Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         // Bursts up to one second's worth (and at least one unit, for rates below 1/s).
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate.max(1.0));

@@ -51,10 +51,17 @@ pub type BoxedIo = Box<dyn Io>;
 ///
 /// Every variant holds at most one thin pointer, so a `Stream` is 16 bytes: it is part of
 /// every idle connection, which holds it `Detached` (a bare descriptor).
+///
+/// A plain TCP socket also records whether it is in the parking lot's epoll set from an
+/// earlier park (`in_lot_set`, see `net::parking`): it stays there, disarmed, while the
+/// connection works, and is armed again at the next park.
 pub enum Stream {
     /// Plain TCP, registered with the runtime's I/O driver (boxed: 32 bytes only a
     /// working connection needs).
-    Tcp(Box<TcpStream>),
+    Tcp {
+        socket: Box<TcpStream>,
+        in_lot_set: bool,
+    },
     /// Plain TCP off the I/O driver (non-blocking), a new connection's or a parked one's:
     /// nothing but the descriptor (a registration is a 256-byte allocation, the largest
     /// thing an idle connection held). Reads and writes go straight to the socket; the
@@ -63,6 +70,7 @@ pub enum Stream {
     Detached {
         socket: std::net::TcpStream,
         drained: bool,
+        in_lot_set: bool,
     },
     /// TLS, WebSocket, WebSocket over TLS (boxed twice: a thin pointer).
     Other(Box<BoxedIo>),
@@ -73,7 +81,10 @@ pub enum Stream {
 impl Stream {
     /// Plain TCP.
     pub fn tcp(socket: TcpStream) -> Stream {
-        Stream::Tcp(Box::new(socket))
+        Stream::Tcp {
+            socket: Box::new(socket),
+            in_lot_set: false,
+        }
     }
 
     /// Plain TCP not registered with the runtime (a socket just accepted, non-blocking):
@@ -82,6 +93,7 @@ impl Stream {
         Stream::Detached {
             socket,
             drained: false,
+            in_lot_set: false,
         }
     }
 
@@ -92,7 +104,22 @@ impl Stream {
 
     /// Plain TCP (which can be detached while its connection is parked).
     pub fn is_tcp(&self) -> bool {
-        matches!(self, Stream::Tcp(_) | Stream::Detached { .. })
+        matches!(self, Stream::Tcp { .. } | Stream::Detached { .. })
+    }
+
+    /// Whether the socket is in the parking lot's epoll set (plain TCP only).
+    pub fn in_lot_set(&self) -> bool {
+        match self {
+            Stream::Tcp { in_lot_set, .. } | Stream::Detached { in_lot_set, .. } => *in_lot_set,
+            Stream::Other(_) | Stream::Lost => false,
+        }
+    }
+
+    /// Records whether the socket is in the parking lot's epoll set.
+    pub fn set_in_lot_set(&mut self, in_set: bool) {
+        if let Stream::Tcp { in_lot_set, .. } | Stream::Detached { in_lot_set, .. } = self {
+            *in_lot_set = in_set;
+        }
     }
 
     /// The descriptor of a detached socket, for the parking lot to watch.
@@ -108,9 +135,19 @@ impl Stream {
     /// in a way that reports input already waiting: epoll does on `EPOLL_CTL_ADD`).
     pub fn detach(&mut self) -> io::Result<()> {
         *self = match std::mem::replace(self, Stream::Lost) {
-            Stream::Tcp(socket) => Stream::detached(socket.into_std()?),
+            Stream::Tcp { socket, in_lot_set } => Stream::Detached {
+                socket: socket.into_std()?,
+                drained: false,
+                in_lot_set,
+            },
             // Whoever watches it wakes the connection when there is input: try it then.
-            Stream::Detached { socket, .. } => Stream::detached(socket),
+            Stream::Detached {
+                socket, in_lot_set, ..
+            } => Stream::Detached {
+                socket,
+                drained: false,
+                in_lot_set,
+            },
             other => other,
         };
         Ok(())
@@ -120,7 +157,10 @@ impl Stream {
     /// nothing, `Ok(Some(0))` at end of stream; an error for any other stream.
     pub fn read_detached(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         use std::io::Read;
-        let Stream::Detached { socket, drained } = self else {
+        let Stream::Detached {
+            socket, drained, ..
+        } = self
+        else {
             return Err(io::ErrorKind::Unsupported.into());
         };
         let read = try_recv(|| (&*socket).read(buf))?;
@@ -143,8 +183,14 @@ impl Stream {
     /// Registers a detached socket with the runtime's I/O driver again.
     fn attach(&mut self) -> io::Result<()> {
         if let Stream::Detached { .. } = self {
-            if let Stream::Detached { socket, .. } = std::mem::replace(self, Stream::Lost) {
-                *self = Stream::tcp(TcpStream::from_std(socket)?);
+            if let Stream::Detached {
+                socket, in_lot_set, ..
+            } = std::mem::replace(self, Stream::Lost)
+            {
+                *self = Stream::Tcp {
+                    socket: Box::new(TcpStream::from_std(socket)?),
+                    in_lot_set,
+                };
             }
         }
         Ok(())
@@ -159,6 +205,7 @@ impl Stream {
         if let Stream::Detached {
             socket,
             drained: drained @ false,
+            ..
         } = self
         {
             if let Some(n) = read_direct(socket, buf, reserve, drained)? {
@@ -169,7 +216,7 @@ impl Stream {
         match self {
             // A poll_fn rather than `readable().await`: an idle connection waits here, and
             // this future is part of its task's size (a few dozen bytes instead of 200).
-            Stream::Tcp(socket) => {
+            Stream::Tcp { socket, .. } => {
                 let socket = &*socket;
                 std::future::poll_fn(|cx| poll_read_tcp(socket, cx, buf, reserve)).await
             }
@@ -192,7 +239,7 @@ impl Stream {
         }
         self.attach()?;
         match self {
-            Stream::Tcp(socket) => socket.write_all(bytes).await,
+            Stream::Tcp { socket, .. } => socket.write_all(bytes).await,
             Stream::Other(io) => {
                 io.write_all(bytes).await?;
                 io.flush().await
@@ -204,7 +251,7 @@ impl Stream {
     /// Closes the sending direction (TLS and WebSocket send their close first).
     pub async fn shutdown(&mut self) -> io::Result<()> {
         match self {
-            Stream::Tcp(socket) => socket.shutdown().await,
+            Stream::Tcp { socket, .. } => socket.shutdown().await,
             Stream::Detached { socket, .. } => socket.shutdown(std::net::Shutdown::Write),
             Stream::Other(io) => io.shutdown().await,
             Stream::Lost => Err(lost()),

@@ -22,7 +22,7 @@ const IDS: usize = u16::MAX as usize;
 
 /// Entries of type `T` under consecutive packet IDs.
 #[derive(Debug)]
-pub struct InFlightWindow<T> {
+pub(crate) struct InFlightWindow<T> {
     /// `slots[i]` is the entry of packet ID `first_id + i` (wrapping past 65535 to 1);
     /// `None` once acknowledged out of order. Never starts with `None`.
     slots: VecDeque<Option<T>>,
@@ -51,23 +51,23 @@ fn advance(id: u16, by: usize) -> u16 {
 
 impl<T> InFlightWindow<T> {
     /// Entries waiting for an acknowledgement.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Consecutive packet IDs from the oldest entry to the newest, holes included.
-    pub fn span(&self) -> usize {
+    pub(crate) fn span(&self) -> usize {
         self.slots.len()
     }
 
     /// The packet ID the next [`push`](Self::push) takes; `None` when every ID is in use.
-    pub fn next_id(&self) -> Option<u16> {
+    pub(crate) fn next_id(&self) -> Option<u16> {
         (self.slots.len() < IDS).then(|| advance(self.first_id, self.slots.len()))
     }
 
     /// Adds an entry under the next packet ID, which it returns; `None` (and nothing added)
     /// when every ID is in use.
-    pub fn push(&mut self, entry: T) -> Option<u16> {
+    pub(crate) fn push(&mut self, entry: T) -> Option<u16> {
         let id = self.next_id()?;
         self.slots.push_back(Some(entry));
         self.len += 1;
@@ -82,17 +82,17 @@ impl<T> InFlightWindow<T> {
         (distance < self.slots.len()).then_some(distance)
     }
 
-    pub fn get(&self, id: u16) -> Option<&T> {
+    pub(crate) fn get(&self, id: u16) -> Option<&T> {
         self.slots.get(self.index(id)?)?.as_ref()
     }
 
-    pub fn get_mut(&mut self, id: u16) -> Option<&mut T> {
+    pub(crate) fn get_mut(&mut self, id: u16) -> Option<&mut T> {
         let index = self.index(id)?;
         self.slots.get_mut(index)?.as_mut()
     }
 
     /// Takes the entry under `id` out of the window.
-    pub fn remove(&mut self, id: u16) -> Option<T> {
+    pub(crate) fn remove(&mut self, id: u16) -> Option<T> {
         let index = self.index(id)?;
         let entry = self.slots.get_mut(index)?.take()?;
         self.len -= 1;
@@ -104,12 +104,12 @@ impl<T> InFlightWindow<T> {
     }
 
     /// The entries, oldest first.
-    pub fn values(&self) -> impl Iterator<Item = &T> {
+    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
         self.slots.iter().flatten()
     }
 
     /// Frees the ring's memory when nothing is in flight (an idle connection keeps none).
-    pub fn shrink_when_empty(&mut self) {
+    pub(crate) fn shrink_when_empty(&mut self) {
         if self.len == 0 {
             self.slots = VecDeque::new();
         }

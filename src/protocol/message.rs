@@ -9,14 +9,13 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
-use tern_codec::{ByteString, Properties, PropertyContext, PropertyFields, Publish, QoS};
-use tern_storage::{QueueState, QueuedMessage, StoredMessage};
+use bytes::Bytes;
+use tern_codec::{ByteString, Properties, PropertyFields, Publish, QoS};
 
 /// How many messages ahead of the one being encoded a loop over cold messages prefetches
 /// the topic and payload (and twice as far, the message itself): far enough for a load
 /// from memory (~100 ns) to complete meanwhile, near enough to stay in cache.
-pub const PREFETCH_DISTANCE: usize = 4;
+pub(crate) const PREFETCH_DISTANCE: usize = 4;
 
 /// A hint to the CPU to load the cache line at `p`; nothing elsewhere than on x86-64.
 #[inline(always)]
@@ -33,7 +32,7 @@ fn prefetch(p: *const u8) {
 }
 
 /// Which session a message came from, for v5's No Local option.
-pub type SessionId = u64;
+pub(crate) type SessionId = u64;
 
 /// One application message, immutable once routed.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,45 +116,6 @@ impl Message {
     pub fn cost(&self) -> usize {
         self.topic.len() + self.payload.len() + 64
     }
-
-    pub fn to_stored(&self) -> StoredMessage {
-        let mut properties = BytesMut::new();
-        // Only forwardable properties are kept, and they came from a decoded packet, so they
-        // always encode; an empty block is the safe fallback if that ever changed.
-        if self.properties.write_block(&mut properties).is_err() {
-            properties.clear();
-        }
-        StoredMessage {
-            topic: self.topic.to_string(),
-            payload: self.payload.clone(),
-            qos: self.qos.as_u8(),
-            retain: self.retain,
-            properties: properties.freeze(),
-            expires_at_ms: self.expires_at_ms,
-        }
-    }
-
-    /// Rebuilds a message read back from storage. Fails (with what is wrong) only if the
-    /// stored record is damaged.
-    pub fn from_stored(stored: StoredMessage) -> Result<Message, String> {
-        let qos = QoS::from_u8(stored.qos).map_err(|e| format!("stored QoS: {e}"))?;
-        let properties = if stored.properties.is_empty() {
-            Properties::default()
-        } else {
-            Properties::read_block(&stored.properties, PropertyContext::Publish)
-                .map_err(|e| format!("stored properties: {e}"))?
-        };
-        Ok(Message {
-            topic: ByteString::from(stored.topic),
-            payload: stored.payload,
-            qos,
-            retain: stored.retain,
-            properties,
-            expires_at_ms: stored.expires_at_ms,
-            origin: None,
-            received_at: None,
-        })
-    }
 }
 
 /// A message on its way to one subscriber.
@@ -177,40 +137,23 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn to_queued(&self) -> QueuedMessage {
-        let mut message = self.message.to_stored();
-        // Stored per subscriber: the granted QoS and retain flag are this delivery's.
-        message.qos = self.qos.as_u8();
-        message.retain = self.retain;
-        QueuedMessage {
+    /// `message` at `qos`, as it was published: not retained, with no subscription
+    /// identifier and no place in a durable queue.
+    pub fn new(message: Arc<Message>, qos: QoS) -> Delivery {
+        Delivery {
             message,
-            message_ref: None,
-            state: if self.released {
-                QueueState::Released
-            } else {
-                QueueState::Pending
-            },
-        }
-    }
-
-    pub fn from_queued(seq: u64, queued: QueuedMessage) -> Result<Delivery, String> {
-        let released = queued.state == QueueState::Released;
-        let message = Message::from_stored(queued.message)?;
-        Ok(Delivery {
-            qos: message.qos,
-            retain: message.retain,
-            message: Arc::new(message),
+            qos,
+            retain: false,
             subscription_ids: Vec::new(),
-            seq: Some(seq),
-            // Whether it was sent before is known only to the session that sent it (see
-            // `Reattach::sent`); storage does not spend a write per delivery to record it.
+            seq: None,
             dup: false,
-            released,
-        })
+            released: false,
+        }
     }
 }
 
-pub fn now_ms() -> u64 {
+/// Unix time in milliseconds (0 before 1970, which no clock here reads).
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

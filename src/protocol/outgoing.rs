@@ -1,4 +1,4 @@
-//! What a [`Session`](crate::session::Session) hands its connection to write: a packet, or
+//! What a [`Session`](crate::protocol::session::Session) hands its connection to write: a packet, or
 //! a PUBLISH of a routed message.
 //!
 //! A routed message goes to every subscriber as the same `Arc<Message>`. Its PUBLISH is
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tern_codec::{EncodeError, Packet, Properties, Protocol, Publish, PublishRef, QoS};
 
-use crate::message::Message;
+use crate::protocol::Message;
 
 /// One packet to write.
 #[derive(Debug)]

@@ -1,9 +1,9 @@
 //! Chat routing: a direct or group message becomes one stored message, one inbox entry per
 //! recipient user, and deliveries to each recipient's devices, all in one atomic batch.
 //!
-//! Order per conversation follows from the router being one task: messages are numbered
-//! and queued in the order their commands arrive, and each recipient's `seq` increases with
-//! that order. The payload is written once (`Op::PutMessage`); a recipient costs an inbox
+//! Order per conversation follows from the router having one owner at a time: messages
+//! are numbered and queued in the order they are routed, and each recipient's `seq`
+//! increases with that order. The payload is written once (`Op::PutMessage`); a recipient costs an inbox
 //! entry (a few bytes) and, for each of its offline persistent sessions, a queue entry that
 //! refers to the stored payload instead of copying it.
 
@@ -13,38 +13,35 @@ use arcstr::ArcStr;
 use tern_codec::ReasonCode;
 use tern_storage::{InboxEntry, Op};
 
-use super::{inbound_qos2_op, Live, Routed, Router};
+use super::core::{Outcome, Router};
+use super::routing::{Payload, Routed};
+use crate::im::directory::{ChangeError, GroupChange};
 use crate::im::ids::cutoff;
 use crate::im::inbox::{for_recipient, stamp_sender, user_property, MSGID};
 use crate::im::topics::{Conversation, ROLE_RECEIVED, ROLE_SENT};
-use crate::message::{now_ms, Message};
 use crate::metrics::{DropReason, PublishRefusal};
+use crate::protocol::{now_ms, Message};
 
 /// Inbox logs are trimmed to `im.inbox_max_messages` every this many appends per user, so
 /// a log holds at most that many entries plus this slack.
 pub(super) const TRIM_EVERY: u64 = 64;
 
-/// A chat publish from an authenticated user.
-pub struct ChatPublish {
-    /// The authenticated sender.
-    pub from: ArcStr,
-    /// The message as published (topic `dm/{to}` or `group/{gid}`).
-    pub message: Message,
-    /// As in `Command::Publish`: the inbound QoS 2 marker, written in the same batch.
-    pub inbound_qos2: Option<(ArcStr, u16)>,
-}
-
 impl Router {
-    pub(super) async fn chat(&mut self, chat: ChatPublish, wait: bool) -> Routed {
-        let ChatPublish {
-            from,
-            mut message,
-            inbound_qos2,
-        } = chat;
+    /// A direct or group message from the authenticated user `from` (topic `dm/{to}` or
+    /// `group/{gid}`): stored once, numbered into every recipient's inbox, delivered.
+    pub(crate) fn chat(
+        &mut self,
+        from: &ArcStr,
+        mut message: Message,
+        out: &mut Outcome,
+    ) -> Routed {
         let now = now_ms();
         let Some(conversation) = Conversation::parse(&message.topic) else {
             self.metrics.publish_refused(PublishRefusal::TopicInvalid);
-            return Routed::refused(ReasonCode::TopicNameInvalid);
+            return Routed {
+                matched: false,
+                refused: Some(ReasonCode::TopicNameInvalid),
+            };
         };
         let recipients: Vec<(String, u8)> = match conversation {
             Conversation::Direct { to } => {
@@ -54,7 +51,7 @@ impl Router {
                 ]
             }
             Conversation::Group { gid } => match self.groups.members(gid) {
-                Some(members) if members.contains(&*from) => members
+                Some(members) if members.contains(from.as_str()) => members
                     .iter()
                     .map(|member| (member.clone(), ROLE_RECEIVED))
                     .collect(),
@@ -62,29 +59,23 @@ impl Router {
                     self.metrics.publish_refused(PublishRefusal::NotMember);
                     tracing::info!(%from, %gid, known = members.is_some(),
                         "group publish refused: sender is not a member");
-                    return Routed::refused(ReasonCode::NotAuthorized);
+                    return Routed::REFUSED;
                 }
             },
         };
         if let Some(msgid) = user_property(&message, MSGID) {
-            if self.dedup.check(&from, msgid, now) {
+            if self.dedup.check(from, msgid, now) {
                 self.metrics.dropped(DropReason::Duplicate);
                 tracing::debug!(%from, %msgid, "duplicate chat message dropped");
-                return Routed {
-                    matched: true,
-                    durable: tern_storage::Durable::ready(),
-                    refused: None,
-                };
+                return Routed::matched(true);
             }
         }
-        stamp_sender(&mut message, &from);
-        let mut ops = inbound_qos2_op(inbound_qos2);
+        stamp_sender(&mut message, from);
         let id = self.message_ids.next(now);
-        ops.push(Op::PutMessage {
+        out.ops.push(Op::PutMessage {
             id,
             message: message.to_stored(),
         });
-        let mut live = Vec::new();
         let max_entries = self.limits.im.inbox_max_messages;
         for (user, role) in recipients {
             let seq = self.inbox_next.get(&user).copied().unwrap_or(0);
@@ -93,7 +84,7 @@ impl Router {
             };
             // Taken only once the entry is certain, so that a user's seqs never skip one.
             self.inbox_next.insert(user.clone(), seq + 1);
-            ops.push(Op::AppendInbox {
+            out.ops.push(Op::AppendInbox {
                 user: user.clone(),
                 seq,
                 entry: InboxEntry {
@@ -102,35 +93,33 @@ impl Router {
                 },
             });
             if seq % TRIM_EVERY == 0 && seq >= max_entries {
-                ops.push(Op::TrimInbox {
+                out.ops.push(Op::TrimInbox {
                     user,
                     below_seq: seq + 1 - max_entries,
                 });
             }
-            self.plan(
-                &Arc::new(copy),
-                &mut ops,
-                Some(id),
-                &mut live,
-                Live::HandOver,
-            );
+            self.deliver_to_subscribers(&Arc::new(copy), Payload::Stored(id), out);
         }
-        let durable = self.commit(ops, wait).await;
-        self.send_all_live(live);
         // Stored in every recipient's inbox: delivered as far as the sender is concerned,
         // whether or not a device of theirs is subscribed right now.
-        Routed {
-            matched: true,
-            durable,
-            refused: None,
-        }
+        Routed::matched(true)
+    }
+
+    /// An operator's change to a group.
+    pub(crate) fn change_group(
+        &mut self,
+        change: &GroupChange,
+        out: &mut Outcome,
+    ) -> Result<(), ChangeError> {
+        out.ops.push(self.groups.apply(change, now_ms())?);
+        Ok(())
     }
 
     /// Retention by age: chat messages older than `im.inbox_max_age_secs` are deleted (one
     /// range deletion, ids being time-ordered).
-    pub(super) fn sweep(&mut self, ops: &mut Vec<Op>) {
+    pub(super) fn sweep(&mut self, out: &mut Outcome) {
         let age_ms = self.limits.im.inbox_max_age_secs.saturating_mul(1000);
         let below_id = cutoff(now_ms().saturating_sub(age_ms));
-        ops.push(Op::DeleteMessagesBefore { below_id });
+        out.ops.push(Op::DeleteMessagesBefore { below_id });
     }
 }

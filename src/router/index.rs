@@ -1,7 +1,7 @@
 //! The router's indexes of its sessions: by client id ([`ClientIndex`]) and by user
 //! ([`UserIndex`]). Every session has one entry in each (a user's sessions share one), so
 //! they are kept lean: the tables hold session ids only, and compare the key a lookup
-//! brings with the name the session's own [`Slot`] holds, rather than keeping a second
+//! brings with the name the session's own [`SessionEntry`] holds, rather than keeping a second
 //! handle on every client id and user name.
 
 use std::hash::BuildHasher;
@@ -10,16 +10,16 @@ use arcstr::ArcStr;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
-use super::Slot;
-use crate::message::SessionId;
+use super::sessions::SessionEntry;
+use crate::protocol::SessionId;
 
 /// The router's sessions by id.
-pub(super) type Sessions = FxHashMap<SessionId, Box<Slot>>;
+pub(super) type Sessions = FxHashMap<SessionId, Box<SessionEntry>>;
 
 /// Session ids by client id. The table holds only the ids: a lookup compares the client id
-/// with the session's own [`Slot::client_id`], so the id is not kept twice (a
+/// with the session's own [`SessionEntry::client_id`], so the id is not kept twice (a
 /// `HashMap<ByteString, SessionId>` entry was 40 bytes a session). Every id in the index
-/// has its slot in the sessions map, except the one being inserted.
+/// has its entry in the sessions map, except the one being inserted.
 #[derive(Default)]
 pub(super) struct ClientIndex {
     table: hashbrown::HashTable<SessionId>,
@@ -40,10 +40,10 @@ impl ClientIndex {
         let hasher = &self.hasher;
         let hash = hasher.hash_one(client_id);
         let rehash = |other: &SessionId| {
-            // Every other id has its slot (see the type's docs).
+            // Every other id has its entry (see the type's docs).
             sessions
                 .get(other)
-                .map_or(0, |slot| hasher.hash_one(&*slot.client_id))
+                .map_or(0, |entry| hasher.hash_one(&*entry.client_id))
         };
         match self
             .table
@@ -70,11 +70,11 @@ impl ClientIndex {
 fn names(sessions: &Sessions, id: SessionId, client_id: &str) -> bool {
     sessions
         .get(&id)
-        .is_some_and(|slot| &*slot.client_id == client_id)
+        .is_some_and(|entry| &*entry.client_id == client_id)
 }
 
 /// Each user's sessions, by user name. The table holds only the sets: a lookup compares
-/// the name with the user of the set's oldest session ([`Slot::user`]), so the name is
+/// the name with the user of the set's oldest session ([`SessionEntry::user`]), so the name is
 /// not a key of its own (a `HashMap<Arc<str>, SessionSet>` entry was 40 bytes, 16 of them
 /// the key). A set is never empty, and its sessions have their slots in the sessions map,
 /// all with that user (the router refuses a client id of another user's session).
@@ -97,14 +97,14 @@ impl UserIndex {
         Some(&sessions.get(&oldest)?.user)
     }
 
-    /// Adds session `id` to its user's set; its slot, with `user`, is in `sessions`.
+    /// Adds session `id` to its user's set; its entry, with `user`, is in `sessions`.
     pub(super) fn insert(&mut self, user: &str, id: SessionId, sessions: &Sessions) {
         let hasher = &self.hasher;
         let hash = hasher.hash_one(user);
         let rehash = |set: &SessionSet| {
             set.first()
                 .and_then(|oldest| sessions.get(&oldest))
-                .map_or(0, |slot| hasher.hash_one(&*slot.user))
+                .map_or(0, |entry| hasher.hash_one(&*entry.user))
         };
         match self
             .table
@@ -119,7 +119,7 @@ impl UserIndex {
         }
     }
 
-    /// Removes session `id` from `user`'s set (its slot may be gone already), and the set
+    /// Removes session `id` from `user`'s set (its entry may be gone already), and the set
     /// once empty.
     pub(super) fn remove(&mut self, user: &str, id: SessionId) {
         let hash = self.hasher.hash_one(user);
@@ -136,7 +136,7 @@ impl UserIndex {
 fn owned_by(sessions: &Sessions, set: &SessionSet, user: &str) -> bool {
     set.first()
         .and_then(|oldest| sessions.get(&oldest))
-        .is_some_and(|slot| &*slot.user == user)
+        .is_some_and(|entry| &*entry.user == user)
 }
 
 /// A user's sessions, in id order (the oldest first). A sorted vector rather than a
@@ -197,17 +197,17 @@ mod tests {
     use std::collections::BTreeMap;
     use tern_codec::Protocol;
 
-    fn slot(client_id: &str, user: &ArcStr) -> Box<Slot> {
-        Box::new(Slot {
+    fn entry(client_id: &str, user: &ArcStr) -> Box<SessionEntry> {
+        Box::new(SessionEntry {
             client_id: ArcStr::from(client_id),
             user: user.clone(),
             protocol: Protocol::V311,
             expiry_secs: 0,
             persistent: false,
-            online: None,
+            connected: None,
             subscriptions: BTreeMap::new(),
             next_seq: 0,
-            away: None,
+            offline: None,
         })
     }
 
@@ -239,7 +239,7 @@ mod tests {
         for round in 0..3 {
             for (i, user) in users.iter().enumerate() {
                 if i % 3 >= round {
-                    sessions.insert(next_id, slot(&format!("{user}/{round}"), user));
+                    sessions.insert(next_id, entry(&format!("{user}/{round}"), user));
                     index.insert(user, next_id, &sessions);
                     next_id += 1;
                 }

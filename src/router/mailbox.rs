@@ -2,17 +2,12 @@
 //!
 //! Three things travel from the router to a connection: chat deliveries (bounded by
 //! `limits.outbound_channel_capacity`), system broadcasts on a lower-priority lane (bounded
-//! by [`BROADCAST_LANE`]), and at most one order to close. Before this module they were two
-//! tokio mpsc channels and a oneshot, plus two shared atomics: about 3.7 KB per connection
-//! before any message, because an mpsc channel allocates its first block of 32 slots with
-//! it (heaptrack, 3,000 idle connections). Most chat connections are idle most of their
-//! life, so that was half of an idle connection's memory.
-//!
-//! Here the three share one `Arc` with one lock: queues are `VecDeque`s, allocated by the
-//! first message and released again when the connection goes quiet. The connection takes
-//! every waiting chat delivery in one lock (a swap), not one lock and one semaphore
-//! operation each, and the router wakes it only when the queue goes from empty to
-//! non-empty.
+//! by [`BROADCAST_LANE`]), and at most one order to close. Most chat connections are idle
+//! most of their life, so what a mailbox costs before any message matters: the three share
+//! one `Arc` with one lock, and the queues are `VecDeque`s, allocated by the first message
+//! and released again when the connection goes quiet (a channel would allocate its first
+//! block of slots with it). The connection takes every waiting chat delivery in one lock
+//! (a swap), and the router wakes it only when the queue goes from empty to non-empty.
 //!
 //! - [`Postbox`]: the router's end. Dropping it closes the connection (the router stopped,
 //!   or the session went away) unless a reason was given before.
@@ -27,11 +22,10 @@ use std::task::{Poll, Waker};
 
 use tern_codec::ReasonCode;
 
-use crate::message::Delivery;
-use crate::router::CloseReason;
+use crate::protocol::{Close, Delivery};
 
 /// Broadcasts waiting for one connection; more are dropped (and counted) for it.
-pub const BROADCAST_LANE: usize = 64;
+pub(crate) const BROADCAST_LANE: usize = 64;
 
 /// A batch at least this long keeps its buffer for the next one (a busy connection);
 /// after a shorter one the buffer is freed, so a quiet connection holds none.
@@ -39,7 +33,7 @@ const KEEP_BUFFER_FROM: usize = 8;
 
 /// Why a delivery was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub enum NotDelivered {
     /// The queue holds its capacity already (a stored delivery refused so makes the
     /// mailbox lagged: see [`Postbox::lagged`]).
     Full,
@@ -52,9 +46,9 @@ pub enum Refused {
 
 /// What the connection is woken for.
 #[derive(Debug)]
-pub enum Mail {
+pub(crate) enum Mail {
     /// The router ordered the connection closed (given once).
-    Close(CloseReason),
+    Close(Close),
     /// Chat deliveries wait: take them with [`Mailbox::pop_chat`].
     Chat,
     /// One system broadcast (only when no chat delivery waits).
@@ -67,9 +61,9 @@ pub enum Mail {
 /// too, rather than in atomics beside it: the lock is taken for every hand-over anyway.
 struct Queues {
     chat: VecDeque<Delivery>,
-    /// What rarely happens: broadcasts waiting, a close order. Boxed, and only while
-    /// there is some.
-    rare: Option<Box<Rare>>,
+    /// Broadcasts waiting and a close order: what most connections never get. Boxed, and
+    /// only while there is some.
+    secondary: Option<Box<Secondary>>,
     /// The connection's waker (or the parking lot's), taken by the first wake: it is
     /// woken once per registration.
     waker: Option<Waker>,
@@ -89,31 +83,31 @@ struct Queues {
 }
 
 #[derive(Default)]
-struct Rare {
+struct Secondary {
     broadcasts: VecDeque<Delivery>,
     /// Set once (by the one `Postbox`), taken once by the connection.
-    close: Option<CloseReason>,
+    close: Option<Close>,
 }
 
 impl Queues {
-    fn rare(&mut self) -> &mut Rare {
-        self.rare.get_or_insert_with(Box::default)
+    fn secondary(&mut self) -> &mut Secondary {
+        self.secondary.get_or_insert_with(Box::default)
     }
 
-    fn drop_empty_rare(&mut self) {
+    fn drop_empty_secondary(&mut self) {
         if self
-            .rare
+            .secondary
             .as_ref()
-            .is_some_and(|rare| rare.broadcasts.is_empty() && rare.close.is_none())
+            .is_some_and(|secondary| secondary.broadcasts.is_empty() && secondary.close.is_none())
         {
-            self.rare = None;
+            self.secondary = None;
         }
     }
 
     fn has_broadcasts(&self) -> bool {
-        self.rare
+        self.secondary
             .as_ref()
-            .is_some_and(|rare| !rare.broadcasts.is_empty())
+            .is_some_and(|secondary| !secondary.broadcasts.is_empty())
     }
 
     fn register(&mut self, waker: &Waker) {
@@ -123,28 +117,28 @@ impl Queues {
     }
 }
 
-struct Shared {
+struct MailboxState {
     queues: Mutex<Queues>,
 }
 
-impl Shared {
+impl MailboxState {
     fn lock(&self) -> MutexGuard<'_, Queues> {
         // Nothing panics while holding the lock; a poisoned one is still consistent.
         self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn push(&self, delivery: Delivery, broadcast: bool) -> Result<(), Refused> {
+    fn push(&self, delivery: Delivery, broadcast: bool) -> Result<(), NotDelivered> {
         let mut queues = self.lock();
         if queues.receiver_gone {
-            return Err(Refused::Closed);
+            return Err(NotDelivered::Closed);
         }
         let stored = delivery.seq.is_some();
         if stored && queues.lagged {
-            return Err(Refused::Lagged);
+            return Err(NotDelivered::Lagged);
         }
         let (queue, capacity) = if broadcast {
             let capacity = usize::from(queues.broadcast_capacity);
-            (&mut queues.rare().broadcasts, capacity)
+            (&mut queues.secondary().broadcasts, capacity)
         } else {
             let capacity = queues.chat_capacity as usize;
             (&mut queues.chat, capacity)
@@ -153,9 +147,9 @@ impl Shared {
             if stored {
                 queues.lagged = true;
             } else {
-                queues.drop_empty_rare();
+                queues.drop_empty_secondary();
             }
-            return Err(Refused::Full);
+            return Err(NotDelivered::Full);
         }
         let was_empty = queue.is_empty();
         queue.push_back(delivery);
@@ -180,11 +174,11 @@ fn wake(mut queues: MutexGuard<'_, Queues>) {
 
 /// Creates a connection's mailbox: the router's end and the connection's.
 /// `broadcast_capacity` is at most 65,535.
-pub fn mailbox(chat_capacity: usize, broadcast_capacity: usize) -> (Postbox, Mailbox) {
-    let shared = Arc::new(Shared {
+pub(crate) fn mailbox(chat_capacity: usize, broadcast_capacity: usize) -> (Postbox, Mailbox) {
+    let shared = Arc::new(MailboxState {
         queues: Mutex::new(Queues {
             chat: VecDeque::new(),
-            rare: None,
+            secondary: None,
             waker: None,
             // Queues beyond 4 billion entries are not a bound anybody means.
             chat_capacity: u32::try_from(chat_capacity).unwrap_or(u32::MAX),
@@ -200,19 +194,19 @@ pub fn mailbox(chat_capacity: usize, broadcast_capacity: usize) -> (Postbox, Mai
     };
     let mailbox = Mailbox {
         shared,
-        batch: None,
+        taken: None,
     };
     (postbox, mailbox)
 }
 
 /// The router's end of a connection's mailbox.
 pub struct Postbox {
-    shared: Arc<Shared>,
+    shared: Arc<MailboxState>,
 }
 
 impl Postbox {
     /// Queues a chat delivery.
-    pub fn deliver(&self, delivery: Delivery) -> Result<(), Refused> {
+    pub fn deliver(&self, delivery: Delivery) -> Result<(), NotDelivered> {
         self.shared.push(delivery, false)
     }
 
@@ -224,11 +218,11 @@ impl Postbox {
     }
 
     /// Tells the connection to close; only the first reason counts.
-    pub fn close(&mut self, reason: CloseReason) {
+    pub fn close(&mut self, reason: Close) {
         let mut queues = self.shared.lock();
         if !queues.close_ordered {
             queues.close_ordered = true;
-            queues.rare().close = Some(reason);
+            queues.secondary().close = Some(reason);
             wake(queues);
         }
     }
@@ -252,66 +246,70 @@ impl Postbox {
 impl Drop for Postbox {
     fn drop(&mut self) {
         // The router let go of the connection without a word: it is stopping.
-        self.close(CloseReason::new(ReasonCode::ServerShuttingDown, ""));
+        self.close(Close::new(ReasonCode::ServerShuttingDown, ""));
     }
 }
 
 /// Queues system broadcasts for one connection.
 #[derive(Clone)]
 pub struct BroadcastLane {
-    shared: Arc<Shared>,
+    shared: Arc<MailboxState>,
 }
 
 impl BroadcastLane {
-    pub fn deliver(&self, delivery: Delivery) -> Result<(), Refused> {
+    pub fn deliver(&self, delivery: Delivery) -> Result<(), NotDelivered> {
         self.shared.push(delivery, true)
     }
 }
 
 /// The connection's end of its mailbox.
-pub struct Mailbox {
-    shared: Arc<Shared>,
+pub(crate) struct Mailbox {
+    shared: Arc<MailboxState>,
     /// Chat deliveries taken from the shared queue and not yet handed out. Boxed, and
     /// only while there is one: an idle connection carries 8 bytes here, not 40.
-    batch: Option<Box<Batch>>,
+    taken: Option<Box<Taken>>,
 }
 
 /// Chat deliveries taken from the shared queue in one swap.
 #[derive(Default)]
-struct Batch {
+struct Taken {
     /// Not handed out yet (in order, ahead of anything queued since).
     deliveries: VecDeque<Delivery>,
     /// How many deliveries it held when taken.
-    taken: usize,
+    count: usize,
 }
 
 impl Mailbox {
     /// Waits for a close order, or (with `take_live`) a chat batch or a broadcast.
     /// A close order comes first; broadcasts only while no chat delivery waits.
-    pub async fn next(&mut self, take_live: bool) -> Mail {
+    pub(crate) async fn next(&mut self, take_live: bool) -> Mail {
         poll_fn(|cx| {
-            if take_live && !self.batch_is_empty() {
+            if take_live && !self.taken_is_empty() {
                 return Poll::Ready(Mail::Chat);
             }
             let mut queues = self.shared.lock();
             queues.register(cx.waker());
-            if let Some(reason) = queues.rare.as_mut().and_then(|rare| rare.close.take()) {
-                queues.drop_empty_rare();
+            if let Some(reason) = queues
+                .secondary
+                .as_mut()
+                .and_then(|secondary| secondary.close.take())
+            {
+                queues.drop_empty_secondary();
                 return Poll::Ready(Mail::Close(reason));
             }
             if !take_live {
                 return Poll::Pending;
             }
             if !queues.chat.is_empty() {
-                Self::take_batch(&mut self.batch, &mut queues.chat);
+                Self::take_batch(&mut self.taken, &mut queues.chat);
                 return Poll::Ready(Mail::Chat);
             }
             let next = queues
-                .rare
+                .secondary
                 .as_mut()
-                .and_then(|rare| rare.broadcasts.pop_front());
+                .and_then(|secondary| secondary.broadcasts.pop_front());
             if next.is_some() {
-                queues.drop_empty_rare();
+                queues.drop_empty_secondary();
             }
             match next {
                 Some(delivery) => Poll::Ready(Mail::Broadcast(delivery)),
@@ -323,8 +321,8 @@ impl Mailbox {
 
     /// The next chat delivery, taking what the router queued meanwhile once the batch is
     /// handed out.
-    pub fn pop_chat(&mut self) -> Option<Delivery> {
-        if let Some(delivery) = self.batch.as_mut().and_then(|b| b.deliveries.pop_front()) {
+    pub(crate) fn pop_chat(&mut self) -> Option<Delivery> {
+        if let Some(delivery) = self.taken.as_mut().and_then(|b| b.deliveries.pop_front()) {
             return Some(delivery);
         }
         self.release_batch();
@@ -332,48 +330,48 @@ impl Mailbox {
         if queues.chat.is_empty() {
             return None;
         }
-        Self::take_batch(&mut self.batch, &mut queues.chat);
+        Self::take_batch(&mut self.taken, &mut queues.chat);
         drop(queues);
-        self.batch.as_mut()?.deliveries.pop_front()
+        self.taken.as_mut()?.deliveries.pop_front()
     }
 
     /// Swaps the shared chat queue (not empty) with the batch's emptied buffer.
-    fn take_batch(batch: &mut Option<Box<Batch>>, chat: &mut VecDeque<Delivery>) {
-        let batch = batch.get_or_insert_with(Box::default);
-        std::mem::swap(chat, &mut batch.deliveries);
-        batch.taken = batch.deliveries.len();
+    fn take_batch(taken: &mut Option<Box<Taken>>, chat: &mut VecDeque<Delivery>) {
+        let taken = taken.get_or_insert_with(Box::default);
+        std::mem::swap(chat, &mut taken.deliveries);
+        taken.count = taken.deliveries.len();
     }
 
     /// Frees the batch's buffer after a short batch: a quiet connection holds no queue
     /// memory. The box stays until [`Mailbox::release_idle_memory`] (one allocation less
     /// per batch for a connection at work).
     fn release_batch(&mut self) {
-        if let Some(batch) = &mut self.batch {
-            if batch.taken < KEEP_BUFFER_FROM && batch.deliveries.capacity() > 0 {
-                batch.deliveries = VecDeque::new();
+        if let Some(taken) = &mut self.taken {
+            if taken.count < KEEP_BUFFER_FROM && taken.deliveries.capacity() > 0 {
+                taken.deliveries = VecDeque::new();
             }
         }
     }
 
     /// For a connection about to wait idle (parked): frees the batch if it is empty.
-    pub fn release_idle_memory(&mut self) {
-        if self.batch_is_empty() {
-            self.batch = None;
+    pub(crate) fn release_idle_memory(&mut self) {
+        if self.taken_is_empty() {
+            self.taken = None;
         }
     }
 
-    fn batch_is_empty(&self) -> bool {
-        self.batch.as_ref().is_none_or(|b| b.deliveries.is_empty())
+    fn taken_is_empty(&self) -> bool {
+        self.taken.as_ref().is_none_or(|b| b.deliveries.is_empty())
     }
 
     /// No chat delivery waits, taken or not.
-    pub fn chat_is_empty(&self) -> bool {
-        self.batch_is_empty() && self.shared.lock().chat.is_empty()
+    pub(crate) fn chat_is_empty(&self) -> bool {
+        self.taken_is_empty() && self.shared.lock().chat.is_empty()
     }
 
     /// Nothing waits at all: no chat delivery, no broadcast.
-    pub fn is_empty(&self) -> bool {
-        if !self.batch_is_empty() {
+    pub(crate) fn is_empty(&self) -> bool {
+        if !self.taken_is_empty() {
             return false;
         }
         let queues = self.shared.lock();
@@ -382,33 +380,33 @@ impl Mailbox {
 
     /// Nothing waits and nothing is owed: no delivery, broadcast or close order, and no
     /// lag to resync. A connection may park only then.
-    pub fn is_idle(&self) -> bool {
-        self.batch_is_empty() && Self::nothing_waits(&self.shared.lock())
+    pub(crate) fn is_idle(&self) -> bool {
+        self.taken_is_empty() && Self::nothing_waits(&self.shared.lock())
     }
 
     fn nothing_waits(queues: &Queues) -> bool {
-        // The rare part is dropped once empty: no broadcast and no close order.
-        !queues.lagged && queues.chat.is_empty() && queues.rare.is_none()
+        // The secondary part is dropped once empty: no broadcast and no close order.
+        !queues.lagged && queues.chat.is_empty() && queues.secondary.is_none()
     }
 
     /// For a parked connection: registers `cx` to be woken by whatever the router hands
     /// over next; true when something is there already (then it is not waited for).
-    pub fn poll_waiting(&self, cx: &mut std::task::Context<'_>) -> bool {
+    pub(crate) fn poll_waiting(&self, cx: &mut std::task::Context<'_>) -> bool {
         let mut queues = self.shared.lock();
         queues.register(cx.waker());
-        !(self.batch_is_empty() && Self::nothing_waits(&queues))
+        !(self.taken_is_empty() && Self::nothing_waits(&queues))
     }
 
-    pub fn lagged(&self) -> bool {
+    pub(crate) fn lagged(&self) -> bool {
         self.shared.lock().lagged
     }
 
-    pub fn set_lagged(&self) {
+    pub(crate) fn set_lagged(&self) {
         self.shared.lock().lagged = true;
     }
 
     /// Publishes the connection's count of unacknowledged outbound messages.
-    pub fn set_in_flight(&self, n: usize) {
+    pub(crate) fn set_in_flight(&self, n: usize) {
         self.shared.lock().in_flight = u32::try_from(n).unwrap_or(u32::MAX);
     }
 }
@@ -416,7 +414,7 @@ impl Mailbox {
 /// Shortcuts for tests of the router, which read mailboxes without a connection.
 #[cfg(test)]
 impl Postbox {
-    /// Stored deliveries are refused (`Refused::Lagged`) until the connection has read
+    /// Stored deliveries are refused (`NotDelivered::Lagged`) until the connection has read
     /// the session's queue back from storage.
     pub(crate) fn lagged(&self) -> bool {
         self.shared.lock().lagged
@@ -438,7 +436,7 @@ impl Mailbox {
     }
 
     /// Waits for the close order.
-    pub(crate) async fn closed(&mut self) -> CloseReason {
+    pub(crate) async fn closed(&mut self) -> Close {
         match self.next(false).await {
             Mail::Close(reason) => reason,
             _ => unreachable!("only a close order wakes next(false)"),
@@ -446,7 +444,7 @@ impl Mailbox {
     }
 
     /// The close order, if one was given, without waiting.
-    pub(crate) fn try_closed(&mut self) -> Option<CloseReason> {
+    pub(crate) fn try_closed(&mut self) -> Option<Close> {
         use futures_util::FutureExt;
         match self.next(false).now_or_never()? {
             Mail::Close(reason) => Some(reason),
@@ -461,7 +459,7 @@ impl Drop for Mailbox {
         queues.receiver_gone = true;
         // Messages nobody will read: freed now, not when the router lets go of its end.
         queues.chat = VecDeque::new();
-        queues.rare = None;
+        queues.secondary = None;
         queues.waker = None;
     }
 }
@@ -474,7 +472,7 @@ mod tests {
     use tern_codec::{ByteString, QoS};
 
     use super::*;
-    use crate::message::Message;
+    use crate::protocol::Message;
 
     fn delivery(topic: &str) -> Delivery {
         let message = Message {
@@ -516,7 +514,7 @@ mod tests {
         for topic in ["a", "b", "c"] {
             postbox.deliver(delivery(topic)).expect("room");
         }
-        assert_eq!(postbox.deliver(delivery("d")), Err(Refused::Full));
+        assert_eq!(postbox.deliver(delivery("d")), Err(NotDelivered::Full));
         assert!(matches!(next(&mut mailbox, true).await, Mail::Chat));
         assert_eq!(mailbox.pop_chat().expect("a").message.topic, "a");
         // Taken in one batch: the shared queue has room again, and what comes now goes
@@ -530,7 +528,7 @@ mod tests {
     async fn a_quiet_mailbox_gives_its_memory_back() {
         let (postbox, mut mailbox) = mailbox(64, 1);
         let batch_capacity =
-            |mailbox: &Mailbox| mailbox.batch.as_ref().map(|b| b.deliveries.capacity());
+            |mailbox: &Mailbox| mailbox.taken.as_ref().map(|b| b.deliveries.capacity());
         // A long batch keeps its buffer for the next one (a busy connection)...
         for i in 0..KEEP_BUFFER_FROM {
             postbox.deliver(delivery(&i.to_string())).expect("room");
@@ -547,10 +545,10 @@ mod tests {
         postbox.deliver(delivery("kept")).expect("room");
         assert!(matches!(next(&mut mailbox, true).await, Mail::Chat));
         mailbox.release_idle_memory();
-        assert!(mailbox.batch.is_some());
+        assert!(mailbox.taken.is_some());
         assert_eq!(topics(&mut mailbox), ["kept"]);
         mailbox.release_idle_memory();
-        assert!(mailbox.batch.is_none());
+        assert!(mailbox.taken.is_none());
     }
 
     #[tokio::test]
@@ -570,7 +568,10 @@ mod tests {
         let (mut postbox, mut mailbox) = mailbox(8, 1);
         let lane = postbox.broadcast_lane();
         lane.deliver(delivery("broadcast/1")).expect("room");
-        assert_eq!(lane.deliver(delivery("broadcast/2")), Err(Refused::Full));
+        assert_eq!(
+            lane.deliver(delivery("broadcast/2")),
+            Err(NotDelivered::Full)
+        );
         postbox.deliver(delivery("dm")).expect("room");
         assert!(matches!(next(&mut mailbox, true).await, Mail::Chat));
         assert_eq!(topics(&mut mailbox), ["dm"]);
@@ -580,8 +581,8 @@ mod tests {
         assert_eq!(b.message.topic, "broadcast/1");
 
         postbox.deliver(delivery("late")).expect("room");
-        postbox.close(CloseReason::new(ReasonCode::SessionTakenOver, ""));
-        postbox.close(CloseReason::new(ReasonCode::AdministrativeAction, "second"));
+        postbox.close(Close::new(ReasonCode::SessionTakenOver, ""));
+        postbox.close(Close::new(ReasonCode::AdministrativeAction, "second"));
         assert!(postbox.is_closing());
         let Mail::Close(reason) = next(&mut mailbox, false).await else {
             panic!("the close order");
@@ -616,10 +617,10 @@ mod tests {
         assert_eq!(Arc::strong_count(&message), 2);
         drop(mailbox);
         assert_eq!(Arc::strong_count(&message), 1, "queued message freed");
-        assert_eq!(postbox.deliver(delivery("y")), Err(Refused::Closed));
+        assert_eq!(postbox.deliver(delivery("y")), Err(NotDelivered::Closed));
         assert_eq!(
             postbox.broadcast_lane().deliver(delivery("z")),
-            Err(Refused::Closed)
+            Err(NotDelivered::Closed)
         );
     }
 
@@ -644,18 +645,18 @@ mod tests {
         let (postbox, mut mailbox) = mailbox(2, 1);
         postbox.deliver(stored("a", 1)).expect("room");
         postbox.deliver(delivery("b")).expect("room");
-        assert_eq!(postbox.deliver(delivery("c")), Err(Refused::Full));
+        assert_eq!(postbox.deliver(delivery("c")), Err(NotDelivered::Full));
         assert!(
             !postbox.lagged(),
             "a live delivery that does not fit is only refused"
         );
-        assert_eq!(postbox.deliver(stored("c", 2)), Err(Refused::Full));
+        assert_eq!(postbox.deliver(stored("c", 2)), Err(NotDelivered::Full));
         assert!(postbox.lagged() && !mailbox.is_idle());
         // Room again, but stored deliveries wait in storage until the resync; live ones
         // still come through.
         assert!(matches!(next(&mut mailbox, true).await, Mail::Chat));
         assert_eq!(topics(&mut mailbox), ["a", "b"]);
-        assert_eq!(postbox.deliver(stored("d", 3)), Err(Refused::Lagged));
+        assert_eq!(postbox.deliver(stored("d", 3)), Err(NotDelivered::Lagged));
         postbox.deliver(delivery("e")).expect("room");
         postbox.clear_lagged();
         postbox.deliver(stored("f", 4)).expect("room");
@@ -669,7 +670,7 @@ mod tests {
     #[test]
     fn the_shared_part_fits_a_96_byte_allocation() {
         // With the `Arc`'s two counts.
-        let size = 16 + std::mem::size_of::<Shared>();
+        let size = 16 + std::mem::size_of::<MailboxState>();
         assert!(size <= 96, "the mailbox's Arc allocation is {size} bytes");
     }
 }

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 /// The retained values of topic names, indexed for matching topic filters.
 #[derive(Debug)]
-pub struct RetainedTree<V> {
+pub(super) struct RetainedTree<V> {
     root: Node<V>,
     len: usize,
 }
@@ -70,12 +70,12 @@ impl<V> Default for RetainedTree<V> {
 }
 
 impl<V> RetainedTree<V> {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::default()
     }
 
     /// Inserts or replaces the retained value of a topic name. Returns the previous value.
-    pub fn insert(&mut self, topic: &str, value: V) -> Option<V> {
+    pub(super) fn insert(&mut self, topic: &str, value: V) -> Option<V> {
         let mut node = &mut self.root;
         for level in topic.split('/') {
             node = node.children.entry(Box::from(level)).or_default();
@@ -91,7 +91,7 @@ impl<V> RetainedTree<V> {
     }
 
     /// Removes the retained value of a topic name and returns it. Nodes left empty are pruned.
-    pub fn remove(&mut self, topic: &str) -> Option<V> {
+    pub(super) fn remove(&mut self, topic: &str) -> Option<V> {
         // Depth of the first node of the tail of the path that is empty once the value is
         // gone: cutting the edge to it prunes the whole tail.
         let mut cut: Option<usize> = None;
@@ -131,7 +131,7 @@ impl<V> RetainedTree<V> {
     }
 
     /// The retained value of a topic name.
-    pub fn get(&self, topic: &str) -> Option<&V> {
+    pub(super) fn get(&self, topic: &str) -> Option<&V> {
         let mut node = &self.root;
         for level in topic.split('/') {
             node = node.children.get(level)?;
@@ -142,7 +142,11 @@ impl<V> RetainedTree<V> {
     /// Calls `visit(topic, value)` for every retained topic name matched by `filter`, which may
     /// contain `+` and `#` but is never shared. The order of the calls is unspecified. Topic
     /// names starting with `$` are not matched by a first level `+` or `#`.
-    pub fn for_each_match<'a>(&'a self, filter: &str, mut visit: impl FnMut(&'a str, &'a V)) {
+    pub(super) fn for_each_match<'a>(
+        &'a self,
+        filter: &str,
+        mut visit: impl FnMut(&'a str, &'a V),
+    ) {
         // (node, the rest of the filter after the levels the node stands for, at the root?)
         // `None` as the rest: every level is consumed.
         let mut stack: Vec<(&'a Node<V>, Option<&str>, bool)> =
@@ -185,11 +189,12 @@ impl<V> RetainedTree<V> {
     }
 
     /// The number of retained topic names.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
         self.len == 0
     }
 

@@ -1,0 +1,210 @@
+//! `$sync`: a device asks for the entries of its user's inbox log after the last seq it has,
+//! and they are replayed to that connection alone, in order, each on its inbox topic at
+//! QoS 1 at most, followed by the end marker on `inbox/{user}/sync` (see
+//! [`super::inbox::sync_end`]). The connection reads the log; this decides what goes out.
+
+use std::sync::Arc;
+
+use tern_codec::QoS;
+
+use super::inbox::{for_recipient, sync_end};
+use crate::protocol::session::Session;
+use crate::protocol::{Delivery, Message};
+
+/// One entry of the inbox log, as read for a replay.
+pub struct LogEntry {
+    pub seq: u64,
+    /// `ROLE_RECEIVED` or `ROLE_SENT` (see `super::topics`).
+    pub role: u8,
+    /// The stored chat message; `None` once retention deleted it.
+    pub message: Option<Message>,
+}
+
+/// Replays `entries` (read after `after`, at most the replay limit of them: `full` when
+/// the read came back with the limit) into `session`, then the end marker. The replay
+/// stops where the session's queue has room for the marker alone; the marker then says
+/// there is more, from the last seq replayed. `next`: the seq the user's next message
+/// will get.
+pub fn replay(
+    session: &mut Session,
+    user: &str,
+    after: Option<u64>,
+    entries: Vec<LogEntry>,
+    full: bool,
+    next: u64,
+    now_ms: u64,
+) {
+    let mut last = None;
+    let mut more = full;
+    for entry in entries {
+        // Deleted by retention, or not a chat message: nothing to replay.
+        let copy = entry
+            .message
+            .and_then(|m| for_recipient(&m, user, entry.role, entry.seq));
+        let Some(copy) = copy else { continue };
+        if session.room() < 2 {
+            more = true;
+            break;
+        }
+        let qos = copy.qos.min(QoS::AtLeastOnce);
+        if session
+            .deliver(Delivery::new(Arc::new(copy), qos), now_ms)
+            .is_err()
+        {
+            more = true;
+            break;
+        }
+        last = Some(entry.seq);
+    }
+    let end = sync_end(user, after, last, next, more);
+    let qos = end.qos;
+    if session
+        .deliver(Delivery::new(Arc::new(end), qos), now_ms)
+        .is_err()
+    {
+        // Only when the queue was full before the replay began: the device hears nothing
+        // and asks again.
+        tracing::debug!(%user, "sync end marker dropped: the session's queue is full");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tern_codec::{ByteString, Packet, Protocol};
+
+    use super::*;
+    use crate::im::inbox::stamp_sender;
+    use crate::im::topics::{ROLE_RECEIVED, ROLE_SENT};
+    use crate::protocol::outgoing::Transmit;
+    use crate::protocol::session::{SessionLimits, SessionParams};
+
+    fn session(max_queued: u32) -> Session {
+        Session::new(SessionParams {
+            protocol: Protocol::V5,
+            id: 1,
+            receive_maximum_out: 1,
+            max_packet_size_out: u32::MAX,
+            topic_alias_maximum_out: 0,
+            expiry_was_zero: true,
+            persistent: false,
+            limits: Arc::new(SessionLimits {
+                receive_maximum_in: 10,
+                topic_alias_maximum_in: 0,
+                max_queued_messages: max_queued,
+                max_queued_bytes: 1 << 20,
+                max_topic_levels: 16,
+            }),
+        })
+    }
+
+    fn stored(topic: &str, from: &str, qos: QoS) -> Option<Message> {
+        let mut message = Message {
+            topic: ByteString::from(topic),
+            payload: Bytes::from_static(b"hi"),
+            qos,
+            retain: false,
+            properties: Default::default(),
+            expires_at_ms: None,
+            origin: None,
+            received_at: None,
+        };
+        stamp_sender(&mut message, from);
+        Some(message)
+    }
+
+    /// Topics and payloads the session sends, acknowledging each QoS 1 publish so the
+    /// window of 1 moves on.
+    fn sent(session: &mut Session) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        while let Some(transmit) = session.poll_transmit() {
+            let Transmit::Publish(publish) = transmit else {
+                continue;
+            };
+            out.push((
+                publish.message.topic.to_string(),
+                String::from_utf8_lossy(&publish.message.payload).into_owned(),
+            ));
+            if publish.packet_id != 0 {
+                let ack = Packet::PubAck(tern_codec::PubResponse::new(publish.packet_id));
+                session.handle_packet(ack, 0).expect("a valid PUBACK");
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn entries_are_replayed_in_order_on_their_inbox_topics_then_the_end_marker() {
+        let mut s = session(100);
+        let entries = vec![
+            LogEntry {
+                seq: 4,
+                role: ROLE_RECEIVED,
+                message: stored("dm/bob", "alice", QoS::ExactlyOnce),
+            },
+            LogEntry {
+                seq: 5,
+                role: ROLE_RECEIVED,
+                message: None,
+            },
+            LogEntry {
+                seq: 6,
+                role: ROLE_SENT,
+                message: stored("dm/carol", "bob", QoS::AtMostOnce),
+            },
+        ];
+        replay(&mut s, "bob", Some(3), entries, false, 7, 0);
+        assert_eq!(
+            sent(&mut s),
+            [
+                ("inbox/bob/dm/alice".to_string(), "hi".to_string()),
+                ("inbox/bob/sent/carol".to_string(), "hi".to_string()),
+                (
+                    "inbox/bob/sync".to_string(),
+                    r#"{"after":3,"last":6,"next":7,"more":false}"#.to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_queue_stops_the_replay_and_the_marker_asks_for_more() {
+        let mut s = session(2);
+        let entries = (0..5)
+            .map(|seq| LogEntry {
+                seq,
+                role: ROLE_RECEIVED,
+                message: stored("group/g", "alice", QoS::AtLeastOnce),
+            })
+            .collect();
+        replay(&mut s, "bob", None, entries, false, 5, 0);
+        let got = sent(&mut s);
+        let end = got.last().expect("the end marker");
+        assert_eq!(end.0, "inbox/bob/sync");
+        assert!(end.1.contains(r#""more":true"#), "{}", end.1);
+        // One in flight, one queued, and the queue's last place kept for the marker.
+        let replayed = got.len() - 1;
+        assert_eq!(replayed, 2, "{got:?}");
+        assert!(
+            end.1.contains(&format!(r#""last":{}"#, replayed - 1)),
+            "{}",
+            end.1
+        );
+    }
+
+    #[test]
+    fn a_read_that_hit_the_limit_says_there_is_more() {
+        let mut s = session(100);
+        let entries = vec![LogEntry {
+            seq: 0,
+            role: ROLE_RECEIVED,
+            message: stored("dm/bob", "alice", QoS::AtLeastOnce),
+        }];
+        replay(&mut s, "bob", None, entries, true, 9, 0);
+        let got = sent(&mut s);
+        assert_eq!(
+            got.last().map(|(_, p)| p.as_str()),
+            Some(r#"{"after":null,"last":0,"next":9,"more":true}"#)
+        );
+    }
+}
