@@ -1,5 +1,5 @@
-//! Brokers as child processes, for side-by-side runs (`tern-compare`): tern, Mosquitto and
-//! rumqttd, each started on a free loopback port with a generated configuration file and a
+//! Brokers as child processes, for side-by-side runs (`tern-compare`): tern (and a second,
+//! baseline build of tern), Mosquitto and rumqttd, each started on a free loopback port with a generated configuration file and a
 //! directory of its own (configuration, data, log), and killed when dropped.
 //!
 //! A broker is also killed if the process that started it dies (`PR_SET_PDEATHSIG` on
@@ -23,6 +23,9 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Tern,
+    /// A second tern binary (e.g. an older commit's release build), configured and started
+    /// exactly like `Tern`, to measure a change as new/old in the same run.
+    TernBase,
     Mosquitto,
     Rumqttd,
 }
@@ -31,6 +34,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Tern => "tern",
+            Kind::TernBase => "tern-base",
             Kind::Mosquitto => "mosquitto",
             Kind::Rumqttd => "rumqttd",
         }
@@ -39,10 +43,16 @@ impl Kind {
     pub fn parse(s: &str) -> Option<Kind> {
         match s {
             "tern" => Some(Kind::Tern),
+            "tern-base" => Some(Kind::TernBase),
             "mosquitto" => Some(Kind::Mosquitto),
             "rumqttd" => Some(Kind::Rumqttd),
             _ => None,
         }
+    }
+
+    /// A build of tern: the one under test or the baseline (same configuration and flags).
+    pub fn is_tern(self) -> bool {
+        matches!(self, Kind::Tern | Kind::TernBase)
     }
 }
 
@@ -52,20 +62,24 @@ impl fmt::Display for Kind {
     }
 }
 
-/// Where the three programs are.
+/// Where the programs are.
 #[derive(Debug, Clone)]
 pub struct Binaries {
     pub tern: PathBuf,
+    /// The baseline tern build, if one is compared.
+    pub tern_base: Option<PathBuf>,
     pub mosquitto: PathBuf,
     pub rumqttd: PathBuf,
 }
 
 impl Binaries {
-    pub fn path(&self, kind: Kind) -> &Path {
+    /// The program of `kind`; `None` for a baseline that was not given.
+    pub fn path(&self, kind: Kind) -> Option<&Path> {
         match kind {
-            Kind::Tern => &self.tern,
-            Kind::Mosquitto => &self.mosquitto,
-            Kind::Rumqttd => &self.rumqttd,
+            Kind::Tern => Some(&self.tern),
+            Kind::TernBase => self.tern_base.as_deref(),
+            Kind::Mosquitto => Some(&self.mosquitto),
+            Kind::Rumqttd => Some(&self.rumqttd),
         }
     }
 }
@@ -74,7 +88,7 @@ impl Binaries {
 /// scenario needs beyond the defaults.
 #[derive(Debug, Clone)]
 pub struct BrokerSetup {
-    /// Column name in the results (`tern`, `tern sync=batched`, `mosquitto`...).
+    /// Column name in the results (`tern`, `tern batched`, `tern-base`, `mosquitto`...).
     pub label: String,
     pub kind: Kind,
     /// tern: TOML appended to the configuration file (whole sections such as `[limits]`;
@@ -118,7 +132,7 @@ impl BrokerSetup {
         let io =
             |e: std::io::Error| Error::new(format!("cannot write into {}: {e}", dir.display()));
         match self.kind {
-            Kind::Tern => {
+            Kind::Tern | Kind::TernBase => {
                 let file = dir.join("tern.toml");
                 // No connect-rate limit: Mosquitto and rumqttd have none, and scenario 5
                 // measures how fast connections are accepted.
@@ -236,7 +250,10 @@ impl BrokerProcess {
         let port = free_port()?;
         let data = dir.join("data");
         let args = setup.write_config(dir, port, &data)?;
-        let program = bins.path(setup.kind).to_path_buf();
+        let program = bins
+            .path(setup.kind)
+            .ok_or_else(|| Error::new(format!("{}: no program given", setup.label)))?
+            .to_path_buf();
         if !program.exists() {
             return Err(Error::new(format!(
                 "{}: {} not found",

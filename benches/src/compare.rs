@@ -1,12 +1,38 @@
 //! Results of a side-by-side comparison (`tern-compare`): values per scenario, metric,
-//! broker and round; medians; ratios tern/peer; targets met or missed; and the Markdown
-//! report (`benches/RESULTS.md`).
+//! broker and round; medians; ratios tern/peer (and tern/tern-base, against a baseline build
+//! of tern); targets met or missed; and the Markdown report (`benches/RESULTS.md`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use crate::scenarios::retained::median;
+
+/// The column of the baseline build of tern (`tern-compare --tern-baseline`), and the prefix
+/// of its variants' columns where a scenario runs tern in variants (`tern-base batched`
+/// beside `tern batched`).
+pub const BASELINE: &str = "tern-base";
+
+/// Whether a column is the baseline build of tern.
+pub fn is_baseline(label: &str) -> bool {
+    label.starts_with(BASELINE)
+}
+
+/// Whether a column is the tern under test (`tern`, `tern batched`; not the baseline).
+pub fn is_tern(label: &str) -> bool {
+    label.starts_with("tern") && !is_baseline(label)
+}
+
+/// The baseline's column for a column of the tern under test: `tern` -> `tern-base`,
+/// `tern batched` -> `tern-base batched`.
+pub fn baseline_of(label: &str) -> Option<String> {
+    if !is_tern(label) {
+        return None;
+    }
+    label
+        .strip_prefix("tern")
+        .map(|rest| format!("{BASELINE}{rest}"))
+}
 
 /// Which way a metric improves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,14 +183,11 @@ impl Section {
         });
     }
 
-    /// (tern label, peer label) pairs for the ratio columns: every label starting with
-    /// `tern` against every other.
+    /// (tern label, other label) pairs for the ratio columns: every column of the tern
+    /// under test against every peer, then against its baseline's column where one ran
+    /// (the baseline is no peer: it gets no ratio of its own, the targets being about tern).
     fn ratio_pairs(&self) -> Vec<(String, String)> {
-        let terns: Vec<&String> = self
-            .brokers
-            .iter()
-            .filter(|b| b.starts_with("tern"))
-            .collect();
+        let terns: Vec<&String> = self.brokers.iter().filter(|b| is_tern(b)).collect();
         let peers: Vec<&String> = self
             .brokers
             .iter()
@@ -174,6 +197,11 @@ impl Section {
         for t in &terns {
             for p in &peers {
                 out.push(((*t).clone(), (*p).clone()));
+            }
+        }
+        for t in &terns {
+            if let Some(base) = baseline_of(t).filter(|b| self.brokers.contains(b)) {
+                out.push(((*t).clone(), base));
             }
         }
         out
@@ -384,8 +412,19 @@ pub fn render(header: &Header, sections: &[Section]) -> String {
          C A B, ...); tables give the median over the rounds, and ratios are tern's median \
          over the peer's (for a `higher` metric a ratio above 1 favours tern, for a `lower` \
          one below 1 does). Figures from different runs of the command are not comparable: \
-         the machine is shared and noisy.\n\n",
+         the machine is shared and noisy.",
     );
+    if sections
+        .iter()
+        .any(|sec| sec.brokers.iter().any(|b| is_baseline(b)))
+    {
+        s.push_str(
+            " `tern-base` is a second build of tern (the baseline above), configured, started \
+             and alternated exactly like tern; the `tern / tern-base` columns are new over \
+             old, read like the ratios to the peers, and no target is about them.",
+        );
+    }
+    s.push_str("\n\n");
     let targets: Vec<(&Section, &Target)> = sections
         .iter()
         .flat_map(|sec| sec.targets.iter().map(move |t| (sec, t)))
@@ -478,5 +517,37 @@ mod tests {
             all.contains("| fan-in | tern >= 2x mosquitto | met | 2.27x |"),
             "{all}"
         );
+        assert!(!all.contains("tern-base"), "{all}");
+    }
+
+    #[test]
+    fn baseline_columns() {
+        assert_eq!(baseline_of("tern").as_deref(), Some("tern-base"));
+        assert_eq!(
+            baseline_of("tern batched").as_deref(),
+            Some("tern-base batched")
+        );
+        assert_eq!(baseline_of("tern-base"), None);
+        assert_eq!(baseline_of("mosquitto"), None);
+        let brokers: Vec<String> = ["tern", "tern-base", "mosquitto"]
+            .iter()
+            .map(|b| b.to_string())
+            .collect();
+        let mut s = Section::new("pairs", "2. pairs", "50 pairs", &brokers);
+        for (b, v) in [("tern", 300.0), ("tern-base", 200.0), ("mosquitto", 100.0)] {
+            s.record("delivered", "msgs/s", Better::Higher, b, Some(v));
+        }
+        let md = s.markdown();
+        // tern / mosquitto, then tern / tern-base; no tern-base / mosquitto.
+        assert!(
+            md.contains("| tern | tern-base | mosquitto | tern / mosquitto | tern / tern-base |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| delivered (msgs/s) | higher | 300 | 200 | 100 | 3.00x | 1.50x |"),
+            "{md}"
+        );
+        let all = render(&Header::default(), &[s]);
+        assert!(all.contains("`tern / tern-base` columns"), "{all}");
     }
 }

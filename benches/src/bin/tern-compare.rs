@@ -1,11 +1,13 @@
 //! `tern-compare`: tern side by side with Mosquitto and rumqttd (issue 5). Starts each
 //! broker fresh on a free loopback port for every run, runs the scenarios round after round
 //! alternating the brokers, prints progress, and writes the medians, ratios tern/peer and
-//! targets to `benches/RESULTS.md`.
+//! targets to `benches/RESULTS.md`. With `--tern-baseline PATH`, a second tern build runs
+//! beside tern as `tern-base`, alternated like the others, for new/old ratios.
 //!
 //! ```text
 //! scripts/bench.sh                                   # everything, 3 rounds (~25 minutes)
 //! scripts/bench.sh --only fan-in,pairs --rounds 1 --duration 3 --out /tmp/quick.md
+//! scripts/bench.sh --only pairs --tern-baseline /tmp/tern-old   # tern / tern-base ratios
 //! tern-compare --help
 //! ```
 
@@ -21,7 +23,8 @@ use tern_bench::compare::{self, Better, Header, Machine, Section, Verdict};
 use tern_bench::run::raise_open_files;
 use tern_bench::scenarios::durable::{self, DurableConfig};
 use tern_bench::scenarios::{
-    self, connections, ConnectionsConfig, ConnectionsReport, GroupConfig, RetainedConfig,
+    self, connections, ConnectionsConfig, ConnectionsReport, GroupConfig, GroupOutcome,
+    RetainedConfig,
 };
 use tern_bench::{Error, Options, Report, Result};
 use tern_codec::{Protocol, QoS};
@@ -55,8 +58,9 @@ struct Cli {
     /// Leave these scenarios out (comma-separated).
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
-    /// Brokers to compare (comma-separated: tern, mosquitto, rumqttd).
-    #[arg(long, value_delimiter = ',', default_value = "tern,mosquitto,rumqttd")]
+    /// Brokers to compare (comma-separated: tern, tern-base, mosquitto, rumqttd) [default:
+    /// tern,mosquitto,rumqttd, with tern-base after tern when --tern-baseline is given].
+    #[arg(long, value_delimiter = ',')]
     brokers: Vec<String>,
     /// Measurement window of the timed scenarios (fan-in, pairs, fan-out, latency, group),
     /// in seconds.
@@ -136,6 +140,11 @@ struct Cli {
     /// The tern binary [default: `tern` next to this program].
     #[arg(long)]
     tern: Option<PathBuf>,
+    /// A second tern binary (e.g. an older commit's release build), run as `tern-base`
+    /// beside tern in every scenario that runs tern, configured and alternated alike: the
+    /// tables then give tern / tern-base, to check a change for regressions.
+    #[arg(long, value_name = "PATH")]
+    tern_baseline: Option<PathBuf>,
     /// The Mosquitto binary.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     mosquitto: PathBuf,
@@ -814,9 +823,11 @@ async fn durable_section(ctx: &mut Ctx) -> Section {
     let c = ctx.cli.clone();
     let queued = c.durable_sessions * c.durable_messages;
     let mut setups = Vec::new();
-    if ctx.kinds.contains(&Kind::Tern) {
+    // The baseline gets the same variants (`tern-base batched` beside `tern batched`), so
+    // that each has its tern / tern-base ratio.
+    for k in ctx.kinds.iter().copied().filter(|k| k.is_tern()) {
         for sync in ["always", "batched", "none"] {
-            let mut s = BrokerSetup::new(Kind::Tern).labelled(&format!("tern {sync}"));
+            let mut s = BrokerSetup::new(k).labelled(&format!("{k} {sync}"));
             s.tern_toml = format!(
                 "[limits]\nmax_queued_messages = {}\nmax_queued_bytes = 4_294_967_296\n\n[storage]\nsync = \"{sync}\"\n",
                 (c.durable_messages * 2).max(10_000)
@@ -1159,15 +1170,174 @@ struct Disk {
     wal: u64,
 }
 
+/// What the process `pid` has written towards storage, and the sizes under `data`.
+fn disk_probe(pid: Option<u32>, data: &Path) -> Disk {
+    let (dir, wal) = dir_bytes(data);
+    let write_bytes = pid.and_then(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/io"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("write_bytes:"))?
+            .trim()
+            .parse()
+            .ok()
+    });
+    Disk {
+        write_bytes,
+        dir,
+        wal,
+    }
+}
+
+/// Runs `tern group create` of the build `setup` names on a stopped broker's data
+/// directory.
+fn create_group(ctx: &Ctx, setup: &BrokerSetup, data: &Path, cfg: &GroupConfig) -> Result<()> {
+    let program = ctx
+        .bins
+        .path(setup.kind)
+        .ok_or_else(|| Error::new(format!("{}: no program given", setup.label)))?;
+    let mut args = vec![
+        "group".to_string(),
+        "create".into(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        cfg.gid.clone(),
+    ];
+    args.extend(cfg.member_names());
+    let out = Command::new(program)
+        .args(&args)
+        .output()
+        .map_err(|e| Error::new(format!("cannot run {} group create: {e}", setup.label)))?;
+    if !out.status.success() {
+        return Err(Error::new(format!(
+            "{} group create failed: {}",
+            setup.label,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+async fn group_run(
+    ctx: &mut Ctx,
+    setup: &BrokerSetup,
+    cfg: &GroupConfig,
+) -> Result<GroupOutcome<Disk>> {
+    // A first start creates the database; the group is created offline, then the broker
+    // starts again.
+    let mut b = ctx.start(setup).await?;
+    b.stop(Duration::from_secs(60)).await;
+    create_group(ctx, setup, &b.data, cfg)?;
+    b.restart()?;
+    b.wait_ready(Duration::from_secs(60)).await?;
+    let opts = ctx.options(b.addr);
+    let (data, pid) = (b.data.clone(), b.pid());
+    let out = limited(
+        ctx.run_limit(),
+        scenarios::group(&opts, cfg, || disk_probe(pid, &data)),
+    )
+    .await;
+    alive(&mut b)?;
+    out
+}
+
+fn record_group(sec: &mut Section, l: &str, cfg: &GroupConfig, o: &GroupOutcome<Disk>) {
+    let r = &o.report;
+    let n = r.acked.max(1) as f64;
+    let per = |a: u64, z: u64| Some(z.saturating_sub(a) as f64 / n);
+    sec.record(
+        "group messages acknowledged",
+        "msgs/s",
+        Better::Higher,
+        l,
+        Some(r.sent_per_sec()),
+    );
+    sec.record(
+        "member deliveries (inbox entries)",
+        "msgs/s",
+        Better::Higher,
+        l,
+        Some(r.sent_per_sec() * cfg.members as f64),
+    );
+    sec.record(
+        "deliveries received online",
+        "msgs/s",
+        Better::Higher,
+        l,
+        Some(r.delivered_per_sec()),
+    );
+    sec.record(
+        "online dropped",
+        "%",
+        Better::Lower,
+        l,
+        Some(r.dropped_pct()),
+    );
+    sec.record(
+        "latency p50 to online members",
+        "ms",
+        Better::Lower,
+        l,
+        r.latency.map(|x| ms(x.p50_us)),
+    );
+    sec.record(
+        "latency p99 to online members",
+        "ms",
+        Better::Lower,
+        l,
+        r.latency.map(|x| ms(x.p99_us)),
+    );
+    let wb = match (o.before.write_bytes, o.after.write_bytes) {
+        (Some(a), Some(z)) => per(a, z),
+        _ => None,
+    };
+    sec.record("disk write_bytes per message", "B", Better::Lower, l, wb);
+    sec.record(
+        "disk write_bytes per message per member",
+        "B",
+        Better::Lower,
+        l,
+        wb.map(|v| v / cfg.members as f64),
+    );
+    sec.record(
+        "WAL growth per message",
+        "B",
+        Better::Lower,
+        l,
+        per(o.before.wal, o.after.wal),
+    );
+    sec.record(
+        "data dir growth per message",
+        "B",
+        Better::Lower,
+        l,
+        per(o.before.dir, o.after.dir),
+    );
+    sec.record(
+        "messages acked (whole run)",
+        "",
+        Better::Neither,
+        l,
+        Some(r.acked as f64),
+    );
+}
+
 async fn group_section(ctx: &mut Ctx) -> Option<Section> {
-    if !ctx.kinds.contains(&Kind::Tern) {
+    // tern only: the peers have no groups; a baseline build of tern runs beside it.
+    let setups = ctx.setups(|k| {
+        k.is_tern().then(|| {
+            let mut s = BrokerSetup::new(k);
+            s.tern_toml =
+                "[limits]\nmax_queued_messages = 1_000_000\nmax_queued_bytes = 4_294_967_296\n"
+                    .into();
+            s
+        })
+    });
+    if setups.is_empty() {
         return None;
     }
     let c = ctx.cli.clone();
     let cfg = GroupConfig::new("g1", c.group_members);
-    let mut s = BrokerSetup::new(Kind::Tern);
-    s.tern_toml =
-        "[limits]\nmax_queued_messages = 1_000_000\nmax_queued_bytes = 4_294_967_296\n".into();
     let mut sec = Section::new(
         "group",
         "8. group messages (tern only)",
@@ -1175,144 +1345,20 @@ async fn group_section(ctx: &mut Ctx) -> Option<Section> {
             "A group `g1` of {} members (`u0` ...; created with `tern group create` on the stopped broker's data directory), {} of them online (subscribed to `inbox/{{u}}/#` at QoS 1, reading and acknowledging), the other {} with offline persistent sessions subscribed the same way. `u0` publishes to `group/g1` at QoS 1 ({} in flight), {}-byte payloads, {} s measured; default `storage.sync = \"always\"`. *msgs/s*: group messages acknowledged per second; each one is stored once and referenced from every member's inbox log and every offline session's queue. Disk bytes per message, between just before the first publish and after the last PUBACK (and the online members' drain): *write_bytes* from /proc/PID/io (every byte the broker process wrote towards the disk: RocksDB's WAL, memtable flushes and compactions; counted when written, not when synced); *WAL growth*: the growth of RocksDB's `*.log` files (the write-ahead log, only meaningful if no WAL file was retired during the run); *data dir growth*: `du -sb`-style total size.",
             cfg.members, cfg.online, cfg.members - cfg.online, c.inflight, c.payload, c.duration
         ),
-        &[s.label.clone()],
+        &labels(&setups),
     );
     for round in 0..c.rounds {
-        let run = async {
-            // A first start creates the database; the group is created offline, then the
-            // broker starts again.
-            let mut b = ctx.start(&s).await?;
-            b.stop(Duration::from_secs(60)).await;
-            let mut args = vec![
-                "group".to_string(),
-                "create".into(),
-                "--data-dir".into(),
-                b.data.display().to_string(),
-                cfg.gid.clone(),
-            ];
-            args.extend(cfg.member_names());
-            let out = Command::new(&ctx.bins.tern)
-                .args(&args)
-                .output()
-                .map_err(|e| Error::new(format!("cannot run tern group create: {e}")))?;
-            if !out.status.success() {
-                return Err(Error::new(format!(
-                    "tern group create failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )));
-            }
-            b.restart()?;
-            b.wait_ready(Duration::from_secs(60)).await?;
-            let opts = ctx.options(b.addr);
-            let data = b.data.clone();
-            let pid = b.pid();
-            let probe = || {
-                let (dir, wal) = dir_bytes(&data);
-                let write_bytes = pid.and_then(|p| {
-                    std::fs::read_to_string(format!("/proc/{p}/io"))
-                        .ok()?
-                        .lines()
-                        .find_map(|l| l.strip_prefix("write_bytes:"))?
-                        .trim()
-                        .parse()
-                        .ok()
-                });
-                Disk {
-                    write_bytes,
-                    dir,
-                    wal,
+        for i in order(setups.len(), round) {
+            let s = &setups[i];
+            match group_run(ctx, s, &cfg).await {
+                Ok(o) => {
+                    progress("group", round, c.rounds, &s.label, &o.report.line());
+                    record_group(&mut sec, &s.label, &cfg, &o);
                 }
-            };
-            let out = limited(ctx.run_limit(), scenarios::group(&opts, &cfg, probe)).await;
-            alive(&mut b)?;
-            out
-        };
-        match run.await {
-            Ok(o) => {
-                let r = &o.report;
-                let l = "tern";
-                let n = r.acked.max(1) as f64;
-                progress("group", round, c.rounds, l, &r.line());
-                let per = |a: u64, z: u64| Some(z.saturating_sub(a) as f64 / n);
-                sec.record(
-                    "group messages acknowledged",
-                    "msgs/s",
-                    Better::Higher,
-                    l,
-                    Some(r.sent_per_sec()),
-                );
-                sec.record(
-                    "member deliveries (inbox entries)",
-                    "msgs/s",
-                    Better::Higher,
-                    l,
-                    Some(r.sent_per_sec() * cfg.members as f64),
-                );
-                sec.record(
-                    "deliveries received online",
-                    "msgs/s",
-                    Better::Higher,
-                    l,
-                    Some(r.delivered_per_sec()),
-                );
-                sec.record(
-                    "online dropped",
-                    "%",
-                    Better::Lower,
-                    l,
-                    Some(r.dropped_pct()),
-                );
-                sec.record(
-                    "latency p50 to online members",
-                    "ms",
-                    Better::Lower,
-                    l,
-                    r.latency.map(|x| ms(x.p50_us)),
-                );
-                sec.record(
-                    "latency p99 to online members",
-                    "ms",
-                    Better::Lower,
-                    l,
-                    r.latency.map(|x| ms(x.p99_us)),
-                );
-                let wb = match (o.before.write_bytes, o.after.write_bytes) {
-                    (Some(a), Some(z)) => per(a, z),
-                    _ => None,
-                };
-                sec.record("disk write_bytes per message", "B", Better::Lower, l, wb);
-                sec.record(
-                    "disk write_bytes per message per member",
-                    "B",
-                    Better::Lower,
-                    l,
-                    wb.map(|v| v / cfg.members as f64),
-                );
-                sec.record(
-                    "WAL growth per message",
-                    "B",
-                    Better::Lower,
-                    l,
-                    per(o.before.wal, o.after.wal),
-                );
-                sec.record(
-                    "data dir growth per message",
-                    "B",
-                    Better::Lower,
-                    l,
-                    per(o.before.dir, o.after.dir),
-                );
-                sec.record(
-                    "messages acked (whole run)",
-                    "",
-                    Better::Neither,
-                    l,
-                    Some(r.acked as f64),
-                );
-            }
-            Err(e) => {
-                progress("group", round, c.rounds, "tern", &format!("FAILED: {e}"));
-                sec.fail("tern", &e.to_string());
+                Err(e) => {
+                    progress("group", round, c.rounds, &s.label, &format!("FAILED: {e}"));
+                    sec.fail(&s.label, &e.to_string());
+                }
             }
         }
     }
@@ -1385,6 +1431,115 @@ fn find_rumqttd(cli: &Cli) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("rumqttd"))
 }
 
+/// The brokers to run, in column order: `--brokers`, or by default tern (with tern-base
+/// right after it when a baseline is given), Mosquitto and rumqttd.
+fn broker_kinds(cli: &Cli) -> std::result::Result<Vec<Kind>, String> {
+    let names: Vec<&str> = if cli.brokers.is_empty() {
+        let base = cli.tern_baseline.as_ref().map(|_| Kind::TernBase.name());
+        std::iter::once("tern")
+            .chain(base)
+            .chain(["mosquitto", "rumqttd"])
+            .collect()
+    } else {
+        cli.brokers.iter().map(String::as_str).collect()
+    };
+    let mut kinds = Vec::new();
+    for b in names {
+        let k = Kind::parse(b)
+            .ok_or_else(|| format!("unknown broker {b:?} (tern, tern-base, mosquitto, rumqttd)"))?;
+        if !kinds.contains(&k) {
+            kinds.push(k);
+        }
+    }
+    if kinds.contains(&Kind::TernBase) && cli.tern_baseline.is_none() {
+        return Err(
+            "tern-base needs --tern-baseline PATH (the tern binary to compare with)".into(),
+        );
+    }
+    if cli.tern_baseline.is_some() && !kinds.contains(&Kind::TernBase) {
+        eprintln!("tern-compare: --tern-baseline is not used: tern-base is not among --brokers");
+    }
+    Ok(kinds)
+}
+
+/// Fails, naming the option that sets it, unless `kind`'s program is a file.
+fn check_program(bins: &Binaries, kind: Kind) -> std::result::Result<(), String> {
+    let Some(path) = bins.path(kind) else {
+        return Err(format!("{kind}: no program given"));
+    };
+    if path.is_file() {
+        return Ok(());
+    }
+    let what = if path.exists() {
+        "is not a file"
+    } else {
+        "not found"
+    };
+    Err(match kind {
+        Kind::TernBase => format!(
+            "tern-base: {} {what} (--tern-baseline takes a tern binary, e.g. an older commit's target/release/tern)",
+            path.display()
+        ),
+        _ => format!(
+            "{kind}: {} {what} (scripts/bench.sh installs and builds what is missing; or pass --{kind} PATH, or leave it out with --brokers)",
+            path.display()
+        ),
+    })
+}
+
+/// Copies the tern build of `kind` into `work` and runs that copy from then on.
+fn copy_tern(bins: &mut Binaries, kind: Kind, work: &Path) -> std::result::Result<(), String> {
+    let copy = work.join(kind.name());
+    let slot = match kind {
+        Kind::Tern => &mut bins.tern,
+        Kind::TernBase => match bins.tern_base.as_mut() {
+            Some(p) => p,
+            None => return Err("tern-base: no program given".into()),
+        },
+        _ => return Ok(()),
+    };
+    std::fs::copy(&*slot, &copy)
+        .map_err(|e| format!("cannot copy {} to {}: {e}", slot.display(), copy.display()))?;
+    *slot = copy;
+    Ok(())
+}
+
+/// Which tern build `path` is: its `--version` line, its path and modification time (two
+/// builds of one version differ only in those).
+fn tern_identity(path: &Path) -> String {
+    let modified = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map_or_else(
+            |e| format!("modification time unknown: {e}"),
+            |t| format!("modified {}", compare::utc_date(t)),
+        );
+    let full = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    format!(
+        "{} (`{}`, {modified})",
+        version_of(path, &["--version"]),
+        full.display()
+    )
+}
+
+/// (broker, version) for the report's header.
+fn broker_versions(bins: &Binaries, kinds: &[Kind]) -> Vec<(String, String)> {
+    kinds
+        .iter()
+        .map(|k| {
+            let v = match (k, bins.path(*k)) {
+                (_, None) => "not given".to_string(),
+                (Kind::Tern | Kind::TernBase, Some(p)) => tern_identity(p),
+                (Kind::Mosquitto, Some(p)) => version_of(p, &["-h"]),
+                (Kind::Rumqttd, Some(p)) => format!(
+                    "{} (`cargo install rumqttd --version 0.19.0 --root ~/.cache/tern-tools`, without `--locked`: its lock file pins time 0.3.30, which no longer compiles with this toolchain)",
+                    version_of(p, &["-V"])
+                ),
+            };
+            (k.name().to_string(), v)
+        })
+        .collect()
+}
+
 fn write_report(path: &Path, header: &Header, sections: &[Section]) {
     let text = compare::render(header, sections);
     match std::fs::write(path, text) {
@@ -1403,14 +1558,7 @@ async fn main_inner(cli: Cli) -> std::result::Result<(), String> {
             ));
         }
     }
-    let mut kinds = Vec::new();
-    for b in &cli.brokers {
-        let k = Kind::parse(b)
-            .ok_or_else(|| format!("unknown broker {b:?} (tern, mosquitto, rumqttd)"))?;
-        if !kinds.contains(&k) {
-            kinds.push(k);
-        }
-    }
+    let kinds = broker_kinds(&cli)?;
     if cli.rounds == 0 {
         return Err("--rounds must be at least 1".into());
     }
@@ -1430,19 +1578,17 @@ async fn main_inner(cli: Cli) -> std::result::Result<(), String> {
             .map_err(|e| format!("cannot find this program's path: {e}"))?
             .with_file_name("tern"),
     };
-    let bins = Binaries {
+    let mut bins = Binaries {
         tern,
+        tern_base: cli.tern_baseline.clone(),
         mosquitto: cli.mosquitto.clone(),
         rumqttd: find_rumqttd(&cli),
     };
     for k in &kinds {
-        if !bins.path(*k).exists() {
-            return Err(format!(
-                "{k}: {} not found (scripts/bench.sh installs and builds what is missing; or pass --{k} PATH, or leave it out with --brokers)",
-                bins.path(*k).display()
-            ));
-        }
+        check_program(&bins, *k)?;
     }
+    // Read from the originals: a copy's modification time is that of the copy.
+    let versions = broker_versions(&bins, &kinds);
     // Brokers inherit the limit: 19,000 connections need as many files on both sides.
     let files =
         raise_open_files(1 << 20).map_err(|e| format!("cannot raise the open files limit: {e}"))?;
@@ -1454,14 +1600,10 @@ async fn main_inner(cli: Cli) -> std::result::Result<(), String> {
         ),
     };
     std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
-    // A copy of tern, so that a build during the run (the target directory is shared)
-    // cannot change the broker under test half-way.
-    let mut bins = bins;
-    if kinds.contains(&Kind::Tern) {
-        let copy = work.join("tern");
-        std::fs::copy(&bins.tern, &copy)
-            .map_err(|e| format!("cannot copy {}: {e}", bins.tern.display()))?;
-        bins.tern = copy;
+    // Copies of tern (and of its baseline), so that a build during the run (the target
+    // directory is shared) cannot change a broker under test half-way.
+    for k in kinds.iter().filter(|k| k.is_tern()) {
+        copy_tern(&mut bins, *k, &work)?;
     }
 
     let selected: Vec<&str> = SCENARIOS
@@ -1480,17 +1622,7 @@ async fn main_inner(cli: Cli) -> std::result::Result<(), String> {
             .join(" "),
         ..Header::default()
     };
-    for k in &kinds {
-        let v = match k {
-            Kind::Tern => version_of(&bins.tern, &["--version"]),
-            Kind::Mosquitto => version_of(&bins.mosquitto, &["-h"]),
-            Kind::Rumqttd => format!(
-                "{} (`cargo install rumqttd --version 0.19.0 --root ~/.cache/tern-tools`, without `--locked`: its lock file pins time 0.3.30, which no longer compiles with this toolchain)",
-                version_of(&bins.rumqttd, &["-V"])
-            ),
-        };
-        header.versions.push((k.name().to_string(), v));
-    }
+    header.versions = versions;
     let mut settings = format!(
         "{} rounds; scenarios: {}; MQTT 3.1.1, {}-byte payloads, {} s measured after {} s of warm-up, QoS 1 window {}; open files limit {files}",
         cli.rounds,
@@ -1505,6 +1637,11 @@ async fn main_inner(cli: Cli) -> std::result::Result<(), String> {
     header.settings.push(
         "brokers as configured by the tool: tern with `[admin] enabled = false` and `--log-level warn`; Mosquitto `allow_anonymous true`, `set_tcp_nodelay true` (as tern and the tool; its default leaves Nagle on), `persistence false` (except in durable), errors and warnings logged only; rumqttd one v4 listener (it has no TCP_NODELAY setting), `next_connection_delay_ms = 0` (its default of 1 ms throttles accepts to 1,000/s), `router.max_connections` 20,010".into(),
     );
+    if kinds.contains(&Kind::TernBase) {
+        header.settings.push(
+            "tern-base: the baseline tern binary (`--tern-baseline`, above), given the same configuration, flags and per-scenario settings as tern (in durable: `tern-base always`, `tern-base batched`, `tern-base none`), copied into the work directory before the run like tern, and alternated with the other brokers".into(),
+        );
+    }
 
     let mut ctx = Ctx {
         cli: cli.clone(),
@@ -1564,5 +1701,39 @@ fn main() -> ExitCode {
             eprintln!("tern-compare: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(args: &[&str]) -> std::result::Result<Vec<Kind>, String> {
+        let cli = Cli::try_parse_from(std::iter::once("tern-compare").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        broker_kinds(&cli)
+    }
+
+    #[test]
+    fn baseline_joins_the_default_brokers_only() {
+        use Kind::*;
+        assert_eq!(kinds(&[]), Ok(vec![Tern, Mosquitto, Rumqttd]));
+        assert_eq!(
+            kinds(&["--tern-baseline", "/x/tern"]),
+            Ok(vec![Tern, TernBase, Mosquitto, Rumqttd])
+        );
+        // Listed brokers are taken as listed.
+        assert_eq!(
+            kinds(&["--tern-baseline", "/x/tern", "--brokers", "tern,mosquitto"]),
+            Ok(vec![Tern, Mosquitto])
+        );
+        assert_eq!(
+            kinds(&["--tern-baseline", "/x/tern", "--brokers", "tern-base,tern"]),
+            Ok(vec![TernBase, Tern])
+        );
+        assert!(
+            kinds(&["--brokers", "tern,tern-base"]).is_err_and(|e| e.contains("--tern-baseline"))
+        );
+        assert!(kinds(&["--brokers", "tern,nats"]).is_err_and(|e| e.contains("nats")));
     }
 }
