@@ -1,5 +1,5 @@
 //! Proptest strategies for topic names and filters, shared by the tests of the two tries
-//! (`retained.rs`, `subscriptions.rs`) that are checked against `filter_matches`.
+//! (`router::retained`, `router::subscriptions`) that are checked against `filter_matches`.
 //!
 //! Few distinct levels (including the empty level and a `$` level) so that generated topics
 //! and filters collide often, which is where the tries' edge cases are.

@@ -450,7 +450,8 @@ impl RawClient {
         self.try_send_raw(bytes).await.expect("write");
     }
 
-    async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    /// Like [`RawClient::send_raw`], but a write error is a value.
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
         self.stream.write_all(bytes).await?;
         self.stream.flush().await

@@ -302,3 +302,54 @@ async fn sys_topics_reach_sys_subscribers_only() {
     assert_eq!(plain, 3);
     broker.stop().await;
 }
+
+/// A subscription matching more retained messages than the session's queue holds gets
+/// what fits; the rest are not sent, and counted as dropped (`queue_full`), not lost
+/// silently.
+#[tokio::test]
+async fn retained_messages_past_the_queue_bound_are_counted() {
+    let broker = Broker::start_with(|c| {
+        c.limits.max_queued_messages = 5;
+        c.limits.max_inflight = 2;
+    })
+    .await;
+    let (mut publisher, _) =
+        RawClient::open_ok(broker.addr, Protocol::V311, "loader", true, |_| {}).await;
+    for i in 0..20u16 {
+        publisher
+            .publish_qos1(i + 1, &format!("kept/{i}"), "v", true)
+            .await;
+    }
+    // A subscriber that does not acknowledge: 2 in flight, 5 queued, 13 beyond the bound.
+    let (mut sub, _) =
+        RawClient::open_ok(broker.addr, Protocol::V311, "viewer", true, |_| {}).await;
+    let options = tern_codec::SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        ..tern_codec::SubscriptionOptions::default()
+    };
+    sub.send(Packet::Subscribe(tern_codec::Subscribe {
+        packet_id: 1,
+        properties: tern_codec::Properties::default(),
+        filters: vec![("kept/#".into(), options)],
+    }))
+    .await;
+    let mut publishes = 0;
+    while let Ok(Some(packet)) = sub.recv_within(Duration::from_millis(500)).await {
+        if matches!(packet, Packet::Publish(_)) {
+            publishes += 1;
+        }
+    }
+    assert_eq!(
+        publishes, 2,
+        "the in-flight window (max_inflight 2) before any PUBACK"
+    );
+    let samples = scrape_until(&broker, |s| {
+        s.get("tern_messages_dropped_total{reason=\"queue_full\"}") == Some(&13.0)
+    })
+    .await;
+    assert_eq!(
+        samples.get("tern_messages_dropped_total{reason=\"queue_full\"}"),
+        Some(&13.0)
+    );
+    broker.stop().await;
+}

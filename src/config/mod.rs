@@ -394,14 +394,14 @@ pub struct Limits {
     /// not stored (it is still delivered). Default 1_000_000.
     pub max_retained_messages: usize,
     /// Bound of each connection's mailbox of chat deliveries from the router (see
-    /// `mailbox.rs`); the router never waits on a connection. When full, a persistent
+    /// `router::mailbox`); the router never waits on a connection. When full, a persistent
     /// session's QoS>0 messages wait in its durable queue, the rest for that connection
     /// are dropped and counted. The connection takes a whole mailbox at a time, so up to
     /// twice this many can be in memory for one connection. Default 1_024; at least 1 (a
     /// mailbox of 0 cannot carry anything).
     pub outbound_channel_capacity: usize,
     /// Milliseconds of quiet after which a connection that was woken leaves its task and
-    /// waits in the parking lot (`parking.rs`; checked every this many milliseconds, so it
+    /// waits in the parking lot (`net::parking`; checked every this many milliseconds, so it
     /// parks after one to two times this): about 0.7 KB less per idle connection, and a
     /// few microseconds to wake it on its next packet, message or keepalive deadline. A
     /// new connection parks at its first quiet moment after CONNACK. Only plain TCP

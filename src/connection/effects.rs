@@ -27,7 +27,22 @@ impl Connection {
     /// Carries out the session's effects, then queues what it wants sent.
     pub(super) async fn process_effects(&mut self) -> Result<(), ConnectionError> {
         let mut ops = Vec::new();
+        // Plain QoS 0 publishes that write nothing are routed together, a run of them at
+        // a time: a read of many small publishes takes the router's lock once.
+        let mut unstored = std::mem::take(&mut self.buffers().unstored);
         while let Some(effect) = self.session.poll_effect() {
+            match effect {
+                Effect::Publish { message, ack: None }
+                    if message.qos == QoS::AtMostOnce
+                        && !message.retain
+                        && publish_route(&message.topic, self.operator) == PublishRoute::Plain =>
+                {
+                    unstored.push(message);
+                    continue;
+                }
+                _ => {}
+            }
+            self.route_unstored(&mut unstored).await?;
             match effect {
                 Effect::Publish { message, ack } => self.publish(message, ack).await?,
                 // Boxed, like the other rare paths: their futures would otherwise be part
@@ -65,6 +80,8 @@ impl Connection {
                 } => self.said_goodbye(publish_will, session_expiry),
             }
         }
+        self.route_unstored(&mut unstored).await?;
+        self.buffers().unstored = unstored;
         while let Some(packet) = self.session.poll_transmit() {
             self.queue_packet(packet);
         }
@@ -72,6 +89,18 @@ impl Connection {
             self.ctx.writer.submit_detached(ops).await;
         }
         self.mailbox.set_in_flight(self.session.in_flight());
+        Ok(())
+    }
+
+    /// Routes the plain QoS 0 publishes gathered so far, in their order.
+    async fn route_unstored(
+        &self,
+        unstored: &mut Vec<Arc<Message>>,
+    ) -> Result<(), ConnectionError> {
+        if !unstored.is_empty() {
+            self.ctx.router.publish_unstored(unstored).await?;
+            unstored.clear();
+        }
         Ok(())
     }
 

@@ -317,6 +317,8 @@ struct Buffers {
     acks: AckQueue,
     /// Acknowledgements taken from `acks`, on their way to the session (kept for its capacity).
     acks_done: Vec<Ack>,
+    /// Plain QoS 0 publishes on their way to the router together (kept for its capacity).
+    unstored: Vec<Arc<crate::protocol::Message>>,
 }
 
 impl Connection {
@@ -414,6 +416,11 @@ impl Connection {
             return Ok(Stop::Disconnected);
         }
         loop {
+            if self.state.parks_when_idle() && park_after.is_some() && self.can_park_with_output() {
+                // A new connection with its CONNACK still to write: the lot writes it once
+                // it watches the socket (see `Parked::write_in_place`).
+                return Ok(Stop::Park);
+            }
             match Box::pin(self.settle()).await? {
                 Progress::Disconnected => return Ok(Stop::Disconnected),
                 Progress::MoreWork => continue,

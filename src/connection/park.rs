@@ -6,6 +6,8 @@
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+use bytes::Buf;
+
 use tokio::time::Instant;
 
 use super::{log_end, Connection, ConnectionError, State};
@@ -59,9 +61,13 @@ impl ReadClock {
 pub(super) async fn park(mut connection: Box<Connection>) -> Result<(), ConnectionError> {
     // Woken from the lot, it works on for `idle_park_ms` before it parks again.
     connection.state = State::Busy;
-    // Empty (see `can_park`) but for counts not yet added to the metrics.
+    // Empty (see `can_park`) but for counts not yet added to the metrics, and bytes to
+    // write that the lot writes (see `can_park_with_output`).
     if let Some(mut buffers) = connection.buffers.take() {
         buffers.traffic.flush(&connection.ctx.metrics);
+        if !buffers.wbuf.is_empty() {
+            connection.buffers = Some(buffers);
+        }
     }
     connection.session.release_idle_memory();
     connection.mailbox.release_idle_memory();
@@ -91,15 +97,22 @@ impl Connection {
     /// Whether the connection can wait in the parking lot: nothing under way that the lot
     /// does not watch (it watches the mailbox, the socket and the keepalive deadline).
     pub(super) fn can_park(&self) -> bool {
+        self.buffers.as_ref().is_none_or(|b| b.wbuf.is_empty()) && self.can_park_with_output()
+    }
+
+    /// As [`Connection::can_park`], with bytes still to write but no PUBLISH among them
+    /// (those are counted when written): the lot writes them
+    /// ([`Parked::write_in_place`]).
+    pub(super) fn can_park_with_output(&self) -> bool {
         let buffers_idle = self.buffers.as_ref().is_none_or(|b| {
             b.rbuf.is_empty()
-                && b.wbuf.is_empty()
                 && b.acks.is_empty()
                 && b.acks_done.is_empty()
                 && b.publishes_queued == 0
         });
         self.state != State::Closing
             && buffers_idle
+            && !self.session.has_output()
             && self.catch_up.backlog().is_none()
             && self.mailbox.is_idle()
     }
@@ -168,6 +181,25 @@ impl Parked for Connection {
         // Anything else is the connection's work: it starts from what was read.
         self.buffers().rbuf.extend_from_slice(input);
         false
+    }
+
+    fn write_in_place(&mut self) -> bool {
+        let Some(buffers) = &mut self.buffers else {
+            return true;
+        };
+        let written = match self.stream.write_detached(&buffers.wbuf) {
+            Ok(written) => written,
+            // The connection finds the error again and ends.
+            Err(_) => return false,
+        };
+        self.ctx.metrics.add_sent(0, written as u64);
+        if written < buffers.wbuf.len() {
+            // The socket is full: the connection writes the rest, under its deadline.
+            buffers.wbuf.advance(written);
+            return false;
+        }
+        self.buffers = None;
+        true
     }
 
     fn in_lot_set(&self) -> bool {

@@ -71,31 +71,16 @@ pub fn replay(
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use tern_codec::{ByteString, Packet, Protocol};
+    use tern_codec::{ByteString, Packet};
 
     use super::*;
     use crate::im::inbox::stamp_sender;
     use crate::im::topics::{ROLE_RECEIVED, ROLE_SENT};
     use crate::protocol::outgoing::Transmit;
-    use crate::protocol::session::{SessionLimits, SessionParams};
+    use crate::protocol::session::test_session;
 
     fn session(max_queued: u32) -> Session {
-        Session::new(SessionParams {
-            protocol: Protocol::V5,
-            id: 1,
-            receive_maximum_out: 1,
-            max_packet_size_out: u32::MAX,
-            topic_alias_maximum_out: 0,
-            expiry_was_zero: true,
-            persistent: false,
-            limits: Arc::new(SessionLimits {
-                receive_maximum_in: 10,
-                topic_alias_maximum_in: 0,
-                max_queued_messages: max_queued,
-                max_queued_bytes: 1 << 20,
-                max_topic_levels: 16,
-            }),
-        })
+        test_session(1, 1, max_queued, false)
     }
 
     fn stored(topic: &str, from: &str, qos: QoS) -> Option<Message> {

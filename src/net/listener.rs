@@ -174,7 +174,7 @@ impl Listener {
                             drop(stream);
                             continue;
                         };
-                        // A connection that parks (see `parking.rs`) leaves this set: the
+                        // A connection that parks (see `parking`) leaves this set: the
                         // parking lot tracks it from then on.
                         connections.spawn(serve(Admitted {
                             stream,

@@ -172,29 +172,14 @@ mod tests {
     use std::sync::Arc;
 
     use bytes::Bytes;
-    use tern_codec::{ByteString, Protocol, QoS};
+    use tern_codec::{ByteString, QoS};
 
     use super::*;
-    use crate::protocol::session::{SessionLimits, SessionParams};
+    use crate::protocol::session::test_session;
     use crate::protocol::Message;
 
     fn session(max_queued: u32) -> Session {
-        Session::new(SessionParams {
-            protocol: Protocol::V5,
-            id: 1,
-            receive_maximum_out: 1,
-            max_packet_size_out: u32::MAX,
-            topic_alias_maximum_out: 0,
-            expiry_was_zero: false,
-            persistent: true,
-            limits: Arc::new(SessionLimits {
-                receive_maximum_in: 10,
-                topic_alias_maximum_in: 0,
-                max_queued_messages: max_queued,
-                max_queued_bytes: 1 << 20,
-                max_topic_levels: 16,
-            }),
-        })
+        test_session(1, 1, max_queued, true)
     }
 
     fn stored(seq: u64) -> Delivery {

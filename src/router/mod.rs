@@ -122,6 +122,10 @@ impl RouterHandle {
         writes: Writes,
         handler: impl FnOnce(&mut Router, &mut Outcome) -> T,
     ) -> Result<(T, Durable), RouterGone> {
+        // Routing is work for other connections: like the runtime's own resources, each
+        // command takes a unit of the task's budget, so that a connection routing a flood
+        // of publishes yields now and then to the connections it delivers to.
+        tokio::task::consume_budget().await;
         let writer = &self.shared.writer;
         let place = match writes {
             Writes::None => None,
@@ -150,9 +154,10 @@ impl RouterHandle {
             (None, _) => Durable::ready(),
         };
         router.hand_over_stored(stored);
-        let metrics = router.metrics().clone();
+        // Cloned only for a fan-out: every command clones nothing shared.
+        let fan_out = fan_out.map(|fan_out| (fan_out, router.metrics().clone()));
         drop(router);
-        if let Some(fan_out) = fan_out {
+        if let Some((fan_out, metrics)) = fan_out {
             fan_out.spawn(metrics);
         }
         if timers_changed {
@@ -204,6 +209,26 @@ impl RouterHandle {
             router.publish(message, out)
         })
         .await
+    }
+
+    /// Routes plain QoS 0 publishes that are not retained (they write nothing), in order,
+    /// under one lock.
+    pub async fn publish_unstored(&self, messages: &[Arc<Message>]) -> Result<(), RouterGone> {
+        debug_assert!(messages
+            .iter()
+            .all(|m| m.qos == QoS::AtMostOnce && !m.retain));
+        // A unit of budget each, as a command would take (see `execute`).
+        for _ in 1..messages.len() {
+            tokio::task::consume_budget().await;
+        }
+        let ((), _) = self
+            .execute(Writes::None, |router, out| {
+                for message in messages {
+                    router.publish(message, out);
+                }
+            })
+            .await?;
+        Ok(())
     }
 
     /// An operator's broadcast, holding `permit` (one of [`MAX_BROADCASTS_IN_FLIGHT`])

@@ -105,7 +105,7 @@ impl Router {
     ) -> Routed {
         let mut lanes = Vec::new();
         let matched =
-            self.match_subscribers(message, Payload::Copied, out, |_, entry, delivery| {
+            self.match_subscribers(message, Payload::Copied, out, |_, _, entry, delivery| {
                 if let Some(connected) = &entry.connected {
                     lanes.push((connected.postbox.broadcast_lane(), delivery));
                 }
@@ -122,15 +122,15 @@ impl Router {
         payload: Payload,
         out: &mut Outcome,
     ) -> bool {
-        let metrics = self.metrics.clone();
         let mut stored = std::mem::take(&mut out.stored);
-        let matched = self.match_subscribers(message, payload, out, |id, entry, delivery| {
-            if delivery.seq.is_some() {
-                stored.push((id, delivery));
-            } else {
-                hand_over(entry, delivery, &metrics);
-            }
-        });
+        let matched =
+            self.match_subscribers(message, payload, out, |metrics, id, entry, delivery| {
+                if delivery.seq.is_some() {
+                    stored.push((id, delivery));
+                } else {
+                    hand_over(entry, delivery, metrics);
+                }
+            });
         out.stored = stored;
         matched
     }
@@ -143,7 +143,7 @@ impl Router {
         message: &Arc<Message>,
         payload: Payload,
         out: &mut Outcome,
-        mut place: impl FnMut(SessionId, &mut SessionEntry, Delivery),
+        mut place: impl FnMut(&Metrics, SessionId, &mut SessionEntry, Delivery),
     ) -> bool {
         if message.retain {
             self.retain(message, out);
@@ -202,7 +202,7 @@ impl Router {
                 });
             }
             if entry.connected.is_some() {
-                place(id, entry, delivery);
+                place(&self.metrics, id, entry, delivery);
             }
         }
         targets.clear();

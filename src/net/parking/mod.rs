@@ -1,8 +1,8 @@
 //! The parking lot: where idle connections wait without a task of their own.
 //!
-//! A chat device's connection is idle nearly all its life, and as a tokio task it pays
-//! about 0.7 KB for that (measured in RSS, 19,000 idle connections): the task's cell (its
-//! future, in a 128-byte-aligned allocation) and the entry that tracks it. A connection
+//! A chat device's connection is idle nearly all its life, and as a tokio task it pays for
+//! that with the task's cell (its future, in a 128-byte-aligned allocation) and the entry
+//! that tracks it. A connection
 //! with nothing under way hands itself to the lot instead ([`ParkingLot::park`]) and its
 //! task ends. The lot is one task for all of them. It gives each parked connection a small
 //! waker and registers it with what can wake the connection besides its socket (its
@@ -14,13 +14,11 @@
 //! the connection can answer on the spot without blocking ([`Parked::answer_in_place`]: a
 //! device's heartbeat, PINGREQ -> PINGRESP), which leaves it parked. A heartbeat so costs
 //! a read, a write and the re-arming of the socket's one-shot registration, and no task
-//! (broker CPU per heartbeat, 19,000 parked clients: 26-28 us when each one resumed the
-//! connection, 17 us answered in place; Mosquitto 19-20 us).
+//! woken.
 //!
 //! A parked connection's waker allocates nothing: it is the lot's id and the entry's key
 //! packed into the waker's data word, and waking it looks the lot up in a process-wide
-//! table of lots ([`LOTS`]). (An `Arc` waker per entry was a 48-byte allocation for every
-//! idle connection.)
+//! table of lots ([`LOTS`]), rather than an `Arc` allocated for every idle connection.
 //!
 //! The lot knows connections only through [`Parked`], so it is tested here with fakes
 //! (and socket pairs). Its queue of incoming connections is unbounded, but each
@@ -68,6 +66,15 @@ pub(crate) trait Parked: Send + 'static {
     /// parked; false to be resumed (with whatever it read kept for the task).
     fn answer_in_place(&mut self) -> bool {
         false
+    }
+
+    /// Writes what the connection left to write when it parked (a new connection's
+    /// CONNACK), once its socket is watched, without blocking: true when all of it went
+    /// (or there was nothing), false to be resumed (the socket took only part of it). The
+    /// lot calls it after adding the socket to its set, so that whatever the client sends
+    /// in answer reaches a watched socket, and inputs are taken in the order they arrive.
+    fn write_in_place(&mut self) -> bool {
+        true
     }
 
     /// Whether the socket is still in the lot's epoll set from an earlier park, as the
@@ -417,6 +424,10 @@ impl LotTask {
                 }
             }
         }
+        if !self.entries[key].write_in_place() {
+            self.resume(key, Resumed::ByOther);
+            return;
+        }
         self.check(key);
     }
 
@@ -488,7 +499,21 @@ impl LotTask {
             }
             _ => parked.set_in_lot_set(false),
         }
-        self.resumed.spawn(parked.resume());
+        let mut resumed = parked.resume();
+        if why == Resumed::BySocket {
+            // Its input is handled here, before the lot looks at the next socket: inputs
+            // are taken in the order epoll reported them, as a single-threaded broker
+            // would. Spawned, the connections would run in whatever order the runtime
+            // picks (the last task woken runs first), and a PUBLISH read after another
+            // client's SUBSCRIBE could be routed before that SUBSCRIBE took effect. What
+            // the first poll leaves waiting is the spawned task's: it polls its sources
+            // again, so nothing registered with this no-op waker is missed.
+            let mut cx = Context::from_waker(Waker::noop());
+            if resumed.as_mut().poll(&mut cx).is_ready() {
+                return;
+            }
+        }
+        self.resumed.spawn(resumed);
     }
 }
 

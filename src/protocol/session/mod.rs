@@ -1,15 +1,17 @@
 //! The MQTT session of one connected client as a state machine without I/O.
 //!
-//! The connection driver (`connection.rs`) feeds it decoded packets ([`Session::handle_packet`]),
+//! The connection driver (`connection`) feeds it decoded packets ([`Session::handle_packet`]),
 //! deliveries from the router ([`Session::deliver`]) and the outcome of routing a publish
 //! ([`Session::publish_done`]), and drains two outputs: packets to send
 //! ([`Session::poll_transmit`]) and effects for the broker ([`Session::poll_effect`]): route
 //! this message, store that acknowledgement. Nothing here touches a socket, a clock (time is
 //! passed in as Unix milliseconds) or storage, so every QoS flow is a plain unit test.
 //!
-//! Flow control both ways: inbound QoS > 0 publishes beyond our Receive Maximum close the
-//! connection (0x93); outbound, at most the client's Receive Maximum messages are in flight,
-//! the rest wait in a queue bounded in messages and bytes.
+//! Flow control both ways. Inbound: an MQTT 5 client that sends QoS > 0 publishes beyond
+//! our Receive Maximum is disconnected (0x93); 3.1.1 has no Receive Maximum, so there the
+//! driver stops reading at the same bound ([`Session::inbound_full`]) and TCP pushes back.
+//! Outbound: at most the client's Receive Maximum messages are in flight (our in-flight
+//! limit for 3.1.1), the rest wait in a queue bounded in messages and bytes.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -247,6 +249,14 @@ impl Session {
         if flows.inbound_qos2.is_empty() {
             flows.inbound_qos2 = FxHashMap::default();
         }
+    }
+
+    /// Packets or effects not taken yet ([`Session::poll_transmit`],
+    /// [`Session::poll_effect`]).
+    pub(crate) fn has_output(&self) -> bool {
+        self.flows
+            .as_ref()
+            .is_some_and(|f| !f.transmit.is_empty() || !f.effects.is_empty())
     }
 
     /// Messages waiting behind the in-flight window.
@@ -674,6 +684,33 @@ impl Session {
         });
         Ok(())
     }
+}
+
+/// A session for tests elsewhere: MQTT 5, the client's Receive Maximum and the queue
+/// bound given, no packet size limit, no aliases.
+#[cfg(test)]
+pub(crate) fn test_session(
+    id: SessionId,
+    receive_maximum_out: u16,
+    max_queued_messages: u32,
+    persistent: bool,
+) -> Session {
+    Session::new(SessionParams {
+        protocol: Protocol::V5,
+        id,
+        receive_maximum_out,
+        max_packet_size_out: u32::MAX,
+        topic_alias_maximum_out: 0,
+        expiry_was_zero: !persistent,
+        persistent,
+        limits: Arc::new(SessionLimits {
+            receive_maximum_in: 10,
+            topic_alias_maximum_in: 0,
+            max_queued_messages,
+            max_queued_bytes: 1 << 20,
+            max_topic_levels: 16,
+        }),
+    })
 }
 
 #[cfg(test)]

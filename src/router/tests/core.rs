@@ -6,13 +6,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tern_codec::{ByteString, Packet, Properties, Protocol, PubResponse, Publish, QoS, ReasonCode};
+use tern_codec::{ByteString, Packet, Properties, PubResponse, Publish, QoS, ReasonCode};
 use tern_storage::{MemoryStore, Op};
 
 use super::{filters, limits, message, request};
 use crate::metrics::Metrics;
 use crate::protocol::outgoing::Transmit;
-use crate::protocol::session::{Effect, Session, SessionLimits, SessionParams};
+use crate::protocol::session::{test_session, Effect, Session};
 use crate::router::mailbox::Mailbox;
 use crate::router::{Outcome, Router};
 
@@ -42,22 +42,7 @@ impl Pair {
             let (request, mailbox) = request(client, client, true, expiry, 8, 8);
             let mut out = Outcome::default();
             let attached = router.connect(request, &mut out).expect("attached");
-            let session = Session::new(SessionParams {
-                protocol: Protocol::V5,
-                id: attached.session,
-                receive_maximum_out: 2,
-                max_packet_size_out: u32::MAX,
-                topic_alias_maximum_out: 0,
-                expiry_was_zero: expiry == 0,
-                persistent: expiry > 0,
-                limits: Arc::new(SessionLimits {
-                    receive_maximum_in: 10,
-                    topic_alias_maximum_in: 0,
-                    max_queued_messages: 100,
-                    max_queued_bytes: 1 << 20,
-                    max_topic_levels: 8,
-                }),
-            });
+            let session = test_session(attached.session, 2, 100, expiry > 0);
             (End { session, mailbox }, out.ops)
         };
         let (publisher, mut writes) = end("pub", 0);
