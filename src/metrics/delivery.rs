@@ -1,4 +1,4 @@
-//! Delivery: messages not delivered (by reason, one per subscriber that missed them),
+//! DeliveryCounters: messages not delivered (by reason, one per subscriber that missed them),
 //! PUBLISH packets refused, slow consumers disconnected, and the publish-to-deliver
 //! latency.
 
@@ -12,15 +12,15 @@ use super::labels::{family, DropReason, PublishRefusal};
 use super::{add, counter, Metrics};
 
 #[derive(Debug)]
-pub(super) struct Delivery {
+pub(super) struct DeliveryCounters {
     pub(super) dropped: Vec<Counter>,
     refused_publishes: Vec<Counter>,
     slow_consumers: Counter,
     publish_to_deliver: LatencyHistogram,
 }
 
-impl Delivery {
-    pub(super) fn register(r: &mut Registry) -> Delivery {
+impl DeliveryCounters {
+    pub(super) fn register(r: &mut Registry) -> DeliveryCounters {
         let publish_to_deliver = LatencyHistogram::new(histogram::DELIVERY_BOUNDS_US);
         r.register_with_unit(
             "publish_to_deliver",
@@ -28,7 +28,7 @@ impl Delivery {
             Unit::Seconds,
             publish_to_deliver.clone(),
         );
-        Delivery {
+        DeliveryCounters {
             dropped: family(
                 r,
                 "messages_dropped",

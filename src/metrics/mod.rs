@@ -46,7 +46,7 @@ pub(crate) struct Metrics {
     started: Instant,
     connections: connections::Connections,
     traffic: traffic::TrafficCounters,
-    delivery: delivery::Delivery,
+    delivery: delivery::DeliveryCounters,
     storage: storage::StorageTimes,
     router: router::RouterGauges,
     uptime: Gauge,
@@ -64,7 +64,7 @@ impl Metrics {
         let r = &mut registry;
         let connections = connections::Connections::register(r);
         let traffic = traffic::TrafficCounters::register(r);
-        let delivery = delivery::Delivery::register(r);
+        let delivery = delivery::DeliveryCounters::register(r);
         let storage = storage::StorageTimes::register(r);
         let router = router::RouterGauges::register(r);
         let uptime = Gauge::default();

@@ -67,10 +67,12 @@ pub struct RouterGone;
 /// The router, for every task that uses it; cheap to clone.
 #[derive(Clone)]
 pub struct RouterHandle {
-    shared: Arc<Shared>,
+    shared: Arc<SharedRouter>,
 }
 
-struct Shared {
+/// What every handle holds: the router's state behind its lock, and what running a
+/// handler needs besides.
+struct SharedRouter {
     router: Mutex<Router>,
     writer: Writer,
     /// Wakes the timer task when a handler added a deadline.
@@ -94,7 +96,7 @@ impl RouterHandle {
         writer: Writer,
     ) -> (RouterHandle, tokio::task::JoinHandle<()>) {
         let handle = RouterHandle {
-            shared: Arc::new(Shared {
+            shared: Arc::new(SharedRouter {
                 router: Mutex::new(router),
                 writer,
                 timers: Notify::new(),

@@ -165,13 +165,9 @@ impl Router {
             }
             let qos = qos.min(message.qos);
             let mut delivery = Delivery {
-                message: message.clone(),
-                qos,
                 retain: message.retain && retain_as_published,
                 subscription_ids: ids,
-                seq: None,
-                dup: false,
-                released: false,
+                ..Delivery::new(message.clone(), qos)
             };
             if entry.persistent && qos != QoS::AtMostOnce && !broadcast && !message.is_expired(now)
             {

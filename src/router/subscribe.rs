@@ -74,13 +74,9 @@ impl Router {
                         return;
                     }
                     retained.push(Delivery {
-                        message: message.clone(),
-                        qos: options.qos.min(message.qos),
                         retain: true,
                         subscription_ids: identifier.into_iter().collect(),
-                        seq: None,
-                        dup: false,
-                        released: false,
+                        ..Delivery::new(message.clone(), options.qos.min(message.qos))
                     });
                 });
             }

@@ -107,12 +107,9 @@ struct InFlight {
     stage: Stage,
 }
 
-/// Why a delivery was not queued.
+/// A delivery the session did not take: its queue is at its message or byte bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// The queue is at its message or byte bound.
-    QueueFull,
-}
+pub struct QueueFull;
 
 pub struct Session {
     params: SessionParams,
@@ -303,9 +300,9 @@ impl Session {
 
     /// A message routed to this session. Sent now if the window allows, else queued; refused
     /// at the queue bound (the caller decides: drop, or read it again from storage later).
-    pub fn deliver(&mut self, delivery: Delivery, now_ms: u64) -> Result<(), Refused> {
+    pub fn deliver(&mut self, delivery: Delivery, now_ms: u64) -> Result<(), QueueFull> {
         if !self.has_room() {
-            return Err(Refused::QueueFull);
+            return Err(QueueFull);
         }
         if self.flows().queue.is_empty() && self.may_send(delivery.qos) {
             // Nothing ahead of it and room in the window: straight out, without touching

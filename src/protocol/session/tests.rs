@@ -203,7 +203,7 @@ fn queue_bound_refuses() {
     // 2 in flight + 3 queued; the next is refused.
     assert_eq!(
         s.deliver(delivery("t", QoS::AtLeastOnce, None), 0),
-        Err(Refused::QueueFull)
+        Err(QueueFull)
     );
 }
 
