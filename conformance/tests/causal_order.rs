@@ -163,98 +163,87 @@ async fn raw_pairs_subscribe_then_publish_without_waiting_v5() {
     with_broker_and_traffic(|addr| raw_pairs(addr, Protocol::V5)).await;
 }
 
-/// rumqttc over MQTT 3.1.1.
-async fn rumqttc_pairs_v311(addr: SocketAddr) {
-    use rumqttc::{AsyncClient, Event, Outgoing, Packet as P, QoS as Q};
-    for pair in 0..PAIRS {
-        let connect = |id: &str| {
-            let (client, mut events) = AsyncClient::new(v4_options(id, addr.port()), 16);
-            async move {
-                let connack = |e: &Event| matches!(e, Event::Incoming(P::ConnAck(_))).then_some(());
-                next_v4(&mut events, connack).await;
-                (client, events)
-            }
-        };
-        let (sub, mut sub_events) = connect(&format!("rumqttc-causal-sub-{pair}")).await;
-        let (publisher, mut pub_events) = connect(&format!("rumqttc-causal-pub-{pair}")).await;
-        let topic = format!("rumqttc-causal/{pair}");
-        sub.subscribe(&topic, Q::AtLeastOnce)
-            .await
-            .expect("subscribe");
-        let sent = |e: &Event| matches!(e, Event::Outgoing(Outgoing::Subscribe(_))).then_some(());
-        next_v4(&mut sub_events, sent).await;
-        publisher
-            .publish(&topic, Q::AtLeastOnce, false, "m")
-            .await
-            .expect("publish");
-        let sent = |e: &Event| matches!(e, Event::Outgoing(Outgoing::Publish(_))).then_some(());
-        next_v4(&mut pub_events, sent).await;
-        let delivered = tokio::time::timeout(DELIVERY_TIMEOUT, async {
-            loop {
-                match sub_events.poll().await {
-                    Ok(Event::Incoming(P::Publish(p))) if p.topic == topic => return,
-                    Ok(_) => {}
-                    Err(e) => panic!("pair {pair}: subscriber: {e}"),
-                }
-            }
-        })
-        .await;
-        assert!(
-            delivered.is_ok(),
-            "pair {pair}: the PUBLISH sent after the other client's SUBSCRIBE never came"
-        );
-        let acked = |e: &Event| matches!(e, Event::Incoming(P::PubAck(_))).then_some(());
-        next_v4(&mut pub_events, acked).await;
-    }
+/// A topic as bytes (rumqttc's 3.1.1 client has it as a `String`, its v5 client as bytes).
+fn bytes(topic: &impl AsRef<[u8]>) -> &[u8] {
+    topic.as_ref()
 }
 
-/// The same over MQTT 5 (rumqttc's v5 client).
-async fn rumqttc_pairs_v5(addr: SocketAddr) {
-    use rumqttc::v5::mqttbytes::v5::Packet as P;
-    use rumqttc::v5::mqttbytes::QoS as Q;
-    use rumqttc::v5::{AsyncClient, Event};
-    use rumqttc::Outgoing;
-    for pair in 0..PAIRS {
-        let connect = |id: &str| {
-            let (client, mut events) = AsyncClient::new(v5_options(id, addr.port()), 16);
-            async move {
-                let connack = |e: &Event| matches!(e, Event::Incoming(P::ConnAck(_))).then_some(());
-                next_v5(&mut events, connack).await;
-                (client, events)
+/// A rumqttc pairs function for one of its two clients (3.1.1 and 5 have the same calls
+/// on different types): new connections each pair, the SUBSCRIBE reported sent before the
+/// PUBLISH is handed over, then the subscriber must get the message.
+macro_rules! rumqttc_pairs {
+    ($name:ident, $client:ty, $event:path, $packet:path, $qos:path, $options:path, $next:path, $prefix:literal) => {
+        async fn $name(addr: SocketAddr) {
+            use rumqttc::Outgoing;
+            use $event as Ev;
+            use $packet as P;
+            for pair in 0..PAIRS {
+                let connect = |id: String| {
+                    let (client, mut events) = <$client>::new($options(&id, addr.port()), 16);
+                    async move {
+                        let connack =
+                            |e: &Ev| matches!(e, Ev::Incoming(P::ConnAck(_))).then_some(());
+                        $next(&mut events, connack).await;
+                        (client, events)
+                    }
+                };
+                let (sub, mut sub_events) = connect(format!("{}-sub-{pair}", $prefix)).await;
+                let (publisher, mut pub_events) = connect(format!("{}-pub-{pair}", $prefix)).await;
+                let topic = format!("{}/{pair}", $prefix);
+                sub.subscribe(&topic, $qos).await.expect("subscribe");
+                let sent = |e: &Ev| matches!(e, Ev::Outgoing(Outgoing::Subscribe(_))).then_some(());
+                $next(&mut sub_events, sent).await;
+                publisher
+                    .publish(&topic, $qos, false, "m")
+                    .await
+                    .expect("publish");
+                let sent = |e: &Ev| matches!(e, Ev::Outgoing(Outgoing::Publish(_))).then_some(());
+                $next(&mut pub_events, sent).await;
+                let delivered = tokio::time::timeout(DELIVERY_TIMEOUT, async {
+                    loop {
+                        match sub_events.poll().await {
+                            Ok(Ev::Incoming(P::Publish(p)))
+                                if bytes(&p.topic) == topic.as_bytes() =>
+                            {
+                                return
+                            }
+                            Ok(_) => {}
+                            Err(e) => panic!("pair {pair}: subscriber: {e}"),
+                        }
+                    }
+                })
+                .await;
+                assert!(
+                    delivered.is_ok(),
+                    "pair {pair}: the PUBLISH sent after the other client's SUBSCRIBE never came"
+                );
+                let acked = |e: &Ev| matches!(e, Ev::Incoming(P::PubAck(_))).then_some(());
+                $next(&mut pub_events, acked).await;
             }
-        };
-        let (sub, mut sub_events) = connect(&format!("rumqttc5-causal-sub-{pair}")).await;
-        let (publisher, mut pub_events) = connect(&format!("rumqttc5-causal-pub-{pair}")).await;
-        let topic = format!("rumqttc5-causal/{pair}");
-        sub.subscribe(&topic, Q::AtLeastOnce)
-            .await
-            .expect("subscribe");
-        let sent = |e: &Event| matches!(e, Event::Outgoing(Outgoing::Subscribe(_))).then_some(());
-        next_v5(&mut sub_events, sent).await;
-        publisher
-            .publish(&topic, Q::AtLeastOnce, false, "m")
-            .await
-            .expect("publish");
-        let sent = |e: &Event| matches!(e, Event::Outgoing(Outgoing::Publish(_))).then_some(());
-        next_v5(&mut pub_events, sent).await;
-        let delivered = tokio::time::timeout(DELIVERY_TIMEOUT, async {
-            loop {
-                match sub_events.poll().await {
-                    Ok(Event::Incoming(P::Publish(p))) if p.topic == topic.as_bytes() => return,
-                    Ok(_) => {}
-                    Err(e) => panic!("pair {pair}: subscriber: {e}"),
-                }
-            }
-        })
-        .await;
-        assert!(
-            delivered.is_ok(),
-            "pair {pair}: the PUBLISH sent after the other client's SUBSCRIBE never came"
-        );
-        let acked = |e: &Event| matches!(e, Event::Incoming(P::PubAck(_))).then_some(());
-        next_v5(&mut pub_events, acked).await;
-    }
+        }
+    };
 }
+
+rumqttc_pairs!(
+    rumqttc_pairs_v311,
+    rumqttc::AsyncClient,
+    rumqttc::Event,
+    rumqttc::Packet,
+    rumqttc::QoS::AtLeastOnce,
+    v4_options,
+    next_v4,
+    "rumqttc-causal"
+);
+rumqttc_pairs!(
+    rumqttc_pairs_v5,
+    rumqttc::v5::AsyncClient,
+    rumqttc::v5::Event,
+    rumqttc::v5::mqttbytes::v5::Packet,
+    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+    v5_options,
+    next_v5,
+    "rumqttc5-causal"
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rumqttc_pairs_subscribe_then_publish_without_waiting_v311() {

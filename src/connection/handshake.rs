@@ -27,6 +27,9 @@ use crate::router::ConnectRequest;
 
 /// First read buffer of a connection, for its CONNECT (a larger one grows it).
 const CONNECT_BUFFER: usize = 512;
+/// First write buffer of a connection, for its CONNACK (with the properties of an MQTT 5
+/// one: an assigned client id, the limits; a larger one grows it).
+const CONNACK_BUFFER: usize = 96;
 
 /// A socket the listener accepted, handed to the connection in one box: an async fn keeps
 /// its arguments for its whole life, and this one lives as long as the connection.
@@ -215,7 +218,9 @@ impl Admitted {
                 } else {
                     rbuf
                 },
-                // Allocated by the first packet written, released when idle (see `flush`).
+                // Room for the CONNACK alone: a new connection usually parks with it, and
+                // the lot writes and frees it (a busy connection's first write grows it).
+                wbuf: BytesMut::with_capacity(CONNACK_BUFFER),
                 ..Buffers::default()
             })),
             client_id,

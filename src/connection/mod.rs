@@ -332,9 +332,7 @@ impl Connection {
     }
 
     fn drop_empty_occasional(&mut self) {
-        if self.occasional.as_ref().is_some_and(|o| o.is_empty()) {
-            self.occasional = None;
-        }
+        self.occasional.take_if(|o| o.is_empty());
     }
 
     /// The listener's inbound rate limits, if it sets any.

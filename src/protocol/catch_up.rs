@@ -80,13 +80,8 @@ impl CatchUp {
     }
 
     fn drop_empty(&mut self) {
-        if self
-            .pending
-            .as_ref()
-            .is_some_and(|p| p.backlog_upto.is_none() && p.sent_before.is_empty())
-        {
-            self.pending = None;
-        }
+        self.pending
+            .take_if(|p| p.backlog_upto.is_none() && p.sent_before.is_empty());
     }
 
     /// Whether position `seq` was sent by the previous connection; asked once per position.
@@ -171,8 +166,7 @@ impl CatchUp {
 mod tests {
     use std::sync::Arc;
 
-    use bytes::Bytes;
-    use tern_codec::{ByteString, QoS};
+    use tern_codec::QoS;
 
     use super::*;
     use crate::protocol::session::test_session;
@@ -183,16 +177,7 @@ mod tests {
     }
 
     fn stored(seq: u64) -> Delivery {
-        let message = Message {
-            topic: ByteString::from("t"),
-            payload: Bytes::from(seq.to_string()),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: Default::default(),
-            expires_at_ms: None,
-            origin: None,
-            received_at: None,
-        };
+        let message = Message::test("t", QoS::AtLeastOnce, seq.to_string());
         Delivery {
             seq: Some(seq),
             ..Delivery::new(Arc::new(message), QoS::AtLeastOnce)

@@ -136,6 +136,23 @@ pub struct Delivery {
     pub released: bool,
 }
 
+#[cfg(test)]
+impl Message {
+    /// A message for tests: not retained, no properties, no expiry, from no session.
+    pub(crate) fn test(topic: &str, qos: QoS, payload: impl Into<Bytes>) -> Message {
+        Message {
+            topic: ByteString::from(topic),
+            payload: payload.into(),
+            qos,
+            retain: false,
+            properties: Properties::default(),
+            expires_at_ms: None,
+            origin: None,
+            received_at: None,
+        }
+    }
+}
+
 impl Delivery {
     /// `message` at `qos`, as it was published: not retained, with no subscription
     /// identifier and no place in a durable queue.

@@ -95,13 +95,8 @@ impl Queues {
     }
 
     fn drop_empty_secondary(&mut self) {
-        if self
-            .secondary
-            .as_ref()
-            .is_some_and(|secondary| secondary.broadcasts.is_empty() && secondary.close.is_none())
-        {
-            self.secondary = None;
-        }
+        self.secondary
+            .take_if(|secondary| secondary.broadcasts.is_empty() && secondary.close.is_none());
     }
 
     fn has_broadcasts(&self) -> bool {
@@ -469,31 +464,14 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use tern_codec::{ByteString, QoS};
+    use tern_codec::QoS;
 
     use super::*;
     use crate::protocol::Message;
 
     fn delivery(topic: &str) -> Delivery {
-        let message = Message {
-            topic: ByteString::from(topic),
-            payload: Bytes::from_static(b"x"),
-            qos: QoS::AtMostOnce,
-            retain: false,
-            properties: Default::default(),
-            expires_at_ms: None,
-            origin: None,
-            received_at: None,
-        };
-        Delivery {
-            message: Arc::new(message),
-            qos: QoS::AtMostOnce,
-            retain: false,
-            subscription_ids: Vec::new(),
-            seq: None,
-            dup: false,
-            released: false,
-        }
+        let message = Message::test(topic, QoS::AtMostOnce, Bytes::from_static(b"x"));
+        Delivery::new(Arc::new(message), QoS::AtMostOnce)
     }
 
     fn topics(mailbox: &mut Mailbox) -> Vec<String> {

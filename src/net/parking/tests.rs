@@ -116,6 +116,28 @@ fn running_lot() -> (ParkingLot, Gauge, tokio::task::JoinHandle<()>) {
 }
 
 /// Waits until the lot holds `n` connections (each counted once it has been polled).
+/// Parks another connection ("b", which takes the place a resumed connection left in the
+/// table) and writes to the resumed one's peer: b must not be resumed by that input.
+async fn another_in_its_place_is_not_resumed_by_its_input(
+    lot: &ParkingLot,
+    gauge: &Gauge,
+    peer: &mut UnixStream,
+) -> (Arc<ReadyFlag>, oneshot::Receiver<&'static str>) {
+    let (b, b_ready, mut b_resumed) = fake("b", None);
+    assert!(lot.park(b).is_ok());
+    until_parked(gauge, 1).await;
+    peer.write_all(b"\xc0\x00")
+        .expect("write to the resumed connection");
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        b_resumed.try_recv().is_err(),
+        "b was resumed by the other's socket"
+    );
+    (b_ready, b_resumed)
+}
+
 async fn until_parked(gauge: &Gauge, n: i64) {
     while gauge_value(gauge) < n {
         tokio::task::yield_now().await;
@@ -286,14 +308,7 @@ async fn a_connection_resumed_by_its_mailbox_leaves_the_socket_set() {
     a_ready.set();
     assert_eq!(a_resumed.await.expect("a resumed"), "a");
     // Another connection takes a's place in the table; input for a must not resume it.
-    let (b, _b_ready, mut b_resumed) = fake("b", None);
-    assert!(lot.park(b).is_ok());
-    until_parked(&gauge, 1).await;
-    a_peer.write_all(b"\xc0\x00").expect("write to a");
-    for _ in 0..100 {
-        tokio::task::yield_now().await;
-    }
-    assert!(b_resumed.try_recv().is_err(), "b was resumed by a's socket");
+    another_in_its_place_is_not_resumed_by_its_input(&lot, &gauge, &mut a_peer).await;
     assert_eq!(gauge_value(&gauge), 1);
     running.abort();
 }
@@ -314,14 +329,8 @@ async fn a_socket_that_resumed_its_connection_stays_in_the_set_disarmed() {
     std::io::Read::read_exact(&mut socket, &mut input).expect("a's input");
 
     // Disarmed: another connection in a's old place is not resumed by a's input.
-    let (b, _b_ready, mut b_resumed) = fake("b", None);
-    assert!(lot.park(b).is_ok());
-    until_parked(&gauge, 1).await;
-    a_peer.write_all(b"\xc0\x00").expect("write to a");
-    for _ in 0..100 {
-        tokio::task::yield_now().await;
-    }
-    assert!(b_resumed.try_recv().is_err(), "b was resumed by a's socket");
+    let (_b_ready, mut b_resumed) =
+        another_in_its_place_is_not_resumed_by_its_input(&lot, &gauge, &mut a_peer).await;
 
     // Parked again, a's socket is re-armed (under its new key): the input waiting
     // resumes it at once.

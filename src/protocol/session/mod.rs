@@ -710,5 +710,19 @@ pub(crate) fn test_session(
     })
 }
 
+/// A client's PUBLISH for tests elsewhere: no DUP, no RETAIN, no properties, payload "hi".
+#[cfg(test)]
+pub(crate) fn test_publish(topic: &str, qos: QoS, packet_id: u16) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: ByteString::from(topic),
+        packet_id,
+        properties: Properties::default(),
+        payload: bytes::Bytes::from_static(b"hi"),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -23,15 +23,7 @@ fn params(protocol: Protocol) -> SessionParams {
 }
 
 fn publish(topic: &str, qos: QoS, packet_id: u16) -> Publish {
-    Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: ByteString::from(topic),
-        packet_id,
-        properties: Properties::default(),
-        payload: Bytes::from_static(b"hi"),
-    }
+    test_publish(topic, qos, packet_id)
 }
 
 fn delivery(topic: &str, qos: QoS, seq: Option<u64>) -> Delivery {

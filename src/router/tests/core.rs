@@ -5,14 +5,13 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use tern_codec::{ByteString, Packet, Properties, PubResponse, Publish, QoS, ReasonCode};
+use tern_codec::{Packet, PubResponse, QoS, ReasonCode};
 use tern_storage::{MemoryStore, Op};
 
 use super::{filters, limits, message, request};
 use crate::metrics::Metrics;
 use crate::protocol::outgoing::Transmit;
-use crate::protocol::session::{test_session, Effect, Session};
+use crate::protocol::session::{test_publish, test_session, Effect, Session};
 use crate::router::mailbox::Mailbox;
 use crate::router::{Outcome, Router};
 
@@ -127,15 +126,7 @@ impl Pair {
 }
 
 fn publish(topic: &str, qos: QoS, packet_id: u16) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: ByteString::from(topic),
-        packet_id,
-        properties: Properties::default(),
-        payload: Bytes::from_static(b"m"),
-    })
+    Packet::Publish(test_publish(topic, qos, packet_id))
 }
 
 #[test]

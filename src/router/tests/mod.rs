@@ -112,14 +112,8 @@ pub(crate) fn filters(filters: &[(&str, QoS)]) -> Subscribe {
 
 pub(crate) fn message(topic: &str, qos: QoS, retain: bool, payload: &'static [u8]) -> Arc<Message> {
     Arc::new(Message {
-        topic: ByteString::from(topic),
-        payload: Bytes::from_static(payload),
-        qos,
         retain,
-        properties: Properties::default(),
-        expires_at_ms: None,
-        origin: None,
-        received_at: None,
+        ..Message::test(topic, qos, Bytes::from_static(payload))
     })
 }
 
