@@ -673,7 +673,14 @@ async fn inbox_logs_and_their_seqs_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_will_cannot_forge_an_inbox_or_chat_message() {
     let broker = Broker::start().await;
-    for topic in ["inbox/bob/dm/alice", "dm/bob", "group/g1", "broadcast/all"] {
+    let topics = [
+        "inbox/bob/dm/alice",
+        "dm/bob",
+        "group/g1",
+        "broadcast/all",
+        "$SYS/broker/uptime",
+    ];
+    for topic in topics {
         let (_, ack) = RawClient::open(broker.addr, Protocol::V5, "mallory", true, |c| {
             login("mallory", None)(c);
             c.will = Some(tern_codec::Will {

@@ -92,7 +92,8 @@ label_enum! {
         NotMember => "not_member",
         /// `dm/` or `group/` with a missing or extra level.
         TopicInvalid => "topic_invalid",
-        /// A client publishing (or leaving a will) on `$SYS`, which only the broker writes.
+        /// A client publishing on `$SYS`, which only the broker writes (a will there is
+        /// refused at CONNECT; one from an older session is refused when due).
         SystemTopic => "system_topic",
     }
 }
