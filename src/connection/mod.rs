@@ -235,6 +235,14 @@ enum Stop {
     Park,
 }
 
+/// What the timer's look decided ([`Connection::check`]).
+enum Check {
+    /// The client was silent past its keep alive.
+    Expired,
+    Park,
+    Continue,
+}
+
 /// What the work between two waits left (see [`Connection::settle`]).
 enum Progress {
     /// Waiting for the next event.
@@ -483,29 +491,38 @@ impl Connection {
                         return Ok(Stop::Disconnected);
                     }
                 }
-                Event::Timer => {
-                    let now = Instant::now();
-                    if self.keepalive_deadline().is_some_and(|at| at <= now) {
-                        Box::pin(
-                            self.server_disconnect(
-                                ReasonCode::KeepAliveTimeout,
-                                "keepalive timeout",
-                            ),
-                        )
-                        .await;
+                Event::Timer => match self.check(&mut timers, park_after, paused_until) {
+                    Check::Expired => {
+                        let why = "keepalive timeout";
+                        Box::pin(self.server_disconnect(ReasonCode::KeepAliveTimeout, why)).await;
                         return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
                     }
-                    let can_park =
-                        park_after.is_some() && paused_until.is_none() && self.can_park();
-                    let (park, state) = self.state.on_check(can_park);
-                    if park {
-                        return Ok(Stop::Park);
-                    }
-                    self.state = state;
-                    timers.checked(self.keepalive_deadline(), now);
-                }
+                    Check::Park => return Ok(Stop::Park),
+                    Check::Continue => {}
+                },
             }
         }
+    }
+
+    /// The timer's look: the keepalive deadline, then whether to park (see [`State`]).
+    fn check(
+        &mut self,
+        timers: &mut Timers,
+        park_after: Option<Duration>,
+        paused_until: Option<Instant>,
+    ) -> Check {
+        let now = Instant::now();
+        if self.keepalive_deadline().is_some_and(|at| at <= now) {
+            return Check::Expired;
+        }
+        let can_park = park_after.is_some() && paused_until.is_none() && self.can_park();
+        let (park, state) = self.state.on_check(can_park);
+        if park {
+            return Check::Park;
+        }
+        self.state = state;
+        timers.checked(self.keepalive_deadline(), now);
+        Check::Continue
     }
 
     /// The work between two waits: acknowledgements answered meanwhile, the session's

@@ -47,8 +47,8 @@ use crate::keys::{
 };
 use crate::record::{self, DecodeError};
 use crate::{
-    InboxEntry, Op, QueuedMessage, SessionRecord, StorageError, Store, StoredGroup, StoredMessage,
-    StoredUser,
+    InboxEntry, Op, QueueState, QueuedMessage, SessionRecord, StorageError, Store, StoredGroup,
+    StoredMessage, StoredUser,
 };
 
 /// Shared by all column families: hot data is recent queue entries and sessions.
@@ -199,6 +199,229 @@ enum Pending<'a> {
     Dequeued,
 }
 
+/// One batch being built from ops (see [`RocksStore::build_batch`]): the column families,
+/// the batch, and what the ops already in it changed that later ops of the same batch must
+/// see.
+struct BatchBuilder<'a> {
+    store: &'a RocksStore,
+    retained: &'a ColumnFamily,
+    sessions: &'a ColumnFamily,
+    queue: &'a ColumnFamily,
+    queue_next: &'a ColumnFamily,
+    inbound: &'a ColumnFamily,
+    users: &'a ColumnFamily,
+    groups: &'a ColumnFamily,
+    messages: &'a ColumnFamily,
+    inbox: &'a ColumnFamily,
+    inbox_next: &'a ColumnFamily,
+    batch: WriteBatch,
+    /// Queue entries written by the batch so far, for a SetQueueState that reads one; kept
+    /// (and only paid for) when some op of the batch does.
+    track: bool,
+    overlay: HashMap<Vec<u8>, Pending<'a>>,
+    /// Clients deleted earlier in the batch: their entries outside the overlay are gone.
+    deleted: HashSet<Vec<u8>>,
+    /// Per client prefix, one past the highest seq enqueued in this batch (after its last
+    /// deletion in the batch, if any); written once per client at the end of the batch.
+    next_seqs: HashMap<Vec<u8>, u64>,
+    /// The same for inbox logs, per user prefix (nothing deletes an inbox high-water mark).
+    inbox_next_seqs: HashMap<Vec<u8>, u64>,
+}
+
+impl<'a> BatchBuilder<'a> {
+    fn new(store: &'a RocksStore, ops: &[Op]) -> Result<BatchBuilder<'a>, StorageError> {
+        Ok(BatchBuilder {
+            store,
+            retained: store.cf(CF_RETAINED)?,
+            sessions: store.cf(CF_SESSIONS)?,
+            queue: store.cf(CF_QUEUE)?,
+            queue_next: store.cf(CF_QUEUE_NEXT)?,
+            inbound: store.cf(CF_INBOUND_QOS2)?,
+            users: store.cf(CF_USERS)?,
+            groups: store.cf(CF_GROUPS)?,
+            messages: store.cf(CF_MESSAGES)?,
+            inbox: store.cf(CF_INBOX)?,
+            inbox_next: store.cf(CF_INBOX_NEXT)?,
+            batch: WriteBatch::default(),
+            track: ops.iter().any(|op| matches!(op, Op::SetQueueState { .. })),
+            overlay: HashMap::new(),
+            deleted: HashSet::new(),
+            next_seqs: HashMap::new(),
+            inbox_next_seqs: HashMap::new(),
+        })
+    }
+
+    fn add(&mut self, op: &'a Op) -> Result<(), StorageError> {
+        let batch = &mut self.batch;
+        match op {
+            Op::PutRetained { topic, message } => {
+                batch.put_cf(
+                    self.retained,
+                    topic.as_bytes(),
+                    record::encode_message(message)?,
+                );
+            }
+            Op::DeleteRetained { topic } => batch.delete_cf(self.retained, topic.as_bytes()),
+            Op::PutSession(session) => {
+                let key = client_prefix(&session.client_id)?;
+                batch.put_cf(self.sessions, key, record::encode_session(session)?);
+            }
+            Op::DeleteSession { client_id } => self.delete_session(client_id)?,
+            Op::Enqueue {
+                client_id,
+                seq,
+                message,
+            } => self.enqueue(client_id, *seq, message)?,
+            Op::SetQueueState {
+                client_id,
+                seq,
+                state,
+            } => self.set_queue_state(client_id, *seq, *state)?,
+            Op::Dequeue { client_id, seq } => {
+                let key = queue_key(client_id, *seq)?;
+                batch.delete_cf(self.queue, &key);
+                if self.track {
+                    self.overlay.insert(key, Pending::Dequeued);
+                }
+            }
+            Op::PutInboundQos2 {
+                client_id,
+                packet_id,
+            } => batch.put_cf(self.inbound, inbound_key(client_id, *packet_id)?, []),
+            Op::DeleteInboundQos2 {
+                client_id,
+                packet_id,
+            } => batch.delete_cf(self.inbound, inbound_key(client_id, *packet_id)?),
+            Op::PutUser(user) => {
+                batch.put_cf(
+                    self.users,
+                    user_prefix(&user.user)?,
+                    record::encode_user(user)?,
+                );
+            }
+            Op::DeleteUser { user } => batch.delete_cf(self.users, user_prefix(user)?),
+            Op::PutGroup(group) => {
+                batch.put_cf(
+                    self.groups,
+                    group_key(&group.gid)?,
+                    record::encode_group(group)?,
+                );
+            }
+            Op::DeleteGroup { gid } => batch.delete_cf(self.groups, group_key(gid)?),
+            Op::PutMessage { id, message } => {
+                batch.put_cf(
+                    self.messages,
+                    message_key(*id),
+                    record::encode_message(message)?,
+                );
+            }
+            Op::AppendInbox { user, seq, entry } => {
+                let key = inbox_key(user, *seq)?;
+                batch.put_cf(self.inbox, &key, record::encode_inbox(entry));
+                raise_next(&mut self.inbox_next_seqs, &key, *seq);
+            }
+            // An empty range has nothing to delete (and RocksDB wants begin < end).
+            Op::TrimInbox { user, below_seq } => {
+                if *below_seq > 0 {
+                    let begin = inbox_key(user, 0)?;
+                    let end = inbox_key(user, *below_seq)?;
+                    batch.delete_range_cf(self.inbox, begin, end);
+                }
+            }
+            Op::DeleteMessagesBefore { below_id } => {
+                if *below_id > 0 {
+                    batch.delete_range_cf(self.messages, message_key(0), message_key(*below_id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_session(&mut self, client_id: &str) -> Result<(), StorageError> {
+        let prefix = client_prefix(client_id)?;
+        let end = range_end(&prefix);
+        self.batch.delete_cf(self.sessions, &prefix);
+        self.batch.delete_range_cf(self.queue, &prefix, &end);
+        self.batch.delete_range_cf(self.inbound, &prefix, &end);
+        self.batch.delete_cf(self.queue_next, &prefix);
+        self.next_seqs.remove(&prefix);
+        if self.track {
+            self.overlay.retain(|key, _| !key.starts_with(&prefix));
+            self.deleted.insert(prefix);
+        }
+        Ok(())
+    }
+
+    fn enqueue(
+        &mut self,
+        client_id: &str,
+        seq: u64,
+        message: &'a QueuedMessage,
+    ) -> Result<(), StorageError> {
+        let key = queue_key(client_id, seq)?;
+        self.batch
+            .put_cf(self.queue, &key, record::encode_queued(message)?);
+        raise_next(&mut self.next_seqs, &key, seq);
+        if self.track {
+            self.overlay.insert(key, Pending::Enqueued(message));
+        }
+        Ok(())
+    }
+
+    /// Rewrites a queue entry's state: the entry as this batch left it, or as stored.
+    fn set_queue_state(
+        &mut self,
+        client_id: &str,
+        seq: u64,
+        state: QueueState,
+    ) -> Result<(), StorageError> {
+        let key = queue_key(client_id, seq)?;
+        let current = match self.overlay.get(&key) {
+            Some(Pending::Enqueued(message)) => Some(record::encode_queued(message)?),
+            Some(Pending::Rewritten(value)) => Some(value.clone()),
+            Some(Pending::Dequeued) => None,
+            None if self.deleted.contains(&key[..key.len() - SEQ_LEN]) => None,
+            None => self.store.db.get_cf(self.queue, &key).map_err(|e| {
+                StorageError::rocks(format!("reading {}", describe_key(CF_QUEUE, &key)), e)
+            })?,
+        };
+        // Absent entry (already dequeued): nothing to do, as documented.
+        if let Some(mut value) = current {
+            record::set_queued_state(&mut value, state)
+                .map_err(|e| decode_error(CF_QUEUE, &key, e))?;
+            self.batch.put_cf(self.queue, &key, &value);
+            self.overlay.insert(key, Pending::Rewritten(value));
+        }
+        Ok(())
+    }
+
+    /// The batch, with the logs' high-water marks: written blindly (seqs increase per
+    /// client and per user, so the batch's highest is the highest), after any
+    /// DeleteSession of the batch so that a client's survives only re-enqueues.
+    fn finish(mut self) -> WriteBatch {
+        for (prefix, next) in self.next_seqs {
+            self.batch
+                .put_cf(self.queue_next, prefix, next.to_be_bytes());
+        }
+        for (prefix, next) in self.inbox_next_seqs {
+            self.batch
+                .put_cf(self.inbox_next, prefix, next.to_be_bytes());
+        }
+        self.batch
+    }
+}
+
+/// One past `seq` as the high-water mark of the log `key` (prefix and seq) is in, unless
+/// the batch has a higher one already.
+fn raise_next(marks: &mut HashMap<Vec<u8>, u64>, key: &[u8], seq: u64) {
+    let next = seq.saturating_add(1);
+    let prefix = key[..key.len() - SEQ_LEN].to_vec();
+    marks
+        .entry(prefix)
+        .and_modify(|n| *n = (*n).max(next))
+        .or_insert(next);
+}
+
 impl RocksStore {
     /// Opens (creating if missing) the store in `dir`. Fails with [`StorageError::Locked`]
     /// if another process has it open, [`StorageError::UnsupportedFormat`] if it was written
@@ -326,155 +549,11 @@ impl RocksStore {
     /// Translates `ops` into one batch. SetQueueState reads the database, so this runs under
     /// `write_lock`.
     fn build_batch(&self, ops: &[Op]) -> Result<WriteBatch, StorageError> {
-        let retained = self.cf(CF_RETAINED)?;
-        let sessions = self.cf(CF_SESSIONS)?;
-        let queue = self.cf(CF_QUEUE)?;
-        let queue_next = self.cf(CF_QUEUE_NEXT)?;
-        let inbound = self.cf(CF_INBOUND_QOS2)?;
-        let users = self.cf(CF_USERS)?;
-        let groups = self.cf(CF_GROUPS)?;
-        let messages = self.cf(CF_MESSAGES)?;
-        let inbox = self.cf(CF_INBOX)?;
-        let inbox_next = self.cf(CF_INBOX_NEXT)?;
-
-        let mut batch = WriteBatch::default();
-        // The overlay is only needed (and only paid for) when some op reads a queue entry.
-        let track = ops.iter().any(|op| matches!(op, Op::SetQueueState { .. }));
-        let mut overlay: HashMap<Vec<u8>, Pending<'_>> = HashMap::new();
-        // Clients deleted earlier in the batch: their entries outside the overlay are gone.
-        let mut deleted: HashSet<Vec<u8>> = HashSet::new();
-        // Per client prefix, one past the highest seq enqueued in this batch (after its last
-        // deletion in the batch, if any); written once per client at the end of the batch.
-        let mut next_seqs: HashMap<Vec<u8>, u64> = HashMap::new();
-        // The same for inbox logs, per user prefix (nothing deletes an inbox high-water mark).
-        let mut inbox_next_seqs: HashMap<Vec<u8>, u64> = HashMap::new();
-
+        let mut builder = BatchBuilder::new(self, ops)?;
         for op in ops {
-            match op {
-                Op::PutRetained { topic, message } => {
-                    batch.put_cf(retained, topic.as_bytes(), record::encode_message(message)?);
-                }
-                Op::DeleteRetained { topic } => batch.delete_cf(retained, topic.as_bytes()),
-                Op::PutSession(session) => {
-                    let key = client_prefix(&session.client_id)?;
-                    batch.put_cf(sessions, key, record::encode_session(session)?);
-                }
-                Op::DeleteSession { client_id } => {
-                    let prefix = client_prefix(client_id)?;
-                    let end = range_end(&prefix);
-                    batch.delete_cf(sessions, &prefix);
-                    batch.delete_range_cf(queue, &prefix, &end);
-                    batch.delete_range_cf(inbound, &prefix, &end);
-                    batch.delete_cf(queue_next, &prefix);
-                    next_seqs.remove(&prefix);
-                    if track {
-                        overlay.retain(|key, _| !key.starts_with(&prefix));
-                        deleted.insert(prefix);
-                    }
-                }
-                Op::Enqueue {
-                    client_id,
-                    seq,
-                    message,
-                } => {
-                    let key = queue_key(client_id, *seq)?;
-                    batch.put_cf(queue, &key, record::encode_queued(message)?);
-                    let next = seq.saturating_add(1);
-                    let prefix = key[..key.len() - SEQ_LEN].to_vec();
-                    next_seqs
-                        .entry(prefix)
-                        .and_modify(|n| *n = (*n).max(next))
-                        .or_insert(next);
-                    if track {
-                        overlay.insert(key, Pending::Enqueued(message));
-                    }
-                }
-                Op::SetQueueState {
-                    client_id,
-                    seq,
-                    state,
-                } => {
-                    let key = queue_key(client_id, *seq)?;
-                    let current = match overlay.get(&key) {
-                        Some(Pending::Enqueued(message)) => Some(record::encode_queued(message)?),
-                        Some(Pending::Rewritten(value)) => Some(value.clone()),
-                        Some(Pending::Dequeued) => None,
-                        None if deleted.contains(&key[..key.len() - SEQ_LEN]) => None,
-                        None => self.db.get_cf(queue, &key).map_err(|e| {
-                            StorageError::rocks(
-                                format!("reading {}", describe_key(CF_QUEUE, &key)),
-                                e,
-                            )
-                        })?,
-                    };
-                    // Absent entry (already dequeued): nothing to do, as documented.
-                    if let Some(mut value) = current {
-                        record::set_queued_state(&mut value, *state)
-                            .map_err(|e| decode_error(CF_QUEUE, &key, e))?;
-                        batch.put_cf(queue, &key, &value);
-                        overlay.insert(key, Pending::Rewritten(value));
-                    }
-                }
-                Op::Dequeue { client_id, seq } => {
-                    let key = queue_key(client_id, *seq)?;
-                    batch.delete_cf(queue, &key);
-                    if track {
-                        overlay.insert(key, Pending::Dequeued);
-                    }
-                }
-                Op::PutInboundQos2 {
-                    client_id,
-                    packet_id,
-                } => batch.put_cf(inbound, inbound_key(client_id, *packet_id)?, []),
-                Op::DeleteInboundQos2 {
-                    client_id,
-                    packet_id,
-                } => batch.delete_cf(inbound, inbound_key(client_id, *packet_id)?),
-                Op::PutUser(user) => {
-                    batch.put_cf(users, user_prefix(&user.user)?, record::encode_user(user)?);
-                }
-                Op::DeleteUser { user } => batch.delete_cf(users, user_prefix(user)?),
-                Op::PutGroup(group) => {
-                    batch.put_cf(groups, group_key(&group.gid)?, record::encode_group(group)?);
-                }
-                Op::DeleteGroup { gid } => batch.delete_cf(groups, group_key(gid)?),
-                Op::PutMessage { id, message } => {
-                    batch.put_cf(messages, message_key(*id), record::encode_message(message)?);
-                }
-                Op::AppendInbox { user, seq, entry } => {
-                    let key = inbox_key(user, *seq)?;
-                    batch.put_cf(inbox, &key, record::encode_inbox(entry));
-                    let next = seq.saturating_add(1);
-                    let prefix = key[..key.len() - SEQ_LEN].to_vec();
-                    inbox_next_seqs
-                        .entry(prefix)
-                        .and_modify(|n| *n = (*n).max(next))
-                        .or_insert(next);
-                }
-                // An empty range has nothing to delete (and RocksDB wants begin < end).
-                Op::TrimInbox { user, below_seq } => {
-                    if *below_seq > 0 {
-                        let begin = inbox_key(user, 0)?;
-                        let end = inbox_key(user, *below_seq)?;
-                        batch.delete_range_cf(inbox, begin, end);
-                    }
-                }
-                Op::DeleteMessagesBefore { below_id } => {
-                    if *below_id > 0 {
-                        batch.delete_range_cf(messages, message_key(0), message_key(*below_id));
-                    }
-                }
-            }
+            builder.add(op)?;
         }
-        // Written blindly (seqs increase per client, so the batch's highest is the highest),
-        // after any DeleteSession of the batch so that it survives only re-enqueues.
-        for (prefix, next) in next_seqs {
-            batch.put_cf(queue_next, prefix, next.to_be_bytes());
-        }
-        for (prefix, next) in inbox_next_seqs {
-            batch.put_cf(inbox_next, prefix, next.to_be_bytes());
-        }
-        Ok(batch)
+        Ok(builder.finish())
     }
 
     /// The bounds of a seq-addressed log (a client's queue, a user's inbox): `it` is an
