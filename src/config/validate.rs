@@ -96,6 +96,7 @@ impl Config {
         }
 
         validate_log_level(&self.log.level)?;
+        self.cluster.validate()?;
         Ok(())
     }
 
@@ -136,7 +137,7 @@ impl Config {
     }
 }
 
-fn invalid(key: &'static str, reason: String) -> ConfigError {
+pub(super) fn invalid(key: &'static str, reason: String) -> ConfigError {
     ConfigError::Invalid { key, reason }
 }
 
@@ -147,11 +148,11 @@ pub fn limit_u32(value: usize) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
 }
 
-fn to_u64(value: usize) -> u64 {
+pub(super) fn to_u64(value: usize) -> u64 {
     u64::try_from(value).unwrap_or(u64::MAX)
 }
 
-fn check_min(key: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
+pub(super) fn check_min(key: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
     if value < min {
         return Err(invalid(
             key,
@@ -181,7 +182,12 @@ fn check_path(key: &'static str, path: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_range(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+pub(super) fn check_range(
+    key: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+) -> Result<(), ConfigError> {
     if !(min..=max).contains(&value) {
         return Err(invalid(
             key,

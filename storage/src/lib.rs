@@ -129,6 +129,21 @@ pub struct StoredMessage {
     pub expires_at_ms: Option<u64>,
 }
 
+impl StoredMessage {
+    /// The message's record, as stored under a retained or chat message key; also how
+    /// cluster nodes pass a message to each other (one versioned format for both).
+    pub fn encode(&self) -> Result<Vec<u8>, StorageError> {
+        record::encode_message(self)
+    }
+
+    /// Decodes what [`StoredMessage::encode`] made; a damaged or foreign record is
+    /// [`StorageError::Corrupt`].
+    pub fn decode(record: Bytes) -> Result<StoredMessage, StorageError> {
+        record::decode_message(record)
+            .map_err(|e| StorageError::corrupt(format!("message record: {e}")))
+    }
+}
+
 /// Delivery state of a queued message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueState {

@@ -1,0 +1,134 @@
+//! The `[cluster]` table: whether tern runs alone (`engine = "none"`, the default: embedded
+//! RocksDB, nothing else running) or as one node of several on NATS JetStream
+//! (`engine = "nats"`), and how such a node reaches NATS.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::validate::{check_min, check_range, invalid, to_u64};
+use super::ConfigError;
+
+/// The distributed engine nodes share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterEngine {
+    /// One node; its RocksDB holds everything.
+    #[default]
+    None,
+    /// One node of several, joined through NATS (JetStream enabled).
+    Nats,
+}
+
+/// The `[cluster]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Default `"none"`.
+    pub engine: ClusterEngine,
+    /// This node's name, unique in the cluster; letters, digits, `-` and `_` (it is part
+    /// of NATS subjects). Required with `engine = "nats"`.
+    pub node_id: String,
+    /// NATS servers to connect to (the client learns the others from them). Default
+    /// `["nats://127.0.0.1:4222"]`.
+    pub nats_urls: Vec<String>,
+    /// A NATS `.creds` file (JWT and nkey seed). At most one of `credentials_file`,
+    /// `user`/`password` and `token`.
+    pub credentials_file: Option<PathBuf>,
+    pub user: String,
+    pub password: String,
+    pub token: String,
+    /// Replicas of the cluster's JetStream streams and buckets. Default 3; 1..=5.
+    pub replicas: usize,
+    /// Streams the per-user inbox logs are spread over. Default 8; 1..=1_024.
+    pub shards: u32,
+    /// Longest wait between two attempts to reach NATS at start (the wait doubles from
+    /// 100 ms up to this). Default 5_000; 100..=600_000.
+    pub connect_backoff_max_ms: u64,
+    /// Messages the NATS client buffers towards its server before a publishing connection
+    /// waits (backpressure instead of unbounded memory). Default 8_192; at least 16.
+    pub client_capacity: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            engine: ClusterEngine::None,
+            node_id: String::new(),
+            nats_urls: vec!["nats://127.0.0.1:4222".to_string()],
+            credentials_file: None,
+            user: String::new(),
+            password: String::new(),
+            token: String::new(),
+            replicas: 3,
+            shards: 8,
+            connect_backoff_max_ms: 5_000,
+            client_capacity: 8_192,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this broker is one node of a cluster.
+    pub fn enabled(&self) -> bool {
+        self.engine == ClusterEngine::Nats
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        check_range("cluster.replicas", to_u64(self.replicas), 1, 5)?;
+        check_range("cluster.shards", u64::from(self.shards), 1, 1_024)?;
+        check_range(
+            "cluster.connect_backoff_max_ms",
+            self.connect_backoff_max_ms,
+            100,
+            600_000,
+        )?;
+        check_min("cluster.client_capacity", to_u64(self.client_capacity), 16)?;
+        let methods = [
+            self.credentials_file.is_some(),
+            !self.user.is_empty() || !self.password.is_empty(),
+            !self.token.is_empty(),
+        ];
+        if methods.iter().filter(|on| **on).count() > 1 {
+            return Err(invalid(
+                "cluster.credentials_file",
+                "give at most one of credentials_file, user/password and token".to_string(),
+            ));
+        }
+        if !self.enabled() {
+            return Ok(());
+        }
+        if self.node_id.is_empty() {
+            return Err(invalid(
+                "cluster.node_id",
+                "required with engine = \"nats\": each node needs its own name".to_string(),
+            ));
+        }
+        if self.node_id.len() > 64
+            || !self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                "cluster.node_id",
+                format!(
+                    "{:?}: use at most 64 letters, digits, '-' and '_' (it is part of NATS subjects)",
+                    self.node_id
+                ),
+            ));
+        }
+        if self.nats_urls.is_empty() {
+            return Err(invalid(
+                "cluster.nats_urls",
+                "required with engine = \"nats\": list at least one NATS server".to_string(),
+            ));
+        }
+        for url in &self.nats_urls {
+            if let Err(e) = url.parse::<async_nats::ServerAddr>() {
+                return Err(invalid("cluster.nats_urls", format!("{url:?}: {e}")));
+            }
+        }
+        Ok(())
+    }
+}
