@@ -9,6 +9,7 @@
 //! | [`cli`], [`server`] | the command line; the broker's lifecycle (bind, serve, stop on a signal) |
 //! | [`admin`] | the operator side: the admin HTTP API and the `tern` subcommands, on a running or a stopped broker |
 //! | `connection` | the driver of one client connection: handshake I/O, its event loop, reading, writing, parking |
+//! | `cluster` | one node of several on NATS JetStream (`[cluster] engine = "nats"`): joining, live routing between nodes by interest |
 //! | `router` | the one owner of sessions, subscriptions, retained messages and chat state: synchronous handlers run on the caller's task, and each connection's mailbox |
 //! | `net` | listeners and admission limits, transports (TCP, TLS, WebSocket), rate limits, the parking lot |
 //! | [`im`] | the chat layer's rules: users and login, the topic namespace, who may publish and subscribe where, inboxes, `$sync` |
@@ -21,6 +22,7 @@
 
 pub mod admin;
 pub mod cli;
+mod cluster;
 pub mod config;
 mod connection;
 pub mod im;

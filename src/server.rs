@@ -18,6 +18,8 @@ use tern_storage::{RocksStore, Store, SyncPolicy, Writer};
 use tokio::sync::{watch, Semaphore};
 
 use crate::admin::http::{AdminError, AdminServer};
+pub use crate::cluster::JoinError;
+use crate::cluster::{Link, LinkTasks};
 use crate::config::{Config, ListenerKind, SyncMode};
 use crate::connection::{Accepted, ConnectionLimits, Context};
 use crate::metrics::Metrics;
@@ -41,6 +43,10 @@ pub enum ServerError {
     Storage(#[from] tern_storage::StorageError),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] JoinError),
+    #[error("cluster: cannot subscribe to the other nodes' broadcasts: {0}")]
+    ClusterLink(async_nats::SubscribeError),
 }
 
 pub struct Server {
@@ -50,6 +56,8 @@ pub struct Server {
     router_task: tokio::task::JoinHandle<()>,
     admin: Option<AdminServer>,
     lot_task: LotTask,
+    /// The link to the other nodes, in a cluster.
+    link: Option<LinkTasks>,
 }
 
 impl Server {
@@ -93,7 +101,30 @@ impl Server {
         .map_err(|e| tern_storage::StorageError::Corrupt {
             what: format!("loading state panicked: {e}"),
         })??;
-        let (router, router_task) = RouterHandle::start(router, writer.clone());
+        // A cluster node joins before it binds a listener: until then it takes no client.
+        let (link, peers) = if config.cluster.enabled() {
+            match Link::join(&config.cluster).await {
+                Ok((link, peers)) => (Some(link), Some(peers)),
+                Err(e) => {
+                    let _ = writer.shutdown().await;
+                    return Err(e.into());
+                }
+            }
+        } else {
+            (None, None)
+        };
+        let (router, router_task) = RouterHandle::start(router, writer.clone(), peers);
+        let broadcasts = Arc::new(Semaphore::new(crate::router::MAX_BROADCASTS_IN_FLIGHT));
+        let link = match link {
+            Some(link) => match link.start(router.clone(), broadcasts.clone()).await {
+                Ok(tasks) => Some(tasks),
+                Err(e) => {
+                    abandon(&router, router_task, &writer).await;
+                    return Err(ServerError::ClusterLink(e));
+                }
+            },
+            None => None,
+        };
         let mut listeners = Vec::new();
         for spec in config.listeners.enabled() {
             match Listener::bind(&spec, &config).await {
@@ -135,9 +166,7 @@ impl Server {
             ctx: Arc::new(Context {
                 router,
                 writer,
-                broadcasts: Arc::new(tokio::sync::Semaphore::new(
-                    crate::router::MAX_BROADCASTS_IN_FLIGHT,
-                )),
+                broadcasts,
                 metrics,
                 lot,
                 started: tokio::time::Instant::now(),
@@ -145,6 +174,7 @@ impl Server {
             }),
             router_task,
             admin,
+            link,
         })
     }
 
@@ -181,6 +211,7 @@ impl Server {
             router_task,
             admin,
             lot_task,
+            link,
         } = self;
         // Dropped without a send (this future dropped) stops the API too.
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -258,6 +289,9 @@ impl Server {
             lot_task.abort();
         }
         let _ = router_task.await;
+        if let Some(link) = link {
+            link.stop().await;
+        }
         // It ends by itself once the router is gone.
         let _ = sys.await;
         ctx.writer.shutdown().await?;

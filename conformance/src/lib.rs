@@ -5,6 +5,7 @@
 //! Every test gets its own port and data directory, so tests run in parallel.
 
 pub mod exit;
+pub mod nats;
 pub mod process;
 pub mod stall;
 

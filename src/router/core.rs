@@ -34,6 +34,9 @@ pub(crate) struct RouterLimits {
     pub max_queued_messages: u32,
     pub max_retained_messages: usize,
     pub im: ImConfig,
+    /// One node of a cluster: plain messages and broadcasts routed here go to the other
+    /// nodes too, and the subscription tree reports the filters it holds.
+    pub cluster: bool,
 }
 
 impl RouterLimits {
@@ -46,6 +49,7 @@ impl RouterLimits {
             max_queued_messages: limit_u32(limits.max_queued_messages),
             max_retained_messages: limits.max_retained_messages,
             im: config.im.clone(),
+            cluster: config.cluster.enabled(),
         }
     }
 }
@@ -61,6 +65,9 @@ pub(crate) struct Outcome {
     /// Deliveries with a durable queue entry, to sessions that are connected.
     pub(crate) stored: Vec<(SessionId, Delivery)>,
     pub(crate) fan_out: Option<FanOut>,
+    /// Messages routed here that the other nodes of a cluster route too (plain ones and
+    /// broadcasts; never one that came from another node).
+    pub(crate) forward: Vec<Arc<Message>>,
     /// A deadline was added: the timer task looks at the earliest one again.
     pub(crate) timers_changed: bool,
 }
@@ -130,6 +137,9 @@ impl Router {
             next_session: 1,
             next_conn: 1,
         };
+        if router.limits.cluster {
+            router.subscriptions.track_interest();
+        }
         for (topic, stored) in store.retained()? {
             if is_system(&topic) {
                 // Stored before `$SYS` was the broker's: stale, and replaced in memory by

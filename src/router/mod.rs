@@ -28,6 +28,7 @@ mod core;
 mod index;
 mod inspect;
 pub(crate) mod mailbox;
+mod peers;
 mod retained;
 mod routing;
 mod sessions;
@@ -51,6 +52,7 @@ pub(crate) use self::core::RouterLimits;
 pub(crate) use self::core::{Outcome, Router};
 pub(crate) use broadcast::MAX_BROADCASTS_IN_FLIGHT;
 pub(crate) use inspect::SessionSummary;
+pub(crate) use peers::{Interest, Peers};
 pub(crate) use routing::Routed;
 pub(crate) use sessions::{Attached, ConnId, ConnectRequest, Detach};
 pub(crate) use subscribe::SubscribeReply;
@@ -79,6 +81,8 @@ struct SharedRouter {
     timers: Notify,
     /// True once the router has shut down.
     stopped: watch::Sender<bool>,
+    /// The other nodes, in a cluster.
+    peers: Option<Peers>,
 }
 
 /// Whether a handler may write to storage, and whether its caller waits for the writes.
@@ -90,17 +94,25 @@ enum Writes {
 }
 
 impl RouterHandle {
-    /// Starts the timer task for a loaded router.
+    /// Starts the timer task for a loaded router; with `peers`, one node of a cluster.
     pub(crate) fn start(
-        router: Router,
+        mut router: Router,
         writer: Writer,
+        peers: Option<Peers>,
     ) -> (RouterHandle, tokio::task::JoinHandle<()>) {
+        if let Some(peers) = &peers {
+            // The filters of the sessions loaded from storage.
+            peers
+                .interest
+                .record(router.subscriptions.take_interest_changes());
+        }
         let handle = RouterHandle {
             shared: Arc::new(SharedRouter {
                 router: Mutex::new(router),
                 writer,
                 timers: Notify::new(),
                 stopped: watch::Sender::new(false),
+                peers,
             }),
         };
         let task = tokio::spawn(timers::run(handle.clone()));
@@ -135,6 +147,27 @@ impl RouterHandle {
                 Some(writer.reserve().await.map_err(|_| RouterGone)?)
             }
         };
+        let (answer, durable, forward) = self.carry_out(place, writes, handler)?;
+        if let Some(peers) = &self.shared.peers {
+            for message in forward {
+                // The link ends only with the broker; a message it can no longer take
+                // is one the other nodes would not have received either.
+                let _ = peers.forward.send(message).await;
+            }
+        }
+        Ok((answer, durable))
+    }
+
+    /// The part of [`execute`](Self::execute) under the lock: runs the handler, queues
+    /// its writes in `place`, hands over the deliveries that waited for them, and returns
+    /// the answer, the writes' durability and what goes to the other nodes.
+    fn carry_out<T>(
+        &self,
+        place: Option<tern_storage::Reserved<'_>>,
+        writes: Writes,
+        handler: impl FnOnce(&mut Router, &mut Outcome) -> T,
+    ) -> Result<(T, Durable, Vec<Arc<Message>>), RouterGone> {
+        let writer = &self.shared.writer;
         let mut router = self.lock();
         if router.is_stopped() {
             return Err(RouterGone);
@@ -146,7 +179,14 @@ impl RouterHandle {
             stored,
             fan_out,
             timers_changed,
+            forward,
         } = out;
+        if let Some(peers) = &self.shared.peers {
+            let changes = router.subscriptions.take_interest_changes();
+            if !changes.is_empty() {
+                peers.interest.record(changes);
+            }
+        }
         let durable = match (place.or_else(|| unplanned_place(writer, &ops)), writes) {
             (Some(place), Writes::Awaited) => place.submit(ops),
             (Some(place), _) => {
@@ -165,7 +205,7 @@ impl RouterHandle {
         if timers_changed {
             self.shared.timers.notify_one();
         }
-        Ok((answer, durable))
+        Ok((answer, durable, forward))
     }
 
     /// Runs a handler that only reads.
@@ -233,6 +273,28 @@ impl RouterHandle {
         Ok(())
     }
 
+    /// A plain message or broadcast another node of the cluster routed (see
+    /// `Router::publish_remote`); a broadcast holds `permit` until its fan-out ends.
+    pub(crate) async fn publish_remote(
+        &self,
+        message: &Arc<Message>,
+        via: Option<&str>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), RouterGone> {
+        // Only a QoS > 0 message can be queued for an offline session.
+        let writes = if message.qos == QoS::AtMostOnce {
+            Writes::None
+        } else {
+            Writes::Detached
+        };
+        let ((), _) = self
+            .execute(writes, |router, out| {
+                router.publish_remote(message, via, permit, out)
+            })
+            .await?;
+        Ok(())
+    }
+
     /// An operator's broadcast, holding `permit` (one of [`MAX_BROADCASTS_IN_FLIGHT`])
     /// until its fan-out ends.
     pub async fn broadcast(
@@ -244,6 +306,7 @@ impl RouterHandle {
     ) -> Result<(Routed, Durable), RouterGone> {
         self.execute(writes_for(wait), |router, out| {
             mark_inbound_qos2(out, inbound_qos2);
+            router.forward(message, out);
             router.broadcast(message, Some(permit), out)
         })
         .await

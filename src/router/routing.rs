@@ -90,9 +90,56 @@ impl Router {
             return Routed::REFUSED;
         }
         if is_broadcast(&message.topic) {
+            self.forward(message, out);
             return self.broadcast(message, None, out);
         }
-        Routed::matched(self.deliver_to_subscribers(message, Payload::Copied, out))
+        let matched = self.deliver_to_subscribers(message, Payload::Copied, out);
+        // Whether another node's subscribers match is not known here.
+        Routed::matched(self.forward(message, out) || matched)
+    }
+
+    /// In a cluster, leaves `message` for the other nodes; returns whether it did.
+    pub(crate) fn forward(&self, message: &Arc<Message>, out: &mut Outcome) -> bool {
+        if self.limits.cluster {
+            out.forward.push(message.clone());
+        }
+        self.limits.cluster
+    }
+
+    /// A plain message or a broadcast that another node routed, which reached this node
+    /// through its subscription to `via` (the filter, for a plain message).
+    ///
+    /// A node whose filters overlap (`a/#` and `a/b`) holds a NATS subscription for each
+    /// and receives one copy per matching one: it delivers only the copy that came
+    /// through the smallest matching filter, so each message is delivered once and the
+    /// messages of one topic keep their order (they all come through that one filter).
+    pub(crate) fn publish_remote(
+        &mut self,
+        message: &Arc<Message>,
+        via: Option<&str>,
+        permit: Option<OwnedSemaphorePermit>,
+        out: &mut Outcome,
+    ) {
+        if is_system(&message.topic) {
+            return;
+        }
+        if is_broadcast(&message.topic) {
+            self.broadcast(message, permit, out);
+            return;
+        }
+        let mut smallest: Option<&str> = None;
+        self.subscriptions.for_each_match(&message.topic, |m| {
+            let filter = match m {
+                Match::Direct { filter, .. } | Match::Shared { filter, .. } => filter,
+            };
+            if smallest.is_none_or(|s| filter < s) {
+                smallest = Some(filter);
+            }
+        });
+        if smallest.is_none() || smallest != via {
+            return;
+        }
+        self.deliver_to_subscribers(message, Payload::Copied, out);
     }
 
     /// An operator's broadcast: matched here, handed to a fan-out task by the caller (see

@@ -106,6 +106,17 @@ impl<K> Copy for Match<'_, K> {}
 pub(crate) struct SubscriptionTree<K> {
     root: Node<K>,
     len: usize,
+    /// With [`track_interest`](SubscriptionTree::track_interest): the filters (shared
+    /// ones without their `$share/{group}/`) that gained their first subscription (`true`)
+    /// or lost their last (`false`), in order, until taken.
+    interest: Option<Vec<InterestChange>>,
+}
+
+/// A filter that some subscription now holds, or that none holds any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InterestChange {
+    pub filter: Box<str>,
+    pub held: bool,
 }
 
 /// One level of the trie. The root stands for "no level consumed yet".
@@ -315,6 +326,7 @@ impl<K> Default for SubscriptionTree<K> {
         SubscriptionTree {
             root: Node::default(),
             len: 0,
+            interest: None,
         }
     }
 }
@@ -345,6 +357,14 @@ impl<K: Clone + Eq + Hash> SubscriptionTree<K> {
         } else {
             &mut node.subs
         };
+        if slot.is_none() {
+            if let Some(changes) = &mut self.interest {
+                changes.push(InterestChange {
+                    filter: inner.into(),
+                    held: true,
+                });
+            }
+        }
         let subs = slot.get_or_insert_with(|| Box::new(Subs::new(inner)));
         let previous = subs.insert(group, client, subscription);
         if previous.is_none() {
@@ -385,6 +405,12 @@ impl<K: Clone + Eq + Hash> SubscriptionTree<K> {
         let removed = subs.remove(group, client)?;
         if subs.is_empty() {
             *slot = None;
+            if let Some(changes) = &mut self.interest {
+                changes.push(InterestChange {
+                    filter: inner.into(),
+                    held: false,
+                });
+            }
         }
         self.len -= 1;
         if depth == 0 || !node.is_empty() {
@@ -472,6 +498,20 @@ impl<K: Clone + Eq + Hash> SubscriptionTree<K> {
                 (None, None) => {}
             }
         }
+    }
+
+    /// From now on, records which filters gain their first or lose their last
+    /// subscription (a cluster node subscribes to what its clients want from others).
+    pub(crate) fn track_interest(&mut self) {
+        self.interest.get_or_insert_with(Vec::new);
+    }
+
+    /// The interest changes since the last call, in order.
+    pub(crate) fn take_interest_changes(&mut self) -> Vec<InterestChange> {
+        self.interest
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// The number of (client, full filter) subscriptions.

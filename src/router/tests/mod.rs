@@ -2,6 +2,7 @@
 //! mailbox read by the test. `core.rs` drives the synchronous core directly.
 
 mod chat;
+mod cluster;
 mod core;
 mod routing;
 mod sessions;
@@ -44,6 +45,7 @@ pub(crate) fn limits() -> RouterLimits {
             max_devices_per_user: 2,
             ..ImConfig::default()
         },
+        cluster: false,
     }
 }
 
@@ -56,10 +58,19 @@ pub(crate) fn start_on(store: Arc<MemoryStore>) -> Harness {
 }
 
 pub(crate) fn start_with(limits: RouterLimits, store: Arc<MemoryStore>) -> Harness {
+    start_node(limits, store, None)
+}
+
+/// A router with `peers`: one node of a cluster.
+pub(crate) fn start_node(
+    limits: RouterLimits,
+    store: Arc<MemoryStore>,
+    peers: Option<crate::router::Peers>,
+) -> Harness {
     let writer = Writer::start(store.clone(), SyncPolicy::Always, 64);
     let metrics = Arc::new(Metrics::new());
     let router = Router::load(limits, &*store, metrics.clone()).expect("load");
-    let (router, _timers) = RouterHandle::start(router, writer.clone());
+    let (router, _timers) = RouterHandle::start(router, writer.clone(), peers);
     Harness {
         router,
         store,

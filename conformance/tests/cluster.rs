@@ -1,0 +1,334 @@
+//! Several tern nodes on one real NATS server (`[cluster] engine = "nats"`): plain MQTT
+//! across nodes with third-party clients, interest-based routing (a node without a matching
+//! subscriber receives nothing, as NATS's own monitoring counts it), broadcasts, and a node
+//! that waits for NATS before it takes clients.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use tern::config::{ClusterEngine, Config};
+use tern_codec::Protocol;
+use tern_conformance::nats::{NatsOptions, NatsServer};
+use tern_conformance::{v4_options, Broker, RawClient, EVENT_TIMEOUT};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+fn join(config: &mut Config, node: &str, nats: &str) {
+    config.cluster.engine = ClusterEngine::Nats;
+    config.cluster.node_id = node.to_string();
+    config.cluster.nats_urls = vec![nats.to_string()];
+    config.cluster.replicas = 1;
+    config.im.operators = vec!["ops".into()];
+}
+
+async fn node(nats: &NatsServer, name: &str) -> Broker {
+    let url = nats.url();
+    Broker::start_with(|c| join(c, name, &url)).await
+}
+
+/// A rumqttc client subscribed to `filters` (QoS 1): the publishes it receives, as
+/// (topic, payload).
+async fn subscriber(
+    port: u16,
+    id: &str,
+    filters: &[&str],
+) -> (AsyncClient, mpsc::UnboundedReceiver<(String, String)>) {
+    let (client, mut events) = AsyncClient::new(v4_options(id, port), 64);
+    for filter in filters {
+        client
+            .subscribe(*filter, QoS::AtLeastOnce)
+            .await
+            .expect("queue SUBSCRIBE");
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut subacks = filters.len();
+    let (acked_tx, acked) = tokio::sync::oneshot::channel();
+    let mut acked_tx = Some(acked_tx);
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    subacks -= 1;
+                    if subacks == 0 {
+                        if let Some(tx) = acked_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                    if tx.send((p.topic.clone(), payload)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    tokio::time::timeout(EVENT_TIMEOUT, acked)
+        .await
+        .expect("SUBACK in time")
+        .expect("client alive");
+    (client, rx)
+}
+
+/// A rumqttc publisher whose event loop runs in the background.
+fn publisher(port: u16, id: &str) -> AsyncClient {
+    let (client, mut events) = AsyncClient::new(v4_options(id, port), 256);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    client
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<(String, String)>) -> (String, String) {
+    tokio::time::timeout(EVENT_TIMEOUT, rx.recv())
+        .await
+        .expect("a message in time")
+        .expect("subscriber alive")
+}
+
+/// Publishes probes on `topic` until every subscriber got one: the subscriptions have
+/// reached NATS (a SUBACK says the node has them, not yet that NATS routes them).
+async fn until_routed(
+    publisher: &AsyncClient,
+    topic: &str,
+    subscribers: &mut [&mut mpsc::UnboundedReceiver<(String, String)>],
+) {
+    for rx in subscribers.iter_mut() {
+        loop {
+            publisher
+                .publish(topic, QoS::AtLeastOnce, false, "probe")
+                .await
+                .expect("queue probe");
+            match tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                Ok(Some((_, payload))) if payload == "probe" => break,
+                Ok(Some(other)) => panic!("unexpected {other:?} before the probes"),
+                Ok(None) => panic!("subscriber gone"),
+                Err(_) => continue,
+            }
+        }
+    }
+}
+
+/// Reads past the probes still in flight, then expects exactly `expected`, in order.
+async fn expect_sequence(rx: &mut mpsc::UnboundedReceiver<(String, String)>, expected: &[String]) {
+    let mut got = next(rx).await;
+    while got.1 == "probe" {
+        got = next(rx).await;
+    }
+    for (i, want) in expected.iter().enumerate() {
+        if i > 0 {
+            got = next(rx).await;
+        }
+        assert_eq!(&got.1, want, "message {i} in order, once");
+    }
+}
+
+/// The `/connz` entry of the node named `node` (its NATS client is "tern node {node}").
+fn connection<'a>(connz: &'a serde_json::Value, node: &str) -> &'a serde_json::Value {
+    let name = format!("tern node {node}");
+    connz["connections"]
+        .as_array()
+        .expect("connections")
+        .iter()
+        .find(|c| c["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("{name} connected to NATS: {connz}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_messages_cross_nodes_once_in_order_and_only_where_subscribed() {
+    let nats = NatsServer::start().await;
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let c = node(&nats, "c").await;
+    // On b: one client with a wildcard filter, one whose two filters overlap (the node
+    // holds a NATS subscription for each and receives two copies of each message).
+    let (_s1, mut one) = subscriber(b.addr.port(), "sub-one", &["room/+/temp"]).await;
+    let (_s2, mut both) = subscriber(b.addr.port(), "sub-both", &["room/#", "room/1/temp"]).await;
+    // On c: interest in other topics only.
+    let (_s3, mut other) = subscriber(c.addr.port(), "sub-other", &["lobby/#"]).await;
+    let publish = publisher(a.addr.port(), "pub");
+    until_routed(&publish, "room/1/temp", &mut [&mut one, &mut both]).await;
+    let to_c = connection(&nats.connections().await, "c")["out_msgs"].clone();
+
+    let expected: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    for payload in &expected {
+        publish
+            .publish("room/1/temp", QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .expect("queue publish");
+    }
+    expect_sequence(&mut one, &expected).await;
+    expect_sequence(&mut both, &expected).await;
+
+    // c received none of it: NATS sent its connection nothing.
+    let connz = nats.connections().await;
+    assert_eq!(connection(&connz, "c")["out_msgs"], to_c, "{connz}");
+    let to_b = connection(&connz, "b")["out_msgs"].as_u64().expect("count");
+    assert!(to_b >= 300, "b received the messages: {connz}");
+    // ... while c still routes what its subscriber wants.
+    until_routed(&publish, "lobby/x", &mut [&mut other]).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), one.recv())
+            .await
+            .is_err(),
+        "lobby/x does not reach room subscribers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscribed_filter_stops_the_traffic_to_its_node() {
+    let nats = NatsServer::start().await;
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let (sub, mut rx) = subscriber(b.addr.port(), "sub", &["feed/#"]).await;
+    let publish = publisher(a.addr.port(), "pub");
+    until_routed(&publish, "feed/1", &mut [&mut rx]).await;
+    sub.unsubscribe("feed/#").await.expect("queue UNSUBSCRIBE");
+    // Once NATS has dropped b's interest, b's connection stops receiving.
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let connz = nats.connections().await;
+        if live_subjects(connection(&connz, "b")) == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "interest not dropped: {connz}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = connection(&nats.connections().await, "b")["out_msgs"].clone();
+    for i in 0..20 {
+        publish
+            .publish("feed/1", QoS::AtMostOnce, false, format!("after {i}"))
+            .await
+            .expect("queue publish");
+    }
+    // A marker on the broadcasts' subject, which b still holds, orders the check: once it
+    // arrived, any of the 20 would have arrived before it.
+    let mut ops = operator_device(&a, "ops-console").await;
+    let (_w, mut watch) = subscriber(b.addr.port(), "watch", &["broadcast/#"]).await;
+    ops.publish_qos1(1, "broadcast/marker", b"end", false).await;
+    loop {
+        let (topic, _) = next(&mut watch).await;
+        if topic == "broadcast/marker" {
+            break;
+        }
+    }
+    let after = connection(&nats.connections().await, "b")["out_msgs"].clone();
+    assert_eq!(
+        after.as_u64().expect("count"),
+        before.as_u64().expect("count") + 1,
+        "only the marker reached b"
+    );
+    assert!(rx.try_recv().is_err(), "nothing after UNSUBSCRIBE");
+}
+
+/// The subjects of plain messages a node's NATS connection is subscribed to.
+fn live_subjects(connection: &serde_json::Value) -> usize {
+    connection["subscriptions_list"]
+        .as_array()
+        .expect("subscriptions_list")
+        .iter()
+        .filter(|s| s.as_str().is_some_and(|s| s.starts_with("tern.live.")))
+        .count()
+}
+
+async fn operator_device(node: &Broker, client_id: &str) -> RawClient {
+    RawClient::open_ok(node.addr, Protocol::V5, client_id, true, |c| {
+        c.username = Some("ops".into());
+    })
+    .await
+    .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_reaches_subscribers_on_every_node() {
+    let nats = NatsServer::start().await;
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let (_sa, mut on_a) = subscriber(a.addr.port(), "on-a", &["broadcast/#"]).await;
+    let (_sb, mut on_b) = subscriber(b.addr.port(), "on-b", &["broadcast/#"]).await;
+    let mut ops = operator_device(&a, "ops-console").await;
+    ops.publish_qos1(1, "broadcast/news", b"maintenance at 2am", false)
+        .await;
+    for rx in [&mut on_a, &mut on_b] {
+        assert_eq!(
+            next(rx).await,
+            (
+                "broadcast/news".to_string(),
+                "maintenance at 2am".to_string()
+            )
+        );
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), on_a.recv())
+            .await
+            .is_err(),
+        "the publishing node delivers its broadcast once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_no_client_until_it_has_joined_nats_with_jetstream() {
+    // The port NATS will listen on; until then a plain TCP listener stands there, which
+    // counts the node's attempts to reach it.
+    let stand_in = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let nats_port = stand_in.local_addr().expect("addr").port();
+    let mqtt = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mqtt_addr = mqtt.local_addr().expect("addr");
+    drop(mqtt);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = tern_conformance::test_config(dir.path());
+    config.listeners.tcp.listen = mqtt_addr;
+    join(
+        &mut config,
+        "late",
+        &format!("nats://127.0.0.1:{nats_port}"),
+    );
+    config.cluster.connect_backoff_max_ms = 200;
+    let starting = tokio::spawn(Broker::start_config(config));
+    for attempt in 0..2 {
+        let (socket, _) = tokio::time::timeout(EVENT_TIMEOUT, stand_in.accept())
+            .await
+            .unwrap_or_else(|_| panic!("attempt {attempt} to reach NATS"))
+            .expect("accept");
+        drop(socket);
+    }
+    assert!(!starting.is_finished(), "still joining");
+    assert!(
+        tokio::net::TcpStream::connect(mqtt_addr).await.is_err(),
+        "no MQTT listener before the node has joined"
+    );
+    drop(stand_in);
+    // NATS without JetStream: the node connects, finds no JetStream, and keeps waiting.
+    let plain = NatsServer::start_with(NatsOptions {
+        port: Some(nats_port),
+        without_jetstream: true,
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    while plain.closed_connections().await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node tried NATS without JetStream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!starting.is_finished(), "no JetStream: still waiting");
+    assert!(tokio::net::TcpStream::connect(mqtt_addr).await.is_err());
+    plain.kill().await;
+    let _nats = NatsServer::start_with(NatsOptions {
+        port: Some(nats_port),
+        without_jetstream: false,
+    })
+    .await;
+    let broker = tokio::time::timeout(Duration::from_secs(30), starting)
+        .await
+        .expect("joined once NATS with JetStream is there")
+        .expect("start task");
+    let (mut client, _) =
+        RawClient::open_ok(broker.addr, Protocol::V311, "first", true, |_| {}).await;
+    client.subscribe(1, "x", tern_codec::QoS::AtMostOnce).await;
+}

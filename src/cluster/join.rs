@@ -1,0 +1,106 @@
+//! Joining the cluster: a node joins by connecting to NATS as a client, with JetStream on.
+//! Until it has, it retries with a doubling backoff and says why each attempt failed; the
+//! broker binds no listener meanwhile, so it accepts no client it could not serve.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+use crate::config::ClusterConfig;
+
+/// Why an attempt to join failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// A mistake in the configuration that no retry will fix.
+    #[error("cannot read cluster.credentials_file {path}: {source}")]
+    Credentials {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot reach NATS at {urls}: {source}")]
+    Connect {
+        urls: String,
+        source: async_nats::ConnectError,
+    },
+    #[error(
+        "NATS at {urls} answers, but not for JetStream (is JetStream enabled on the \
+         servers, with a quorum up?): {source}"
+    )]
+    JetStream {
+        urls: String,
+        source: jetstream::context::AccountError,
+    },
+}
+
+impl JoinError {
+    fn is_permanent(&self) -> bool {
+        matches!(self, JoinError::Credentials { .. })
+    }
+}
+
+/// Connects to NATS and checks JetStream, retrying until both work. Fails only on what a
+/// retry cannot fix.
+pub(crate) async fn join(config: &ClusterConfig) -> Result<async_nats::Client, JoinError> {
+    let mut backoff = Duration::from_millis(100);
+    let max = Duration::from_millis(config.connect_backoff_max_ms);
+    loop {
+        match attempt(config).await {
+            Ok(client) => {
+                tracing::info!(node = %config.node_id, urls = ?config.nats_urls, "joined the cluster");
+                return Ok(client);
+            }
+            Err(e) if e.is_permanent() => return Err(e),
+            Err(e) => {
+                tracing::warn!(
+                    node = %config.node_id,
+                    retry_in_ms = backoff.as_millis(),
+                    "not joined yet, accepting no clients: {e}"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(max);
+            }
+        }
+    }
+}
+
+async fn attempt(config: &ClusterConfig) -> Result<async_nats::Client, JoinError> {
+    let urls = config.nats_urls.join(",");
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("tern node {}", config.node_id))
+        // A node routes its own messages to its own clients; NATS carries them to the others.
+        .no_echo()
+        .client_capacity(config.client_capacity)
+        .connection_timeout(Duration::from_secs(2));
+    if let Some(path) = &config.credentials_file {
+        options =
+            options
+                .credentials_file(path)
+                .await
+                .map_err(|source| JoinError::Credentials {
+                    path: path.clone(),
+                    source,
+                })?;
+    } else if !config.token.is_empty() {
+        options = options.token(config.token.clone());
+    } else if !config.user.is_empty() {
+        options = options.user_and_password(config.user.clone(), config.password.clone());
+    }
+    // Validated at load (`ClusterConfig::validate`): every URL parses.
+    let addrs: Vec<async_nats::ServerAddr> = config
+        .nats_urls
+        .iter()
+        .filter_map(|url| url.parse().ok())
+        .collect();
+    let client = options
+        .connect(addrs)
+        .await
+        .map_err(|source| JoinError::Connect {
+            urls: urls.clone(),
+            source,
+        })?;
+    jetstream::new(client.clone())
+        .query_account()
+        .await
+        .map_err(|source| JoinError::JetStream { urls, source })?;
+    Ok(client)
+}

@@ -1,0 +1,137 @@
+//! Live routing between nodes over core NATS: each message the router forwards is
+//! published on its topic's subject (broadcasts on one subject every node listens to), and
+//! each filter this node's subscriptions hold is a NATS subscription whose messages go to
+//! the router as remote ones. NATS delivers a message only to the nodes that subscribed a
+//! matching subject, so a node without a matching subscriber receives nothing.
+//!
+//! Three tasks: `forward` (router -> NATS, in the router's order), `follow_interest` (adds
+//! and drops NATS subscriptions as filters come and go) and one `relay` per held subject
+//! (NATS -> router, in the order NATS delivers).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use tern_storage::StoredMessage;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::subject;
+use crate::im::topics::is_broadcast;
+use crate::protocol::Message;
+use crate::router::{Interest, RouterHandle};
+
+/// Publishes what the router forwards, until the router is gone.
+pub(super) async fn forward(
+    client: async_nats::Client,
+    mut messages: mpsc::Receiver<Arc<Message>>,
+) {
+    while let Some(message) = messages.recv().await {
+        let subject = if is_broadcast(&message.topic) {
+            subject::BROADCASTS.to_string()
+        } else {
+            match subject::for_topic(&message.topic) {
+                Some(subject) => subject,
+                None => {
+                    tracing::debug!(len = message.topic.len(), "topic too long to cross nodes");
+                    continue;
+                }
+            }
+        };
+        let record = match message.to_stored().encode() {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(topic = %message.topic, "message not forwarded: {e}");
+                continue;
+            }
+        };
+        // Waits while the client's buffer is full: the forwarding publishers wait with it.
+        if let Err(e) = client.publish(subject, record.into()).await {
+            tracing::warn!(topic = %message.topic, "message not forwarded to the other nodes: {e}");
+        }
+    }
+}
+
+/// Keeps one NATS subscription per subject of every filter some local subscription holds.
+pub(super) async fn follow_interest(
+    client: async_nats::Client,
+    interest: Arc<Interest>,
+    router: RouterHandle,
+    broadcasts: Arc<Semaphore>,
+) {
+    let mut held: HashMap<Box<str>, Vec<JoinHandle<()>>> = HashMap::new();
+    let mut stopped = std::pin::pin!(router.closed());
+    loop {
+        let changes = tokio::select! {
+            changes = interest.next() => changes,
+            () = &mut stopped => break,
+        };
+        for (filter, wanted) in changes {
+            if !wanted {
+                // Dropping a relay's subscriber unsubscribes it.
+                for relay in held.remove(&filter).into_iter().flatten() {
+                    relay.abort();
+                }
+                continue;
+            }
+            if held.contains_key(&filter) {
+                continue;
+            }
+            let via: Arc<str> = Arc::from(&*filter);
+            let mut relays = Vec::new();
+            for subject in subject::for_filter(&filter) {
+                match client.subscribe(subject.clone()).await {
+                    Ok(subscriber) => relays.push(tokio::spawn(relay(
+                        subscriber,
+                        Some(via.clone()),
+                        router.clone(),
+                        broadcasts.clone(),
+                    ))),
+                    Err(e) => tracing::warn!(%filter, %subject, "cannot subscribe: {e}"),
+                }
+            }
+            held.insert(filter, relays);
+        }
+    }
+    for relay in held.into_values().flatten() {
+        relay.abort();
+    }
+}
+
+/// Hands each message of one NATS subscription to the router, in order. `via` is the
+/// filter the subscription stands for (`None`: the broadcasts' subject).
+pub(super) async fn relay(
+    mut subscriber: async_nats::Subscriber,
+    via: Option<Arc<str>>,
+    router: RouterHandle,
+    broadcasts: Arc<Semaphore>,
+) {
+    while let Some(received) = subscriber.next().await {
+        let message = match StoredMessage::decode(received.payload)
+            .map_err(|e| e.to_string())
+            .and_then(Message::from_stored)
+        {
+            Ok(message) => Arc::new(message),
+            Err(e) => {
+                tracing::warn!(subject = %received.subject, "dropped a message from another node: {e}");
+                continue;
+            }
+        };
+        // A broadcast's fan-out holds one of the broker's broadcast permits, as a local
+        // one does: a node receiving a flood of them fans out a bounded number at a time.
+        let permit = match via {
+            None => match broadcasts.clone().acquire_owned().await {
+                Ok(permit) => Some(permit),
+                Err(_) => break,
+            },
+            Some(_) => None,
+        };
+        if router
+            .publish_remote(&message, via.as_deref(), permit)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}

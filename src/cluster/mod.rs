@@ -1,0 +1,101 @@
+//! One tern node of several, on NATS JetStream (`[cluster] engine = "nats"`); nothing here
+//! runs with the default `engine = "none"`.
+//!
+//! A node joins by connecting to NATS as a client ([`join`]): there is no membership
+//! protocol of tern's own. Live traffic crosses nodes on core NATS subjects ([`live`],
+//! [`subject`]): the router forwards the plain messages and broadcasts it routes, and
+//! subscribes (through NATS) to what its clients' filters match, so NATS sends a node only
+//! what it has subscribers for. The router stays the one owner of local state and knows
+//! nothing of NATS: it talks to this module through plain data (`router::Peers`).
+
+mod join;
+mod live;
+mod subject;
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+
+pub(crate) use join::join;
+pub use join::JoinError;
+
+use crate::config::ClusterConfig;
+use crate::protocol::Message;
+use crate::router::{Interest, Peers, RouterHandle};
+
+/// A node's link to the others: the NATS client and the tasks that carry live traffic.
+pub(crate) struct Link {
+    client: async_nats::Client,
+    forward: mpsc::Receiver<Arc<Message>>,
+    interest: Arc<Interest>,
+}
+
+/// The running link's tasks.
+pub(crate) struct LinkTasks {
+    tasks: Vec<JoinHandle<()>>,
+    client: async_nats::Client,
+}
+
+impl Link {
+    /// Joins the cluster (see [`join`]) and returns the link with the router's side of it.
+    pub(crate) async fn join(config: &ClusterConfig) -> Result<(Link, Peers), JoinError> {
+        let client = join(config).await?;
+        let (forward_tx, forward) = mpsc::channel(config.client_capacity);
+        let interest = Arc::new(Interest::default());
+        let peers = Peers {
+            forward: forward_tx,
+            interest: interest.clone(),
+        };
+        Ok((
+            Link {
+                client,
+                forward,
+                interest,
+            },
+            peers,
+        ))
+    }
+
+    /// Starts carrying traffic for `router`. Broadcasts from other nodes take permits of
+    /// `broadcasts`, as local ones do.
+    pub(crate) async fn start(
+        self,
+        router: RouterHandle,
+        broadcasts: Arc<Semaphore>,
+    ) -> Result<LinkTasks, async_nats::SubscribeError> {
+        let Link {
+            client,
+            forward,
+            interest,
+        } = self;
+        let broadcast_subscriber = client.subscribe(subject::BROADCASTS).await?;
+        let tasks = vec![
+            tokio::spawn(live::forward(client.clone(), forward)),
+            tokio::spawn(live::follow_interest(
+                client.clone(),
+                interest,
+                router.clone(),
+                broadcasts.clone(),
+            )),
+            tokio::spawn(live::relay(broadcast_subscriber, None, router, broadcasts)),
+        ];
+        // The broadcasts' subscription is registered before the node takes clients.
+        if let Err(e) = client.flush().await {
+            tracing::warn!("cluster: flushing the first subscriptions: {e}");
+        }
+        Ok(LinkTasks { tasks, client })
+    }
+}
+
+impl LinkTasks {
+    /// Stops the link once the router has stopped: what is buffered is flushed first.
+    pub(crate) async fn stop(self) {
+        if let Err(e) = self.client.flush().await {
+            tracing::debug!("cluster: final flush: {e}");
+        }
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! MQTT topics and filters as NATS subjects, so that NATS itself carries a plain message
+//! only to the nodes that hold a matching subscription (interest-based routing).
+//!
+//! A topic `a/b` is the subject `tern.live.a.b`: one token per level. A token cannot hold
+//! `.`, whitespace, or be empty, and `*` / `>` are NATS's wildcards, so each level is
+//! escaped: those bytes (and `%`) become `%XX`, and an empty level is the lone token `%`
+//! (which no escaped level can be). A filter maps `+` to `*` and a trailing `#` to `>`,
+//! plus the parent subject, since MQTT's `a/#` matches `a` itself. NATS's matching is then
+//! a superset of MQTT's (it knows nothing of `$` topics): the receiving node matches the
+//! topic again with MQTT's rules before it delivers.
+
+use crate::im::topics::{BROADCAST, INBOX, SYNC, SYSTEM};
+
+/// Prefix of the subjects plain messages travel on.
+const LIVE: &str = "tern.live";
+
+/// The subject every node listens on for operators' broadcasts.
+pub(crate) const BROADCASTS: &str = "tern.broadcast";
+
+/// Longest subject a node publishes: NATS's control line (the subject, a reply and the
+/// sizes) is limited (4 KiB by default), and a topic this long is in any case unusual.
+pub(crate) const MAX_SUBJECT_LEN: usize = 2_048;
+
+/// The subject a plain message on `topic` is published to, or `None` if it would be
+/// longer than [`MAX_SUBJECT_LEN`].
+pub(crate) fn for_topic(topic: &str) -> Option<String> {
+    let mut subject = String::with_capacity(LIVE.len() + topic.len() + 1);
+    subject.push_str(LIVE);
+    for level in topic.split('/') {
+        subject.push('.');
+        push_level(&mut subject, level);
+    }
+    (subject.len() <= MAX_SUBJECT_LEN).then_some(subject)
+}
+
+/// The subjects a node subscribes to for a (non-shared, valid) MQTT filter: none for the
+/// namespaces no plain message crosses nodes on (`$SYS`, `$sync`, inboxes, chat and
+/// broadcast topics have their own paths) or when a subject would be too long; one
+/// subject, or two for a trailing `#` after at least one level.
+pub(crate) fn for_filter(filter: &str) -> Vec<String> {
+    let first = filter.split('/').next().unwrap_or_default();
+    if matches!(first, SYSTEM | SYNC | INBOX | BROADCAST | "dm" | "group") {
+        return Vec::new();
+    }
+    let mut subject = String::with_capacity(LIVE.len() + filter.len() + 1);
+    subject.push_str(LIVE);
+    let mut parent = None;
+    for level in filter.split('/') {
+        match level {
+            "+" => subject.push_str(".*"),
+            "#" => {
+                if subject.len() > LIVE.len() {
+                    parent = Some(subject.clone());
+                }
+                subject.push_str(".>");
+            }
+            level => {
+                subject.push('.');
+                push_level(&mut subject, level);
+            }
+        }
+    }
+    if subject.len() > MAX_SUBJECT_LEN {
+        return Vec::new();
+    }
+    parent.into_iter().chain([subject]).collect()
+}
+
+fn push_level(subject: &mut String, level: &str) {
+    if level.is_empty() {
+        subject.push('%');
+        return;
+    }
+    for c in level.chars() {
+        match c {
+            '.' | '*' | '>' | '%' => push_escaped(subject, c as u8),
+            c if c.is_ascii_whitespace() || c.is_ascii_control() => push_escaped(subject, c as u8),
+            c => subject.push(c),
+        }
+    }
+}
+
+fn push_escaped(subject: &mut String, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    subject.push('%');
+    subject.push(char::from(HEX[usize::from(byte >> 4)]));
+    subject.push(char::from(HEX[usize::from(byte & 0xF)]));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topic_is_one_escaped_token_per_level() {
+        assert_eq!(for_topic("a/b").as_deref(), Some("tern.live.a.b"));
+        assert_eq!(
+            for_topic("a.b/c d").as_deref(),
+            Some("tern.live.a%2Eb.c%20d")
+        );
+        assert_eq!(for_topic("/x/").as_deref(), Some("tern.live.%.x.%"));
+        assert_eq!(for_topic("*/>/%").as_deref(), Some("tern.live.%2A.%3E.%25"));
+        assert_eq!(
+            for_topic("温度/室内").as_deref(),
+            Some("tern.live.温度.室内")
+        );
+        assert_eq!(for_topic(&"x".repeat(MAX_SUBJECT_LEN)), None);
+    }
+
+    #[test]
+    fn a_filter_maps_wildcards_and_covers_the_parent_of_a_hash() {
+        assert_eq!(for_filter("a/+/c"), ["tern.live.a.*.c"]);
+        assert_eq!(for_filter("a/#"), ["tern.live.a", "tern.live.a.>"]);
+        assert_eq!(for_filter("#"), ["tern.live.>"]);
+        assert_eq!(for_filter("+/#"), ["tern.live.*", "tern.live.*.>"]);
+        assert_eq!(for_filter("a./b"), ["tern.live.a%2E.b"]);
+    }
+
+    #[test]
+    fn namespaces_with_their_own_paths_take_no_interest() {
+        for filter in [
+            "$SYS/#",
+            "inbox/alice/#",
+            "broadcast/+",
+            "$sync",
+            "dm/bob",
+            "group/#",
+        ] {
+            assert!(for_filter(filter).is_empty(), "{filter}");
+        }
+    }
+
+    /// Escaping keeps different topics apart: no two levels share a token.
+    #[test]
+    fn distinct_levels_are_distinct_tokens() {
+        let levels = ["", "%", "%25", ".", "%2E", "a b", "a%20b", "*", ">"];
+        let tokens: std::collections::HashSet<_> =
+            levels.iter().map(|l| for_topic(l).unwrap()).collect();
+        assert_eq!(tokens.len(), levels.len());
+    }
+}

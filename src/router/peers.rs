@@ -1,0 +1,53 @@
+//! What the router of a cluster node hands to the other nodes, as plain data: the messages
+//! they route too ([`Outcome::forward`](super::Outcome)), and which filters this node's
+//! subscriptions hold, so that they send it only what matches (its *interest*). The cluster
+//! link (`crate::cluster`) takes both from here and carries them over NATS; the router
+//! knows nothing of NATS.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rustc_hash::FxHashMap;
+use tokio::sync::{mpsc, Notify};
+
+use super::subscriptions::InterestChange;
+use crate::protocol::Message;
+
+/// The router's side of the link to the other nodes.
+pub(crate) struct Peers {
+    /// Bounded: a publisher waits (outside the router's lock) when the link falls behind.
+    pub(crate) forward: mpsc::Sender<Arc<Message>>,
+    pub(crate) interest: Arc<Interest>,
+}
+
+/// The filters whose interest changed since the link last looked: the latest state of
+/// each (a filter added and removed in between is one entry), so its size is bounded by
+/// the number of distinct filters, whatever the churn.
+#[derive(Default)]
+pub(crate) struct Interest {
+    changed: Mutex<FxHashMap<Box<str>, bool>>,
+    notify: Notify,
+}
+
+impl Interest {
+    /// Called with the router locked, so changes are recorded in the router's order.
+    pub(super) fn record(&self, changes: Vec<InterestChange>) {
+        let mut changed = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
+        for change in changes {
+            changed.insert(change.filter, change.held);
+        }
+        drop(changed);
+        self.notify.notify_one();
+    }
+
+    /// Waits for changes and takes them: (filter, whether some subscription holds it).
+    pub(crate) async fn next(&self) -> Vec<(Box<str>, bool)> {
+        loop {
+            let taken =
+                std::mem::take(&mut *self.changed.lock().unwrap_or_else(PoisonError::into_inner));
+            if !taken.is_empty() {
+                return taken.into_iter().collect();
+            }
+            self.notify.notified().await;
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The router as one node of a cluster, without NATS: what it forwards, the interest it
+//! reports, and how it delivers a message another node routed.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tern_codec::QoS;
+use tern_storage::MemoryStore;
+use tokio::sync::mpsc;
+
+use super::{limits, message, payloads, start, start_node};
+use crate::router::{Interest, Peers, RouterLimits};
+
+fn node() -> (
+    super::Harness,
+    mpsc::Receiver<Arc<crate::protocol::Message>>,
+    Arc<Interest>,
+) {
+    let (forward, forwarded) = mpsc::channel(16);
+    let interest = Arc::new(Interest::default());
+    let peers = Peers {
+        forward,
+        interest: interest.clone(),
+    };
+    let limits = RouterLimits {
+        cluster: true,
+        ..limits()
+    };
+    let h = start_node(limits, Arc::new(MemoryStore::new()), Some(peers));
+    (h, forwarded, interest)
+}
+
+#[tokio::test]
+async fn plain_messages_and_broadcasts_are_forwarded_chat_and_sys_are_not() {
+    let (h, mut forwarded, _) = node();
+    for topic in ["sensors/1", "broadcast/news"] {
+        let (_, durable) = h
+            .router
+            .publish(&message(topic, QoS::AtLeastOnce, false, b"x"), None, true)
+            .await
+            .expect("router");
+        durable.await.expect("durable");
+        assert_eq!(&*forwarded.try_recv().expect("forwarded").topic, topic);
+    }
+    let refused = h
+        .router
+        .publish(
+            &message("$SYS/x", QoS::AtMostOnce, false, b"x"),
+            None,
+            false,
+        )
+        .await
+        .expect("router")
+        .0;
+    assert!(refused.refused.is_some());
+    assert!(forwarded.try_recv().is_err(), "$SYS stays on its node");
+}
+
+#[tokio::test]
+async fn a_forwarded_message_counts_as_matched_without_local_subscribers() {
+    let (h, _forwarded, _) = node();
+    let (routed, _) = h
+        .router
+        .publish(
+            &message("nobody/here", QoS::AtLeastOnce, false, b"x"),
+            None,
+            true,
+        )
+        .await
+        .expect("router");
+    assert!(routed.matched, "another node may have subscribers");
+}
+
+#[tokio::test]
+async fn interest_follows_the_first_and_last_subscription_of_each_filter() {
+    let (h, _forwarded, interest) = node();
+    let one = h.connect("u1", "one", true, 0).await;
+    let two = h.connect("u2", "two", true, 0).await;
+    h.subscribe(&one, "a/#", QoS::AtMostOnce).await;
+    h.subscribe(&two, "a/#", QoS::AtMostOnce).await;
+    h.subscribe(&two, "$share/g/b/+", QoS::AtMostOnce).await;
+    let mut changes = interest.next().await;
+    changes.sort();
+    assert_eq!(changes, [("a/#".into(), true), ("b/+".into(), true)]);
+    // The second subscriber leaving keeps the filter; the last one drops it.
+    h.detach(two).await;
+    let changes = interest.next().await;
+    assert_eq!(changes, [("b/+".into(), false)]);
+    h.detach(one).await;
+    assert_eq!(interest.next().await, [("a/#".into(), false)]);
+}
+
+#[tokio::test]
+async fn a_remote_message_is_delivered_once_through_its_smallest_matching_filter() {
+    let h = start();
+    let mut one = h.connect("u1", "one", true, 0).await;
+    h.subscribe(&one, "a/+", QoS::AtLeastOnce).await;
+    let mut two = h.connect("u2", "two", true, 0).await;
+    h.subscribe(&two, "a/#", QoS::AtLeastOnce).await;
+    h.subscribe(&two, "a/b", QoS::AtLeastOnce).await;
+    let m = message("a/b", QoS::AtLeastOnce, false, b"r");
+    // The copies NATS hands over for the other matching filters, and a stale one.
+    for via in ["a/+", "a/b", "x/#"] {
+        h.router
+            .publish_remote(&m, Some(via), None)
+            .await
+            .expect("router");
+    }
+    assert!(payloads(&mut one.mailbox).is_empty());
+    assert!(payloads(&mut two.mailbox).is_empty());
+    h.router
+        .publish_remote(&m, Some("a/#"), None)
+        .await
+        .expect("router");
+    assert_eq!(payloads(&mut one.mailbox), [Bytes::from_static(b"r")]);
+    assert_eq!(payloads(&mut two.mailbox), [Bytes::from_static(b"r")]);
+}
