@@ -18,7 +18,7 @@ use tern_storage::{RocksStore, Store, SyncPolicy, Writer};
 use tokio::sync::{watch, Semaphore};
 
 use crate::admin::http::{AdminError, AdminServer};
-pub use crate::cluster::JoinError;
+pub use crate::cluster::{JoinError, LinkError, RetainedError};
 use crate::cluster::{Link, LinkTasks};
 use crate::config::{Config, ListenerKind, SyncMode};
 use crate::connection::{Accepted, ConnectionLimits, Context};
@@ -45,8 +45,8 @@ pub enum ServerError {
     Admin(#[from] AdminError),
     #[error("cluster: {0}")]
     Cluster(#[from] JoinError),
-    #[error("cluster: cannot subscribe to the other nodes' broadcasts: {0}")]
-    ClusterLink(async_nats::SubscribeError),
+    #[error("cluster: {0}")]
+    ClusterLink(#[from] LinkError),
 }
 
 pub struct Server {

@@ -111,7 +111,7 @@ impl NatsServer {
 
     /// The server's open client connections (`/connz`), as JSON.
     pub async fn connections(&self) -> serde_json::Value {
-        self.connz("subs=1").await
+        self.connz("subs=detail").await
     }
 
     /// How many client connections the server has seen close.
@@ -121,16 +121,33 @@ impl NatsServer {
             .unwrap_or(0)
     }
 
+    /// Messages the JetStream stream `name` holds now (0 if it does not exist yet).
+    pub async fn stream_messages(&self, name: &str) -> u64 {
+        let jsz = self.monitoring("jsz?streams=true").await;
+        jsz["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten())
+            .find(|stream| stream["name"] == name)
+            .and_then(|stream| stream["state"]["messages"].as_u64())
+            .unwrap_or(0)
+    }
+
     async fn connz(&self, query: &str) -> serde_json::Value {
-        let url = format!("http://127.0.0.1:{}/connz?{query}", self.monitor);
+        self.monitoring(&format!("connz?{query}")).await
+    }
+
+    async fn monitoring(&self, path: &str) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}/{path}", self.monitor);
         tokio::task::spawn_blocking(move || {
             let body = ureq::get(&url)
                 .call()
-                .expect("GET /connz")
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"))
                 .body_mut()
                 .read_to_string()
-                .expect("read /connz");
-            serde_json::from_str(&body).expect("/connz is JSON")
+                .expect("read the monitoring answer");
+            serde_json::from_str(&body).expect("monitoring answers JSON")
         })
         .await
         .expect("monitoring request")

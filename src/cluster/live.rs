@@ -16,14 +16,17 @@ use tern_storage::StoredMessage;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::retained::RetainedLog;
 use super::subject;
 use crate::im::topics::is_broadcast;
 use crate::protocol::Message;
 use crate::router::{Interest, RouterHandle};
 
-/// Publishes what the router forwards, until the router is gone.
+/// Publishes what the router forwards, until the router is gone; retained messages also
+/// go to the retained messages' stream.
 pub(super) async fn forward(
     client: async_nats::Client,
+    retained: RetainedLog,
     mut messages: mpsc::Receiver<Arc<Message>>,
 ) {
     while let Some(message) = messages.recv().await {
@@ -39,14 +42,17 @@ pub(super) async fn forward(
             }
         };
         let record = match message.to_stored().encode() {
-            Ok(record) => record,
+            Ok(record) => bytes::Bytes::from(record),
             Err(e) => {
                 tracing::warn!(topic = %message.topic, "message not forwarded: {e}");
                 continue;
             }
         };
+        if message.retain && !is_broadcast(&message.topic) {
+            retained.append(&message.topic, record.clone()).await;
+        }
         // Waits while the client's buffer is full: the forwarding publishers wait with it.
-        if let Err(e) = client.publish(subject, record.into()).await {
+        if let Err(e) = client.publish(subject, record).await {
             tracing::warn!(topic = %message.topic, "message not forwarded to the other nodes: {e}");
         }
     }

@@ -5,11 +5,13 @@
 //! protocol of tern's own. Live traffic crosses nodes on core NATS subjects ([`live`],
 //! [`subject`]): the router forwards the plain messages and broadcasts it routes, and
 //! subscribes (through NATS) to what its clients' filters match, so NATS sends a node only
-//! what it has subscribers for. The router stays the one owner of local state and knows
+//! what it has subscribers for. Retained messages live in a JetStream stream every node
+//! follows ([`retained`]). The router stays the one owner of local state and knows
 //! nothing of NATS: it talks to this module through plain data (`router::Peers`).
 
 mod join;
 mod live;
+mod retained;
 mod subject;
 
 use std::sync::Arc;
@@ -19,6 +21,16 @@ use tokio::task::JoinHandle;
 
 pub(crate) use join::join;
 pub use join::JoinError;
+pub use retained::RetainedError;
+
+/// Why a node that joined could not start carrying traffic.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot subscribe to the other nodes' broadcasts: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    #[error(transparent)]
+    Retained(#[from] RetainedError),
+}
 
 use crate::config::ClusterConfig;
 use crate::protocol::Message;
@@ -27,6 +39,7 @@ use crate::router::{Interest, Peers, RouterHandle};
 /// A node's link to the others: the NATS client and the tasks that carry live traffic.
 pub(crate) struct Link {
     client: async_nats::Client,
+    replicas: usize,
     forward: mpsc::Receiver<Arc<Message>>,
     interest: Arc<Interest>,
 }
@@ -50,6 +63,7 @@ impl Link {
         Ok((
             Link {
                 client,
+                replicas: config.replicas,
                 forward,
                 interest,
             },
@@ -57,21 +71,27 @@ impl Link {
         ))
     }
 
-    /// Starts carrying traffic for `router`. Broadcasts from other nodes take permits of
-    /// `broadcasts`, as local ones do.
+    /// Starts carrying traffic for `router`, once the cluster's retained messages are in
+    /// its store. Broadcasts from other nodes take permits of `broadcasts`, as local ones
+    /// do.
     pub(crate) async fn start(
         self,
         router: RouterHandle,
         broadcasts: Arc<Semaphore>,
-    ) -> Result<LinkTasks, async_nats::SubscribeError> {
+    ) -> Result<LinkTasks, LinkError> {
         let Link {
             client,
+            replicas,
             forward,
             interest,
         } = self;
+        let (retained_log, retained_stream) =
+            retained::RetainedLog::open(&client, replicas).await?;
+        let follow_retained = retained::follow(&retained_stream, router.clone()).await?;
         let broadcast_subscriber = client.subscribe(subject::BROADCASTS).await?;
         let tasks = vec![
-            tokio::spawn(live::forward(client.clone(), forward)),
+            follow_retained,
+            tokio::spawn(live::forward(client.clone(), retained_log, forward)),
             tokio::spawn(live::follow_interest(
                 client.clone(),
                 interest,

@@ -14,6 +14,9 @@ use crate::im::topics::{BROADCAST, INBOX, SYNC, SYSTEM};
 /// Prefix of the subjects plain messages travel on.
 const LIVE: &str = "tern.live";
 
+/// Prefix of the subjects of the retained messages' stream.
+pub(crate) const RETAINED: &str = "tern.retained";
+
 /// The subject every node listens on for operators' broadcasts.
 pub(crate) const BROADCASTS: &str = "tern.broadcast";
 
@@ -24,8 +27,17 @@ pub(crate) const MAX_SUBJECT_LEN: usize = 2_048;
 /// The subject a plain message on `topic` is published to, or `None` if it would be
 /// longer than [`MAX_SUBJECT_LEN`].
 pub(crate) fn for_topic(topic: &str) -> Option<String> {
-    let mut subject = String::with_capacity(LIVE.len() + topic.len() + 1);
-    subject.push_str(LIVE);
+    under(LIVE, topic)
+}
+
+/// The subject of `topic`'s retained message in the retained messages' stream.
+pub(crate) fn retained(topic: &str) -> Option<String> {
+    under(RETAINED, topic)
+}
+
+fn under(prefix: &str, topic: &str) -> Option<String> {
+    let mut subject = String::with_capacity(prefix.len() + topic.len() + 1);
+    subject.push_str(prefix);
     for level in topic.split('/') {
         subject.push('.');
         push_level(&mut subject, level);
@@ -105,6 +117,7 @@ mod tests {
             Some("tern.live.温度.室内")
         );
         assert_eq!(for_topic(&"x".repeat(MAX_SUBJECT_LEN)), None);
+        assert_eq!(retained("a/b").as_deref(), Some("tern.retained.a.b"));
     }
 
     #[test]

@@ -295,6 +295,17 @@ impl RouterHandle {
         Ok(())
     }
 
+    /// A retained message from the cluster's retained stream (see
+    /// `Router::retain_remote`).
+    pub(crate) async fn retain_remote(&self, message: Arc<Message>) -> Result<(), RouterGone> {
+        let ((), _) = self
+            .execute(Writes::Detached, |router, out| {
+                router.retain_remote(&message, out)
+            })
+            .await?;
+        Ok(())
+    }
+
     /// An operator's broadcast, holding `permit` (one of [`MAX_BROADCASTS_IN_FLIGHT`])
     /// until its fan-out ends.
     pub async fn broadcast(

@@ -106,6 +106,14 @@ impl Router {
         self.limits.cluster
     }
 
+    /// A retained message as the cluster's retained stream has it (see
+    /// `cluster/retained.rs`): into the retained store, delivered to no one.
+    pub(crate) fn retain_remote(&mut self, message: &Arc<Message>, out: &mut Outcome) {
+        if !is_system(&message.topic) {
+            self.retain(message, out);
+        }
+    }
+
     /// A plain message or a broadcast that another node routed, which reached this node
     /// through its subscription to `via` (the filter, for a plain message).
     ///
