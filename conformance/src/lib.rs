@@ -22,6 +22,24 @@ use tokio::sync::oneshot;
 /// How long a test waits for any one expected event before failing.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Looks at `check` every 20 ms until it holds, failing the test (naming `what`) if it
+/// does not within [`EVENT_TIMEOUT`]: for state a test can only look at, such as another
+/// server's counters, rather than be told of.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {EVENT_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A config for tests: free ports on 127.0.0.1 (MQTT and the admin API) and the given data
 /// directory.
 pub fn test_config(data_dir: &Path) -> Config {

@@ -9,7 +9,7 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tern::config::{ClusterEngine, Config};
 use tern_codec::Protocol;
 use tern_conformance::nats::{NatsOptions, NatsServer};
-use tern_conformance::{v4_options, Broker, RawClient, EVENT_TIMEOUT};
+use tern_conformance::{eventually, v4_options, Broker, RawClient, EVENT_TIMEOUT};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -185,18 +185,11 @@ async fn an_unsubscribed_filter_stops_the_traffic_to_its_node() {
     until_routed(&publish, "feed/1", &mut [&mut rx]).await;
     sub.unsubscribe("feed/#").await.expect("queue UNSUBSCRIBE");
     // Once NATS has dropped b's interest, b's connection stops receiving.
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    loop {
-        let connz = nats.connections().await;
-        if live_subjects(connection(&connz, "b")) == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "interest not dropped: {connz}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let nats = &nats;
+    eventually("b's interest in feed/# dropped", || async move {
+        live_subjects(connection(&nats.connections().await, "b")) == 0
+    })
+    .await;
     // 20 more from one connection of a, then a broadcast marker from the same one: a
     // forwards them in that order over its one NATS connection, so once b has the marker
     // any of the 20 that reached b would have come before it.
@@ -318,14 +311,11 @@ async fn a_node_takes_no_client_until_it_has_joined_nats_with_jetstream() {
         without_jetstream: true,
     })
     .await;
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    while plain.closed_connections().await == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the node tried NATS without JetStream"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let seen = &plain;
+    eventually("the node tried NATS without JetStream", || async move {
+        seen.closed_connections().await > 0
+    })
+    .await;
     assert!(!starting.is_finished(), "no JetStream: still waiting");
     assert!(tokio::net::TcpStream::connect(mqtt_addr).await.is_err());
     plain.kill().await;
@@ -366,31 +356,26 @@ async fn retained_messages_are_cluster_wide_even_for_a_node_that_joins_later() {
     let (mut device, _) = RawClient::open_ok(a.addr, Protocol::V311, "door", true, |_| {}).await;
     device.publish_qos1(1, "status/door", b"open", true).await;
     // In the cluster's retained stream (appended after the PUBACK, by the node's link).
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    while nats.stream_messages("TERN_RETAINED").await < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "retained message in the stream"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let stream = &nats;
+    eventually("the retained message in the stream", || async move {
+        stream.stream_messages("TERN_RETAINED").await >= 1
+    })
+    .await;
     // A node that joins now has it before it takes its first client.
     let b = node(&nats, "b").await;
     assert_eq!(retained_on(&b, "status/#").await.as_deref(), Some("open"));
     // Replaced on b, then deleted on b (empty payload): a reaches the same state.
     let (mut other, _) = RawClient::open_ok(b.addr, Protocol::V311, "door-2", true, |_| {}).await;
     other.publish_qos1(1, "status/door", b"closed", true).await;
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    while retained_on(&a, "status/door").await.as_deref() != Some("closed") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "replacement reached a"
-        );
-    }
+    let on_a = &a;
+    eventually("the replacement reached a", || async move {
+        retained_on(on_a, "status/door").await.as_deref() == Some("closed")
+    })
+    .await;
     other.publish_qos1(2, "status/door", b"", true).await;
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    while retained_on(&a, "status/door").await.is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "deletion reached a");
-    }
+    eventually("the deletion reached a", || async move {
+        retained_on(on_a, "status/door").await.is_none()
+    })
+    .await;
     assert_eq!(retained_on(&b, "status/door").await, None);
 }

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use tern_storage::StoredMessage;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -30,7 +29,8 @@ pub(super) async fn forward(
     mut messages: mpsc::Receiver<Arc<Message>>,
 ) {
     while let Some(message) = messages.recv().await {
-        let subject = if is_broadcast(&message.topic) {
+        let broadcast = is_broadcast(&message.topic);
+        let subject = if broadcast {
             subject::BROADCASTS.to_string()
         } else {
             match subject::for_topic(&message.topic) {
@@ -41,14 +41,14 @@ pub(super) async fn forward(
                 }
             }
         };
-        let record = match message.to_stored().encode() {
-            Ok(record) => bytes::Bytes::from(record),
+        let record = match super::encode(&message) {
+            Ok(record) => record,
             Err(e) => {
                 tracing::warn!(topic = %message.topic, "message not forwarded: {e}");
                 continue;
             }
         };
-        if message.retain && !is_broadcast(&message.topic) {
+        if message.retain && !broadcast {
             retained.append(&message.topic, record.clone()).await;
         }
         // Waits while the client's buffer is full: the forwarding publishers wait with it.
@@ -113,10 +113,7 @@ pub(super) async fn relay(
     broadcasts: Arc<Semaphore>,
 ) {
     while let Some(received) = subscriber.next().await {
-        let message = match StoredMessage::decode(received.payload)
-            .map_err(|e| e.to_string())
-            .and_then(Message::from_stored)
-        {
+        let message = match super::decode(received.payload) {
             Ok(message) => Arc::new(message),
             Err(e) => {
                 tracing::warn!(subject = %received.subject, "dropped a message from another node: {e}");

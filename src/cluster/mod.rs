@@ -16,12 +16,18 @@ mod subject;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use tern_storage::StoredMessage;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 pub(crate) use join::join;
 pub use join::JoinError;
 pub use retained::RetainedError;
+
+use crate::config::ClusterConfig;
+use crate::protocol::Message;
+use crate::router::{Interest, Peers, RouterHandle};
 
 /// Why a node that joined could not start carrying traffic.
 #[derive(Debug, thiserror::Error)]
@@ -31,10 +37,6 @@ pub enum LinkError {
     #[error(transparent)]
     Retained(#[from] RetainedError),
 }
-
-use crate::config::ClusterConfig;
-use crate::protocol::Message;
-use crate::router::{Interest, Peers, RouterHandle};
 
 /// A node's link to the others: the NATS client and the tasks that carry live traffic.
 pub(crate) struct Link {
@@ -118,4 +120,17 @@ impl LinkTasks {
             task.abort();
         }
     }
+}
+
+/// A message as nodes pass it to each other (live, and in the retained stream): its
+/// storage record, one versioned format for both.
+fn encode(message: &Message) -> Result<Bytes, tern_storage::StorageError> {
+    message.to_stored().encode().map(Bytes::from)
+}
+
+/// What [`encode`] made, or what is wrong with it.
+fn decode(record: Bytes) -> Result<Message, String> {
+    StoredMessage::decode(record)
+        .map_err(|e| e.to_string())
+        .and_then(Message::from_stored)
 }

@@ -14,11 +14,9 @@ use std::sync::Arc;
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
-use tern_storage::StoredMessage;
 use tokio::sync::Semaphore;
 
 use super::subject;
-use crate::protocol::Message;
 use crate::router::RouterHandle;
 
 const STREAM: &str = "TERN_RETAINED";
@@ -108,10 +106,9 @@ pub(super) async fn follow(
             ..Default::default()
         })
         .await?;
-    let pending = consumer.cached_info().num_pending;
-    let mut messages = consumer.messages().await?;
     // What the stream holds now, before the node takes clients.
-    let mut left = pending;
+    let mut left = consumer.cached_info().num_pending;
+    let mut messages = consumer.messages().await?;
     while left > 0 {
         let Some(message) = messages.next().await else {
             break;
@@ -131,10 +128,7 @@ pub(super) async fn follow(
 }
 
 async fn apply(router: &RouterHandle, message: &jetstream::Message) {
-    let decoded = StoredMessage::decode(message.payload.clone())
-        .map_err(|e| e.to_string())
-        .and_then(Message::from_stored);
-    match decoded {
+    match super::decode(message.payload.clone()) {
         Ok(retained) => {
             let _ = router.retain_remote(Arc::new(retained)).await;
         }
