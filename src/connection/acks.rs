@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use tern_codec::{QoS, ReasonCode};
 use tern_storage::{Durable, StorageError};
 
+use crate::protocol::close::NOT_STORED;
 use crate::router::Routed;
 
 /// One acknowledgement: which packet, and what its reason code waits on.
@@ -117,7 +118,7 @@ fn poll_state<D: Future<Output = Result<(), StorageError>> + Unpin>(
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(e)) => {
                 tracing::error!("durable write failed, publish refused: {e}");
-                Poll::Ready(ReasonCode::ImplementationSpecificError)
+                Poll::Ready(NOT_STORED)
             }
             Poll::Ready(Ok(())) if *matched => Poll::Ready(ReasonCode::Success),
             Poll::Ready(Ok(())) => Poll::Ready(ReasonCode::NoMatchingSubscribers),

@@ -66,6 +66,8 @@ pub(crate) struct Context {
     /// When the broker started: connections keep their times as ms since then.
     pub(crate) started: Instant,
     pub(crate) limits: ConnectionLimits,
+    /// The users' inbox logs, when they live in the cluster rather than in storage.
+    pub(crate) inbox: Option<crate::cluster::InboxReader>,
 }
 
 /// What the configuration allows every connection, built once.
@@ -487,7 +489,7 @@ impl Connection {
                     }
                 }
                 Event::AcksDone => {
-                    if self.acks_done() && Box::pin(self.take_input()).await? {
+                    if self.acks_done()? && Box::pin(self.take_input()).await? {
                         return Ok(Stop::Disconnected);
                     }
                 }
@@ -532,7 +534,7 @@ impl Connection {
         if !self.buffers().acks.is_empty() {
             let buffers = self.buffers();
             buffers.acks.take_ready(&mut buffers.acks_done);
-            if self.acks_done() && self.take_input().await? {
+            if self.acks_done()? && self.take_input().await? {
                 return Ok(Progress::Disconnected);
             }
         }
@@ -557,16 +559,18 @@ impl Connection {
 
     /// Hands the acknowledgements taken from `acks` to the session. Returns true when that
     /// reopened its inbound window: the read buffer may hold publishes to decode now.
-    fn acks_done(&mut self) -> bool {
+    fn acks_done(&mut self) -> Result<bool, ConnectionError> {
         if self.buffers().acks_done.is_empty() {
-            return false;
+            return Ok(false);
         }
         let was_full = self.session.inbound_full();
         let buffers: &mut Buffers = self.buffers.get_or_insert_with(Box::default);
         for (packet_id, qos, reason) in buffers.acks_done.drain(..) {
-            self.session.publish_done(packet_id, qos, reason);
+            self.session
+                .publish_done(packet_id, qos, reason)
+                .map_err(ConnectionError::Closed)?;
         }
-        was_full
+        Ok(was_full)
     }
 }
 

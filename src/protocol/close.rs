@@ -7,6 +7,9 @@ use std::borrow::Cow;
 
 use tern_codec::ReasonCode;
 
+/// The answer to a publish the broker could not store (MQTT 5: in its PUBACK / PUBREC).
+pub(crate) const NOT_STORED: ReasonCode = ReasonCode::ImplementationSpecificError;
+
 /// Why the broker closes a connection: the DISCONNECT reason code (sent to MQTT 5 clients
 /// only) and a reason string for the client and the log.
 #[derive(Debug, Clone, PartialEq, Eq)]

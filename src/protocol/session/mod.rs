@@ -22,9 +22,10 @@ use tern_codec::{
     ByteString, Disconnect, Packet, Properties, Protocol, PubResponse, Publish, QoS, ReasonCode,
 };
 
+use crate::protocol::close::NOT_STORED;
 use crate::protocol::in_flight::InFlightWindow;
 use crate::protocol::outgoing::{OutboundPublish, Transmit};
-use crate::protocol::{Delivery, Message, SessionId, Violation};
+use crate::protocol::{Close, Delivery, Message, SessionId, Violation};
 
 /// How far past the oldest unacknowledged message the window's packet IDs may reach, in
 /// multiples of the client's Receive Maximum. Acknowledgements come in order, so the span
@@ -587,10 +588,24 @@ impl Session {
     }
 
     /// The broker routed an inbound QoS > 0 publish (and made it durable where needed).
-    pub fn publish_done(&mut self, packet_id: u16, qos: QoS, reason: ReasonCode) {
+    ///
+    /// A 3.1.1 acknowledgement carries no reason: a refused message is acknowledged all
+    /// the same (and dropped), but one the broker could not store is not acknowledged at
+    /// all; the connection is closed instead, so that the client sends it again.
+    pub fn publish_done(
+        &mut self,
+        packet_id: u16,
+        qos: QoS,
+        reason: ReasonCode,
+    ) -> Result<(), Close> {
         let reason = match self.params.protocol {
             Protocol::V5 => reason,
-            // 3.1.1 acknowledgements carry no reason.
+            Protocol::V311 if reason == NOT_STORED && qos != QoS::AtMostOnce => {
+                return Err(Close::new(
+                    NOT_STORED,
+                    "a message could not be stored, which a 3.1.1 PUBACK cannot say",
+                ));
+            }
             Protocol::V311 => ReasonCode::Success,
         };
         match qos {
@@ -610,6 +625,7 @@ impl Session {
                 self.transmit_packet(Packet::PubRec(PubResponse::with_reason(packet_id, reason)));
             }
         }
+        Ok(())
     }
 
     fn handle_pubrel(&mut self, rel: PubResponse) {

@@ -69,7 +69,8 @@ fn qos2_inbound_resend_is_not_routed_twice() {
     s.handle_packet(Packet::Publish(dup.clone()), 0).unwrap();
     assert!(effects(&mut s).is_empty());
     assert!(drain(&mut s).is_empty());
-    s.publish_done(7, QoS::ExactlyOnce, ReasonCode::Success);
+    s.publish_done(7, QoS::ExactlyOnce, ReasonCode::Success)
+        .expect("acknowledged");
     assert!(matches!(drain(&mut s)[..], [Packet::PubRec(ref r)] if r.packet_id == 7));
     // Resent after PUBREC: PUBREC again, still not routed.
     s.handle_packet(Packet::Publish(dup), 0).unwrap();
@@ -103,6 +104,29 @@ fn receive_maximum_exceeded_closes() {
     assert_eq!(err.code(), ReasonCode::ReceiveMaximumExceeded);
 }
 
+/// MQTT 3.1.1 has no way to say "not stored" in a PUBACK: the connection is closed without
+/// one, so the client sends the message again; a v5 client is told 0x80.
+#[test]
+fn a_message_not_stored_is_never_acknowledged_as_stored() {
+    let mut s = Session::new(params(Protocol::V311));
+    s.handle_packet(Packet::Publish(publish("a", QoS::AtLeastOnce, 1)), 0)
+        .unwrap();
+    let close = s
+        .publish_done(1, QoS::AtLeastOnce, ReasonCode::ImplementationSpecificError)
+        .expect_err("closed");
+    assert_eq!(close.code, ReasonCode::ImplementationSpecificError);
+    assert!(drain(&mut s).is_empty(), "no PUBACK");
+    let mut s = Session::new(params(Protocol::V5));
+    s.handle_packet(Packet::Publish(publish("a", QoS::AtLeastOnce, 1)), 0)
+        .unwrap();
+    s.publish_done(1, QoS::AtLeastOnce, ReasonCode::ImplementationSpecificError)
+        .expect("answered");
+    assert!(matches!(
+        drain(&mut s)[..],
+        [Packet::PubAck(ref a)] if a.reason == ReasonCode::ImplementationSpecificError
+    ));
+}
+
 #[test]
 fn v311_inbound_window_is_backpressure_not_a_close() {
     let mut s = Session::new(params(Protocol::V311));
@@ -111,8 +135,10 @@ fn v311_inbound_window_is_backpressure_not_a_close() {
             .unwrap();
     }
     assert!(s.inbound_full());
-    s.publish_done(1, QoS::AtLeastOnce, ReasonCode::Success);
-    s.publish_done(2, QoS::AtLeastOnce, ReasonCode::Success);
+    s.publish_done(1, QoS::AtLeastOnce, ReasonCode::Success)
+        .expect("acknowledged");
+    s.publish_done(2, QoS::AtLeastOnce, ReasonCode::Success)
+        .expect("acknowledged");
     assert!(!s.inbound_full());
 }
 

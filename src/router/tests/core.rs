@@ -75,7 +75,10 @@ impl Pair {
                     } else {
                         ReasonCode::NoMatchingSubscribers
                     });
-                    self.publisher.session.publish_done(packet_id, qos, reason);
+                    self.publisher
+                        .session
+                        .publish_done(packet_id, qos, reason)
+                        .expect("acknowledged");
                     acked = Some(reason);
                 }
             }
