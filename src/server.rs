@@ -18,7 +18,7 @@ use tern_storage::{RocksStore, Store, SyncPolicy, Writer};
 use tokio::sync::{watch, Semaphore};
 
 use crate::admin::http::{AdminError, AdminServer};
-pub use crate::cluster::{JoinError, LinkError, RetainedError};
+pub use crate::cluster::{InboxError, JoinError, LinkError, RetainedError};
 use crate::cluster::{Link, LinkTasks};
 use crate::config::{Config, ListenerKind, SyncMode};
 use crate::connection::{Accepted, ConnectionLimits, Context};
@@ -116,7 +116,10 @@ impl Server {
         let (router, router_task) = RouterHandle::start(router, writer.clone(), peers);
         let broadcasts = Arc::new(Semaphore::new(crate::router::MAX_BROADCASTS_IN_FLIGHT));
         let link = match link {
-            Some(link) => match link.start(router.clone(), broadcasts.clone()).await {
+            Some(link) => match link
+                .start(router.clone(), broadcasts.clone(), &config.im)
+                .await
+            {
                 Ok(tasks) => Some(tasks),
                 Err(e) => {
                     abandon(&router, router_task, &writer).await;
@@ -171,6 +174,7 @@ impl Server {
                 lot,
                 started: tokio::time::Instant::now(),
                 limits,
+                inbox: link.as_ref().map(LinkTasks::inbox),
             }),
             router_task,
             admin,

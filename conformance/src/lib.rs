@@ -4,6 +4,7 @@
 //!
 //! Every test gets its own port and data directory, so tests run in parallel.
 
+pub mod chat;
 pub mod exit;
 pub mod nats;
 pub mod process;

@@ -45,6 +45,15 @@ pub struct NatsOptions {
     pub without_jetstream: bool,
 }
 
+/// Makes `config` a node named `node` of the cluster on the NATS server at `nats_url`.
+pub fn join(config: &mut tern::config::Config, node: &str, nats_url: &str) {
+    config.cluster.engine = tern::config::ClusterEngine::Nats;
+    config.cluster.node_id = node.to_string();
+    config.cluster.nats_urls = vec![nats_url.to_string()];
+    config.cluster.replicas = 1;
+    config.im.operators = vec!["ops".into()];
+}
+
 impl NatsServer {
     /// A single server with JetStream on a port of its choosing.
     pub async fn start() -> NatsServer {
@@ -107,6 +116,12 @@ impl NatsServer {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// A tern node named `node` on this server (replicas 1; the user `ops` an operator).
+    pub async fn node(&self, node: &str) -> crate::Broker {
+        let url = self.url();
+        crate::Broker::start_with(|c| join(c, node, &url)).await
     }
 
     /// The server's open client connections (`/connz`), as JSON.

@@ -6,24 +6,14 @@
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Packet, QoS};
-use tern::config::{ClusterEngine, Config};
 use tern_codec::Protocol;
 use tern_conformance::nats::{NatsOptions, NatsServer};
 use tern_conformance::{eventually, v4_options, Broker, RawClient, EVENT_TIMEOUT};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-fn join(config: &mut Config, node: &str, nats: &str) {
-    config.cluster.engine = ClusterEngine::Nats;
-    config.cluster.node_id = node.to_string();
-    config.cluster.nats_urls = vec![nats.to_string()];
-    config.cluster.replicas = 1;
-    config.im.operators = vec!["ops".into()];
-}
-
 async fn node(nats: &NatsServer, name: &str) -> Broker {
-    let url = nats.url();
-    Broker::start_with(|c| join(c, name, &url)).await
+    nats.node(name).await
 }
 
 /// A rumqttc client subscribed to `filters` (QoS 1): the publishes it receives, as
@@ -285,7 +275,7 @@ async fn a_node_takes_no_client_until_it_has_joined_nats_with_jetstream() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = tern_conformance::test_config(dir.path());
     config.listeners.tcp.listen = mqtt_addr;
-    join(
+    tern_conformance::nats::join(
         &mut config,
         "late",
         &format!("nats://127.0.0.1:{nats_port}"),

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::retained::RetainedLog;
-use super::subject;
+use super::{inbox, subject};
 use crate::im::topics::is_broadcast;
 use crate::protocol::Message;
 use crate::router::{Interest, RouterHandle};
@@ -87,6 +87,9 @@ pub(super) async fn follow_interest(
             let mut relays = Vec::new();
             for subject in subject::for_filter(&filter) {
                 match client.subscribe(subject.clone()).await {
+                    Ok(subscriber) if subject::is_delivery(&subject) => relays.push(tokio::spawn(
+                        inbox::relay(subscriber, via.clone(), router.clone()),
+                    )),
                     Ok(subscriber) => relays.push(tokio::spawn(relay(
                         subscriber,
                         Some(via.clone()),

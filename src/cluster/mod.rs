@@ -6,9 +6,12 @@
 //! [`subject`]): the router forwards the plain messages and broadcasts it routes, and
 //! subscribes (through NATS) to what its clients' filters match, so NATS sends a node only
 //! what it has subscribers for. Retained messages live in a JetStream stream every node
-//! follows ([`retained`]). The router stays the one owner of local state and knows
-//! nothing of NATS: it talks to this module through plain data (`router::Peers`).
+//! follows ([`retained`]). Chat messages are numbered and kept in the users' inbox logs,
+//! JetStream streams every node appends to and reads ([`inbox`]). The router stays the one
+//! owner of local state and knows nothing of NATS: it talks to this module through plain
+//! data (`router::Peers`).
 
+mod inbox;
 mod join;
 mod live;
 mod retained;
@@ -21,13 +24,15 @@ use tern_storage::StoredMessage;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
+pub use inbox::InboxError;
+pub(crate) use inbox::InboxReader;
 pub(crate) use join::join;
 pub use join::JoinError;
 pub use retained::RetainedError;
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, ImConfig};
 use crate::protocol::Message;
-use crate::router::{Interest, Peers, RouterHandle};
+use crate::router::{InboxAppend, Interest, Peers, RouterHandle};
 
 /// Why a node that joined could not start carrying traffic.
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +41,17 @@ pub enum LinkError {
     Subscribe(#[from] async_nats::SubscribeError),
     #[error(transparent)]
     Retained(#[from] RetainedError),
+    #[error(transparent)]
+    Inbox(#[from] InboxError),
 }
 
 /// A node's link to the others: the NATS client and the tasks that carry live traffic.
 pub(crate) struct Link {
     client: async_nats::Client,
     replicas: usize,
+    shards: u32,
     forward: mpsc::Receiver<Arc<Message>>,
+    inbox: mpsc::Receiver<InboxAppend>,
     interest: Arc<Interest>,
 }
 
@@ -50,6 +59,7 @@ pub(crate) struct Link {
 pub(crate) struct LinkTasks {
     tasks: Vec<JoinHandle<()>>,
     client: async_nats::Client,
+    inbox: InboxReader,
 }
 
 impl Link {
@@ -57,16 +67,20 @@ impl Link {
     pub(crate) async fn join(config: &ClusterConfig) -> Result<(Link, Peers), JoinError> {
         let client = join(config).await?;
         let (forward_tx, forward) = mpsc::channel(config.client_capacity);
+        let (inbox_tx, inbox) = mpsc::channel(config.client_capacity);
         let interest = Arc::new(Interest::default());
         let peers = Peers {
             forward: forward_tx,
             interest: interest.clone(),
+            inbox: inbox_tx,
         };
         Ok((
             Link {
                 client,
                 replicas: config.replicas,
+                shards: config.shards,
                 forward,
+                inbox,
                 interest,
             },
             peers,
@@ -80,13 +94,18 @@ impl Link {
         self,
         router: RouterHandle,
         broadcasts: Arc<Semaphore>,
+        im: &ImConfig,
     ) -> Result<LinkTasks, LinkError> {
         let Link {
             client,
             replicas,
+            shards,
             forward,
+            inbox,
             interest,
         } = self;
+        let inbox_streams =
+            inbox::InboxStreams::open(&jetstream_context(&client), shards, replicas, im).await?;
         let (retained_log, retained_stream) =
             retained::RetainedLog::open(&client, replicas).await?;
         let follow_retained = retained::follow(&retained_stream, router.clone()).await?;
@@ -101,16 +120,34 @@ impl Link {
                 broadcasts.clone(),
             )),
             tokio::spawn(live::relay(broadcast_subscriber, None, router, broadcasts)),
+            tokio::spawn(inbox::append(inbox_streams.clone(), inbox)),
         ];
         // The broadcasts' subscription is registered before the node takes clients.
         if let Err(e) = client.flush().await {
             tracing::warn!("cluster: flushing the first subscriptions: {e}");
         }
-        Ok(LinkTasks { tasks, client })
+        Ok(LinkTasks {
+            tasks,
+            client,
+            inbox: InboxReader::new(inbox_streams),
+        })
     }
 }
 
+/// The node's JetStream context: appends wait (rather than fail) while many are in
+/// flight.
+fn jetstream_context(client: &async_nats::Client) -> async_nats::jetstream::Context {
+    async_nats::jetstream::ContextBuilder::new()
+        .backpressure_on_inflight(true)
+        .build(client.clone())
+}
+
 impl LinkTasks {
+    /// Reads users' inbox logs (`$sync`).
+    pub(crate) fn inbox(&self) -> InboxReader {
+        self.inbox.clone()
+    }
+
     /// Stops the link once the router has stopped: what is buffered is flushed first.
     pub(crate) async fn stop(self) {
         if let Err(e) = self.client.flush().await {

@@ -20,6 +20,13 @@ pub(crate) const RETAINED: &str = "tern.retained";
 /// The subject every node listens on for operators' broadcasts.
 pub(crate) const BROADCASTS: &str = "tern.broadcast";
 
+/// Prefix of the inbox logs' subjects: `tern.inbox.<shard>.<user>`.
+const INBOX_LOG: &str = "tern.inbox";
+
+/// Prefix of the subjects the inbox streams republish each appended entry on:
+/// `tern.deliver.<user>`, which a node subscribes to while it holds a device of that user.
+pub(crate) const DELIVER: &str = "tern.deliver";
+
 /// Longest subject a node publishes: NATS's control line (the subject, a reply and the
 /// sizes) is limited (4 KiB by default), and a topic this long is in any case unusual.
 pub(crate) const MAX_SUBJECT_LEN: usize = 2_048;
@@ -35,6 +42,25 @@ pub(crate) fn retained(topic: &str) -> Option<String> {
     under(RETAINED, topic)
 }
 
+/// The subject of `user`'s inbox log in stream `shard` (a user name is one token).
+pub(crate) fn inbox_log(shard: u32, user: &str) -> String {
+    let mut subject = format!("{INBOX_LOG}.{shard}.");
+    push_level(&mut subject, user);
+    subject
+}
+
+/// Every inbox log's subject in stream `shard`.
+pub(crate) fn inbox_logs(shard: u32) -> String {
+    format!("{INBOX_LOG}.{shard}.>")
+}
+
+/// Whether `subject` is one of [`DELIVER`]'s.
+pub(crate) fn is_delivery(subject: &str) -> bool {
+    subject
+        .strip_prefix(DELIVER)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
 fn under(prefix: &str, topic: &str) -> Option<String> {
     let mut subject = String::with_capacity(prefix.len() + topic.len() + 1);
     subject.push_str(prefix);
@@ -45,13 +71,26 @@ fn under(prefix: &str, topic: &str) -> Option<String> {
     (subject.len() <= MAX_SUBJECT_LEN).then_some(subject)
 }
 
-/// The subjects a node subscribes to for a (non-shared, valid) MQTT filter: none for the
-/// namespaces no plain message crosses nodes on (`$SYS`, `$sync`, inboxes, chat and
-/// broadcast topics have their own paths) or when a subject would be too long; one
-/// subject, or two for a trailing `#` after at least one level.
+/// The subjects a node subscribes to for a (non-shared, valid) MQTT filter: for a filter
+/// on inboxes, the deliveries of the user it names (of every user for a wildcard there);
+/// none for the namespaces no plain message crosses nodes on (`$SYS`, `$sync`, chat and
+/// broadcast topics have their own paths) or when a subject would be too long; otherwise
+/// one subject, or two for a trailing `#` after at least one level.
 pub(crate) fn for_filter(filter: &str) -> Vec<String> {
-    let first = filter.split('/').next().unwrap_or_default();
-    if matches!(first, SYSTEM | SYNC | INBOX | BROADCAST | "dm" | "group") {
+    let mut levels = filter.split('/');
+    let first = levels.next().unwrap_or_default();
+    if first == INBOX {
+        return match levels.next() {
+            None => Vec::new(),
+            Some("+" | "#") => vec![format!("{DELIVER}.*")],
+            Some(user) => {
+                let mut subject = format!("{DELIVER}.");
+                push_level(&mut subject, user);
+                vec![subject]
+            }
+        };
+    }
+    if matches!(first, SYSTEM | SYNC | BROADCAST | "dm" | "group") {
         return Vec::new();
     }
     let mut subject = String::with_capacity(LIVE.len() + filter.len() + 1);
@@ -133,7 +172,7 @@ mod tests {
     fn namespaces_with_their_own_paths_take_no_interest() {
         for filter in [
             "$SYS/#",
-            "inbox/alice/#",
+            "inbox",
             "broadcast/+",
             "$sync",
             "dm/bob",
@@ -141,6 +180,18 @@ mod tests {
         ] {
             assert!(for_filter(filter).is_empty(), "{filter}");
         }
+    }
+
+    #[test]
+    fn inbox_filters_follow_their_users_deliveries() {
+        assert_eq!(for_filter("inbox/alice/#"), ["tern.deliver.alice"]);
+        assert_eq!(for_filter("inbox/a.b/dm/+"), ["tern.deliver.a%2Eb"]);
+        assert_eq!(for_filter("inbox/+/sync"), ["tern.deliver.*"]);
+        assert_eq!(inbox_log(3, "a.b"), "tern.inbox.3.a%2Eb");
+        assert_eq!(inbox_logs(3), "tern.inbox.3.>");
+        assert!(is_delivery("tern.deliver.alice"));
+        assert!(!is_delivery("tern.deliverx.alice"));
+        assert!(!is_delivery("tern.live.a"));
     }
 
     /// Escaping keeps different topics apart: no two levels share a token.

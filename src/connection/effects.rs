@@ -198,20 +198,33 @@ impl Connection {
         };
         let from = after.map_or(0, |a| a.saturating_add(1));
         let limit = self.ctx.limits.sync_max_messages;
-        let user = self.user.to_string();
-        let (entries, (_, next)) = super::outbound::read_store(&self.ctx, move |store| {
-            Ok((store.inbox(&user, from, limit)?, store.inbox_bounds(&user)?))
-        })
-        .await?;
+        let (entries, next) = match &self.ctx.inbox {
+            Some(inbox) => match inbox.read(&self.user, from, limit).await {
+                Ok(read) => read,
+                Err(e) => {
+                    // The device hears no end marker and asks again.
+                    tracing::warn!(client_id = %self.client_id, user = %self.user, "sync failed: {e}");
+                    return Ok(());
+                }
+            },
+            None => {
+                let user = self.user.to_string();
+                let (entries, (_, next)) = super::outbound::read_store(&self.ctx, move |store| {
+                    Ok((store.inbox(&user, from, limit)?, store.inbox_bounds(&user)?))
+                })
+                .await?;
+                let entries = entries
+                    .into_iter()
+                    .map(|(seq, entry, stored)| LogEntry {
+                        seq,
+                        role: entry.role,
+                        message: stored.and_then(|stored| Message::from_stored(stored).ok()),
+                    })
+                    .collect();
+                (entries, next)
+            }
+        };
         let full = entries.len() == limit;
-        let entries = entries
-            .into_iter()
-            .map(|(seq, entry, stored)| LogEntry {
-                seq,
-                role: entry.role,
-                message: stored.and_then(|stored| Message::from_stored(stored).ok()),
-            })
-            .collect();
         replay(
             &mut self.session,
             &self.user,

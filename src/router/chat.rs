@@ -26,51 +26,29 @@ use crate::protocol::{now_ms, Message};
 /// a log holds at most that many entries plus this slack.
 pub(super) const TRIM_EVERY: u64 = 64;
 
+/// A chat message ready to be numbered into its recipients' inboxes.
+pub(crate) struct ChatPlan {
+    /// As published, stamped with its sender (`from`).
+    pub(crate) message: Message,
+    /// Each recipient user with its role (`ROLE_RECEIVED` / `ROLE_SENT`).
+    pub(crate) recipients: Vec<(String, u8)>,
+    /// The client's own message id, if it gave one.
+    pub(crate) msgid: Option<String>,
+}
+
 impl Router {
     /// A direct or group message from the authenticated user `from` (topic `dm/{to}` or
     /// `group/{gid}`): stored once, numbered into every recipient's inbox, delivered.
-    pub(crate) fn chat(
-        &mut self,
-        from: &ArcStr,
-        mut message: Message,
-        out: &mut Outcome,
-    ) -> Routed {
+    pub(crate) fn chat(&mut self, from: &ArcStr, message: Message, out: &mut Outcome) -> Routed {
         let now = now_ms();
-        let Some(conversation) = Conversation::parse(&message.topic) else {
-            self.metrics.publish_refused(PublishRefusal::TopicInvalid);
-            return Routed {
-                matched: false,
-                refused: Some(ReasonCode::TopicNameInvalid),
-            };
+        let ChatPlan {
+            message,
+            recipients,
+            ..
+        } = match self.plan_chat(from, message, true) {
+            Ok(plan) => plan,
+            Err(routed) => return routed,
         };
-        let recipients: Vec<(String, u8)> = match conversation {
-            Conversation::Direct { to } => {
-                vec![
-                    (to.to_string(), ROLE_RECEIVED),
-                    (from.to_string(), ROLE_SENT),
-                ]
-            }
-            Conversation::Group { gid } => match self.groups.members(gid) {
-                Some(members) if members.contains(from.as_str()) => members
-                    .iter()
-                    .map(|member| (member.clone(), ROLE_RECEIVED))
-                    .collect(),
-                members => {
-                    self.metrics.publish_refused(PublishRefusal::NotMember);
-                    tracing::info!(%from, %gid, known = members.is_some(),
-                        "group publish refused: sender is not a member");
-                    return Routed::REFUSED;
-                }
-            },
-        };
-        if let Some(msgid) = user_property(&message, MSGID) {
-            if self.dedup.check(from, msgid, now) {
-                self.metrics.dropped(DropReason::Duplicate);
-                tracing::debug!(%from, %msgid, "duplicate chat message dropped");
-                return Routed::matched(true);
-            }
-        }
-        stamp_sender(&mut message, from);
         let id = self.message_ids.next(now);
         out.ops.push(Op::PutMessage {
             id,
@@ -103,6 +81,58 @@ impl Router {
         // Stored in every recipient's inbox: delivered as far as the sender is concerned,
         // whether or not a device of theirs is subscribed right now.
         Routed::matched(true)
+    }
+
+    /// Who a chat message goes to, and the message stamped with its sender; or the answer
+    /// to the publisher when it goes nowhere (refused, or a repeat inside the duplicate
+    /// window when `dedup`).
+    pub(crate) fn plan_chat(
+        &mut self,
+        from: &ArcStr,
+        mut message: Message,
+        dedup: bool,
+    ) -> Result<ChatPlan, Routed> {
+        let Some(conversation) = Conversation::parse(&message.topic) else {
+            self.metrics.publish_refused(PublishRefusal::TopicInvalid);
+            return Err(Routed {
+                matched: false,
+                refused: Some(ReasonCode::TopicNameInvalid),
+            });
+        };
+        let recipients: Vec<(String, u8)> = match conversation {
+            Conversation::Direct { to } => {
+                vec![
+                    (to.to_string(), ROLE_RECEIVED),
+                    (from.to_string(), ROLE_SENT),
+                ]
+            }
+            Conversation::Group { gid } => match self.groups.members(gid) {
+                Some(members) if members.contains(from.as_str()) => members
+                    .iter()
+                    .map(|member| (member.clone(), ROLE_RECEIVED))
+                    .collect(),
+                members => {
+                    self.metrics.publish_refused(PublishRefusal::NotMember);
+                    tracing::info!(%from, %gid, known = members.is_some(),
+                        "group publish refused: sender is not a member");
+                    return Err(Routed::REFUSED);
+                }
+            },
+        };
+        let msgid = user_property(&message, MSGID).map(str::to_string);
+        if let (true, Some(msgid)) = (dedup, &msgid) {
+            if self.dedup.check(from, msgid, now_ms()) {
+                self.metrics.dropped(DropReason::Duplicate);
+                tracing::debug!(%from, %msgid, "duplicate chat message dropped");
+                return Err(Routed::matched(true));
+            }
+        }
+        stamp_sender(&mut message, from);
+        Ok(ChatPlan {
+            message,
+            recipients,
+            msgid,
+        })
     }
 
     /// An operator's change to a group.

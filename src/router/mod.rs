@@ -52,7 +52,7 @@ pub(crate) use self::core::RouterLimits;
 pub(crate) use self::core::{Outcome, Router};
 pub(crate) use broadcast::MAX_BROADCASTS_IN_FLIGHT;
 pub(crate) use inspect::SessionSummary;
-pub(crate) use peers::{Interest, Peers};
+pub(crate) use peers::{InboxAppend, Interest, Peers};
 pub(crate) use routing::Routed;
 pub(crate) use sessions::{Attached, ConnId, ConnectRequest, Detach};
 pub(crate) use subscribe::SubscribeReply;
@@ -332,11 +332,47 @@ impl RouterHandle {
         inbound_qos2: Option<(&str, u16)>,
         wait: bool,
     ) -> Result<(Routed, Durable), RouterGone> {
+        if let Some(peers) = &self.shared.peers {
+            return self
+                .chat_in_cluster(peers, from, message, inbound_qos2)
+                .await;
+        }
         self.execute(writes_for(wait), |router, out| {
             mark_inbound_qos2(out, inbound_qos2);
             router.chat(from, message, out)
         })
         .await
+    }
+
+    /// A chat message on a cluster node: the router decides who it goes to, and the
+    /// recipients' inbox logs in the cluster number and keep it; its acknowledgement
+    /// waits for them. The cluster's logs also tell repeats (`msgid`) from new messages,
+    /// across nodes and restarts, so the node's own duplicate window is not consulted.
+    async fn chat_in_cluster(
+        &self,
+        peers: &Peers,
+        from: &ArcStr,
+        message: Message,
+        inbound_qos2: Option<(&str, u16)>,
+    ) -> Result<(Routed, Durable), RouterGone> {
+        let (plan, _) = self
+            .execute(Writes::Detached, |router, out| {
+                mark_inbound_qos2(out, inbound_qos2);
+                router.plan_chat(from, message, false)
+            })
+            .await?;
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(routed) => return Ok((routed, Durable::ready())),
+        };
+        let (done, stored) = tokio::sync::oneshot::channel();
+        let append = InboxAppend {
+            from: from.clone(),
+            plan,
+            done,
+        };
+        peers.inbox.send(append).await.map_err(|_| RouterGone)?;
+        Ok((Routed::matched(true), Durable::waiting(stored)))
     }
 
     pub async fn subscribe(

@@ -6,9 +6,12 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use arcstr::ArcStr;
 use rustc_hash::FxHashMap;
-use tokio::sync::{mpsc, Notify};
+use tern_storage::StorageError;
+use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::chat::ChatPlan;
 use super::subscriptions::InterestChange;
 use crate::protocol::Message;
 
@@ -17,6 +20,18 @@ pub(crate) struct Peers {
     /// Bounded: a publisher waits (outside the router's lock) when the link falls behind.
     pub(crate) forward: mpsc::Sender<Arc<Message>>,
     pub(crate) interest: Arc<Interest>,
+    /// Chat messages, numbered and stored in the cluster's inbox logs rather than here.
+    /// Bounded like `forward`.
+    pub(crate) inbox: mpsc::Sender<InboxAppend>,
+}
+
+/// A chat message for the cluster's inbox logs: each recipient's log numbers and keeps
+/// it, and the nodes holding a recipient's devices deliver it from there.
+pub(crate) struct InboxAppend {
+    pub(crate) from: ArcStr,
+    pub(crate) plan: ChatPlan,
+    /// Told once every recipient's append is replicated, or as soon as one has failed.
+    pub(crate) done: oneshot::Sender<Result<(), StorageError>>,
 }
 
 /// The filters whose interest changed since the link last looked: the latest state of

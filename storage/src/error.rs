@@ -50,6 +50,10 @@ pub enum StorageError {
     /// The [`Writer`](crate::Writer) has been shut down.
     #[error("the storage writer is shut down")]
     Closed,
+    /// A write kept elsewhere than this store (a cluster's replicated log) failed; `what`
+    /// says where and why.
+    #[error("not stored: {what}")]
+    Elsewhere { what: String },
 }
 
 impl StorageError {

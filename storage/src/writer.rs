@@ -350,6 +350,14 @@ impl Durable {
             state: DurableState::Ready(Some(Err(error))),
         }
     }
+
+    /// Resolves to what `result` receives: for writes kept somewhere else than this
+    /// writer's store (a dropped sender counts as [`StorageError::Closed`]).
+    pub fn waiting(result: oneshot::Receiver<Result<(), StorageError>>) -> Durable {
+        Durable {
+            state: DurableState::Waiting(result),
+        }
+    }
 }
 
 impl Future for Durable {

@@ -9,25 +9,98 @@ use tern_storage::MemoryStore;
 use tokio::sync::mpsc;
 
 use super::{limits, message, payloads, start, start_node};
-use crate::router::{Interest, Peers, RouterLimits};
+use tern_storage::StorageError;
+
+use crate::im::inbox::{user_property, FROM};
+use crate::im::topics::{ROLE_RECEIVED, ROLE_SENT};
+use crate::router::{InboxAppend, Interest, Peers, RouterLimits};
 
 fn node() -> (
     super::Harness,
     mpsc::Receiver<Arc<crate::protocol::Message>>,
     Arc<Interest>,
 ) {
+    let (h, forwarded, interest, _) = node_with_inbox();
+    (h, forwarded, interest)
+}
+
+fn node_with_inbox() -> (
+    super::Harness,
+    mpsc::Receiver<Arc<crate::protocol::Message>>,
+    Arc<Interest>,
+    mpsc::Receiver<InboxAppend>,
+) {
     let (forward, forwarded) = mpsc::channel(16);
+    let (inbox, appends) = mpsc::channel(16);
     let interest = Arc::new(Interest::default());
     let peers = Peers {
         forward,
         interest: interest.clone(),
+        inbox,
     };
     let limits = RouterLimits {
         cluster: true,
         ..limits()
     };
     let h = start_node(limits, Arc::new(MemoryStore::new()), Some(peers));
-    (h, forwarded, interest)
+    (h, forwarded, interest, appends)
+}
+
+/// On a cluster node a chat message is numbered by the cluster's inbox logs, not here: the
+/// router hands over its recipients, delivers nothing itself, and its acknowledgement waits
+/// for the logs' answer.
+#[tokio::test]
+async fn chat_goes_to_the_clusters_inbox_logs_and_waits_for_them() {
+    let (h, mut forwarded, _, mut appends) = node_with_inbox();
+    let from = arcstr::ArcStr::from("alice");
+    let mut dm = Arc::unwrap_or_clone(message("dm/bob", QoS::AtLeastOnce, false, b"hi"));
+    dm.properties
+        .user_properties
+        .push(("msgid".into(), "m-1".into()));
+    let (routed, durable) = h
+        .router
+        .chat(&from, dm.clone(), None, true)
+        .await
+        .expect("router");
+    assert!(routed.refused.is_none());
+    let append = appends.try_recv().expect("handed to the inbox logs");
+    assert_eq!(
+        append.plan.recipients,
+        [
+            ("bob".to_string(), ROLE_RECEIVED),
+            ("alice".to_string(), ROLE_SENT)
+        ]
+    );
+    assert_eq!(append.plan.msgid.as_deref(), Some("m-1"));
+    assert_eq!(user_property(&append.plan.message, FROM), Some("alice"));
+    let mut durable = std::pin::pin!(durable);
+    assert!(
+        futures_util::poll!(durable.as_mut()).is_pending(),
+        "not acknowledged before the logs answer"
+    );
+    append
+        .done
+        .send(Err(StorageError::Elsewhere {
+            what: "down".into(),
+        }))
+        .expect("waiting");
+    assert!(
+        durable.await.is_err(),
+        "a failed append is not acknowledged"
+    );
+    assert!(forwarded.try_recv().is_err(), "chat is not forwarded live");
+    // A resend is the logs' to recognise: the node hands it over again.
+    let _resent = h.router.chat(&from, dm, None, true).await.expect("router");
+    assert!(appends.try_recv().is_ok());
+    // A group the sender is not a member of is refused here.
+    let group = Arc::unwrap_or_clone(message("group/g1", QoS::AtLeastOnce, false, b"x"));
+    let (routed, _) = h
+        .router
+        .chat(&from, group, None, true)
+        .await
+        .expect("router");
+    assert!(routed.refused.is_some());
+    assert!(appends.try_recv().is_err());
 }
 
 #[tokio::test]
