@@ -18,7 +18,7 @@ use tern_storage::{RocksStore, Store, SyncPolicy, Writer};
 use tokio::sync::{watch, Semaphore};
 
 use crate::admin::http::{AdminError, AdminServer};
-pub use crate::cluster::{InboxError, JoinError, LinkError, RetainedError};
+pub use crate::cluster::{BucketError, InboxError, JoinError, LinkError, RetainedError};
 use crate::cluster::{Link, LinkTasks};
 use crate::config::{Config, ListenerKind, SyncMode};
 use crate::connection::{Accepted, ConnectionLimits, Context};
@@ -175,6 +175,7 @@ impl Server {
                 started: tokio::time::Instant::now(),
                 limits,
                 inbox: link.as_ref().map(LinkTasks::inbox),
+                sessions: link.as_ref().map(LinkTasks::sessions),
             }),
             router_task,
             admin,

@@ -82,6 +82,25 @@ pub async fn publish(
     }
 }
 
+/// Sends probes (`probe` DMs to `to`) from `sender` until `device` receives one live, and
+/// returns it: in a cluster, the device's node subscribed to the user's deliveries in
+/// NATS (a SUBACK says only that the node has the subscription).
+pub async fn until_delivered(sender: &mut RawClient, to: &str, device: &mut RawClient) -> Publish {
+    let topic = format!("dm/{to}");
+    for packet_id in 1.. {
+        let reason = publish(sender, packet_id, &topic, "probe", &[]).await;
+        assert_eq!(reason, ReasonCode::Success, "probe stored");
+        if let Ok(Some(Packet::Publish(p))) = device
+            .recv_within(std::time::Duration::from_millis(300))
+            .await
+        {
+            device.ack(&p).await;
+            return p;
+        }
+    }
+    unreachable!("packet ids are unbounded")
+}
+
 /// A sync request as a device sends it: QoS 0 to `$sync`, the payload the last seq seen.
 pub async fn sync_request(client: &mut RawClient, after: &str) {
     let p = publish_packet(

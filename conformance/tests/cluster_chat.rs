@@ -4,11 +4,10 @@
 //! message id on another node is stored once; `$sync` reads the log on any node.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use tern_codec::{Packet, Protocol, QoS, ReasonCode};
+use tern_codec::{Protocol, QoS, ReasonCode};
 use tern_conformance::chat::{
-    device, login, next, prop, publish, row, subscribe_all, sync_request,
+    self, device, login, next, prop, publish, row, subscribe_all, sync_request,
 };
 use tern_conformance::nats::NatsServer;
 use tern_conformance::{granted, RawClient};
@@ -16,18 +15,10 @@ use tern_conformance::{granted, RawClient};
 /// What a device received: (payload, from, seq).
 type Received = Vec<(String, String, u64)>;
 
-/// Sends probes from `sender` until `device` receives one live: its node's subscription
-/// to the user's deliveries has reached NATS (a SUBACK says only that the node has it).
+/// Probes until `device` receives Bob's DMs live (see `chat::until_delivered`).
 async fn until_delivered(sender: &mut RawClient, device: &mut RawClient, received: &mut Received) {
-    for packet_id in 1.. {
-        let reason = publish(sender, packet_id, "dm/bob", "probe", &[]).await;
-        assert_eq!(reason, ReasonCode::Success, "probe stored");
-        if let Ok(Some(Packet::Publish(p))) = device.recv_within(Duration::from_millis(300)).await {
-            device.ack(&p).await;
-            received.push(entry(&p));
-            return;
-        }
-    }
+    let probe = chat::until_delivered(sender, "bob", device).await;
+    received.push(entry(&probe));
 }
 
 fn entry(p: &tern_codec::Publish) -> (String, String, u64) {

@@ -36,7 +36,7 @@ use crate::config::ImConfig;
 use crate::im::inbox::for_recipient;
 use crate::im::sync::LogEntry;
 use crate::protocol::Message;
-use crate::router::{InboxAppend, RouterHandle};
+use crate::router::{InboxAppend, NodeLease, RouterHandle};
 
 /// Header with the entry's seq in its user's log.
 const SEQ: &str = "Tern-Seq";
@@ -238,7 +238,14 @@ struct UserLog {
 
 /// Appends the chat messages the router hands over, in the order it hands them over
 /// per user, one append in flight per user (each is conditional on the previous one).
-pub(super) async fn append(streams: InboxStreams, mut requests: mpsc::Receiver<InboxAppend>) {
+///
+/// Nothing is appended while the node's `lease` does not hold: the senders' sessions may
+/// live on another node by then, which their resends go to.
+pub(super) async fn append(
+    streams: InboxStreams,
+    mut requests: mpsc::Receiver<InboxAppend>,
+    lease: Arc<NodeLease>,
+) {
     let mut logs: HashMap<String, UserLog> = HashMap::new();
     let mut running = FuturesUnordered::new();
     let mut queued = 0usize;
@@ -251,7 +258,7 @@ pub(super) async fn append(streams: InboxStreams, mut requests: mpsc::Receiver<I
                     let log = logs.entry(user.clone()).or_default();
                     log.queue.push_back(entry);
                     if !log.busy {
-                        if let Some(next) = start(&streams, &user, log) {
+                        if let Some(next) = start(&streams, &lease, &user, log) {
                             running.push(next);
                         }
                     }
@@ -273,7 +280,7 @@ pub(super) async fn append(streams: InboxStreams, mut requests: mpsc::Receiver<I
                         entry.request.settle(Err(what));
                     }
                 }
-                match start(&streams, &user, log) {
+                match start(&streams, &lease, &user, log) {
                     Some(next) => running.push(next),
                     None if logs.len() > MAX_REMEMBERED => {
                         logs.remove(&user);
@@ -292,7 +299,12 @@ type Appending = std::pin::Pin<
 >;
 
 /// Starts appending the next entry of `user`'s queue, if any.
-fn start(streams: &InboxStreams, user: &str, log: &mut UserLog) -> Option<Appending> {
+fn start(
+    streams: &InboxStreams,
+    lease: &Arc<NodeLease>,
+    user: &str,
+    log: &mut UserLog,
+) -> Option<Appending> {
     let entry = log.queue.pop_front()?;
     log.busy = true;
     let (stream, subject) = streams.of(user);
@@ -300,8 +312,9 @@ fn start(streams: &InboxStreams, user: &str, log: &mut UserLog) -> Option<Append
     let jetstream = streams.jetstream.clone();
     let last = log.last;
     let user = user.to_string();
+    let lease = lease.clone();
     Some(Box::pin(async move {
-        let result = append_one(&jetstream, &stream, &subject, &user, &entry, last).await;
+        let result = append_one(&jetstream, &stream, &lease, &subject, &user, &entry, last).await;
         (user, entry, result)
     }))
 }
@@ -350,6 +363,7 @@ fn message_id(from: &str, msgid: &str, user: &str) -> String {
 async fn append_one(
     jetstream: &jetstream::Context,
     stream: &stream::Stream,
+    lease: &NodeLease,
     subject: &str,
     user: &str,
     entry: &Entry,
@@ -373,6 +387,9 @@ async fn append_one(
                 }
             },
         };
+        if !lease.holds() {
+            return Err("this node lost its lease in the cluster".to_string());
+        }
         let publish = jetstream::message::PublishMessage::build()
             .payload(entry.record.clone())
             .message_id(&entry.msg_id)

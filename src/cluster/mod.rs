@@ -7,14 +7,18 @@
 //! subscribes (through NATS) to what its clients' filters match, so NATS sends a node only
 //! what it has subscribers for. Retained messages live in a JetStream stream every node
 //! follows ([`retained`]). Chat messages are numbered and kept in the users' inbox logs,
-//! JetStream streams every node appends to and reads ([`inbox`]). The router stays the one
+//! JetStream streams every node appends to and reads ([`inbox`]). Each node holds a lease
+//! that fences it when it lapses ([`lease`]), and a client id is connected on one node at
+//! a time ([`sessions`]). The router stays the one
 //! owner of local state and knows nothing of NATS: it talks to this module through plain
 //! data (`router::Peers`).
 
 mod inbox;
 mod join;
+mod lease;
 mod live;
 mod retained;
+mod sessions;
 mod subject;
 
 use std::sync::Arc;
@@ -29,10 +33,11 @@ pub(crate) use inbox::InboxReader;
 pub(crate) use join::join;
 pub use join::JoinError;
 pub use retained::RetainedError;
+pub(crate) use sessions::Registry;
 
 use crate::config::{ClusterConfig, ImConfig};
 use crate::protocol::Message;
-use crate::router::{InboxAppend, Interest, Peers, RouterHandle};
+use crate::router::{InboxAppend, Interest, NodeLease, Peers, RouterHandle};
 
 /// Why a node that joined could not start carrying traffic.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +48,35 @@ pub enum LinkError {
     Retained(#[from] RetainedError),
     #[error(transparent)]
     Inbox(#[from] InboxError),
+    #[error(transparent)]
+    Bucket(#[from] BucketError),
+}
+
+/// A key-value bucket of the cluster that could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create or open the bucket {name}: {source}")]
+pub struct BucketError {
+    name: String,
+    #[source]
+    source: async_nats::Error,
+}
+
+/// Opens the bucket `config` names, creating it as configured if it does not exist.
+async fn open_bucket(
+    jetstream: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+) -> Result<async_nats::jetstream::kv::Store, BucketError> {
+    let name = config.bucket.clone();
+    if let Ok(store) = jetstream.get_key_value(name.as_str()).await {
+        return Ok(store);
+    }
+    jetstream
+        .create_key_value(config)
+        .await
+        .map_err(|e| BucketError {
+            name,
+            source: e.into(),
+        })
 }
 
 /// A node's link to the others: the NATS client and the tasks that carry live traffic.
@@ -53,6 +87,9 @@ pub(crate) struct Link {
     forward: mpsc::Receiver<Arc<Message>>,
     inbox: mpsc::Receiver<InboxAppend>,
     interest: Arc<Interest>,
+    lease: Arc<NodeLease>,
+    node_id: String,
+    node_ttl: std::time::Duration,
 }
 
 /// The running link's tasks.
@@ -60,6 +97,7 @@ pub(crate) struct LinkTasks {
     tasks: Vec<JoinHandle<()>>,
     client: async_nats::Client,
     inbox: InboxReader,
+    sessions: Registry,
 }
 
 impl Link {
@@ -69,10 +107,14 @@ impl Link {
         let (forward_tx, forward) = mpsc::channel(config.client_capacity);
         let (inbox_tx, inbox) = mpsc::channel(config.client_capacity);
         let interest = Arc::new(Interest::default());
+        // Lapsed until the link takes it (see `start`): the router does nothing for
+        // clients before.
+        let lease = Arc::new(NodeLease::default());
         let peers = Peers {
             forward: forward_tx,
             interest: interest.clone(),
             inbox: inbox_tx,
+            lease: lease.clone(),
         };
         Ok((
             Link {
@@ -82,14 +124,17 @@ impl Link {
                 forward,
                 inbox,
                 interest,
+                lease,
+                node_id: config.node_id.clone(),
+                node_ttl: std::time::Duration::from_millis(config.node_ttl_ms),
             },
             peers,
         ))
     }
 
-    /// Starts carrying traffic for `router`, once the cluster's retained messages are in
-    /// its store. Broadcasts from other nodes take permits of `broadcasts`, as local ones
-    /// do.
+    /// Starts carrying traffic for `router`, once the node holds its lease and the
+    /// cluster's retained messages are in its store. Broadcasts from other nodes take
+    /// permits of `broadcasts`, as local ones do.
     pub(crate) async fn start(
         self,
         router: RouterHandle,
@@ -103,9 +148,17 @@ impl Link {
             forward,
             inbox,
             interest,
+            lease,
+            node_id,
+            node_ttl,
         } = self;
-        let inbox_streams =
-            inbox::InboxStreams::open(&jetstream_context(&client), shards, replicas, im).await?;
+        let jetstream = jetstream_context(&client);
+        let nodes = lease::Nodes::open(&jetstream, replicas, node_ttl).await?;
+        let lease = lease::Lease::new(&node_id, lease, nodes);
+        let registry = Registry::open(&jetstream, &client, replicas, lease.clone()).await?;
+        let takeovers = client.subscribe(subject::takeover(&node_id)).await?;
+        let revision = lease.acquire().await;
+        let inbox_streams = inbox::InboxStreams::open(&jetstream, shards, replicas, im).await?;
         let (retained_log, retained_stream) =
             retained::RetainedLog::open(&client, replicas).await?;
         let follow_retained = retained::follow(&retained_stream, router.clone()).await?;
@@ -119,8 +172,19 @@ impl Link {
                 router.clone(),
                 broadcasts.clone(),
             )),
-            tokio::spawn(live::relay(broadcast_subscriber, None, router, broadcasts)),
-            tokio::spawn(inbox::append(inbox_streams.clone(), inbox)),
+            tokio::spawn(live::relay(
+                broadcast_subscriber,
+                None,
+                router.clone(),
+                broadcasts,
+            )),
+            tokio::spawn(inbox::append(
+                inbox_streams.clone(),
+                inbox,
+                lease.view.clone(),
+            )),
+            tokio::spawn(lease::keep(lease, revision, router.clone())),
+            tokio::spawn(registry.clone().answer_takeovers(takeovers, router.clone())),
         ];
         // The broadcasts' subscription is registered before the node takes clients.
         if let Err(e) = client.flush().await {
@@ -130,6 +194,7 @@ impl Link {
             tasks,
             client,
             inbox: InboxReader::new(inbox_streams),
+            sessions: registry,
         })
     }
 }
@@ -146,6 +211,11 @@ impl LinkTasks {
     /// Reads users' inbox logs (`$sync`).
     pub(crate) fn inbox(&self) -> InboxReader {
         self.inbox.clone()
+    }
+
+    /// Which node each client id is connected on.
+    pub(crate) fn sessions(&self) -> Registry {
+        self.sessions.clone()
     }
 
     /// Stops the link once the router has stopped: what is buffered is flushed first.

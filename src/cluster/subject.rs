@@ -27,6 +27,12 @@ const INBOX_LOG: &str = "tern.inbox";
 /// `tern.deliver.<user>`, which a node subscribes to while it holds a device of that user.
 pub(crate) const DELIVER: &str = "tern.deliver";
 
+/// Prefix of the subjects one node answers on: `tern.node.<node id>.<what>`.
+const NODE: &str = "tern.node";
+
+/// Longest key of the cluster's buckets made from a name (see [`key`]).
+const MAX_KEY_LEN: usize = 256;
+
 /// Longest subject a node publishes: NATS's control line (the subject, a reply and the
 /// sizes) is limited (4 KiB by default), and a topic this long is in any case unusual.
 pub(crate) const MAX_SUBJECT_LEN: usize = 2_048;
@@ -52,6 +58,43 @@ pub(crate) fn inbox_log(shard: u32, user: &str) -> String {
 /// Every inbox log's subject in stream `shard`.
 pub(crate) fn inbox_logs(shard: u32) -> String {
     format!("{INBOX_LOG}.{shard}.>")
+}
+
+/// The subject on which `node` gives up the sessions other nodes take over (node ids
+/// are tokens: letters, digits, `-` and `_`).
+pub(crate) fn takeover(node: &str) -> String {
+    format!("{NODE}.{node}.takeover")
+}
+
+/// A key-value bucket's key for a name (a client id): bucket keys allow letters, digits
+/// and `-_/=.` only, so every other byte (and `=`) becomes `=XX`. A name whose key would
+/// be longer than [`MAX_KEY_LEN`] is keyed by its 128-bit hash instead (`==` and 32 hex
+/// digits, which no escaped name starts with).
+pub(crate) fn key(name: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut key = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
+            key.push(char::from(byte));
+        } else {
+            key.push('=');
+            key.push(char::from(HEX[usize::from(byte >> 4)]));
+            key.push(char::from(HEX[usize::from(byte & 0xF)]));
+        }
+        if key.len() > MAX_KEY_LEN {
+            use std::hash::Hasher;
+            let mut low = fnv::FnvHasher::default();
+            low.write(name.as_bytes());
+            let mut high = fnv::FnvHasher::with_key(0x9E37_79B9_7F4A_7C15);
+            high.write(name.as_bytes());
+            return format!("=={:016x}{:016x}", high.finish(), low.finish());
+        }
+    }
+    if key.is_empty() {
+        // No escaped name is a lone `=`.
+        key.push('=');
+    }
+    key
 }
 
 /// Whether `subject` is one of [`DELIVER`]'s.
@@ -192,6 +235,18 @@ mod tests {
         assert!(is_delivery("tern.deliver.alice"));
         assert!(!is_delivery("tern.deliverx.alice"));
         assert!(!is_delivery("tern.live.a"));
+    }
+
+    #[test]
+    fn names_become_bucket_keys_that_keep_them_apart() {
+        assert_eq!(key("phone-1_a"), "phone-1_a");
+        assert_eq!(key("a.b/c=d é"), "a=2Eb=2Fc=3Dd=20=C3=A9");
+        let long = "x".repeat(MAX_KEY_LEN + 1);
+        let hashed = key(&long);
+        assert!(hashed.starts_with("==") && hashed.len() == 34, "{hashed}");
+        assert_ne!(hashed, key(&"x".repeat(MAX_KEY_LEN + 2)));
+        assert_eq!(key(&"x".repeat(MAX_KEY_LEN)), "x".repeat(MAX_KEY_LEN));
+        assert_eq!(takeover("n-1"), "tern.node.n-1.takeover");
     }
 
     /// Escaping keeps different topics apart: no two levels share a token.

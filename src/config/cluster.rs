@@ -48,6 +48,14 @@ pub struct ClusterConfig {
     /// Messages the NATS client buffers towards its server before a publishing connection
     /// waits (backpressure instead of unbounded memory). Default 8_192; at least 16.
     pub client_capacity: usize,
+    /// How long the cluster counts a node alive after its last lease renewal (it renews
+    /// every quarter of this). A node that could not renew for three quarters of it closes
+    /// its connections and serves nothing until it holds a new lease; other nodes take
+    /// over its clients' sessions without its answer once the whole time has passed (a
+    /// CONNECT waits up to this long for a node that stopped answering). Every node of a
+    /// cluster uses the same value. Default 6_000; 1_000..=60_000, and below
+    /// `limits.connect_timeout_secs`.
+    pub node_ttl_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -64,6 +72,7 @@ impl Default for ClusterConfig {
             shards: 8,
             connect_backoff_max_ms: 5_000,
             client_capacity: 8_192,
+            node_ttl_ms: 6_000,
         }
     }
 }
@@ -84,6 +93,7 @@ impl ClusterConfig {
             600_000,
         )?;
         check_min("cluster.client_capacity", to_u64(self.client_capacity), 16)?;
+        check_range("cluster.node_ttl_ms", self.node_ttl_ms, 1_000, 60_000)?;
         let methods = [
             self.credentials_file.is_some(),
             !self.user.is_empty() || !self.password.is_empty(),

@@ -158,7 +158,31 @@ async fn accept(
         protocol: negotiated.protocol,
         postbox,
     };
+    // On a cluster node, the client id is first claimed cluster-wide: a connection of it
+    // on another node is closed before this one is attached.
+    let claim = match &ctx.sessions {
+        Some(registry) => {
+            let claim = registry
+                .claim(
+                    &negotiated.client_id,
+                    &identity.user,
+                    ctx.limits.connect_timeout,
+                )
+                .await;
+            match claim {
+                Ok(claim) => Some(claim),
+                Err(e) => {
+                    tracing::info!(client_id = %negotiated.client_id, user = %identity.user, %peer, "CONNECT refused: {e}");
+                    return Err(Refusal::Code(e.reason_code()));
+                }
+            }
+        }
+        None => None,
+    };
     let attached = ctx.router.connect(request).await?.map_err(Refusal::Code)?;
+    if let Some(claim) = claim {
+        claim.attached(attached.conn);
+    }
     let persistent = negotiated.expiry_secs > 0 || attached.backlog_upto.is_some();
     let params =
         negotiated.session_params(attached.session, persistent, ctx.limits.session.clone());

@@ -68,6 +68,8 @@ pub(crate) struct Context {
     pub(crate) limits: ConnectionLimits,
     /// The users' inbox logs, when they live in the cluster rather than in storage.
     pub(crate) inbox: Option<crate::cluster::InboxReader>,
+    /// Which node each client id is connected on, in a cluster.
+    pub(crate) sessions: Option<crate::cluster::Registry>,
 }
 
 /// What the configuration allows every connection, built once.
@@ -389,7 +391,7 @@ impl Connection {
             Some(occasional) => (occasional.will, occasional.expiry_override),
             None => (None, None),
         };
-        let _ = self
+        let current = self
             .ctx
             .router
             .detach(crate::router::Detach {
@@ -400,6 +402,9 @@ impl Connection {
                 sent: self.session.in_flight_seqs(),
             })
             .await;
+        if let (Ok(true), Some(registry)) = (current, &self.ctx.sessions) {
+            registry.release(&self.client_id, self.conn_id);
+        }
     }
 
     /// The connection's life after CONNACK. Most of it is spent idle, waiting in the

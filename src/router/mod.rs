@@ -52,7 +52,7 @@ pub(crate) use self::core::RouterLimits;
 pub(crate) use self::core::{Outcome, Router};
 pub(crate) use broadcast::MAX_BROADCASTS_IN_FLIGHT;
 pub(crate) use inspect::SessionSummary;
-pub(crate) use peers::{InboxAppend, Interest, Peers};
+pub(crate) use peers::{InboxAppend, Interest, NodeLease, Peers};
 pub(crate) use routing::Routed;
 pub(crate) use sessions::{Attached, ConnId, ConnectRequest, Detach};
 pub(crate) use subscribe::SubscribeReply;
@@ -61,7 +61,8 @@ use crate::im::directory::{ChangeError, GroupChange};
 use crate::metrics::RouterStats;
 use crate::protocol::{Close, Message, SessionId};
 
-/// The router has stopped (the broker is stopping).
+/// The router takes no more work: the broker is stopping, or this cluster node lost its
+/// lease (see [`NodeLease`]).
 #[derive(Debug, thiserror::Error)]
 #[error("the router has stopped")]
 pub struct RouterGone;
@@ -91,6 +92,13 @@ enum Writes {
     None,
     Detached,
     Awaited,
+}
+
+/// Whether a handler runs only while the node holds its lease (see [`NodeLease`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fence {
+    Checked,
+    Ignored,
 }
 
 impl RouterHandle {
@@ -131,8 +139,30 @@ impl RouterHandle {
     /// Runs `handler` on this task (see the module's docs) and carries out its outcome.
     /// The returned [`Durable`] resolves once its writes are synced (with
     /// [`Writes::Awaited`]; otherwise at once).
+    ///
+    /// On a cluster node that lost its lease, it refuses: nothing more is routed,
+    /// delivered or written for clients whose sessions other nodes may have taken over.
     async fn execute<T>(
         &self,
+        writes: Writes,
+        handler: impl FnOnce(&mut Router, &mut Outcome) -> T,
+    ) -> Result<(T, Durable), RouterGone> {
+        self.execute_as(Fence::Checked, writes, handler).await
+    }
+
+    /// [`execute`](Self::execute) for what a node does whether or not it holds its lease:
+    /// a connection's end, expiries, operators' changes.
+    async fn execute_unfenced<T>(
+        &self,
+        writes: Writes,
+        handler: impl FnOnce(&mut Router, &mut Outcome) -> T,
+    ) -> Result<(T, Durable), RouterGone> {
+        self.execute_as(Fence::Ignored, writes, handler).await
+    }
+
+    async fn execute_as<T>(
+        &self,
+        fence: Fence,
         writes: Writes,
         handler: impl FnOnce(&mut Router, &mut Outcome) -> T,
     ) -> Result<(T, Durable), RouterGone> {
@@ -147,7 +177,7 @@ impl RouterHandle {
                 Some(writer.reserve().await.map_err(|_| RouterGone)?)
             }
         };
-        let (answer, durable, forward) = self.carry_out(place, writes, handler)?;
+        let (answer, durable, forward) = self.carry_out(fence, place, writes, handler)?;
         if let Some(peers) = &self.shared.peers {
             for message in forward {
                 // The link ends only with the broker; a message it can no longer take
@@ -163,13 +193,15 @@ impl RouterHandle {
     /// the answer, the writes' durability and what goes to the other nodes.
     fn carry_out<T>(
         &self,
+        fence: Fence,
         place: Option<tern_storage::Reserved<'_>>,
         writes: Writes,
         handler: impl FnOnce(&mut Router, &mut Outcome) -> T,
     ) -> Result<(T, Durable, Vec<Arc<Message>>), RouterGone> {
         let writer = &self.shared.writer;
         let mut router = self.lock();
-        if router.is_stopped() {
+        // Under the lock: the deliveries below are made only while the lease holds.
+        if router.is_stopped() || (fence == Fence::Checked && self.lease_lapsed()) {
             return Err(RouterGone);
         }
         let mut out = Outcome::default();
@@ -206,6 +238,14 @@ impl RouterHandle {
             self.shared.timers.notify_one();
         }
         Ok((answer, durable, forward))
+    }
+
+    /// A cluster node whose lease does not hold (never on a single node).
+    fn lease_lapsed(&self) -> bool {
+        self.shared
+            .peers
+            .as_ref()
+            .is_some_and(|peers| !peers.lease.holds())
     }
 
     /// Runs a handler that only reads.
@@ -298,8 +338,9 @@ impl RouterHandle {
     /// A retained message from the cluster's retained stream (see
     /// `Router::retain_remote`).
     pub(crate) async fn retain_remote(&self, message: Arc<Message>) -> Result<(), RouterGone> {
+        // The cluster's state, applied whether or not this node holds its lease.
         let ((), _) = self
-            .execute(Writes::Detached, |router, out| {
+            .execute_unfenced(Writes::Detached, |router, out| {
                 router.retain_remote(&message, out)
             })
             .await?;
@@ -407,14 +448,20 @@ impl RouterHandle {
         self.inspect(|router| router.resync(session, conn))
     }
 
-    /// A connection ended.
-    pub async fn detach(&self, detach: Detach) -> Result<(), RouterGone> {
-        let ((), _) = self
-            .execute(Writes::Detached, |router, out| {
+    /// A connection ended. Returns whether it was its session's connection (rather than
+    /// one taken over). On a cluster node without its lease the session goes offline
+    /// without its will: the node's connections were closed by the cluster, not by their
+    /// clients, and their sessions may live on elsewhere.
+    pub async fn detach(&self, mut detach: Detach) -> Result<bool, RouterGone> {
+        if self.lease_lapsed() {
+            detach.will = None;
+        }
+        let (current, _) = self
+            .execute_unfenced(Writes::Detached, |router, out| {
                 router.detach(detach, Instant::now(), out)
             })
             .await?;
-        Ok(())
+        Ok(current)
     }
 
     /// An operator's change to a group; the [`Durable`] resolves once it is stored.
@@ -423,7 +470,7 @@ impl RouterHandle {
         change: GroupChange,
     ) -> Result<Result<Durable, ChangeError>, RouterGone> {
         let (changed, durable) = self
-            .execute(Writes::Awaited, |router, out| {
+            .execute_unfenced(Writes::Awaited, |router, out| {
                 router.change_group(&change, out)
             })
             .await?;
@@ -433,7 +480,7 @@ impl RouterHandle {
     /// An operator deletes a retained message; `None` if there was none.
     pub async fn delete_retained(&self, topic: &str) -> Result<Option<Durable>, RouterGone> {
         let (deleted, durable) = self
-            .execute(Writes::Awaited, |router, out| {
+            .execute_unfenced(Writes::Awaited, |router, out| {
                 router.delete_retained(topic, out)
             })
             .await?;
@@ -447,6 +494,26 @@ impl RouterHandle {
             return Err(RouterGone);
         }
         router.close_user(user, close);
+        Ok(())
+    }
+
+    /// Closes the connection of `client_id`'s session, if one is attached: the session was
+    /// taken over on another node. Returns whether there was one.
+    pub(crate) fn close_client(&self, client_id: &str, close: Close) -> Result<bool, RouterGone> {
+        let mut router = self.lock();
+        if router.is_stopped() {
+            return Err(RouterGone);
+        }
+        Ok(router.close_client(client_id, close))
+    }
+
+    /// Closes every connection (the node lost its lease in the cluster).
+    pub(crate) fn close_all(&self, close: &Close) -> Result<(), RouterGone> {
+        let mut router = self.lock();
+        if router.is_stopped() {
+            return Err(RouterGone);
+        }
+        router.close_all(close);
         Ok(())
     }
 

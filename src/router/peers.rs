@@ -2,9 +2,12 @@
 //! they route too ([`Outcome::forward`](super::Outcome)), and which filters this node's
 //! subscriptions hold, so that they send it only what matches (its *interest*). The cluster
 //! link (`crate::cluster`) takes both from here and carries them over NATS; the router
-//! knows nothing of NATS.
+//! knows nothing of NATS. The node's lease ([`NodeLease`]) fences the router: while it
+//! does not hold, the router routes, delivers and writes nothing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use arcstr::ArcStr;
 use rustc_hash::FxHashMap;
@@ -23,6 +26,57 @@ pub(crate) struct Peers {
     /// Chat messages, numbered and stored in the cluster's inbox logs rather than here.
     /// Bounded like `forward`.
     pub(crate) inbox: mpsc::Sender<InboxAppend>,
+    /// Whether this node may still act for its clients (see [`NodeLease`]).
+    pub(crate) lease: Arc<NodeLease>,
+}
+
+/// The node's lease on its place in the cluster, as this process sees it: valid until a
+/// time on the monotonic clock, which runs on while the process is stopped (SIGSTOP) or
+/// starved. The cluster link extends it after each renewal the cluster acknowledged, to
+/// less than the cluster's own expiry of it; other nodes take this node's sessions over
+/// only once the cluster has expired it. So a node that was paused past its lease knows it
+/// the moment it runs again, from its own clock, before it reads its sockets.
+pub(crate) struct NodeLease {
+    origin: Instant,
+    /// Milliseconds since `origin`; 0 (never held) or a past time: lapsed.
+    valid_until_ms: AtomicU64,
+}
+
+impl Default for NodeLease {
+    fn default() -> Self {
+        NodeLease {
+            origin: Instant::now(),
+            valid_until_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl NodeLease {
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the node may act now.
+    pub(crate) fn holds(&self) -> bool {
+        self.held_at(Instant::now())
+    }
+
+    /// Whether the lease held at `at`.
+    pub(crate) fn held_at(&self, at: Instant) -> bool {
+        self.millis(at) < self.valid_until_ms.load(Ordering::Acquire)
+    }
+
+    /// A renewal sent at `sent` was acknowledged: the lease holds for `valid_for` from
+    /// then.
+    pub(crate) fn extend(&self, sent: Instant, valid_for: Duration) {
+        let until = self.millis(sent + valid_for);
+        self.valid_until_ms.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// The lease is lost: nothing is done for clients until it is extended again.
+    pub(crate) fn lapse(&self) {
+        self.valid_until_ms.store(0, Ordering::Release);
+    }
 }
 
 /// A chat message for the cluster's inbox logs: each recipient's log numbers and keeps

@@ -416,6 +416,33 @@ impl Router {
         }
     }
 
+    /// Closes the connection attached to `client_id`'s session, if any; it detaches as
+    /// any connection does. Returns whether there was one.
+    pub(crate) fn close_client(&mut self, client_id: &str, close: Close) -> bool {
+        let Some(id) = self.by_client.get(client_id, &self.sessions) else {
+            return false;
+        };
+        let Some(connected) = self
+            .sessions
+            .get_mut(&id)
+            .and_then(|s| s.connected.as_mut())
+        else {
+            return false;
+        };
+        tracing::debug!(%client_id, why = %close.reason, "closing the session's connection");
+        connected.postbox.close(close);
+        true
+    }
+
+    /// Closes every connection.
+    pub(crate) fn close_all(&mut self, close: &Close) {
+        for entry in self.sessions.values_mut() {
+            if let Some(connected) = entry.connected.as_mut() {
+                connected.postbox.close(close.clone());
+            }
+        }
+    }
+
     /// A lagged connection caught up: where its durable queue ends (it reads it up to
     /// there from storage), and stored deliveries go to its mailbox again. `None` when the
     /// session is gone.
@@ -461,8 +488,8 @@ impl Router {
     }
 
     /// A connection ended: its session goes offline (or ends, without expiry), and its will
-    /// is published now or scheduled.
-    pub(crate) fn detach(&mut self, detach: Detach, now: Instant, out: &mut Outcome) {
+    /// is published now or scheduled. Returns whether it was the session's connection.
+    pub(crate) fn detach(&mut self, detach: Detach, now: Instant, out: &mut Outcome) -> bool {
         let Detach {
             session: id,
             conn,
@@ -483,10 +510,10 @@ impl Router {
             if let Some(will) = will.filter(|w| w.delay_secs == 0 || !session_lives) {
                 self.route(&will.message, out);
             }
-            return;
+            return false;
         }
         let Some(entry) = self.sessions.get_mut(&id) else {
-            return;
+            return false;
         };
         entry.connected = None;
         self.online -= 1;
@@ -503,6 +530,7 @@ impl Router {
         if let Some(will) = will_now {
             self.route(&will, out);
         }
+        true
     }
 
     /// Keeps a detached session until it expires, with its will scheduled; returns the will

@@ -97,7 +97,7 @@ pub(super) async fn run(handle: RouterHandle) {
                 let fire = |router: &mut Router, out: &mut Outcome| {
                     router.fire_timers(Instant::now(), out)
                 };
-                if handle.execute(Writes::Detached, fire).await.is_err() {
+                if handle.execute_unfenced(Writes::Detached, fire).await.is_err() {
                     break;
                 }
             }

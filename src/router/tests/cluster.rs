@@ -2,6 +2,7 @@
 //! reports, and how it delivers a message another node routed.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tern_codec::QoS;
@@ -13,37 +14,113 @@ use tern_storage::StorageError;
 
 use crate::im::inbox::{user_property, FROM};
 use crate::im::topics::{ROLE_RECEIVED, ROLE_SENT};
-use crate::router::{InboxAppend, Interest, Peers, RouterLimits};
+use crate::router::{InboxAppend, Interest, NodeLease, Peers, RouterLimits};
 
 fn node() -> (
     super::Harness,
     mpsc::Receiver<Arc<crate::protocol::Message>>,
     Arc<Interest>,
 ) {
-    let (h, forwarded, interest, _) = node_with_inbox();
-    (h, forwarded, interest)
+    let node = node_with_inbox();
+    (node.h, node.forwarded, node.interest)
 }
 
-fn node_with_inbox() -> (
-    super::Harness,
-    mpsc::Receiver<Arc<crate::protocol::Message>>,
-    Arc<Interest>,
-    mpsc::Receiver<InboxAppend>,
-) {
+/// A router as a cluster node, and its side of the link.
+struct Node {
+    h: super::Harness,
+    forwarded: mpsc::Receiver<Arc<crate::protocol::Message>>,
+    interest: Arc<Interest>,
+    appends: mpsc::Receiver<InboxAppend>,
+    lease: Arc<NodeLease>,
+}
+
+/// A node holding its lease for an hour.
+fn node_with_inbox() -> Node {
     let (forward, forwarded) = mpsc::channel(16);
     let (inbox, appends) = mpsc::channel(16);
     let interest = Arc::new(Interest::default());
+    let lease = Arc::new(NodeLease::default());
+    lease.extend(Instant::now(), Duration::from_secs(3_600));
     let peers = Peers {
         forward,
         interest: interest.clone(),
         inbox,
+        lease: lease.clone(),
     };
     let limits = RouterLimits {
         cluster: true,
         ..limits()
     };
     let h = start_node(limits, Arc::new(MemoryStore::new()), Some(peers));
-    (h, forwarded, interest, appends)
+    Node {
+        h,
+        forwarded,
+        interest,
+        appends,
+        lease,
+    }
+}
+
+/// A node whose lease lapsed (stopped, or cut off from NATS) acts for no client: it
+/// attaches, routes, delivers and forwards nothing, while connections' ends and the
+/// cluster's retained messages are still taken in.
+#[tokio::test]
+async fn a_node_without_its_lease_routes_delivers_and_attaches_nothing() {
+    let Node {
+        h,
+        mut forwarded,
+        lease,
+        ..
+    } = node_with_inbox();
+    let mut one = h.connect("u1", "one", false, 60).await;
+    h.subscribe(&one, "a/#", QoS::AtLeastOnce).await;
+    lease.lapse();
+    assert!(!lease.holds());
+    let m = message("a/b", QoS::AtLeastOnce, false, b"late");
+    assert!(h.router.publish(&m, None, false).await.is_err());
+    assert!(h
+        .router
+        .publish_remote(&m, Some("a/#"), None)
+        .await
+        .is_err());
+    assert!(payloads(&mut one.mailbox).is_empty(), "nothing delivered");
+    assert!(forwarded.try_recv().is_err(), "nothing forwarded");
+    let from = arcstr::ArcStr::from("u1");
+    let dm = Arc::unwrap_or_clone(message("dm/u2", QoS::AtLeastOnce, false, b"x"));
+    assert!(h.router.chat(&from, dm, None, true).await.is_err());
+    let (postbox, _mailbox) = crate::router::mailbox::mailbox(16, 4);
+    let refused = h
+        .router
+        .connect(crate::router::ConnectRequest {
+            client_id: "two".into(),
+            user: "u2".into(),
+            clean_start: true,
+            expiry_secs: 0,
+            protocol: tern_codec::Protocol::V5,
+            postbox,
+        })
+        .await;
+    assert!(refused.is_err(), "no CONNECT attached");
+    let retained = message("r/1", QoS::AtMostOnce, true, b"kept");
+    h.router
+        .retain_remote(retained)
+        .await
+        .expect("the cluster's retained messages are applied");
+    let ended = h
+        .router
+        .detach(crate::router::Detach {
+            session: one.attached.session,
+            conn: one.attached.conn,
+            will: None,
+            expiry_secs: None,
+            sent: Vec::new(),
+        })
+        .await;
+    assert!(matches!(ended, Ok(true)), "{ended:?}");
+    // Held again, it routes again.
+    lease.extend(Instant::now(), Duration::from_secs(60));
+    assert!(h.router.publish(&m, None, false).await.is_ok());
+    assert!(forwarded.try_recv().is_ok());
 }
 
 /// On a cluster node a chat message is numbered by the cluster's inbox logs, not here: the
@@ -51,7 +128,12 @@ fn node_with_inbox() -> (
 /// for the logs' answer.
 #[tokio::test]
 async fn chat_goes_to_the_clusters_inbox_logs_and_waits_for_them() {
-    let (h, mut forwarded, _, mut appends) = node_with_inbox();
+    let Node {
+        h,
+        mut forwarded,
+        mut appends,
+        ..
+    } = node_with_inbox();
     let from = arcstr::ArcStr::from("alice");
     let mut dm = Arc::unwrap_or_clone(message("dm/bob", QoS::AtLeastOnce, false, b"hi"));
     dm.properties
