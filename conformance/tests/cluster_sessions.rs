@@ -128,6 +128,43 @@ async fn racing_connects_on_two_nodes_leave_one_connection() {
     assert_eq!(open, 1, "connections of one client id left open");
 }
 
+/// `im.max_devices_per_user` counts a user's devices on every node: the newest connect
+/// closes the oldest device wherever it is (MQTT 5: DISCONNECT 0x98).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_limit_holds_across_nodes() {
+    let nats = NatsServer::start().await;
+    let url = nats.url();
+    let node = |name: &'static str| {
+        let url = url.clone();
+        Broker::start_with(move |c| {
+            join(c, name, &url);
+            c.im.max_devices_per_user = 2;
+        })
+    };
+    let (one, two) = (node("n1").await, node("n2").await);
+    let (mut phone, _) = open_ok(&one, "phone").await;
+    let (mut tablet, _) = open_ok(&two, "tablet").await;
+    let (mut laptop, _) = open_ok(&two, "laptop").await;
+    phone
+        .expect_disconnect(&[ReasonCode::AdministrativeAction], "the oldest, on node 1")
+        .await;
+    ping(&mut tablet, "the tablet").await;
+    ping(&mut laptop, "the laptop").await;
+    // The phone again, on node 1: now the tablet on node 2 is the oldest.
+    let (mut phone, _) = open_ok(&one, "phone").await;
+    tablet
+        .expect_disconnect(&[ReasonCode::AdministrativeAction], "the oldest, on node 2")
+        .await;
+    ping(&mut laptop, "the laptop").await;
+    ping(&mut phone, "the phone").await;
+}
+
+async fn open_ok(broker: &Broker, client_id: &str) -> (RawClient, ReasonCode) {
+    let (client, code) = open(broker, Protocol::V5, client_id, "carol").await;
+    assert_eq!(code, ReasonCode::Success, "{client_id}");
+    (client, code)
+}
+
 /// Node A is stopped while Bob's phone is connected to it. The phone reconnects to node
 /// B, which takes the session over once A's lease is gone; a DM sent meanwhile reaches
 /// the phone there. When A runs again, it neither delivers that DM to the connection it

@@ -13,6 +13,7 @@
 //! owner of local state and knows nothing of NATS: it talks to this module through plain
 //! data (`router::Peers`).
 
+mod devices;
 mod inbox;
 mod join;
 mod lease;
@@ -155,15 +156,30 @@ impl Link {
         let jetstream = jetstream_context(&client);
         let nodes = lease::Nodes::open(&jetstream, replicas, node_ttl).await?;
         let lease = lease::Lease::new(&node_id, lease, nodes);
-        let registry = Registry::open(&jetstream, &client, replicas, lease.clone()).await?;
+        let devices = match im.max_devices_per_user {
+            0 => None,
+            max => Some(
+                devices::DeviceLists::open(&jetstream, &client, router.clone(), replicas, max)
+                    .await?,
+            ),
+        };
+        let registry = Registry::open(
+            &jetstream,
+            &client,
+            replicas,
+            lease.clone(),
+            devices.clone(),
+        )
+        .await?;
         let takeovers = client.subscribe(subject::takeover(&node_id)).await?;
+        let evictions = client.subscribe(subject::evict(&node_id)).await?;
         let revision = lease.acquire().await;
         let inbox_streams = inbox::InboxStreams::open(&jetstream, shards, replicas, im).await?;
         let (retained_log, retained_stream) =
             retained::RetainedLog::open(&client, replicas).await?;
         let follow_retained = retained::follow(&retained_stream, router.clone()).await?;
         let broadcast_subscriber = client.subscribe(subject::BROADCASTS).await?;
-        let tasks = vec![
+        let mut tasks = vec![
             follow_retained,
             tokio::spawn(live::forward(client.clone(), retained_log, forward)),
             tokio::spawn(live::follow_interest(
@@ -186,6 +202,9 @@ impl Link {
             tokio::spawn(lease::keep(lease, revision, router.clone())),
             tokio::spawn(registry.clone().answer_takeovers(takeovers, router.clone())),
         ];
+        if let Some(devices) = devices {
+            tasks.push(tokio::spawn(devices.answer_evictions(evictions)));
+        }
         // The broadcasts' subscription is registered before the node takes clients.
         if let Err(e) = client.flush().await {
             tracing::warn!("cluster: flushing the first subscriptions: {e}");

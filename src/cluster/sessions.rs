@@ -30,6 +30,7 @@ use tern_codec::ReasonCode;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::devices::DeviceLists;
 use super::lease::Lease;
 use super::subject;
 use crate::protocol::Close;
@@ -76,10 +77,22 @@ struct Inner {
     kv: kv::Store,
     client: async_nats::Client,
     lease: Lease,
+    /// The users' device lists (`None`: no device limit).
+    devices: Option<DeviceLists>,
     /// Client ids this node is claiming, and who waits for each claim to end.
     claiming: Mutex<FxHashMap<ArcStr, (usize, Arc<Notify>)>>,
-    /// The revision written for each client id attached here, with its connection.
-    held: Mutex<FxHashMap<ArcStr, (u64, ConnId)>>,
+    /// Each client id attached here: what its connection's end undoes.
+    held: Mutex<FxHashMap<ArcStr, Held>>,
+}
+
+/// A client id attached on this node.
+struct Held {
+    /// The registry revision written for it.
+    revision: u64,
+    conn: ConnId,
+    user: ArcStr,
+    /// The lease it was added to its user's device list under.
+    epoch: ArcStr,
 }
 
 /// A registry entry: who holds a client id.
@@ -111,17 +124,19 @@ impl Holder {
 pub(crate) struct Claim {
     registry: Registry,
     client_id: ArcStr,
+    user: ArcStr,
     revision: u64,
     attached: bool,
 }
 
 impl Registry {
-    /// Opens (or creates) the bucket, and answers other nodes' takeovers for `router`.
+    /// Opens (or creates) the bucket.
     pub(super) async fn open(
         jetstream: &jetstream::Context,
         client: &async_nats::Client,
         replicas: usize,
         lease: Lease,
+        devices: Option<DeviceLists>,
     ) -> Result<Registry, super::BucketError> {
         let kv = super::open_bucket(
             jetstream,
@@ -140,6 +155,7 @@ impl Registry {
                 kv,
                 client: client.clone(),
                 lease,
+                devices,
                 claiming: Mutex::default(),
                 held: Mutex::default(),
             }),
@@ -151,7 +167,7 @@ impl Registry {
     pub(crate) async fn claim(
         &self,
         client_id: &ArcStr,
-        user: &str,
+        user: &ArcStr,
         timeout: Duration,
     ) -> Result<Claim, ClaimError> {
         if !self.inner.lease.view.holds() {
@@ -161,6 +177,7 @@ impl Registry {
         let mut claim = Claim {
             registry: self.clone(),
             client_id: client_id.clone(),
+            user: user.clone(),
             revision: 0,
             attached: false,
         };
@@ -299,21 +316,31 @@ impl Registry {
     /// A connection of this node ended; if it was its session's (`current`), its claim is
     /// given up, unless a newer connection claimed the client id since.
     pub(crate) fn release(&self, client_id: &str, conn: ConnId) {
-        let revision = {
+        let held = {
             let mut held = self
                 .inner
                 .held
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             match held.get(client_id) {
-                Some(&(revision, holder)) if holder == conn => {
-                    held.remove(client_id);
-                    revision
-                }
-                _ => return,
+                Some(h) if h.conn == conn => held.remove(client_id),
+                _ => None,
             }
         };
-        self.purge(client_id, revision);
+        let Some(held) = held else { return };
+        self.purge(client_id, held.revision);
+        if let Some(devices) = self.inner.devices.clone() {
+            let node = self.inner.lease.node.clone();
+            let client_id = client_id.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = devices
+                    .disconnected(&held.user, &client_id, &node, &held.epoch)
+                    .await
+                {
+                    tracing::warn!(user = %held.user, %client_id, "device not removed from its user's list: {e}");
+                }
+            });
+        }
     }
 
     /// Removes the key if it still holds `revision` (on a task of its own: a connection's
@@ -392,15 +419,34 @@ impl Registry {
 }
 
 impl Claim {
-    /// The router attached the connection `conn`: the claim is its until it ends.
-    pub(crate) fn attached(mut self, conn: ConnId) {
+    /// The router attached the connection `conn`: the claim is its until it ends, and
+    /// the device joins its user's list (closing the oldest beyond the limit).
+    pub(crate) async fn attached(mut self, conn: ConnId) {
         self.attached = true;
-        self.registry
-            .inner
+        let inner = &self.registry.inner;
+        let epoch = inner.lease.epoch();
+        inner
             .held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(self.client_id.clone(), (self.revision, conn));
+            .insert(
+                self.client_id.clone(),
+                Held {
+                    revision: self.revision,
+                    conn,
+                    user: self.user.clone(),
+                    epoch,
+                },
+            );
+        if let Some(devices) = &inner.devices {
+            if let Err(e) = devices
+                .connected(&inner.lease, &self.user, &self.client_id)
+                .await
+            {
+                tracing::warn!(user = %self.user, client_id = %self.client_id,
+                    "device not added to its user's list (its limit is not enforced across nodes for it): {e}");
+            }
+        }
     }
 }
 

@@ -66,6 +66,12 @@ pub(crate) fn takeover(node: &str) -> String {
     format!("{NODE}.{node}.takeover")
 }
 
+/// The subject on which `node` closes the connections of devices beyond their user's
+/// limit.
+pub(crate) fn evict(node: &str) -> String {
+    format!("{NODE}.{node}.evict")
+}
+
 /// A key-value bucket's key for a name (a client id): bucket keys allow letters, digits
 /// and `-_/=.` only, so every other byte (and `=`) becomes `=XX`. A name whose key would
 /// be longer than [`MAX_KEY_LEN`] is keyed by its 128-bit hash instead (`==` and 32 hex

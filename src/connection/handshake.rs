@@ -181,7 +181,7 @@ async fn accept(
     };
     let attached = ctx.router.connect(request).await?.map_err(Refusal::Code)?;
     if let Some(claim) = claim {
-        claim.attached(attached.conn);
+        claim.attached(attached.conn).await;
     }
     let persistent = negotiated.expiry_secs > 0 || attached.backlog_upto.is_some();
     let params =
