@@ -176,6 +176,7 @@ impl Server {
                 limits,
                 inbox: link.as_ref().map(LinkTasks::inbox),
                 sessions: link.as_ref().map(LinkTasks::sessions),
+                lease: link.as_ref().map(LinkTasks::lease),
             }),
             router_task,
             admin,

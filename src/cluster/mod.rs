@@ -99,6 +99,7 @@ pub(crate) struct LinkTasks {
     client: async_nats::Client,
     inbox: InboxReader,
     sessions: Registry,
+    lease: Arc<NodeLease>,
 }
 
 impl Link {
@@ -174,6 +175,7 @@ impl Link {
         let takeovers = client.subscribe(subject::takeover(&node_id)).await?;
         let evictions = client.subscribe(subject::evict(&node_id)).await?;
         let revision = lease.acquire().await;
+        let lease_view = lease.view.clone();
         let inbox_streams = inbox::InboxStreams::open(&jetstream, shards, replicas, im).await?;
         let (retained_log, retained_stream) =
             retained::RetainedLog::open(&client, replicas).await?;
@@ -214,6 +216,7 @@ impl Link {
             client,
             inbox: InboxReader::new(inbox_streams),
             sessions: registry,
+            lease: lease_view,
         })
     }
 }
@@ -235,6 +238,11 @@ impl LinkTasks {
     /// Which node each client id is connected on.
     pub(crate) fn sessions(&self) -> Registry {
         self.sessions.clone()
+    }
+
+    /// The node's lease, as connections check it.
+    pub(crate) fn lease(&self) -> Arc<NodeLease> {
+        self.lease.clone()
     }
 
     /// Stops the link once the router has stopped: what is buffered is flushed first.

@@ -70,6 +70,9 @@ pub(crate) struct Context {
     pub(crate) inbox: Option<crate::cluster::InboxReader>,
     /// Which node each client id is connected on, in a cluster.
     pub(crate) sessions: Option<crate::cluster::Registry>,
+    /// The node's lease, in a cluster: a connection acts only under the lease it was
+    /// attached under.
+    pub(crate) lease: Option<Arc<crate::router::NodeLease>>,
 }
 
 /// What the configuration allows every connection, built once.
@@ -356,6 +359,16 @@ impl Connection {
         self.occasional.as_mut()?.budget.as_deref_mut()
     }
 
+    /// On a cluster node: the node's lease does not admit this connection any more (it
+    /// lapsed, or lapsed since the connection was attached). Checked before each event is
+    /// acted on, so a node that ran again after being stopped acts on nothing it read.
+    fn fenced(&self) -> bool {
+        self.ctx
+            .lease
+            .as_ref()
+            .is_some_and(|lease| !lease.admits(self.conn_id))
+    }
+
     /// The session outlives this connection (see `SessionParams::persistent`).
     fn persistent(&self) -> bool {
         self.session.params().persistent
@@ -470,6 +483,14 @@ impl Connection {
                     timers::Fired::Check => Event::Timer,
                 },
             };
+            if self.fenced() {
+                let why = "this node lost its place in the cluster";
+                Box::pin(self.server_disconnect(ReasonCode::UseAnotherServer, why)).await;
+                return Err(ConnectionError::Closed(Close::new(
+                    ReasonCode::UseAnotherServer,
+                    why,
+                )));
+            }
             if !matches!(event, Event::Timer) {
                 self.state = self.state.on_event();
             }

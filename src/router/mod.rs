@@ -507,11 +507,15 @@ impl RouterHandle {
         Ok(router.close_client(client_id, close))
     }
 
-    /// Closes every connection (the node lost its lease in the cluster).
+    /// Closes every connection (the node lost its lease in the cluster); none of them
+    /// acts again, even once the node holds a new lease (see [`NodeLease::admits`]).
     pub(crate) fn close_all(&self, close: &Close) -> Result<(), RouterGone> {
         let mut router = self.lock();
         if router.is_stopped() {
             return Err(RouterGone);
+        }
+        if let Some(peers) = &self.shared.peers {
+            peers.lease.fence_before(router.next_conn);
         }
         router.close_all(close);
         Ok(())

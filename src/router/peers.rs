@@ -36,10 +36,15 @@ pub(crate) struct Peers {
 /// less than the cluster's own expiry of it; other nodes take this node's sessions over
 /// only once the cluster has expired it. So a node that was paused past its lease knows it
 /// the moment it runs again, from its own clock, before it reads its sockets.
+///
+/// A lapse ends the node's connections: the ones attached before it never act again, even
+/// once the node holds a new lease ([`NodeLease::admits`]).
 pub(crate) struct NodeLease {
     origin: Instant,
     /// Milliseconds since `origin`; 0 (never held) or a past time: lapsed.
     valid_until_ms: AtomicU64,
+    /// The first connection attached under the current lease.
+    first_conn: AtomicU64,
 }
 
 impl Default for NodeLease {
@@ -47,6 +52,7 @@ impl Default for NodeLease {
         NodeLease {
             origin: Instant::now(),
             valid_until_ms: AtomicU64::new(0),
+            first_conn: AtomicU64::new(0),
         }
     }
 }
@@ -76,6 +82,17 @@ impl NodeLease {
     /// The lease is lost: nothing is done for clients until it is extended again.
     pub(crate) fn lapse(&self) {
         self.valid_until_ms.store(0, Ordering::Release);
+    }
+
+    /// Whether connection `conn` may act now: the lease holds, and `conn` was attached
+    /// under it.
+    pub(crate) fn admits(&self, conn: super::ConnId) -> bool {
+        self.holds() && conn >= self.first_conn.load(Ordering::Acquire)
+    }
+
+    /// Connections before `conn` (every one attached so far) belong to a lapsed lease.
+    pub(super) fn fence_before(&self, conn: super::ConnId) {
+        self.first_conn.fetch_max(conn, Ordering::AcqRel);
     }
 }
 
