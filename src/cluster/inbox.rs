@@ -45,10 +45,11 @@ const ROLE: &str = "Tern-Role";
 /// Header with the user whose log holds the entry (subjects escape names).
 const USER: &str = "Tern-User";
 
-/// How long an append is retried (leader elections, a lost reply) before the message is
-/// refused to its publisher.
-const RETRY_FOR: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// How long one attempt (a read of the log's last entry, or an append) may wait for its
+/// answer: a request sent while the stream elects a new leader gets none, and is sent
+/// again rather than waited on for the client's whole request timeout.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Entries taken from publishers and not yet appended, over all users: past this the
@@ -88,6 +89,8 @@ pub(crate) enum ReadError {
     },
     #[error("reading {subject} took longer than {READ_TIMEOUT:?}")]
     TimedOut { subject: String },
+    #[error("no answer reading the last entry of {subject} within {ATTEMPT_TIMEOUT:?}")]
+    NoAnswer { subject: String },
 }
 
 /// The inbox streams, one per shard.
@@ -95,17 +98,21 @@ pub(crate) enum ReadError {
 pub(crate) struct InboxStreams {
     jetstream: jetstream::Context,
     streams: Arc<[stream::Stream]>,
+    /// How long an append is retried (leader elections, a lost reply) before the message
+    /// is refused to its publisher (`cluster.append_timeout_ms`).
+    retry_for: Duration,
 }
 
 impl InboxStreams {
     /// Opens (or creates) the `shards` streams with `replicas`; the log of a user keeps
     /// its last `im.inbox_max_messages` entries, and resends are recognised for
-    /// `im.dedup_window_secs`.
+    /// `im.dedup_window_secs`. An append is retried for `retry_for`.
     pub(crate) async fn open(
         jetstream: &jetstream::Context,
         shards: u32,
         replicas: usize,
         im: &ImConfig,
+        retry_for: Duration,
     ) -> Result<InboxStreams, InboxError> {
         let mut streams = Vec::new();
         for shard in 0..shards {
@@ -133,6 +140,7 @@ impl InboxStreams {
         Ok(InboxStreams {
             jetstream: jetstream.clone(),
             streams: streams.into(),
+            retry_for,
         })
     }
 
@@ -313,8 +321,16 @@ fn start(
     let last = log.last;
     let user = user.to_string();
     let lease = lease.clone();
+    let retry_for = streams.retry_for;
     Some(Box::pin(async move {
-        let result = append_one(&jetstream, &stream, &lease, &subject, &user, &entry, last).await;
+        let target = Target {
+            jetstream: &jetstream,
+            stream: &stream,
+            lease: &lease,
+            subject: &subject,
+            user: &user,
+        };
+        let result = append_one(&target, &entry, last, retry_for).await;
         (user, entry, result)
     }))
 }
@@ -359,30 +375,40 @@ fn message_id(from: &str, msgid: &str, user: &str) -> String {
 }
 
 /// Appends `entry` to `user`'s log, after `last` (read from the stream when unknown or
-/// stale); retried for [`RETRY_FOR`].
+/// stale); retried for `retry_for`.
 async fn append_one(
-    jetstream: &jetstream::Context,
-    stream: &stream::Stream,
-    lease: &NodeLease,
-    subject: &str,
-    user: &str,
+    target: &Target<'_>,
     entry: &Entry,
     last: Option<Last>,
+    retry_for: Duration,
 ) -> Result<Option<Last>, String> {
-    let deadline = Instant::now() + RETRY_FOR;
+    let Target {
+        jetstream,
+        stream,
+        lease,
+        subject,
+        user,
+    } = *target;
+    let deadline = Instant::now() + retry_for;
     let mut backoff = FIRST_BACKOFF;
     let mut known = last;
     loop {
         let last = match known {
             Some(last) => last,
-            None => match read_last(stream, subject).await {
+            None => match tokio::time::timeout(ATTEMPT_TIMEOUT, read_last(stream, subject))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ReadError::NoAnswer {
+                        subject: subject.to_string(),
+                    })
+                }) {
                 Ok((last, id)) if id.as_deref() == Some(&*entry.msg_id) => {
                     // An earlier attempt was stored after all.
                     return Ok(Some(last));
                 }
                 Ok((last, _)) => last,
                 Err(e) => {
-                    wait(&mut backoff, deadline, &e.to_string()).await?;
+                    wait(&mut backoff, deadline, retry_for, &e.to_string()).await?;
                     continue;
                 }
             },
@@ -397,9 +423,17 @@ async fn append_one(
             .header(SEQ, last.next_seq.to_string().as_str())
             .header(ROLE, entry.role.to_string().as_str())
             .header(USER, user);
-        let acked = match jetstream.send_publish(subject.to_string(), publish).await {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
+        let attempt = async {
+            match jetstream.send_publish(subject.to_string(), publish).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            }
+        };
+        let Ok(acked) = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await else {
+            // Perhaps stored after all: the next attempt reads the log's last entry first.
+            known = None;
+            wait(&mut backoff, deadline, retry_for, "no answer to the append").await?;
+            continue;
         };
         match acked {
             // Stored before (a resend, or an attempt whose reply was lost): the log's
@@ -417,16 +451,31 @@ async fn append_one(
             }
             Err(e) => {
                 known = None;
-                wait(&mut backoff, deadline, &e.to_string()).await?;
+                wait(&mut backoff, deadline, retry_for, &e.to_string()).await?;
             }
         }
     }
 }
 
+/// Where one user's entries go.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    jetstream: &'a jetstream::Context,
+    stream: &'a stream::Stream,
+    lease: &'a NodeLease,
+    subject: &'a str,
+    user: &'a str,
+}
+
 /// Sleeps before the next attempt, or gives up with `why` past `deadline`.
-async fn wait(backoff: &mut Duration, deadline: Instant, why: &str) -> Result<(), String> {
+async fn wait(
+    backoff: &mut Duration,
+    deadline: Instant,
+    retry_for: Duration,
+    why: &str,
+) -> Result<(), String> {
     if Instant::now() + *backoff > deadline {
-        return Err(format!("the inbox log refused it for {RETRY_FOR:?}: {why}"));
+        return Err(format!("the inbox log refused it for {retry_for:?}: {why}"));
     }
     tokio::time::sleep(*backoff).await;
     *backoff = (*backoff * 2).min(MAX_BACKOFF);

@@ -1,14 +1,17 @@
 //! A node's lease on its place in the cluster: a key in the bucket `TERN_NODES` (the
-//! node's id, holding a random epoch) that the node renews every quarter of
+//! node's id, holding a random epoch) that the node renews every fifth of
 //! `cluster.node_ttl_ms` and that the bucket expires `node_ttl_ms` after its last write.
 //! While the key holds the node's epoch, the node is alive for the others: they ask it to
 //! give up a session rather than take it. Once the key is gone, they may take its sessions
 //! over without asking.
 //!
-//! The node fences itself first: it counts its lease as held for three quarters of the
-//! TTL after it *sent* each renewal the cluster acknowledged ([`NodeLease`], on the
-//! monotonic clock), so it stops acting for its clients before the cluster can have
-//! expired its key, even when it was stopped (SIGSTOP), starved, or cut off from NATS.
+//! The node fences itself first: it counts its lease as held for 90% of the TTL after it
+//! *sent* each renewal the cluster acknowledged ([`NodeLease`], on the monotonic clock;
+//! the cluster wrote it later, and expires it a whole TTL after that), so it stops acting
+//! for its clients before the cluster can have expired its key, even when it was stopped
+//! (SIGSTOP), starved, or cut off from NATS. The TTL must outlast a NATS stream's leader
+//! election (NATS waits 4 to 9 s for a silent leader) with room for retries, or losing
+//! the NATS server leading the bucket fences every node.
 //! A lapsed lease closes every connection of the node, and the node takes a new epoch
 //! before it serves clients again.
 
@@ -75,9 +78,10 @@ pub(super) struct Lease {
     nodes: Nodes,
 }
 
-/// The part of the TTL a renewal is counted as valid for, from when it was sent.
+/// The part of the TTL a renewal is counted as valid for, from when it was sent: the rest
+/// covers the clocks' rates differing between machines.
 fn valid_for(ttl: Duration) -> Duration {
-    ttl * 3 / 4
+    ttl * 9 / 10
 }
 
 impl Lease {
@@ -144,7 +148,7 @@ impl Lease {
 /// closed and a new lease is taken.
 pub(super) async fn keep(lease: Lease, mut revision: u64, router: RouterHandle) {
     let ttl = lease.nodes.ttl;
-    let every = ttl / 4;
+    let every = ttl / 5;
     loop {
         tokio::time::sleep(every).await;
         let epoch = lease.epoch();

@@ -91,6 +91,7 @@ pub(crate) struct Link {
     lease: Arc<NodeLease>,
     node_id: String,
     node_ttl: std::time::Duration,
+    append_timeout: std::time::Duration,
 }
 
 /// The running link's tasks.
@@ -129,6 +130,7 @@ impl Link {
                 lease,
                 node_id: config.node_id.clone(),
                 node_ttl: std::time::Duration::from_millis(config.node_ttl_ms),
+                append_timeout: std::time::Duration::from_millis(config.append_timeout_ms),
             },
             peers,
         ))
@@ -153,6 +155,7 @@ impl Link {
             lease,
             node_id,
             node_ttl,
+            append_timeout,
         } = self;
         let jetstream = jetstream_context(&client);
         let nodes = lease::Nodes::open(&jetstream, replicas, node_ttl).await?;
@@ -176,7 +179,8 @@ impl Link {
         let evictions = client.subscribe(subject::evict(&node_id)).await?;
         let revision = lease.acquire().await;
         let lease_view = lease.view.clone();
-        let inbox_streams = inbox::InboxStreams::open(&jetstream, shards, replicas, im).await?;
+        let inbox_streams =
+            inbox::InboxStreams::open(&jetstream, shards, replicas, im, append_timeout).await?;
         let (retained_log, retained_stream) =
             retained::RetainedLog::open(&client, replicas).await?;
         let follow_retained = retained::follow(&retained_stream, router.clone()).await?;

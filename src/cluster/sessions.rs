@@ -41,6 +41,10 @@ const BUCKET: &str = "TERN_SESSIONS";
 /// How long a node's answer to a takeover is awaited before its lease is looked at.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Waits between attempts to claim while the registry fails.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_millis(500);
+
 /// How long the marker a connection's end leaves in the bucket lasts.
 const RELEASED_MARKER_TTL: Duration = Duration::from_secs(60);
 
@@ -163,12 +167,13 @@ impl Registry {
     }
 
     /// Claims `client_id` for a connection of `user` on this node (see the module's docs),
-    /// within `timeout`.
+    /// by `deadline`. Failures of the registry (a bucket electing its leader) are retried
+    /// until then.
     pub(crate) async fn claim(
         &self,
         client_id: &ArcStr,
         user: &ArcStr,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<Claim, ClaimError> {
         if !self.inner.lease.view.holds() {
             return Err(ClaimError::NoLease);
@@ -181,17 +186,31 @@ impl Registry {
             revision: 0,
             attached: false,
         };
-        claim.revision = self.write_claim(client_id, user, timeout).await?;
-        Ok(claim)
+        let mut backoff = RETRY_FIRST;
+        loop {
+            match self.write_claim(client_id, user, deadline).await {
+                Ok(revision) => {
+                    claim.revision = revision;
+                    return Ok(claim);
+                }
+                Err(e @ ClaimError::Registry(_))
+                    if Instant::now() + backoff < deadline && self.inner.lease.view.holds() =>
+                {
+                    tracing::debug!(%client_id, "claim retried: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn write_claim(
         &self,
         client_id: &ArcStr,
         user: &str,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<u64, ClaimError> {
-        let deadline = Instant::now() + timeout;
         let key = subject::key(client_id);
         let lease = &self.inner.lease;
         loop {

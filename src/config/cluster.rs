@@ -49,13 +49,20 @@ pub struct ClusterConfig {
     /// waits (backpressure instead of unbounded memory). Default 8_192; at least 16.
     pub client_capacity: usize,
     /// How long the cluster counts a node alive after its last lease renewal (it renews
-    /// every quarter of this). A node that could not renew for three quarters of it closes
-    /// its connections and serves nothing until it holds a new lease; other nodes take
-    /// over its clients' sessions without its answer once the whole time has passed (a
-    /// CONNECT waits up to this long for a node that stopped answering). Every node of a
-    /// cluster uses the same value. Default 6_000; 1_000..=60_000, and below
-    /// `limits.connect_timeout_secs`.
+    /// every fifth of this). A node that could not renew for 90% of it (stopped, or cut
+    /// off from NATS) closes its connections and serves nothing until it holds a new
+    /// lease; other nodes take over its clients' sessions without its answer once the
+    /// whole time has passed, so a CONNECT of a client id held by a node that died waits up
+    /// to this long (past `limits.connect_timeout_secs` it is refused with 0x88 and the
+    /// client's next attempt gets in). It must outlast a NATS leader election (4 to 9 s) or
+    /// losing a NATS server fences the nodes. The same on every node. Default 10_000;
+    /// 1_000..=60_000.
     pub node_ttl_ms: u64,
+    /// How long a chat message's append to an inbox log is retried (a stream leader's
+    /// election, NATS servers down) before the message is refused to its publisher
+    /// (MQTT 5: PUBACK 0x80; 3.1.1: the connection is closed). Default 10_000;
+    /// 100..=600_000.
+    pub append_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -72,7 +79,8 @@ impl Default for ClusterConfig {
             shards: 8,
             connect_backoff_max_ms: 5_000,
             client_capacity: 8_192,
-            node_ttl_ms: 6_000,
+            node_ttl_ms: 10_000,
+            append_timeout_ms: 10_000,
         }
     }
 }
@@ -94,6 +102,12 @@ impl ClusterConfig {
         )?;
         check_min("cluster.client_capacity", to_u64(self.client_capacity), 16)?;
         check_range("cluster.node_ttl_ms", self.node_ttl_ms, 1_000, 60_000)?;
+        check_range(
+            "cluster.append_timeout_ms",
+            self.append_timeout_ms,
+            100,
+            600_000,
+        )?;
         let methods = [
             self.credentials_file.is_some(),
             !self.user.is_empty() || !self.password.is_empty(),

@@ -97,18 +97,6 @@ impl Config {
 
         validate_log_level(&self.log.level)?;
         self.cluster.validate()?;
-        if self.cluster.enabled()
-            && self.cluster.node_ttl_ms >= self.limits.connect_timeout_secs.saturating_mul(1_000)
-        {
-            // A CONNECT that takes a session over from a silent node waits up to this.
-            return Err(invalid(
-                "cluster.node_ttl_ms",
-                format!(
-                    "{} ms is not below limits.connect_timeout_secs ({} s)",
-                    self.cluster.node_ttl_ms, self.limits.connect_timeout_secs
-                ),
-            ));
-        }
         Ok(())
     }
 

@@ -31,6 +31,9 @@ const CONNECT_BUFFER: usize = 512;
 /// one: an assigned client id, the limits; a larger one grows it).
 const CONNACK_BUFFER: usize = 96;
 
+/// How long before the connect timeout a cluster claim of the client id gives up.
+const CLAIM_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A socket the listener accepted, handed to the connection in one box: an async fn keeps
 /// its arguments for its whole life, and this one lives as long as the connection.
 pub(crate) struct Accepted {
@@ -81,7 +84,8 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Result<Box<Connection>
     };
     let protocol = connect.protocol;
     let peer = permits.peer();
-    match tokio::time::timeout_at(deadline, accept(&connect, &endpoint, peer, &ctx)).await {
+    let accepting = accept(&connect, &endpoint, peer, &ctx, deadline);
+    match tokio::time::timeout_at(deadline, accepting).await {
         Err(_) => Err(ConnectionError::ConnectTimeout(timeout)),
         Ok(Err(Refusal::Code(code))) => {
             write_connack(&mut stream, protocol, refusal(code)).await?;
@@ -120,6 +124,7 @@ async fn accept(
     endpoint: &Endpoint,
     peer: std::net::SocketAddr,
     ctx: &Arc<Context>,
+    deadline: Instant,
 ) -> Result<Admitted, Refusal> {
     protocol::check(connect).map_err(Refusal::Code)?;
     let (client_id, assigned) = protocol::client_id(connect, || format!("tern-{:016x}", rand_id()));
@@ -162,12 +167,10 @@ async fn accept(
     // on another node is closed before this one is attached.
     let claim = match &ctx.sessions {
         Some(registry) => {
+            // Given up a little before the connect timeout, so that the refusal is sent.
+            let give_up = deadline - CLAIM_MARGIN.min(ctx.limits.connect_timeout / 4);
             let claim = registry
-                .claim(
-                    &negotiated.client_id,
-                    &identity.user,
-                    ctx.limits.connect_timeout,
-                )
+                .claim(&negotiated.client_id, &identity.user, give_up)
                 .await;
             match claim {
                 Ok(claim) => Some(claim),
