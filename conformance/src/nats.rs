@@ -33,7 +33,8 @@ pub struct NatsServer {
     /// The HTTP monitoring port (`/connz` and the rest).
     pub monitor: u16,
     child: Child,
-    _store: tempfile::TempDir,
+    /// Its own JetStream directory; `None` when its cluster keeps it across restarts.
+    _store: Option<tempfile::TempDir>,
 }
 
 /// How to start a server.
@@ -54,6 +55,153 @@ pub fn join(config: &mut tern::config::Config, node: &str, nats_url: &str) {
     config.im.operators = vec!["ops".into()];
 }
 
+/// Makes `config` a node named `node` of the cluster on the NATS servers `nats_urls`, with
+/// the default three replicas.
+pub fn join_all(config: &mut tern::config::Config, node: &str, nats_urls: &[String]) {
+    join(config, node, &nats_urls[0]);
+    config.cluster.nats_urls = nats_urls.to_vec();
+    config.cluster.replicas = 3;
+}
+
+/// NATS servers in one JetStream cluster on loopback. Each keeps its data in a directory of
+/// the cluster's, so that a server killed (SIGKILL) restarts with its state, on its ports.
+pub struct NatsCluster {
+    servers: Vec<Option<NatsServer>>,
+    names: Vec<String>,
+    args: Vec<Vec<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// `n` servers, once every one of them reports JetStream healthy.
+    pub async fn start(n: usize) -> NatsCluster {
+        let dir = tempfile::tempdir().expect("temp dir for the NATS cluster");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let names: Vec<String> = (1..=n).map(|i| format!("nats-{i}")).collect();
+        let args: Vec<Vec<String>> = (0..n)
+            .map(|i| {
+                let routes: Vec<String> = (0..n)
+                    .filter(|j| *j != i)
+                    .map(|j| format!("nats://127.0.0.1:{}", ports[j].1))
+                    .collect();
+                vec![
+                    "-a".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    ports[i].0.to_string(),
+                    "-m".into(),
+                    "-1".into(),
+                    "-n".into(),
+                    names[i].clone(),
+                    "-js".into(),
+                    "-sd".into(),
+                    dir.path().join(&names[i]).to_string_lossy().into_owned(),
+                    "--cluster_name".into(),
+                    "tern-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", ports[i].1),
+                    "--routes".into(),
+                    routes.join(","),
+                ]
+            })
+            .collect();
+        let started =
+            futures_util::future::join_all(args.iter().map(|args| spawn_kept(args))).await;
+        let cluster = NatsCluster {
+            servers: started.into_iter().map(Some).collect(),
+            names,
+            args,
+            _dir: dir,
+        };
+        for i in 0..n {
+            cluster.until_healthy(i).await;
+        }
+        cluster
+    }
+
+    /// The client URLs of every server, running or not.
+    pub fn urls(&self) -> Vec<String> {
+        self.args
+            .iter()
+            .map(|args| format!("nats://127.0.0.1:{}", args[3]))
+            .collect()
+    }
+
+    /// Server `i` (from 0), if it runs.
+    pub fn server(&self, i: usize) -> Option<&NatsServer> {
+        self.servers[i].as_ref()
+    }
+
+    /// SIGKILL of server `i`.
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(server) = self.servers[i].take() {
+            server.kill().await;
+        }
+    }
+
+    /// Starts server `i` again with its data and ports, and waits until it is healthy.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.servers[i].is_none(), "nats server {i} still runs");
+        self.servers[i] = Some(spawn_kept(&self.args[i]).await);
+        self.until_healthy(i).await;
+    }
+
+    /// Which server leads JetStream stream `name` now (asked of a running server).
+    pub async fn stream_leader(&self, name: &str) -> Option<usize> {
+        let server = self.servers.iter().flatten().next()?;
+        let jsz = server.monitoring("jsz?streams=true").await;
+        let leader = jsz["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten())
+            .find(|stream| stream["name"] == name)?["cluster"]["leader"]
+            .as_str()?
+            .to_string();
+        self.names.iter().position(|n| *n == leader)
+    }
+
+    async fn until_healthy(&self, i: usize) {
+        let server = self.servers[i].as_ref().expect("a running server");
+        let url = format!("http://127.0.0.1:{}/healthz", server.monitor);
+        for _ in 0..300 {
+            let url = url.clone();
+            let healthy = tokio::task::spawn_blocking(move || {
+                ureq::get(&url)
+                    .call()
+                    .ok()
+                    .and_then(|mut r| r.body_mut().read_to_string().ok())
+                    .is_some_and(|body| body.contains("ok"))
+            })
+            .await
+            .unwrap_or(false);
+            if healthy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("nats server {} not healthy within 30 s", self.names[i]);
+    }
+}
+
+async fn spawn_kept(args: &[String]) -> NatsServer {
+    let (child, port, monitor) = spawn(args).await;
+    NatsServer {
+        port,
+        monitor,
+        child,
+        _store: None,
+    }
+}
+
+/// A port free on 127.0.0.1 now (for the servers' routes, which must be known up front).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 impl NatsServer {
     /// A single server with JetStream on a port of its choosing.
     pub async fn start() -> NatsServer {
@@ -63,54 +211,19 @@ impl NatsServer {
     pub async fn start_with(options: NatsOptions) -> NatsServer {
         let store = tempfile::tempdir().expect("temp dir for the NATS store");
         let port = options.port.map_or("-1".to_string(), |p| p.to_string());
-        let mut command = Command::new(binary());
-        command.args(["-a", "127.0.0.1", "-p", &port, "-m", "-1"]);
+        let mut args: Vec<String> = ["-a", "127.0.0.1", "-p", &port, "-m", "-1"]
+            .map(String::from)
+            .to_vec();
         if !options.without_jetstream {
-            command.arg("-js").arg("-sd").arg(store.path());
+            args.extend(["-js".to_string(), "-sd".to_string()]);
+            args.push(store.path().to_string_lossy().into_owned());
         }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {}: {e} (scripts/setup.sh --tests installs it)",
-                    binary().display()
-                )
-            });
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (ready, port) = oneshot::channel();
-        // Reads the log to the end (a full pipe would stop the server) and reports the
-        // client port once the server says it is ready.
-        tokio::spawn(async move {
-            let mut ready = Some(ready);
-            let (mut port, mut monitor) = (None, None);
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
-                    port = port_of(addr);
-                }
-                if let Some(addr) = line.split("Starting http monitor on ").nth(1) {
-                    monitor = port_of(addr);
-                }
-                if line.contains("Server is ready") {
-                    if let (Some(tx), Some(port), Some(monitor)) = (ready.take(), port, monitor) {
-                        let _ = tx.send((port, monitor));
-                    }
-                }
-            }
-        });
-        let (port, monitor) = tokio::time::timeout(Duration::from_secs(20), port)
-            .await
-            .expect("nats-server ready within 20 s")
-            .expect("nats-server exited before it was ready");
+        let (child, port, monitor) = spawn(&args).await;
         NatsServer {
             port,
             monitor,
             child,
-            _store: store,
+            _store: Some(store),
         }
     }
 
@@ -173,6 +286,51 @@ impl NatsServer {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
+}
+
+/// Starts `nats-server` with `args`; returns it with its client and monitoring ports once
+/// it says it is ready.
+async fn spawn(args: &[String]) -> (Child, u16, u16) {
+    let mut child = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e} (scripts/setup.sh --tests installs it)",
+                binary().display()
+            )
+        });
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (ready, port) = oneshot::channel();
+    // Reads the log to the end (a full pipe would stop the server) and reports the
+    // client port once the server says it is ready.
+    tokio::spawn(async move {
+        let mut ready = Some(ready);
+        let (mut port, mut monitor) = (None, None);
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
+                port = port_of(addr);
+            }
+            if let Some(addr) = line.split("Starting http monitor on ").nth(1) {
+                monitor = port_of(addr);
+            }
+            if line.contains("Server is ready") {
+                if let (Some(tx), Some(port), Some(monitor)) = (ready.take(), port, monitor) {
+                    let _ = tx.send((port, monitor));
+                }
+            }
+        }
+    });
+    let (port, monitor) = tokio::time::timeout(Duration::from_secs(20), port)
+        .await
+        .expect("nats-server ready within 20 s")
+        .expect("nats-server exited before it was ready");
+    (child, port, monitor)
 }
 
 fn port_of(addr: &str) -> Option<u16> {
