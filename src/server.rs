@@ -18,7 +18,9 @@ use tern_storage::{RocksStore, Store, SyncPolicy, Writer};
 use tokio::sync::{watch, Semaphore};
 
 use crate::admin::http::{AdminError, AdminServer};
-pub use crate::cluster::{BucketError, InboxError, JoinError, LinkError, RetainedError};
+pub use crate::cluster::{
+    BucketError, DirectoryError, InboxError, JoinError, LinkError, RetainedError,
+};
 use crate::cluster::{Link, LinkTasks};
 use crate::config::{Config, ListenerKind, SyncMode};
 use crate::connection::{Accepted, ConnectionLimits, Context};
@@ -117,7 +119,12 @@ impl Server {
         let broadcasts = Arc::new(Semaphore::new(crate::router::MAX_BROADCASTS_IN_FLIGHT));
         let link = match link {
             Some(link) => match link
-                .start(router.clone(), broadcasts.clone(), &config.im)
+                .start(
+                    router.clone(),
+                    writer.clone(),
+                    broadcasts.clone(),
+                    &config.im,
+                )
                 .await
             {
                 Ok(tasks) => Some(tasks),
@@ -142,7 +149,9 @@ impl Server {
         let admin = if config.admin.enabled {
             match AdminServer::bind(&config, router.clone(), writer.clone()).await {
                 Ok(admin) => {
-                    let admin = admin.with_metrics(metrics.clone());
+                    let admin = admin
+                        .with_metrics(metrics.clone())
+                        .with_directory(link.as_ref().map(LinkTasks::directory));
                     if !admin.local_addr().ip().is_loopback() {
                         tracing::warn!(
                             api = %admin.local_addr(),

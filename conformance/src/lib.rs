@@ -801,3 +801,39 @@ pub fn paho_python() -> PathBuf {
     );
     python
 }
+
+/// A raw HTTP request (the admin API's): (status, parsed JSON body).
+pub async fn http(
+    method: &'static str,
+    url: String,
+    token: Option<String>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .build()
+            .into();
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(token) = token {
+            req = req.header("Authorization", format!("Bearer {token}"));
+        }
+        let response = match body {
+            Some(body) => agent.run(
+                req.header("Content-Type", "application/json")
+                    .body(body.to_string())
+                    .expect("request"),
+            ),
+            None => agent.run(req.body(()).expect("request")),
+        };
+        let mut response = response.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().expect("body");
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {url}: {status} body not JSON ({e}): {text}"));
+        (status, value)
+    })
+    .await
+    .expect("request thread")
+}

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tern::admin::model::format_time;
 use tern_codec::{Packet, Protocol, QoS, ReasonCode};
-use tern_conformance::{connect_packet, Broker, RawClient};
+use tern_conformance::{connect_packet, http, Broker, RawClient};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -917,42 +917,6 @@ async fn configured_token_is_needed_and_never_written() {
 // ---------------------------------------------------------------------------------------
 // the admin HTTP API
 // ---------------------------------------------------------------------------------------
-
-/// A raw HTTP request: (status, parsed JSON body).
-async fn http(
-    method: &'static str,
-    url: String,
-    token: Option<String>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .proxy(None)
-            .build()
-            .into();
-        let mut req = ureq::http::Request::builder().method(method).uri(&url);
-        if let Some(token) = token {
-            req = req.header("Authorization", format!("Bearer {token}"));
-        }
-        let response = match body {
-            Some(body) => agent.run(
-                req.header("Content-Type", "application/json")
-                    .body(body.to_string())
-                    .expect("request"),
-            ),
-            None => agent.run(req.body(()).expect("request")),
-        };
-        let mut response = response.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().expect("body");
-        let value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{method} {url}: {status} body not JSON ({e}): {text}"));
-        (status, value)
-    })
-    .await
-    .expect("request thread")
-}
 
 #[tokio::test]
 async fn admin_api_refuses_missing_or_wrong_tokens() {

@@ -69,6 +69,8 @@ struct AdminState {
     /// User changes read then write the store: one at a time, so that two concurrent adds
     /// of the same user cannot both pass the existence check.
     users: tokio::sync::Mutex<()>,
+    /// On a cluster node: users and groups live in the cluster, and changes go there.
+    directory: Option<crate::cluster::Directory>,
 }
 
 /// The bound, not yet serving, admin API.
@@ -131,6 +133,7 @@ impl AdminServer {
                 metrics: Arc::new(Metrics::new()),
                 token,
                 users: tokio::sync::Mutex::new(()),
+                directory: None,
             },
             files,
         })
@@ -140,6 +143,15 @@ impl AdminServer {
     /// router's counts ever reach).
     pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> AdminServer {
         self.state.metrics = metrics;
+        self
+    }
+
+    /// Changes users and groups in the cluster's directory rather than here.
+    pub(crate) fn with_directory(
+        mut self,
+        directory: Option<crate::cluster::Directory>,
+    ) -> AdminServer {
+        self.state.directory = directory;
         self
     }
 
@@ -517,6 +529,12 @@ async fn user_show(
 /// Checks a user change against the store, hashes, writes it and waits until it is
 /// durable; returns the op's user, if it wrote one.
 async fn change_user(state: &AdminState, change: UserChange) -> ApiResult<Option<UserView>> {
+    if let Some(directory) = &state.directory {
+        // Every node (this one included) closes the user's connections as it copies the
+        // change.
+        let user = directory.change_user(change).await?;
+        return Ok(user.as_ref().map(UserView::from));
+    }
     let _one_at_a_time = state.users.lock().await;
     let asked = change.clone();
     let ops = read(state, move |store| user_ops(store, &asked, now_ms())).await?;
@@ -616,8 +634,12 @@ async fn change_group(state: &AdminState, change: GroupChange) -> ApiResult<Opti
         | GroupChange::Remove { gid, .. } => gid.clone(),
     };
     let deleting = matches!(change, GroupChange::Delete { .. });
-    let durable = state.router.change_group(change).await??;
-    durable.await?;
+    if let Some(directory) = &state.directory {
+        directory.change_group(change).await?;
+    } else {
+        let durable = state.router.change_group(change).await??;
+        durable.await?;
+    }
     if deleting {
         return Ok(None);
     }

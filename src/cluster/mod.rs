@@ -14,6 +14,7 @@
 //! data (`router::Peers`).
 
 mod devices;
+mod directory;
 mod inbox;
 mod join;
 mod lease;
@@ -29,6 +30,8 @@ use tern_storage::StoredMessage;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
+pub(crate) use directory::Directory;
+pub use directory::DirectoryError;
 pub use inbox::InboxError;
 pub(crate) use inbox::InboxReader;
 pub(crate) use join::join;
@@ -51,6 +54,8 @@ pub enum LinkError {
     Inbox(#[from] InboxError),
     #[error(transparent)]
     Bucket(#[from] BucketError),
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
 }
 
 /// A key-value bucket of the cluster that could not be opened.
@@ -101,6 +106,7 @@ pub(crate) struct LinkTasks {
     inbox: InboxReader,
     sessions: Registry,
     lease: Arc<NodeLease>,
+    directory: Directory,
 }
 
 impl Link {
@@ -137,11 +143,12 @@ impl Link {
     }
 
     /// Starts carrying traffic for `router`, once the node holds its lease and the
-    /// cluster's retained messages are in its store. Broadcasts from other nodes take
+    /// cluster's users, groups and retained messages are in its store (`writer`'s). Broadcasts from other nodes take
     /// permits of `broadcasts`, as local ones do.
     pub(crate) async fn start(
         self,
         router: RouterHandle,
+        writer: tern_storage::Writer,
         broadcasts: Arc<Semaphore>,
         im: &ImConfig,
     ) -> Result<LinkTasks, LinkError> {
@@ -179,6 +186,14 @@ impl Link {
         let evictions = client.subscribe(subject::evict(&node_id)).await?;
         let revision = lease.acquire().await;
         let lease_view = lease.view.clone();
+        let (directory, follow_directory) = Directory::open(
+            &jetstream,
+            replicas,
+            im.max_group_members,
+            router.clone(),
+            writer,
+        )
+        .await?;
         let inbox_streams =
             inbox::InboxStreams::open(&jetstream, shards, replicas, im, append_timeout).await?;
         let (retained_log, retained_stream) =
@@ -187,6 +202,7 @@ impl Link {
         let broadcast_subscriber = client.subscribe(subject::BROADCASTS).await?;
         let mut tasks = vec![
             follow_retained,
+            follow_directory,
             tokio::spawn(live::forward(client.clone(), retained_log, forward)),
             tokio::spawn(live::follow_interest(
                 client.clone(),
@@ -221,6 +237,7 @@ impl Link {
             inbox: InboxReader::new(inbox_streams),
             sessions: registry,
             lease: lease_view,
+            directory,
         })
     }
 }
@@ -242,6 +259,11 @@ impl LinkTasks {
     /// Which node each client id is connected on.
     pub(crate) fn sessions(&self) -> Registry {
         self.sessions.clone()
+    }
+
+    /// The cluster's users and groups, for operators' changes.
+    pub(crate) fn directory(&self) -> Directory {
+        self.directory.clone()
     }
 
     /// The node's lease, as connections check it.

@@ -69,11 +69,27 @@ pub fn user_ops(
     change: &UserChange,
     now_ms: u64,
 ) -> Result<Vec<Op>, ChangeError> {
-    let existing = |user: &str| {
-        store
-            .user(user)
-            .map_err(|e| ChangeError::Storage(e.to_string()))
+    let name = match change {
+        UserChange::Add { user, .. }
+        | UserChange::Delete { user }
+        | UserChange::Passwd { user, .. } => user,
     };
+    let existing = store
+        .user(name)
+        .map_err(|e| ChangeError::Storage(e.to_string()))?;
+    Ok(vec![match user_change(existing, change, now_ms)? {
+        Some(user) => Op::PutUser(user),
+        None => Op::DeleteUser { user: name.clone() },
+    }])
+}
+
+/// Checks a user change against the user as it is (`existing`) and returns the user as it
+/// will be (`None`: deleted). Blocks: hashes passwords (argon2).
+pub fn user_change(
+    existing: Option<StoredUser>,
+    change: &UserChange,
+    now_ms: u64,
+) -> Result<Option<StoredUser>, ChangeError> {
     let check_password = |password: &str| {
         if password.is_empty() {
             Err(ChangeError::Invalid("the password is empty".into()))
@@ -89,30 +105,30 @@ pub fn user_ops(
         } => {
             check_id("user", user)?;
             check_password(password)?;
-            if existing(user)?.is_some() {
+            if existing.is_some() {
                 return Err(ChangeError::Exists(format!("user {user} already exists")));
             }
             let password_hash = hash_password(password).map_err(ChangeError::Storage)?;
-            Ok(vec![Op::PutUser(StoredUser {
+            Ok(Some(StoredUser {
                 user: user.clone(),
                 password_hash,
                 operator: *operator,
                 created_at_ms: now_ms,
-            })])
+            }))
         }
         UserChange::Delete { user } => {
-            if existing(user)?.is_none() {
+            if existing.is_none() {
                 return Err(ChangeError::NotFound(format!("no user {user}")));
             }
-            Ok(vec![Op::DeleteUser { user: user.clone() }])
+            Ok(None)
         }
         UserChange::Passwd { user, password } => {
             check_password(password)?;
-            let Some(mut stored) = existing(user)? else {
+            let Some(mut stored) = existing else {
                 return Err(ChangeError::NotFound(format!("no user {user}")));
             };
             stored.password_hash = hash_password(password).map_err(ChangeError::Storage)?;
-            Ok(vec![Op::PutUser(stored)])
+            Ok(Some(stored))
         }
     }
 }
@@ -134,6 +150,18 @@ impl Groups {
             groups,
             max_members,
         }
+    }
+
+    /// Sets a group as another node of the cluster changed it (already checked there).
+    pub fn put(&mut self, group: StoredGroup) {
+        let members = group.members.into_iter().collect();
+        self.groups
+            .insert(group.gid, (members, group.created_at_ms));
+    }
+
+    /// Removes a group another node of the cluster deleted.
+    pub fn remove(&mut self, gid: &str) {
+        self.groups.remove(gid);
     }
 
     pub fn members(&self, gid: &str) -> Option<&BTreeSet<String>> {

@@ -145,6 +145,28 @@ impl Router {
         Ok(())
     }
 
+    /// A group as the cluster's directory holds it now (`None`: deleted); the node that
+    /// changed it checked the change.
+    pub(crate) fn group_remote(
+        &mut self,
+        gid: &str,
+        group: Option<tern_storage::StoredGroup>,
+        out: &mut Outcome,
+    ) {
+        match group {
+            Some(group) => {
+                out.ops.push(Op::PutGroup(group.clone()));
+                self.groups.put(group);
+            }
+            None => {
+                self.groups.remove(gid);
+                out.ops.push(Op::DeleteGroup {
+                    gid: gid.to_string(),
+                });
+            }
+        }
+    }
+
     /// Retention by age: chat messages older than `im.inbox_max_age_secs` are deleted (one
     /// range deletion, ids being time-ordered).
     pub(super) fn sweep(&mut self, out: &mut Outcome) {

@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arcstr::ArcStr;
 use tern_codec::{QoS, ReasonCode, Subscribe, Unsubscribe};
-use tern_storage::{Durable, Op, Writer};
+use tern_storage::{Durable, Op, StorageError, Writer};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
@@ -475,6 +475,21 @@ impl RouterHandle {
             })
             .await?;
         Ok(changed.map(|()| durable))
+    }
+
+    /// A group as the cluster's directory holds it now (`None`: deleted); returns once it
+    /// is stored here.
+    pub(crate) async fn group_remote(
+        &self,
+        gid: &str,
+        group: Option<tern_storage::StoredGroup>,
+    ) -> Result<Result<(), StorageError>, RouterGone> {
+        let ((), durable) = self
+            .execute_unfenced(Writes::Awaited, |router, out| {
+                router.group_remote(gid, group, out)
+            })
+            .await?;
+        Ok(durable.await)
     }
 
     /// An operator deletes a retained message; `None` if there was none.

@@ -1,0 +1,208 @@
+//! Users and groups across tern nodes on a real NATS server: whatever node's admin API an
+//! operator uses, every node logs the users in, routes group messages to the members, and
+//! closes the connections of a user deleted or given a new password.
+
+use serde_json::json;
+use tern::config::AnonymousPolicy;
+use tern_codec::{Protocol, QoS, ReasonCode};
+use tern_conformance::chat::{login, next, publish, subscribe_all};
+use tern_conformance::nats::{join, NatsServer};
+use tern_conformance::{granted, http, Broker, RawClient};
+
+async fn node(nats: &NatsServer, name: &str) -> Broker {
+    let url = nats.url();
+    Broker::start_with(|c| {
+        join(c, name, &url);
+        c.allow_anonymous = AnonymousPolicy::Never;
+    })
+    .await
+}
+
+async fn api(
+    node: &Broker,
+    method: &'static str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    http(
+        method,
+        format!("{}{path}", node.admin_url()),
+        Some(node.admin_token()),
+        body,
+    )
+    .await
+}
+
+async fn connect(
+    node: &Broker,
+    client_id: &str,
+    user: &str,
+    password: &str,
+) -> (RawClient, ReasonCode) {
+    let (client, ack) = RawClient::open(
+        node.addr,
+        Protocol::V5,
+        client_id,
+        true,
+        login(user, Some(password)),
+    )
+    .await;
+    (client, ack.code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_groups_changed_on_one_node_hold_on_every_node() {
+    let nats = NatsServer::start().await;
+    let (one, two) = (node(&nats, "n1").await, node(&nats, "n2").await);
+
+    for (user, password) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
+        let (status, body) = api(
+            &one,
+            "POST",
+            "/v1/users",
+            Some(json!({"user": user, "password": password})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // Node 2 knows them at once (the change returned once node 1 had it; node 2 may
+    // copy it a moment later, so its answer is awaited).
+    let mut attempts = 0;
+    let mut bob = loop {
+        let (client, code) = connect(&two, "bob-phone", "bob", "bob-pw").await;
+        if code == ReasonCode::Success {
+            break client;
+        }
+        assert_eq!(code, ReasonCode::BadUserNameOrPassword);
+        attempts += 1;
+        assert!(attempts < 100, "node 2 never learned of bob");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let (_, code) = connect(&two, "bob-tablet", "bob", "wrong").await;
+    assert_eq!(code, ReasonCode::BadUserNameOrPassword);
+    // Adding a user that exists, on the other node, is refused.
+    let (status, _) = api(
+        &two,
+        "POST",
+        "/v1/users",
+        Some(json!({"user": "alice", "password": "x"})),
+    )
+    .await;
+    assert_eq!(status, 409);
+
+    // A group made on node 2 routes a message sent on node 1.
+    let (status, body) = api(
+        &two,
+        "POST",
+        "/v1/groups",
+        Some(json!({"gid": "team", "members": ["alice", "bob"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api(&one, "GET", "/v1/groups/team", None).await;
+    assert_eq!(
+        status, 200,
+        "node 1 copied the group before node 2 answered? {body}"
+    );
+    let (mut alice, code) = connect(&one, "alice-phone", "alice", "alice-pw").await;
+    assert_eq!(code, ReasonCode::Success);
+    assert_eq!(
+        subscribe_all(&mut bob, &["inbox/bob/#"]).await,
+        [granted(QoS::AtLeastOnce)]
+    );
+    // Bob's node subscribes to his deliveries in NATS after the SUBACK: probe until one
+    // arrives.
+    loop {
+        assert_eq!(
+            publish(&mut alice, 1, "group/team", "hello team", &[]).await,
+            ReasonCode::Success,
+            "alice is a member on node 1 too"
+        );
+        if let Ok(Some(tern_codec::Packet::Publish(p))) =
+            bob.recv_within(std::time::Duration::from_millis(300)).await
+        {
+            bob.ack(&p).await;
+            assert_eq!(&*p.topic, "inbox/bob/group/team/alice");
+            break;
+        }
+    }
+    let (status, _) = api(&one, "DELETE", "/v1/groups/team/members/alice", None).await;
+    assert_eq!(status, 200);
+    let refused = publish(&mut alice, 2, "group/team", "still here?", &[]).await;
+    assert_eq!(refused, ReasonCode::NotAuthorized, "no longer a member");
+    assert_eq!(
+        publish(&mut alice, 3, "dm/bob", "a DM still works", &[]).await,
+        ReasonCode::Success
+    );
+    let (_, payload, from, _) = loop {
+        let row = next(&mut bob, "alice's DM").await;
+        if row.1 != "hello team" {
+            break row;
+        }
+    };
+    assert_eq!(
+        (payload.as_str(), from.as_str()),
+        ("a DM still works", "alice")
+    );
+
+    // A new password on node 2 closes alice's connection on node 1 and refuses the old one.
+    let (status, _) = api(
+        &two,
+        "PUT",
+        "/v1/users/alice/password",
+        Some(json!({"password": "new-pw"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    alice
+        .expect_disconnect(&[ReasonCode::NotAuthorized], "alice after her new password")
+        .await;
+    let (_, code) = connect(&one, "alice-phone", "alice", "alice-pw").await;
+    assert_eq!(code, ReasonCode::BadUserNameOrPassword);
+    let (_, code) = connect(&one, "alice-phone", "alice", "new-pw").await;
+    assert_eq!(code, ReasonCode::Success);
+
+    // Bob deleted on node 1: his connection on node 2 closes, and he is refused there.
+    let (status, _) = api(&one, "DELETE", "/v1/users/bob", None).await;
+    assert_eq!(status, 200);
+    bob.expect_disconnect(&[ReasonCode::NotAuthorized], "bob deleted")
+        .await;
+    let (_, code) = connect(&two, "bob-phone", "bob", "bob-pw").await;
+    assert_eq!(code, ReasonCode::BadUserNameOrPassword);
+    let (status, _) = api(&two, "GET", "/v1/users/bob", None).await;
+    assert_eq!(status, 404);
+}
+
+/// The same user added on two nodes at once: one add wins, the other is told it exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_concurrent_adds_of_a_user_wins() {
+    let nats = NatsServer::start().await;
+    let (one, two) = (node(&nats, "n1").await, node(&nats, "n2").await);
+    for round in 0..5 {
+        let user = format!("user{round}");
+        let body = |password: &str| Some(json!({"user": user, "password": password}));
+        let ((a, _), (b, _)) = tokio::join!(
+            api(&one, "POST", "/v1/users", body("from-one")),
+            api(&two, "POST", "/v1/users", body("from-two"))
+        );
+        let mut statuses = [a, b];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 409], "round {round}");
+        let winner = if a == 201 { "from-one" } else { "from-two" };
+        for node in [&one, &two] {
+            let mut attempts = 0;
+            loop {
+                let (_, code) = connect(node, &format!("{user}-c"), &user, winner).await;
+                if code == ReasonCode::Success {
+                    break;
+                }
+                attempts += 1;
+                assert!(
+                    attempts < 100,
+                    "{user} never logged in with the winning password"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
