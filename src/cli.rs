@@ -32,6 +32,8 @@ pub enum Command {
     Group(GroupArgs),
     /// Users' inbox logs: tail.
     Inbox(InboxArgs),
+    /// Several nodes on NATS: status.
+    Cluster(ClusterArgs),
 }
 
 /// Options of every operator command (all but `serve`).
@@ -243,6 +245,24 @@ pub enum GroupCommand {
         #[arg(value_name = "GID")]
         gid: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The nodes holding a lease, the NATS server, and tern's streams with their leaders
+    /// and replicas' lag.
+    ///
+    /// Through a running node's admin API (with that node's own view); for a stopped node,
+    /// read from NATS with the config file's `[cluster]` settings.
+    Status,
 }
 
 #[derive(Debug, clap::Args)]

@@ -90,7 +90,11 @@ impl Server {
             }
             SyncMode::None => SyncPolicy::None,
         };
-        let metrics = Arc::new(Metrics::new());
+        let node = config
+            .cluster
+            .enabled()
+            .then_some(config.cluster.node_id.as_str());
+        let metrics = Arc::new(Metrics::for_node(node));
         let writer =
             Writer::start_observed(store, policy, config.storage.writer_queue, metrics.clone());
         let router_limits = RouterLimits::from_config(&config);
@@ -124,6 +128,7 @@ impl Server {
                     writer.clone(),
                     broadcasts.clone(),
                     &config.im,
+                    session_finder(&router, &writer, &config.cluster.node_id),
                 )
                 .await
             {
@@ -151,7 +156,7 @@ impl Server {
                 Ok(admin) => {
                     let admin = admin
                         .with_metrics(metrics.clone())
-                        .with_directory(link.as_ref().map(LinkTasks::directory));
+                        .with_cluster(link.as_ref().map(LinkTasks::admin));
                     if !admin.local_addr().ip().is_loopback() {
                         tracing::warn!(
                             api = %admin.local_addr(),
@@ -348,4 +353,20 @@ pub async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// What this node answers another node's lookup of a session with: the admin API's view
+/// of it (see `cluster::lookup`).
+fn session_finder(
+    router: &RouterHandle,
+    writer: &tern_storage::Writer,
+    node: &str,
+) -> crate::cluster::SessionFinder {
+    let (router, writer, node) = (router.clone(), writer.clone(), node.to_string());
+    Arc::new(move |client_id| {
+        let (router, writer, node) = (router.clone(), writer.clone(), node.clone());
+        Box::pin(async move {
+            crate::admin::http::session_views_json(&router, &writer, &client_id, &node).await
+        })
+    })
 }

@@ -31,8 +31,8 @@ use super::client::{encode_segment, ApiClient, ClientError};
 use super::model::{self, Deleted, GroupView, UserView};
 use super::{render, token};
 use crate::cli::{
-    Command, GroupCommand, InboxCommand, OpsArgs, QueueCommand, RetainedCommand, SessionsCommand,
-    UserCommand,
+    ClusterCommand, Command, GroupCommand, InboxCommand, OpsArgs, QueueCommand, RetainedCommand,
+    SessionsCommand, UserCommand,
 };
 use crate::config::Config;
 use crate::im::directory::{user_ops, ChangeError, GroupChange, Groups, UserChange};
@@ -113,6 +113,7 @@ pub enum Action {
         user: String,
         limit: usize,
     },
+    ClusterStatus,
 }
 
 impl Action {
@@ -162,6 +163,7 @@ pub enum Outcome {
         user: String,
         list: Vec<model::InboxView>,
     },
+    Cluster(Box<model::ClusterStatus>),
 }
 
 impl Outcome {
@@ -183,6 +185,7 @@ impl Outcome {
             Outcome::Group { group, .. } => pretty(group),
             Outcome::Deleted { deleted, .. } => pretty(deleted),
             Outcome::Inbox { list, .. } => pretty(list),
+            Outcome::Cluster(status) => pretty(status),
         }
     }
 
@@ -228,6 +231,7 @@ impl Outcome {
             }
             Outcome::Deleted { what, deleted } => format!("deleted {what} {}\n", deleted.deleted),
             Outcome::Inbox { user, list } => render::inbox(user, list),
+            Outcome::Cluster(status) => render::cluster(status),
         }
     }
 }
@@ -342,6 +346,12 @@ pub fn parse(command: Command) -> Result<(OpsArgs, Action), OpsError> {
             args.ops,
             match args.command {
                 InboxCommand::Tail { user, limit } => Action::InboxTail { user, limit },
+            },
+        ),
+        Command::Cluster(args) => (
+            args.ops,
+            match args.command {
+                ClusterCommand::Status => Action::ClusterStatus,
             },
         ),
     })
@@ -540,6 +550,7 @@ pub fn live(client: &ApiClient, action: Action) -> Result<Outcome, OpsError> {
             )?,
             user,
         },
+        Action::ClusterStatus => Outcome::Cluster(Box::new(client.get("/v1/cluster", &[])?)),
     })
 }
 
@@ -577,6 +588,9 @@ fn open_error(dir: &Path, e: StorageError) -> OpsError {
 
 /// Runs an action on a stopped broker's data directory.
 pub fn offline(config: &Config, dir: &Path, action: Action) -> Result<Outcome, OpsError> {
+    if action == Action::ClusterStatus {
+        return apply_without_store(config);
+    }
     check_database(dir)?;
     let store = if action.changes() {
         RocksStore::open(dir)
@@ -587,6 +601,28 @@ pub fn offline(config: &Config, dir: &Path, action: Action) -> Result<Outcome, O
     let outcome = apply(&store, config, action)?;
     drop(store);
     Ok(outcome)
+}
+
+/// An action that reads nothing from the data directory.
+fn apply_without_store(config: &Config) -> Result<Outcome, OpsError> {
+    cluster_status_from_nats(config)
+}
+
+/// `tern cluster status` for a stopped node: read from NATS with the config's settings.
+fn cluster_status_from_nats(config: &Config) -> Result<Outcome, OpsError> {
+    if !config.cluster.enabled() {
+        return Err(OpsError::Usage(
+            "no running broker, and the config is not a cluster node's ([cluster] engine = \"nats\"): give --config or --admin".to_string(),
+        ));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| OpsError::Failed(format!("cannot start a runtime: {e}")))?;
+    let status = runtime
+        .block_on(crate::cluster::status_from(&config.cluster))
+        .map_err(|e| OpsError::Failed(e.to_string()))?;
+    Ok(Outcome::Cluster(Box::new(status)))
 }
 
 fn write(store: &dyn Store, ops: &[Op]) -> Result<(), OpsError> {
@@ -696,6 +732,8 @@ pub fn apply(store: &dyn Store, config: &Config, action: Action) -> Result<Outco
             list: model::inbox_tail(store, &user, limit)?,
             user,
         },
+        // Not in the data directory: read from NATS (see `offline`).
+        Action::ClusterStatus => return cluster_status_from_nats(config),
     })
 }
 

@@ -70,7 +70,7 @@ struct AdminState {
     /// of the same user cannot both pass the existence check.
     users: tokio::sync::Mutex<()>,
     /// On a cluster node: users and groups live in the cluster, and changes go there.
-    directory: Option<crate::cluster::Directory>,
+    cluster: Option<crate::cluster::ClusterAdmin>,
 }
 
 /// The bound, not yet serving, admin API.
@@ -133,7 +133,7 @@ impl AdminServer {
                 metrics: Arc::new(Metrics::new()),
                 token,
                 users: tokio::sync::Mutex::new(()),
-                directory: None,
+                cluster: None,
             },
             files,
         })
@@ -146,12 +146,13 @@ impl AdminServer {
         self
     }
 
-    /// Changes users and groups in the cluster's directory rather than here.
-    pub(crate) fn with_directory(
+    /// On a cluster node: changes users and groups in the cluster's directory rather than
+    /// here, and shows the cluster's state.
+    pub(crate) fn with_cluster(
         mut self,
-        directory: Option<crate::cluster::Directory>,
+        cluster: Option<crate::cluster::ClusterAdmin>,
     ) -> AdminServer {
-        self.state.directory = directory;
+        self.state.cluster = cluster;
         self
     }
 
@@ -203,6 +204,7 @@ fn app(state: Arc<AdminState>) -> Router {
             put(group_add).delete(group_remove),
         )
         .route("/v1/inbox/{user}", get(inbox_tail))
+        .route("/v1/cluster", get(cluster_status))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -237,6 +239,10 @@ impl ApiError {
 
     fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
 }
 
@@ -488,12 +494,69 @@ async fn session_show(
     State(state): State<Arc<AdminState>>,
     Path(client_id): Path<String>,
 ) -> ApiResult<Json<model::SessionView>> {
-    live_sessions(&state, Some(client_id.clone()))
+    let local = live_sessions(&state, Some(client_id.clone()))
         .await?
         .into_iter()
-        .find(|s| s.client_id == client_id)
-        .map(Json)
-        .ok_or_else(|| model::no_session(&client_id).into())
+        .find(|s| s.client_id == client_id);
+    if let Some(mut view) = local {
+        view.node = state.cluster.as_ref().map(|c| c.node().to_string());
+        return Ok(Json(view));
+    }
+    // On a cluster node, the session may be on another node.
+    if let Some(cluster) = &state.cluster {
+        let answers = cluster
+            .find_sessions(&client_id)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("asking the other nodes: {e}")))?;
+        let mut found: Vec<model::SessionView> = answers
+            .iter()
+            .filter_map(|answer| serde_json::from_slice::<Vec<model::SessionView>>(answer).ok())
+            .flatten()
+            .filter(|s| s.client_id == client_id)
+            .collect();
+        // A connected one first (an offline persistent copy may linger elsewhere).
+        found.sort_by_key(|s| !s.connected);
+        if let Some(view) = found.into_iter().next() {
+            return Ok(Json(view));
+        }
+    }
+    Err(model::no_session(&client_id).into())
+}
+
+/// What this node holds of `client_id`, as the JSON list another node's lookup gets (see
+/// `cluster::lookup`); an empty list when nothing, or when it cannot tell.
+pub(crate) async fn session_views_json(
+    router: &RouterHandle,
+    writer: &Writer,
+    client_id: &str,
+    node: &str,
+) -> Vec<u8> {
+    let summaries: Vec<_> = router
+        .sessions(Some(client_id))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.client_id == client_id)
+        .collect();
+    let store = writer.store().clone();
+    let node = node.to_string();
+    let views = tokio::task::spawn_blocking(move || {
+        summaries
+            .into_iter()
+            .map(|summary| {
+                let queue = if summary.persistent {
+                    store.queue_stats(&summary.client_id).unwrap_or((0, 0))
+                } else {
+                    (0, 0)
+                };
+                let mut view = model::SessionView::from_summary(summary, queue);
+                view.node = Some(node.clone());
+                view
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    serde_json::to_vec(&views).unwrap_or_else(|_| b"[]".to_vec())
 }
 
 async fn queue_peek(
@@ -513,6 +576,22 @@ async fn queue_peek(
     .map(Json)
 }
 
+async fn cluster_status(
+    State(state): State<Arc<AdminState>>,
+) -> ApiResult<Json<crate::cluster::ClusterStatus>> {
+    let Some(cluster) = &state.cluster else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this broker is not a cluster node ([cluster] engine = \"none\")",
+        ));
+    };
+    cluster
+        .status()
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::unavailable(e.to_string()))
+}
+
 async fn users_list(State(state): State<Arc<AdminState>>) -> ApiResult<Json<Vec<UserView>>> {
     read(&state, model::users).await.map(Json)
 }
@@ -529,7 +608,7 @@ async fn user_show(
 /// Checks a user change against the store, hashes, writes it and waits until it is
 /// durable; returns the op's user, if it wrote one.
 async fn change_user(state: &AdminState, change: UserChange) -> ApiResult<Option<UserView>> {
-    if let Some(directory) = &state.directory {
+    if let Some(directory) = state.cluster.as_ref().map(|c| c.directory()) {
         // Every node (this one included) closes the user's connections as it copies the
         // change.
         let user = directory.change_user(change).await?;
@@ -634,7 +713,7 @@ async fn change_group(state: &AdminState, change: GroupChange) -> ApiResult<Opti
         | GroupChange::Remove { gid, .. } => gid.clone(),
     };
     let deleting = matches!(change, GroupChange::Delete { .. });
-    if let Some(directory) = &state.directory {
+    if let Some(directory) = state.cluster.as_ref().map(|c| c.directory()) {
         directory.change_group(change).await?;
     } else {
         let durable = state.router.change_group(change).await??;

@@ -15,6 +15,8 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use tern_storage::{QueueState, StorageError, Store, StoredGroup, StoredMessage, StoredUser};
 
+pub use crate::cluster::ClusterStatus;
+
 use crate::im::directory::ChangeError;
 use crate::im::topics::{ROLE_RECEIVED, ROLE_SENT};
 use crate::protocol::Message;
@@ -176,6 +178,9 @@ pub struct SessionView {
     pub queued_bytes: u64,
     /// Messages sent and not yet acknowledged by the connected client.
     pub in_flight: u64,
+    /// The cluster node holding it (only on a cluster node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl SessionView {
@@ -196,6 +201,7 @@ impl SessionView {
             queued: queue.0,
             queued_bytes: queue.1,
             in_flight: len64(summary.in_flight),
+            node: None,
         }
     }
 }
@@ -421,6 +427,7 @@ fn stored_session_view(
         queued,
         queued_bytes,
         in_flight: 0,
+        node: None,
     })
 }
 

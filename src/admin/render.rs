@@ -4,8 +4,8 @@
 use comfy_table::{ContentArrangement, Table};
 
 use super::model::{
-    format_time, GroupView, InboxView, QueuePeek, QueuedState, RetainedStats, RetainedView,
-    SessionView, UserView,
+    format_time, ClusterStatus, GroupView, InboxView, QueuePeek, QueuedState, RetainedStats,
+    RetainedView, SessionView, UserView,
 };
 
 /// A borderless table: header in capitals, two spaces between columns, no trailing blanks.
@@ -146,19 +146,25 @@ pub fn sessions(list: &[SessionView]) -> String {
 }
 
 pub fn session(s: &SessionView) -> String {
-    let mut out = fields(&[
-        ("client id", s.client_id.clone()),
-        ("user", s.user.clone()),
-        ("connected", yes_no(s.connected)),
-        ("persistent", yes_no(s.persistent)),
-        ("protocol", format!("MQTT {}", protocol(s.protocol_level))),
-        ("session expiry", expiry(s.expiry_secs)),
-        (
-            "queued",
-            format!("{} messages, {} bytes", s.queued, s.queued_bytes),
-        ),
-        ("in flight", s.in_flight.to_string()),
-    ]);
+    let node = s.node.iter().map(|node| ("node", node.clone()));
+    let mut out = fields(
+        &[
+            ("client id", s.client_id.clone()),
+            ("user", s.user.clone()),
+            ("connected", yes_no(s.connected)),
+            ("persistent", yes_no(s.persistent)),
+            ("protocol", format!("MQTT {}", protocol(s.protocol_level))),
+            ("session expiry", expiry(s.expiry_secs)),
+            (
+                "queued",
+                format!("{} messages, {} bytes", s.queued, s.queued_bytes),
+            ),
+            ("in flight", s.in_flight.to_string()),
+        ]
+        .into_iter()
+        .chain(node)
+        .collect::<Vec<_>>(),
+    );
     out.push('\n');
     if s.subscriptions.is_empty() {
         out.push_str("no subscriptions\n");
@@ -276,6 +282,66 @@ pub fn inbox(user: &str, list: &[InboxView]) -> String {
             ]
         }),
     )
+}
+
+/// `tern cluster status`: this node, the NATS server, the nodes, the streams.
+pub fn cluster(s: &ClusterStatus) -> String {
+    let mut out = String::new();
+    let mut pairs = Vec::new();
+    match &s.this_node {
+        Some(node) => {
+            pairs.push(("node", node.node.clone()));
+            pairs.push(("epoch", node.epoch.clone()));
+            pairs.push(("lease holds", yes_no(node.lease_holds)));
+        }
+        None => pairs.push(("node", "(not running; read from NATS)".to_string())),
+    }
+    pairs.push(("nats server", s.nats_server.clone()));
+    pairs.push((
+        "nats cluster",
+        s.nats_cluster
+            .clone()
+            .unwrap_or_else(|| "(none)".to_string()),
+    ));
+    out.push_str(&fields(&pairs));
+    out.push('\n');
+    out.push_str(&table(
+        &["NODE", "EPOCH"],
+        s.nodes.iter().map(|n| [n.node.clone(), n.epoch.clone()]),
+    ));
+    out.push('\n');
+    out.push_str(&table(
+        &["STREAM", "MESSAGES", "BYTES", "LEADER", "REPLICAS"],
+        s.streams.iter().map(|stream| {
+            let replicas = stream
+                .replicas
+                .iter()
+                .map(|r| {
+                    let state = if r.offline {
+                        "offline".to_string()
+                    } else if r.current {
+                        "current".to_string()
+                    } else {
+                        format!("lag {}", r.lag)
+                    };
+                    format!("{} ({state}, seen {} ms ago)", r.server, r.seen_ms_ago)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            [
+                stream.name.clone(),
+                stream.messages.to_string(),
+                stream.bytes.to_string(),
+                stream.leader.clone().unwrap_or_else(|| "-".to_string()),
+                if replicas.is_empty() {
+                    "-".to_string()
+                } else {
+                    replicas
+                },
+            ]
+        }),
+    ));
+    out
 }
 
 #[cfg(test)]

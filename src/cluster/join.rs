@@ -63,7 +63,8 @@ pub(crate) async fn join(config: &ClusterConfig) -> Result<async_nats::Client, J
     }
 }
 
-async fn attempt(config: &ClusterConfig) -> Result<async_nats::Client, JoinError> {
+/// One attempt to connect to NATS and find JetStream.
+pub(super) async fn attempt(config: &ClusterConfig) -> Result<async_nats::Client, JoinError> {
     let urls = config.nats_urls.join(",");
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("tern node {}", config.node_id))

@@ -26,7 +26,7 @@ use tern_codec::ReasonCode;
 use crate::protocol::Close;
 use crate::router::{NodeLease, RouterHandle};
 
-const BUCKET: &str = "TERN_NODES";
+pub(super) const BUCKET: &str = "TERN_NODES";
 
 /// The bucket of node leases.
 #[derive(Clone)]
@@ -61,6 +61,16 @@ impl Nodes {
         Ok(self.kv.entry(node).await?.is_some_and(|entry| {
             entry.operation == kv::Operation::Put && entry.value == epoch.as_bytes()
         }))
+    }
+
+    /// The ids of the nodes holding a lease now.
+    pub(super) async fn live(&self) -> Result<Vec<String>, async_nats::Error> {
+        let mut keys = self.kv.keys().await?;
+        let mut live = Vec::new();
+        while let Some(key) = futures_util::StreamExt::next(&mut keys).await {
+            live.push(key?);
+        }
+        Ok(live)
     }
 
     /// How long the cluster keeps a lease that is not renewed.

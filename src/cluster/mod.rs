@@ -19,8 +19,10 @@ mod inbox;
 mod join;
 mod lease;
 mod live;
+mod lookup;
 mod retained;
 mod sessions;
+mod status;
 mod subject;
 
 use std::sync::Arc;
@@ -36,8 +38,11 @@ pub use inbox::InboxError;
 pub(crate) use inbox::InboxReader;
 pub(crate) use join::join;
 pub use join::JoinError;
+pub(crate) use lookup::SessionFinder;
 pub use retained::RetainedError;
 pub(crate) use sessions::Registry;
+pub use status::ClusterStatus;
+pub(crate) use status::{StatusError, ThisNode};
 
 use crate::config::{ClusterConfig, ImConfig};
 use crate::protocol::Message;
@@ -105,8 +110,71 @@ pub(crate) struct LinkTasks {
     client: async_nats::Client,
     inbox: InboxReader,
     sessions: Registry,
-    lease: Arc<NodeLease>,
+    lease: lease::Lease,
     directory: Directory,
+}
+
+/// What the admin API of a cluster node uses: the cluster's directory and state.
+#[derive(Clone)]
+pub(crate) struct ClusterAdmin {
+    client: async_nats::Client,
+    lease: lease::Lease,
+    directory: Directory,
+}
+
+impl ClusterAdmin {
+    /// Users and groups, for operators' changes.
+    pub(crate) fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// This node's id.
+    pub(crate) fn node(&self) -> &str {
+        &self.lease.node
+    }
+
+    /// What the other nodes hold of `client_id` (each answer the JSON list its
+    /// [`SessionFinder`] made).
+    pub(crate) async fn find_sessions(
+        &self,
+        client_id: &str,
+    ) -> Result<Vec<bytes::Bytes>, async_nats::Error> {
+        lookup::ask(
+            &self.client,
+            self.lease.nodes(),
+            &self.lease.node,
+            client_id,
+        )
+        .await
+    }
+
+    /// The cluster as this node sees it.
+    pub(crate) async fn status(&self) -> Result<ClusterStatus, StatusError> {
+        let this_node = ThisNode {
+            node: self.lease.node.to_string(),
+            epoch: self.lease.epoch().to_string(),
+            lease_holds: self.lease.view.holds(),
+        };
+        status::gather(&self.client, Some(this_node)).await
+    }
+}
+
+/// The cluster's status as a command on a stopped node reads it: connects to NATS as
+/// `config` says (once, without retrying).
+pub(crate) async fn status_from(
+    config: &ClusterConfig,
+) -> Result<ClusterStatus, StatusOrJoinError> {
+    let client = join::attempt(config).await?;
+    Ok(status::gather(&client, None).await?)
+}
+
+/// Why [`status_from`] failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StatusOrJoinError {
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    #[error(transparent)]
+    Status(#[from] StatusError),
 }
 
 impl Link {
@@ -151,6 +219,7 @@ impl Link {
         writer: tern_storage::Writer,
         broadcasts: Arc<Semaphore>,
         im: &ImConfig,
+        finder: SessionFinder,
     ) -> Result<LinkTasks, LinkError> {
         let Link {
             client,
@@ -184,8 +253,8 @@ impl Link {
         .await?;
         let takeovers = client.subscribe(subject::takeover(&node_id)).await?;
         let evictions = client.subscribe(subject::evict(&node_id)).await?;
+        let lookups = lookup::subscribe(&client).await?;
         let revision = lease.acquire().await;
-        let lease_view = lease.view.clone();
         let (directory, follow_directory) = Directory::open(
             &jetstream,
             replicas,
@@ -221,8 +290,9 @@ impl Link {
                 inbox,
                 lease.view.clone(),
             )),
-            tokio::spawn(lease::keep(lease, revision, router.clone())),
+            tokio::spawn(lease::keep(lease.clone(), revision, router.clone())),
             tokio::spawn(registry.clone().answer_takeovers(takeovers, router.clone())),
+            tokio::spawn(lookup::answer(client.clone(), lookups, finder)),
         ];
         if let Some(devices) = devices {
             tasks.push(tokio::spawn(devices.answer_evictions(evictions)));
@@ -236,7 +306,7 @@ impl Link {
             client,
             inbox: InboxReader::new(inbox_streams),
             sessions: registry,
-            lease: lease_view,
+            lease,
             directory,
         })
     }
@@ -261,14 +331,18 @@ impl LinkTasks {
         self.sessions.clone()
     }
 
-    /// The cluster's users and groups, for operators' changes.
-    pub(crate) fn directory(&self) -> Directory {
-        self.directory.clone()
+    /// What the admin API uses.
+    pub(crate) fn admin(&self) -> ClusterAdmin {
+        ClusterAdmin {
+            client: self.client.clone(),
+            lease: self.lease.clone(),
+            directory: self.directory.clone(),
+        }
     }
 
     /// The node's lease, as connections check it.
     pub(crate) fn lease(&self) -> Arc<NodeLease> {
-        self.lease.clone()
+        self.lease.view.clone()
     }
 
     /// Stops the link once the router has stopped: what is buffered is flushed first.

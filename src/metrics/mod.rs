@@ -60,7 +60,19 @@ impl Default for Metrics {
 
 impl Metrics {
     pub(crate) fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("tern");
+        Metrics::for_node(None)
+    }
+
+    /// The metrics of one broker; a cluster node's carry the label `node="<node_id>"`, so
+    /// that the nodes' metrics stay apart once collected together.
+    pub(crate) fn for_node(node: Option<&str>) -> Metrics {
+        let labels = node.map(|node| {
+            (
+                std::borrow::Cow::Borrowed("node"),
+                std::borrow::Cow::Owned(node.to_string()),
+            )
+        });
+        let mut registry = Registry::with_prefix_and_labels("tern", labels.into_iter());
         let r = &mut registry;
         let connections = connections::Connections::register(r);
         let traffic = traffic::TrafficCounters::register(r);
