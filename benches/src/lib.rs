@@ -8,6 +8,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod compare;
 pub mod error;
 pub mod run;

@@ -1,0 +1,243 @@
+//! `tern-cluster-bench`: tern as several nodes on a three-server NATS JetStream cluster, on
+//! this machine (see `tern_bench::cluster`). Each round starts everything fresh, measures
+//! cross-node DMs through tern and the engine's own ceiling for the same appends, the
+//! order alternating from round to round, and prints the medians and tern's share.
+//!
+//! ```text
+//! tern-cluster-bench --pairs 32 --rounds 3 --out benches/RESULTS-cluster.md
+//! ```
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tern_bench::cluster::{self, Cluster, Measured};
+use tern_bench::LatencySummary;
+
+#[derive(Debug, Parser)]
+#[command(about = "tern nodes on a 3-server NATS cluster: cross-node DMs and the engine's ceiling")]
+struct Args {
+    /// The tern binary. [default: `tern` beside this tool]
+    #[arg(long)]
+    tern: Option<PathBuf>,
+    /// nats-server. [default: $TERN_NATS_SERVER, else ~/.cache/tern-tools/nats-venv/bin/nats-server]
+    #[arg(long)]
+    nats_server: Option<PathBuf>,
+    /// Sender/recipient pairs (senders on node 1, recipients' devices on node 2).
+    #[arg(long, default_value_t = 32)]
+    pairs: usize,
+    /// Unacknowledged DMs per sender at most.
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Inbox streams (`cluster.shards`).
+    #[arg(long, default_value_t = 8)]
+    shards: u32,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Where the Markdown report goes.
+    #[arg(long, default_value = "benches/RESULTS-cluster.md")]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tern-cluster-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern-cluster-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_nats() -> PathBuf {
+    if let Some(path) = std::env::var_os("TERN_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_default();
+    PathBuf::from(home).join(".cache/tern-tools/nats-venv/bin/nats-server")
+}
+
+async fn run(args: &Args) -> tern_bench::Result<()> {
+    let tern = match &args.tern {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("tern"),
+    };
+    let nats = args.nats_server.clone().unwrap_or_else(default_nats);
+    let warmup = Duration::from_secs(args.warmup);
+    let duration = Duration::from_secs(args.duration);
+    let mut tern_runs = Vec::new();
+    let mut engine_runs = Vec::new();
+    for round in 0..args.rounds {
+        let dir =
+            std::env::temp_dir().join(format!("tern-cluster-bench-{}-{round}", std::process::id()));
+        let cluster = Cluster::start(&nats, &tern, &dir, args.shards).await?;
+        let tern_first = round % 2 == 0;
+        for which in if tern_first { [0, 1] } else { [1, 0] } {
+            if which == 0 {
+                let m = cluster::dms(
+                    cluster.nodes[0],
+                    cluster.nodes[1],
+                    args.pairs,
+                    args.window,
+                    args.payload,
+                    warmup,
+                    duration,
+                )
+                .await?;
+                println!("round {round}: tern DMs {}", line(&m));
+                tern_runs.push(m);
+            } else {
+                let m = cluster::engine(
+                    &cluster.nats_urls,
+                    args.shards,
+                    2 * args.pairs,
+                    args.payload,
+                    warmup,
+                    duration,
+                )
+                .await?;
+                println!("round {round}: engine appends {}", line(&m));
+                engine_runs.push(m);
+            }
+        }
+        drop(cluster);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let report = report(args, &tern_runs, &engine_runs);
+    std::fs::write(&args.out, &report)?;
+    print!("{report}");
+    Ok(())
+}
+
+fn line(m: &Measured) -> String {
+    let mut out = format!("{:.0}/s", m.rate);
+    if let Some(ack) = m.ack {
+        let _ = write!(out, " ack p50 {} µs p99 {} µs", ack.p50_us, ack.p99_us);
+    }
+    if let Some(d) = m.delivered {
+        let _ = write!(out, ", delivered {d:.0}/s");
+    }
+    if let Some(e) = m.end_to_end {
+        let _ = write!(out, " e2e p50 {} µs p99 {} µs", e.p50_us, e.p99_us);
+    }
+    out
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    Some(values[values.len() / 2])
+}
+
+fn latency_median(
+    runs: &[Measured],
+    pick: impl Fn(&Measured) -> Option<LatencySummary>,
+    p99: bool,
+) -> String {
+    let values: Vec<f64> = runs
+        .iter()
+        .filter_map(&pick)
+        .map(|l| (if p99 { l.p99_us } else { l.p50_us }) as f64)
+        .collect();
+    median(values).map_or("-".to_string(), |v| format!("{:.0}", v))
+}
+
+fn report(args: &Args, tern: &[Measured], engine: &[Measured]) -> String {
+    let mut out = String::new();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let _ = writeln!(
+        out,
+        "# tern nodes on NATS JetStream: cross-node DMs and the engine's ceiling\n"
+    );
+    let shell = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let _ = writeln!(
+        out,
+        "- date: {}\n- commit: {}\n",
+        shell("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        shell("git", &["rev-parse", "--short=12", "HEAD"])
+    );
+    let _ = writeln!(
+        out,
+        "Written by `tern-cluster-bench` (see benches/README.md). {cpus} CPUs: **the 3 NATS \
+         servers, the 2 tern nodes and the load tool all share them**. Replicas 3, {} inbox \
+         streams, {} sender/recipient pairs (senders on node 1, recipients on node 2, MQTT \
+         3.1.1 QoS 1, window {}), {}-byte payloads, {} s measured after {} s of warm-up, \
+         {} rounds, tern and the engine alternating (medians).\n",
+        args.shards, args.pairs, args.window, args.payload, args.duration, args.warmup, args.rounds
+    );
+    let tern_rate = median(tern.iter().map(|m| m.rate).collect());
+    let engine_rate = median(engine.iter().map(|m| m.rate).collect());
+    // A DM is two appends (the recipient's log and the sender's sent log).
+    let engine_dms = engine_rate.map(|r| r / 2.0);
+    let _ = writeln!(
+        out,
+        "| metric | tern | engine alone |\n| --- | ---: | ---: |"
+    );
+    let _ = writeln!(
+        out,
+        "| acknowledged DMs/s (engine: appends/s / 2) | {} | {} |",
+        tern_rate.map_or("-".into(), |r| format!("{r:.0}")),
+        engine_dms.map_or("-".into(), |r| format!("{r:.0}"))
+    );
+    let _ = writeln!(
+        out,
+        "| acknowledgement p50 / p99 (µs) | {} / {} | {} / {} |",
+        latency_median(tern, |m| m.ack, false),
+        latency_median(tern, |m| m.ack, true),
+        latency_median(engine, |m| m.ack, false),
+        latency_median(engine, |m| m.ack, true)
+    );
+    let _ = writeln!(
+        out,
+        "| delivered DMs/s, end-to-end p50 / p99 (µs) | {} ({} / {}) | |",
+        median(tern.iter().filter_map(|m| m.delivered).collect())
+            .map_or("-".into(), |r| format!("{r:.0}")),
+        latency_median(tern, |m| m.end_to_end, false),
+        latency_median(tern, |m| m.end_to_end, true)
+    );
+    let _ = writeln!(
+        out,
+        "\nAppends to one log go one at a time (each is conditional on the one before), so a \
+         DM's acknowledgement waits behind its sender's earlier DMs (`--window` in flight): \
+         tern's PUBACK latency is that queue, the engine's figure one append."
+    );
+    if let (Some(t), Some(e)) = (tern_rate, engine_dms) {
+        let _ = writeln!(
+            out,
+            "\ntern's share of the engine's ceiling: {:.0}% (target >= 70%); target of 50,000 \
+             acknowledged DMs/s: {}.",
+            100.0 * t / e.max(1.0),
+            if t >= 50_000.0 { "met" } else { "**missed**" }
+        );
+    }
+    out
+}

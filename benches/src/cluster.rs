@@ -1,0 +1,437 @@
+//! Several tern nodes on a three-server NATS JetStream cluster, all on this machine
+//! (`tern-cluster-bench`): processes, and the measurements the cluster issue asks for.
+//!
+//! - `dms`: cross-node direct messages. Senders on node 1 write QoS 1 DMs to recipients
+//!   whose devices are on node 2 (replicas 3): acknowledged DMs/s with the PUBACK's p50/p99,
+//!   and deliveries/s with the end-to-end p50/p99.
+//! - `engine`: the engine's own ceiling for the same work: an async-nats client appending
+//!   to the same inbox streams with the same compare-and-set (one append in flight per
+//!   log, two logs per DM as tern does), so tern's share of it is known.
+//!
+//! Every process (the 3 NATS servers, the 2 nodes, the load) shares this machine's cores.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tern_codec::{ByteString, Packet, Protocol, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use crate::broker::free_port;
+use crate::client::{Client, ConnectOptions};
+use crate::stats::{payload_latency, stamped_payload, Latencies, LatencySummary};
+use crate::{Error, Result};
+
+/// A process killed when dropped.
+struct Process {
+    child: Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Three NATS servers in one JetStream cluster and two tern nodes on it.
+pub struct Cluster {
+    pub nats_urls: Vec<String>,
+    pub nodes: Vec<SocketAddr>,
+    _processes: Vec<Process>,
+    _dir: PathBuf,
+}
+
+impl Cluster {
+    /// Starts the NATS servers (`nats_server`), waits until JetStream is healthy on each,
+    /// then the tern nodes (`tern`, shards `shards`), under `dir`.
+    pub async fn start(
+        nats_server: &Path,
+        tern: &Path,
+        dir: &Path,
+        shards: u32,
+    ) -> Result<Cluster> {
+        std::fs::create_dir_all(dir)?;
+        let mut processes = Vec::new();
+        let ports: Vec<(u16, u16, u16)> = (0..3)
+            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+            .collect::<Result<_>>()?;
+        for (i, (client, route, monitor)) in ports.iter().enumerate() {
+            let routes: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("nats://127.0.0.1:{}", p.1))
+                .collect();
+            let child = Command::new(nats_server)
+                .args(["-a", "127.0.0.1", "-p", &client.to_string()])
+                .args(["-m", &monitor.to_string(), "-n", &format!("nats-{}", i + 1)])
+                .arg("-js")
+                .arg("-sd")
+                .arg(dir.join(format!("nats-{}", i + 1)))
+                .args(["--cluster_name", "bench"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{route}")])
+                .args(["--routes", &routes.join(",")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| Error::new(format!("cannot run {}: {e}", nats_server.display())))?;
+            processes.push(Process { child });
+        }
+        for (_, _, monitor) in &ports {
+            until_healthy(*monitor).await?;
+        }
+        let nats_urls: Vec<String> = ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{}", p.0))
+            .collect();
+        let mut nodes = Vec::new();
+        for i in 1..=2 {
+            let port = free_port()?;
+            let config = dir.join(format!("tern-{i}.toml"));
+            let urls: Vec<String> = nats_urls.iter().map(|u| format!("\"{u}\"")).collect();
+            std::fs::write(
+                &config,
+                format!(
+                    "data_dir = \"{}\"\nallow_anonymous = true\n\
+                     [listeners.tcp]\nlisten = \"127.0.0.1:{port}\"\n\
+                     [admin]\nenabled = false\n[log]\nlevel = \"warn\"\n\
+                     [cluster]\nengine = \"nats\"\nnode_id = \"node-{i}\"\n\
+                     nats_urls = [{}]\nshards = {shards}\n",
+                    dir.join(format!("tern-{i}")).display(),
+                    urls.join(", ")
+                ),
+            )?;
+            let log = std::fs::File::create(dir.join(format!("tern-{i}.log")))?;
+            let child = Command::new(tern)
+                .arg("serve")
+                .arg("--config")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| Error::new(format!("cannot run {}: {e}", tern.display())))?;
+            processes.push(Process { child });
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            until_listening(addr).await?;
+            nodes.push(addr);
+        }
+        Ok(Cluster {
+            nats_urls,
+            nodes,
+            _processes: processes,
+            _dir: dir.to_path_buf(),
+        })
+    }
+}
+
+/// Waits until a NATS server's `/healthz` says ok (JetStream has its meta leader).
+async fn until_healthy(monitor: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", monitor)).await {
+            let request = "GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+            let mut answer = String::new();
+            let answered = stream.write_all(request.as_bytes()).await.is_ok()
+                && stream.read_to_string(&mut answer).await.is_ok();
+            if answered
+                && (answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"))
+            {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Error::new(format!(
+        "NATS server (monitor port {monitor}) not healthy within 60 s"
+    )))
+}
+
+async fn until_listening(addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Error::new(format!(
+        "tern node on {addr} not listening within 120 s"
+    )))
+}
+
+/// What a timed run measured.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// Acknowledged operations per second (DMs, or appends) in the window.
+    pub rate: f64,
+    /// Time to the acknowledgement.
+    pub ack: Option<LatencySummary>,
+    /// Deliveries per second to the recipients (DMs only).
+    pub delivered: Option<f64>,
+    /// Publish to delivery (DMs only).
+    pub end_to_end: Option<LatencySummary>,
+}
+
+/// Cross-node DMs: `pairs` senders on `from`, each writing to its own recipient on `to`,
+/// `window` unacknowledged at most per sender, `payload` bytes.
+pub async fn dms(
+    from: SocketAddr,
+    to: SocketAddr,
+    pairs: usize,
+    window: usize,
+    payload: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<Measured> {
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let ack_latency = Arc::new(Mutex::new(Latencies::default()));
+    let e2e_latency = Arc::new(Mutex::new(Latencies::default()));
+    let mut recipients = Vec::new();
+    for i in 0..pairs {
+        let mut opts = ConnectOptions::new(&format!("bench-r{i}"));
+        opts.username = Some(format!("r{i}"));
+        let mut client = Client::connect_with(to, Protocol::V311, &opts).await?;
+        client
+            .subscribe(&format!("inbox/r{i}/#"), QoS::AtLeastOnce)
+            .await?;
+        recipients.push(client);
+    }
+    let mut senders = Vec::new();
+    for i in 0..pairs {
+        let mut opts = ConnectOptions::new(&format!("bench-s{i}"));
+        opts.username = Some(format!("s{i}"));
+        senders.push(Client::connect_with(from, Protocol::V311, &opts).await?);
+    }
+    // The recipients' nodes subscribe to their deliveries in NATS after the SUBACK.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut tasks = Vec::new();
+    for mut client in recipients {
+        let (measuring, stop, delivered, latency) = (
+            measuring.clone(),
+            stop.clone(),
+            delivered.clone(),
+            e2e_latency.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut local = Latencies::default();
+            while !stop.load(Ordering::Relaxed) {
+                let packet =
+                    match tokio::time::timeout(Duration::from_millis(200), client.reader.next())
+                        .await
+                    {
+                        Ok(Ok(packet)) => packet,
+                        Ok(Err(_)) => break,
+                        Err(_) => continue,
+                    };
+                if let Packet::Publish(p) = packet {
+                    if measuring.load(Ordering::Relaxed) {
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                        if let Some(d) = payload_latency(&p.payload) {
+                            local.record(d);
+                        }
+                    }
+                    if p.qos != QoS::AtMostOnce {
+                        let _ = client.writer.queue_puback(p.packet_id);
+                        let _ = client.writer.flush().await;
+                    }
+                }
+            }
+            if let Ok(mut all) = latency.lock() {
+                all.merge(&local);
+            }
+        }));
+    }
+    let filler = Bytes::from(vec![b'x'; payload.max(16)]);
+    for (i, mut client) in senders.into_iter().enumerate() {
+        let (measuring, stop, acked, latency, filler) = (
+            measuring.clone(),
+            stop.clone(),
+            acked.clone(),
+            ack_latency.clone(),
+            filler.clone(),
+        );
+        let topic = ByteString::from(format!("dm/r{i}"));
+        tasks.push(tokio::spawn(async move {
+            let mut sent_at: Vec<Option<Instant>> = vec![None; window + 1];
+            let mut in_flight = 0usize;
+            let mut next_id = 1u16;
+            let mut local = Latencies::default();
+            loop {
+                while in_flight < window && !stop.load(Ordering::Relaxed) {
+                    let id = next_id;
+                    next_id = if next_id as usize >= window {
+                        1
+                    } else {
+                        next_id + 1
+                    };
+                    let body = stamped_payload(payload.max(16), &filler);
+                    if client
+                        .writer
+                        .queue_publish(&topic, QoS::AtLeastOnce, id, body)
+                        .is_err()
+                    {
+                        return;
+                    }
+                    sent_at[id as usize] = Some(Instant::now());
+                    in_flight += 1;
+                }
+                if client.writer.flush().await.is_err() {
+                    break;
+                }
+                if stop.load(Ordering::Relaxed) && in_flight == 0 {
+                    break;
+                }
+                let packet =
+                    match tokio::time::timeout(Duration::from_secs(30), client.reader.next()).await
+                    {
+                        Ok(Ok(packet)) => packet,
+                        _ => break,
+                    };
+                if let Packet::PubAck(ack) = packet {
+                    in_flight = in_flight.saturating_sub(1);
+                    let sent = sent_at
+                        .get_mut(ack.packet_id as usize)
+                        .and_then(Option::take);
+                    if measuring.load(Ordering::Relaxed) {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                        if let Some(sent) = sent {
+                            local.record(sent.elapsed());
+                        }
+                    }
+                }
+            }
+            if let Ok(mut all) = latency.lock() {
+                all.merge(&local);
+            }
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let window_secs = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(40), task).await;
+    }
+    let summary = |l: &Arc<Mutex<Latencies>>| l.lock().ok().and_then(|l| l.summary());
+    Ok(Measured {
+        rate: acked.load(Ordering::Relaxed) as f64 / window_secs,
+        ack: summary(&ack_latency),
+        delivered: Some(delivered.load(Ordering::Relaxed) as f64 / window_secs),
+        end_to_end: summary(&e2e_latency),
+    })
+}
+
+/// The engine alone: `logs` logs, each one append in flight at a time, every append
+/// conditional on the log's last sequence, as tern's appender makes them (into the
+/// streams tern made: `shards` of them).
+pub async fn engine(
+    nats_urls: &[String],
+    shards: u32,
+    logs: usize,
+    payload: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<Measured> {
+    use async_nats::jetstream;
+    let addrs: Vec<async_nats::ServerAddr> =
+        nats_urls.iter().filter_map(|u| u.parse().ok()).collect();
+    let client = async_nats::connect(addrs)
+        .await
+        .map_err(|e| Error::new(format!("cannot connect to NATS: {e}")))?;
+    let js = jetstream::ContextBuilder::new()
+        .backpressure_on_inflight(true)
+        .build(client);
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let latency = Arc::new(Mutex::new(Latencies::default()));
+    let body = Bytes::from(vec![b'x'; payload]);
+    let mut tasks = Vec::new();
+    for i in 0..logs {
+        let subject = format!("tern.inbox.{}.engine-bench-{i}", i as u32 % shards.max(1));
+        let (js, measuring, stop, acked, latency, body) = (
+            js.clone(),
+            measuring.clone(),
+            stop.clone(),
+            acked.clone(),
+            latency.clone(),
+            body.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut last = 0u64;
+            let mut seq = 0u64;
+            let mut local = Latencies::default();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let publish = jetstream::message::PublishMessage::build()
+                    .payload(body.clone())
+                    .message_id(format!("engine-{i}-{seq}"))
+                    .expected_last_subject_sequence(last)
+                    .header("Tern-Seq", seq.to_string().as_str());
+                let result = match js.send_publish(subject.clone(), publish).await {
+                    Ok(ack) => ack.await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(ack) => {
+                        last = ack.sequence;
+                        seq += 1;
+                        if measuring.load(Ordering::Relaxed) {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                            local.record(started.elapsed());
+                        }
+                    }
+                    Err(_) => {
+                        // A log that already has entries (an earlier run): start after
+                        // its last one.
+                        let Ok(mut stream) = js
+                            .get_stream(format!("TERN_INBOX_{}", i as u32 % shards.max(1)))
+                            .await
+                        else {
+                            continue;
+                        };
+                        if let Ok(message) = stream
+                            .get_last_raw_message_by_subject(subject.as_str())
+                            .await
+                        {
+                            last = message.sequence;
+                        }
+                        let _ = stream.info().await;
+                    }
+                }
+            }
+            if let Ok(mut all) = latency.lock() {
+                all.merge(&local);
+            }
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let window_secs = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(40), task).await;
+    }
+    Ok(Measured {
+        rate: acked.load(Ordering::Relaxed) as f64 / window_secs,
+        ack: latency.lock().ok().and_then(|l| l.summary()),
+        delivered: None,
+        end_to_end: None,
+    })
+}
