@@ -369,3 +369,45 @@ async fn retained_messages_are_cluster_wide_even_for_a_node_that_joins_later() {
     .await;
     assert_eq!(retained_on(&b, "status/door").await, None);
 }
+
+/// A node whose streams cannot be made yet (here: another stream already takes the
+/// subjects of an inbox stream) takes no client and keeps trying; it serves as soon as
+/// they can be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_keeps_trying_to_make_its_streams_and_serves_once_it_can() {
+    use async_nats::jetstream;
+    let nats = NatsServer::start().await;
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("connect to NATS");
+    let js = jetstream::new(client);
+    js.create_stream(jetstream::stream::Config {
+        name: "IN_THE_WAY".to_string(),
+        subjects: vec!["tern.inbox.0.>".to_string()],
+        ..Default::default()
+    })
+    .await
+    .expect("create the stream in the way");
+    let url = nats.url();
+    let starting = tokio::spawn(async move {
+        Broker::start_with(|c| {
+            tern_conformance::nats::join(c, "n1", &url);
+            c.cluster.shards = 1;
+        })
+        .await
+    });
+    // Nothing to wait for: it must simply not be ready.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !starting.is_finished(),
+        "the node started (or gave up) without its inbox stream"
+    );
+    js.delete_stream("IN_THE_WAY").await.expect("delete it");
+    let node = tokio::time::timeout(Duration::from_secs(30), starting)
+        .await
+        .expect("the node serves within 30 s once it can make its streams")
+        .expect("the node's start");
+    let (_client, ack) =
+        RawClient::open(node.addr, tern_codec::Protocol::V5, "late", true, |_| {}).await;
+    assert_eq!(ack.code, tern_codec::ReasonCode::Success);
+}

@@ -302,3 +302,37 @@ async fn with_two_of_three_nats_servers_down_nothing_is_acknowledged_until_they_
     let log = read_log(&node, "bob", "bob-phone").await;
     assert_complete(&log, &["before".to_string(), "after".to_string()]);
 }
+
+/// A node started while NATS has no JetStream quorum (two of three servers down) takes no
+/// client, keeps trying, and serves once the servers are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_without_a_nats_quorum_serves_once_there_is_one() {
+    let mut nats = NatsCluster::start(3).await;
+    nats.kill(1).await;
+    nats.kill(2).await;
+    let urls = nats.urls();
+    let starting = tokio::spawn(async move {
+        Broker::start_with(|c| {
+            join_all(c, "n1", &urls);
+            c.cluster.shards = 1;
+        })
+        .await
+    });
+    // Nothing to wait for: it must simply not be ready.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !starting.is_finished(),
+        "the node started (or gave up) without a JetStream quorum"
+    );
+    nats.restart(1).await;
+    nats.restart(2).await;
+    let node = tokio::time::timeout(Duration::from_secs(60), starting)
+        .await
+        .expect("the node serves within 60 s of the quorum's return")
+        .expect("the node's start");
+    let mut alice = device(&node, "alice", "alice-phone").await;
+    assert!(matches!(
+        send(&mut alice, 1, "bob", "hello").await,
+        Sent::Stored
+    ));
+}

@@ -26,6 +26,7 @@ mod status;
 mod subject;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tern_storage::StoredMessage;
@@ -234,15 +235,40 @@ impl Link {
             append_timeout,
         } = self;
         let jetstream = jetstream_context(&client);
-        let nodes = lease::Nodes::open(&jetstream, replicas, node_ttl).await?;
-        let lease = lease::Lease::new(&node_id, lease, nodes);
-        let devices = match im.max_devices_per_user {
-            0 => None,
-            max => Some(
-                devices::DeviceLists::open(&jetstream, &client, router.clone(), replicas, max)
-                    .await?,
-            ),
+        let settings = Settings {
+            replicas,
+            shards,
+            node_ttl,
+            append_timeout,
         };
+        // Streams and buckets are made or opened until all are: right after a NATS
+        // cluster starts, JetStream may have no leader yet.
+        let mut backoff = Duration::from_millis(100);
+        let opened = loop {
+            match open_state(
+                &client, &jetstream, &router, &writer, im, &settings, &node_id,
+            )
+            .await
+            {
+                Ok(opened) => break opened,
+                Err(e) => {
+                    tracing::warn!(node = %node_id, retry_in_ms = backoff.as_millis(),
+                        "cluster state not ready, accepting no clients: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let Opened {
+            nodes,
+            devices,
+            directory,
+            follow_directory,
+            inbox_streams,
+            retained_log,
+            follow_retained,
+        } = opened;
+        let lease = lease::Lease::new(&node_id, lease, nodes);
         let registry = Registry::open(
             &jetstream,
             &client,
@@ -255,19 +281,6 @@ impl Link {
         let evictions = client.subscribe(subject::evict(&node_id)).await?;
         let lookups = lookup::subscribe(&client).await?;
         let revision = lease.acquire().await;
-        let (directory, follow_directory) = Directory::open(
-            &jetstream,
-            replicas,
-            im.max_group_members,
-            router.clone(),
-            writer,
-        )
-        .await?;
-        let inbox_streams =
-            inbox::InboxStreams::open(&jetstream, shards, replicas, im, append_timeout).await?;
-        let (retained_log, retained_stream) =
-            retained::RetainedLog::open(&client, replicas).await?;
-        let follow_retained = retained::follow(&retained_stream, router.clone()).await?;
         let broadcast_subscriber = client.subscribe(subject::BROADCASTS).await?;
         let mut tasks = vec![
             follow_retained,
@@ -310,6 +323,81 @@ impl Link {
             directory,
         })
     }
+}
+
+/// The cluster's settings the link's state is made with.
+struct Settings {
+    replicas: usize,
+    shards: u32,
+    node_ttl: Duration,
+    append_timeout: Duration,
+}
+
+/// The streams and buckets a node opened, and the tasks that follow them.
+struct Opened {
+    nodes: lease::Nodes,
+    devices: Option<devices::DeviceLists>,
+    directory: Directory,
+    follow_directory: JoinHandle<()>,
+    inbox_streams: inbox::InboxStreams,
+    retained_log: retained::RetainedLog,
+    follow_retained: JoinHandle<()>,
+}
+
+/// Makes or opens every stream and bucket, and copies the users, groups and retained
+/// messages the cluster holds into this node.
+async fn open_state(
+    client: &async_nats::Client,
+    jetstream: &async_nats::jetstream::Context,
+    router: &RouterHandle,
+    writer: &tern_storage::Writer,
+    im: &ImConfig,
+    settings: &Settings,
+    node_id: &str,
+) -> Result<Opened, LinkError> {
+    let replicas = settings.replicas;
+    let nodes = lease::Nodes::open(jetstream, replicas, settings.node_ttl).await?;
+    let devices = match im.max_devices_per_user {
+        0 => None,
+        max => Some(
+            devices::DeviceLists::open(jetstream, client, router.clone(), replicas, max).await?,
+        ),
+    };
+    let inbox_streams = inbox::InboxStreams::open(
+        jetstream,
+        settings.shards,
+        replicas,
+        im,
+        settings.append_timeout,
+    )
+    .await?;
+    let (retained_log, retained_stream) = retained::RetainedLog::open(client, replicas).await?;
+    // Last, the two that start tasks: a failure after the first stops its task.
+    let (directory, follow_directory) = Directory::open(
+        jetstream,
+        replicas,
+        im.max_group_members,
+        router.clone(),
+        writer.clone(),
+    )
+    .await?;
+    let follow_retained = match retained::follow(&retained_stream, router.clone()).await {
+        Ok(task) => task,
+        Err(e) => {
+            follow_directory.abort();
+            return Err(e.into());
+        }
+    };
+    tracing::debug!(node = %node_id, "cluster state opened");
+    Ok(Opened {
+        nodes,
+        devices,
+        directory,
+        follow_directory,
+        inbox_streams,
+        retained_log,
+        follow_retained,
+    })
 }
 
 /// The node's JetStream context: appends wait (rather than fail) while many are in
