@@ -411,3 +411,78 @@ async fn a_node_keeps_trying_to_make_its_streams_and_serves_once_it_can() {
         RawClient::open(node.addr, tern_codec::Protocol::V5, "late", true, |_| {}).await;
     assert_eq!(ack.code, tern_codec::ReasonCode::Success);
 }
+
+/// A shared subscription group with members on two nodes gets each message once across
+/// the cluster (NATS queue groups pick the node), whichever node it was published on;
+/// a plain subscriber of the same filter still gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_across_nodes_gets_each_message_once() {
+    const EACH: usize = 150;
+    let nats = NatsServer::start().await;
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let (_w1, mut one) = subscriber(a.addr.port(), "worker-1", &["$share/workers/jobs/#"]).await;
+    let (_w2, mut two) = subscriber(b.addr.port(), "worker-2", &["$share/workers/jobs/#"]).await;
+    let (_d, mut plain) = subscriber(b.addr.port(), "auditor", &["jobs/#"]).await;
+    let on_a = publisher(a.addr.port(), "pub-a");
+    let on_b = publisher(b.addr.port(), "pub-b");
+    // Probes until both members and the plain subscriber got one: every subscription
+    // has reached NATS.
+    let (mut got_one, mut got_two, mut got_plain) = (false, false, false);
+    while !(got_one && got_two && got_plain) {
+        on_a.publish("jobs/probe", QoS::AtLeastOnce, false, "probe")
+            .await
+            .expect("queue probe");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        got_one |= one.try_recv().is_ok();
+        got_two |= two.try_recv().is_ok();
+        got_plain |= plain.try_recv().is_ok();
+    }
+    for i in 0..EACH {
+        for (client, tag) in [(&on_a, "a"), (&on_b, "b")] {
+            client
+                .publish(
+                    format!("jobs/{i}"),
+                    QoS::AtLeastOnce,
+                    false,
+                    format!("{tag}{i}"),
+                )
+                .await
+                .expect("queue publish");
+        }
+    }
+    let wanted: std::collections::BTreeSet<String> = (0..EACH)
+        .flat_map(|i| [format!("a{i}"), format!("b{i}")])
+        .collect();
+    // The group: every message once, over both members.
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    let mut per_member = [0usize; 2];
+    while wanted.iter().any(|m| !seen.contains_key(m)) {
+        let (member, (_, payload)) = tokio::select! {
+            got = next(&mut one) => (0, got),
+            got = next(&mut two) => (1, got),
+        };
+        if payload == "probe" {
+            continue;
+        }
+        per_member[member] += 1;
+        *seen.entry(payload).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "delivered to the group more than once: {twice:?}"
+    );
+    assert!(
+        per_member.iter().all(|n| *n > 0),
+        "both members took a share: {per_member:?}"
+    );
+    // The plain subscriber: every message once.
+    let mut plain_seen = std::collections::BTreeSet::new();
+    while plain_seen.len() < wanted.len() {
+        let (_, payload) = next(&mut plain).await;
+        if payload != "probe" {
+            assert!(plain_seen.insert(payload.clone()), "{payload} twice");
+        }
+    }
+}

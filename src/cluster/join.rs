@@ -40,11 +40,19 @@ impl JoinError {
 
 /// Connects to NATS and checks JetStream, retrying until both work. Fails only on what a
 /// retry cannot fix.
-pub(crate) async fn join(config: &ClusterConfig) -> Result<async_nats::Client, JoinError> {
+/// Returns the node's connection and its second one for shared groups
+/// ([`connect_shared`]).
+pub(crate) async fn join(
+    config: &ClusterConfig,
+) -> Result<(async_nats::Client, async_nats::Client), JoinError> {
     let mut backoff = Duration::from_millis(100);
     let max = Duration::from_millis(config.connect_backoff_max_ms);
     loop {
-        match attempt(config).await {
+        let attempted = match attempt(config).await {
+            Ok(client) => connect_shared(config).await.map(|shared| (client, shared)),
+            Err(e) => Err(e),
+        };
+        match attempted {
             Ok(client) => {
                 tracing::info!(node = %config.node_id, urls = ?config.nats_urls, "joined the cluster");
                 return Ok(client);
@@ -65,13 +73,37 @@ pub(crate) async fn join(config: &ClusterConfig) -> Result<async_nats::Client, J
 
 /// One attempt to connect to NATS and find JetStream.
 pub(super) async fn attempt(config: &ClusterConfig) -> Result<async_nats::Client, JoinError> {
+    // A node routes its own messages to its own clients; NATS carries them to the others.
+    let client = connect(config, "", true).await?;
+    let urls = config.nats_urls.join(",");
+    jetstream::new(client.clone())
+        .query_account()
+        .await
+        .map_err(|source| JoinError::JetStream { urls, source })?;
+    Ok(client)
+}
+
+/// A second connection of the node, for the shared groups' queue subscriptions: it gets
+/// the node's own messages too (a queue group may pick this node for them).
+pub(super) async fn connect_shared(
+    config: &ClusterConfig,
+) -> Result<async_nats::Client, JoinError> {
+    connect(config, " (shared groups)", false).await
+}
+
+async fn connect(
+    config: &ClusterConfig,
+    what: &str,
+    no_echo: bool,
+) -> Result<async_nats::Client, JoinError> {
     let urls = config.nats_urls.join(",");
     let mut options = async_nats::ConnectOptions::new()
-        .name(format!("tern node {}", config.node_id))
-        // A node routes its own messages to its own clients; NATS carries them to the others.
-        .no_echo()
+        .name(format!("tern node {}{what}", config.node_id))
         .client_capacity(config.client_capacity)
         .connection_timeout(Duration::from_secs(2));
+    if no_echo {
+        options = options.no_echo();
+    }
     if let Some(path) = &config.credentials_file {
         options =
             options
@@ -92,16 +124,8 @@ pub(super) async fn attempt(config: &ClusterConfig) -> Result<async_nats::Client
         .iter()
         .filter_map(|url| url.parse().ok())
         .collect();
-    let client = options
+    options
         .connect(addrs)
         .await
-        .map_err(|source| JoinError::Connect {
-            urls: urls.clone(),
-            source,
-        })?;
-    jetstream::new(client.clone())
-        .query_account()
-        .await
-        .map_err(|source| JoinError::JetStream { urls, source })?;
-    Ok(client)
+        .map_err(|source| JoinError::Connect { urls, source })
 }

@@ -6,7 +6,8 @@
 //!
 //! Three tasks: `forward` (router -> NATS, in the router's order), `follow_interest` (adds
 //! and drops NATS subscriptions as filters come and go) and one `relay` per held subject
-//! (NATS -> router, in the order NATS delivers).
+//! (NATS -> router, in the order NATS delivers). Shared subscription groups are NATS queue
+//! groups, so a group gets each message once across the nodes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,8 +60,14 @@ pub(super) async fn forward(
 }
 
 /// Keeps one NATS subscription per subject of every filter some local subscription holds.
+/// A shared group (`$share/{group}/{filter}`) is a queue subscription on `shared`, in a
+/// NATS queue group named after the group and filter, the same on every node: NATS hands
+/// each message to one of the nodes holding members, which delivers it to one of its
+/// members. `shared` receives this node's own messages too (unlike `client`), so the node
+/// that published takes its turn like the others.
 pub(super) async fn follow_interest(
     client: async_nats::Client,
+    shared: async_nats::Client,
     interest: Arc<Interest>,
     router: RouterHandle,
     broadcasts: Arc<Semaphore>,
@@ -85,8 +92,19 @@ pub(super) async fn follow_interest(
             }
             let via: Arc<str> = Arc::from(&*filter);
             let mut relays = Vec::new();
-            for subject in subject::for_filter(&filter) {
-                match client.subscribe(subject.clone()).await {
+            let (subjects, queue) = match tern_codec::topic::split_shared(&filter) {
+                Some(Ok((_, inner))) => (
+                    subject::for_filter(inner),
+                    Some(format!("tern-share.{}", subject::key(&filter))),
+                ),
+                _ => (subject::for_filter(&filter), None),
+            };
+            for subject in subjects {
+                let subscribed = match &queue {
+                    Some(queue) => shared.queue_subscribe(subject.clone(), queue.clone()).await,
+                    None => client.subscribe(subject.clone()).await,
+                };
+                match subscribed {
                     Ok(subscriber) if subject::is_delivery(&subject) => relays.push(tokio::spawn(
                         inbox::relay(subscriber, via.clone(), router.clone()),
                     )),

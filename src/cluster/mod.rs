@@ -94,6 +94,8 @@ async fn open_bucket(
 /// A node's link to the others: the NATS client and the tasks that carry live traffic.
 pub(crate) struct Link {
     client: async_nats::Client,
+    /// For the shared groups' queue subscriptions (see `live.rs`).
+    shared_client: async_nats::Client,
     replicas: usize,
     shards: u32,
     forward: mpsc::Receiver<Arc<Message>>,
@@ -181,7 +183,7 @@ pub(crate) enum StatusOrJoinError {
 impl Link {
     /// Joins the cluster (see [`join`]) and returns the link with the router's side of it.
     pub(crate) async fn join(config: &ClusterConfig) -> Result<(Link, Peers), JoinError> {
-        let client = join(config).await?;
+        let (client, shared_client) = join(config).await?;
         let (forward_tx, forward) = mpsc::channel(config.client_capacity);
         let (inbox_tx, inbox) = mpsc::channel(config.client_capacity);
         let interest = Arc::new(Interest::default());
@@ -197,6 +199,7 @@ impl Link {
         Ok((
             Link {
                 client,
+                shared_client,
                 replicas: config.replicas,
                 shards: config.shards,
                 forward,
@@ -224,6 +227,7 @@ impl Link {
     ) -> Result<LinkTasks, LinkError> {
         let Link {
             client,
+            shared_client,
             replicas,
             shards,
             forward,
@@ -288,6 +292,7 @@ impl Link {
             tokio::spawn(live::forward(client.clone(), retained_log, forward)),
             tokio::spawn(live::follow_interest(
                 client.clone(),
+                shared_client,
                 interest,
                 router.clone(),
                 broadcasts.clone(),

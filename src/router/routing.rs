@@ -21,6 +21,7 @@ use super::subscriptions::{Match, SharedGroup, Subscription};
 use crate::im::topics::{inbox_owner, is_broadcast, is_system};
 use crate::metrics::{DropReason, Metrics, PublishRefusal};
 use crate::protocol::{now_ms, Close, Delivery, Message, SessionId};
+use tern_codec::topic::split_shared;
 
 /// The router's answer to a PUBLISH (its writes' durability is the caller's to wait for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,18 @@ impl Target {
     }
 }
 
+/// Which of the matching subscriptions a delivery goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Members<'a> {
+    /// Every one (a shared group: one of its members).
+    All,
+    /// The direct ones only: on a cluster node the shared groups get messages through
+    /// NATS queue groups, which pick one node per message (see `cluster/live.rs`).
+    Direct,
+    /// One member of the shared group `group` on `filter` only.
+    Group { group: &'a str, filter: &'a str },
+}
+
 /// Where a message's durable queue entries take their payload from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Payload {
@@ -93,7 +106,14 @@ impl Router {
             self.forward(message, out);
             return self.broadcast(message, None, out);
         }
-        let matched = self.deliver_to_subscribers(message, Payload::Copied, out);
+        // On a cluster node, shared groups get the message back through NATS (see
+        // `Members::Direct`).
+        let members = if self.limits.cluster {
+            Members::Direct
+        } else {
+            Members::All
+        };
+        let matched = self.deliver_to(message, Payload::Copied, members, out);
         // Whether another node's subscribers match is not known here.
         Routed::matched(self.forward(message, out) || matched)
     }
@@ -121,6 +141,8 @@ impl Router {
     /// and receives one copy per matching one: it delivers only the copy that came
     /// through the smallest matching filter, so each message is delivered once and the
     /// messages of one topic keep their order (they all come through that one filter).
+    /// A shared group's copy (`via` = `$share/{group}/{filter}`, from its NATS queue
+    /// group, which chose this node) goes to one member of that group only.
     pub(crate) fn publish_remote(
         &mut self,
         message: &Arc<Message>,
@@ -135,19 +157,28 @@ impl Router {
             self.broadcast(message, permit, out);
             return;
         }
+        // Through a shared group's queue subscription: one member of that group.
+        if let Some(Some(Ok((group, filter)))) = via.map(split_shared) {
+            self.deliver_to(
+                message,
+                Payload::Copied,
+                Members::Group { group, filter },
+                out,
+            );
+            return;
+        }
         let mut smallest: Option<&str> = None;
         self.subscriptions.for_each_match(&message.topic, |m| {
-            let filter = match m {
-                Match::Direct { filter, .. } | Match::Shared { filter, .. } => filter,
-            };
-            if smallest.is_none_or(|s| filter < s) {
-                smallest = Some(filter);
+            if let Match::Direct { filter, .. } = m {
+                if smallest.is_none_or(|s| filter < s) {
+                    smallest = Some(filter);
+                }
             }
         });
         if smallest.is_none() || smallest != via {
             return;
         }
-        self.deliver_to_subscribers(message, Payload::Copied, out);
+        self.deliver_to(message, Payload::Copied, Members::Direct, out);
     }
 
     /// An operator's broadcast: matched here, handed to a fan-out task by the caller (see
@@ -159,12 +190,17 @@ impl Router {
         out: &mut Outcome,
     ) -> Routed {
         let mut lanes = Vec::new();
-        let matched =
-            self.match_subscribers(message, Payload::Copied, out, |_, _, entry, delivery| {
+        let matched = self.match_subscribers(
+            message,
+            Payload::Copied,
+            Members::All,
+            out,
+            |_, _, entry, delivery| {
                 if let Some(connected) = &entry.connected {
                     lanes.push((connected.postbox.broadcast_lane(), delivery));
                 }
-            });
+            },
+        );
         out.fan_out = Some(FanOut { lanes, permit });
         Routed::matched(matched)
     }
@@ -177,15 +213,31 @@ impl Router {
         payload: Payload,
         out: &mut Outcome,
     ) -> bool {
+        self.deliver_to(message, payload, Members::All, out)
+    }
+
+    /// [`deliver_to_subscribers`](Self::deliver_to_subscribers), to `members` only.
+    pub(super) fn deliver_to(
+        &mut self,
+        message: &Arc<Message>,
+        payload: Payload,
+        members: Members<'_>,
+        out: &mut Outcome,
+    ) -> bool {
         let mut stored = std::mem::take(&mut out.stored);
-        let matched =
-            self.match_subscribers(message, payload, out, |metrics, id, entry, delivery| {
+        let matched = self.match_subscribers(
+            message,
+            payload,
+            members,
+            out,
+            |metrics, id, entry, delivery| {
                 if delivery.seq.is_some() {
                     stored.push((id, delivery));
                 } else {
                     hand_over(entry, delivery, metrics);
                 }
-            });
+            },
+        );
         out.stored = stored;
         matched
     }
@@ -197,13 +249,14 @@ impl Router {
         &mut self,
         message: &Arc<Message>,
         payload: Payload,
+        members: Members<'_>,
         out: &mut Outcome,
         mut place: impl FnMut(&Metrics, SessionId, &mut SessionEntry, Delivery),
     ) -> bool {
         if message.retain {
             self.retain(message, out);
         }
-        let mut targets = self.collect_targets(message);
+        let mut targets = self.collect_targets(message, members);
         let matched = !targets.is_empty();
         let now = now_ms();
         let inbox_of = inbox_owner(&message.topic);
@@ -264,7 +317,7 @@ impl Router {
     /// The subscriptions matching `message`, sorted by session when more than one filter
     /// matched (so that a session's overlapping subscriptions are adjacent). The buffer is
     /// kept across messages: no allocation per message.
-    fn collect_targets(&mut self, message: &Message) -> Vec<Target> {
+    fn collect_targets(&mut self, message: &Message, members: Members<'_>) -> Vec<Target> {
         let mut targets = std::mem::take(&mut self.scratch_targets);
         let sessions = &self.sessions;
         // A session has at most one subscription per filter, so matches of a single filter
@@ -278,13 +331,30 @@ impl Router {
                     filter,
                     subscription,
                 } => {
-                    if subscription.options.no_local && message.origin == Some(*client) {
+                    if matches!(members, Members::Group { .. })
+                        || subscription.options.no_local && message.origin == Some(*client)
+                    {
                         return;
                     }
                     single_filter &= *first_filter.get_or_insert(filter) == filter;
                     targets.push(Target::new(*client, subscription));
                 }
-                Match::Shared { members: group, .. } => {
+                Match::Shared {
+                    group: name,
+                    filter,
+                    members: group,
+                } => {
+                    let wanted = match members {
+                        Members::All => true,
+                        Members::Direct => false,
+                        Members::Group {
+                            group: want,
+                            filter: on,
+                        } => want == name && on == filter,
+                    };
+                    if !wanted {
+                        return;
+                    }
                     let online =
                         |id: &SessionId| sessions.get(id).is_some_and(|e| e.connected.is_some());
                     if let Some((client, subscription)) = pick_member(group, online) {

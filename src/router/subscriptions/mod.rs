@@ -106,9 +106,10 @@ impl<K> Copy for Match<'_, K> {}
 pub(crate) struct SubscriptionTree<K> {
     root: Node<K>,
     len: usize,
-    /// With [`track_interest`](SubscriptionTree::track_interest): the filters (shared
-    /// ones without their `$share/{group}/`) that gained their first subscription (`true`)
-    /// or lost their last (`false`), in order, until taken.
+    /// With [`track_interest`](SubscriptionTree::track_interest): the filters that gained
+    /// their first subscription (`true`) or lost their last (`false`), in order, until
+    /// taken. A shared group counts apart from its filter's direct subscriptions: its
+    /// key is the whole `$share/{group}/{filter}`.
     interest: Option<Vec<InterestChange>>,
 }
 
@@ -269,6 +270,14 @@ impl<K> Subs<K> {
         self.direct.is_empty() && self.shared.is_empty()
     }
 
+    /// Whether some direct subscription (`None`) or a member of `group` holds the filter.
+    fn holds(&self, group: Option<&str>) -> bool {
+        match group {
+            None => !self.direct.is_empty(),
+            Some(group) => self.shared.contains_key(group),
+        }
+    }
+
     fn visit<'a>(&'a self, visit: &mut impl FnMut(Match<'a, K>)) {
         for (client, subscription) in &self.direct {
             visit(Match::Direct {
@@ -357,15 +366,15 @@ impl<K: Clone + Eq + Hash> SubscriptionTree<K> {
         } else {
             &mut node.subs
         };
-        if slot.is_none() {
+        let subs = slot.get_or_insert_with(|| Box::new(Subs::new(inner)));
+        if !subs.holds(group) {
             if let Some(changes) = &mut self.interest {
                 changes.push(InterestChange {
-                    filter: inner.into(),
+                    filter: filter.into(),
                     held: true,
                 });
             }
         }
-        let subs = slot.get_or_insert_with(|| Box::new(Subs::new(inner)));
         let previous = subs.insert(group, client, subscription);
         if previous.is_none() {
             self.len += 1;
@@ -403,14 +412,16 @@ impl<K: Clone + Eq + Hash> SubscriptionTree<K> {
         };
         let subs = slot.as_deref_mut()?;
         let removed = subs.remove(group, client)?;
-        if subs.is_empty() {
-            *slot = None;
+        if !subs.holds(group) {
             if let Some(changes) = &mut self.interest {
                 changes.push(InterestChange {
-                    filter: inner.into(),
+                    filter: filter.into(),
                     held: false,
                 });
             }
+        }
+        if subs.is_empty() {
+            *slot = None;
         }
         self.len -= 1;
         if depth == 0 || !node.is_empty() {
