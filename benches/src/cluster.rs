@@ -166,6 +166,28 @@ async fn until_listening(addr: SocketAddr) -> Result<()> {
     )))
 }
 
+/// Runs `tasks` for `warmup`, then counts for `duration` (`measuring` set), then tells
+/// them to `stop` and waits for them; returns the measured window in seconds.
+async fn timed(
+    measuring: &AtomicBool,
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    warmup: Duration,
+    duration: Duration,
+) -> f64 {
+    tokio::time::sleep(warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let window_secs = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(40), task).await;
+    }
+    window_secs
+}
+
 /// What a timed run measured.
 #[derive(Debug, Clone)]
 pub struct Measured {
@@ -315,16 +337,7 @@ pub async fn dms(
             }
         }));
     }
-    tokio::time::sleep(warmup).await;
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(duration).await;
-    measuring.store(false, Ordering::Relaxed);
-    let window_secs = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(40), task).await;
-    }
+    let window_secs = timed(&measuring, &stop, tasks, warmup, duration).await;
     let summary = |l: &Arc<Mutex<Latencies>>| l.lock().ok().and_then(|l| l.summary());
     Ok(Measured {
         rate: acked.load(Ordering::Relaxed) as f64 / window_secs,
@@ -418,16 +431,7 @@ pub async fn engine(
             }
         }));
     }
-    tokio::time::sleep(warmup).await;
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(duration).await;
-    measuring.store(false, Ordering::Relaxed);
-    let window_secs = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(40), task).await;
-    }
+    let window_secs = timed(&measuring, &stop, tasks, warmup, duration).await;
     Ok(Measured {
         rate: acked.load(Ordering::Relaxed) as f64 / window_secs,
         ack: latency.lock().ok().and_then(|l| l.summary()),

@@ -202,6 +202,34 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A tern node as a process (the `tern` binary at `binary`: tests SIGKILL and SIGSTOP
+/// it) named `node` on `nats`, with replicas 1 and a `node_ttl_ms` lease; its config and
+/// data live in `dir`.
+pub async fn process_node(
+    binary: &str,
+    nats: &NatsServer,
+    node: &str,
+    node_ttl_ms: u64,
+    dir: &std::path::Path,
+) -> crate::BrokerProcess {
+    let config = dir.join(format!("{node}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nengine = \"nats\"\nnode_id = \"{node}\"\nnats_urls = [\"{}\"]\n\
+             replicas = 1\nnode_ttl_ms = {node_ttl_ms}\n",
+            nats.url()
+        ),
+    )
+    .expect("write the node's config");
+    crate::BrokerProcess::start(
+        binary,
+        &dir.join(format!("{node}-data")),
+        &["--config", &config.to_string_lossy()],
+    )
+    .await
+}
+
 impl NatsServer {
     /// A single server with JetStream on a port of its choosing.
     pub async fn start() -> NatsServer {

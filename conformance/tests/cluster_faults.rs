@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tern_codec::{ByteString, Packet, Protocol, QoS, ReasonCode};
 use tern_conformance::chat::{device, login, prop, sync_request};
-use tern_conformance::nats::{join, join_all, NatsCluster, NatsServer};
-use tern_conformance::{publish_packet, Broker, BrokerProcess, RawClient};
+use tern_conformance::nats::{join, join_all, process_node, NatsCluster, NatsServer};
+use tern_conformance::{publish_packet, Broker, RawClient};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_tern-test-broker");
 
@@ -166,22 +166,7 @@ async fn a_tern_node_killed_mid_conversation_loses_nothing_acknowledged() {
     const MESSAGES: u16 = 120;
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("a.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[cluster]\nengine = \"nats\"\nnode_id = \"a\"\nnats_urls = [\"{}\"]\n\
-             replicas = 1\nnode_ttl_ms = {NODE_TTL_MS}\n",
-            nats.url()
-        ),
-    )
-    .expect("write node a's config");
-    let a = BrokerProcess::start(
-        BROKER,
-        &dir.path().join("data"),
-        &["--config", &config.to_string_lossy()],
-    )
-    .await;
+    let a = process_node(BROKER, &nats, "a", NODE_TTL_MS, dir.path()).await;
     let url = nats.url();
     let b = Broker::start_with(|c| {
         join(c, "b", &url);

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tern_codec::{Packet, Protocol, QoS, ReasonCode};
 use tern_conformance::chat::{self, device, login, publish, subscribe_all, sync_request};
-use tern_conformance::nats::{join, NatsServer};
-use tern_conformance::{granted, Broker, BrokerProcess, RawClient};
+use tern_conformance::nats::{join, process_node, NatsServer};
+use tern_conformance::{granted, Broker, RawClient};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_tern-test-broker");
 
@@ -174,22 +174,7 @@ async fn open_ok(broker: &Broker, client_id: &str) -> (RawClient, ReasonCode) {
 async fn a_node_stopped_past_its_lease_neither_delivers_nor_writes_for_lost_sessions() {
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("a.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[cluster]\nengine = \"nats\"\nnode_id = \"a\"\nnats_urls = [\"{}\"]\n\
-             replicas = 1\nnode_ttl_ms = {NODE_TTL_MS}\n",
-            nats.url()
-        ),
-    )
-    .expect("write node a's config");
-    let a = BrokerProcess::start(
-        BROKER,
-        &dir.path().join("data"),
-        &["--config", &config.to_string_lossy()],
-    )
-    .await;
+    let a = process_node(BROKER, &nats, "a", NODE_TTL_MS, dir.path()).await;
     let url = nats.url();
     let b = Broker::start_with(|c| {
         join(c, "b", &url);

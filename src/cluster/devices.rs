@@ -64,16 +64,7 @@ impl DeviceLists {
         replicas: usize,
         max: usize,
     ) -> Result<DeviceLists, super::BucketError> {
-        let kv = super::open_bucket(
-            jetstream,
-            kv::Config {
-                bucket: BUCKET.to_string(),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let kv = super::open_bucket(jetstream, super::bucket(BUCKET, replicas)).await?;
         Ok(DeviceLists {
             kv,
             client: client.clone(),

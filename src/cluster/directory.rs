@@ -154,16 +154,7 @@ impl Directory {
         router: RouterHandle,
         writer: Writer,
     ) -> Result<(Directory, tokio::task::JoinHandle<()>), DirectoryError> {
-        let kv = super::open_bucket(
-            jetstream,
-            kv::Config {
-                bucket: BUCKET.to_string(),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let kv = super::open_bucket(jetstream, super::bucket(BUCKET, replicas)).await?;
         let consumer = kv
             .stream
             .create_consumer(consumer::pull::OrderedConfig {

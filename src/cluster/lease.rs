@@ -45,11 +45,8 @@ impl Nodes {
         let kv = super::open_bucket(
             jetstream,
             kv::Config {
-                bucket: BUCKET.to_string(),
-                history: 1,
                 max_age: ttl,
-                num_replicas: replicas,
-                ..Default::default()
+                ..super::bucket(BUCKET, replicas)
             },
         )
         .await?;

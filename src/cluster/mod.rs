@@ -73,6 +73,16 @@ pub struct BucketError {
     source: async_nats::Error,
 }
 
+/// A bucket of the cluster's: the last value of each key only, `replicas` copies.
+fn bucket(name: &str, replicas: usize) -> async_nats::jetstream::kv::Config {
+    async_nats::jetstream::kv::Config {
+        bucket: name.to_string(),
+        history: 1,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
 /// Opens the bucket `config` names, creating it as configured if it does not exist.
 async fn open_bucket(
     jetstream: &async_nats::jetstream::Context,

@@ -145,12 +145,9 @@ impl Registry {
         let kv = super::open_bucket(
             jetstream,
             kv::Config {
-                bucket: BUCKET.to_string(),
-                history: 1,
-                num_replicas: replicas,
                 // Lets the markers connections' ends leave expire.
                 limit_markers: Some(RELEASED_MARKER_TTL),
-                ..Default::default()
+                ..super::bucket(BUCKET, replicas)
             },
         )
         .await?;
