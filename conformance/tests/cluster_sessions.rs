@@ -287,3 +287,28 @@ fn signal(pid: u32, which: &str) {
         .expect("run kill");
     assert!(status.success(), "kill {which} {pid}: {status}");
 }
+
+/// A node stopped cleanly gives its lease up: its clients connect to another node at once
+/// instead of waiting for the lease (10 s by default) to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_cleanly_lets_its_clients_connect_elsewhere_at_once() {
+    let nats = NatsServer::start().await;
+    let (one, two) = (nats.node("n1").await, nats.node("n2").await);
+    assert_eq!(two.config.cluster.node_ttl_ms, 10_000, "the default lease");
+    let (mut phone, code) = open(&one, Protocol::V5, "phone", "dana").await;
+    assert_eq!(code, ReasonCode::Success);
+    let stopping = tokio::spawn(one.stop());
+    phone
+        .expect_disconnect(&[ReasonCode::ServerShuttingDown], "node 1 stopping")
+        .await;
+    stopping.await.expect("node 1 stopped");
+    let started = std::time::Instant::now();
+    let (mut phone, code) = open(&two, Protocol::V5, "phone", "dana").await;
+    assert_eq!(code, ReasonCode::Success);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the connect waited {waited:?}, as if node 1 still held its lease"
+    );
+    ping(&mut phone, "the phone on node 2").await;
+}

@@ -150,6 +150,21 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Gives the lease up (the node stopped serving): the other nodes take its sessions
+    /// without waiting for it to expire.
+    pub(super) async fn release(&self) {
+        self.view.lapse();
+        let deleted =
+            tokio::time::timeout(Duration::from_secs(2), self.nodes.kv.delete(&*self.node)).await;
+        match deleted {
+            Ok(Ok(())) => tracing::info!(node = %self.node, "gave the node's lease up"),
+            Ok(Err(e)) => tracing::warn!(node = %self.node, "cannot give the node's lease up: {e}"),
+            Err(_) => tracing::warn!(node = %self.node, "giving the node's lease up timed out"),
+        }
+    }
+}
+
 /// Renews the lease for as long as the node runs. When a renewal is refused (the cluster
 /// expired the key) or the lease lapsed before one was acknowledged, every connection is
 /// closed and a new lease is taken.

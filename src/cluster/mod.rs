@@ -456,6 +456,9 @@ impl LinkTasks {
         for task in self.tasks {
             task.abort();
         }
+        // Every connection is closed: the other nodes need not wait for the lease to
+        // expire before they take this node's clients.
+        self.lease.release().await;
     }
 }
 
