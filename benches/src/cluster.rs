@@ -7,6 +7,9 @@
 //! - `engine`: the engine's own ceiling for the same work: an async-nats client appending
 //!   to the same inbox streams with the same compare-and-set (one append in flight per
 //!   log, two logs per DM as tern does), so tern's share of it is known.
+//! - `plain`: QoS 1 pairs on plain topics, publishers on one node and subscribers on the
+//!   other, through tern and through NATS's own MQTT support on the same servers (the
+//!   anchor), with clean and with persistent subscriber sessions.
 //!
 //! Every process (the 3 NATS servers, the 2 nodes, the load) shares this machine's cores.
 
@@ -42,6 +45,8 @@ impl Drop for Process {
 pub struct Cluster {
     pub nats_urls: Vec<String>,
     pub nodes: Vec<SocketAddr>,
+    /// The NATS servers' own MQTT listeners (NATS's MQTT support, the anchor).
+    pub nats_mqtt: Vec<SocketAddr>,
     _processes: Vec<Process>,
     _dir: PathBuf,
 }
@@ -57,25 +62,34 @@ impl Cluster {
     ) -> Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         let mut processes = Vec::new();
-        let ports: Vec<(u16, u16, u16)> = (0..3)
-            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+        let ports: Vec<(u16, u16, u16, u16)> = (0..3)
+            .map(|_| Ok((free_port()?, free_port()?, free_port()?, free_port()?)))
             .collect::<Result<_>>()?;
-        for (i, (client, route, monitor)) in ports.iter().enumerate() {
+        for (i, (client, route, monitor, mqtt)) in ports.iter().enumerate() {
             let routes: Vec<String> = ports
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
-                .map(|(_, p)| format!("nats://127.0.0.1:{}", p.1))
+                .map(|(_, p)| format!("\"nats://127.0.0.1:{}\"", p.1))
                 .collect();
+            let name = format!("nats-{}", i + 1);
+            // A config file: MQTT has no command-line flags.
+            let config = dir.join(format!("{name}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: {name}\nlisten: \"127.0.0.1:{client}\"\n\
+                     http: \"127.0.0.1:{monitor}\"\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: bench, listen: \"127.0.0.1:{route}\", routes: [{}] }}\n\
+                     mqtt {{ listen: \"127.0.0.1:{mqtt}\" }}\n",
+                    dir.join(&name).display(),
+                    routes.join(", ")
+                ),
+            )?;
             let child = Command::new(nats_server)
-                .args(["-a", "127.0.0.1", "-p", &client.to_string()])
-                .args(["-m", &monitor.to_string(), "-n", &format!("nats-{}", i + 1)])
-                .arg("-js")
-                .arg("-sd")
-                .arg(dir.join(format!("nats-{}", i + 1)))
-                .args(["--cluster_name", "bench"])
-                .args(["--cluster", &format!("nats://127.0.0.1:{route}")])
-                .args(["--routes", &routes.join(",")])
+                .arg("-c")
+                .arg(&config)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
@@ -83,9 +97,13 @@ impl Cluster {
                 .map_err(|e| Error::new(format!("cannot run {}: {e}", nats_server.display())))?;
             processes.push(Process { child });
         }
-        for (_, _, monitor) in &ports {
+        for (_, _, monitor, _) in &ports {
             until_healthy(*monitor).await?;
         }
+        let nats_mqtt = ports
+            .iter()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p.3)))
+            .collect();
         let nats_urls: Vec<String> = ports
             .iter()
             .map(|p| format!("nats://127.0.0.1:{}", p.0))
@@ -125,6 +143,7 @@ impl Cluster {
         Ok(Cluster {
             nats_urls,
             nodes,
+            nats_mqtt,
             _processes: processes,
             _dir: dir.to_path_buf(),
         })
@@ -201,9 +220,48 @@ pub struct Measured {
     pub end_to_end: Option<LatencySummary>,
 }
 
+/// What the pairs of a run send: chat DMs (`dm/r{i}` into `inbox/r{i}/#`, logged in as
+/// `s{i}` and `r{i}`) or plain topics (`pairs/{i}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Dms,
+    /// Plain topics; `persistent`: the subscribers' sessions are persistent (clean
+    /// session off).
+    Plain {
+        persistent: bool,
+    },
+}
+
 /// Cross-node DMs: `pairs` senders on `from`, each writing to its own recipient on `to`,
 /// `window` unacknowledged at most per sender, `payload` bytes.
 pub async fn dms(
+    from: SocketAddr,
+    to: SocketAddr,
+    pairs: usize,
+    window: usize,
+    payload: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<Measured> {
+    run_pairs(
+        Shape::Dms,
+        from,
+        to,
+        pairs,
+        window,
+        payload,
+        warmup,
+        duration,
+    )
+    .await
+}
+
+/// `pairs` QoS 1 publishers on `from`, each to its own subscriber on `to` (`shape`),
+/// `window` unacknowledged at most per publisher, `payload` bytes: acknowledged and
+/// delivered messages/s, with their latencies. Any MQTT broker's two nodes will do.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_pairs(
+    shape: Shape,
     from: SocketAddr,
     to: SocketAddr,
     pairs: usize,
@@ -218,23 +276,40 @@ pub async fn dms(
     let delivered = Arc::new(AtomicU64::new(0));
     let ack_latency = Arc::new(Mutex::new(Latencies::default()));
     let e2e_latency = Arc::new(Mutex::new(Latencies::default()));
+    // Client ids of their own per shape: a persistent session left by one run must not
+    // meet a client of another user in the next.
+    let tag = match shape {
+        Shape::Dms => "dm",
+        Shape::Plain { persistent: false } => "clean",
+        Shape::Plain { persistent: true } => "kept",
+    };
     let mut recipients = Vec::new();
     for i in 0..pairs {
-        let mut opts = ConnectOptions::new(&format!("bench-r{i}"));
-        opts.username = Some(format!("r{i}"));
+        let mut opts = ConnectOptions::new(&format!("bench-{tag}-r{i}"));
+        let filter = match shape {
+            Shape::Dms => {
+                opts.username = Some(format!("r{i}"));
+                format!("inbox/r{i}/#")
+            }
+            Shape::Plain { persistent } => {
+                opts.clean_start = !persistent;
+                format!("pairs/{i}")
+            }
+        };
         let mut client = Client::connect_with(to, Protocol::V311, &opts).await?;
-        client
-            .subscribe(&format!("inbox/r{i}/#"), QoS::AtLeastOnce)
-            .await?;
+        client.subscribe(&filter, QoS::AtLeastOnce).await?;
         recipients.push(client);
     }
     let mut senders = Vec::new();
     for i in 0..pairs {
-        let mut opts = ConnectOptions::new(&format!("bench-s{i}"));
-        opts.username = Some(format!("s{i}"));
+        let mut opts = ConnectOptions::new(&format!("bench-{tag}-s{i}"));
+        if shape == Shape::Dms {
+            opts.username = Some(format!("s{i}"));
+        }
         senders.push(Client::connect_with(from, Protocol::V311, &opts).await?);
     }
-    // The recipients' nodes subscribe to their deliveries in NATS after the SUBACK.
+    // The subscribers' nodes subscribe in NATS after their SUBACKs (the warm-up covers
+    // the rest).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut tasks = Vec::new();
     for mut client in recipients {
@@ -282,7 +357,10 @@ pub async fn dms(
             ack_latency.clone(),
             filler.clone(),
         );
-        let topic = ByteString::from(format!("dm/r{i}"));
+        let topic = ByteString::from(match shape {
+            Shape::Dms => format!("dm/r{i}"),
+            Shape::Plain { .. } => format!("pairs/{i}"),
+        });
         tasks.push(tokio::spawn(async move {
             let mut sent_at: Vec<Option<Instant>> = vec![None; window + 1];
             let mut in_flight = 0usize;

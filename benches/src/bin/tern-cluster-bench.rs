@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tern_bench::cluster::{self, Cluster, Measured};
+use tern_bench::cluster::{self, Cluster, Measured, Shape};
 use tern_bench::LatencySummary;
 
 #[derive(Debug, Parser)]
@@ -85,48 +85,115 @@ async fn run(args: &Args) -> tern_bench::Result<()> {
     let nats = args.nats_server.clone().unwrap_or_else(default_nats);
     let warmup = Duration::from_secs(args.warmup);
     let duration = Duration::from_secs(args.duration);
-    let mut tern_runs = Vec::new();
-    let mut engine_runs = Vec::new();
+    let mut results: Vec<Vec<Measured>> = vec![Vec::new(); RUNS.len()];
     for round in 0..args.rounds {
         let dir =
             std::env::temp_dir().join(format!("tern-cluster-bench-{}-{round}", std::process::id()));
         let cluster = Cluster::start(&nats, &tern, &dir, args.shards).await?;
-        let tern_first = round % 2 == 0;
-        for which in if tern_first { [0, 1] } else { [1, 0] } {
-            if which == 0 {
-                let m = cluster::dms(
-                    cluster.nodes[0],
-                    cluster.nodes[1],
-                    args.pairs,
-                    args.window,
-                    args.payload,
-                    warmup,
-                    duration,
-                )
-                .await?;
-                println!("round {round}: tern DMs {}", line(&m));
-                tern_runs.push(m);
-            } else {
-                let m = cluster::engine(
-                    &cluster.nats_urls,
-                    args.shards,
-                    2 * args.pairs,
-                    args.payload,
-                    warmup,
-                    duration,
-                )
-                .await?;
-                println!("round {round}: engine appends {}", line(&m));
-                engine_runs.push(m);
-            }
+        // The runs in turn, the first one rotating from round to round.
+        for k in 0..RUNS.len() {
+            let which = (round + k) % RUNS.len();
+            let m = measure(&cluster, args, which, warmup, duration).await?;
+            println!("round {round}: {} {}", RUNS[which], line(&m));
+            results[which].push(m);
         }
         drop(cluster);
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let report = report(args, &tern_runs, &engine_runs);
+    let (tern_runs, engine_runs) = (&results[0], &results[1]);
+    let mut report = report(args, tern_runs, engine_runs);
+    report.push_str(&plain_report(&results[2..]));
     std::fs::write(&args.out, &report)?;
     print!("{report}");
     Ok(())
+}
+
+/// The runs of a round: what each measures.
+const RUNS: [&str; 6] = [
+    "tern DMs",
+    "engine appends",
+    "tern plain, clean",
+    "NATS MQTT plain, clean",
+    "tern plain, persistent",
+    "NATS MQTT plain, persistent",
+];
+
+async fn measure(
+    cluster: &Cluster,
+    args: &Args,
+    which: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> tern_bench::Result<Measured> {
+    let plain = |persistent| Shape::Plain { persistent };
+    let (shape, from, to) = match which {
+        0 => (Shape::Dms, cluster.nodes[0], cluster.nodes[1]),
+        1 => {
+            return cluster::engine(
+                &cluster.nats_urls,
+                args.shards,
+                2 * args.pairs,
+                args.payload,
+                warmup,
+                duration,
+            )
+            .await
+        }
+        2 => (plain(false), cluster.nodes[0], cluster.nodes[1]),
+        3 => (plain(false), cluster.nats_mqtt[0], cluster.nats_mqtt[1]),
+        4 => (plain(true), cluster.nodes[0], cluster.nodes[1]),
+        _ => (plain(true), cluster.nats_mqtt[0], cluster.nats_mqtt[1]),
+    };
+    cluster::run_pairs(
+        shape,
+        from,
+        to,
+        args.pairs,
+        args.window,
+        args.payload,
+        warmup,
+        duration,
+    )
+    .await
+}
+
+/// tern's plain QoS 1 pairs across nodes against NATS's own MQTT support.
+fn plain_report(runs: &[Vec<Measured>]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n## Plain QoS 1 pairs across nodes: tern against NATS's MQTT support\n\n\
+         The same pairs on topics `pairs/{{i}}` (publishers on node 1 / NATS server 1, \
+         subscribers on node 2 / server 2), through tern and through the MQTT listeners of \
+         the same NATS servers. tern carries plain messages between nodes over core NATS \
+         (at most once between nodes); NATS's MQTT support keeps QoS 1 messages in \
+         JetStream.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| subscribers' sessions | tern delivered/s | NATS MQTT delivered/s | tern / NATS | tern p99 e2e (µs) | NATS p99 e2e (µs) |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for (label, tern, nats) in [
+        ("clean", &runs[0], &runs[1]),
+        ("persistent", &runs[2], &runs[3]),
+    ] {
+        let rate = |runs: &[Measured]| median(runs.iter().filter_map(|m| m.delivered).collect());
+        let (t, n) = (rate(tern), rate(nats));
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} | {} | {} |",
+            t.map_or("-".into(), |r| format!("{r:.0}")),
+            n.map_or("-".into(), |r| format!("{r:.0}")),
+            match (t, n) {
+                (Some(t), Some(n)) if n > 0.0 => format!("{:.2}x", t / n),
+                _ => "-".into(),
+            },
+            latency_median(tern, |m| m.end_to_end, true),
+            latency_median(nats, |m| m.end_to_end, true)
+        );
+    }
+    let _ = writeln!(out, "\nTarget: tern >= 2x NATS's msgs/s, with a lower p99.");
+    out
 }
 
 fn line(m: &Measured) -> String {
@@ -191,7 +258,7 @@ fn report(args: &Args, tern: &[Measured], engine: &[Measured]) -> String {
          servers, the 2 tern nodes and the load tool all share them**. Replicas 3, {} inbox \
          streams, {} sender/recipient pairs (senders on node 1, recipients on node 2, MQTT \
          3.1.1 QoS 1, window {}), {}-byte payloads, {} s measured after {} s of warm-up, \
-         {} rounds, tern and the engine alternating (medians).\n",
+         {} rounds, the runs taking turns, the first rotating from round to round (medians).\n",
         args.shards, args.pairs, args.window, args.payload, args.duration, args.warmup, args.rounds
     );
     let tern_rate = median(tern.iter().map(|m| m.rate).collect());
