@@ -70,11 +70,20 @@ pub struct NatsCluster {
     names: Vec<String>,
     args: Vec<Vec<String>>,
     _dir: tempfile::TempDir,
+    /// One cluster at a time per test process: three servers each, elections, and the
+    /// nodes on top, several at once on two cores, made JetStream take over 30 s to elect
+    /// its leaders.
+    _alone: tokio::sync::OwnedMutexGuard<()>,
 }
+
+/// Held by the running [`NatsCluster`] of this process.
+static ONE_CLUSTER: std::sync::LazyLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
+    std::sync::LazyLock::new(Default::default);
 
 impl NatsCluster {
     /// `n` servers, once every one of them reports JetStream healthy.
     pub async fn start(n: usize) -> NatsCluster {
+        let alone = ONE_CLUSTER.clone().lock_owned().await;
         let dir = tempfile::tempdir().expect("temp dir for the NATS cluster");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let names: Vec<String> = (1..=n).map(|i| format!("nats-{i}")).collect();
@@ -112,6 +121,7 @@ impl NatsCluster {
             names,
             args,
             _dir: dir,
+            _alone: alone,
         };
         for i in 0..n {
             cluster.until_healthy(i).await;
@@ -164,7 +174,7 @@ impl NatsCluster {
     async fn until_healthy(&self, i: usize) {
         let server = self.servers[i].as_ref().expect("a running server");
         let url = format!("http://127.0.0.1:{}/healthz", server.monitor);
-        for _ in 0..300 {
+        for _ in 0..600 {
             let url = url.clone();
             let healthy = tokio::task::spawn_blocking(move || {
                 ureq::get(&url)
@@ -180,7 +190,7 @@ impl NatsCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("nats server {} not healthy within 30 s", self.names[i]);
+        panic!("nats server {} not healthy within 60 s", self.names[i]);
     }
 }
 
@@ -335,10 +345,11 @@ async fn spawn(args: &[String]) -> (Child, u16, u16) {
     let stderr = child.stderr.take().expect("piped stderr");
     let (ready, port) = oneshot::channel();
     // Reads the log to the end (a full pipe would stop the server) and reports the
-    // client port once the server says it is ready.
+    // client port once the server says it is ready, or its log if it ended before.
     tokio::spawn(async move {
         let mut ready = Some(ready);
         let (mut port, mut monitor) = (None, None);
+        let mut early = Vec::new();
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
@@ -347,17 +358,24 @@ async fn spawn(args: &[String]) -> (Child, u16, u16) {
             if let Some(addr) = line.split("Starting http monitor on ").nth(1) {
                 monitor = port_of(addr);
             }
+            if ready.is_some() {
+                early.push(line.clone());
+            }
             if line.contains("Server is ready") {
                 if let (Some(tx), Some(port), Some(monitor)) = (ready.take(), port, monitor) {
-                    let _ = tx.send((port, monitor));
+                    let _ = tx.send(Ok((port, monitor)));
                 }
             }
+        }
+        if let Some(tx) = ready {
+            let _ = tx.send(Err(early.join("\n")));
         }
     });
     let (port, monitor) = tokio::time::timeout(Duration::from_secs(20), port)
         .await
         .expect("nats-server ready within 20 s")
-        .expect("nats-server exited before it was ready");
+        .expect("the log reader answers")
+        .unwrap_or_else(|log| panic!("nats-server {args:?} exited before it was ready:\n{log}"));
     (child, port, monitor)
 }
 
