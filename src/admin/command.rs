@@ -589,7 +589,7 @@ fn open_error(dir: &Path, e: StorageError) -> OpsError {
 /// Runs an action on a stopped broker's data directory.
 pub fn offline(config: &Config, dir: &Path, action: Action) -> Result<Outcome, OpsError> {
     if action == Action::ClusterStatus {
-        return apply_without_store(config);
+        return cluster_status_from_nats(config);
     }
     check_database(dir)?;
     let store = if action.changes() {
@@ -601,11 +601,6 @@ pub fn offline(config: &Config, dir: &Path, action: Action) -> Result<Outcome, O
     let outcome = apply(&store, config, action)?;
     drop(store);
     Ok(outcome)
-}
-
-/// An action that reads nothing from the data directory.
-fn apply_without_store(config: &Config) -> Result<Outcome, OpsError> {
-    cluster_status_from_nats(config)
 }
 
 /// `tern cluster status` for a stopped node: read from NATS with the config's settings.

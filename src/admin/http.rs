@@ -466,22 +466,27 @@ async fn live_sessions(
 ) -> ApiResult<Vec<model::SessionView>> {
     let mut summaries = state.router.sessions(client_id.as_deref())?;
     summaries.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-    read(state, move |store| {
-        summaries
-            .into_iter()
-            .map(|summary| {
-                let queue = if summary.persistent {
-                    store
-                        .queue_stats(&summary.client_id)
-                        .map_err(model::storage_error)?
-                } else {
-                    (0, 0)
-                };
-                Ok(model::SessionView::from_summary(summary, queue))
-            })
-            .collect()
-    })
-    .await
+    read(state, move |store| session_views(store, summaries)).await
+}
+
+/// The router's sessions with their stored queues' totals.
+fn session_views(
+    store: &dyn Store,
+    summaries: Vec<crate::router::SessionSummary>,
+) -> Result<Vec<model::SessionView>, ChangeError> {
+    summaries
+        .into_iter()
+        .map(|summary| {
+            let queue = if summary.persistent {
+                store
+                    .queue_stats(&summary.client_id)
+                    .map_err(model::storage_error)?
+            } else {
+                (0, 0)
+            };
+            Ok(model::SessionView::from_summary(summary, queue))
+        })
+        .collect()
 }
 
 async fn sessions_list(
@@ -538,24 +543,14 @@ pub(crate) async fn session_views_json(
         .filter(|s| s.client_id == client_id)
         .collect();
     let store = writer.store().clone();
-    let node = node.to_string();
-    let views = tokio::task::spawn_blocking(move || {
-        summaries
-            .into_iter()
-            .map(|summary| {
-                let queue = if summary.persistent {
-                    store.queue_stats(&summary.client_id).unwrap_or((0, 0))
-                } else {
-                    (0, 0)
-                };
-                let mut view = model::SessionView::from_summary(summary, queue);
-                view.node = Some(node.clone());
-                view
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_default();
+    let mut views = tokio::task::spawn_blocking(move || session_views(&*store, summaries))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    for view in &mut views {
+        view.node = Some(node.to_string());
+    }
     serde_json::to_vec(&views).unwrap_or_else(|_| b"[]".to_vec())
 }
 

@@ -484,12 +484,12 @@ impl Connection {
                 },
             };
             if self.fenced() {
-                let why = "this node lost its place in the cluster";
-                Box::pin(self.server_disconnect(ReasonCode::UseAnotherServer, why)).await;
-                return Err(ConnectionError::Closed(Close::new(
+                let close = Close::new(
                     ReasonCode::UseAnotherServer,
-                    why,
-                )));
+                    "this node lost its place in the cluster",
+                );
+                Box::pin(self.server_disconnect(close.code, &close.reason)).await;
+                return Err(ConnectionError::Closed(close));
             }
             if !matches!(event, Event::Timer) {
                 self.state = self.state.on_event();

@@ -257,6 +257,16 @@ impl RouterHandle {
         Ok(read(&router))
     }
 
+    /// Runs a handler that only closes connections (through their postboxes): it writes
+    /// nothing and forwards nothing, so it needs no outcome.
+    fn close<T>(&self, close: impl FnOnce(&mut Router) -> T) -> Result<T, RouterGone> {
+        let mut router = self.lock();
+        if router.is_stopped() {
+            return Err(RouterGone);
+        }
+        Ok(close(&mut router))
+    }
+
     /// Attaches a connection to its session (see `sessions.rs`); `Err(code)` refuses the
     /// CONNECT with that reason.
     pub async fn connect(
@@ -504,36 +514,24 @@ impl RouterHandle {
 
     /// Closes every connection of a user (deleted, or its password changed).
     pub fn close_user(&self, user: &str, close: &Close) -> Result<(), RouterGone> {
-        let mut router = self.lock();
-        if router.is_stopped() {
-            return Err(RouterGone);
-        }
-        router.close_user(user, close);
-        Ok(())
+        self.close(|router| router.close_user(user, close))
     }
 
     /// Closes the connection of `client_id`'s session, if one is attached: the session was
     /// taken over on another node. Returns whether there was one.
     pub(crate) fn close_client(&self, client_id: &str, close: Close) -> Result<bool, RouterGone> {
-        let mut router = self.lock();
-        if router.is_stopped() {
-            return Err(RouterGone);
-        }
-        Ok(router.close_client(client_id, close))
+        self.close(|router| router.close_client(client_id, close))
     }
 
     /// Closes every connection (the node lost its lease in the cluster); none of them
     /// acts again, even once the node holds a new lease (see [`NodeLease::admits`]).
     pub(crate) fn close_all(&self, close: &Close) -> Result<(), RouterGone> {
-        let mut router = self.lock();
-        if router.is_stopped() {
-            return Err(RouterGone);
-        }
-        if let Some(peers) = &self.shared.peers {
-            peers.lease.fence_before(router.next_conn);
-        }
-        router.close_all(close);
-        Ok(())
+        self.close(|router| {
+            if let Some(peers) = &self.shared.peers {
+                peers.lease.fence_before(router.next_conn);
+            }
+            router.close_all(close);
+        })
     }
 
     /// Every session the router holds (or the one with this client id).
