@@ -86,9 +86,10 @@ impl DeviceLists {
             node: lease.node.to_string(),
             epoch: lease.epoch().to_string(),
         };
-        let dead = self.dead_nodes(lease, user).await?;
+        let current = self.read(user).await?;
+        let dead = self.dead_nodes(lease, &current.0).await?;
         let evicted = self
-            .change(user, |list| {
+            .change(user, Some(current), |list| {
                 list.retain(|d| !dead.contains(&(d.node.clone(), d.epoch.clone())));
                 admit(list, device.clone(), self.max)
             })
@@ -107,21 +108,20 @@ impl DeviceLists {
         Ok(())
     }
 
-    /// The (node, epoch) pairs in `user`'s list whose lease has ended, when the list is
+    /// The (node, epoch) pairs in a user's `list` whose lease has ended, when the list is
     /// full (only then do they matter): their devices are not connected any more.
     async fn dead_nodes(
         &self,
         lease: &Lease,
-        user: &str,
+        list: &[Device],
     ) -> Result<Vec<(String, String)>, async_nats::Error> {
-        let list = self.read(user).await?.0;
         let mut dead = Vec::new();
         if list.len() < self.max {
             return Ok(dead);
         }
         let mut seen = Vec::new();
         for d in list {
-            let pair = (d.node, d.epoch);
+            let pair = (d.node.clone(), d.epoch.clone());
             if seen.contains(&pair) || (pair.0 == *lease.node && pair.1 == *lease.epoch()) {
                 continue;
             }
@@ -141,7 +141,7 @@ impl DeviceLists {
         node: &str,
         epoch: &str,
     ) -> Result<(), async_nats::Error> {
-        self.change(user, |list| {
+        self.change(user, None, |list| {
             list.retain(|d| !(d.client_id == client_id && d.node == node && d.epoch == epoch));
             Vec::new()
         })
@@ -164,16 +164,21 @@ impl DeviceLists {
         })
     }
 
-    /// Applies `edit` to `user`'s list with compare-and-set, reading it again after a
-    /// conflict; returns what the applied edit returned.
+    /// Applies `edit` to `user`'s list with compare-and-set, starting from `current` (the
+    /// list and revision the caller read) if given, reading it again after a conflict;
+    /// returns what the applied edit returned.
     async fn change(
         &self,
         user: &str,
+        mut current: Option<(Vec<Device>, u64)>,
         mut edit: impl FnMut(&mut Vec<Device>) -> Vec<Device>,
     ) -> Result<Vec<Device>, async_nats::Error> {
         let key = subject::key(user);
         for _ in 0..ATTEMPTS {
-            let (mut list, revision) = self.read(user).await?;
+            let (mut list, revision) = match current.take() {
+                Some(read) => read,
+                None => self.read(user).await?,
+            };
             let before = list.clone();
             let out = edit(&mut list);
             if list == before {
