@@ -45,11 +45,12 @@ const ROLE: &str = "Tern-Role";
 /// Header with the user whose log holds the entry (subjects escape names).
 const USER: &str = "Tern-User";
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 /// How long one attempt (a read of the log's last entry, or an append) may wait for its
 /// answer: a request sent while the stream elects a new leader gets none, and is sent
 /// again rather than waited on for the client's whole request timeout.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The wait between attempts: from the first, doubling up to the second.
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Entries taken from publishers and not yet appended, over all users: past this the
@@ -390,7 +391,7 @@ async fn append_one(
         user,
     } = *target;
     let deadline = Instant::now() + retry_for;
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = super::Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let mut known = last;
     loop {
         let last = match known {
@@ -469,16 +470,16 @@ struct Target<'a> {
 
 /// Sleeps before the next attempt, or gives up with `why` past `deadline`.
 async fn wait(
-    backoff: &mut Duration,
+    backoff: &mut super::Backoff,
     deadline: Instant,
     retry_for: Duration,
     why: &str,
 ) -> Result<(), String> {
-    if Instant::now() + *backoff > deadline {
+    let wait = backoff.next();
+    if Instant::now() + wait > deadline {
         return Err(format!("the inbox log refused it for {retry_for:?}: {why}"));
     }
-    tokio::time::sleep(*backoff).await;
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    tokio::time::sleep(wait).await;
     Ok(())
 }
 

@@ -38,15 +38,16 @@ impl JoinError {
     }
 }
 
-/// Connects to NATS and checks JetStream, retrying until both work. Fails only on what a
-/// retry cannot fix.
-/// Returns the node's connection and its second one for shared groups
-/// ([`connect_shared`]).
+/// Connects to NATS and checks JetStream, retrying until both work; returns the node's
+/// connection and its second one for shared groups ([`connect_shared`]). Fails only on
+/// what a retry cannot fix.
 pub(crate) async fn join(
     config: &ClusterConfig,
 ) -> Result<(async_nats::Client, async_nats::Client), JoinError> {
-    let mut backoff = Duration::from_millis(100);
-    let max = Duration::from_millis(config.connect_backoff_max_ms);
+    let mut backoff = super::Backoff::new(
+        Duration::from_millis(100),
+        Duration::from_millis(config.connect_backoff_max_ms),
+    );
     loop {
         let attempted = match attempt(config).await {
             Ok(client) => connect_shared(config).await.map(|shared| (client, shared)),
@@ -59,13 +60,13 @@ pub(crate) async fn join(
             }
             Err(e) if e.is_permanent() => return Err(e),
             Err(e) => {
+                let wait = backoff.next();
                 tracing::warn!(
                     node = %config.node_id,
-                    retry_in_ms = backoff.as_millis(),
+                    retry_in_ms = wait.as_millis(),
                     "not joined yet, accepting no clients: {e}"
                 );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(max);
+                tokio::time::sleep(wait).await;
             }
         }
     }

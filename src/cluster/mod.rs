@@ -73,6 +73,26 @@ pub struct BucketError {
     source: async_nats::Error,
 }
 
+/// The wait between attempts at something NATS refused: doubling from `first` up to
+/// `max`.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff { next: first, max }
+    }
+
+    /// The wait before the next attempt (the one after waits twice as long, up to `max`).
+    fn next(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+}
+
 /// A bucket of the cluster's: the last value of each key only, `replicas` copies.
 fn bucket(name: &str, replicas: usize) -> async_nats::jetstream::kv::Config {
     async_nats::jetstream::kv::Config {
@@ -106,25 +126,20 @@ pub(crate) struct Link {
     client: async_nats::Client,
     /// For the shared groups' queue subscriptions (see `live.rs`).
     shared_client: async_nats::Client,
-    replicas: usize,
-    shards: u32,
+    settings: Settings,
     forward: mpsc::Receiver<Arc<Message>>,
     inbox: mpsc::Receiver<InboxAppend>,
     interest: Arc<Interest>,
     lease: Arc<NodeLease>,
-    node_id: String,
-    node_ttl: std::time::Duration,
-    append_timeout: std::time::Duration,
 }
 
 /// The running link's tasks.
 pub(crate) struct LinkTasks {
     tasks: Vec<JoinHandle<()>>,
-    client: async_nats::Client,
     inbox: InboxReader,
     sessions: Registry,
-    lease: lease::Lease,
-    directory: Directory,
+    /// The node's connection, lease and directory (what the admin API uses too).
+    admin: ClusterAdmin,
 }
 
 /// What the admin API of a cluster node uses: the cluster's directory and state.
@@ -210,15 +225,17 @@ impl Link {
             Link {
                 client,
                 shared_client,
-                replicas: config.replicas,
-                shards: config.shards,
+                settings: Settings {
+                    node_id: config.node_id.clone(),
+                    replicas: config.replicas,
+                    shards: config.shards,
+                    node_ttl: Duration::from_millis(config.node_ttl_ms),
+                    append_timeout: Duration::from_millis(config.append_timeout_ms),
+                },
                 forward,
                 inbox,
                 interest,
                 lease,
-                node_id: config.node_id.clone(),
-                node_ttl: std::time::Duration::from_millis(config.node_ttl_ms),
-                append_timeout: std::time::Duration::from_millis(config.append_timeout_ms),
             },
             peers,
         ))
@@ -238,61 +255,42 @@ impl Link {
         let Link {
             client,
             shared_client,
-            replicas,
-            shards,
+            settings,
             forward,
             inbox,
             interest,
             lease,
-            node_id,
-            node_ttl,
-            append_timeout,
         } = self;
+        let node_id = &settings.node_id;
         let jetstream = jetstream_context(&client);
-        let settings = Settings {
-            replicas,
-            shards,
-            node_ttl,
-            append_timeout,
-        };
         // Streams and buckets are made or opened until all are: right after a NATS
         // cluster starts, JetStream may have no leader yet.
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let opened = loop {
-            match open_state(
-                &client, &jetstream, &router, &writer, im, &settings, &node_id,
-            )
-            .await
-            {
+            match open_state(&client, &jetstream, &router, &writer, im, &settings).await {
                 Ok(opened) => break opened,
                 Err(e) => {
-                    tracing::warn!(node = %node_id, retry_in_ms = backoff.as_millis(),
+                    let wait = backoff.next();
+                    tracing::warn!(node = %node_id, retry_in_ms = wait.as_millis(),
                         "cluster state not ready, accepting no clients: {e}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(wait).await;
                 }
             }
         };
         let Opened {
             nodes,
             devices,
+            sessions,
             directory,
             follow_directory,
             inbox_streams,
             retained_log,
             follow_retained,
         } = opened;
-        let lease = lease::Lease::new(&node_id, lease, nodes);
-        let registry = Registry::open(
-            &jetstream,
-            &client,
-            replicas,
-            lease.clone(),
-            devices.clone(),
-        )
-        .await?;
-        let takeovers = client.subscribe(subject::takeover(&node_id)).await?;
-        let evictions = client.subscribe(subject::evict(&node_id)).await?;
+        let lease = lease::Lease::new(node_id, lease, nodes);
+        let registry = Registry::new(sessions, &client, lease.clone(), devices.clone());
+        let takeovers = client.subscribe(subject::takeover(node_id)).await?;
+        let evictions = client.subscribe(subject::evict(node_id)).await?;
         let lookups = lookup::subscribe(&client).await?;
         let revision = lease.acquire().await;
         let broadcast_subscriber = client.subscribe(subject::BROADCASTS).await?;
@@ -331,17 +329,20 @@ impl Link {
         }
         Ok(LinkTasks {
             tasks,
-            client,
             inbox: InboxReader::new(inbox_streams),
             sessions: registry,
-            lease,
-            directory,
+            admin: ClusterAdmin {
+                client,
+                lease,
+                directory,
+            },
         })
     }
 }
 
 /// The cluster's settings the link's state is made with.
 struct Settings {
+    node_id: String,
     replicas: usize,
     shards: u32,
     node_ttl: Duration,
@@ -352,6 +353,8 @@ struct Settings {
 struct Opened {
     nodes: lease::Nodes,
     devices: Option<devices::DeviceLists>,
+    /// The session registry's bucket.
+    sessions: async_nats::jetstream::kv::Store,
     directory: Directory,
     follow_directory: JoinHandle<()>,
     inbox_streams: inbox::InboxStreams,
@@ -368,10 +371,10 @@ async fn open_state(
     writer: &tern_storage::Writer,
     im: &ImConfig,
     settings: &Settings,
-    node_id: &str,
 ) -> Result<Opened, LinkError> {
     let replicas = settings.replicas;
     let nodes = lease::Nodes::open(jetstream, replicas, settings.node_ttl).await?;
+    let sessions = sessions::open_bucket(jetstream, replicas).await?;
     let devices = match im.max_devices_per_user {
         0 => None,
         max => Some(
@@ -403,10 +406,11 @@ async fn open_state(
             return Err(e.into());
         }
     };
-    tracing::debug!(node = %node_id, "cluster state opened");
+    tracing::debug!(node = %settings.node_id, "cluster state opened");
     Ok(Opened {
         nodes,
         devices,
+        sessions,
         directory,
         follow_directory,
         inbox_streams,
@@ -436,21 +440,17 @@ impl LinkTasks {
 
     /// What the admin API uses.
     pub(crate) fn admin(&self) -> ClusterAdmin {
-        ClusterAdmin {
-            client: self.client.clone(),
-            lease: self.lease.clone(),
-            directory: self.directory.clone(),
-        }
+        self.admin.clone()
     }
 
     /// The node's lease, as connections check it.
     pub(crate) fn lease(&self) -> Arc<NodeLease> {
-        self.lease.view.clone()
+        self.admin.lease.view.clone()
     }
 
     /// Stops the link once the router has stopped: what is buffered is flushed first.
     pub(crate) async fn stop(self) {
-        if let Err(e) = self.client.flush().await {
+        if let Err(e) = self.admin.client.flush().await {
             tracing::debug!("cluster: final flush: {e}");
         }
         for task in self.tasks {
@@ -458,7 +458,7 @@ impl LinkTasks {
         }
         // Every connection is closed: the other nodes need not wait for the lease to
         // expire before they take this node's clients.
-        self.lease.release().await;
+        self.admin.lease.release().await;
     }
 }
 

@@ -41,12 +41,28 @@ const BUCKET: &str = "TERN_SESSIONS";
 /// How long a node's answer to a takeover is awaited before its lease is looked at.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Waits between attempts to claim while the registry fails.
-const RETRY_FIRST: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_millis(500);
+/// Waits between attempts to claim while the registry fails: from the first, doubling up
+/// to the second.
+const RETRY_WAITS: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(500));
 
 /// How long the marker a connection's end leaves in the bucket lasts.
 const RELEASED_MARKER_TTL: Duration = Duration::from_secs(60);
+
+/// Opens (or creates) the registry's bucket.
+pub(super) async fn open_bucket(
+    jetstream: &jetstream::Context,
+    replicas: usize,
+) -> Result<kv::Store, super::BucketError> {
+    super::open_bucket(
+        jetstream,
+        kv::Config {
+            // Lets the markers connections' ends leave expire.
+            limit_markers: Some(RELEASED_MARKER_TTL),
+            ..super::bucket(BUCKET, replicas)
+        },
+    )
+    .await
+}
 
 /// Why a client id could not be claimed.
 #[derive(Debug, thiserror::Error)]
@@ -134,24 +150,14 @@ pub(crate) struct Claim {
 }
 
 impl Registry {
-    /// Opens (or creates) the bucket.
-    pub(super) async fn open(
-        jetstream: &jetstream::Context,
+    /// The registry in `kv` (see [`open_bucket`]).
+    pub(super) fn new(
+        kv: kv::Store,
         client: &async_nats::Client,
-        replicas: usize,
         lease: Lease,
         devices: Option<DeviceLists>,
-    ) -> Result<Registry, super::BucketError> {
-        let kv = super::open_bucket(
-            jetstream,
-            kv::Config {
-                // Lets the markers connections' ends leave expire.
-                limit_markers: Some(RELEASED_MARKER_TTL),
-                ..super::bucket(BUCKET, replicas)
-            },
-        )
-        .await?;
-        Ok(Registry {
+    ) -> Registry {
+        Registry {
             inner: Arc::new(Inner {
                 kv,
                 client: client.clone(),
@@ -160,7 +166,7 @@ impl Registry {
                 claiming: Mutex::default(),
                 held: Mutex::default(),
             }),
-        })
+        }
     }
 
     /// Claims `client_id` for a connection of `user` on this node (see the module's docs),
@@ -183,19 +189,20 @@ impl Registry {
             revision: 0,
             attached: false,
         };
-        let mut backoff = RETRY_FIRST;
+        let mut backoff = super::Backoff::new(RETRY_WAITS.0, RETRY_WAITS.1);
         loop {
             match self.write_claim(client_id, user, deadline).await {
                 Ok(revision) => {
                     claim.revision = revision;
                     return Ok(claim);
                 }
-                Err(e @ ClaimError::Registry(_))
-                    if Instant::now() + backoff < deadline && self.inner.lease.view.holds() =>
-                {
+                Err(e @ ClaimError::Registry(_)) => {
+                    let wait = backoff.next();
+                    if Instant::now() + wait >= deadline || !self.inner.lease.view.holds() {
+                        return Err(e);
+                    }
                     tracing::debug!(%client_id, "claim retried: {e}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_MAX);
+                    tokio::time::sleep(wait).await;
                 }
                 Err(e) => return Err(e),
             }
