@@ -190,6 +190,7 @@ impl Server {
                 limits,
                 inbox: link.as_ref().map(LinkTasks::inbox),
                 sessions: link.as_ref().map(LinkTasks::sessions),
+                session_states: link.as_ref().map(LinkTasks::session_states),
                 lease: link.as_ref().map(LinkTasks::lease),
             }),
             router_task,

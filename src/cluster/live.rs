@@ -75,8 +75,8 @@ pub(super) async fn follow_interest(
     let mut held: HashMap<Box<str>, Vec<JoinHandle<()>>> = HashMap::new();
     let mut stopped = std::pin::pin!(router.closed());
     loop {
-        let changes = tokio::select! {
-            changes = interest.next() => changes,
+        let (changes, generation) = tokio::select! {
+            taken = interest.next() => taken,
             () = &mut stopped => break,
         };
         for (filter, wanted) in changes {
@@ -119,6 +119,9 @@ pub(super) async fn follow_interest(
             }
             held.insert(filter, relays);
         }
+        // Each subscription above was handed to the client, which sends them ahead of
+        // anything sent after this.
+        interest.applied(generation);
     }
     for relay in held.into_values().flatten() {
         relay.abort();

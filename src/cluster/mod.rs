@@ -21,6 +21,7 @@ mod lease;
 mod live;
 mod lookup;
 mod retained;
+mod session_state;
 mod sessions;
 mod status;
 mod subject;
@@ -41,13 +42,14 @@ pub(crate) use join::join;
 pub use join::JoinError;
 pub(crate) use lookup::SessionFinder;
 pub use retained::RetainedError;
+pub(crate) use session_state::SessionStates;
 pub(crate) use sessions::Registry;
 pub use status::ClusterStatus;
 pub(crate) use status::{StatusError, ThisNode};
 
 use crate::config::{ClusterConfig, ImConfig};
 use crate::protocol::Message;
-use crate::router::{InboxAppend, Interest, NodeLease, Peers, RouterHandle};
+use crate::router::{InboxAppend, Interest, NodeLease, Peers, RouterHandle, SessionChange};
 
 /// Why a node that joined could not start carrying traffic.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,7 @@ pub(crate) struct Link {
     inbox: mpsc::Receiver<InboxAppend>,
     interest: Arc<Interest>,
     lease: Arc<NodeLease>,
+    session_changes: (mpsc::Sender<SessionChange>, mpsc::Receiver<SessionChange>),
 }
 
 /// The running link's tasks.
@@ -138,6 +141,7 @@ pub(crate) struct LinkTasks {
     tasks: Vec<JoinHandle<()>>,
     inbox: InboxReader,
     sessions: Registry,
+    session_states: SessionStates,
     /// The node's connection, lease and directory (what the admin API uses too).
     admin: ClusterAdmin,
 }
@@ -215,11 +219,13 @@ impl Link {
         // Lapsed until the link takes it (see `start`): the router does nothing for
         // clients before.
         let lease = Arc::new(NodeLease::default());
+        let (sessions_tx, sessions_rx) = mpsc::channel(session_state::MAX_CHANGES);
         let peers = Peers {
             forward: forward_tx,
             interest: interest.clone(),
             inbox: inbox_tx,
             lease: lease.clone(),
+            sessions: sessions_tx.clone(),
         };
         Ok((
             Link {
@@ -236,6 +242,7 @@ impl Link {
                 inbox,
                 interest,
                 lease,
+                session_changes: (sessions_tx, sessions_rx),
             },
             peers,
         ))
@@ -260,6 +267,7 @@ impl Link {
             inbox,
             interest,
             lease,
+            session_changes,
         } = self;
         let node_id = &settings.node_id;
         let jetstream = jetstream_context(&client);
@@ -281,12 +289,16 @@ impl Link {
             nodes,
             devices,
             sessions,
+            session_state,
             directory,
             follow_directory,
             inbox_streams,
             retained_log,
             follow_retained,
         } = opened;
+        let (changes_tx, changes_rx) = session_changes;
+        let session_states =
+            SessionStates::new(session_state.clone(), node_id, changes_tx, interest.clone());
         let lease = lease::Lease::new(node_id, lease, nodes);
         let registry = Registry::new(sessions, &client, lease.clone(), devices.clone());
         let takeovers = client.subscribe(subject::takeover(node_id)).await?;
@@ -319,6 +331,11 @@ impl Link {
             tokio::spawn(lease::keep(lease.clone(), revision, router.clone())),
             tokio::spawn(registry.clone().answer_takeovers(takeovers, router.clone())),
             tokio::spawn(lookup::answer(client.clone(), lookups, finder)),
+            tokio::spawn(session_state::write(
+                session_state,
+                node_id.clone(),
+                changes_rx,
+            )),
         ];
         if let Some(devices) = devices {
             tasks.push(tokio::spawn(devices.answer_evictions(evictions)));
@@ -331,6 +348,7 @@ impl Link {
             tasks,
             inbox: InboxReader::new(inbox_streams),
             sessions: registry,
+            session_states,
             admin: ClusterAdmin {
                 client,
                 lease,
@@ -355,6 +373,8 @@ struct Opened {
     devices: Option<devices::DeviceLists>,
     /// The session registry's bucket.
     sessions: async_nats::jetstream::kv::Store,
+    /// The persistent sessions' bucket (see `session_state.rs`).
+    session_state: async_nats::jetstream::kv::Store,
     directory: Directory,
     follow_directory: JoinHandle<()>,
     inbox_streams: inbox::InboxStreams,
@@ -375,6 +395,7 @@ async fn open_state(
     let replicas = settings.replicas;
     let nodes = lease::Nodes::open(jetstream, replicas, settings.node_ttl).await?;
     let sessions = sessions::open_bucket(jetstream, replicas).await?;
+    let session_state = session_state::open_bucket(jetstream, replicas).await?;
     let devices = match im.max_devices_per_user {
         0 => None,
         max => Some(
@@ -411,6 +432,7 @@ async fn open_state(
         nodes,
         devices,
         sessions,
+        session_state,
         directory,
         follow_directory,
         inbox_streams,
@@ -436,6 +458,11 @@ impl LinkTasks {
     /// Which node each client id is connected on.
     pub(crate) fn sessions(&self) -> Registry {
         self.sessions.clone()
+    }
+
+    /// The persistent sessions the cluster keeps for whichever node resumes them.
+    pub(crate) fn session_states(&self) -> SessionStates {
+        self.session_states.clone()
     }
 
     /// What the admin API uses.

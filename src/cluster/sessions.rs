@@ -149,6 +149,14 @@ pub(crate) struct Claim {
     attached: bool,
 }
 
+impl Claim {
+    /// The registry revision the claim was written at: later claims of the client id
+    /// have higher ones.
+    pub(crate) fn revision(&self) -> u64 {
+        self.revision
+    }
+}
+
 impl Registry {
     /// The registry in `kv` (see [`open_bucket`]).
     pub(super) fn new(

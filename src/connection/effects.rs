@@ -74,6 +74,14 @@ impl Connection {
                     })
                 }
                 Effect::Dequeue(_) | Effect::Released(_) | Effect::InboundQos2Released(_) => {}
+                Effect::Reached(seq) => {
+                    if let Some(states) = &self.ctx.session_states {
+                        states.change(crate::router::SessionChange::Reached {
+                            client_id: self.client_id.clone(),
+                            seq,
+                        });
+                    }
+                }
                 Effect::Disconnect {
                     publish_will,
                     session_expiry,

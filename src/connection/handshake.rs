@@ -182,6 +182,16 @@ async fn accept(
         }
         None => None,
     };
+    if let (Some(claim), Some(states)) = (&claim, &ctx.session_states) {
+        let resume = super::resume::Resume {
+            client_id: &negotiated.client_id,
+            user: &identity.user,
+            clean_start: negotiated.clean_start,
+            persistent: negotiated.expiry_secs > 0,
+            revision: claim.revision(),
+        };
+        Box::pin(super::resume::prepare(ctx, states, resume)).await?;
+    }
     let attached = ctx.router.connect(request).await?.map_err(Refusal::Code)?;
     if let Some(claim) = claim {
         claim.attached(attached.conn).await;

@@ -23,6 +23,7 @@ mod handshake;
 mod inbound;
 mod outbound;
 mod park;
+mod resume;
 mod timers;
 
 use std::net::SocketAddr;
@@ -36,7 +37,7 @@ use tern_codec::{DecodeError, ReasonCode};
 use tern_storage::{StorageError, Writer};
 use tokio::time::Instant;
 
-use crate::config::{limit_u32, AnonymousIdentity, Config, ListenerKind};
+use crate::config::{limit_u32, AnonymousIdentity, ClusterEngine, Config, ListenerKind};
 use crate::metrics::{Metrics, RefuseReason, Traffic};
 use crate::net::admission::Permits;
 use crate::net::parking::ParkingLot;
@@ -70,6 +71,8 @@ pub(crate) struct Context {
     pub(crate) inbox: Option<crate::cluster::InboxReader>,
     /// Which node each client id is connected on, in a cluster.
     pub(crate) sessions: Option<crate::cluster::Registry>,
+    /// The persistent sessions the cluster keeps, for a resume on any node.
+    pub(crate) session_states: Option<crate::cluster::SessionStates>,
     /// The node's lease, in a cluster: a connection acts only under the lease it was
     /// attached under.
     pub(crate) lease: Option<Arc<crate::router::NodeLease>>,
@@ -109,6 +112,9 @@ impl ConnectionLimits {
                 max_queued_messages: limit_u32(limits.max_queued_messages),
                 max_queued_bytes: limit_u32(limits.max_queued_bytes),
                 max_topic_levels: limit_u32(limits.max_topic_levels),
+                // A cluster device's inbox cursor follows what it acknowledges.
+                marks: (config.cluster.engine != ClusterEngine::None)
+                    .then_some(crate::im::inbox::entry_seq as fn(&_) -> _),
             }),
             max_packet_size: limits.max_packet_size as usize,
             connect_timeout: Duration::from_secs(limits.connect_timeout_secs),
@@ -416,6 +422,11 @@ impl Connection {
             })
             .await;
         if let (Ok(true), Some(registry)) = (current, &self.ctx.sessions) {
+            if let Some(states) = &self.ctx.session_states {
+                states.change(crate::router::SessionChange::Detached(
+                    self.client_id.clone(),
+                ));
+            }
             registry.release(&self.client_id, self.conn_id);
         }
     }

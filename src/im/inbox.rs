@@ -52,6 +52,13 @@ pub fn for_recipient(stored: &Message, recipient: &str, role: u8, seq: u64) -> O
     Some(copy)
 }
 
+/// The seq of a recipient's copy (a message on an inbox topic with `seq`), as a session
+/// marks it for its cluster cursor (`protocol::session::SessionParams::marks`).
+pub fn entry_seq(message: &Message) -> Option<u64> {
+    super::topics::inbox_owner(&message.topic)?;
+    user_property(message, SEQ)?.parse().ok()
+}
+
 /// The message that ends a sync replay, on `inbox/{user}/sync`: a small JSON object with
 /// the seq the request asked to follow, the last seq replayed, the user's next seq, and
 /// whether more entries remain (ask again from `last`).

@@ -354,6 +354,7 @@ mod tests {
             max_queued_messages: 100,
             max_queued_bytes: 1 << 20,
             max_topic_levels: 8,
+            marks: None,
         });
         let params = n.session_params(7, true, limits);
         assert_eq!(params.id, 7);

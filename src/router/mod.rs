@@ -22,6 +22,7 @@
 //! `$SYS/...` belongs to the broker: client publishes and wills there are refused, and the
 //! `$SYS` publisher's messages ([`sys`]) are retained in memory only.
 
+mod adopt;
 mod broadcast;
 mod chat;
 mod core;
@@ -52,7 +53,7 @@ pub(crate) use self::core::RouterLimits;
 pub(crate) use self::core::{Outcome, Router};
 pub(crate) use broadcast::MAX_BROADCASTS_IN_FLIGHT;
 pub(crate) use inspect::SessionSummary;
-pub(crate) use peers::{InboxAppend, Interest, NodeLease, Peers};
+pub(crate) use peers::{InboxAppend, Interest, NodeLease, Peers, SessionChange};
 pub(crate) use routing::Routed;
 pub(crate) use sessions::{Attached, ConnId, ConnectRequest, Detach};
 pub(crate) use subscribe::SubscribeReply;
@@ -217,6 +218,19 @@ impl RouterHandle {
             let changes = router.subscriptions.take_interest_changes();
             if !changes.is_empty() {
                 peers.interest.record(changes);
+            }
+            // In the router's order, like the writes: the cluster's copy of each
+            // persistent session follows the stored one.
+            for op in &ops {
+                match op {
+                    Op::PutSession(session) => {
+                        peers.session_change(SessionChange::Stored(session.clone()))
+                    }
+                    Op::DeleteSession { client_id } => {
+                        peers.session_change(SessionChange::Deleted(client_id.clone()))
+                    }
+                    _ => {}
+                }
             }
         }
         let durable = match (place.or_else(|| unplanned_place(writer, &ops)), writes) {
@@ -450,6 +464,36 @@ impl RouterHandle {
             })
             .await?;
         Ok(reasons)
+    }
+
+    /// Makes the cluster's copy of a persistent session this node's (see `adopt.rs`);
+    /// whether it did.
+    pub(crate) async fn adopt(
+        &self,
+        session: tern_storage::StoredSession,
+        replace: bool,
+    ) -> Result<bool, RouterGone> {
+        let (adopted, _) = self
+            .execute(Writes::Detached, |router, out| {
+                router.adopt(session, replace, out)
+            })
+            .await?;
+        Ok(adopted)
+    }
+
+    /// Queues what an adopted session's device missed, then what was held back for it
+    /// (see `adopt.rs`); the [`Durable`] resolves once that is stored.
+    pub(crate) async fn backfill(
+        &self,
+        client_id: &str,
+        missed: Vec<Message>,
+    ) -> Result<Durable, RouterGone> {
+        let (_, durable) = self
+            .execute(Writes::Awaited, |router, out| {
+                router.backfill(client_id, missed, out)
+            })
+            .await?;
+        Ok(durable)
     }
 
     /// A lagged connection caught up: where its session's durable queue ends (`None` if

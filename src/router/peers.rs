@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use arcstr::ArcStr;
 use rustc_hash::FxHashMap;
-use tern_storage::StorageError;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tern_storage::{StorageError, StoredSession};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::chat::ChatPlan;
 use super::subscriptions::InterestChange;
@@ -28,6 +28,47 @@ pub(crate) struct Peers {
     pub(crate) inbox: mpsc::Sender<InboxAppend>,
     /// Whether this node may still act for its clients (see [`NodeLease`]).
     pub(crate) lease: Arc<NodeLease>,
+    /// Changes to the persistent sessions attached here, kept in the cluster so that
+    /// another node can resume them. Bounded; what does not fit is dropped and logged
+    /// (see [`SessionChange`]).
+    pub(crate) sessions: mpsc::Sender<SessionChange>,
+}
+
+/// A change to a session the cluster keeps (its stored form and its device's inbox
+/// cursor), for the node that resumes it next, whichever it is. Connections send the
+/// first, third and last kinds; the router the stored form as it writes it.
+#[derive(Debug)]
+pub(crate) enum SessionChange {
+    /// A connection attached to `client_id`'s session under the registry claim
+    /// `revision`; the session began under the claim `born` (`fresh`: just now, so what
+    /// the cluster held of the client id is void). `cursor`: the first inbox seq its
+    /// device has not got, when known.
+    Attached {
+        client_id: ArcStr,
+        revision: u64,
+        born: u64,
+        fresh: bool,
+        cursor: Option<u64>,
+    },
+    /// The session's stored form changed: subscriptions, expiry.
+    Stored(StoredSession),
+    /// The session ended.
+    Deleted(String),
+    /// The device has its user's inbox up to `seq`.
+    Reached { client_id: ArcStr, seq: u64 },
+    /// The connection ended: what is pending for it is written, then forgotten.
+    Detached(ArcStr),
+}
+
+impl Peers {
+    /// Hands `change` to the cluster without waiting: a change that does not fit is
+    /// dropped (the cluster's copy of the session falls behind; a cursor behind means
+    /// messages sent again, never lost).
+    pub(crate) fn session_change(&self, change: SessionChange) {
+        if let Err(e) = self.sessions.try_send(change) {
+            tracing::warn!("cluster: a session change was dropped ({e})");
+        }
+    }
 }
 
 /// The node's lease on its place in the cluster, as this process sees it: valid until a
@@ -108,10 +149,24 @@ pub(crate) struct InboxAppend {
 /// The filters whose interest changed since the link last looked: the latest state of
 /// each (a filter added and removed in between is one entry), so its size is bounded by
 /// the number of distinct filters, whatever the churn.
-#[derive(Default)]
+///
+/// Each record is a generation; the link reports the generations it has subscribed in
+/// NATS, so that a caller can wait until the interest it caused is in effect
+/// ([`Interest::settled`]).
 pub(crate) struct Interest {
-    changed: Mutex<FxHashMap<Box<str>, bool>>,
+    changed: Mutex<(FxHashMap<Box<str>, bool>, u64)>,
     notify: Notify,
+    applied: watch::Sender<u64>,
+}
+
+impl Default for Interest {
+    fn default() -> Self {
+        Interest {
+            changed: Mutex::default(),
+            notify: Notify::new(),
+            applied: watch::Sender::new(0),
+        }
+    }
 }
 
 impl Interest {
@@ -119,21 +174,47 @@ impl Interest {
     pub(super) fn record(&self, changes: Vec<InterestChange>) {
         let mut changed = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
         for change in changes {
-            changed.insert(change.filter, change.held);
+            changed.0.insert(change.filter, change.held);
         }
+        changed.1 += 1;
         drop(changed);
         self.notify.notify_one();
     }
 
-    /// Waits for changes and takes them: (filter, whether some subscription holds it).
-    pub(crate) async fn next(&self) -> Vec<(Box<str>, bool)> {
+    /// Waits for changes and takes them: (filter, whether some subscription holds it),
+    /// and the generation they bring the interest to.
+    pub(crate) async fn next(&self) -> (Vec<(Box<str>, bool)>, u64) {
         loop {
-            let taken =
-                std::mem::take(&mut *self.changed.lock().unwrap_or_else(PoisonError::into_inner));
+            let (taken, generation) = {
+                let mut changed = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
+                (std::mem::take(&mut changed.0), changed.1)
+            };
             if !taken.is_empty() {
-                return taken.into_iter().collect();
+                return (taken.into_iter().collect(), generation);
             }
             self.notify.notified().await;
         }
+    }
+
+    /// The link has subscribed (or unsubscribed) in NATS what `generation` recorded.
+    pub(crate) fn applied(&self, generation: u64) {
+        self.applied.send_if_modified(|applied| {
+            let newer = generation > *applied;
+            *applied = (*applied).max(generation);
+            newer
+        });
+    }
+
+    /// Waits until every change recorded so far is in effect in NATS: its subscriptions
+    /// were sent to the server ahead of whatever this node sends next.
+    pub(crate) async fn settled(&self) {
+        let target = self
+            .changed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1;
+        let mut applied = self.applied.subscribe();
+        // The sender lives as long as `self`.
+        let _ = applied.wait_for(|applied| *applied >= target).await;
     }
 }

@@ -75,6 +75,8 @@ pub(super) enum Members<'a> {
     Direct,
     /// One member of the shared group `group` on `filter` only.
     Group { group: &'a str, filter: &'a str },
+    /// One session's direct subscriptions only (an adopted session's backfill).
+    Session(SessionId),
 }
 
 /// Where a message's durable queue entries take their payload from.
@@ -253,7 +255,8 @@ impl Router {
         out: &mut Outcome,
         mut place: impl FnMut(&Metrics, SessionId, &mut SessionEntry, Delivery),
     ) -> bool {
-        if message.retain {
+        let backfill = matches!(members, Members::Session(_));
+        if message.retain && !backfill {
             self.retain(message, out);
         }
         let mut targets = self.collect_targets(message, members);
@@ -270,6 +273,17 @@ impl Router {
             };
             if inbox_of.is_some_and(|owner| owner != &*entry.user) {
                 continue;
+            }
+            if let Some(held) = entry.offline.as_mut().and_then(|o| o.held.as_mut()) {
+                if !backfill {
+                    // Adopted, and its missed entries not queued yet (see `adopt.rs`).
+                    if held.len() < self.limits.max_queued_messages as usize {
+                        held.push(message.clone());
+                    } else {
+                        self.metrics.dropped(DropReason::QueueFull);
+                    }
+                    continue;
+                }
             }
             let qos = qos.min(message.qos);
             let mut delivery = Delivery {
@@ -331,8 +345,12 @@ impl Router {
                     filter,
                     subscription,
                 } => {
-                    if matches!(members, Members::Group { .. })
-                        || subscription.options.no_local && message.origin == Some(*client)
+                    let excluded = match members {
+                        Members::Group { .. } => true,
+                        Members::Session(only) => *client != only,
+                        Members::All | Members::Direct => false,
+                    };
+                    if excluded || subscription.options.no_local && message.origin == Some(*client)
                     {
                         return;
                     }
@@ -346,7 +364,7 @@ impl Router {
                 } => {
                     let wanted = match members {
                         Members::All => true,
-                        Members::Direct => false,
+                        Members::Direct | Members::Session(_) => false,
                         Members::Group {
                             group: want,
                             filter: on,

@@ -104,6 +104,9 @@ pub(super) struct Offline {
     pub(super) expires_at: Option<Instant>,
     /// A will waiting for its delay.
     pub(super) will: Option<(Instant, Arc<Message>)>,
+    /// While adopted from the cluster and not yet backfilled: what routing brought it
+    /// (see `adopt.rs`), at most `max_queued_messages`.
+    pub(super) held: Option<Vec<Arc<Message>>>,
 }
 
 impl SessionEntry {

@@ -190,6 +190,21 @@ pub struct StoredSession {
     pub subscriptions: Vec<StoredSubscription>,
 }
 
+impl StoredSession {
+    /// The session's record, as stored under its session key; also how cluster nodes
+    /// keep a session for whichever node it resumes on.
+    pub fn encode(&self) -> Result<Vec<u8>, StorageError> {
+        record::encode_session(self)
+    }
+
+    /// Decodes what [`StoredSession::encode`] made for `client_id`; a damaged or foreign
+    /// record is [`StorageError::Corrupt`].
+    pub fn decode(client_id: String, record: Bytes) -> Result<StoredSession, StorageError> {
+        record::decode_session(client_id, record)
+            .map_err(|e| StorageError::corrupt(format!("session record: {e}")))
+    }
+}
+
 /// A registered user (the MQTT user name is the user id).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredUser {

@@ -55,7 +55,7 @@ pub struct SessionParams {
 
 /// What the broker's configuration allows every session alike: one shared copy
 /// (`connection::Context::session_limits`) rather than 16 bytes in every connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SessionLimits {
     /// Our Receive Maximum: QoS > 0 publishes the client may have unacknowledged.
     pub receive_maximum_in: u16,
@@ -65,6 +65,10 @@ pub struct SessionLimits {
     pub max_queued_messages: u32,
     pub max_queued_bytes: u32,
     pub max_topic_levels: u32,
+    /// Finds the position a message stands at in a log the driver keeps a cursor of (a
+    /// cluster device's inbox seq): a persistent session reports it ([`Effect::Reached`])
+    /// once the client has the message. `None`: nothing is reported.
+    pub marks: Option<fn(&Message) -> Option<u64>>,
 }
 
 /// What the session asks of the broker.
@@ -84,6 +88,10 @@ pub enum Effect {
     Released(u64),
     /// PUBREL released an inbound QoS 2 packet ID.
     InboundQos2Released(u16),
+    /// The client has the message marked at this position (see [`SessionLimits::marks`]):
+    /// it acknowledged it (PUBACK, or PUBREC: the receiver owns it from then on), or it
+    /// was sent at QoS 0.
+    Reached(u64),
     /// The client sent DISCONNECT.
     Disconnect {
         publish_will: bool,
@@ -106,6 +114,8 @@ enum Stage {
 struct InFlight {
     seq: Option<u64>,
     stage: Stage,
+    /// Reported once the client acknowledges it (see [`SessionLimits::marks`]).
+    mark: Option<u64>,
 }
 
 /// A delivery the session did not take: its queue is at its message or byte bound.
@@ -355,6 +365,7 @@ impl Session {
             let entry = InFlight {
                 seq: delivery.seq,
                 stage: Stage::Comp,
+                mark: None,
             };
             // `pump` sends only while the window is open, so an ID is free.
             if let Some(packet_id) = self.flows().in_flight.push(entry) {
@@ -376,6 +387,10 @@ impl Session {
             _ => self.flows().in_flight.next_id().unwrap_or(0),
         };
         let (seq, qos) = (delivery.seq, delivery.qos);
+        let mark = match self.params.limits.marks {
+            Some(marks) if self.params.persistent => marks(&delivery.message),
+            _ => None,
+        };
         let Some(publish) = self.outbound_publish(delivery, packet_id, now_ms) else {
             // Larger than the client accepts: the spec says discard it as if it was sent
             // [MQTT-3.1.2-25].
@@ -391,9 +406,16 @@ impl Session {
             QoS::AtLeastOnce => Some(Stage::Ack),
             QoS::ExactlyOnce => Some(Stage::Rec),
         };
-        if let Some(stage) = stage {
-            let pushed = self.flows().in_flight.push(InFlight { seq, stage });
-            debug_assert_eq!(pushed, Some(packet_id));
+        match stage {
+            Some(stage) => {
+                let pushed = self.flows().in_flight.push(InFlight { seq, stage, mark });
+                debug_assert_eq!(pushed, Some(packet_id));
+            }
+            None => {
+                if let Some(mark) = mark {
+                    self.flows().effects.push_back(Effect::Reached(mark));
+                }
+            }
         }
         self.flows().transmit.push_back(Transmit::Publish(publish));
     }
@@ -665,8 +687,12 @@ impl Session {
             return;
         }
         entry.stage = Stage::Comp;
-        if let Some(seq) = entry.seq {
+        let (seq, mark) = (entry.seq, entry.mark.take());
+        if let Some(seq) = seq {
             self.flows().effects.push_back(Effect::Released(seq));
+        }
+        if let Some(mark) = mark {
+            self.flows().effects.push_back(Effect::Reached(mark));
         }
         self.transmit_packet(Packet::PubRel(PubResponse::new(rec.packet_id)));
     }
@@ -681,6 +707,9 @@ impl Session {
         if let Some(entry) = self.flows().in_flight.remove(packet_id) {
             if let Some(seq) = entry.seq {
                 self.flows().effects.push_back(Effect::Dequeue(seq));
+            }
+            if let Some(mark) = entry.mark.filter(|_| expected == Stage::Ack) {
+                self.flows().effects.push_back(Effect::Reached(mark));
             }
         }
         self.pump(now_ms);
@@ -722,6 +751,7 @@ pub(crate) fn test_session(
             max_queued_messages,
             max_queued_bytes: 1 << 20,
             max_topic_levels: 16,
+            marks: None,
         }),
     })
 }

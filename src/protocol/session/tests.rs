@@ -18,6 +18,7 @@ fn params(protocol: Protocol) -> SessionParams {
             max_queued_messages: 3,
             max_queued_bytes: 1 << 20,
             max_topic_levels: 8,
+            marks: None,
         }),
     }
 }
@@ -241,6 +242,66 @@ fn qos2_outbound_flow_marks_released_then_dequeues() {
     s.handle_packet(Packet::PubComp(PubResponse::new(id)), 0)
         .unwrap();
     assert!(matches!(effects(&mut s)[..], [Effect::Dequeue(4)]));
+}
+
+/// A message's mark is its payload's length (enough to tell messages apart).
+fn payload_len(message: &Message) -> Option<u64> {
+    (message.topic == "marked").then_some(message.payload.len() as u64)
+}
+
+#[test]
+fn marks_are_reached_at_puback_pubrec_or_a_qos0_send() {
+    let base = params(Protocol::V5);
+    let mut s = Session::new(SessionParams {
+        receive_maximum_out: 4,
+        persistent: true,
+        limits: Arc::new(SessionLimits {
+            marks: Some(payload_len),
+            ..(*base.limits).clone()
+        }),
+        ..base
+    });
+    s.deliver(delivery("marked", QoS::AtLeastOnce, Some(1)), 0)
+        .unwrap();
+    s.deliver(delivery("marked", QoS::ExactlyOnce, Some(2)), 0)
+        .unwrap();
+    s.deliver(delivery("other", QoS::AtLeastOnce, Some(3)), 0)
+        .unwrap();
+    let ids: Vec<u16> = drain(&mut s)
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p.packet_id),
+            _ => None,
+        })
+        .collect();
+    assert!(effects(&mut s).is_empty(), "nothing reached before an ack");
+    s.handle_packet(Packet::PubAck(PubResponse::new(ids[0])), 0)
+        .unwrap();
+    assert!(matches!(
+        effects(&mut s)[..],
+        [Effect::Dequeue(1), Effect::Reached(7)]
+    ));
+    s.handle_packet(Packet::PubRec(PubResponse::new(ids[1])), 0)
+        .unwrap();
+    assert!(matches!(
+        effects(&mut s)[..],
+        [Effect::Released(2), Effect::Reached(7)]
+    ));
+    s.handle_packet(Packet::PubComp(PubResponse::new(ids[1])), 0)
+        .unwrap();
+    assert!(
+        matches!(effects(&mut s)[..], [Effect::Dequeue(2)]),
+        "reached once"
+    );
+    s.handle_packet(Packet::PubAck(PubResponse::new(ids[2])), 0)
+        .unwrap();
+    assert!(
+        matches!(effects(&mut s)[..], [Effect::Dequeue(3)]),
+        "no mark"
+    );
+    s.deliver(delivery("marked", QoS::AtMostOnce, None), 0)
+        .unwrap();
+    assert!(matches!(effects(&mut s)[..], [Effect::Reached(7)]));
 }
 
 #[test]

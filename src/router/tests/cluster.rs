@@ -38,6 +38,7 @@ struct Node {
 fn node_with_inbox() -> Node {
     let (forward, forwarded) = mpsc::channel(16);
     let (inbox, appends) = mpsc::channel(16);
+    let (sessions, _) = mpsc::channel(16);
     let interest = Arc::new(Interest::default());
     let lease = Arc::new(NodeLease::default());
     lease.extend(Instant::now(), Duration::from_secs(3_600));
@@ -46,6 +47,7 @@ fn node_with_inbox() -> Node {
         interest: interest.clone(),
         inbox,
         lease: lease.clone(),
+        sessions,
     };
     let limits = RouterLimits {
         cluster: true,
@@ -234,7 +236,7 @@ async fn interest_follows_the_first_and_last_subscription_of_each_filter() {
     h.subscribe(&one, "a/#", QoS::AtMostOnce).await;
     h.subscribe(&two, "a/#", QoS::AtMostOnce).await;
     h.subscribe(&two, "$share/g/b/+", QoS::AtMostOnce).await;
-    let mut changes = interest.next().await;
+    let (mut changes, first) = interest.next().await;
     changes.sort();
     assert_eq!(
         changes,
@@ -242,10 +244,22 @@ async fn interest_follows_the_first_and_last_subscription_of_each_filter() {
     );
     // The second subscriber leaving keeps the filter; the last one drops it.
     h.detach(two).await;
-    let changes = interest.next().await;
+    let (changes, second) = interest.next().await;
     assert_eq!(changes, [("$share/g/b/+".into(), false)]);
+    assert!(second > first, "each record is a generation");
+    // Settled once the link applied what was recorded, not before.
+    interest.applied(first);
+    let settled = tokio::time::timeout(Duration::from_millis(50), interest.settled()).await;
+    assert!(
+        settled.is_err(),
+        "settled before the second change was applied"
+    );
+    interest.applied(second);
+    tokio::time::timeout(Duration::from_secs(5), interest.settled())
+        .await
+        .expect("settled once applied");
     h.detach(one).await;
-    assert_eq!(interest.next().await, [("a/#".into(), false)]);
+    assert_eq!(interest.next().await.0, [("a/#".into(), false)]);
 }
 
 #[tokio::test]

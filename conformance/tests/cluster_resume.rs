@@ -1,0 +1,230 @@
+//! Persistent sessions across tern nodes on a real NATS server: a device whose session was
+//! on one node resumes it on another, after that node was killed or while it still runs,
+//! with its subscriptions (CONNACK session present, nothing subscribed again) and the
+//! inbox entries it missed, in seq order, each once, ahead of what arrives live.
+
+use std::time::Duration;
+
+use tern_codec::{Connect, Packet, Protocol, QoS, ReasonCode};
+use tern_conformance::chat::{self, login, prop, publish, subscribe_all};
+use tern_conformance::nats::{join, process_node, NatsServer};
+use tern_conformance::{eventually, granted, publish_packet, Broker, RawClient};
+
+const BROKER: &str = env!("CARGO_BIN_EXE_tern-test-broker");
+
+/// A short lease, so that a killed node's client ids are free within the test's patience.
+const NODE_TTL_MS: u64 = 1_500;
+
+/// Logged in as `user` (anonymous development login) with a session that outlives the
+/// connection by an hour.
+fn persistent(user: &str) -> impl FnOnce(&mut Connect) {
+    let login = login(user, None);
+    move |c| {
+        login(c);
+        c.properties.session_expiry_interval = Some(3600);
+    }
+}
+
+async fn open_persistent(
+    addr: std::net::SocketAddr,
+    client_id: &str,
+    user: &str,
+) -> (RawClient, bool) {
+    let (client, ack) =
+        RawClient::open_ok(addr, Protocol::V5, client_id, false, persistent(user)).await;
+    (client, ack.session_present)
+}
+
+/// Waits until the cluster holds `client_id`'s cursor at `next` (the first inbox seq its
+/// device has not acknowledged): cursors are written a few times a second, and a resume
+/// right after acknowledgements would otherwise send some again.
+async fn cursor_reaches(nats: &NatsServer, client_id: &str, next: u64) {
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("connect to NATS");
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("TERN_SESSION_STATE")
+        .await
+        .expect("the session state bucket");
+    let key = format!("c.{client_id}");
+    eventually(&format!("{client_id}'s cursor at {next}"), || {
+        let (kv, key) = (kv.clone(), key.clone());
+        async move {
+            let value = kv.get(key).await.ok().flatten();
+            value.is_some_and(|v| v.ends_with(format!(" {next}").as_bytes()))
+        }
+    })
+    .await;
+}
+
+/// Waits until the cluster's copy of `client_id`'s session was last written by `node`.
+async fn record_on(nats: &NatsServer, client_id: &str, node: &str) {
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("connect to NATS");
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("TERN_SESSION_STATE")
+        .await
+        .expect("the session state bucket");
+    let key = format!("s.{client_id}");
+    eventually(&format!("{client_id}'s session written by {node}"), || {
+        let (kv, key) = (kv.clone(), key.clone());
+        async move {
+            let value = kv.get(key).await.ok().flatten();
+            value.is_some_and(|v| v.starts_with(format!("{node}\n").as_bytes()))
+        }
+    })
+    .await;
+}
+
+/// (payload, seq) of the next PUBLISH, acknowledged.
+async fn next_entry(client: &mut RawClient, what: &str) -> (String, u64) {
+    let p = client.expect_publish(what).await;
+    let seq = prop(&p, "seq")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no seq in {p:?}"));
+    (String::from_utf8_lossy(&p.payload).into_owned(), seq)
+}
+
+async fn dm(alice: &mut RawClient, packet_id: u16, text: &str) {
+    let msgid = format!("m-{packet_id}");
+    assert_eq!(
+        publish(alice, packet_id, "dm/bob", text, &[("msgid", &msgid)]).await,
+        ReasonCode::Success,
+        "{text} stored"
+    );
+}
+
+/// Node A is killed while Bob's phone is connected to it with a persistent session. DMs
+/// sent meanwhile are stored in the cluster; the phone reconnects to node B without clean
+/// start and finds its session there: its subscriptions hold, and it gets the DMs it
+/// missed, then the live ones, in seq order, without the ones it had acknowledged on A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_a_killed_node_resumes_on_another_with_what_it_missed() {
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = process_node(BROKER, &nats, "a", NODE_TTL_MS, dir.path()).await;
+    let url = nats.url();
+    let b = Broker::start_with(|c| {
+        join(c, "b", &url);
+        c.cluster.node_ttl_ms = NODE_TTL_MS;
+    })
+    .await;
+    let a_addr = std::net::SocketAddr::from(([127, 0, 0, 1], a.port()));
+
+    let (mut phone, present) = open_persistent(a_addr, "bob-phone", "bob").await;
+    assert!(!present, "a new session");
+    assert_eq!(
+        subscribe_all(&mut phone, &["inbox/bob/#", "news/#"]).await,
+        [granted(QoS::AtLeastOnce), granted(QoS::AtLeastOnce)]
+    );
+    let mut alice = chat::device(&b, "alice", "alice-phone").await;
+    let probe = chat::until_delivered(&mut alice, "bob", &mut phone).await;
+    let mut seq: u64 = prop(&probe, "seq")
+        .and_then(|s| s.parse().ok())
+        .expect("seq");
+    for (i, text) in ["one", "two", "three"].into_iter().enumerate() {
+        dm(&mut alice, 10 + i as u16, text).await;
+        seq += 1;
+        assert_eq!(next_entry(&mut phone, text).await, (text.to_string(), seq));
+    }
+    cursor_reaches(&nats, "bob-phone", seq + 1).await;
+
+    a.kill().await;
+    drop(phone);
+    for (i, text) in ["four", "five"].into_iter().enumerate() {
+        dm(&mut alice, 20 + i as u16, text).await;
+    }
+
+    let (mut phone, present) = open_persistent(b.addr, "bob-phone", "bob").await;
+    assert!(present, "the session resumed on node B");
+    for text in ["four", "five"] {
+        seq += 1;
+        assert_eq!(
+            next_entry(&mut phone, text).await,
+            (text.to_string(), seq),
+            "missed"
+        );
+    }
+    dm(&mut alice, 30, "six").await;
+    seq += 1;
+    assert_eq!(
+        next_entry(&mut phone, "six").await,
+        ("six".to_string(), seq),
+        "live"
+    );
+    // Its plain subscription came along too.
+    alice
+        .send(Packet::Publish(publish_packet(
+            "news/today",
+            QoS::AtLeastOnce,
+            40,
+            bytes::Bytes::from_static(b"headline"),
+        )))
+        .await;
+    let news = phone.expect_publish("news on the resumed session").await;
+    assert_eq!(
+        (&*news.topic, &news.payload[..]),
+        ("news/today", &b"headline"[..])
+    );
+    assert!(
+        matches!(phone.recv_within(Duration::from_millis(300)).await, Err(())),
+        "nothing else (no DM twice)"
+    );
+}
+
+/// The phone's session moves between two running nodes: offline on A, resumed on B, then
+/// offline on B and resumed on A again, where A still has its older copy (with the DMs A
+/// queued for it since). Each resume gets exactly what the phone missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moves_between_running_nodes_and_back() {
+    let nats = NatsServer::start().await;
+    let (a, b) = (nats.node("a").await, nats.node("b").await);
+    let mut alice = chat::device(&b, "alice", "alice-phone").await;
+
+    let (mut phone, _) = open_persistent(a.addr, "bob-phone", "bob").await;
+    subscribe_all(&mut phone, &["inbox/bob/#"]).await;
+    let probe = chat::until_delivered(&mut alice, "bob", &mut phone).await;
+    let mut seq: u64 = prop(&probe, "seq")
+        .and_then(|s| s.parse().ok())
+        .expect("seq");
+    cursor_reaches(&nats, "bob-phone", seq + 1).await;
+    phone.disconnect().await;
+
+    let mut packet_id = 100;
+    let mut expected = Vec::new();
+    for node in [&b, &a] {
+        for _ in 0..3 {
+            packet_id += 1;
+            let text = format!("dm {packet_id}");
+            dm(&mut alice, packet_id, &text).await;
+            seq += 1;
+            expected.push((text, seq));
+        }
+        let (mut phone, present) = open_persistent(node.addr, "bob-phone", "bob").await;
+        assert!(present, "resumed on {}", node.config.cluster.node_id);
+        for (text, seq) in expected.drain(..) {
+            assert_eq!(next_entry(&mut phone, &text).await, (text, seq));
+        }
+        assert!(
+            matches!(phone.recv_within(Duration::from_millis(300)).await, Err(())),
+            "nothing else on {}",
+            node.config.cluster.node_id
+        );
+        cursor_reaches(&nats, "bob-phone", seq + 1).await;
+        phone.disconnect().await;
+    }
+
+    // A clean start ends the session on every node: nothing is resumed afterwards.
+    let (phone, _) =
+        RawClient::open_ok(b.addr, Protocol::V5, "bob-phone", true, persistent("bob")).await;
+    record_on(&nats, "bob-phone", "b").await;
+    phone.disconnect().await;
+    dm(&mut alice, 200, "after the clean start").await;
+    let (mut phone, present) = open_persistent(a.addr, "bob-phone", "bob").await;
+    assert!(present, "the new session (persistent) is resumed");
+    assert!(
+        matches!(phone.recv_within(Duration::from_millis(300)).await, Err(())),
+        "it subscribed to nothing, so nothing arrives"
+    );
+}

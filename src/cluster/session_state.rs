@@ -1,0 +1,416 @@
+//! Persistent sessions that outlive their node: the bucket `TERN_SESSION_STATE` keeps, per
+//! client id, the session's stored form (subscriptions, expiry) with the node and registry
+//! claim it was last written under (`s.<key>`), and its device's *cursor*: the seq of
+//! its user's inbox it has not got yet, all before it acknowledged (`c.<key>`).
+//!
+//! A CONNECT without clean start on a node that does not hold the session (it was on a
+//! node that died, or moved since) reads both: the router makes the session from the
+//! stored form, and the inbox log is read from the cursor on, so the device gets what it
+//! missed, wherever it reconnects (see `router/adopt.rs`).
+//!
+//! One task writes: connections and the router hand it [`SessionChange`]s, and it
+//! writes what changed every [`FLUSH_EVERY`], the latest value of each key only. A
+//! session record is written only under a claim at least as new as the one it holds
+//! (compare-and-set on the key's revision), so a node that lost a client id cannot
+//! overwrite the copy of the node that took it. A cursor is written as it is: the same
+//! device acknowledged everything up to it, so a late or lost write only makes a resume
+//! send again what the device had, never skip what it had not. A cursor belongs to the
+//! session it was reached in (`born`, the claim the session began under): one left from
+//! an earlier session of the client id is not used.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arcstr::ArcStr;
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tern_storage::StoredSession;
+use tokio::sync::mpsc;
+
+use super::subject;
+use crate::router::{Interest, SessionChange};
+
+const BUCKET: &str = "TERN_SESSION_STATE";
+
+/// How often what changed is written.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// Writes in flight at once.
+const MAX_WRITES: usize = 64;
+
+/// Changes waiting for the writer, over all sessions: past this they are dropped (and
+/// logged; see [`SessionChange`]).
+pub(crate) const MAX_CHANGES: usize = 65_536;
+
+/// Opens (or creates) the bucket.
+pub(super) async fn open_bucket(
+    jetstream: &jetstream::Context,
+    replicas: usize,
+) -> Result<kv::Store, super::BucketError> {
+    super::open_bucket(jetstream, super::bucket(BUCKET, replicas)).await
+}
+
+fn record_key(client_id: &str) -> String {
+    format!("s.{}", subject::key(client_id))
+}
+
+fn cursor_key(client_id: &str) -> String {
+    format!("c.{}", subject::key(client_id))
+}
+
+/// The cluster's copy of one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record {
+    /// The node that wrote it last.
+    pub(crate) node: String,
+    /// The registry claim it was written under.
+    pub(crate) revision: u64,
+    /// The claim the session began under.
+    pub(crate) born: u64,
+    pub(crate) session: StoredSession,
+}
+
+impl Record {
+    fn encode(&self) -> Result<Bytes, tern_storage::StorageError> {
+        let mut bytes = format!("{}\n{}\n{}\n", self.node, self.revision, self.born).into_bytes();
+        bytes.extend_from_slice(&self.session.encode()?);
+        Ok(Bytes::from(bytes))
+    }
+
+    fn decode(client_id: &str, value: &Bytes) -> Result<Record, String> {
+        let mut rest = value.clone();
+        let mut line = || -> Result<String, String> {
+            let end = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .ok_or("a header line is missing")?;
+            let line = rest.split_to(end + 1);
+            String::from_utf8(line[..end].to_vec()).map_err(|e| e.to_string())
+        };
+        let node = line()?;
+        let revision = line()?.parse().map_err(|e| format!("revision: {e}"))?;
+        let born = line()?.parse().map_err(|e| format!("born: {e}"))?;
+        let session =
+            StoredSession::decode(client_id.to_string(), rest).map_err(|e| e.to_string())?;
+        Ok(Record {
+            node,
+            revision,
+            born,
+            session,
+        })
+    }
+}
+
+/// What the cluster holds of a client id's session.
+#[derive(Debug)]
+pub(crate) struct Found {
+    pub(crate) record: Record,
+    /// The device's cursor in this session: the first inbox seq it has not got.
+    pub(crate) cursor: Option<u64>,
+}
+
+/// The node's side of the sessions the cluster keeps; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct SessionStates {
+    kv: kv::Store,
+    node: Arc<str>,
+    changes: mpsc::Sender<SessionChange>,
+    interest: Arc<Interest>,
+}
+
+impl SessionStates {
+    pub(super) fn new(
+        kv: kv::Store,
+        node: &str,
+        changes: mpsc::Sender<SessionChange>,
+        interest: Arc<Interest>,
+    ) -> SessionStates {
+        SessionStates {
+            kv,
+            node: Arc::from(node),
+            changes,
+            interest,
+        }
+    }
+
+    /// This node's id.
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// What the cluster holds of `client_id`'s session.
+    pub(crate) async fn load(&self, client_id: &str) -> Result<Option<Found>, async_nats::Error> {
+        let Some(value) = self.kv.get(record_key(client_id)).await? else {
+            return Ok(None);
+        };
+        let record = match Record::decode(client_id, &value) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(%client_id, "cluster session record unreadable, ignored: {e}");
+                return Ok(None);
+            }
+        };
+        let cursor = self
+            .kv
+            .get(cursor_key(client_id))
+            .await?
+            .and_then(|value| decode_cursor(&value))
+            .and_then(|(born, seq)| (born == record.born).then_some(seq));
+        Ok(Some(Found { record, cursor }))
+    }
+
+    /// Hands `change` to the writer without waiting (see [`SessionChange`]).
+    pub(crate) fn change(&self, change: SessionChange) {
+        if let Err(e) = self.changes.try_send(change) {
+            tracing::warn!("cluster: a session change was dropped ({e})");
+        }
+    }
+
+    /// Waits until the NATS subscriptions of every filter the router holds now are in
+    /// effect: from then on, what the inbox logs republish reaches this node.
+    pub(crate) async fn interest_settled(&self) {
+        self.interest.settled().await;
+    }
+}
+
+fn decode_cursor(value: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (born, seq) = text.split_once(' ')?;
+    Some((born.parse().ok()?, seq.parse().ok()?))
+}
+
+/// What is pending for one attached session.
+struct Slot {
+    revision: u64,
+    born: u64,
+    /// Its records in the cluster are void: deleted before anything else is written.
+    fresh: bool,
+    /// The stored form to write (`Some(None)`: delete it).
+    session: Option<Option<StoredSession>>,
+    cursor: Option<u64>,
+    cursor_dirty: bool,
+    /// The connection ended: forgotten once written.
+    detached: bool,
+}
+
+impl Slot {
+    fn dirty(&self) -> bool {
+        self.fresh || self.session.is_some() || self.cursor_dirty
+    }
+}
+
+/// One write of a flush, made from a slot's pending state.
+struct Write {
+    client_id: ArcStr,
+    revision: u64,
+    born: u64,
+    fresh: bool,
+    session: Option<Option<StoredSession>>,
+    cursor: Option<u64>,
+}
+
+/// Writes the changes handed to it, every [`FLUSH_EVERY`], until every sender is gone.
+pub(super) async fn write(kv: kv::Store, node: String, mut changes: mpsc::Receiver<SessionChange>) {
+    let mut slots: HashMap<ArcStr, Slot> = HashMap::new();
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            change = changes.recv() => match change {
+                Some(change) => take(&mut slots, change),
+                None => break,
+            },
+            _ = tick.tick() => flush(&kv, &node, &mut slots).await,
+        }
+    }
+    flush(&kv, &node, &mut slots).await;
+}
+
+fn take(slots: &mut HashMap<ArcStr, Slot>, change: SessionChange) {
+    match change {
+        SessionChange::Attached {
+            client_id,
+            revision,
+            born,
+            fresh,
+            cursor,
+        } => {
+            slots.insert(
+                client_id,
+                Slot {
+                    revision,
+                    born,
+                    fresh,
+                    session: None,
+                    cursor,
+                    // A resumed session's cursor is the cluster's already.
+                    cursor_dirty: cursor.is_some() && born == revision,
+                    detached: false,
+                },
+            );
+        }
+        // Only the sessions attached here are this node's to write: an offline one's
+        // changes (its expiry) may be of a copy another node has taken since.
+        SessionChange::Stored(session) => {
+            if let Some(slot) = slots.get_mut(session.client_id.as_str()) {
+                slot.session = Some(Some(session));
+            }
+        }
+        SessionChange::Deleted(client_id) => {
+            if let Some(slot) = slots.get_mut(client_id.as_str()) {
+                slot.session = Some(None);
+            }
+        }
+        SessionChange::Reached { client_id, seq } => {
+            if let Some(slot) = slots.get_mut(&client_id) {
+                let next = seq.saturating_add(1);
+                if slot.cursor.is_none_or(|cursor| next > cursor) {
+                    slot.cursor = Some(next);
+                    slot.cursor_dirty = true;
+                }
+            }
+        }
+        SessionChange::Detached(client_id) => {
+            if let Some(slot) = slots.get_mut(&client_id) {
+                slot.detached = true;
+            }
+        }
+    }
+}
+
+async fn flush(kv: &kv::Store, node: &str, slots: &mut HashMap<ArcStr, Slot>) {
+    let writes: Vec<Write> = slots
+        .iter_mut()
+        .filter(|(_, slot)| slot.dirty())
+        .map(|(client_id, slot)| {
+            let write = Write {
+                client_id: client_id.clone(),
+                revision: slot.revision,
+                born: slot.born,
+                fresh: slot.fresh,
+                session: slot.session.take(),
+                cursor: slot.cursor.filter(|_| slot.cursor_dirty),
+            };
+            slot.fresh = false;
+            slot.cursor_dirty = false;
+            write
+        })
+        .collect();
+    slots.retain(|_, slot| !slot.detached || slot.dirty());
+    if writes.is_empty() {
+        return;
+    }
+    futures_util::stream::iter(writes)
+        .for_each_concurrent(MAX_WRITES, |write| async move {
+            let client_id = write.client_id.clone();
+            if let Err(e) = apply(kv, node, write).await {
+                tracing::warn!(%client_id, "cluster session state not written: {e}");
+            }
+        })
+        .await;
+}
+
+async fn apply(kv: &kv::Store, node: &str, write: Write) -> Result<(), async_nats::Error> {
+    let record_key = record_key(&write.client_id);
+    if write.fresh && conditional(kv, &record_key, write.revision, None).await? {
+        kv.delete(cursor_key(&write.client_id)).await?;
+    }
+    if let Some(session) = write.session {
+        let record = session.map(|session| Record {
+            node: node.to_string(),
+            revision: write.revision,
+            born: write.born,
+            session,
+        });
+        conditional(kv, &record_key, write.revision, record.as_ref()).await?;
+    }
+    if let Some(seq) = write.cursor {
+        kv.put(
+            cursor_key(&write.client_id),
+            Bytes::from(format!("{} {seq}", write.born)),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Writes `record` (`None`: deletes the key) unless the key holds a record written under
+/// a newer claim than `revision`; on the condition that nobody wrote the key meanwhile
+/// (read again and decided again if somebody did). Returns whether it wrote.
+async fn conditional(
+    kv: &kv::Store,
+    key: &str,
+    revision: u64,
+    record: Option<&Record>,
+) -> Result<bool, async_nats::Error> {
+    let value = record.map(Record::encode).transpose()?;
+    // A write that lost the race to another decides again; a few such rounds at most, as
+    // only a claim's holder writes (and the one it took the client id from, late).
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let entry = kv.entry(key).await?;
+        let (last, held) = match &entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let held = std::str::from_utf8(&entry.value)
+                    .ok()
+                    .and_then(|text| text.split('\n').nth(1)?.parse::<u64>().ok());
+                (entry.revision, held)
+            }
+            Some(entry) => (entry.revision, None),
+            None => (0, None),
+        };
+        if held.is_some_and(|held| held > revision) {
+            return Ok(false);
+        }
+        let written = match &value {
+            Some(value) => kv.update(key, value.clone(), last).await.map(|_| ()),
+            None if held.is_none() => return Ok(false),
+            None => kv.delete_expect_revision(key, Some(last)).await,
+        };
+        match written {
+            Ok(()) => return Ok(true),
+            Err(e) if rounds < 4 => {
+                tracing::debug!(%key, "cluster session state written meanwhile: {e}");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let record = Record {
+            node: "n1".into(),
+            revision: 42,
+            born: 7,
+            session: StoredSession {
+                client_id: "phone".into(),
+                user: "bob".into(),
+                protocol_level: 5,
+                expiry_interval_secs: 3600,
+                disconnected_at_ms: None,
+                subscriptions: vec![tern_storage::StoredSubscription {
+                    filter: "inbox/bob/#".into(),
+                    options: 1,
+                    identifier: None,
+                }],
+            },
+        };
+        let encoded = record.encode().expect("encodes");
+        assert_eq!(Record::decode("phone", &encoded), Ok(record));
+        assert!(Record::decode("phone", &Bytes::from_static(b"n1\n42\n")).is_err());
+    }
+
+    #[test]
+    fn cursors_name_their_session() {
+        assert_eq!(decode_cursor(b"7 19"), Some((7, 19)));
+        assert_eq!(decode_cursor(b"719"), None);
+    }
+}

@@ -1,0 +1,91 @@
+//! A persistent session resumed from the cluster's copy of it (`cluster/session_state.rs`)
+//! on a node that does not hold it, or holds an older one: the session is made here as it
+//! was stored (offline, with its subscriptions) while the inbox entries its device missed
+//! are read from the cluster's logs. Meanwhile routing holds its deliveries back, so that
+//! the missed entries are queued first and the live ones after them, each once.
+
+use std::sync::Arc;
+
+use tern_storage::{SessionRecord, StoredSession};
+use tokio::time::Instant;
+
+use super::core::{Outcome, Router};
+use super::routing::{Members, Payload};
+use crate::im::inbox::entry_seq;
+use crate::protocol::{now_ms, Message};
+
+impl Router {
+    /// Makes `session` (the cluster's copy) this node's, offline, holding its deliveries
+    /// back until [`backfill`](Self::backfill). A session of the client id here already is
+    /// replaced only if `replace` (another node held it since) and it has no connection.
+    /// Returns whether the session was made.
+    pub(crate) fn adopt(
+        &mut self,
+        session: StoredSession,
+        replace: bool,
+        out: &mut Outcome,
+    ) -> bool {
+        if let Some(id) = self.by_client.get(&session.client_id, &self.sessions) {
+            let connected = self
+                .sessions
+                .get(&id)
+                .is_some_and(|entry| entry.connected.is_some());
+            if !replace || connected {
+                return false;
+            }
+            // The stale copy's will is not published: the session lives on.
+            let _ = self.remove_session(id, out);
+        }
+        let client_id = session.client_id.clone();
+        let record = SessionRecord {
+            session,
+            first_seq: 0,
+            next_seq: 0,
+        };
+        self.restore_session(record, now_ms(), Instant::now());
+        let Some(entry) = self
+            .by_client
+            .get(&client_id, &self.sessions)
+            .and_then(|id| self.sessions.get_mut(&id))
+        else {
+            return false;
+        };
+        entry.offline().held = Some(Vec::new());
+        entry.store(out);
+        true
+    }
+
+    /// Queues for `client_id`'s adopted session the inbox entries its device missed
+    /// (`missed`, recipient copies in seq order), then what routing held back meanwhile,
+    /// but for inbox entries up to the last missed one's seq (those it has now).
+    pub(crate) fn backfill(&mut self, client_id: &str, missed: Vec<Message>, out: &mut Outcome) {
+        let Some(id) = self.by_client.get(client_id, &self.sessions) else {
+            return;
+        };
+        let Some(held) = self
+            .sessions
+            .get_mut(&id)
+            .and_then(|entry| entry.offline.as_mut())
+            .and_then(|offline| offline.held.take())
+        else {
+            return;
+        };
+        let last = missed.last().and_then(entry_seq);
+        for message in missed {
+            self.deliver_to(
+                &Arc::new(message),
+                Payload::Copied,
+                Members::Session(id),
+                out,
+            );
+        }
+        for message in held {
+            let has_it = entry_seq(&message)
+                .zip(last)
+                .is_some_and(|(seq, last)| seq <= last);
+            if !has_it {
+                self.deliver_to(&message, Payload::Copied, Members::Session(id), out);
+            }
+        }
+    }
+}
