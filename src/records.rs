@@ -48,6 +48,7 @@ impl Message {
             expires_at_ms: stored.expires_at_ms,
             origin: None,
             received_at: None,
+            cluster_seq: None,
         })
     }
 }

@@ -35,9 +35,10 @@ async fn open_persistent(
     (client, ack.session_present)
 }
 
-/// Waits until the cluster holds `client_id`'s cursor at `next` (the first inbox seq its
-/// device has not acknowledged): cursors are written a few times a second, and a resume
-/// right after acknowledgements would otherwise send some again.
+/// Waits until the cluster holds `client_id`'s inbox cursor at `next` (the first inbox
+/// seq its device has not acknowledged; the value is `born inbox messages`): cursors are
+/// written a few times a second, and a resume right after acknowledgements would
+/// otherwise send some again.
 async fn cursor_reaches(nats: &NatsServer, client_id: &str, next: u64) {
     let client = async_nats::connect(nats.url())
         .await
@@ -51,7 +52,11 @@ async fn cursor_reaches(nats: &NatsServer, client_id: &str, next: u64) {
         let (kv, key) = (kv.clone(), key.clone());
         async move {
             let value = kv.get(key).await.ok().flatten();
-            value.is_some_and(|v| v.ends_with(format!(" {next}").as_bytes()))
+            let inbox = value.and_then(|v| {
+                let text = String::from_utf8(v.to_vec()).ok()?;
+                text.split(' ').nth(1).map(str::to_string)
+            });
+            inbox == Some(next.to_string())
         }
     })
     .await;
@@ -86,6 +91,24 @@ async fn next_entry(client: &mut RawClient, what: &str) -> (String, u64) {
     (String::from_utf8_lossy(&p.payload).into_owned(), seq)
 }
 
+/// A QoS 1 message on `news/today`, acknowledged (kept by the cluster).
+async fn news(client: &mut RawClient, packet_id: u16, text: &str) {
+    client
+        .send(Packet::Publish(publish_packet(
+            "news/today",
+            QoS::AtLeastOnce,
+            packet_id,
+            bytes::Bytes::copy_from_slice(text.as_bytes()),
+        )))
+        .await;
+    match client.recv().await {
+        Some(Packet::PubAck(ack)) if ack.packet_id == packet_id => {
+            assert_eq!(ack.reason, ReasonCode::Success, "{text} kept")
+        }
+        other => panic!("expected the PUBACK of {text}, got {other:?}"),
+    }
+}
+
 async fn dm(alice: &mut RawClient, packet_id: u16, text: &str) {
     let msgid = format!("m-{packet_id}");
     assert_eq!(
@@ -96,9 +119,9 @@ async fn dm(alice: &mut RawClient, packet_id: u16, text: &str) {
 }
 
 /// Node A is killed while Bob's phone is connected to it with a persistent session. DMs
-/// sent meanwhile are stored in the cluster; the phone reconnects to node B without clean
-/// start and finds its session there: its subscriptions hold, and it gets the DMs it
-/// missed, then the live ones, in seq order, without the ones it had acknowledged on A.
+/// and QoS 1 news sent meanwhile are kept in the cluster; the phone reconnects to node B
+/// without clean start and finds its session there: its subscriptions hold, and it gets
+/// what it missed, then what comes live, in order, without what it had acknowledged on A.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_on_a_killed_node_resumes_on_another_with_what_it_missed() {
     let nats = NatsServer::start().await;
@@ -123,6 +146,10 @@ async fn a_session_on_a_killed_node_resumes_on_another_with_what_it_missed() {
     let mut seq: u64 = prop(&probe, "seq")
         .and_then(|s| s.parse().ok())
         .expect("seq");
+    // A plain message from node B, acknowledged on A: not sent again after the resume.
+    news(&mut alice, 41, "early").await;
+    let early = phone.expect_publish("news on node A").await;
+    assert_eq!(&early.payload[..], b"early");
     for (i, text) in ["one", "two", "three"].into_iter().enumerate() {
         dm(&mut alice, 10 + i as u16, text).await;
         seq += 1;
@@ -135,6 +162,7 @@ async fn a_session_on_a_killed_node_resumes_on_another_with_what_it_missed() {
     for (i, text) in ["four", "five"].into_iter().enumerate() {
         dm(&mut alice, 20 + i as u16, text).await;
     }
+    news(&mut alice, 42, "while away").await;
 
     let (mut phone, present) = open_persistent(b.addr, "bob-phone", "bob").await;
     assert!(present, "the session resumed on node B");
@@ -146,6 +174,11 @@ async fn a_session_on_a_killed_node_resumes_on_another_with_what_it_missed() {
             "missed"
         );
     }
+    let missed = phone.expect_publish("the news it missed").await;
+    assert_eq!(
+        (&*missed.topic, &missed.payload[..]),
+        ("news/today", &b"while away"[..])
+    );
     dm(&mut alice, 30, "six").await;
     seq += 1;
     assert_eq!(
@@ -154,14 +187,7 @@ async fn a_session_on_a_killed_node_resumes_on_another_with_what_it_missed() {
         "live"
     );
     // Its plain subscription came along too.
-    alice
-        .send(Packet::Publish(publish_packet(
-            "news/today",
-            QoS::AtLeastOnce,
-            40,
-            bytes::Bytes::from_static(b"headline"),
-        )))
-        .await;
+    news(&mut alice, 43, "headline").await;
     let news = phone.expect_publish("news on the resumed session").await;
     assert_eq!(
         (&*news.topic, &news.payload[..]),

@@ -12,24 +12,40 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
+use tern_storage::StorageError;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::messages::{self, MessageLog};
 use super::retained::RetainedLog;
 use super::{inbox, subject};
 use crate::im::topics::is_broadcast;
-use crate::protocol::Message;
-use crate::router::{Interest, RouterHandle};
+use crate::router::{Forward, Interest, RouterHandle};
 
-/// Publishes what the router forwards, until the router is gone; retained messages also
-/// go to the retained messages' stream.
+/// Appends to the message stream awaiting its acknowledgement, at most: past this the
+/// link takes no more from the router, and publishers wait.
+const MAX_APPENDS: usize = 4_096;
+
+/// Publishes what the router forwards, until the router is gone: a kept (QoS > 0) message
+/// to the message stream, which republishes it live; retained messages also go to the
+/// retained messages' stream.
 pub(super) async fn forward(
     client: async_nats::Client,
     retained: RetainedLog,
-    mut messages: mpsc::Receiver<Arc<Message>>,
+    kept_log: MessageLog,
+    mut messages: mpsc::Receiver<Forward>,
 ) {
-    while let Some(message) = messages.recv().await {
+    let mut appends = FuturesUnordered::new();
+    loop {
+        let Forward { message, kept } = tokio::select! {
+            forward = messages.recv(), if appends.len() < MAX_APPENDS => match forward {
+                Some(forward) => forward,
+                None => break,
+            },
+            Some(()) = appends.next(), if !appends.is_empty() => continue,
+        };
         let broadcast = is_broadcast(&message.topic);
         let subject = if broadcast {
             subject::BROADCASTS.to_string()
@@ -52,11 +68,28 @@ pub(super) async fn forward(
         if message.retain && !broadcast {
             retained.append(&message.topic, record.clone()).await;
         }
+        if let Some(kept) = kept {
+            let Some(subject) = subject::kept(&message.topic) else {
+                let _ = kept.send(Ok(()));
+                continue;
+            };
+            let appended = kept_log.append(subject, record).await;
+            appends.push(Box::pin(async move {
+                let result = appended.await;
+                if let Err(what) = &result {
+                    tracing::warn!("a message was not kept by the cluster: {what}");
+                }
+                let _ = kept.send(result.map_err(|what| StorageError::Elsewhere { what }));
+            })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+            continue;
+        }
         // Waits while the client's buffer is full: the forwarding publishers wait with it.
         if let Err(e) = client.publish(subject, record).await {
             tracing::warn!(topic = %message.topic, "message not forwarded to the other nodes: {e}");
         }
     }
+    while appends.next().await.is_some() {}
 }
 
 /// Keeps one NATS subscription per subject of every filter some local subscription holds.
@@ -68,6 +101,7 @@ pub(super) async fn forward(
 pub(super) async fn follow_interest(
     client: async_nats::Client,
     shared: async_nats::Client,
+    node: Arc<str>,
     interest: Arc<Interest>,
     router: RouterHandle,
     broadcasts: Arc<Semaphore>,
@@ -111,6 +145,7 @@ pub(super) async fn follow_interest(
                     Ok(subscriber) => relays.push(tokio::spawn(relay(
                         subscriber,
                         Some(via.clone()),
+                        queue.is_none().then(|| node.clone()),
                         router.clone(),
                         broadcasts.clone(),
                     ))),
@@ -129,16 +164,27 @@ pub(super) async fn follow_interest(
 }
 
 /// Hands each message of one NATS subscription to the router, in order. `via` is the
-/// filter the subscription stands for (`None`: the broadcasts' subject).
+/// filter the subscription stands for (`None`: the broadcasts' subject). `node`: this
+/// node, whose own kept messages the stream republishes to it too (it delivered them
+/// already); `None` for a shared group's subscription, where this node's copy is its turn.
 pub(super) async fn relay(
     mut subscriber: async_nats::Subscriber,
     via: Option<Arc<str>>,
+    node: Option<Arc<str>>,
     router: RouterHandle,
     broadcasts: Arc<Semaphore>,
 ) {
     while let Some(received) = subscriber.next().await {
+        let seq =
+            match messages::republished(received.headers.as_ref(), node.as_deref().unwrap_or("")) {
+                Ok(seq) => seq,
+                Err(()) => continue,
+            };
         let message = match super::decode(received.payload) {
-            Ok(message) => Arc::new(message),
+            Ok(mut message) => {
+                message.cluster_seq = seq;
+                Arc::new(message)
+            }
             Err(e) => {
                 tracing::warn!(subject = %received.subject, "dropped a message from another node: {e}");
                 continue;

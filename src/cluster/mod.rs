@@ -20,6 +20,7 @@ mod join;
 mod lease;
 mod live;
 mod lookup;
+mod messages;
 mod retained;
 mod session_state;
 mod sessions;
@@ -41,6 +42,8 @@ pub(crate) use inbox::InboxReader;
 pub(crate) use join::join;
 pub use join::JoinError;
 pub(crate) use lookup::SessionFinder;
+pub(crate) use messages::MessageLog;
+pub(crate) use messages::MessageLogError;
 pub use retained::RetainedError;
 pub(crate) use session_state::SessionStates;
 pub(crate) use sessions::Registry;
@@ -49,7 +52,9 @@ pub(crate) use status::{StatusError, ThisNode};
 
 use crate::config::{ClusterConfig, ImConfig};
 use crate::protocol::Message;
-use crate::router::{InboxAppend, Interest, NodeLease, Peers, RouterHandle, SessionChange};
+use crate::router::{
+    Forward, InboxAppend, Interest, NodeLease, Peers, RouterHandle, SessionChange,
+};
 
 /// Why a node that joined could not start carrying traffic.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,8 @@ pub enum LinkError {
     Subscribe(#[from] async_nats::SubscribeError),
     #[error(transparent)]
     Retained(#[from] RetainedError),
+    #[error(transparent)]
+    Messages(#[from] MessageLogError),
     #[error(transparent)]
     Inbox(#[from] InboxError),
     #[error(transparent)]
@@ -129,7 +136,7 @@ pub(crate) struct Link {
     /// For the shared groups' queue subscriptions (see `live.rs`).
     shared_client: async_nats::Client,
     settings: Settings,
-    forward: mpsc::Receiver<Arc<Message>>,
+    forward: mpsc::Receiver<Forward>,
     inbox: mpsc::Receiver<InboxAppend>,
     interest: Arc<Interest>,
     lease: Arc<NodeLease>,
@@ -237,6 +244,9 @@ impl Link {
                     shards: config.shards,
                     node_ttl: Duration::from_millis(config.node_ttl_ms),
                     append_timeout: Duration::from_millis(config.append_timeout_ms),
+                    message_retention: Duration::from_secs(config.message_retention_secs),
+                    message_retention_bytes: i64::try_from(config.message_retention_bytes)
+                        .unwrap_or(i64::MAX),
                 },
                 forward,
                 inbox,
@@ -293,12 +303,18 @@ impl Link {
             directory,
             follow_directory,
             inbox_streams,
+            message_log,
             retained_log,
             follow_retained,
         } = opened;
         let (changes_tx, changes_rx) = session_changes;
-        let session_states =
-            SessionStates::new(session_state.clone(), node_id, changes_tx, interest.clone());
+        let session_states = SessionStates::new(
+            session_state.clone(),
+            node_id,
+            changes_tx,
+            interest.clone(),
+            message_log.clone(),
+        );
         let lease = lease::Lease::new(node_id, lease, nodes);
         let registry = Registry::new(sessions, &client, lease.clone(), devices.clone());
         let takeovers = client.subscribe(subject::takeover(node_id)).await?;
@@ -309,16 +325,23 @@ impl Link {
         let mut tasks = vec![
             follow_retained,
             follow_directory,
-            tokio::spawn(live::forward(client.clone(), retained_log, forward)),
+            tokio::spawn(live::forward(
+                client.clone(),
+                retained_log,
+                message_log.clone(),
+                forward,
+            )),
             tokio::spawn(live::follow_interest(
                 client.clone(),
                 shared_client,
+                Arc::from(node_id.as_str()),
                 interest,
                 router.clone(),
                 broadcasts.clone(),
             )),
             tokio::spawn(live::relay(
                 broadcast_subscriber,
+                None,
                 None,
                 router.clone(),
                 broadcasts,
@@ -365,6 +388,8 @@ struct Settings {
     shards: u32,
     node_ttl: Duration,
     append_timeout: Duration,
+    message_retention: Duration,
+    message_retention_bytes: i64,
 }
 
 /// The streams and buckets a node opened, and the tasks that follow them.
@@ -378,6 +403,7 @@ struct Opened {
     directory: Directory,
     follow_directory: JoinHandle<()>,
     inbox_streams: inbox::InboxStreams,
+    message_log: MessageLog,
     retained_log: retained::RetainedLog,
     follow_retained: JoinHandle<()>,
 }
@@ -410,6 +436,17 @@ async fn open_state(
         settings.append_timeout,
     )
     .await?;
+    let message_log = MessageLog::open(
+        jetstream,
+        &settings.node_id,
+        messages::Retention {
+            replicas,
+            max_age: settings.message_retention,
+            max_bytes: settings.message_retention_bytes,
+            retry_for: settings.append_timeout,
+        },
+    )
+    .await?;
     let (retained_log, retained_stream) = retained::RetainedLog::open(client, replicas).await?;
     // Last, the two that start tasks: a failure after the first stops its task.
     let (directory, follow_directory) = Directory::open(
@@ -436,6 +473,7 @@ async fn open_state(
         directory,
         follow_directory,
         inbox_streams,
+        message_log,
         retained_log,
         follow_retained,
     })

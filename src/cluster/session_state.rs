@@ -1,22 +1,23 @@
 //! Persistent sessions that outlive their node: the bucket `TERN_SESSION_STATE` keeps, per
 //! client id, the session's stored form (subscriptions, expiry) with the node and registry
-//! claim it was last written under (`s.<key>`), and its device's *cursor*: the seq of
-//! its user's inbox it has not got yet, all before it acknowledged (`c.<key>`).
+//! claim it was last written under (`s.<key>`), and its device's *cursors* (`c.<key>`):
+//! the first seq of its user's inbox and the first sequence of the cluster's message
+//! stream (`messages.rs`) it has not got, all before them acknowledged.
 //!
 //! A CONNECT without clean start on a node that does not hold the session (it was on a
 //! node that died, or moved since) reads both: the router makes the session from the
-//! stored form, and the inbox log is read from the cursor on, so the device gets what it
-//! missed, wherever it reconnects (see `router/adopt.rs`).
+//! stored form, and the inbox log and the message stream are read from the cursors on, so
+//! the device gets what it missed, wherever it reconnects (see `router/adopt.rs`).
 //!
 //! One task writes: connections and the router hand it [`SessionChange`]s, and it
 //! writes what changed every [`FLUSH_EVERY`], the latest value of each key only. A
 //! session record is written only under a claim at least as new as the one it holds
 //! (compare-and-set on the key's revision), so a node that lost a client id cannot
-//! overwrite the copy of the node that took it. A cursor is written as it is: the same
-//! device acknowledged everything up to it, so a late or lost write only makes a resume
-//! send again what the device had, never skip what it had not. A cursor belongs to the
-//! session it was reached in (`born`, the claim the session began under): one left from
-//! an earlier session of the client id is not used.
+//! overwrite the copy of the node that took it. Cursors are written as they are: the
+//! same device acknowledged everything up to them, so a late or lost write only makes a
+//! resume send again what the device had, never skip what it had not. Cursors belong to
+//! the session they were reached in (`born`, the claim the session began under): ones
+//! left from an earlier session of the client id are not used.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,8 +30,10 @@ use futures_util::StreamExt;
 use tern_storage::StoredSession;
 use tokio::sync::mpsc;
 
+use super::messages::{MessageLog, MessageLogError};
 use super::subject;
-use crate::router::{Interest, SessionChange};
+use crate::protocol::Message;
+use crate::router::{Cursors, Interest, SessionChange};
 
 const BUCKET: &str = "TERN_SESSION_STATE";
 
@@ -107,8 +110,8 @@ impl Record {
 #[derive(Debug)]
 pub(crate) struct Found {
     pub(crate) record: Record,
-    /// The device's cursor in this session: the first inbox seq it has not got.
-    pub(crate) cursor: Option<u64>,
+    /// Where the device stands in this session.
+    pub(crate) cursors: Cursors,
 }
 
 /// The node's side of the sessions the cluster keeps; cheap to clone.
@@ -118,6 +121,7 @@ pub(crate) struct SessionStates {
     node: Arc<str>,
     changes: mpsc::Sender<SessionChange>,
     interest: Arc<Interest>,
+    messages: MessageLog,
 }
 
 impl SessionStates {
@@ -126,13 +130,44 @@ impl SessionStates {
         node: &str,
         changes: mpsc::Sender<SessionChange>,
         interest: Arc<Interest>,
+        messages: MessageLog,
     ) -> SessionStates {
         SessionStates {
             kv,
             node: Arc::from(node),
             changes,
             interest,
+            messages,
         }
+    }
+
+    /// The message stream's next sequence: where a new session's device starts.
+    pub(crate) async fn messages_next(&self) -> Result<u64, MessageLogError> {
+        Ok(self.messages.last().await? + 1)
+    }
+
+    /// Up to `limit` kept messages from sequence `from` on that `session`'s filters may
+    /// match (shared ones aside: a group's messages went to its other members), and the
+    /// first sequence the read did not cover.
+    pub(crate) async fn missed_messages(
+        &self,
+        session: &StoredSession,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<Message>, u64), MessageLogError> {
+        let filters = session
+            .subscriptions
+            .iter()
+            .filter(|s| !s.filter.starts_with("$share/"))
+            .flat_map(|s| subject::kept_for_filter(&s.filter))
+            .collect();
+        let (read, last) = self.messages.read(filters, from, limit).await?;
+        let covered = match read.last().and_then(|m| m.cluster_seq) {
+            // Stopped at the limit: what follows is still to come.
+            Some(seq) if read.len() >= limit => seq + 1,
+            _ => last + 1,
+        };
+        Ok((read, covered))
     }
 
     /// This node's id.
@@ -152,13 +187,14 @@ impl SessionStates {
                 return Ok(None);
             }
         };
-        let cursor = self
+        let cursors = self
             .kv
             .get(cursor_key(client_id))
             .await?
-            .and_then(|value| decode_cursor(&value))
-            .and_then(|(born, seq)| (born == record.born).then_some(seq));
-        Ok(Some(Found { record, cursor }))
+            .and_then(|value| decode_cursors(&value))
+            .and_then(|(born, cursors)| (born == record.born).then_some(cursors))
+            .unwrap_or_default();
+        Ok(Some(Found { record, cursors }))
     }
 
     /// Hands `change` to the writer without waiting (see [`SessionChange`]).
@@ -175,10 +211,29 @@ impl SessionStates {
     }
 }
 
-fn decode_cursor(value: &[u8]) -> Option<(u64, u64)> {
+/// `born inbox messages`, an unknown cursor as `-`.
+fn encode_cursors(born: u64, cursors: Cursors) -> Bytes {
+    let show = |cursor: Option<u64>| cursor.map_or_else(|| "-".to_string(), |c| c.to_string());
+    Bytes::from(format!(
+        "{born} {} {}",
+        show(cursors.inbox),
+        show(cursors.messages)
+    ))
+}
+
+fn decode_cursors(value: &[u8]) -> Option<(u64, Cursors)> {
     let text = std::str::from_utf8(value).ok()?;
-    let (born, seq) = text.split_once(' ')?;
-    Some((born.parse().ok()?, seq.parse().ok()?))
+    let mut parts = text.split(' ');
+    let born = parts.next()?.parse().ok()?;
+    let mut cursor = || -> Option<Option<u64>> {
+        match parts.next()? {
+            "-" => Some(None),
+            n => n.parse().ok().map(Some),
+        }
+    };
+    let inbox = cursor()?;
+    let messages = cursor()?;
+    Some((born, Cursors { inbox, messages }))
 }
 
 /// What is pending for one attached session.
@@ -189,15 +244,15 @@ struct Slot {
     fresh: bool,
     /// The stored form to write (`Some(None)`: delete it).
     session: Option<Option<StoredSession>>,
-    cursor: Option<u64>,
-    cursor_dirty: bool,
+    cursors: Cursors,
+    cursors_dirty: bool,
     /// The connection ended: forgotten once written.
     detached: bool,
 }
 
 impl Slot {
     fn dirty(&self) -> bool {
-        self.fresh || self.session.is_some() || self.cursor_dirty
+        self.fresh || self.session.is_some() || self.cursors_dirty
     }
 }
 
@@ -208,7 +263,7 @@ struct Write {
     born: u64,
     fresh: bool,
     session: Option<Option<StoredSession>>,
-    cursor: Option<u64>,
+    cursors: Option<Cursors>,
 }
 
 /// Writes the changes handed to it, every [`FLUSH_EVERY`], until every sender is gone.
@@ -235,7 +290,7 @@ fn take(slots: &mut HashMap<ArcStr, Slot>, change: SessionChange) {
             revision,
             born,
             fresh,
-            cursor,
+            cursors,
         } => {
             slots.insert(
                 client_id,
@@ -244,9 +299,9 @@ fn take(slots: &mut HashMap<ArcStr, Slot>, change: SessionChange) {
                     born,
                     fresh,
                     session: None,
-                    cursor,
-                    // A resumed session's cursor is the cluster's already.
-                    cursor_dirty: cursor.is_some() && born == revision,
+                    cursors,
+                    // A resumed session's cursors are the cluster's already.
+                    cursors_dirty: cursors != Cursors::default() && born == revision,
                     detached: false,
                 },
             );
@@ -263,13 +318,9 @@ fn take(slots: &mut HashMap<ArcStr, Slot>, change: SessionChange) {
                 slot.session = Some(None);
             }
         }
-        SessionChange::Reached { client_id, seq } => {
+        SessionChange::Reached { client_id, mark } => {
             if let Some(slot) = slots.get_mut(&client_id) {
-                let next = seq.saturating_add(1);
-                if slot.cursor.is_none_or(|cursor| next > cursor) {
-                    slot.cursor = Some(next);
-                    slot.cursor_dirty = true;
-                }
+                slot.cursors_dirty |= slot.cursors.reach(mark);
             }
         }
         SessionChange::Detached(client_id) => {
@@ -291,10 +342,10 @@ async fn flush(kv: &kv::Store, node: &str, slots: &mut HashMap<ArcStr, Slot>) {
                 born: slot.born,
                 fresh: slot.fresh,
                 session: slot.session.take(),
-                cursor: slot.cursor.filter(|_| slot.cursor_dirty),
+                cursors: slot.cursors_dirty.then_some(slot.cursors),
             };
             slot.fresh = false;
-            slot.cursor_dirty = false;
+            slot.cursors_dirty = false;
             write
         })
         .collect();
@@ -326,10 +377,10 @@ async fn apply(kv: &kv::Store, node: &str, write: Write) -> Result<(), async_nat
         });
         conditional(kv, &record_key, write.revision, record.as_ref()).await?;
     }
-    if let Some(seq) = write.cursor {
+    if let Some(cursors) = write.cursors {
         kv.put(
             cursor_key(&write.client_id),
-            Bytes::from(format!("{} {seq}", write.born)),
+            encode_cursors(write.born, cursors),
         )
         .await?;
     }
@@ -410,7 +461,14 @@ mod tests {
 
     #[test]
     fn cursors_name_their_session() {
-        assert_eq!(decode_cursor(b"7 19"), Some((7, 19)));
-        assert_eq!(decode_cursor(b"719"), None);
+        let cursors = Cursors {
+            inbox: Some(19),
+            messages: None,
+        };
+        assert_eq!(
+            decode_cursors(&encode_cursors(7, cursors)),
+            Some((7, cursors))
+        );
+        assert_eq!(decode_cursors(b"7 19"), None);
     }
 }

@@ -14,6 +14,10 @@ use crate::im::topics::{BROADCAST, INBOX, SYNC, SYSTEM};
 /// Prefix of the subjects plain messages travel on.
 const LIVE: &str = "tern.live";
 
+/// Prefix of the subjects of the stream of QoS > 0 messages, which republishes each on
+/// the same levels under [`LIVE`].
+pub(crate) const KEPT: &str = "tern.msg";
+
 /// Prefix of the subjects of the retained messages' stream.
 pub(crate) const RETAINED: &str = "tern.retained";
 
@@ -41,6 +45,32 @@ pub(crate) const MAX_SUBJECT_LEN: usize = 2_048;
 /// longer than [`MAX_SUBJECT_LEN`].
 pub(crate) fn for_topic(topic: &str) -> Option<String> {
     under(LIVE, topic)
+}
+
+/// The subject a QoS > 0 message on `topic` is appended to in the message stream.
+pub(crate) fn kept(topic: &str) -> Option<String> {
+    under(KEPT, topic)
+}
+
+/// Every live subject, and every subject of the message stream.
+pub(crate) fn all_live() -> String {
+    format!("{LIVE}.>")
+}
+
+pub(crate) fn all_kept() -> String {
+    format!("{KEPT}.>")
+}
+
+/// The message stream's subjects a (non-shared) filter matches: [`for_filter`]'s live
+/// subjects, in the stream.
+pub(crate) fn kept_for_filter(filter: &str) -> Vec<String> {
+    for_filter(filter)
+        .into_iter()
+        .filter_map(|subject| {
+            let levels = subject.strip_prefix(LIVE)?;
+            Some(format!("{KEPT}{levels}"))
+        })
+        .collect()
 }
 
 /// The subject of `topic`'s retained message in the retained messages' stream.
@@ -190,6 +220,13 @@ fn push_escaped(subject: &mut String, byte: u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_subjects_mirror_the_live_ones() {
+        assert_eq!(kept("a/b").as_deref(), Some("tern.msg.a.b"));
+        assert_eq!(kept_for_filter("a/#"), ["tern.msg.a", "tern.msg.a.>"]);
+        assert!(kept_for_filter("inbox/bob/#").is_empty());
+    }
 
     #[test]
     fn a_topic_is_one_escaped_token_per_level() {

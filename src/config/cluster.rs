@@ -61,8 +61,16 @@ pub struct ClusterConfig {
     /// How long a chat message's append to an inbox log is retried (a stream leader's
     /// election, NATS servers down) before the message is refused to its publisher
     /// (MQTT 5: PUBACK 0x80; 3.1.1: the connection is closed). Default 10_000;
-    /// 100..=600_000.
+    /// 100..=600_000. Also how long a QoS > 0 plain message's append to the cluster's
+    /// message stream is retried before its publisher's acknowledgement fails the same way.
     pub append_timeout_ms: u64,
+    /// How long the cluster keeps QoS > 0 plain messages (stream `TERN_MESSAGES`) for the
+    /// persistent sessions that resume on another node than the one they were on: a session
+    /// offline longer misses the older ones. Default 86_400; 60..=31_536_000.
+    pub message_retention_secs: u64,
+    /// The most bytes that stream holds (the oldest messages go first). Default
+    /// 1_073_741_824 (1 GiB); at least 1_048_576.
+    pub message_retention_bytes: u64,
 }
 
 impl Default for ClusterConfig {
@@ -81,6 +89,8 @@ impl Default for ClusterConfig {
             client_capacity: 8_192,
             node_ttl_ms: 10_000,
             append_timeout_ms: 10_000,
+            message_retention_secs: 86_400,
+            message_retention_bytes: 1 << 30,
         }
     }
 }
@@ -107,6 +117,18 @@ impl ClusterConfig {
             self.append_timeout_ms,
             100,
             600_000,
+        )?;
+        check_range(
+            "cluster.message_retention_secs",
+            self.message_retention_secs,
+            60,
+            31_536_000,
+        )?;
+        check_range(
+            "cluster.message_retention_bytes",
+            self.message_retention_bytes,
+            1 << 20,
+            i64::MAX as u64,
         )?;
         let methods = [
             self.credentials_file.is_some(),

@@ -74,11 +74,11 @@ impl Connection {
                     })
                 }
                 Effect::Dequeue(_) | Effect::Released(_) | Effect::InboundQos2Released(_) => {}
-                Effect::Reached(seq) => {
+                Effect::Reached(mark) => {
                     if let Some(states) = &self.ctx.session_states {
                         states.change(crate::router::SessionChange::Reached {
                             client_id: self.client_id.clone(),
-                            seq,
+                            mark,
                         });
                     }
                 }

@@ -114,7 +114,7 @@ impl ConnectionLimits {
                 max_topic_levels: limit_u32(limits.max_topic_levels),
                 // A cluster device's inbox cursor follows what it acknowledges.
                 marks: (config.cluster.engine != ClusterEngine::None)
-                    .then_some(crate::im::inbox::entry_seq as fn(&_) -> _),
+                    .then_some(crate::router::Cursors::mark as fn(&_) -> _),
             }),
             max_packet_size: limits.max_packet_size as usize,
             connect_timeout: Duration::from_secs(limits.connect_timeout_secs),

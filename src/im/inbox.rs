@@ -84,6 +84,7 @@ pub fn sync_end(
         expires_at_ms: None,
         origin: None,
         received_at: None,
+        cluster_seq: None,
     }
 }
 
@@ -117,6 +118,7 @@ mod tests {
             expires_at_ms: None,
             origin: Some(3),
             received_at: None,
+            cluster_seq: None,
         };
         m.properties
             .user_properties

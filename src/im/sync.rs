@@ -93,6 +93,7 @@ mod tests {
             expires_at_ms: None,
             origin: None,
             received_at: None,
+            cluster_seq: None,
         };
         stamp_sender(&mut message, from);
         Some(message)

@@ -92,6 +92,7 @@ pub(crate) fn sys_messages(
                 expires_at_ms: None,
                 origin: None,
                 received_at: None,
+                cluster_seq: None,
             })
         })
         .collect()

@@ -198,6 +198,7 @@ impl Negotiated {
             expires_at_ms: expiry.map(|secs| now_ms().saturating_add(u64::from(secs) * 1000)),
             origin: Some(origin),
             received_at: None,
+            cluster_seq: None,
         };
         Some(Will {
             message: Arc::new(message),

@@ -52,6 +52,9 @@ pub struct Message {
     /// When its PUBLISH was read, for the publish-to-deliver latency (`None`: not from a
     /// client's PUBLISH, or read back from storage).
     pub received_at: Option<std::time::Instant>,
+    /// Its sequence in the cluster's stream of QoS > 0 messages, when it came from
+    /// another node through it (see `cluster/messages.rs`).
+    pub cluster_seq: Option<u64>,
 }
 
 impl Message {
@@ -97,6 +100,7 @@ impl Message {
                 .map(|secs| now_ms().saturating_add(u64::from(secs) * 1000)),
             origin: Some(origin),
             received_at: Some(std::time::Instant::now()),
+            cluster_seq: None,
         }
     }
 
@@ -149,6 +153,7 @@ impl Message {
             expires_at_ms: None,
             origin: None,
             received_at: None,
+            cluster_seq: None,
         }
     }
 }

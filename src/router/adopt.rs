@@ -1,8 +1,9 @@
 //! A persistent session resumed from the cluster's copy of it (`cluster/session_state.rs`)
 //! on a node that does not hold it, or holds an older one: the session is made here as it
-//! was stored (offline, with its subscriptions) while the inbox entries its device missed
-//! are read from the cluster's logs. Meanwhile routing holds its deliveries back, so that
-//! the missed entries are queued first and the live ones after them, each once.
+//! was stored (offline, with its subscriptions) while what its device missed (inbox
+//! entries, kept QoS > 0 messages) is read from the cluster's logs. Meanwhile routing
+//! holds its deliveries back, so that the missed messages are queued first and the live
+//! ones after them, each once.
 
 use std::sync::Arc;
 
@@ -10,8 +11,8 @@ use tern_storage::{SessionRecord, StoredSession};
 use tokio::time::Instant;
 
 use super::core::{Outcome, Router};
+use super::peers::Cursors;
 use super::routing::{Members, Payload};
-use crate::im::inbox::entry_seq;
 use crate::protocol::{now_ms, Message};
 
 impl Router {
@@ -55,10 +56,17 @@ impl Router {
         true
     }
 
-    /// Queues for `client_id`'s adopted session the inbox entries its device missed
-    /// (`missed`, recipient copies in seq order), then what routing held back meanwhile,
-    /// but for inbox entries up to the last missed one's seq (those it has now).
-    pub(crate) fn backfill(&mut self, client_id: &str, missed: Vec<Message>, out: &mut Outcome) {
+    /// Queues for `client_id`'s adopted session what its device missed (`missed`: inbox
+    /// entries, recipient copies in seq order, then kept messages in stream order), then
+    /// what routing held back meanwhile but for what `missed` covers (positions before
+    /// `covered`'s cursors: the device has those now).
+    pub(crate) fn backfill(
+        &mut self,
+        client_id: &str,
+        missed: Vec<Message>,
+        covered: Cursors,
+        out: &mut Outcome,
+    ) {
         let Some(id) = self.by_client.get(client_id, &self.sessions) else {
             return;
         };
@@ -70,7 +78,6 @@ impl Router {
         else {
             return;
         };
-        let last = missed.last().and_then(entry_seq);
         for message in missed {
             self.deliver_to(
                 &Arc::new(message),
@@ -80,9 +87,7 @@ impl Router {
             );
         }
         for message in held {
-            let has_it = entry_seq(&message)
-                .zip(last)
-                .is_some_and(|(seq, last)| seq <= last);
+            let has_it = Cursors::mark(&message).is_some_and(|mark| covered.passed(mark));
             if !has_it {
                 self.deliver_to(&message, Payload::Copied, Members::Session(id), out);
             }

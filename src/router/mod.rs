@@ -53,12 +53,13 @@ pub(crate) use self::core::RouterLimits;
 pub(crate) use self::core::{Outcome, Router};
 pub(crate) use broadcast::MAX_BROADCASTS_IN_FLIGHT;
 pub(crate) use inspect::SessionSummary;
-pub(crate) use peers::{InboxAppend, Interest, NodeLease, Peers, SessionChange};
+pub(crate) use peers::{Cursors, Forward, InboxAppend, Interest, NodeLease, Peers, SessionChange};
 pub(crate) use routing::Routed;
 pub(crate) use sessions::{Attached, ConnId, ConnectRequest, Detach};
 pub(crate) use subscribe::SubscribeReply;
 
 use crate::im::directory::{ChangeError, GroupChange};
+use crate::im::topics::is_broadcast;
 use crate::metrics::RouterStats;
 use crate::protocol::{Close, Message, SessionId};
 
@@ -178,12 +179,20 @@ impl RouterHandle {
                 Some(writer.reserve().await.map_err(|_| RouterGone)?)
             }
         };
-        let (answer, durable, forward) = self.carry_out(fence, place, writes, handler)?;
+        let (answer, mut durable, forward) = self.carry_out(fence, place, writes, handler)?;
         if let Some(peers) = &self.shared.peers {
             for message in forward {
+                // A QoS > 0 message is acknowledged once the cluster keeps it too.
+                let kept = if message.qos != QoS::AtMostOnce && !is_broadcast(&message.topic) {
+                    let (kept, stored) = tokio::sync::oneshot::channel();
+                    durable = durable.and(Durable::waiting(stored));
+                    Some(kept)
+                } else {
+                    None
+                };
                 // The link ends only with the broker; a message it can no longer take
                 // is one the other nodes would not have received either.
-                let _ = peers.forward.send(message).await;
+                let _ = peers.forward.send(Forward { message, kept }).await;
             }
         }
         Ok((answer, durable))
@@ -487,10 +496,11 @@ impl RouterHandle {
         &self,
         client_id: &str,
         missed: Vec<Message>,
+        covered: Cursors,
     ) -> Result<Durable, RouterGone> {
         let (_, durable) = self
             .execute(Writes::Awaited, |router, out| {
-                router.backfill(client_id, missed, out)
+                router.backfill(client_id, missed, covered, out)
             })
             .await?;
         Ok(durable)

@@ -16,12 +16,14 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::chat::ChatPlan;
 use super::subscriptions::InterestChange;
+use crate::im::inbox::entry_seq;
+use crate::protocol::session::Mark;
 use crate::protocol::Message;
 
 /// The router's side of the link to the other nodes.
 pub(crate) struct Peers {
     /// Bounded: a publisher waits (outside the router's lock) when the link falls behind.
-    pub(crate) forward: mpsc::Sender<Arc<Message>>,
+    pub(crate) forward: mpsc::Sender<Forward>,
     pub(crate) interest: Arc<Interest>,
     /// Chat messages, numbered and stored in the cluster's inbox logs rather than here.
     /// Bounded like `forward`.
@@ -41,23 +43,81 @@ pub(crate) struct Peers {
 pub(crate) enum SessionChange {
     /// A connection attached to `client_id`'s session under the registry claim
     /// `revision`; the session began under the claim `born` (`fresh`: just now, so what
-    /// the cluster held of the client id is void). `cursor`: the first inbox seq its
-    /// device has not got, when known.
+    /// the cluster held of the client id is void). `cursors`: where its device stands,
+    /// as far as known.
     Attached {
         client_id: ArcStr,
         revision: u64,
         born: u64,
         fresh: bool,
-        cursor: Option<u64>,
+        cursors: Cursors,
     },
     /// The session's stored form changed: subscriptions, expiry.
     Stored(StoredSession),
     /// The session ended.
     Deleted(String),
-    /// The device has its user's inbox up to `seq`.
-    Reached { client_id: ArcStr, seq: u64 },
+    /// The device has everything of a log up to a position.
+    Reached { client_id: ArcStr, mark: Mark },
     /// The connection ended: what is pending for it is written, then forgotten.
     Detached(ArcStr),
+}
+
+/// Where a device stands in the logs the cluster keeps for it: the first position of each
+/// it has not got (`None`: not known). A session marks its deliveries with the log they
+/// come from ([`Mark::log`]: [`Cursors::INBOX`] or [`Cursors::MESSAGES`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Cursors {
+    /// In its user's inbox log (seqs).
+    pub(crate) inbox: Option<u64>,
+    /// In the cluster's stream of QoS > 0 messages (stream sequences).
+    pub(crate) messages: Option<u64>,
+}
+
+impl Cursors {
+    pub(crate) const INBOX: u8 = 0;
+    pub(crate) const MESSAGES: u8 = 1;
+
+    /// Where a delivery stands in the logs the cursors follow (the sessions' marks, see
+    /// `protocol::session::SessionLimits::marks`): the message stream, for a kept message
+    /// from another node; the user's inbox, for an inbox entry.
+    pub(crate) fn mark(message: &Message) -> Option<Mark> {
+        if let Some(position) = message.cluster_seq {
+            return Some(Mark {
+                log: Cursors::MESSAGES,
+                position,
+            });
+        }
+        entry_seq(message).map(|position| Mark {
+            log: Cursors::INBOX,
+            position,
+        })
+    }
+
+    /// Whether `mark` is before its log's cursor.
+    pub(crate) fn passed(&self, mark: Mark) -> bool {
+        let cursor = match mark.log {
+            Cursors::INBOX => self.inbox,
+            Cursors::MESSAGES => self.messages,
+            _ => None,
+        };
+        cursor.is_some_and(|cursor| mark.position < cursor)
+    }
+
+    /// The device has everything up to `mark`: its log's cursor moves past it, never
+    /// back. Returns whether it moved.
+    pub(crate) fn reach(&mut self, mark: Mark) -> bool {
+        let cursor = match mark.log {
+            Cursors::INBOX => &mut self.inbox,
+            Cursors::MESSAGES => &mut self.messages,
+            _ => return false,
+        };
+        let next = mark.position.saturating_add(1);
+        if cursor.is_some_and(|cursor| cursor >= next) {
+            return false;
+        }
+        *cursor = Some(next);
+        true
+    }
 }
 
 impl Peers {
@@ -135,6 +195,14 @@ impl NodeLease {
     pub(super) fn fence_before(&self, conn: super::ConnId) {
         self.first_conn.fetch_max(conn, Ordering::AcqRel);
     }
+}
+
+/// A message for the other nodes. One that is `kept` (QoS > 0) is appended to the
+/// cluster's message stream first, and `kept` told once that is replicated: its
+/// publisher's acknowledgement waits for it.
+pub(crate) struct Forward {
+    pub(crate) message: Arc<Message>,
+    pub(crate) kept: Option<oneshot::Sender<Result<(), StorageError>>>,
 }
 
 /// A chat message for the cluster's inbox logs: each recipient's log numbers and keeps

@@ -334,6 +334,8 @@ enum DurableState {
     /// The result is known; `None` once it has been returned.
     Ready(Option<Result<(), StorageError>>),
     Waiting(oneshot::Receiver<Result<(), StorageError>>),
+    /// Both, the first first.
+    Both(Box<[Durable; 2]>),
 }
 
 impl Durable {
@@ -358,6 +360,13 @@ impl Durable {
             state: DurableState::Waiting(result),
         }
     }
+
+    /// Resolves once `self` and `other` both did: to the first error, else `Ok`.
+    pub fn and(self, other: Durable) -> Durable {
+        Durable {
+            state: DurableState::Both(Box::new([self, other])),
+        }
+    }
 }
 
 impl Future for Durable {
@@ -371,6 +380,15 @@ impl Future for Durable {
                 Poll::Pending => return Poll::Pending,
                 // The thread drops a reply only when it is gone without answering.
                 Poll::Ready(result) => result.unwrap_or(Err(StorageError::Closed)),
+            },
+            // A part polled again after it resolved repeats `Ok`: an error ends it first.
+            DurableState::Both(both) => match Pin::new(&mut both[0]).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => Err(e),
+                Poll::Ready(Ok(())) => match Pin::new(&mut both[1]).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(result) => result,
+                },
             },
         };
         self.state = DurableState::Ready(None);
@@ -666,6 +684,26 @@ mod tests {
             client_id: "c".into(),
             packet_id,
         }
+    }
+
+    #[tokio::test]
+    async fn both_parts_of_a_pair_are_awaited_and_the_first_error_wins() {
+        let (first_tx, first_rx) = oneshot::channel();
+        let (second_tx, second_rx) = oneshot::channel();
+        let mut both = Durable::waiting(first_rx).and(Durable::waiting(second_rx));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut both).poll(&mut cx).is_pending());
+        first_tx.send(Ok(())).expect("waiting");
+        assert!(
+            Pin::new(&mut both).poll(&mut cx).is_pending(),
+            "the second waits"
+        );
+        second_tx
+            .send(Err(StorageError::Elsewhere { what: "x".into() }))
+            .expect("waiting");
+        assert!(matches!(both.await, Err(StorageError::Elsewhere { .. })));
+        let failed = Durable::failed(StorageError::Closed).and(Durable::ready());
+        assert!(matches!(failed.await, Err(StorageError::Closed)));
     }
 
     #[tokio::test]

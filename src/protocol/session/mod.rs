@@ -68,7 +68,15 @@ pub struct SessionLimits {
     /// Finds the position a message stands at in a log the driver keeps a cursor of (a
     /// cluster device's inbox seq): a persistent session reports it ([`Effect::Reached`])
     /// once the client has the message. `None`: nothing is reported.
-    pub marks: Option<fn(&Message) -> Option<u64>>,
+    pub marks: Option<fn(&Message) -> Option<Mark>>,
+}
+
+/// A message's position in one of the logs the driver keeps cursors of (`log` is the
+/// driver's name for the log; the session only hands it back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    pub log: u8,
+    pub position: u64,
 }
 
 /// What the session asks of the broker.
@@ -91,7 +99,7 @@ pub enum Effect {
     /// The client has the message marked at this position (see [`SessionLimits::marks`]):
     /// it acknowledged it (PUBACK, or PUBREC: the receiver owns it from then on), or it
     /// was sent at QoS 0.
-    Reached(u64),
+    Reached(Mark),
     /// The client sent DISCONNECT.
     Disconnect {
         publish_will: bool,
@@ -115,7 +123,7 @@ struct InFlight {
     seq: Option<u64>,
     stage: Stage,
     /// Reported once the client acknowledges it (see [`SessionLimits::marks`]).
-    mark: Option<u64>,
+    mark: Option<Mark>,
 }
 
 /// A delivery the session did not take: its queue is at its message or byte bound.

@@ -38,6 +38,7 @@ fn delivery(topic: &str, qos: QoS, seq: Option<u64>) -> Delivery {
             expires_at_ms: None,
             origin: Some(9),
             received_at: None,
+            cluster_seq: None,
         }),
         qos,
         retain: false,
@@ -245,8 +246,11 @@ fn qos2_outbound_flow_marks_released_then_dequeues() {
 }
 
 /// A message's mark is its payload's length (enough to tell messages apart).
-fn payload_len(message: &Message) -> Option<u64> {
-    (message.topic == "marked").then_some(message.payload.len() as u64)
+fn payload_len(message: &Message) -> Option<Mark> {
+    (message.topic == "marked").then_some(Mark {
+        log: 3,
+        position: message.payload.len() as u64,
+    })
 }
 
 #[test]
@@ -279,13 +283,25 @@ fn marks_are_reached_at_puback_pubrec_or_a_qos0_send() {
         .unwrap();
     assert!(matches!(
         effects(&mut s)[..],
-        [Effect::Dequeue(1), Effect::Reached(7)]
+        [
+            Effect::Dequeue(1),
+            Effect::Reached(Mark {
+                log: 3,
+                position: 7
+            })
+        ]
     ));
     s.handle_packet(Packet::PubRec(PubResponse::new(ids[1])), 0)
         .unwrap();
     assert!(matches!(
         effects(&mut s)[..],
-        [Effect::Released(2), Effect::Reached(7)]
+        [
+            Effect::Released(2),
+            Effect::Reached(Mark {
+                log: 3,
+                position: 7
+            })
+        ]
     ));
     s.handle_packet(Packet::PubComp(PubResponse::new(ids[1])), 0)
         .unwrap();
@@ -301,7 +317,13 @@ fn marks_are_reached_at_puback_pubrec_or_a_qos0_send() {
     );
     s.deliver(delivery("marked", QoS::AtMostOnce, None), 0)
         .unwrap();
-    assert!(matches!(effects(&mut s)[..], [Effect::Reached(7)]));
+    assert!(matches!(
+        effects(&mut s)[..],
+        [Effect::Reached(Mark {
+            log: 3,
+            position: 7
+        })]
+    ));
 }
 
 #[test]

@@ -18,7 +18,7 @@ use crate::router::{InboxAppend, Interest, NodeLease, Peers, RouterLimits};
 
 fn node() -> (
     super::Harness,
-    mpsc::Receiver<Arc<crate::protocol::Message>>,
+    mpsc::Receiver<crate::router::Forward>,
     Arc<Interest>,
 ) {
     let node = node_with_inbox();
@@ -28,7 +28,7 @@ fn node() -> (
 /// A router as a cluster node, and its side of the link.
 struct Node {
     h: super::Harness,
-    forwarded: mpsc::Receiver<Arc<crate::protocol::Message>>,
+    forwarded: mpsc::Receiver<crate::router::Forward>,
     interest: Arc<Interest>,
     appends: mpsc::Receiver<InboxAppend>,
     lease: Arc<NodeLease>,
@@ -190,15 +190,39 @@ async fn chat_goes_to_the_clusters_inbox_logs_and_waits_for_them() {
 #[tokio::test]
 async fn plain_messages_and_broadcasts_are_forwarded_chat_and_sys_are_not() {
     let (h, mut forwarded, _) = node();
-    for topic in ["sensors/1", "broadcast/news"] {
+    for (topic, kept) in [("sensors/1", true), ("broadcast/news", false)] {
         let (_, durable) = h
             .router
             .publish(&message(topic, QoS::AtLeastOnce, false, b"x"), None, true)
             .await
             .expect("router");
+        let forward = forwarded.try_recv().expect("forwarded");
+        assert_eq!(&*forward.message.topic, topic);
+        // A plain QoS 1 message is acknowledged once the cluster keeps it.
+        assert_eq!(forward.kept.is_some(), kept, "{topic}");
+        if let Some(kept) = forward.kept {
+            kept.send(Ok(())).expect("waited on");
+        }
         durable.await.expect("durable");
-        assert_eq!(&*forwarded.try_recv().expect("forwarded").topic, topic);
     }
+    let (_, durable) = h
+        .router
+        .publish(
+            &message("sensors/2", QoS::AtLeastOnce, false, b"x"),
+            None,
+            true,
+        )
+        .await
+        .expect("router");
+    let kept = forwarded.try_recv().expect("forwarded").kept.expect("kept");
+    kept.send(Err(tern_storage::StorageError::Elsewhere {
+        what: "no quorum".into(),
+    }))
+    .expect("waited on");
+    assert!(
+        durable.await.is_err(),
+        "not acknowledged when the cluster cannot keep it"
+    );
     let refused = h
         .router
         .publish(

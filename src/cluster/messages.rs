@@ -1,0 +1,265 @@
+//! QoS > 0 plain messages across nodes, kept: a node appends each one to the stream
+//! `TERN_MESSAGES` (on `tern.msg.<levels>`) before its publisher is acknowledged, and the
+//! stream republishes it on its topic's live subject, where the nodes holding a matching
+//! filter receive it with its stream sequence (`Nats-Sequence`). The publishing node
+//! delivered it to its own subscribers already and skips the copy ([`NODE`]). QoS 0
+//! messages go to the live subjects directly and are kept nowhere.
+//!
+//! The stream holds messages for `cluster.message_retention_secs` (and at most
+//! `cluster.message_retention_bytes`): a persistent session resumed on another node reads
+//! what it missed from there, from its cursor on, through its filters ([`MessageLog::read`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::time::Instant;
+
+use super::subject;
+use crate::protocol::Message;
+
+const STREAM: &str = "TERN_MESSAGES";
+
+/// Header naming the node that appended a message.
+pub(super) const NODE: &str = "Tern-Node";
+
+/// How long one append attempt waits for the stream's acknowledgement (a request sent
+/// while the stream elects a leader gets none) before it is sent again.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a read of what a session missed may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the message stream could not be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageLogError {
+    #[error("cannot create or open the stream {STREAM}: {0}")]
+    Stream(#[source] async_nats::Error),
+    #[error("reading the stream {STREAM}: {0}")]
+    Read(#[source] async_nats::Error),
+    #[error("reading the stream {STREAM} took longer than {READ_TIMEOUT:?}")]
+    TimedOut,
+}
+
+/// The cluster's stream of QoS > 0 messages, as one node appends to and reads it.
+#[derive(Clone)]
+pub(crate) struct MessageLog {
+    jetstream: jetstream::Context,
+    stream: stream::Stream,
+    node: Arc<str>,
+    /// Message ids: this node's, unique per process (`node.start.n`), so that an append
+    /// sent again after a lost acknowledgement is stored once.
+    ids: Arc<(u64, AtomicU64)>,
+    /// How long an append is retried (`cluster.append_timeout_ms`).
+    retry_for: Duration,
+}
+
+/// Where the stream keeps its messages, and for how long.
+pub(super) struct Retention {
+    pub(super) replicas: usize,
+    pub(super) max_age: Duration,
+    pub(super) max_bytes: i64,
+    pub(super) retry_for: Duration,
+}
+
+impl MessageLog {
+    /// Opens (or creates) the stream.
+    pub(super) async fn open(
+        jetstream: &jetstream::Context,
+        node: &str,
+        retention: Retention,
+    ) -> Result<MessageLog, MessageLogError> {
+        let config = stream::Config {
+            name: STREAM.to_string(),
+            subjects: vec![subject::all_kept()],
+            max_age: retention.max_age,
+            max_bytes: retention.max_bytes,
+            discard: stream::DiscardPolicy::Old,
+            num_replicas: retention.replicas,
+            storage: stream::StorageType::File,
+            republish: Some(stream::Republish {
+                source: subject::all_kept(),
+                destination: subject::all_live(),
+                headers_only: false,
+            }),
+            ..Default::default()
+        };
+        let stream = jetstream
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| MessageLogError::Stream(e.into()))?;
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        Ok(MessageLog {
+            jetstream: jetstream.clone(),
+            stream,
+            node: Arc::from(node),
+            ids: Arc::new((started, AtomicU64::new(0))),
+            retry_for: retention.retry_for,
+        })
+    }
+
+    /// Sends `record` (a message's encoding) to the stream on `subject`: the send is
+    /// made now, in the caller's order; the returned future waits until the stream keeps
+    /// it (sending it again while its acknowledgement is lost, for `retry_for`), or says
+    /// why it could not.
+    pub(super) async fn append(
+        &self,
+        subject: String,
+        record: Bytes,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        let mut headers = HeaderMap::new();
+        headers.insert(NODE, &*self.node);
+        let id = self.ids.1.fetch_add(1, Ordering::Relaxed);
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{}.{}.{id}", self.node, self.ids.0).as_str(),
+        );
+        let first = self
+            .jetstream
+            .publish_with_headers(subject.clone(), headers.clone(), record.clone())
+            .await;
+        let jetstream = self.jetstream.clone();
+        let retry_for = self.retry_for;
+        async move {
+            let deadline = Instant::now() + retry_for;
+            let mut backoff =
+                super::Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+            let mut attempt = first.map_err(|e| e.to_string());
+            loop {
+                let why = match attempt {
+                    Ok(ack) => match acknowledged(ack).await {
+                        Ok(()) => return Ok(()),
+                        Err(why) => why,
+                    },
+                    Err(why) => why,
+                };
+                let wait = backoff.next();
+                if Instant::now() + wait >= deadline {
+                    return Err(format!(
+                        "the message stream refused it for {retry_for:?}: {why}"
+                    ));
+                }
+                tracing::debug!(%subject, "append to the message stream retried: {why}");
+                tokio::time::sleep(wait).await;
+                attempt = jetstream
+                    .publish_with_headers(subject.clone(), headers.clone(), record.clone())
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+        }
+    }
+
+    /// The stream's last sequence (0 while empty): a new session's device starts after it.
+    pub(crate) async fn last(&self) -> Result<u64, MessageLogError> {
+        let mut stream = self.stream.clone();
+        let info = tokio::time::timeout(READ_TIMEOUT, stream.info())
+            .await
+            .map_err(|_| MessageLogError::TimedOut)?
+            .map_err(|e| MessageLogError::Read(e.into()))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// Up to `limit` messages from sequence `from` on whose subjects match `filters` (the
+    /// session's filters as [`subject::kept_for_filter`] makes them), each with its
+    /// sequence, and the stream's last sequence when the read began (later ones reach the
+    /// node live).
+    pub(crate) async fn read(
+        &self,
+        filters: Vec<String>,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<Message>, u64), MessageLogError> {
+        tokio::time::timeout(READ_TIMEOUT, self.read_now(filters, from, limit))
+            .await
+            .map_err(|_| MessageLogError::TimedOut)?
+    }
+
+    async fn read_now(
+        &self,
+        filters: Vec<String>,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<Message>, u64), MessageLogError> {
+        let last = self.last().await?;
+        let mut read = Vec::new();
+        if filters.is_empty() || from > last || limit == 0 {
+            return Ok((read, last));
+        }
+        let config = |filter_subjects| consumer::pull::OrderedConfig {
+            filter_subjects,
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from.max(1),
+            },
+            ..Default::default()
+        };
+        // Filters that overlap (`a/#` and `a/b`) cannot be a consumer's: then every
+        // message is read, and the router matches the session's filters itself.
+        let consumer = match self.stream.create_consumer(config(filters)).await {
+            Ok(consumer) => consumer,
+            Err(e) => {
+                tracing::debug!("reading the message stream unfiltered: {e}");
+                self.stream
+                    .create_consumer(config(vec![subject::all_kept()]))
+                    .await
+                    .map_err(|e| MessageLogError::Read(e.into()))?
+            }
+        };
+        let mut left = consumer.cached_info().num_pending;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| MessageLogError::Read(e.into()))?;
+        while left > 0 && read.len() < limit {
+            let Some(message) = messages.next().await else {
+                break;
+            };
+            let message = message.map_err(|e| MessageLogError::Read(e.into()))?;
+            let info = message.info().map_err(MessageLogError::Read)?;
+            left = info.pending;
+            let seq = info.stream_sequence;
+            if seq > last {
+                break;
+            }
+            match super::decode(message.payload.clone()) {
+                Ok(mut decoded) => {
+                    decoded.cluster_seq = Some(seq);
+                    read.push(decoded);
+                }
+                Err(e) => tracing::warn!(seq, "skipped a message of {STREAM}: {e}"),
+            }
+        }
+        Ok((read, last))
+    }
+}
+
+async fn acknowledged(ack: PublishAckFuture) -> Result<(), String> {
+    match tokio::time::timeout(ATTEMPT_TIMEOUT, std::future::IntoFuture::into_future(ack)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no acknowledgement within {ATTEMPT_TIMEOUT:?}")),
+    }
+}
+
+/// The stream sequence of a message the stream republished, unless `node` appended it
+/// (and delivered it itself): `Err(())` to skip it. `Ok(None)`: not from the stream (QoS 0).
+pub(super) fn republished(headers: Option<&HeaderMap>, node: &str) -> Result<Option<u64>, ()> {
+    let Some(headers) = headers else {
+        return Ok(None);
+    };
+    let Some(seq) = headers
+        .get(async_nats::header::NATS_SEQUENCE)
+        .and_then(|seq| seq.as_str().parse().ok())
+    else {
+        return Ok(None);
+    };
+    if headers.get(NODE).is_some_and(|from| from.as_str() == node) {
+        return Err(());
+    }
+    Ok(Some(seq))
+}
