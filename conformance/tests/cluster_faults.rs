@@ -259,6 +259,7 @@ async fn with_two_of_three_nats_servers_down_nothing_is_acknowledged_until_they_
     })
     .await;
     let mut alice = device(&node, "alice", "alice-phone").await;
+    let mut dave = device(&node, "dave", "dave-sensor").await;
     assert!(matches!(
         send(&mut alice, 1, "bob", "before").await,
         Sent::Stored
@@ -266,6 +267,27 @@ async fn with_two_of_three_nats_servers_down_nothing_is_acknowledged_until_they_
 
     nats.kill(1).await;
     nats.kill(2).await;
+    // A plain QoS 1 message cannot be kept by the cluster either: refused, not
+    // acknowledged.
+    dave.send(Packet::Publish(publish_packet(
+        "sensors/dave",
+        QoS::AtLeastOnce,
+        5,
+        Bytes::from_static(b"during"),
+    )))
+    .await;
+    match dave.recv_within(Duration::from_secs(10)).await {
+        Ok(Some(Packet::PubAck(ack))) => {
+            // Not stored: 0x83, as for a write the node's own storage refused.
+            assert_eq!(
+                ack.reason,
+                ReasonCode::ImplementationSpecificError,
+                "{ack:?}"
+            )
+        }
+        Ok(None) => {}
+        other => panic!("expected a refusal of the plain QoS 1 message, got {other:?}"),
+    }
     // A DM now is refused (0x80), or its connection closed: never acknowledged.
     match send(&mut alice, 2, "bob", "during").await {
         Sent::Stored => panic!("a DM was acknowledged with two of three NATS servers down"),

@@ -254,3 +254,23 @@ async fn a_session_moves_between_running_nodes_and_back() {
         "it subscribed to nothing, so nothing arrives"
     );
 }
+
+/// A session that expired after its device disconnected is not resumed from the
+/// cluster's copy on another node: the CONNECT starts a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_is_not_resumed_elsewhere() {
+    let nats = NatsServer::start().await;
+    let (a, b) = (nats.node("a").await, nats.node("b").await);
+    let (mut phone, _) = RawClient::open_ok(a.addr, Protocol::V5, "bob-phone", false, |c| {
+        persistent("bob")(c);
+        c.properties.session_expiry_interval = Some(1);
+    })
+    .await;
+    subscribe_all(&mut phone, &["inbox/bob/#"]).await;
+    record_on(&nats, "bob-phone", "a").await;
+    phone.disconnect().await;
+    // Session expiry is a time: waited out, once.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (_, present) = open_persistent(b.addr, "bob-phone", "bob").await;
+    assert!(!present, "an expired session came back");
+}

@@ -66,14 +66,18 @@ pub(super) async fn prepare(
             }
         }
     };
-    let Some(found) = found else {
+    // A copy whose session expired is void, like a clean start's.
+    let expired = found
+        .as_ref()
+        .is_some_and(|found| ended(&found.record.session));
+    let Some(found) = found.filter(|_| !expired) else {
         // A new session: its device has nothing of the logs yet.
         let cursors = if persistent {
             starting_cursors(ctx, states, user).await
         } else {
             Cursors::default()
         };
-        states.change(attached(revision, clean_start, cursors));
+        states.change(attached(revision, clean_start || expired, cursors));
         return Ok(());
     };
     let cursors = found.cursors;
@@ -98,6 +102,17 @@ pub(super) async fn prepare(
         .await?
         .await?;
     Ok(())
+}
+
+/// Whether `session`'s expiry passed since it went offline. A session whose node died
+/// while it was connected has no disconnect time: it is taken as not expired.
+fn ended(session: &StoredSession) -> bool {
+    let Some(disconnected_at) = session.disconnected_at_ms else {
+        return false;
+    };
+    session.expiry_interval_secs != u32::MAX
+        && crate::protocol::now_ms()
+            >= disconnected_at.saturating_add(u64::from(session.expiry_interval_secs) * 1000)
 }
 
 /// Where a new session's device starts: after everything the logs hold now.
