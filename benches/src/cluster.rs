@@ -47,7 +47,10 @@ pub struct Cluster {
     pub nodes: Vec<SocketAddr>,
     /// The NATS servers' own MQTT listeners (NATS's MQTT support, the anchor).
     pub nats_mqtt: Vec<SocketAddr>,
-    _processes: Vec<Process>,
+    /// The NATS servers' monitoring ports.
+    monitors: Vec<u16>,
+    nats_processes: Vec<Process>,
+    node_processes: Vec<Process>,
     _dir: PathBuf,
 }
 
@@ -59,6 +62,17 @@ impl Cluster {
         tern: &Path,
         dir: &Path,
         shards: u32,
+    ) -> Result<Cluster> {
+        Cluster::start_with_ttl(nats_server, tern, dir, shards, 10_000).await
+    }
+
+    /// [`Cluster::start`] with the nodes' `cluster.node_ttl_ms`.
+    pub async fn start_with_ttl(
+        nats_server: &Path,
+        tern: &Path,
+        dir: &Path,
+        shards: u32,
+        node_ttl_ms: u64,
     ) -> Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         let mut processes = Vec::new();
@@ -109,6 +123,7 @@ impl Cluster {
             .map(|p| format!("nats://127.0.0.1:{}", p.0))
             .collect();
         let mut nodes = Vec::new();
+        let mut node_processes = Vec::new();
         for i in 1..=2 {
             let port = free_port()?;
             let config = dir.join(format!("tern-{i}.toml"));
@@ -120,7 +135,7 @@ impl Cluster {
                      [listeners.tcp]\nlisten = \"127.0.0.1:{port}\"\n\
                      [admin]\nenabled = false\n[log]\nlevel = \"warn\"\n\
                      [cluster]\nengine = \"nats\"\nnode_id = \"node-{i}\"\n\
-                     nats_urls = [{}]\nshards = {shards}\n",
+                     nats_urls = [{}]\nshards = {shards}\nnode_ttl_ms = {node_ttl_ms}\n",
                     dir.join(format!("tern-{i}")).display(),
                     urls.join(", ")
                 ),
@@ -135,7 +150,7 @@ impl Cluster {
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| Error::new(format!("cannot run {}: {e}", tern.display())))?;
-            processes.push(Process { child });
+            node_processes.push(Process { child });
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             until_listening(addr).await?;
             nodes.push(addr);
@@ -144,10 +159,64 @@ impl Cluster {
             nats_urls,
             nodes,
             nats_mqtt,
-            _processes: processes,
+            monitors: ports.iter().map(|p| p.2).collect(),
+            nats_processes: processes,
+            node_processes,
             _dir: dir.to_path_buf(),
         })
     }
+
+    /// SIGKILLs tern node `i` (0-based).
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(node) = self.node_processes.get_mut(i) {
+            let _ = node.child.start_kill();
+        }
+    }
+
+    /// SIGKILLs NATS server `i` (0-based).
+    pub fn kill_nats(&mut self, i: usize) {
+        if let Some(server) = self.nats_processes.get_mut(i) {
+            let _ = server.child.start_kill();
+        }
+    }
+
+    /// Which NATS server (0-based) leads stream `name`, as the first server that answers
+    /// its monitoring port says.
+    pub async fn stream_leader(&self, name: &str) -> Option<usize> {
+        for monitor in &self.monitors {
+            let Ok(body) = http_get(*monitor, "/jsz?streams=true").await else {
+                continue;
+            };
+            let Ok(jsz) = serde_json::from_str::<serde_json::Value>(&body) else {
+                continue;
+            };
+            let leader = jsz["account_details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+                .find(|stream| stream["name"] == name)
+                .and_then(|stream| stream["cluster"]["leader"].as_str())
+                .and_then(|leader| leader.strip_prefix("nats-"))
+                .and_then(|n| n.parse::<usize>().ok());
+            if let Some(n) = leader {
+                return Some(n - 1);
+            }
+        }
+        None
+    }
+}
+
+/// The body of `GET path` on a local monitoring port.
+async fn http_get(port: u16, path: &str) -> Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    Ok(answer
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_string()))
 }
 
 /// Waits until a NATS server's `/healthz` says ok (JetStream has its meta leader).

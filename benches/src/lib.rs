@@ -11,6 +11,7 @@ pub mod client;
 pub mod cluster;
 pub mod compare;
 pub mod error;
+pub mod failover;
 pub mod run;
 pub mod scenarios;
 pub mod stats;

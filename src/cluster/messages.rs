@@ -34,6 +34,9 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a read of what a session missed may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Messages fetched at once by such a read.
+const READ_PAGE: usize = 256;
+
 /// Why the message stream could not be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum MessageLogError {
@@ -56,6 +59,8 @@ pub(crate) struct MessageLog {
     ids: Arc<(u64, AtomicU64)>,
     /// How long an append is retried (`cluster.append_timeout_ms`).
     retry_for: Duration,
+    /// The stream's replicas.
+    replicas: usize,
 }
 
 /// Where the stream keeps its messages, and for how long.
@@ -101,6 +106,7 @@ impl MessageLog {
             node: Arc::from(node),
             ids: Arc::new((started, AtomicU64::new(0))),
             retry_for: retention.retry_for,
+            replicas: retention.replicas,
         })
     }
 
@@ -191,11 +197,18 @@ impl MessageLog {
         if filters.is_empty() || from > last || limit == 0 {
             return Ok((read, last));
         }
-        let config = |filter_subjects| consumer::pull::OrderedConfig {
+        // An ephemeral consumer of this read alone, fetched from page by page until it
+        // has given everything up to `last` (no flow of its own to wait on).
+        let config = |filter_subjects| consumer::pull::Config {
             filter_subjects,
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: from.max(1),
             },
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            // As many as the stream: a one-replica consumer may be placed on a NATS server
+            // that is down, and its creation then never answers.
+            num_replicas: self.replicas,
             ..Default::default()
         };
         // Filters that overlap (`a/#` and `a/b`) cannot be a consumer's: then every
@@ -211,28 +224,38 @@ impl MessageLog {
             }
         };
         let mut left = consumer.cached_info().num_pending;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| MessageLogError::Read(e.into()))?;
-        while left > 0 && read.len() < limit {
-            let Some(message) = messages.next().await else {
-                break;
-            };
-            let message = message.map_err(|e| MessageLogError::Read(e.into()))?;
-            let info = message.info().map_err(MessageLogError::Read)?;
-            left = info.pending;
-            let seq = info.stream_sequence;
-            if seq > last {
-                break;
-            }
-            match super::decode(message.payload.clone()) {
-                Ok(mut decoded) => {
-                    decoded.cluster_seq = Some(seq);
-                    read.push(decoded);
+        'pages: while left > 0 && read.len() < limit {
+            let mut page = consumer
+                .fetch()
+                .max_messages((limit - read.len()).min(READ_PAGE))
+                .messages()
+                .await
+                .map_err(|e| MessageLogError::Read(e.into()))?;
+            let mut got = 0;
+            while let Some(message) = page.next().await {
+                let message = message.map_err(MessageLogError::Read)?;
+                let info = message.info().map_err(MessageLogError::Read)?;
+                got += 1;
+                left = info.pending;
+                let seq = info.stream_sequence;
+                if seq > last {
+                    break 'pages;
                 }
-                Err(e) => tracing::warn!(seq, "skipped a message of {STREAM}: {e}"),
+                match super::decode(message.payload.clone()) {
+                    Ok(mut decoded) => {
+                        decoded.cluster_seq = Some(seq);
+                        read.push(decoded);
+                    }
+                    Err(e) => tracing::warn!(seq, "skipped a message of {STREAM}: {e}"),
+                }
             }
+            if got == 0 {
+                break;
+            }
+        }
+        let name = consumer.cached_info().name.clone();
+        if let Err(e) = self.stream.delete_consumer(&name).await {
+            tracing::debug!("the read's consumer is left to expire: {e}");
         }
         Ok((read, last))
     }

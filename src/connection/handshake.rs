@@ -190,7 +190,9 @@ async fn accept(
             persistent: negotiated.expiry_secs > 0,
             revision: claim.revision(),
         };
-        Box::pin(super::resume::prepare(ctx, states, resume)).await?;
+        Box::pin(super::resume::prepare(ctx, states, resume))
+            .await?
+            .map_err(Refusal::Code)?;
     }
     let attached = ctx.router.connect(request).await?.map_err(Refusal::Code)?;
     if let Some(claim) = claim {

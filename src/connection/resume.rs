@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use arcstr::ArcStr;
+use tern_codec::ReasonCode;
 use tern_storage::StoredSession;
 
 use super::{ConnectionError, Context};
@@ -32,11 +33,13 @@ pub(super) struct Resume<'a> {
 }
 
 /// Prepares the router for the CONNECT (before it attaches): see the module's docs.
+/// `Ok(Err(code))` refuses the CONNECT: what the device missed could not be read (the
+/// session stays in the cluster's copy for its next attempt).
 pub(super) async fn prepare(
     ctx: &Context,
     states: &SessionStates,
     resume: Resume<'_>,
-) -> Result<(), ConnectionError> {
+) -> Result<Result<(), ReasonCode>, ConnectionError> {
     let Resume {
         client_id,
         user,
@@ -51,18 +54,16 @@ pub(super) async fn prepare(
         fresh,
         cursors,
     };
+    // Without the cluster's copy (or, for a new session, where the logs end) the CONNECT
+    // is refused rather than served a session that would lose what the copy holds.
     let found = if clean_start {
         None
     } else {
-        match tokio::time::timeout(STEP_TIMEOUT, states.load(client_id)).await {
-            Ok(Ok(found)) => found,
-            Ok(Err(e)) => {
-                tracing::warn!(%client_id, "cluster copy of the session not read: {e}");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(%client_id, "cluster copy of the session not read in time");
-                None
+        match attempts(|| states.load(client_id)).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(%client_id, "CONNECT refused: the cluster's copy of the session: {e}");
+                return Ok(Err(ReasonCode::ServerUnavailable));
             }
         }
     };
@@ -73,19 +74,28 @@ pub(super) async fn prepare(
     let Some(found) = found.filter(|_| !expired) else {
         // A new session: its device has nothing of the logs yet.
         let cursors = if persistent {
-            starting_cursors(ctx, states, user).await
+            match starting_cursors(ctx, states, user).await {
+                Ok(cursors) => cursors,
+                Err(e) => {
+                    tracing::warn!(%client_id, "CONNECT refused: where the logs end: {e}");
+                    return Ok(Err(ReasonCode::ServerUnavailable));
+                }
+            }
         } else {
             Cursors::default()
         };
         states.change(attached(revision, clean_start || expired, cursors));
-        return Ok(());
+        return Ok(Ok(()));
     };
     let cursors = found.cursors;
-    states.change(attached(found.record.born, false, cursors));
+    // Handed to the writer once the session is this node's: until then, the router's
+    // changes to it (an abandoned adoption's end) are not the cluster's.
+    let resumed = attached(found.record.born, false, cursors);
     let held_elsewhere = found.record.node != states.node();
     let session = found.record.session;
     if !ctx.router.adopt(session.clone(), held_elsewhere).await? {
-        return Ok(());
+        states.change(resumed);
+        return Ok(Ok(()));
     }
     tracing::info!(%client_id, %user, from = %found.record.node, ?cursors, "session resumed from the cluster's copy");
     // What the logs publish from here on reaches the session; what they held before is
@@ -96,12 +106,20 @@ pub(super) async fn prepare(
     {
         tracing::warn!(%client_id, "subscriptions not in effect in time; messages may arrive late");
     }
-    let (missed, covered) = missed(ctx, states, user, &session, cursors).await;
+    let (missed, covered) = match missed(ctx, states, user, &session, cursors).await {
+        Ok(read) => read,
+        Err(e) => {
+            tracing::warn!(%client_id, %user, "CONNECT refused: what the session missed could not be read: {e}");
+            ctx.router.abandon(client_id).await?;
+            return Ok(Err(ReasonCode::ServerUnavailable));
+        }
+    };
+    states.change(resumed);
     ctx.router
         .backfill(client_id, missed, covered)
         .await?
         .await?;
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// Whether `session`'s expiry passed since it went offline. A session whose node died
@@ -116,39 +134,43 @@ fn ended(session: &StoredSession) -> bool {
 }
 
 /// Where a new session's device starts: after everything the logs hold now.
-async fn starting_cursors(ctx: &Context, states: &SessionStates, user: &str) -> Cursors {
+async fn starting_cursors(
+    ctx: &Context,
+    states: &SessionStates,
+    user: &str,
+) -> Result<Cursors, String> {
     let inbox = async {
-        match ctx.inbox.as_ref()?.read(user, u64::MAX, 0).await {
-            Ok((_, next)) => Some(next),
-            Err(e) => {
-                tracing::warn!(%user, "inbox log not read, the new session has no cursor in it: {e}");
-                None
-            }
+        match &ctx.inbox {
+            Some(inbox) => attempts(|| inbox.read(user, u64::MAX, 0))
+                .await
+                .map(|(_, next)| Some(next))
+                .map_err(|e| format!("the inbox log of {user}: {e}")),
+            None => Ok(None),
         }
     };
     let messages = async {
-        match states.messages_next().await {
-            Ok(next) => Some(next),
-            Err(e) => {
-                tracing::warn!(%user, "message stream not read, the new session has no cursor in it: {e}");
-                None
-            }
-        }
+        attempts(|| states.messages_next())
+            .await
+            .map_err(|e| format!("the message stream: {e}"))
     };
     let (inbox, messages) = tokio::join!(inbox, messages);
-    Cursors { inbox, messages }
+    Ok(Cursors {
+        inbox: inbox?,
+        messages: Some(messages?),
+    })
 }
 
 /// What the device of `session` missed since `cursors`, at most a durable queue's worth:
 /// its user's inbox entries, then the kept messages its filters match; and how far the
-/// reads reached (what routing brings later the device has not got).
+/// reads reached (what routing brings later the device has not got). Each read is tried
+/// [`READ_ATTEMPTS`] times.
 async fn missed(
     ctx: &Context,
     states: &SessionStates,
     user: &str,
     session: &StoredSession,
     cursors: Cursors,
-) -> (Vec<Message>, Cursors) {
+) -> Result<(Vec<Message>, Cursors), String> {
     let max = ctx.limits.session.max_queued_messages as usize;
     let mut covered = Cursors::default();
     let mut missed = Vec::new();
@@ -156,13 +178,9 @@ async fn missed(
         let page = ctx.limits.sync_max_messages.max(1);
         let mut from = from;
         while missed.len() < max {
-            let (entries, next) = match inbox.read(user, from, page).await {
-                Ok(read) => read,
-                Err(e) => {
-                    tracing::warn!(%user, from, "inbox log not read for a resumed session: {e}");
-                    break;
-                }
-            };
+            let (entries, next) = attempts(|| inbox.read(user, from, page))
+                .await
+                .map_err(|e| format!("the inbox log of {user} from {from}: {e}"))?;
             let read = entries.len();
             for entry in entries {
                 from = entry.seq + 1;
@@ -179,15 +197,29 @@ async fn missed(
     }
     if let Some(from) = cursors.messages {
         let room = max.saturating_sub(missed.len());
-        match states.missed_messages(session, from, room).await {
-            Ok((messages, until)) => {
-                missed.extend(messages);
-                covered.messages = Some(until);
-            }
-            Err(e) => {
-                tracing::warn!(client_id = %session.client_id, from, "message stream not read for a resumed session: {e}")
-            }
+        let (messages, until) = attempts(|| states.missed_messages(session, from, room))
+            .await
+            .map_err(|e| format!("the message stream from {from}: {e}"))?;
+        missed.extend(messages);
+        covered.messages = Some(until);
+    }
+    Ok((missed, covered))
+}
+
+/// Reads tried before the CONNECT is refused.
+const READ_ATTEMPTS: usize = 3;
+
+/// `read`, tried up to [`READ_ATTEMPTS`] times, each within [`STEP_TIMEOUT`].
+async fn attempts<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    mut read: impl FnMut() -> F,
+) -> Result<T, String> {
+    let mut why = String::new();
+    for _ in 0..READ_ATTEMPTS {
+        match tokio::time::timeout(STEP_TIMEOUT, read()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => why = e.to_string(),
+            Err(_) => why = format!("no answer within {STEP_TIMEOUT:?}"),
         }
     }
-    (missed, covered)
+    Err(why)
 }

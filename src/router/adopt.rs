@@ -56,6 +56,25 @@ impl Router {
         true
     }
 
+    /// Drops `client_id`'s adopted session while it still waits for its backfill (what
+    /// its device missed could not be read: the CONNECT is refused, and the next one
+    /// adopts the cluster's copy again).
+    pub(crate) fn abandon(&mut self, client_id: &str, out: &mut Outcome) {
+        let Some(id) = self.by_client.get(client_id, &self.sessions) else {
+            return;
+        };
+        let waiting = self.sessions.get(&id).is_some_and(|entry| {
+            entry.connected.is_none()
+                && entry
+                    .offline
+                    .as_ref()
+                    .is_some_and(|offline| offline.held.is_some())
+        });
+        if waiting {
+            let _ = self.remove_session(id, out);
+        }
+    }
+
     /// Queues for `client_id`'s adopted session what its device missed (`missed`: inbox
     /// entries, recipient copies in seq order, then kept messages in stream order), then
     /// what routing held back meanwhile but for what `missed` covers (positions before

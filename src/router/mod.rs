@@ -490,6 +490,16 @@ impl RouterHandle {
         Ok(adopted)
     }
 
+    /// Drops an adopted session still waiting for its backfill (see `adopt.rs`).
+    pub(crate) async fn abandon(&self, client_id: &str) -> Result<(), RouterGone> {
+        let ((), _) = self
+            .execute(Writes::Detached, |router, out| {
+                router.abandon(client_id, out)
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Queues what an adopted session's device missed, then what was held back for it
     /// (see `adopt.rs`); the [`Durable`] resolves once that is stored.
     pub(crate) async fn backfill(

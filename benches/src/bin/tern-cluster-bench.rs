@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tern_bench::cluster::{self, Cluster, Measured, Shape};
+use tern_bench::failover::{self, LeaderFailover, NodeFailover};
 use tern_bench::LatencySummary;
 
 #[derive(Debug, Parser)]
@@ -46,6 +47,16 @@ struct Args {
     /// Where the Markdown report goes.
     #[arg(long, default_value = "benches/RESULTS-cluster.md")]
     out: PathBuf,
+    /// Devices of the failover run (SIGKILL of a node, then of a stream's NATS leader,
+    /// on a fresh cluster after the rounds); 0 skips it.
+    #[arg(long, default_value_t = 200)]
+    failover_devices: usize,
+    /// The nodes' `cluster.node_ttl_ms` in the failover run.
+    #[arg(long, default_value_t = 10_000)]
+    failover_node_ttl_ms: u64,
+    /// Skip the rounds: the failover run only (the report has only it).
+    #[arg(long)]
+    failover_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -86,7 +97,8 @@ async fn run(args: &Args) -> tern_bench::Result<()> {
     let warmup = Duration::from_secs(args.warmup);
     let duration = Duration::from_secs(args.duration);
     let mut results: Vec<Vec<Measured>> = vec![Vec::new(); RUNS.len()];
-    for round in 0..args.rounds {
+    let rounds = if args.failover_only { 0 } else { args.rounds };
+    for round in 0..rounds {
         let dir =
             std::env::temp_dir().join(format!("tern-cluster-bench-{}-{round}", std::process::id()));
         let cluster = Cluster::start(&nats, &tern, &dir, args.shards).await?;
@@ -102,7 +114,27 @@ async fn run(args: &Args) -> tern_bench::Result<()> {
     }
     let (tern_runs, engine_runs) = (&results[0], &results[1]);
     let mut report = report(args, tern_runs, engine_runs);
-    report.push_str(&plain_report(&results[2..]));
+    if !args.failover_only {
+        report.push_str(&plain_report(&results[2..]));
+    }
+    if args.failover_devices > 0 {
+        let dir = std::env::temp_dir().join(format!(
+            "tern-cluster-bench-{}-failover",
+            std::process::id()
+        ));
+        let mut cluster =
+            Cluster::start_with_ttl(&nats, &tern, &dir, args.shards, args.failover_node_ttl_ms)
+                .await?;
+        let leader = failover::leader_kill(&mut cluster, args.pairs).await?;
+        println!("failover: {leader:?}");
+        let node = failover::node_kill(&mut cluster, args.failover_devices).await?;
+        println!("failover: {node:?}");
+        drop(cluster);
+        if std::env::var_os("TERN_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        report.push_str(&failover_report(args, &leader, &node));
+    }
     std::fs::write(&args.out, &report)?;
     print!("{report}");
     Ok(())
@@ -165,9 +197,9 @@ fn plain_report(runs: &[Vec<Measured>]) -> String {
         "\n## Plain QoS 1 pairs across nodes: tern against NATS's MQTT support\n\n\
          The same pairs on topics `pairs/{{i}}` (publishers on node 1 / NATS server 1, \
          subscribers on node 2 / server 2), through tern and through the MQTT listeners of \
-         the same NATS servers. tern carries plain messages between nodes over core NATS \
-         (at most once between nodes); NATS's MQTT support keeps QoS 1 messages in \
-         JetStream.\n"
+         the same NATS servers. Both keep each QoS 1 message in JetStream before they \
+         acknowledge it (tern: one stream, `TERN_MESSAGES`, replicas 3, republished to the \
+         subscribed nodes).\n"
     );
     let _ = writeln!(
         out,
@@ -193,6 +225,57 @@ fn plain_report(runs: &[Vec<Measured>]) -> String {
         );
     }
     let _ = writeln!(out, "\nTarget: tern >= 2x NATS's msgs/s, with a lower p99.");
+    out
+}
+
+/// The failover run.
+fn failover_report(args: &Args, leader: &LeaderFailover, node: &NodeFailover) -> String {
+    let ms = |l: &Option<LatencySummary>, pick: fn(&LatencySummary) -> u64| {
+        l.as_ref().map_or("-".to_string(), |l| {
+            format!("{:.0}", pick(l) as f64 / 1000.0)
+        })
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n## Failover\n\n\
+         One run on a fresh cluster (same machine, same sharing of its cores). First the NATS \
+         server leading `TERN_INBOX_0` is SIGKILLed while {} DM senders on node 1 each keep \
+         one DM unacknowledged; then, on the two NATS servers left, node 1 is SIGKILLed while \
+         {} devices with persistent sessions on it receive a QoS 1 message on their own topic \
+         every 100 ms from a publisher on node 2; each device reconnects to node 2 without \
+         clean start and subscribes nothing. `cluster.node_ttl_ms` = {} (a client id held by \
+         a node that died is free once its lease expires).\n",
+        leader.senders, node.devices, args.failover_node_ttl_ms
+    );
+    let _ = writeln!(
+        out,
+        "| event | what is measured | p50 (ms) | p99 (ms) | max (ms) | recovered |\n| --- | --- | ---: | ---: | ---: | ---: |"
+    );
+    let _ = writeln!(
+        out,
+        "| stream leader SIGKILL | kill to each sender's next acknowledged DM | {} | {} | {} | {}/{} |",
+        ms(&leader.appends_again, |l| l.p50_us),
+        ms(&leader.appends_again, |l| l.p99_us),
+        ms(&leader.appends_again, |l| l.max_us),
+        leader.recovered,
+        leader.senders
+    );
+    let _ = writeln!(
+        out,
+        "| tern node SIGKILL | kill to each device's first message on the other node | {} | {} | {} | {}/{} |",
+        ms(&node.receiving_again, |l| l.p50_us),
+        ms(&node.receiving_again, |l| l.p99_us),
+        ms(&node.receiving_again, |l| l.max_us),
+        node.recovered,
+        node.devices
+    );
+    let _ = writeln!(
+        out,
+        "\nAcross the node kill the devices missed {} messages of their topics and got {} twice \
+         (their sessions resumed on node 2 from the cluster's copy).",
+        node.missed, node.duplicates
+    );
     out
 }
 
