@@ -285,7 +285,9 @@ async fn with_two_of_three_nats_servers_down_nothing_is_acknowledged_until_they_
                 "{ack:?}"
             )
         }
+        // Or the node, unable to renew its lease either, closed the connection.
         Ok(None) => {}
+        Ok(Some(Packet::Disconnect(d))) => assert_eq!(d.reason, ReasonCode::UseAnotherServer),
         other => panic!("expected a refusal of the plain QoS 1 message, got {other:?}"),
     }
     // A DM now is refused (0x80), or its connection closed: never acknowledged.
