@@ -275,6 +275,25 @@ impl NatsServer {
         crate::Broker::start_with(|c| join(c, node, &url)).await
     }
 
+    /// Two tern nodes on this server with lease `node_ttl_ms`: `a`, a process (the `tern`
+    /// binary at `binary`, its files in `dir`: tests SIGKILL or SIGSTOP it), and `b` in
+    /// this process.
+    pub async fn process_and_local_node(
+        &self,
+        binary: &str,
+        node_ttl_ms: u64,
+        dir: &std::path::Path,
+    ) -> (crate::BrokerProcess, crate::Broker) {
+        let a = process_node(binary, self, "a", node_ttl_ms, dir).await;
+        let url = self.url();
+        let b = crate::Broker::start_with(|c| {
+            join(c, "b", &url);
+            c.cluster.node_ttl_ms = node_ttl_ms;
+        })
+        .await;
+        (a, b)
+    }
+
     /// The server's open client connections (`/connz`), as JSON.
     pub async fn connections(&self) -> serde_json::Value {
         self.connz("subs=detail").await

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tern_codec::{ByteString, Packet, Protocol, QoS, ReasonCode};
 use tern_conformance::chat::{device, login, prop, sync_request};
-use tern_conformance::nats::{join, join_all, process_node, NatsCluster, NatsServer};
+use tern_conformance::nats::{join_all, NatsCluster, NatsServer};
 use tern_conformance::{publish_packet, Broker, RawClient};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_tern-test-broker");
@@ -166,13 +166,9 @@ async fn a_tern_node_killed_mid_conversation_loses_nothing_acknowledged() {
     const MESSAGES: u16 = 120;
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let a = process_node(BROKER, &nats, "a", NODE_TTL_MS, dir.path()).await;
-    let url = nats.url();
-    let b = Broker::start_with(|c| {
-        join(c, "b", &url);
-        c.cluster.node_ttl_ms = NODE_TTL_MS;
-    })
-    .await;
+    let (a, b) = nats
+        .process_and_local_node(BROKER, NODE_TTL_MS, dir.path())
+        .await;
     let mut alice = Sender::new(vec![a.addr, b.addr], "alice", "alice-phone");
     let mut acknowledged = Vec::new();
     let mut a = Some(a);

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tern_codec::{Connect, Packet, Protocol, QoS, ReasonCode};
 use tern_conformance::chat::{self, login, prop, publish, subscribe_all};
-use tern_conformance::nats::{join, process_node, NatsServer};
-use tern_conformance::{eventually, granted, publish_packet, Broker, RawClient};
+use tern_conformance::nats::NatsServer;
+use tern_conformance::{eventually, granted, publish_packet, RawClient};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_tern-test-broker");
 
@@ -35,18 +35,23 @@ async fn open_persistent(
     (client, ack.session_present)
 }
 
+/// The bucket of the sessions' copies and cursors, read as a test's own NATS client.
+async fn session_state(nats: &NatsServer) -> async_nats::jetstream::kv::Store {
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("connect to NATS");
+    async_nats::jetstream::new(client)
+        .get_key_value("TERN_SESSION_STATE")
+        .await
+        .expect("the session state bucket")
+}
+
 /// Waits until the cluster holds `client_id`'s inbox cursor at `next` (the first inbox
 /// seq its device has not acknowledged; the value is `born inbox messages`): cursors are
 /// written a few times a second, and a resume right after acknowledgements would
 /// otherwise send some again.
 async fn cursor_reaches(nats: &NatsServer, client_id: &str, next: u64) {
-    let client = async_nats::connect(nats.url())
-        .await
-        .expect("connect to NATS");
-    let kv = async_nats::jetstream::new(client)
-        .get_key_value("TERN_SESSION_STATE")
-        .await
-        .expect("the session state bucket");
+    let kv = session_state(nats).await;
     let key = format!("c.{client_id}");
     eventually(&format!("{client_id}'s cursor at {next}"), || {
         let (kv, key) = (kv.clone(), key.clone());
@@ -64,13 +69,7 @@ async fn cursor_reaches(nats: &NatsServer, client_id: &str, next: u64) {
 
 /// Waits until the cluster's copy of `client_id`'s session was last written by `node`.
 async fn record_on(nats: &NatsServer, client_id: &str, node: &str) {
-    let client = async_nats::connect(nats.url())
-        .await
-        .expect("connect to NATS");
-    let kv = async_nats::jetstream::new(client)
-        .get_key_value("TERN_SESSION_STATE")
-        .await
-        .expect("the session state bucket");
+    let kv = session_state(nats).await;
     let key = format!("s.{client_id}");
     eventually(&format!("{client_id}'s session written by {node}"), || {
         let (kv, key) = (kv.clone(), key.clone());
@@ -80,6 +79,12 @@ async fn record_on(nats: &NatsServer, client_id: &str, node: &str) {
         }
     })
     .await;
+}
+
+/// Asserts that nothing arrives for a while (`what` says what is expected).
+async fn quiet(client: &mut RawClient, what: &str) {
+    let got = client.recv_within(Duration::from_millis(300)).await;
+    assert!(matches!(got, Err(())), "{what}: got {got:?}");
 }
 
 /// (payload, seq) of the next PUBLISH, acknowledged.
@@ -126,16 +131,11 @@ async fn dm(alice: &mut RawClient, packet_id: u16, text: &str) {
 async fn a_session_on_a_killed_node_resumes_on_another_with_what_it_missed() {
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let a = process_node(BROKER, &nats, "a", NODE_TTL_MS, dir.path()).await;
-    let url = nats.url();
-    let b = Broker::start_with(|c| {
-        join(c, "b", &url);
-        c.cluster.node_ttl_ms = NODE_TTL_MS;
-    })
-    .await;
-    let a_addr = std::net::SocketAddr::from(([127, 0, 0, 1], a.port()));
+    let (a, b) = nats
+        .process_and_local_node(BROKER, NODE_TTL_MS, dir.path())
+        .await;
 
-    let (mut phone, present) = open_persistent(a_addr, "bob-phone", "bob").await;
+    let (mut phone, present) = open_persistent(a.addr, "bob-phone", "bob").await;
     assert!(!present, "a new session");
     assert_eq!(
         subscribe_all(&mut phone, &["inbox/bob/#", "news/#"]).await,
@@ -193,10 +193,7 @@ async fn a_session_on_a_killed_node_resumes_on_another_with_what_it_missed() {
         (&*news.topic, &news.payload[..]),
         ("news/today", &b"headline"[..])
     );
-    assert!(
-        matches!(phone.recv_within(Duration::from_millis(300)).await, Err(())),
-        "nothing else (no DM twice)"
-    );
+    quiet(&mut phone, "nothing else (no DM twice)").await;
 }
 
 /// The phone's session moves between two running nodes: offline on A, resumed on B, then
@@ -232,11 +229,11 @@ async fn a_session_moves_between_running_nodes_and_back() {
         for (text, seq) in expected.drain(..) {
             assert_eq!(next_entry(&mut phone, &text).await, (text, seq));
         }
-        assert!(
-            matches!(phone.recv_within(Duration::from_millis(300)).await, Err(())),
-            "nothing else on {}",
-            node.config.cluster.node_id
-        );
+        quiet(
+            &mut phone,
+            &format!("nothing else on {}", node.config.cluster.node_id),
+        )
+        .await;
         cursor_reaches(&nats, "bob-phone", seq + 1).await;
         phone.disconnect().await;
     }
@@ -249,10 +246,7 @@ async fn a_session_moves_between_running_nodes_and_back() {
     dm(&mut alice, 200, "after the clean start").await;
     let (mut phone, present) = open_persistent(a.addr, "bob-phone", "bob").await;
     assert!(present, "the new session (persistent) is resumed");
-    assert!(
-        matches!(phone.recv_within(Duration::from_millis(300)).await, Err(())),
-        "it subscribed to nothing, so nothing arrives"
-    );
+    quiet(&mut phone, "it subscribed to nothing, so nothing arrives").await;
 }
 
 /// A session that expired after its device disconnected is not resumed from the

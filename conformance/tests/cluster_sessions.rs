@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tern_codec::{Packet, Protocol, QoS, ReasonCode};
 use tern_conformance::chat::{self, device, login, publish, subscribe_all, sync_request};
-use tern_conformance::nats::{join, process_node, NatsServer};
+use tern_conformance::nats::{join, NatsServer};
 use tern_conformance::{granted, Broker, RawClient};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_tern-test-broker");
@@ -174,13 +174,9 @@ async fn open_ok(broker: &Broker, client_id: &str) -> (RawClient, ReasonCode) {
 async fn a_node_stopped_past_its_lease_neither_delivers_nor_writes_for_lost_sessions() {
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let a = process_node(BROKER, &nats, "a", NODE_TTL_MS, dir.path()).await;
-    let url = nats.url();
-    let b = Broker::start_with(|c| {
-        join(c, "b", &url);
-        c.cluster.node_ttl_ms = NODE_TTL_MS;
-    })
-    .await;
+    let (a, b) = nats
+        .process_and_local_node(BROKER, NODE_TTL_MS, dir.path())
+        .await;
 
     let (mut old_phone, ack) =
         RawClient::open_ok(a.addr, Protocol::V5, "bob-phone", true, login("bob", None)).await;
