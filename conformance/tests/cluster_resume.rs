@@ -98,9 +98,14 @@ async fn next_entry(client: &mut RawClient, what: &str) -> (String, u64) {
 
 /// A QoS 1 message on `news/today`, acknowledged (kept by the cluster).
 async fn news(client: &mut RawClient, packet_id: u16, text: &str) {
+    news_on(client, "news/today", packet_id, text).await;
+}
+
+/// A QoS 1 message on `topic`, acknowledged.
+async fn news_on(client: &mut RawClient, topic: &str, packet_id: u16, text: &str) {
     client
         .send(Packet::Publish(publish_packet(
-            "news/today",
+            topic,
             QoS::AtLeastOnce,
             packet_id,
             bytes::Bytes::copy_from_slice(text.as_bytes()),
@@ -267,4 +272,64 @@ async fn an_expired_session_is_not_resumed_elsewhere() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let (_, present) = open_persistent(b.addr, "bob-phone", "bob").await;
     assert!(!present, "an expired session came back");
+}
+
+/// Messages published on the node a session resumes on, while it is being resumed there,
+/// all reach it, the new ones in order: the ones the read of the cluster's stream had,
+/// and the ones after. Some may come twice (published there while the session was being
+/// made, they are both in the read and held as live copies): at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_during_a_resume_arrive_once() {
+    const MESSAGES: u64 = 300;
+    let nats = NatsServer::start().await;
+    let (a, b) = (nats.node("a").await, nats.node("b").await);
+    let (mut phone, _) = open_persistent(a.addr, "bob-phone", "bob").await;
+    subscribe_all(&mut phone, &["feed/#"]).await;
+    record_on(&nats, "bob-phone", "a").await;
+    phone.disconnect().await;
+
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let b_addr = b.addr;
+    let publisher = tokio::spawn(async move {
+        let (mut client, _) = RawClient::open_ok(
+            b_addr,
+            Protocol::V5,
+            "carol-feed",
+            true,
+            login("carol", None),
+        )
+        .await;
+        let mut started_tx = Some(started_tx);
+        for n in 1..=MESSAGES {
+            news_on(
+                &mut client,
+                "feed/x",
+                (n % 60_000 + 1) as u16,
+                &n.to_string(),
+            )
+            .await;
+            if n == 50 {
+                if let Some(tx) = started_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    started.await.expect("publishing");
+    let (mut phone, present) = open_persistent(b.addr, "bob-phone", "bob").await;
+    assert!(present, "resumed on node B while node B publishes");
+    let mut newest = 0u64;
+    while newest < MESSAGES {
+        let p = phone.expect_publish("the feed").await;
+        let n: u64 = String::from_utf8_lossy(&p.payload)
+            .parse()
+            .expect("a counter");
+        assert!(
+            n <= newest + 1,
+            "{} skipped: {n} came after {newest}",
+            newest + 1
+        );
+        newest = newest.max(n);
+    }
+    publisher.await.expect("publisher");
 }
