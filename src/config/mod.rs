@@ -597,8 +597,10 @@ pub enum SyncMode {
     /// fsync before a write is acknowledged: nothing acknowledged is lost on power failure.
     #[default]
     Always,
-    /// One fsync every `storage.sync_interval_ms` for all writes in between: a power
-    /// failure can lose up to that much acknowledged data.
+    /// One fsync every `storage.sync_interval_ms` covers all writes in between, and a
+    /// write is acknowledged only once the fsync that covers it is done: nothing
+    /// acknowledged is lost on power failure either; acknowledgements wait up to that
+    /// long, and under load far fewer fsyncs are made.
     Batched,
     /// Leave flushing to the operating system: a power failure can lose recent writes.
     None,
