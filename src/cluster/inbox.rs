@@ -31,7 +31,7 @@ use tern_storage::StorageError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::subject;
+use super::{subject, ATTEMPT_TIMEOUT};
 use crate::config::ImConfig;
 use crate::im::inbox::for_recipient;
 use crate::im::sync::LogEntry;
@@ -44,14 +44,6 @@ const SEQ: &str = "Tern-Seq";
 const ROLE: &str = "Tern-Role";
 /// Header with the user whose log holds the entry (subjects escape names).
 const USER: &str = "Tern-User";
-
-/// How long one attempt (a read of the log's last entry, or an append) may wait for its
-/// answer: a request sent while the stream elects a new leader gets none, and is sent
-/// again rather than waited on for the client's whole request timeout.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-/// The wait between attempts: from the first, doubling up to the second.
-const FIRST_BACKOFF: Duration = Duration::from_millis(20);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Entries taken from publishers and not yet appended, over all users: past this the
 /// appender stops taking messages and publishers wait.
@@ -391,7 +383,7 @@ async fn append_one(
         user,
     } = *target;
     let deadline = Instant::now() + retry_for;
-    let mut backoff = super::Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+    let mut backoff = super::Backoff::for_appends();
     let mut known = last;
     loop {
         let last = match known {
@@ -475,12 +467,10 @@ async fn wait(
     retry_for: Duration,
     why: &str,
 ) -> Result<(), String> {
-    let wait = backoff.next();
-    if Instant::now() + wait > deadline {
-        return Err(format!("the inbox log refused it for {retry_for:?}: {why}"));
-    }
-    tokio::time::sleep(wait).await;
-    Ok(())
+    backoff
+        .sleep_before(deadline)
+        .await
+        .map_err(|()| format!("the inbox log refused it for {retry_for:?}: {why}"))
 }
 
 /// Hands each entry republished on one user's delivery subject to the router, as that

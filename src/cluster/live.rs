@@ -74,14 +74,13 @@ pub(super) async fn forward(
                 continue;
             };
             let appended = kept_log.append(subject, record).await;
-            appends.push(Box::pin(async move {
+            appends.push(async move {
                 let result = appended.await;
                 if let Err(what) = &result {
                     tracing::warn!("a message was not kept by the cluster: {what}");
                 }
                 let _ = kept.send(result.map_err(|what| StorageError::Elsewhere { what }));
-            })
-                as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+            });
             continue;
         }
         // Waits while the client's buffer is full: the forwarding publishers wait with it.

@@ -19,17 +19,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use super::subject;
+use super::{subject, ATTEMPT_TIMEOUT};
 use crate::protocol::Message;
 
 const STREAM: &str = "TERN_MESSAGES";
 
 /// Header naming the node that appended a message.
 pub(super) const NODE: &str = "Tern-Node";
-
-/// How long one append attempt waits for the stream's acknowledgement (a request sent
-/// while the stream elects a leader gets none) before it is sent again.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a read of what a session missed may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,8 +130,7 @@ impl MessageLog {
         let retry_for = self.retry_for;
         async move {
             let deadline = Instant::now() + retry_for;
-            let mut backoff =
-                super::Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+            let mut backoff = super::Backoff::for_appends();
             let mut attempt = first.map_err(|e| e.to_string());
             loop {
                 let why = match attempt {
@@ -145,14 +140,12 @@ impl MessageLog {
                     },
                     Err(why) => why,
                 };
-                let wait = backoff.next();
-                if Instant::now() + wait >= deadline {
+                if backoff.sleep_before(deadline).await.is_err() {
                     return Err(format!(
                         "the message stream refused it for {retry_for:?}: {why}"
                     ));
                 }
                 tracing::debug!(%subject, "append to the message stream retried: {why}");
-                tokio::time::sleep(wait).await;
                 attempt = jetstream
                     .publish_with_headers(subject.clone(), headers.clone(), record.clone())
                     .await

@@ -53,7 +53,7 @@ pub(crate) use status::{StatusError, ThisNode};
 use crate::config::{ClusterConfig, ImConfig};
 use crate::protocol::Message;
 use crate::router::{
-    Forward, InboxAppend, Interest, NodeLease, Peers, RouterHandle, SessionChange,
+    Forward, InboxAppend, Interest, NodeLease, Peers, RouterHandle, SessionChange, SessionChanges,
 };
 
 /// Why a node that joined could not start carrying traffic.
@@ -89,9 +89,30 @@ struct Backoff {
     max: Duration,
 }
 
+/// How long one attempt at an append to a stream (or the read that precedes it) may wait
+/// for its answer: a request sent while the stream elects a new leader gets none, and is
+/// sent again rather than waited on for the client's whole request timeout.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Backoff {
     fn new(first: Duration, max: Duration) -> Backoff {
         Backoff { next: first, max }
+    }
+
+    /// The waits between attempts at an append: from 20 ms, doubling up to 1 s.
+    fn for_appends() -> Backoff {
+        Backoff::new(Duration::from_millis(20), Duration::from_secs(1))
+    }
+
+    /// Sleeps before the next attempt; `Err(())`, without sleeping, when the attempt
+    /// would come after `deadline`.
+    async fn sleep_before(&mut self, deadline: tokio::time::Instant) -> Result<(), ()> {
+        let wait = self.next();
+        if tokio::time::Instant::now() + wait > deadline {
+            return Err(());
+        }
+        tokio::time::sleep(wait).await;
+        Ok(())
     }
 
     /// The wait before the next attempt (the one after waits twice as long, up to `max`).
@@ -140,7 +161,7 @@ pub(crate) struct Link {
     inbox: mpsc::Receiver<InboxAppend>,
     interest: Arc<Interest>,
     lease: Arc<NodeLease>,
-    session_changes: (mpsc::Sender<SessionChange>, mpsc::Receiver<SessionChange>),
+    session_changes: (SessionChanges, mpsc::Receiver<SessionChange>),
 }
 
 /// The running link's tasks.
@@ -227,6 +248,7 @@ impl Link {
         // clients before.
         let lease = Arc::new(NodeLease::default());
         let (sessions_tx, sessions_rx) = mpsc::channel(session_state::MAX_CHANGES);
+        let sessions_tx = SessionChanges::new(sessions_tx);
         let peers = Peers {
             forward: forward_tx,
             interest: interest.clone(),

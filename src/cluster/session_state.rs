@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use super::messages::{MessageLog, MessageLogError};
 use super::subject;
 use crate::protocol::Message;
-use crate::router::{Cursors, Interest, SessionChange};
+use crate::router::{Cursors, Interest, SessionChange, SessionChanges};
 
 const BUCKET: &str = "TERN_SESSION_STATE";
 
@@ -83,6 +83,28 @@ impl Record {
     }
 
     fn decode(client_id: &str, value: &Bytes) -> Result<Record, String> {
+        let (header, rest) = Header::decode(value)?;
+        let session =
+            StoredSession::decode(client_id.to_string(), rest).map_err(|e| e.to_string())?;
+        Ok(Record {
+            node: header.node,
+            revision: header.revision,
+            born: header.born,
+            session,
+        })
+    }
+}
+
+/// A record's first lines: who wrote it, under which claims.
+struct Header {
+    node: String,
+    revision: u64,
+    born: u64,
+}
+
+impl Header {
+    /// The header of an encoded record, and the session's encoding after it.
+    fn decode(value: &Bytes) -> Result<(Header, Bytes), String> {
         let mut rest = value.clone();
         let mut line = || -> Result<String, String> {
             let end = rest
@@ -95,14 +117,12 @@ impl Record {
         let node = line()?;
         let revision = line()?.parse().map_err(|e| format!("revision: {e}"))?;
         let born = line()?.parse().map_err(|e| format!("born: {e}"))?;
-        let session =
-            StoredSession::decode(client_id.to_string(), rest).map_err(|e| e.to_string())?;
-        Ok(Record {
+        let header = Header {
             node,
             revision,
             born,
-            session,
-        })
+        };
+        Ok((header, rest))
     }
 }
 
@@ -119,7 +139,7 @@ pub(crate) struct Found {
 pub(crate) struct SessionStates {
     kv: kv::Store,
     node: Arc<str>,
-    changes: mpsc::Sender<SessionChange>,
+    changes: SessionChanges,
     interest: Arc<Interest>,
     messages: MessageLog,
 }
@@ -128,7 +148,7 @@ impl SessionStates {
     pub(super) fn new(
         kv: kv::Store,
         node: &str,
-        changes: mpsc::Sender<SessionChange>,
+        changes: SessionChanges,
         interest: Arc<Interest>,
         messages: MessageLog,
     ) -> SessionStates {
@@ -199,9 +219,7 @@ impl SessionStates {
 
     /// Hands `change` to the writer without waiting (see [`SessionChange`]).
     pub(crate) fn change(&self, change: SessionChange) {
-        if let Err(e) = self.changes.try_send(change) {
-            tracing::warn!("cluster: a session change was dropped ({e})");
-        }
+        self.changes.send(change);
     }
 
     /// Waits until the NATS subscriptions of every filter the router holds now are in
@@ -405,9 +423,7 @@ async fn conditional(
         let entry = kv.entry(key).await?;
         let (last, held) = match &entry {
             Some(entry) if entry.operation == kv::Operation::Put => {
-                let held = std::str::from_utf8(&entry.value)
-                    .ok()
-                    .and_then(|text| text.split('\n').nth(1)?.parse::<u64>().ok());
+                let held = Header::decode(&entry.value).ok().map(|(h, _)| h.revision);
                 (entry.revision, held)
             }
             Some(entry) => (entry.revision, None),

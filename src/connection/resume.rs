@@ -14,7 +14,6 @@ use tern_storage::StoredSession;
 
 use super::{ConnectionError, Context};
 use crate::cluster::SessionStates;
-use crate::im::inbox::for_recipient;
 use crate::protocol::Message;
 use crate::router::{Cursors, SessionChange};
 
@@ -184,10 +183,7 @@ async fn missed(
             let read = entries.len();
             for entry in entries {
                 from = entry.seq + 1;
-                let copy = entry
-                    .message
-                    .and_then(|stored| for_recipient(&stored, user, entry.role, entry.seq));
-                missed.extend(copy);
+                missed.extend(entry.copy_for(user));
             }
             if read < page || from >= next {
                 break;

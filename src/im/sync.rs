@@ -20,6 +20,15 @@ pub struct LogEntry {
     pub message: Option<Message>,
 }
 
+impl LogEntry {
+    /// The entry as `user`'s devices get it (on the inbox topic, with its seq); `None`
+    /// once retention deleted its message, or for what is not a chat message.
+    pub fn copy_for(self, user: &str) -> Option<Message> {
+        let message = self.message?;
+        for_recipient(&message, user, self.role, self.seq)
+    }
+}
+
 /// Replays `entries` (read after `after`, at most the replay limit of them: `full` when
 /// the read came back with the limit) into `session`, then the end marker. The replay
 /// stops where the session's queue has room for the marker alone; the marker then says
@@ -38,10 +47,10 @@ pub fn replay(
     let mut more = full;
     for entry in entries {
         // Deleted by retention, or not a chat message: nothing to replay.
-        let copy = entry
-            .message
-            .and_then(|m| for_recipient(&m, user, entry.role, entry.seq));
-        let Some(copy) = copy else { continue };
+        let seq = entry.seq;
+        let Some(copy) = entry.copy_for(user) else {
+            continue;
+        };
         if session.room() < 2 {
             more = true;
             break;
@@ -54,7 +63,7 @@ pub fn replay(
             more = true;
             break;
         }
-        last = Some(entry.seq);
+        last = Some(seq);
     }
     let end = sync_end(user, after, last, next, more);
     let qos = end.qos;

@@ -53,7 +53,9 @@ pub(crate) use self::core::RouterLimits;
 pub(crate) use self::core::{Outcome, Router};
 pub(crate) use broadcast::MAX_BROADCASTS_IN_FLIGHT;
 pub(crate) use inspect::SessionSummary;
-pub(crate) use peers::{Cursors, Forward, InboxAppend, Interest, NodeLease, Peers, SessionChange};
+pub(crate) use peers::{
+    Cursors, Forward, InboxAppend, Interest, NodeLease, Peers, SessionChange, SessionChanges,
+};
 pub(crate) use routing::Routed;
 pub(crate) use sessions::{Attached, ConnId, ConnectRequest, Detach};
 pub(crate) use subscribe::SubscribeReply;
@@ -233,11 +235,11 @@ impl RouterHandle {
             for op in &ops {
                 match op {
                     Op::PutSession(session) => {
-                        peers.session_change(SessionChange::Stored(session.clone()))
+                        peers.sessions.send(SessionChange::Stored(session.clone()))
                     }
-                    Op::DeleteSession { client_id } => {
-                        peers.session_change(SessionChange::Deleted(client_id.clone()))
-                    }
+                    Op::DeleteSession { client_id } => peers
+                        .sessions
+                        .send(SessionChange::Deleted(client_id.clone())),
                     _ => {}
                 }
             }

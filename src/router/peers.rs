@@ -31,9 +31,28 @@ pub(crate) struct Peers {
     /// Whether this node may still act for its clients (see [`NodeLease`]).
     pub(crate) lease: Arc<NodeLease>,
     /// Changes to the persistent sessions attached here, kept in the cluster so that
-    /// another node can resume them. Bounded; what does not fit is dropped and logged
-    /// (see [`SessionChange`]).
-    pub(crate) sessions: mpsc::Sender<SessionChange>,
+    /// another node can resume them.
+    pub(crate) sessions: SessionChanges,
+}
+
+/// The way to the cluster's writer of sessions' copies, for connections and the router
+/// alike: bounded, and never waited on (see [`SessionChanges::send`]).
+#[derive(Clone)]
+pub(crate) struct SessionChanges(mpsc::Sender<SessionChange>);
+
+impl SessionChanges {
+    pub(crate) fn new(sender: mpsc::Sender<SessionChange>) -> SessionChanges {
+        SessionChanges(sender)
+    }
+
+    /// Hands `change` over without waiting: a change that does not fit is dropped and
+    /// logged (the cluster's copy of the session falls behind; a cursor behind means
+    /// messages sent again, never lost).
+    pub(crate) fn send(&self, change: SessionChange) {
+        if let Err(e) = self.0.try_send(change) {
+            tracing::warn!("cluster: a session change was dropped ({e})");
+        }
+    }
 }
 
 /// A change to a session the cluster keeps (its stored form and its device's inbox
@@ -117,17 +136,6 @@ impl Cursors {
         }
         *cursor = Some(next);
         true
-    }
-}
-
-impl Peers {
-    /// Hands `change` to the cluster without waiting: a change that does not fit is
-    /// dropped (the cluster's copy of the session falls behind; a cursor behind means
-    /// messages sent again, never lost).
-    pub(crate) fn session_change(&self, change: SessionChange) {
-        if let Err(e) = self.sessions.try_send(change) {
-            tracing::warn!("cluster: a session change was dropped ({e})");
-        }
     }
 }
 

@@ -38,7 +38,7 @@ struct Node {
 fn node_with_inbox() -> Node {
     let (forward, forwarded) = mpsc::channel(16);
     let (inbox, appends) = mpsc::channel(16);
-    let (sessions, _) = mpsc::channel(16);
+    let sessions = crate::router::SessionChanges::new(mpsc::channel(16).0);
     let interest = Arc::new(Interest::default());
     let lease = Arc::new(NodeLease::default());
     lease.extend(Instant::now(), Duration::from_secs(3_600));
