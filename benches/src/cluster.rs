@@ -1,15 +1,16 @@
 //! Several tern nodes on a three-server NATS JetStream cluster, all on this machine
 //! (`tern-cluster-bench`): processes, and the measurements the cluster issue asks for.
 //!
-//! - `dms`: cross-node direct messages. Senders on node 1 write QoS 1 DMs to recipients
-//!   whose devices are on node 2 (replicas 3): acknowledged DMs/s with the PUBACK's p50/p99,
-//!   and deliveries/s with the end-to-end p50/p99.
+//! - `run_pairs` with [`Shape::Dms`]: cross-node direct messages. Senders on node 1
+//!   write QoS 1 DMs to recipients whose devices are on node 2 (replicas 3): acknowledged
+//!   DMs/s with the PUBACK's p50/p99, and deliveries/s with the end-to-end p50/p99.
 //! - `engine`: the engine's own ceiling for the same work: an async-nats client appending
 //!   to the same inbox streams with the same compare-and-set (one append in flight per
 //!   log, two logs per DM as tern does), so tern's share of it is known.
-//! - `plain`: QoS 1 pairs on plain topics, publishers on one node and subscribers on the
-//!   other, through tern and through NATS's own MQTT support on the same servers (the
-//!   anchor), with clean and with persistent subscriber sessions.
+//! - `run_pairs` with [`Shape::Plain`]: QoS 1 pairs on plain topics, publishers on one
+//!   node and subscribers on the other, through tern and through NATS's own MQTT support
+//!   on the same servers (the anchor), with clean and with persistent subscriber sessions.
+//! - [`failover`](crate::failover): SIGKILL of a NATS stream leader and of a tern node.
 //!
 //! Every process (the 3 NATS servers, the 2 nodes, the load) shares this machine's cores.
 
@@ -299,30 +300,6 @@ pub enum Shape {
     Plain {
         persistent: bool,
     },
-}
-
-/// Cross-node DMs: `pairs` senders on `from`, each writing to its own recipient on `to`,
-/// `window` unacknowledged at most per sender, `payload` bytes.
-pub async fn dms(
-    from: SocketAddr,
-    to: SocketAddr,
-    pairs: usize,
-    window: usize,
-    payload: usize,
-    warmup: Duration,
-    duration: Duration,
-) -> Result<Measured> {
-    run_pairs(
-        Shape::Dms,
-        from,
-        to,
-        pairs,
-        window,
-        payload,
-        warmup,
-        duration,
-    )
-    .await
 }
 
 /// `pairs` QoS 1 publishers on `from`, each to its own subscriber on `to` (`shape`),

@@ -33,7 +33,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 pub struct NodeFailover {
     pub devices: usize,
     /// From the kill to the device's first message on the other node, for those that got
-    /// one within [`PATIENCE`].
+    /// one within the run's patience (60 s).
     pub receiving_again: Option<LatencySummary>,
     pub recovered: usize,
     /// Messages of their topics the devices never got, and got twice, over the run.
@@ -138,14 +138,7 @@ pub async fn node_kill(cluster: &mut Cluster, devices: usize) -> Result<NodeFail
     tokio::time::sleep(Duration::from_secs(2)).await;
     *killed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     cluster.kill_node(0);
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        let count = recovered.lock().map_or(0, |l| l.len());
-        if count >= devices as u64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_all(&recovered, devices).await;
     // A little more traffic after the last device came back, to see gaps close.
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
@@ -163,6 +156,17 @@ pub async fn node_kill(cluster: &mut Cluster, devices: usize) -> Result<NodeFail
         missed: missed.load(Ordering::Relaxed),
         duplicates: duplicates.load(Ordering::Relaxed),
     })
+}
+
+/// Waits until `recovered` holds a time for each of `all` clients, or [`PATIENCE`] passed.
+async fn until_all(recovered: &Mutex<Latencies>, all: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if recovered.lock().map_or(0, |l| l.len()) >= all as u64 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Connects, trying again while the node refuses (the cluster may still be electing the
@@ -254,13 +258,7 @@ pub async fn leader_kill(cluster: &mut Cluster, senders: usize) -> Result<Leader
     tokio::time::sleep(Duration::from_secs(2)).await;
     *killed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     cluster.kill_nats(leader);
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if again.lock().map_or(0, |l| l.len()) >= senders as u64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_all(&again, senders).await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
