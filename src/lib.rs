@@ -7,6 +7,7 @@
 //! | module | what it is |
 //! | --- | --- |
 //! | [`cli`], [`server`] | the command line; the broker's lifecycle (bind, serve, stop on a signal) |
+//! | [`access`] | token login and its deny-list, the Mosquitto ACL file; reloaded on SIGHUP |
 //! | [`admin`] | the operator side: the admin HTTP API and the `tern` subcommands, on a running or a stopped broker |
 //! | `connection` | the driver of one client connection: handshake I/O, its event loop, reading, writing, parking |
 //! | `cluster` | one node of several on NATS JetStream (`[cluster] engine = "nats"`): joining, live routing between nodes by interest |
@@ -20,6 +21,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod access;
 pub mod admin;
 pub mod cli;
 mod cluster;

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tern_storage::{RocksStore, Store, SyncPolicy, Writer};
 use tokio::sync::{watch, Semaphore};
 
+use crate::access::Access;
 use crate::admin::http::{AdminError, AdminServer};
 pub use crate::cluster::{
     BucketError, DirectoryError, InboxError, JoinError, LinkError, RetainedError,
@@ -49,6 +50,8 @@ pub enum ServerError {
     Cluster(#[from] JoinError),
     #[error("cluster: {0}")]
     ClusterLink(#[from] LinkError),
+    #[error(transparent)]
+    Access(#[from] crate::access::AccessError),
 }
 
 pub struct Server {
@@ -90,6 +93,7 @@ impl Server {
             }
             SyncMode::None => SyncPolicy::None,
         };
+        let access = Arc::new(Access::load(&config)?);
         let node = config
             .cluster
             .enabled()
@@ -156,7 +160,8 @@ impl Server {
                 Ok(admin) => {
                     let admin = admin
                         .with_metrics(metrics.clone())
-                        .with_cluster(link.as_ref().map(LinkTasks::admin));
+                        .with_cluster(link.as_ref().map(LinkTasks::admin))
+                        .with_access(access.clone());
                     if !admin.local_addr().ip().is_loopback() {
                         tracing::warn!(
                             api = %admin.local_addr(),
@@ -192,6 +197,7 @@ impl Server {
                 sessions: link.as_ref().map(LinkTasks::sessions),
                 session_states: link.as_ref().map(LinkTasks::session_states),
                 lease: link.as_ref().map(LinkTasks::lease),
+                access,
             }),
             router_task,
             admin,
@@ -246,6 +252,7 @@ impl Server {
             ctx.router.clone(),
             Duration::from_secs(config.metrics.sys_interval_secs),
         );
+        let reloads = tokio::spawn(reload_on_hangup(ctx.access.clone()));
         let (drain_lot, lot_drain) = tokio::sync::oneshot::channel::<()>();
         let mut lot_task = tokio::spawn(lot_task.run(async move {
             let _ = lot_drain.await;
@@ -270,6 +277,7 @@ impl Server {
             })
             .collect();
         shutdown.await;
+        reloads.abort();
         tracing::info!("stopping: closing connections");
         let _ = stop_accepting.send(true);
         let mut connections = Vec::new();
@@ -328,6 +336,28 @@ async fn abandon(router: &RouterHandle, router_task: tokio::task::JoinHandle<()>
     let _ = router_task.await;
     if let Err(e) = writer.shutdown().await {
         tracing::warn!("closing storage after a failed start: {e}");
+    }
+}
+
+/// Reads the token keys and the ACL file again at every SIGHUP (a broken file is logged
+/// and the rules in force stay).
+async fn reload_on_hangup(access: Arc<Access>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP; reloads only through the admin API: {e}");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match access.reload() {
+            Ok(reloaded) => tracing::info!(
+                token_keys = reloaded.token_keys,
+                acl_file = reloaded.acl_file,
+                "SIGHUP: token keys and ACL file reloaded"
+            ),
+            Err(e) => tracing::error!("SIGHUP: reload failed, the rules in force stay: {e}"),
+        }
     }
 }
 

@@ -61,8 +61,8 @@ pub enum AdminError {
 }
 
 /// What the handlers share.
-struct AdminState {
-    router: RouterHandle,
+pub(super) struct AdminState {
+    pub(super) router: RouterHandle,
     writer: Writer,
     metrics: Arc<Metrics>,
     token: String,
@@ -71,6 +71,8 @@ struct AdminState {
     users: tokio::sync::Mutex<()>,
     /// On a cluster node: users and groups live in the cluster, and changes go there.
     cluster: Option<crate::cluster::ClusterAdmin>,
+    /// Token revocations and reloads.
+    pub(super) access: Option<Arc<crate::access::Access>>,
 }
 
 /// The bound, not yet serving, admin API.
@@ -134,6 +136,7 @@ impl AdminServer {
                 token,
                 users: tokio::sync::Mutex::new(()),
                 cluster: None,
+                access: None,
             },
             files,
         })
@@ -153,6 +156,12 @@ impl AdminServer {
         cluster: Option<crate::cluster::ClusterAdmin>,
     ) -> AdminServer {
         self.state.cluster = cluster;
+        self
+    }
+
+    /// Serves token revocations and reloads of the token keys and the ACL file.
+    pub(crate) fn with_access(mut self, access: Arc<crate::access::Access>) -> AdminServer {
+        self.state.access = Some(access);
         self
     }
 
@@ -205,6 +214,7 @@ fn app(state: Arc<AdminState>) -> Router {
         )
         .route("/v1/inbox/{user}", get(inbox_tail))
         .route("/v1/cluster", get(cluster_status))
+        .merge(super::access_api::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -220,24 +230,24 @@ fn app(state: Arc<AdminState>) -> Router {
 
 /// An error answer: status and `{"error": message}`.
 #[derive(Debug)]
-struct ApiError {
+pub(super) struct ApiError {
     status: StatusCode,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(super) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
-    fn internal(message: impl Into<String>) -> ApiError {
+    pub(super) fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
@@ -288,7 +298,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(super) type ApiResult<T> = Result<T, ApiError>;
 
 async fn require_token(
     State(state): State<Arc<AdminState>>,
@@ -386,7 +396,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+pub(super) fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
 }
 

@@ -26,11 +26,13 @@
 
 mod cluster;
 mod overrides;
+mod tokens;
 mod toml_errors;
 mod validate;
 
 pub use cluster::{ClusterConfig, ClusterEngine};
 pub use overrides::Overrides;
+pub use tokens::TokensConfig;
 pub use validate::limit_u32;
 
 use serde::{Deserialize, Serialize};
@@ -61,6 +63,12 @@ pub struct Config {
     pub allow_anonymous: AnonymousPolicy,
     /// Which user an anonymous client acts as. Default [`AnonymousIdentity::Username`].
     pub anonymous_identity: AnonymousIdentity,
+    /// Token login (the `[tokens]` table): JWTs from the app's account service as the
+    /// MQTT password. Off by default.
+    pub tokens: TokensConfig,
+    /// A Mosquitto-format ACL file governing plain topics (not the chat namespace, whose
+    /// own rules an ACL cannot loosen). Reloaded on SIGHUP and through the admin API.
+    pub acl_file: Option<PathBuf>,
     /// Per-connection, per-session and broker-wide limits.
     pub limits: Limits,
     /// Users, inboxes, groups and sync (the `[im]` table).
@@ -86,6 +94,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./tern-data"),
             allow_anonymous: AnonymousPolicy::Loopback,
             anonymous_identity: AnonymousIdentity::Username,
+            tokens: TokensConfig::default(),
+            acl_file: None,
             limits: Limits::default(),
             im: ImConfig::default(),
             admin: AdminConfig::default(),

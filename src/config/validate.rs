@@ -97,6 +97,7 @@ impl Config {
 
         validate_log_level(&self.log.level)?;
         self.cluster.validate()?;
+        self.tokens.validate()?;
         Ok(())
     }
 

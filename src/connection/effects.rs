@@ -35,7 +35,7 @@ impl Connection {
                 Effect::Publish { message, ack: None }
                     if message.qos == QoS::AtMostOnce
                         && !message.retain
-                        && publish_route(&message.topic, self.operator) == PublishRoute::Plain =>
+                        && self.route(&message.topic) == PublishRoute::Plain =>
                 {
                     unstored.push(message);
                     continue;
@@ -133,7 +133,7 @@ impl Connection {
         message: Arc<Message>,
         ack: Option<(u16, QoS)>,
     ) -> Result<(), ConnectionError> {
-        let route = publish_route(&message.topic, self.operator);
+        let route = self.route(&message.topic);
         if let PublishRoute::Sync | PublishRoute::Refused(_) = route {
             let reason = match route {
                 PublishRoute::Refused(refused) => self.refused(&message, refused),
@@ -180,15 +180,36 @@ impl Connection {
         Ok(())
     }
 
+    /// How a PUBLISH on `topic` is handled: by what it addresses, and for a plain topic
+    /// by the ACL file too.
+    fn route(&self, topic: &str) -> PublishRoute {
+        match publish_route(topic, self.operator) {
+            PublishRoute::Plain
+                if !self
+                    .ctx
+                    .access
+                    .may_publish(self.acl_user(), &self.client_id, topic) =>
+            {
+                PublishRoute::Refused(PublishRefused::NotInAcl)
+            }
+            route => route,
+        }
+    }
+
+    /// The user name an ACL file knows the client by.
+    fn acl_user(&self) -> Option<&str> {
+        self.named.then_some(&*self.user)
+    }
+
     /// A refused PUBLISH: logged and counted; its acknowledgement's reason (3.1.1 clients
     /// get a plain acknowledgement: the message is dropped all the same).
     fn refused(&self, message: &Message, refused: PublishRefused) -> ReasonCode {
         self.ctx.metrics.publish_refused(match refused {
             PublishRefused::MalformedChatTopic => PublishRefusal::TopicInvalid,
             PublishRefused::SystemTopic => PublishRefusal::SystemTopic,
-            PublishRefused::BroadcastNeedsOperator | PublishRefused::IntoInbox => {
-                PublishRefusal::NotAuthorized
-            }
+            PublishRefused::BroadcastNeedsOperator
+            | PublishRefused::IntoInbox
+            | PublishRefused::NotInAcl => PublishRefusal::NotAuthorized,
         });
         tracing::info!(client_id = %self.client_id, user = %self.user, topic = %message.topic, "publish refused: {}", refused.why());
         refused.code()
@@ -247,7 +268,10 @@ impl Connection {
 
     async fn subscribe(&mut self, subscribe: Subscribe) -> Result<(), ConnectionError> {
         let packet_id = subscribe.packet_id;
-        let (subscribe, refused) = filter_subscribe(&self.user, subscribe);
+        let access = &self.ctx.access;
+        let (subscribe, refused) = filter_subscribe(&self.user, subscribe, |filter| {
+            access.may_subscribe(self.acl_user(), &self.client_id, filter)
+        });
         let (reasons, retained) = if subscribe.filters.is_empty() {
             (Vec::new(), Vec::new())
         } else {

@@ -115,6 +115,7 @@ struct Admitted {
     attached: crate::router::Attached,
     mailbox: crate::router::mailbox::Mailbox,
     operator: bool,
+    named: bool,
     connack: tern_codec::ConnAck,
 }
 
@@ -141,12 +142,18 @@ async fn accept(
         }
     };
     let operator = identity.operator;
+    // Logged in under a user name: what an ACL file's `user` lines and `%u` name.
+    let named = !identity.anonymous || connect.username.is_some();
+    let acl_user = named.then_some(&*identity.user);
+    let acl_client_id = client_id.clone();
     let mut negotiated = protocol::negotiate(
         connect,
         client_id,
         assigned,
         &ctx.limits.connect,
-        |topic| will_allowed(topic, operator),
+        |topic| {
+            will_allowed(topic, operator) && ctx.access.may_publish(acl_user, &acl_client_id, topic)
+        },
     )
     .map_err(|code| {
         if let Some(will) = &connect.will {
@@ -214,6 +221,7 @@ async fn accept(
         attached,
         mailbox,
         operator,
+        named,
         connack,
     })
 }
@@ -270,6 +278,7 @@ impl Admitted {
             last_read: ReadClock::at(ctx.millis_since_start(Instant::now())),
             state: State::Settling,
             operator: self.operator,
+            named: self.named,
             mailbox: self.mailbox,
             user: self.attached.user,
             catch_up: CatchUp::resumed(self.attached.backlog_upto, self.attached.sent),
@@ -321,6 +330,16 @@ async fn login(
     connect: &Connect,
     client_id: &str,
 ) -> Result<Identity, AuthError> {
+    if let Some(token) = connect
+        .password
+        .as_deref()
+        .filter(|password| ctx.access.takes_token(password))
+    {
+        // Microseconds of work: no hop to a blocking thread.
+        return ctx
+            .access
+            .token_login(connect.username.as_deref(), token, &ctx.limits.operators);
+    }
     let anonymous_allowed = endpoint.anonymous_allowed;
     let anonymous_by_client_id = ctx.limits.anonymous_by_client_id;
     if connect.username.is_none() {

@@ -76,6 +76,8 @@ pub(crate) struct Context {
     /// The node's lease, in a cluster: a connection acts only under the lease it was
     /// attached under.
     pub(crate) lease: Option<Arc<crate::router::NodeLease>>,
+    /// Token login, its deny-list and the ACL file.
+    pub(crate) access: Arc<crate::access::Access>,
 }
 
 /// What the configuration allows every connection, built once.
@@ -298,6 +300,8 @@ pub(crate) struct Connection {
     state: State,
     /// The client's user may publish to `broadcast/...`.
     operator: bool,
+    /// It logged in under a user name, which an ACL file's `user` lines and `%u` name.
+    named: bool,
     /// What the router hands this connection: chat deliveries, broadcasts, a close order.
     mailbox: Mailbox,
     /// The authenticated user (the name shared with the router's entries).

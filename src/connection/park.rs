@@ -31,7 +31,7 @@ const PINGRESPS: [u8; HEARTBEAT_READ] = {
 /// Whether the input waiting is PINGREQs and nothing else (a PINGREQ is always the two
 /// bytes 0xC0 0x00).
 pub(super) fn is_heartbeat(input: &[u8]) -> bool {
-    !input.is_empty() && input.len() % 2 == 0 && input.chunks(2).all(|p| p == [0xC0, 0x00])
+    !input.is_empty() && input.len().is_multiple_of(2) && input.chunks(2).all(|p| p == [0xC0, 0x00])
 }
 
 /// A time since the broker started, in eighths of a second rounded up: 4 bytes that hold

@@ -42,6 +42,8 @@ pub enum PublishRefused {
     /// `dm/` or `group/` with a missing or extra level: a mistake worth a clear refusal
     /// rather than a silent ordinary publish nobody receives.
     MalformedChatTopic,
+    /// A plain topic the ACL file (`acl_file`) does not let the client publish on.
+    NotInAcl,
 }
 
 impl PublishRefused {
@@ -62,6 +64,7 @@ impl PublishRefused {
             PublishRefused::MalformedChatTopic => {
                 "dm/{user} and group/{gid} take exactly one more level"
             }
+            PublishRefused::NotInAcl => "the ACL file does not allow it",
         }
     }
 }
@@ -91,13 +94,21 @@ pub fn will_allowed(topic: &str, operator: bool) -> bool {
 }
 
 /// The inbox rule on a SUBSCRIBE: filters narrowed to `user`'s own inbox, refused ones
-/// taken out. Returns what goes to the router and the indexes of the refused filters
+/// taken out, and so are the others `allowed` (the ACL file's answer) refuses. Returns what goes to the router and the indexes of the refused filters
 /// (ascending), whose SUBACK reason is "not authorized" (see [`suback_reasons`]).
-pub fn filter_subscribe(user: &str, mut subscribe: Subscribe) -> (Subscribe, Vec<usize>) {
+pub fn filter_subscribe(
+    user: &str,
+    mut subscribe: Subscribe,
+    allowed: impl Fn(&str) -> bool,
+) -> (Subscribe, Vec<usize>) {
     let mut refused = Vec::new();
     let filters = std::mem::take(&mut subscribe.filters);
     for (index, (filter, options)) in filters.into_iter().enumerate() {
         match check_filter(user, &filter) {
+            FilterDecision::Allow if !allowed(&filter) => {
+                tracing::info!(%user, %filter, "subscription refused by the ACL file");
+                refused.push(index);
+            }
             FilterDecision::Allow => subscribe.filters.push((filter, options)),
             FilterDecision::Narrow(narrowed) => {
                 tracing::debug!(%user, %filter, %narrowed, "filter narrowed to the user's inbox");
@@ -228,7 +239,7 @@ mod tests {
                 .map(|f| (ByteString::from(f), SubscriptionOptions::default()))
                 .collect(),
         };
-        let (kept, refused) = filter_subscribe("alice", subscribe);
+        let (kept, refused) = filter_subscribe("alice", subscribe, |_| true);
         let kept: Vec<_> = kept.filters.iter().map(|(f, _)| f.to_string()).collect();
         assert_eq!(kept, ["a/b", "inbox/alice/dm/#", "c"]);
         assert_eq!(refused, [1, 3]);

@@ -370,7 +370,7 @@ fn many_sessions_bounds_without_values() {
     for record in records {
         let n: u64 = record.session.client_id[4..].parse().unwrap();
         let len = n % 7;
-        let dequeued = u64::from(n % 3 == 0 && len > 0);
+        let dequeued = u64::from(n.is_multiple_of(3) && len > 0);
         let expected_next = if len == 0 { 0 } else { 1000 * n + len };
         let expected_first = if len == 0 {
             0
