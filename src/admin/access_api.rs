@@ -19,7 +19,7 @@ use tern_codec::ReasonCode;
 
 use super::http::{body, AdminState, ApiError, ApiResult};
 use crate::access::revocations::{RevocationError, Revocations};
-use crate::access::{Access, AccessError, Reloaded};
+use crate::access::{Access, AccessError, Reloaded, Revocation};
 use crate::im::topics::valid_id;
 use crate::protocol::{now_ms, Close};
 
@@ -64,7 +64,7 @@ async fn revoke(
         ));
     }
     let now = now_ms() / 1_000;
-    let change = match (request.jti, request.user) {
+    let revocation = match (request.jti, request.user) {
         (Some(jti), None) => {
             if request.issued_before.is_some() {
                 return Err(ApiError::bad_request(
@@ -74,9 +74,10 @@ async fn revoke(
             if jti.is_empty() {
                 return Err(ApiError::bad_request("jti must not be empty"));
             }
-            let expires_at = request.expires_at.unwrap_or(now + DEFAULT_KEEP_SECS);
-            run_blocking(move |access| access.revoke_token(&jti, expires_at), &state).await?;
-            None
+            Revocation::Token {
+                id: jti,
+                expires_at: request.expires_at.unwrap_or(now + DEFAULT_KEEP_SECS),
+            }
         }
         (None, Some(user)) => {
             if request.expires_at.is_some() {
@@ -87,15 +88,26 @@ async fn revoke(
                     "user: {user:?} is not a user id"
                 )));
             }
-            let before = request.issued_before.unwrap_or(now);
-            let revoked = user.clone();
-            run_blocking(move |access| access.revoke_user(&revoked, before), &state).await?;
-            Some(user)
+            Revocation::User {
+                user,
+                before: request.issued_before.unwrap_or(now),
+            }
         }
         (Some(_), Some(_)) => return Err(ApiError::bad_request("give jti or user, not both")),
         (None, None) => return Err(ApiError::bad_request("give jti or user")),
     };
-    if let Some(user) = change {
+    if let Some(cluster) = &state.cluster {
+        // Every node (this one included) applies it as it copies it, and closes the
+        // user's connections it holds.
+        cluster.directory().revoke(&revocation).await?;
+        return Ok(Json(access.revoked()));
+    }
+    let user = match &revocation {
+        Revocation::User { user, .. } => Some(user.clone()),
+        Revocation::Token { .. } => None,
+    };
+    run_blocking(move |access| access.revoke(&revocation), &state).await?;
+    if let Some(user) = user {
         let close = Close::new(ReasonCode::NotAuthorized, "the user's tokens were revoked");
         let _ = state.router.close_user(&user, &close);
     }

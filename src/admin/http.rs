@@ -70,7 +70,7 @@ pub(super) struct AdminState {
     /// of the same user cannot both pass the existence check.
     users: tokio::sync::Mutex<()>,
     /// On a cluster node: users and groups live in the cluster, and changes go there.
-    cluster: Option<crate::cluster::ClusterAdmin>,
+    pub(super) cluster: Option<crate::cluster::ClusterAdmin>,
     /// Token revocations and reloads.
     pub(super) access: Option<Arc<crate::access::Access>>,
 }

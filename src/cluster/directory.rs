@@ -21,7 +21,10 @@ use tern_codec::ReasonCode;
 use tern_storage::{Op, StoredGroup, StoredUser, Writer};
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
 use super::subject;
+use crate::access::{Access, Revocation};
 use crate::im::directory::{user_change, ChangeError, GroupChange, Groups, UserChange};
 use crate::protocol::{now_ms, Close};
 use crate::router::RouterHandle;
@@ -63,6 +66,10 @@ enum Record {
     },
     GroupDeleted {
         gid: String,
+    },
+    /// A token deny-list entry (`access::Revocation`), under `r.t.<jti>` or `r.u.<user>`.
+    Revoked {
+        revocation: Revocation,
     },
 }
 
@@ -135,6 +142,13 @@ fn group_key(gid: &str) -> String {
     format!("g.{}", subject::key(gid))
 }
 
+fn revocation_key(revocation: &Revocation) -> String {
+    match revocation {
+        Revocation::Token { id, .. } => format!("r.t.{}", subject::key(id)),
+        Revocation::User { user, .. } => format!("r.u.{}", subject::key(user)),
+    }
+}
+
 /// The cluster's users and groups, for operators' changes; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Directory {
@@ -153,6 +167,7 @@ impl Directory {
         max_group_members: usize,
         router: RouterHandle,
         writer: Writer,
+        access: Arc<Access>,
     ) -> Result<(Directory, tokio::task::JoinHandle<()>), DirectoryError> {
         let kv = super::open_bucket(jetstream, super::bucket(BUCKET, replicas)).await?;
         let consumer = kv
@@ -165,7 +180,11 @@ impl Directory {
             .await
             .map_err(|e| DirectoryError::Follow(e.into()))?;
         let (copied_tx, copied) = watch::channel(0);
-        let copier = Copier { router, writer };
+        let copier = Copier {
+            router,
+            writer,
+            access,
+        };
         // What the bucket holds now, before the node takes clients.
         let mut left = consumer.cached_info().num_pending;
         let mut messages = consumer
@@ -273,6 +292,22 @@ impl Directory {
         Err(conflict(&gid))
     }
 
+    /// Adds a token revocation for every node; returns once this node has applied it. A
+    /// revocation only ever widens (a later time, an id more), so it is written without a
+    /// condition: applying the same one twice changes nothing.
+    pub(crate) async fn revoke(&self, revocation: &Revocation) -> Result<(), ChangeError> {
+        let record = Record::Revoked {
+            revocation: revocation.clone(),
+        };
+        let value = serde_json::to_vec(&record).map_err(|e| ChangeError::Storage(e.to_string()))?;
+        let written = self
+            .kv
+            .put(revocation_key(revocation), Bytes::from(value))
+            .await
+            .map_err(unavailable)?;
+        self.until_copied(written).await
+    }
+
     /// The record under `key` (`None`: never written, or unreadable) and its revision.
     async fn read(&self, key: &str) -> Result<(Option<Record>, u64), ChangeError> {
         let entry = self.kv.entry(key).await.map_err(unavailable)?;
@@ -326,6 +361,7 @@ fn conflict(name: &str) -> ChangeError {
 struct Copier {
     router: RouterHandle,
     writer: Writer,
+    access: Arc<Access>,
 }
 
 impl Copier {
@@ -350,6 +386,25 @@ impl Copier {
                     tracing::warn!(%gid, "group not copied from the cluster: {e}");
                 }
             }
+            Record::Revoked { revocation } => self.copy_revocation(revocation).await,
+        }
+    }
+
+    /// Adds the revocation to this node's deny-list, and closes the connections of a user
+    /// whose tokens were revoked.
+    async fn copy_revocation(&self, revocation: Revocation) {
+        let access = self.access.clone();
+        let applied = revocation.clone();
+        match tokio::task::spawn_blocking(move || access.revoke(&applied)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(?revocation, "revocation not copied from the cluster: {e}")
+            }
+            Err(e) => tracing::error!(?revocation, "revocation not copied from the cluster: {e}"),
+        }
+        if let Revocation::User { user, .. } = &revocation {
+            let close = Close::new(ReasonCode::NotAuthorized, "the user's tokens were revoked");
+            let _ = self.router.close_user(user, &close);
         }
     }
 

@@ -290,6 +290,7 @@ impl Link {
         broadcasts: Arc<Semaphore>,
         im: &ImConfig,
         finder: SessionFinder,
+        access: Arc<crate::access::Access>,
     ) -> Result<LinkTasks, LinkError> {
         let Link {
             client,
@@ -307,7 +308,11 @@ impl Link {
         // cluster starts, JetStream may have no leader yet.
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let opened = loop {
-            match open_state(&client, &jetstream, &router, &writer, im, &settings).await {
+            match open_state(
+                &client, &jetstream, &router, &writer, im, &settings, &access,
+            )
+            .await
+            {
                 Ok(opened) => break opened,
                 Err(e) => {
                     let wait = backoff.next();
@@ -439,6 +444,7 @@ async fn open_state(
     writer: &tern_storage::Writer,
     im: &ImConfig,
     settings: &Settings,
+    access: &Arc<crate::access::Access>,
 ) -> Result<Opened, LinkError> {
     let replicas = settings.replicas;
     let nodes = lease::Nodes::open(jetstream, replicas, settings.node_ttl).await?;
@@ -477,6 +483,7 @@ async fn open_state(
         im.max_group_members,
         router.clone(),
         writer.clone(),
+        access.clone(),
     )
     .await?;
     let follow_retained = match retained::follow(&retained_stream, router.clone()).await {

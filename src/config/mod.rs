@@ -387,6 +387,10 @@ pub struct Limits {
     pub max_queued_bytes: usize,
     /// Concurrent client connections, all listeners together. Default 18_000; at least 1.
     pub max_connections: usize,
+    /// Password checks (argon2id: tens of ms of CPU and 19 MiB of memory each) running at
+    /// once; further password logins wait their turn (within `connect_timeout_secs`).
+    /// Token logins do not count. Default 0: the number of CPUs.
+    pub max_password_checks: usize,
     /// Levels of a topic name or filter (`a/b/c` has 3); deeper ones are refused. Default
     /// 32; at least 1.
     pub max_topic_levels: usize,
@@ -433,6 +437,7 @@ impl Default for Limits {
             max_queued_messages: 10_000,
             max_queued_bytes: 64 * 1_048_576,
             max_connections: 18_000,
+            max_password_checks: 0,
             max_topic_levels: 32,
             max_topic_aliases: 64,
             max_subscriptions_per_session: 1_000,

@@ -38,6 +38,12 @@ impl Config {
             ));
         }
         check_min("limits.max_connections", to_u64(l.max_connections), 1)?;
+        check_range(
+            "limits.max_password_checks",
+            to_u64(l.max_password_checks),
+            0,
+            4_096,
+        )?;
         check_min("limits.max_topic_levels", to_u64(l.max_topic_levels), 1)?;
         check_min(
             "limits.max_subscriptions_per_session",

@@ -362,6 +362,12 @@ async fn login(
     let password = connect.password.clone();
     let client_id = client_id.to_string();
     let operators = ctx.limits.operators.clone();
+    // Its turn first: argon2 is CPU and memory that a storm of logins must not multiply.
+    let _turn = ctx
+        .password_checks
+        .acquire()
+        .await
+        .map_err(|e| AuthError::Storage(e.to_string()))?;
     tokio::task::spawn_blocking(move || {
         authenticate(
             &*store,

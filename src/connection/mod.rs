@@ -78,6 +78,8 @@ pub(crate) struct Context {
     pub(crate) lease: Option<Arc<crate::router::NodeLease>>,
     /// Token login, its deny-list and the ACL file.
     pub(crate) access: Arc<crate::access::Access>,
+    /// Turns of the password checks running at once (`limits.max_password_checks`).
+    pub(crate) password_checks: tokio::sync::Semaphore,
 }
 
 /// What the configuration allows every connection, built once.
