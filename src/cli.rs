@@ -34,6 +34,28 @@ pub enum Command {
     Inbox(InboxArgs),
     /// Several nodes on NATS: status.
     Cluster(ClusterArgs),
+    /// Create a data directory (its database and a lasting admin token, `admin.key`), so
+    /// that users and groups can be provisioned before the first start.
+    Init(InitArgs),
+    /// Copy the broker's database into a new directory, consistently, while it runs (or
+    /// from a stopped broker's data directory). A broker starts on the copy as on the
+    /// original.
+    Backup(BackupArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub ops: OpsArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    /// Where the copy goes: a directory that does not exist yet.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// Options of every operator command (all but `serve`).

@@ -121,4 +121,8 @@ impl Store for StallingStore {
     fn inbox_heads(&self) -> Result<Vec<(String, u64)>, StorageError> {
         self.inner.inbox_heads()
     }
+
+    fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StorageError> {
+        self.inner.checkpoint(dir)
+    }
 }

@@ -1159,3 +1159,136 @@ async fn deleting_a_user_closes_its_live_connections() {
         ReasonCode::BadUserNameOrPassword
     );
 }
+
+#[tokio::test]
+async fn init_makes_a_directory_users_can_be_added_to_before_the_first_start() {
+    let parent = tempfile::tempdir().expect("dir");
+    let dir = parent.path().join("data");
+    // Before init, offline commands refuse a directory without a database.
+    fails(&dir, &["user", "add", "--password", "pw", "alice"], 1).await;
+    let first = json(&dir, &["init"]).await;
+    assert_eq!(first["key_created"], true, "{first}");
+    let key = std::fs::read_to_string(dir.join("admin.key")).expect("admin.key");
+    let key = key.trim().to_string();
+    assert_eq!(key.len(), 64);
+    // Again: the same token is kept.
+    let again = json(&dir, &["init"]).await;
+    assert_eq!(again["key_created"], false, "{again}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("admin.key"))
+            .expect("admin.key")
+            .trim(),
+        key
+    );
+    ok(&dir, &["user", "add", "--password", "alice-pw", "alice"]).await;
+
+    // The broker serves with that token, and alice logs in.
+    let broker = restart(&dir).await;
+    assert_eq!(
+        broker.admin_token(),
+        key,
+        "admin.token holds the lasting key"
+    );
+    let (status, users) = http(
+        "GET",
+        format!("{}/v1/users", broker.admin_url()),
+        Some(key.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{users}");
+    assert_eq!(
+        login(&broker, Protocol::V5, "alice", "alice-pw").await,
+        ReasonCode::Success
+    );
+    // init on a running broker's directory is refused, and changes nothing.
+    let err = fails(&dir, &["init"], 1).await;
+    assert!(err.contains("running"), "{err}");
+    broker.stop().await;
+    assert_eq!(
+        std::fs::read_to_string(dir.join("admin.key"))
+            .expect("admin.key kept")
+            .trim(),
+        key
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_under_load_holds_every_message_acknowledged_before_it() {
+    let broker = Broker::start().await;
+    let dir = data_dir(&broker);
+    let addr = broker.addr;
+    // Alice sends DMs to bob (offline: they wait in his inbox) one after the other, each
+    // acknowledged before the next, until told to stop; the count acknowledged is shared.
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let sender = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let (mut alice, _) = RawClient::open_ok(addr, Protocol::V5, "alice-1", true, |c| {
+                c.username = Some("alice".into());
+            })
+            .await;
+            let mut n: u64 = 0;
+            while !*stop_rx.borrow_and_update() {
+                let packet_id = u16::try_from(n % 60_000).expect("fits") + 1;
+                let reason = tern_conformance::chat::publish(
+                    &mut alice,
+                    packet_id,
+                    "dm/bob",
+                    &format!("m{n}"),
+                    &[],
+                )
+                .await;
+                assert_eq!(reason, ReasonCode::Success);
+                n += 1;
+                acked.store(n, std::sync::atomic::Ordering::SeqCst);
+            }
+            n
+        })
+    };
+    tern_conformance::eventually("a first hundred DMs acknowledged", || {
+        let acked = acked.clone();
+        async move { acked.load(std::sync::atomic::Ordering::SeqCst) >= 100 }
+    })
+    .await;
+    let before = acked.load(std::sync::atomic::Ordering::SeqCst);
+    let backups = tempfile::tempdir().expect("dir");
+    let copy = backups.path().join("copy");
+    let answer = json(&dir, &["backup", copy.to_str().expect("utf-8 path")]).await;
+    assert_eq!(answer["dir"], copy.display().to_string(), "{answer}");
+    let during = acked.load(std::sync::atomic::Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    let sent = sender.await.expect("sender");
+    assert!(sent > before, "traffic went on during the backup");
+    // A backup cannot overwrite anything.
+    let err = fails(&dir, &["backup", copy.to_str().expect("utf-8 path")], 2).await;
+    assert!(err.contains("already exists"), "{err}");
+    let _running = stop(broker).await;
+
+    // A broker on the copy has every DM acknowledged before the backup began, in order.
+    let restored = restart(&copy).await;
+    let (status, inbox) = http(
+        "GET",
+        format!("{}/v1/inbox/bob?limit=100000", restored.admin_url()),
+        Some(restored.admin_token()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{inbox}");
+    let payloads: Vec<String> = inbox
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|e| e["payload"]["data"].as_str().map(str::to_string))
+        .collect();
+    let held = payloads.len() as u64;
+    assert!(
+        (before..=during + 1).contains(&held),
+        "the copy holds {held} DMs: {before} were acknowledged before the backup, {during} when it returned"
+    );
+    for (n, payload) in payloads.iter().enumerate() {
+        assert_eq!(payload, &format!("m{n}"), "DM {n} of the copy");
+    }
+    restored.stop().await;
+}

@@ -114,6 +114,12 @@ pub enum Action {
         limit: usize,
     },
     ClusterStatus,
+    /// Create the data directory's database and lasting admin token.
+    Init,
+    /// A consistent copy of the database into `dir` (absolute, not existing yet).
+    Backup {
+        dir: PathBuf,
+    },
 }
 
 impl Action {
@@ -126,6 +132,7 @@ impl Action {
                 | Action::UserDel { .. }
                 | Action::UserPasswd { .. }
                 | Action::Group(_)
+                | Action::Backup { .. }
         )
     }
 }
@@ -164,6 +171,15 @@ pub enum Outcome {
         list: Vec<model::InboxView>,
     },
     Cluster(Box<model::ClusterStatus>),
+    /// A data directory initialised: its path and its admin token file (`key_created`:
+    /// made now rather than found).
+    Initialised {
+        dir: String,
+        key_file: String,
+        key_created: bool,
+    },
+    /// A backup written to `dir`.
+    Backup(model::BackupView),
 }
 
 impl Outcome {
@@ -186,6 +202,14 @@ impl Outcome {
             Outcome::Deleted { deleted, .. } => pretty(deleted),
             Outcome::Inbox { list, .. } => pretty(list),
             Outcome::Cluster(status) => pretty(status),
+            Outcome::Initialised {
+                dir,
+                key_file,
+                key_created,
+            } => pretty(&serde_json::json!({
+                "dir": dir, "key_file": key_file, "key_created": key_created
+            })),
+            Outcome::Backup(backup) => pretty(backup),
         }
     }
 
@@ -232,6 +256,15 @@ impl Outcome {
             Outcome::Deleted { what, deleted } => format!("deleted {what} {}\n", deleted.deleted),
             Outcome::Inbox { user, list } => render::inbox(user, list),
             Outcome::Cluster(status) => render::cluster(status),
+            Outcome::Initialised {
+                dir,
+                key_file,
+                key_created,
+            } => format!(
+                "initialised {dir}\nadmin token {} {key_file} (the API's bearer token while [admin] token is empty)\n",
+                if *key_created { "written to" } else { "kept in" }
+            ),
+            Outcome::Backup(backup) => format!("backup written to {}\n", backup.dir),
         }
     }
 }
@@ -354,6 +387,14 @@ pub fn parse(command: Command) -> Result<(OpsArgs, Action), OpsError> {
                 ClusterCommand::Status => Action::ClusterStatus,
             },
         ),
+        Command::Init(args) => (args.ops, Action::Init),
+        Command::Backup(args) => {
+            // The broker may run elsewhere than this command's working directory.
+            let dir = std::path::absolute(&args.dir).map_err(|e| {
+                OpsError::Usage(format!("backup directory {}: {e}", args.dir.display()))
+            })?;
+            (args.ops, Action::Backup { dir })
+        }
     })
 }
 
@@ -449,6 +490,9 @@ pub fn choose_backend(ops: &OpsArgs, config: &Config) -> Backend {
 /// Runs `action` where [`choose_backend`] says.
 pub fn execute(ops: &OpsArgs, action: Action) -> Result<Outcome, OpsError> {
     let config = load_config(ops)?;
+    if action == Action::Init {
+        return init(&config.data_dir);
+    }
     match choose_backend(ops, &config) {
         Backend::Live(client) => live(&client, action),
         Backend::Offline(dir) => offline(&config, &dir, action),
@@ -551,6 +595,43 @@ pub fn live(client: &ApiClient, action: Action) -> Result<Outcome, OpsError> {
             user,
         },
         Action::ClusterStatus => Outcome::Cluster(Box::new(client.get("/v1/cluster", &[])?)),
+        Action::Init => {
+            return Err(OpsError::Failed(
+                "a broker is running on this data directory: it is initialised".to_string(),
+            ))
+        }
+        Action::Backup { dir } => {
+            Outcome::Backup(client.send(false, "/v1/backup", &serde_json::json!({ "dir": dir }))?)
+        }
+    })
+}
+
+/// `tern init`: the data directory, its database (so that offline commands work before the
+/// first start) and a lasting admin token (`admin.key`, kept if there is one).
+fn init(dir: &Path) -> Result<Outcome, OpsError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| OpsError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+    drop(RocksStore::open(dir).map_err(|e| open_error(dir, e))?);
+    let key_file = token::key_path(dir);
+    let key_created = match token::read_key(dir) {
+        Ok(Some(_)) => false,
+        Ok(None) => {
+            token::write_private(&key_file, &format!("{}\n", token::generate())).map_err(|e| {
+                OpsError::Failed(format!("cannot write {}: {e}", key_file.display()))
+            })?;
+            true
+        }
+        Err(e) => {
+            return Err(OpsError::Failed(format!(
+                "cannot read {}: {e}",
+                key_file.display()
+            )))
+        }
+    };
+    Ok(Outcome::Initialised {
+        dir: dir.display().to_string(),
+        key_file: key_file.display().to_string(),
+        key_created,
     })
 }
 
@@ -729,6 +810,17 @@ pub fn apply(store: &dyn Store, config: &Config, action: Action) -> Result<Outco
         },
         // Not in the data directory: read from NATS (see `offline`).
         Action::ClusterStatus => return cluster_status_from_nats(config),
+        Action::Init => {
+            return Err(OpsError::Failed(
+                "init is not run on an open store".to_string(),
+            ))
+        }
+        Action::Backup { dir } => {
+            store
+                .checkpoint(&dir)
+                .map_err(|e| OpsError::Failed(format!("backup: {e}")))?;
+            Outcome::Backup(model::BackupView::of(&dir))
+        }
     })
 }
 

@@ -63,7 +63,7 @@ pub enum AdminError {
 /// What the handlers share.
 pub(super) struct AdminState {
     pub(super) router: RouterHandle,
-    writer: Writer,
+    pub(super) writer: Writer,
     metrics: Arc<Metrics>,
     token: String,
     /// User changes read then write the store: one at a time, so that two concurrent adds
@@ -112,7 +112,18 @@ impl AdminServer {
         let addr_path = token::addr_path(dir);
         let mut files = Vec::new();
         let token = if config.admin.token.is_empty() {
-            let token = token::generate();
+            // The lasting token of `tern init`, else a new one for this run.
+            let key_path = token::key_path(dir);
+            let token = match token::read_key(dir) {
+                Ok(Some(key)) => key,
+                Ok(None) => token::generate(),
+                Err(source) => {
+                    return Err(AdminError::File {
+                        path: key_path,
+                        source,
+                    })
+                }
+            };
             token::write_private(&token_path, &format!("{token}\n"))
                 .map_err(file_error(token_path.clone()))?;
             files.push(token_path);
@@ -215,6 +226,7 @@ fn app(state: Arc<AdminState>) -> Router {
         .route("/v1/inbox/{user}", get(inbox_tail))
         .route("/v1/cluster", get(cluster_status))
         .merge(super::access_api::routes())
+        .merge(super::backup_api::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,

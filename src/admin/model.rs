@@ -299,6 +299,21 @@ pub struct InboxView {
     pub sent_at_ms: u64,
 }
 
+/// The answer to a backup (`POST /v1/backup`, `tern backup`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupView {
+    /// The directory the copy was written to.
+    pub dir: String,
+}
+
+impl BackupView {
+    pub fn of(dir: &std::path::Path) -> BackupView {
+        BackupView {
+            dir: dir.display().to_string(),
+        }
+    }
+}
+
 /// The answer to a deletion.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deleted {

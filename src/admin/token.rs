@@ -5,6 +5,9 @@
 //!   broker generated a random token at start (32 random bytes, hex). A configured token is
 //!   never written to disk; a stale generated one is removed at start.
 //! - `admin.addr`: the address the API is bound to (the real port when the config said 0).
+//! - `admin.key`: a lasting token `tern init` wrote (mode 0600). With `admin.token` empty
+//!   in config, the broker uses it at every start instead of generating one (and writes it
+//!   to `admin.token` too, as a generated one). Never removed by the broker.
 //!
 //! Both are written atomically (temporary file, then rename) and removed when the broker
 //! stops cleanly. After a crash they stay behind; the CLI then finds nobody answering at the
@@ -20,6 +23,9 @@ use argon2::password_hash::rand_core::{OsRng, RngCore};
 pub const TOKEN_FILE: &str = "admin.token";
 /// File name of the API's bound address in the data directory.
 pub const ADDR_FILE: &str = "admin.addr";
+/// File name of the lasting token `tern init` writes: the broker's token at every start
+/// while `[admin] token` is empty (instead of a new random one each time).
+pub const KEY_FILE: &str = "admin.key";
 
 /// A new random token: 32 bytes from the OS, as 64 hex digits.
 pub fn generate() -> String {
@@ -38,6 +44,16 @@ pub fn matches(given: &str, expected: &str) -> bool {
 /// `{dir}/admin.token`.
 pub fn token_path(dir: &Path) -> PathBuf {
     dir.join(TOKEN_FILE)
+}
+
+/// `{dir}/admin.key`.
+pub fn key_path(dir: &Path) -> PathBuf {
+    dir.join(KEY_FILE)
+}
+
+/// Reads the lasting token `tern init` wrote; `None` if there is none.
+pub fn read_key(dir: &Path) -> std::io::Result<Option<String>> {
+    read_trimmed(&key_path(dir))
 }
 
 /// `{dir}/admin.addr`.
@@ -65,7 +81,11 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 
 /// Reads the generated token from a data directory; `None` if there is none.
 pub fn read_token(dir: &Path) -> std::io::Result<Option<String>> {
-    match std::fs::read_to_string(token_path(dir)) {
+    read_trimmed(&token_path(dir))
+}
+
+fn read_trimmed(path: &Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text.trim().to_string()).filter(|t| !t.is_empty())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),

@@ -465,4 +465,9 @@ pub trait Store: Send + Sync + 'static {
     /// next_seq of every user that ever had an inbox entry, sorted by user (start-up load: one
     /// scan of the high-water-mark CF, never of the entries).
     fn inbox_heads(&self) -> Result<Vec<(String, u64)>, StorageError>;
+    /// Writes a consistent copy of the whole store into `dir` (which must not exist yet),
+    /// holding everything written before the call, while writes go on; a store opens on
+    /// it as on the original. Only a store on disk can: the others answer
+    /// [`StorageError::Invalid`]. (No default: a store wrapping another must pass it on.)
+    fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StorageError>;
 }

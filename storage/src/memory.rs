@@ -353,4 +353,13 @@ impl Store for MemoryStore {
             .map(|(user, inbox)| (user.clone(), inbox.next_seq))
             .collect())
     }
+
+    fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StorageError> {
+        Err(StorageError::Invalid {
+            what: format!(
+                "an in-memory store has nothing on disk to copy to {}",
+                dir.display()
+            ),
+        })
+    }
 }

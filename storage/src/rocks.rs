@@ -1064,4 +1064,23 @@ impl Store for RocksStore {
         heads.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(heads)
     }
+
+    /// A RocksDB checkpoint: the memtables flushed, then the live files hard-linked (or
+    /// copied, across file systems) with the write-ahead log up to the call, every column
+    /// family at one point in time.
+    fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+        if dir.exists() {
+            return Err(StorageError::Invalid {
+                what: format!(
+                    "{} already exists: a backup goes to a new directory",
+                    dir.display()
+                ),
+            });
+        }
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .map_err(|e| StorageError::rocks("preparing a checkpoint", e))?;
+        checkpoint.create_checkpoint(dir).map_err(|e| {
+            StorageError::rocks(format!("writing a checkpoint to {}", dir.display()), e)
+        })
+    }
 }

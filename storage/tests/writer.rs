@@ -163,6 +163,10 @@ impl Store for TestStore {
     fn inbox_heads(&self) -> Result<Vec<(String, u64)>, StorageError> {
         self.inner.inbox_heads()
     }
+
+    fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StorageError> {
+        self.inner.checkpoint(dir)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
