@@ -100,6 +100,9 @@ pub struct BrokerSetup {
     pub mosquitto_autosave_secs: Option<u32>,
     /// Mosquitto: extra configuration lines.
     pub mosquitto_lines: Vec<String>,
+    /// tern: users created offline (`tern user add`) before the broker serves, as (user,
+    /// password).
+    pub tern_users: Vec<(String, String)>,
     /// rumqttd: `router.max_connections`.
     pub rumqttd_max_connections: usize,
     /// rumqttd: `router.max_outgoing_packet_count` (its default is 200; it also caps how
@@ -116,6 +119,7 @@ impl BrokerSetup {
             tern_toml: String::new(),
             mosquitto_autosave_secs: None,
             mosquitto_lines: Vec::new(),
+            tern_users: Vec::new(),
             rumqttd_max_connections: 20_010,
             rumqttd_max_outgoing: 200,
         }

@@ -57,9 +57,11 @@ pub struct Client {
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     pub client_id: String,
-    /// MQTT user name (sent without a password: an anonymous client acting as that user,
-    /// where the broker allows it).
+    /// MQTT user name (without a password: an anonymous client acting as that user, where
+    /// the broker allows it).
     pub username: Option<String>,
+    /// MQTT password (a user's password, or a token).
+    pub password: Option<Bytes>,
     /// Keep alive in seconds (0: none). The client must then send something (PINGREQ) at
     /// least this often.
     pub keep_alive: u16,
@@ -82,6 +84,7 @@ impl ConnectOptions {
         ConnectOptions {
             client_id: client_id.to_string(),
             username: None,
+            password: None,
             keep_alive: DEFAULT_KEEP_ALIVE,
             bind: None,
             buffer: BUFFER,
@@ -148,7 +151,7 @@ impl Client {
             client_id: ByteString::from(client_id.to_string()),
             will: None,
             username: opts.username.clone().map(ByteString::from),
-            password: None,
+            password: opts.password.clone(),
         };
         client.writer.queue(&Packet::Connect(Box::new(connect)))?;
         client.writer.flush().await?;

@@ -23,8 +23,8 @@ use tern_bench::compare::{self, Better, Header, Machine, Section, Verdict};
 use tern_bench::run::raise_open_files;
 use tern_bench::scenarios::durable::{self, DurableConfig};
 use tern_bench::scenarios::{
-    self, connections, ConnectionsConfig, ConnectionsReport, GroupConfig, GroupOutcome,
-    RetainedConfig,
+    self, connections, ConnectionsConfig, ConnectionsReport, Credentials, GroupConfig,
+    GroupOutcome, RetainedConfig,
 };
 use tern_bench::{Error, Options, Report, Result};
 use tern_codec::{Protocol, QoS};
@@ -37,6 +37,7 @@ const SCENARIOS: &[&str] = &[
     "latency",
     "connections",
     "heartbeats",
+    "logins",
     "durable",
     "retained",
     "group",
@@ -106,6 +107,10 @@ struct Cli {
     /// connections: connects in progress at once.
     #[arg(long, default_value_t = 64)]
     connect_parallel: usize,
+    /// logins: devices reconnecting at once, with no credentials, a token each, or a
+    /// password (argon2id).
+    #[arg(long, default_value_t = 19_000)]
+    login_clients: usize,
     /// heartbeats: idle clients, each pinging every `heartbeat_keepalive / 2` seconds.
     #[arg(long, default_value_t = 5_000)]
     heartbeat_clients: usize,
@@ -209,10 +214,26 @@ impl Ctx {
         Ok(b)
     }
 
-    /// Starts a broker and waits for its first CONNACK.
+    /// Starts a broker and waits for its first CONNACK. A tern with users to create
+    /// starts once (creating its database), stops, gets them offline and starts again.
     async fn start(&mut self, setup: &BrokerSetup) -> Result<BrokerProcess> {
         let mut b = self.prepare(setup)?.spawn()?;
         b.wait_ready(Duration::from_secs(60)).await?;
+        if !setup.tern_users.is_empty() {
+            b.stop(Duration::from_secs(60)).await;
+            for (user, password) in &setup.tern_users {
+                let args = [
+                    "user",
+                    "add",
+                    "--password",
+                    password.as_str(),
+                    user.as_str(),
+                ];
+                tern_offline(self, setup, &b.data, &args)?;
+            }
+            b.restart()?;
+            b.wait_ready(Duration::from_secs(60)).await?;
+        }
         Ok(b)
     }
 
@@ -559,22 +580,29 @@ async fn heartbeats_section(ctx: &mut Ctx) -> Section {
     let mut cfg = ConnectionsConfig::new(n);
     cfg.keep_alive = c.heartbeat_keepalive;
     cfg.heartbeat_window = window;
-    connection_rounds(ctx, &mut sec, &setups, cfg, |sec, l, r| {
-        sec.record(
-            "broker CPU per heartbeat",
-            "µs",
-            Better::Lower,
-            l,
-            r.cpu_per_heartbeat_us(),
-        );
-        sec.record(
-            "heartbeats answered",
-            "per s",
-            Better::Neither,
-            l,
-            Some(r.heartbeats as f64 / window.as_secs_f64()),
-        );
-    })
+    connection_rounds(
+        ctx,
+        &mut sec,
+        &setups,
+        cfg,
+        |_| Credentials::None,
+        |sec, l, r| {
+            sec.record(
+                "broker CPU per heartbeat",
+                "µs",
+                Better::Lower,
+                l,
+                r.cpu_per_heartbeat_us(),
+            );
+            sec.record(
+                "heartbeats answered",
+                "per s",
+                Better::Neither,
+                l,
+                Some(r.heartbeats as f64 / window.as_secs_f64()),
+            );
+        },
+    )
     .await;
     sec
 }
@@ -600,6 +628,7 @@ async fn connection_rounds(
     sec: &mut Section,
     setups: &[BrokerSetup],
     mut cfg: ConnectionsConfig,
+    credentials: impl Fn(&BrokerSetup) -> Credentials,
     record: impl Fn(&mut Section, &str, &ConnectionsReport),
 ) {
     let c = ctx.cli.clone();
@@ -610,6 +639,7 @@ async fn connection_rounds(
         for i in order(setups.len(), round) {
             let s = &setups[i];
             cfg.first_source = ctx.connection_runs * cfg.clients.div_ceil(c.per_source.max(1));
+            cfg.credentials = credentials(s);
             ctx.connection_runs += 1;
             let run = async {
                 let mut b = ctx.start(s).await?;
@@ -671,66 +701,73 @@ async fn connections_section(ctx: &mut Ctx) -> Section {
     let mut cfg = ConnectionsConfig::new(n);
     cfg.keep_alive = c.keepalive;
     let cpus = ctx.cpus;
-    connection_rounds(ctx, &mut sec, &setups, cfg, |sec, l, r| {
-        sec.record(
-            "connect rate",
-            "connections/s",
-            Better::Higher,
-            l,
-            Some(r.connects_per_sec()),
-        );
-        sec.record(
-            "broker CPU per connect",
-            "µs",
-            Better::Lower,
-            l,
-            r.cpu_per_connection_us(),
-        );
-        sec.record(
-            "tool CPU per connect",
-            "µs",
-            Better::Neither,
-            l,
-            r.tool_cpu_per_connection_us(),
-        );
-        sec.record(
-            CONNECT_CEILING,
-            "connections/s",
-            Better::Neither,
-            l,
-            r.tool_cpu_per_connection_us()
-                .filter(|us| *us > 0.0)
-                .map(|us| cpus as f64 * 1e6 / us),
-        );
-        sec.record(
-            "time to connect all",
-            "s",
-            Better::Lower,
-            l,
-            Some(r.connect_secs),
-        );
-        sec.record(
-            "RSS per connection",
-            "KiB",
-            Better::Lower,
-            l,
-            r.rss_per_connection_kib(),
-        );
-        sec.record(
-            "RSS before",
-            "MiB",
-            Better::Neither,
-            l,
-            r.rss_before_kib.map(|v| v as f64 / 1024.0),
-        );
-        sec.record(
-            &format!("RSS with {n} connected"),
-            "MiB",
-            Better::Neither,
-            l,
-            r.rss_after_kib.map(|v| v as f64 / 1024.0),
-        );
-    })
+    connection_rounds(
+        ctx,
+        &mut sec,
+        &setups,
+        cfg,
+        |_| Credentials::None,
+        |sec, l, r| {
+            sec.record(
+                "connect rate",
+                "connections/s",
+                Better::Higher,
+                l,
+                Some(r.connects_per_sec()),
+            );
+            sec.record(
+                "broker CPU per connect",
+                "µs",
+                Better::Lower,
+                l,
+                r.cpu_per_connection_us(),
+            );
+            sec.record(
+                "tool CPU per connect",
+                "µs",
+                Better::Neither,
+                l,
+                r.tool_cpu_per_connection_us(),
+            );
+            sec.record(
+                CONNECT_CEILING,
+                "connections/s",
+                Better::Neither,
+                l,
+                r.tool_cpu_per_connection_us()
+                    .filter(|us| *us > 0.0)
+                    .map(|us| cpus as f64 * 1e6 / us),
+            );
+            sec.record(
+                "time to connect all",
+                "s",
+                Better::Lower,
+                l,
+                Some(r.connect_secs),
+            );
+            sec.record(
+                "RSS per connection",
+                "KiB",
+                Better::Lower,
+                l,
+                r.rss_per_connection_kib(),
+            );
+            sec.record(
+                "RSS before",
+                "MiB",
+                Better::Neither,
+                l,
+                r.rss_before_kib.map(|v| v as f64 / 1024.0),
+            );
+            sec.record(
+                &format!("RSS with {n} connected"),
+                "MiB",
+                Better::Neither,
+                l,
+                r.rss_after_kib.map(|v| v as f64 / 1024.0),
+            );
+        },
+    )
     .await;
     let rss = sec.median("RSS per connection", "tern");
     sec.target(
@@ -760,6 +797,128 @@ async fn connections_section(ctx: &mut Ctx) -> Section {
             figures,
         );
     }
+    sec
+}
+
+// ---------------------------------------------------------------------------------------
+// Logins: the reconnect storm with tokens or passwords (tern only, issue 26).
+
+/// The account service's HMAC secret, written for the token setup.
+const LOGIN_SECRET: &[u8] = b"tern-compare-login-storm-secret";
+
+/// tern three ways: clients without credentials, with a token each (HS256), and all with
+/// one user's password (argon2id).
+fn login_setups(ctx: &Ctx, n: usize) -> Result<Vec<BrokerSetup>> {
+    let secret = ctx.work.join("login-secret");
+    std::fs::write(&secret, LOGIN_SECRET)
+        .map_err(|e| Error::new(format!("cannot write {}: {e}", secret.display())))?;
+    let limits = format!("[limits]\nmax_connections = {}\n", n + 500);
+    let mut anonymous = BrokerSetup::new(Kind::Tern).labelled("tern anonymous");
+    anonymous.tern_toml = limits.clone();
+    let mut tokens = BrokerSetup::new(Kind::Tern).labelled("tern tokens");
+    tokens.tern_toml = format!(
+        "{limits}\n[tokens]\nenabled = true\nhmac_secret_file = {:?}\n",
+        secret.display().to_string()
+    );
+    let mut passwords = BrokerSetup::new(Kind::Tern).labelled("tern passwords");
+    // All its devices are one user: no cap on a user's devices.
+    passwords.tern_toml = format!("{limits}\n[im]\nmax_devices_per_user = 0\n");
+    passwords.tern_users = vec![("device".into(), "a-device-password".into())];
+    Ok(vec![anonymous, tokens, passwords])
+}
+
+/// One HS256 token per client, each for its own user, valid for a day: (user, token).
+fn login_tokens(n: usize) -> Result<Vec<(String, bytes::Bytes)>> {
+    let key = jsonwebtoken::EncodingKey::from_secret(LOGIN_SECRET)
+        .map_err(|e| Error::new(format!("token key: {e}")))?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    (0..n)
+        .map(|i| {
+            let user = format!("device-{i}");
+            let claims = serde_json::json!({"sub": user, "iat": now, "exp": now + 86_400});
+            jsonwebtoken::encode(&header, &claims, &key)
+                .map(|token| (user, bytes::Bytes::from(token)))
+                .map_err(|e| Error::new(format!("signing a token: {e}")))
+        })
+        .collect()
+}
+
+async fn logins_section(ctx: &mut Ctx) -> Section {
+    let c = ctx.cli.clone();
+    let n = c.login_clients;
+    let mut sec = Section::new(
+        "logins",
+        "5c. logins: the reconnect storm",
+        &format!(
+            "{n} devices connecting at once as in scenario 5 ({} at a time, MQTT 3.1.1, no keep alive), three ways: without credentials (anonymous), each with its own JWT (HS256, `[tokens]`, verified by the broker) as the password, and all with one user's password (argon2id, the store's default parameters; `limits.max_password_checks` = the CPUs). Broker CPU time per login and the time until all are connected. The token's own cost is the difference between the token and anonymous rows.",
+            c.connect_parallel
+        ),
+        &["tern anonymous".into(), "tern tokens".into(), "tern passwords".into()],
+    );
+    let setups = match login_setups(ctx, n) {
+        Ok(setups) => setups,
+        Err(e) => {
+            for label in ["tern anonymous", "tern tokens", "tern passwords"] {
+                sec.fail(label, &e.to_string());
+            }
+            return sec;
+        }
+    };
+    let tokens = match login_tokens(n) {
+        Ok(tokens) => std::sync::Arc::new(tokens),
+        Err(e) => {
+            sec.fail("tern tokens", &e.to_string());
+            return sec;
+        }
+    };
+    let mut cfg = ConnectionsConfig::new(n);
+    // No keep alive: the password run lasts minutes, longer than any keep alive, and its
+    // idle clients send no PINGREQ.
+    cfg.keep_alive = 0;
+    let credentials = move |s: &BrokerSetup| match s.label.as_str() {
+        "tern tokens" => Credentials::Tokens(tokens.clone()),
+        "tern passwords" => Credentials::Password {
+            user: "device".into(),
+            password: "a-device-password".into(),
+        },
+        _ => Credentials::None,
+    };
+    connection_rounds(ctx, &mut sec, &setups, cfg, credentials, |sec, l, r| {
+        sec.record(
+            "broker CPU per login",
+            "µs",
+            Better::Lower,
+            l,
+            r.cpu_per_connection_us(),
+        );
+        sec.record(
+            "time to connect all",
+            "s",
+            Better::Lower,
+            l,
+            Some(r.connect_secs),
+        );
+        sec.record(
+            "login rate",
+            "connections/s",
+            Better::Higher,
+            l,
+            Some(r.connects_per_sec()),
+        );
+    })
+    .await;
+    let token_cost = sec
+        .median("broker CPU per login", "tern tokens")
+        .zip(sec.median("broker CPU per login", "tern anonymous"))
+        .map(|(tokens, anonymous)| tokens - anonymous);
+    sec.target(
+        "a verified token costs under 50 µs (broker CPU per login, tokens minus anonymous)",
+        Verdict::from(token_cost.map(|us| us < 50.0)),
+        token_cost.map_or("n/a".into(), |us| format!("{us:.1} µs")),
+    );
     sec
 }
 
@@ -1192,25 +1351,29 @@ fn disk_probe(pid: Option<u32>, data: &Path) -> Disk {
 /// Runs `tern group create` of the build `setup` names on a stopped broker's data
 /// directory.
 fn create_group(ctx: &Ctx, setup: &BrokerSetup, data: &Path, cfg: &GroupConfig) -> Result<()> {
+    let mut args = vec!["group".to_string(), "create".into(), cfg.gid.clone()];
+    args.extend(cfg.member_names());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tern_offline(ctx, setup, data, &args)
+}
+
+/// Runs a `tern` operator command (`args`, then `--data-dir data`) of the build `setup`
+/// names on a stopped broker's data directory.
+fn tern_offline(ctx: &Ctx, setup: &BrokerSetup, data: &Path, args: &[&str]) -> Result<()> {
     let program = ctx
         .bins
         .path(setup.kind)
         .ok_or_else(|| Error::new(format!("{}: no program given", setup.label)))?;
-    let mut args = vec![
-        "group".to_string(),
-        "create".into(),
-        "--data-dir".into(),
-        data.display().to_string(),
-        cfg.gid.clone(),
-    ];
-    args.extend(cfg.member_names());
+    let command = args.iter().take(2).copied().collect::<Vec<_>>().join(" ");
     let out = Command::new(program)
-        .args(&args)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
         .output()
-        .map_err(|e| Error::new(format!("cannot run {} group create: {e}", setup.label)))?;
+        .map_err(|e| Error::new(format!("cannot run {} {command}: {e}", setup.label)))?;
     if !out.status.success() {
         return Err(Error::new(format!(
-            "{} group create failed: {}",
+            "{} {command} failed: {}",
             setup.label,
             String::from_utf8_lossy(&out.stderr)
         )));
@@ -1661,6 +1824,7 @@ async fn main_inner(cli: Cli) -> std::result::Result<(), String> {
             }
             "connections" => Some(connections_section(&mut ctx).await),
             "heartbeats" => Some(heartbeats_section(&mut ctx).await),
+            "logins" => Some(logins_section(&mut ctx).await),
             "durable" => Some(durable_section(&mut ctx).await),
             "retained" => Some(retained_section(&mut ctx).await),
             "group" => group_section(&mut ctx).await,

@@ -427,6 +427,7 @@ pub async fn broadcast_dm(opts: &Options, cfg: &BroadcastDmConfig) -> Result<Bro
         let conn = ConnectOptions {
             client_id: format!("{}-u{i}", opts.run_id),
             username: Some(format!("u{i}")),
+            password: None,
             keep_alive: cfg.keep_alive,
             bind: source_address(opts.addr, cfg.per_source, i),
             buffer: SUBSCRIBER_BUFFER,

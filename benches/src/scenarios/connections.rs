@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tern_codec::{Packet, Protocol};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -26,9 +27,24 @@ use crate::scenarios::broadcast_dm::source_address;
 /// Open files the tool needs besides one per client.
 const SPARE_FILES: u64 = 64;
 
+/// What each idle client logs in with.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// Nothing: anonymous clients.
+    None,
+    /// The same user name and password for every client.
+    Password { user: String, password: String },
+    /// Client `i` logs in as user `i` with its token (modulo their number) as the
+    /// password: (user, token). MQTT 3.1.1 sends no password without a user name, so the
+    /// token's subject goes along.
+    Tokens(Arc<Vec<(String, Bytes)>>),
+}
+
 #[derive(Debug, Clone)]
 pub struct ConnectionsConfig {
     pub clients: usize,
+    /// What each client logs in with.
+    pub credentials: Credentials,
     pub keep_alive: u16,
     /// Clients per loopback source address; 0: the system's choice.
     pub per_source: usize,
@@ -48,6 +64,7 @@ impl ConnectionsConfig {
     pub fn new(clients: usize) -> ConnectionsConfig {
         ConnectionsConfig {
             clients,
+            credentials: Credentials::None,
             keep_alive: 60,
             per_source: 1000,
             first_source: 0,
@@ -227,6 +244,19 @@ pub async fn connections(
             i + cfg.first_source * cfg.per_source.max(1),
         );
         conn.buffer = 256;
+        match &cfg.credentials {
+            Credentials::None => {}
+            Credentials::Password { user, password } => {
+                conn.username = Some(user.clone());
+                conn.password = Some(Bytes::copy_from_slice(password.as_bytes()));
+            }
+            Credentials::Tokens(tokens) => {
+                if let Some((user, token)) = tokens.get(i % tokens.len().max(1)) {
+                    conn.username = Some(user.clone());
+                    conn.password = Some(token.clone());
+                }
+            }
+        }
         clients.spawn(idle_client(
             (opts.addr, opts.protocol, conn),
             connecting.clone(),

@@ -26,7 +26,7 @@ mod pairs;
 pub mod retained;
 
 pub use broadcast_dm::{broadcast_dm, BroadcastDmConfig, BroadcastDmReport, PhaseReport};
-pub use connections::{connections, ConnectionsConfig, ConnectionsReport};
+pub use connections::{connections, ConnectionsConfig, ConnectionsReport, Credentials};
 pub use fan_in::fan_in;
 pub use fan_out::fan_out;
 pub use group::{group, GroupConfig, GroupOutcome};
