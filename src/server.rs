@@ -162,7 +162,8 @@ impl Server {
                     let admin = admin
                         .with_metrics(metrics.clone())
                         .with_cluster(link.as_ref().map(LinkTasks::admin))
-                        .with_access(access.clone());
+                        .with_access(access.clone())
+                        .with_broadcasts(broadcasts.clone());
                     if !admin.local_addr().ip().is_loopback() {
                         tracing::warn!(
                             api = %admin.local_addr(),

@@ -73,6 +73,8 @@ pub(super) struct AdminState {
     pub(super) cluster: Option<crate::cluster::ClusterAdmin>,
     /// Token revocations and reloads.
     pub(super) access: Option<Arc<crate::access::Access>>,
+    /// Push tokens, their rates, idempotency keys (`POST /v1/messages`).
+    pub(super) push: super::push_api::PushState,
 }
 
 /// The bound, not yet serving, admin API.
@@ -148,6 +150,12 @@ impl AdminServer {
                 users: tokio::sync::Mutex::new(()),
                 cluster: None,
                 access: None,
+                push: super::push_api::PushState::new(
+                    config,
+                    Arc::new(tokio::sync::Semaphore::new(
+                        crate::router::MAX_BROADCASTS_IN_FLIGHT,
+                    )),
+                ),
             },
             files,
         })
@@ -167,6 +175,16 @@ impl AdminServer {
         cluster: Option<crate::cluster::ClusterAdmin>,
     ) -> AdminServer {
         self.state.cluster = cluster;
+        self
+    }
+
+    /// Broadcasts pushed through the API take permits of `broadcasts`, as the connections'
+    /// do.
+    pub(crate) fn with_broadcasts(
+        mut self,
+        broadcasts: Arc<tokio::sync::Semaphore>,
+    ) -> AdminServer {
+        self.state.push.broadcasts = broadcasts;
         self
     }
 
@@ -231,8 +249,14 @@ fn app(state: Arc<AdminState>) -> Router {
             state.clone(),
             require_token,
         ));
+    // App servers' push tokens reach this one endpoint only.
+    let push = super::push_api::routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        require_push_token,
+    ));
     Router::new()
         .route("/v1/health", get(health))
+        .merge(push)
         .route("/metrics", get(metrics_text))
         .merge(protected)
         .fallback(not_found)
@@ -342,6 +366,43 @@ async fn require_token(
         HeaderValue::from_static(challenge),
     );
     response
+}
+
+/// The bearer token of a request, if it sent one.
+fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            let (scheme, token) = value.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+}
+
+/// The admin token, or a push token within its rate.
+async fn require_push_token(
+    State(state): State<Arc<AdminState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = bearer(&request).map(str::to_string);
+    let push = given.as_deref().and_then(|given| {
+        state
+            .push
+            .tokens
+            .iter()
+            .position(|t| token::matches(given, t))
+    });
+    match push {
+        Some(index) if state.push.take(index) => next.run(request).await,
+        Some(_) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "this push token is over admin.push_rate_per_sec: retry later",
+        )
+        .into_response(),
+        None => require_token(State(state), request, next).await,
+    }
 }
 
 async fn not_found() -> ApiError {

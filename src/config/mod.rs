@@ -568,6 +568,16 @@ pub struct AdminConfig {
     /// Bearer token every request must carry. Empty (default): a random token is generated
     /// at start and written to `{data_dir}/admin.token` (mode 0600), where the CLI finds it.
     pub token: String,
+    /// Tokens of app servers that may only push messages (`POST /v1/messages`).
+    pub push_tokens: Vec<String>,
+    /// Requests a second each push token may make (bursts of a second's worth); beyond,
+    /// `429`. Default 1_000; at least 1.
+    pub push_rate_per_sec: u32,
+    /// Users one push request may address (`to.users`). Default 10_000; 1..=1_000_000.
+    pub push_max_recipients: usize,
+    /// Idempotency keys whose answers are remembered (for a day at most). Default 100_000;
+    /// 0 keeps none (chat messages are still deduplicated by their msgid).
+    pub push_idempotency_keys: usize,
 }
 
 impl Default for AdminConfig {
@@ -576,6 +586,10 @@ impl Default for AdminConfig {
             enabled: true,
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)),
             token: String::new(),
+            push_tokens: Vec::new(),
+            push_rate_per_sec: 1_000,
+            push_max_recipients: 10_000,
+            push_idempotency_keys: 100_000,
         }
     }
 }

@@ -104,6 +104,32 @@ impl Config {
         validate_log_level(&self.log.level)?;
         self.cluster.validate()?;
         self.tokens.validate()?;
+        let a = &self.admin;
+        check_min("admin.push_rate_per_sec", u64::from(a.push_rate_per_sec), 1)?;
+        check_range(
+            "admin.push_max_recipients",
+            to_u64(a.push_max_recipients),
+            1,
+            1_000_000,
+        )?;
+        check_range(
+            "admin.push_idempotency_keys",
+            to_u64(a.push_idempotency_keys),
+            0,
+            10_000_000,
+        )?;
+        if let Some(bad) = a
+            .push_tokens
+            .iter()
+            .find(|t| t.len() < 16 || **t == a.token)
+        {
+            let why = if bad.len() < 16 {
+                "a push token must be at least 16 characters"
+            } else {
+                "a push token must differ from the admin token"
+            };
+            return Err(invalid("admin.push_tokens", why.to_string()));
+        }
         Ok(())
     }
 
