@@ -17,6 +17,7 @@
 //! | [`protocol`] | MQTT without I/O: CONNECT negotiation, the session's QoS flows, the durable queue read back, closing |
 //! | [`metrics`] | counters and latency histograms: Prometheus `/metrics` and `$SYS` |
 //! | [`config`] | the TOML configuration, its validation and the command line's overrides |
+//! | `webhook` | the offline-push webhook: events queued by the router, posted by a thread of its own |
 //! | `records` | routed messages as storage records and back |
 
 #![warn(unreachable_pub)]
@@ -36,6 +37,7 @@ mod router;
 pub mod server;
 #[cfg(test)]
 mod topic_strategies;
+mod webhook;
 
 use std::process::ExitCode;
 

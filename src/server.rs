@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::net::listener::{Listener, ListenerError};
 use crate::net::parking::{LotTask, ParkingLot};
 use crate::router::{Router, RouterHandle, RouterLimits};
+use crate::webhook::Webhook;
 
 /// How long connections get to finish once the broker stops.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -52,6 +53,8 @@ pub enum ServerError {
     ClusterLink(#[from] LinkError),
     #[error(transparent)]
     Access(#[from] crate::access::AccessError),
+    #[error("cannot start the webhook's thread: {source}")]
+    Webhook { source: std::io::Error },
 }
 
 pub struct Server {
@@ -99,6 +102,8 @@ impl Server {
             .enabled()
             .then_some(config.cluster.node_id.as_str());
         let metrics = Arc::new(Metrics::for_node(node));
+        let webhook = Webhook::start(&config.webhook, metrics.clone())
+            .map_err(|source| ServerError::Webhook { source })?;
         let writer =
             Writer::start_observed(store, policy, config.storage.writer_queue, metrics.clone());
         let router_limits = RouterLimits::from_config(&config);
@@ -106,6 +111,7 @@ impl Server {
         let router_metrics = metrics.clone();
         let router = tokio::task::spawn_blocking(move || {
             Router::load(router_limits, &*router_store, router_metrics)
+                .map(|router| router.with_webhook(webhook))
         })
         .await
         .map_err(|e| tern_storage::StorageError::Corrupt {

@@ -29,11 +29,13 @@ mod overrides;
 mod tokens;
 mod toml_errors;
 mod validate;
+mod webhook;
 
 pub use cluster::{ClusterConfig, ClusterEngine};
 pub use overrides::Overrides;
 pub use tokens::TokensConfig;
 pub use validate::limit_u32;
+pub use webhook::WebhookConfig;
 
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -85,6 +87,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Several nodes on NATS JetStream (the `[cluster]` table); off by default.
     pub cluster: ClusterConfig,
+    /// The offline-push webhook (the `[webhook]` table); off by default.
+    pub webhook: WebhookConfig,
 }
 
 impl Default for Config {
@@ -104,6 +108,7 @@ impl Default for Config {
             log: LogConfig::default(),
             runtime: RuntimeConfig::default(),
             cluster: ClusterConfig::default(),
+            webhook: WebhookConfig::default(),
         }
     }
 }

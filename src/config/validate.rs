@@ -104,6 +104,7 @@ impl Config {
         validate_log_level(&self.log.level)?;
         self.cluster.validate()?;
         self.tokens.validate()?;
+        self.webhook.validate(self.cluster.enabled())?;
         let a = &self.admin;
         check_min("admin.push_rate_per_sec", u64::from(a.push_rate_per_sec), 1)?;
         check_range(

@@ -5,7 +5,7 @@
 //! - `$SYS/broker/...` topics ([`sys`]), published by the router every few seconds.
 //!
 //! Every series is named `tern_...`, one file per family: [`connections`], [`traffic`],
-//! [`delivery`], [`storage`] and [`router`] (what the router reports it holds), with the
+//! [`delivery`], [`storage`], `webhook` and [`router`] (what the router reports it holds), with the
 //! label values in [`labels`]. Updating is cheap: a counter or gauge is one relaxed atomic
 //! add (the label sets are fixed enums, resolved to their counter once at start, so no map
 //! lookup happens on the way), and the latency histograms are atomics too (see
@@ -19,6 +19,7 @@ mod router;
 mod storage;
 pub(crate) mod sys;
 mod traffic;
+mod webhook;
 
 #[cfg(test)]
 mod tests;
@@ -49,6 +50,7 @@ pub(crate) struct Metrics {
     delivery: delivery::DeliveryCounters,
     storage: storage::StorageTimes,
     router: router::RouterGauges,
+    webhook: webhook::WebhookCounters,
     uptime: Gauge,
 }
 
@@ -79,6 +81,7 @@ impl Metrics {
         let delivery = delivery::DeliveryCounters::register(r);
         let storage = storage::StorageTimes::register(r);
         let router = router::RouterGauges::register(r);
+        let webhook = webhook::WebhookCounters::register(r);
         let uptime = Gauge::default();
         r.register_with_unit(
             "uptime",
@@ -99,6 +102,7 @@ impl Metrics {
             delivery,
             storage,
             router,
+            webhook,
             uptime,
         }
     }

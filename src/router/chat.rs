@@ -62,6 +62,11 @@ impl Router {
             };
             // Taken only once the entry is certain, so that a user's seqs never skip one.
             self.inbox_next.insert(user.clone(), seq + 1);
+            if let Some(webhook) = &self.webhook {
+                if role == ROLE_RECEIVED && !self.user_online(&user) {
+                    webhook.offline_message(&user, seq, &copy, now);
+                }
+            }
             out.ops.push(Op::AppendInbox {
                 user: user.clone(),
                 seq,

@@ -103,9 +103,25 @@ pub(crate) struct Router {
     pub(super) offline_queued: u64,
     /// Shut down: every connection was closed, nothing more is routed.
     pub(super) stopped: bool,
+    /// Where chat messages for users with no device connected are told (`[webhook]`).
+    pub(super) webhook: Option<crate::webhook::Webhook>,
 }
 
 impl Router {
+    /// Tells `webhook` of chat messages for users with no device connected.
+    pub(crate) fn with_webhook(mut self, webhook: Option<crate::webhook::Webhook>) -> Router {
+        self.webhook = webhook;
+        self
+    }
+
+    /// Whether some session of `user` has a connection.
+    pub(super) fn user_online(&self, user: &str) -> bool {
+        self.by_user.get(user, &self.sessions).is_some_and(|set| {
+            set.iter()
+                .any(|id| self.sessions.get(id).is_some_and(|s| s.connected.is_some()))
+        })
+    }
+
     /// Rebuilds the routing state from storage: retained messages and every stored session
     /// with its subscriptions. Queued messages stay on disk.
     pub(crate) fn load(
@@ -127,6 +143,7 @@ impl Router {
             online: 0,
             offline_queued: 0,
             stopped: false,
+            webhook: None,
             limits,
             subscriptions: SubscriptionTree::new(),
             retained: RetainedTree::new(),

@@ -286,6 +286,9 @@ impl Router {
             postbox: request.postbox,
         });
         self.online += 1;
+        if let Some(webhook) = &self.webhook {
+            webhook.connection(true, &user, &request.client_id);
+        }
         entry.store(out);
         let backlog_upto = (session_present && was_stored).then_some(entry.next_seq);
         self.by_user.insert(&user, id, &self.sessions);
@@ -520,6 +523,9 @@ impl Router {
         };
         entry.connected = None;
         self.online -= 1;
+        if let Some(webhook) = &self.webhook {
+            webhook.connection(false, &entry.user, &entry.client_id);
+        }
         entry.offline().sent = sent;
         if let Some(expiry) = expiry_secs {
             entry.expiry_secs = expiry;
