@@ -168,6 +168,23 @@ impl Broker {
             .expect("the broker wrote admin.token")
     }
 
+    /// `method path` on the admin API with the admin token, and a JSON `body`: the status
+    /// and the JSON answer.
+    pub async fn api(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        http(
+            method,
+            format!("{}{path}", self.admin_url()),
+            Some(self.admin_token()),
+            body,
+        )
+        .await
+    }
+
     /// The Prometheus exposition of `GET {admin}/metrics` (no token needed).
     pub async fn metrics(&self) -> String {
         let url = format!("{}/metrics", self.admin_url());

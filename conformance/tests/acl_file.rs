@@ -19,7 +19,7 @@ use rumqttc::{AsyncClient, Event, Incoming, QoS};
 use serde_json::json;
 use tern_codec::{Protocol, ReasonCode};
 use tern_conformance::chat::{login, publish, subscribe_all};
-use tern_conformance::{http, Broker, RawClient, EVENT_TIMEOUT};
+use tern_conformance::{Broker, RawClient, EVENT_TIMEOUT};
 use tokio::sync::mpsc;
 
 const ACL: &str = "\
@@ -317,27 +317,12 @@ async fn mosquitto(dir: &Path, acl: &Path) -> Mosquitto {
     }
 }
 
-async fn api(
-    broker: &Broker,
-    method: &'static str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    http(
-        method,
-        format!("{}{path}", broker.admin_url()),
-        Some(broker.admin_token()),
-        body,
-    )
-    .await
-}
-
 async fn tern_with_acl(acl: &Path) -> Broker {
     let acl = acl.to_path_buf();
     let broker = Broker::start_with(move |c| c.acl_file = Some(acl)).await;
     for user in USERS {
         let body = json!({"user": user, "password": password(user)});
-        let (status, answer) = api(&broker, "POST", "/v1/users", Some(body)).await;
+        let (status, answer) = broker.api("POST", "/v1/users", Some(body)).await;
         assert_eq!(status, 201, "{answer}");
     }
     broker
@@ -433,7 +418,7 @@ async fn refusals_get_their_reason_codes_and_a_reload_changes_the_answers() {
 
     // A broken file is refused and the rules in force stay; a good one replaces them.
     std::fs::write(&acl, "user alice\ntopic sometimes alice/#\n").expect("write");
-    let (status, body) = api(&broker, "POST", "/v1/access/reload", None).await;
+    let (status, body) = broker.api("POST", "/v1/access/reload", None).await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"].as_str().unwrap_or("").contains(":2:"),
@@ -444,7 +429,7 @@ async fn refusals_get_their_reason_codes_and_a_reload_changes_the_answers() {
         ReasonCode::NoMatchingSubscribers
     );
     std::fs::write(&acl, "user alice\ntopic read alice/#\n").expect("write");
-    let (status, body) = api(&broker, "POST", "/v1/access/reload", None).await;
+    let (status, body) = broker.api("POST", "/v1/access/reload", None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["acl_file"], true);
     assert_eq!(

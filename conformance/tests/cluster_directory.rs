@@ -7,7 +7,7 @@ use tern::config::AnonymousPolicy;
 use tern_codec::{Protocol, QoS, ReasonCode};
 use tern_conformance::chat::{login, next, publish, subscribe_all};
 use tern_conformance::nats::{join, NatsServer};
-use tern_conformance::{granted, http, Broker, RawClient};
+use tern_conformance::{granted, Broker, RawClient};
 
 async fn node(nats: &NatsServer, name: &str) -> Broker {
     let url = nats.url();
@@ -15,21 +15,6 @@ async fn node(nats: &NatsServer, name: &str) -> Broker {
         join(c, name, &url);
         c.allow_anonymous = AnonymousPolicy::Never;
     })
-    .await
-}
-
-async fn api(
-    node: &Broker,
-    method: &'static str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    http(
-        method,
-        format!("{}{path}", node.admin_url()),
-        Some(node.admin_token()),
-        body,
-    )
     .await
 }
 
@@ -56,13 +41,13 @@ async fn users_and_groups_changed_on_one_node_hold_on_every_node() {
     let (one, two) = (node(&nats, "n1").await, node(&nats, "n2").await);
 
     for (user, password) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
-        let (status, body) = api(
-            &one,
-            "POST",
-            "/v1/users",
-            Some(json!({"user": user, "password": password})),
-        )
-        .await;
+        let (status, body) = one
+            .api(
+                "POST",
+                "/v1/users",
+                Some(json!({"user": user, "password": password})),
+            )
+            .await;
         assert_eq!(status, 201, "{body}");
     }
     // Node 2 knows them at once (the change returned once node 1 had it; node 2 may
@@ -81,27 +66,27 @@ async fn users_and_groups_changed_on_one_node_hold_on_every_node() {
     let (_, code) = connect(&two, "bob-tablet", "bob", "wrong").await;
     assert_eq!(code, ReasonCode::BadUserNameOrPassword);
     // Adding a user that exists, on the other node, is refused.
-    let (status, _) = api(
-        &two,
-        "POST",
-        "/v1/users",
-        Some(json!({"user": "alice", "password": "x"})),
-    )
-    .await;
+    let (status, _) = two
+        .api(
+            "POST",
+            "/v1/users",
+            Some(json!({"user": "alice", "password": "x"})),
+        )
+        .await;
     assert_eq!(status, 409);
 
     // A group made on node 2 routes a message sent on node 1.
-    let (status, body) = api(
-        &two,
-        "POST",
-        "/v1/groups",
-        Some(json!({"gid": "team", "members": ["alice", "bob"]})),
-    )
-    .await;
+    let (status, body) = two
+        .api(
+            "POST",
+            "/v1/groups",
+            Some(json!({"gid": "team", "members": ["alice", "bob"]})),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     // Node 1 copies it a moment after node 2 answered.
     let mut attempts = 0;
-    while api(&one, "GET", "/v1/groups/team", None).await.0 != 200 {
+    while one.api("GET", "/v1/groups/team", None).await.0 != 200 {
         attempts += 1;
         assert!(attempts < 100, "node 1 never copied the group");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -128,7 +113,9 @@ async fn users_and_groups_changed_on_one_node_hold_on_every_node() {
             break;
         }
     }
-    let (status, _) = api(&one, "DELETE", "/v1/groups/team/members/alice", None).await;
+    let (status, _) = one
+        .api("DELETE", "/v1/groups/team/members/alice", None)
+        .await;
     assert_eq!(status, 200);
     let refused = publish(&mut alice, 2, "group/team", "still here?", &[]).await;
     assert_eq!(refused, ReasonCode::NotAuthorized, "no longer a member");
@@ -148,13 +135,13 @@ async fn users_and_groups_changed_on_one_node_hold_on_every_node() {
     );
 
     // A new password on node 2 closes alice's connection on node 1 and refuses the old one.
-    let (status, _) = api(
-        &two,
-        "PUT",
-        "/v1/users/alice/password",
-        Some(json!({"password": "new-pw"})),
-    )
-    .await;
+    let (status, _) = two
+        .api(
+            "PUT",
+            "/v1/users/alice/password",
+            Some(json!({"password": "new-pw"})),
+        )
+        .await;
     assert_eq!(status, 200);
     alice
         .expect_disconnect(&[ReasonCode::NotAuthorized], "alice after her new password")
@@ -165,13 +152,13 @@ async fn users_and_groups_changed_on_one_node_hold_on_every_node() {
     assert_eq!(code, ReasonCode::Success);
 
     // Bob deleted on node 1: his connection on node 2 closes, and he is refused there.
-    let (status, _) = api(&one, "DELETE", "/v1/users/bob", None).await;
+    let (status, _) = one.api("DELETE", "/v1/users/bob", None).await;
     assert_eq!(status, 200);
     bob.expect_disconnect(&[ReasonCode::NotAuthorized], "bob deleted")
         .await;
     let (_, code) = connect(&two, "bob-phone", "bob", "bob-pw").await;
     assert_eq!(code, ReasonCode::BadUserNameOrPassword);
-    let (status, _) = api(&two, "GET", "/v1/users/bob", None).await;
+    let (status, _) = two.api("GET", "/v1/users/bob", None).await;
     assert_eq!(status, 404);
 }
 
@@ -184,8 +171,8 @@ async fn one_of_two_concurrent_adds_of_a_user_wins() {
         let user = format!("user{round}");
         let body = |password: &str| Some(json!({"user": user, "password": password}));
         let ((a, _), (b, _)) = tokio::join!(
-            api(&one, "POST", "/v1/users", body("from-one")),
-            api(&two, "POST", "/v1/users", body("from-two"))
+            one.api("POST", "/v1/users", body("from-one")),
+            two.api("POST", "/v1/users", body("from-two"))
         );
         let mut statuses = [a, b];
         statuses.sort_unstable();
@@ -254,13 +241,13 @@ async fn a_token_revoked_on_one_node_is_refused_on_every_node() {
         ReasonCode::Success
     );
 
-    let (status, body) = api(
-        &one,
-        "POST",
-        "/v1/tokens/revocations",
-        Some(json!({"jti": "t-1", "expires_at": now + 3_600})),
-    )
-    .await;
+    let (status, body) = one
+        .api(
+            "POST",
+            "/v1/tokens/revocations",
+            Some(json!({"jti": "t-1", "expires_at": now + 3_600})),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     // Node 1 answered once it had the revocation; node 2 copies it a moment later.
     tern_conformance::eventually("node 2 refuses the revoked token", || {
@@ -276,13 +263,13 @@ async fn a_token_revoked_on_one_node_is_refused_on_every_node() {
     );
 
     // Revoking alice's tokens on node 1 closes her connection on node 2.
-    let (status, body) = api(
-        &one,
-        "POST",
-        "/v1/tokens/revocations",
-        Some(json!({"user": "alice"})),
-    )
-    .await;
+    let (status, body) = one
+        .api(
+            "POST",
+            "/v1/tokens/revocations",
+            Some(json!({"user": "alice"})),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     phone
         .expect_disconnect(&[ReasonCode::NotAuthorized], "alice's connection on node 2")
@@ -291,7 +278,7 @@ async fn a_token_revoked_on_one_node_is_refused_on_every_node() {
         token_login(&two, "alice-3", &second).await.1,
         ReasonCode::BadUserNameOrPassword
     );
-    let (_, list) = api(&two, "GET", "/v1/tokens/revocations", None).await;
+    let (_, list) = two.api("GET", "/v1/tokens/revocations", None).await;
     assert_eq!(list["tokens"]["t-1"], now + 3_600, "{list}");
     assert!(
         list["users"]["alice"].as_u64().is_some_and(|t| t >= now),

@@ -12,7 +12,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tern_codec::{ByteString, Connect, Protocol, ReasonCode};
 use tern_conformance::chat::{publish, subscribe_all};
-use tern_conformance::{eventually, http, Broker, BrokerProcess, RawClient};
+use tern_conformance::{eventually, Broker, BrokerProcess, RawClient};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_tern-test-broker");
 const SECRET: &[u8] = b"a-shared-secret-of-the-account-service";
@@ -117,21 +117,6 @@ async fn code(broker: &Broker, user: Option<&str>, token: &str) -> ReasonCode {
         .1
 }
 
-async fn api(
-    broker: &Broker,
-    method: &'static str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    http(
-        method,
-        format!("{}{path}", broker.admin_url()),
-        Some(broker.admin_token()),
-        body,
-    )
-    .await
-}
-
 #[tokio::test]
 async fn tokens_are_checked_for_key_algorithm_time_audience_and_subject() {
     let keys = Keys::new();
@@ -217,13 +202,13 @@ async fn tokens_are_checked_for_key_algorithm_time_audience_and_subject() {
     );
 
     // Tokens and passwords side by side.
-    let (status, body) = api(
-        &broker,
-        "POST",
-        "/v1/users",
-        Some(json!({"user": "carol", "password": "carol-password"})),
-    )
-    .await;
+    let (status, body) = broker
+        .api(
+            "POST",
+            "/v1/users",
+            Some(json!({"user": "carol", "password": "carol-password"})),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     let (_, ack) = RawClient::open(broker.addr, Protocol::V5, "carol-1", true, |c| {
         c.username = Some("carol".into());
@@ -280,7 +265,7 @@ async fn tokens_are_checked_for_key_algorithm_time_audience_and_subject() {
 
     // A reload that fails leaves the keys in force; one that succeeds replaces them.
     std::fs::write(keys.path("secret"), b"short").expect("write");
-    let (status, body) = api(&broker, "POST", "/v1/access/reload", None).await;
+    let (status, body) = broker.api("POST", "/v1/access/reload", None).await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"].as_str().unwrap_or("").contains("secret"),
@@ -292,7 +277,7 @@ async fn tokens_are_checked_for_key_algorithm_time_audience_and_subject() {
         "old secret still in force"
     );
     std::fs::write(keys.path("secret"), b"the-rotated-secret-of-the-service").expect("write");
-    let (status, body) = api(&broker, "POST", "/v1/access/reload", None).await;
+    let (status, body) = broker.api("POST", "/v1/access/reload", None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["token_keys"], 3, "{body}");
     assert_eq!(code(&broker, None, &valid).await, bad, "old secret retired");
@@ -330,13 +315,9 @@ async fn revoked_tokens_are_refused_and_stay_revoked_across_a_restart() {
         (json!({"jti": 5}), "request body"),
         (json!({"token": "a"}), "request body"),
     ] {
-        let (status, answer) = api(
-            &broker,
-            "POST",
-            "/v1/tokens/revocations",
-            Some(body.clone()),
-        )
-        .await;
+        let (status, answer) = broker
+            .api("POST", "/v1/tokens/revocations", Some(body.clone()))
+            .await;
         assert_eq!(status, 400, "{body} -> {answer}");
         assert!(
             answer["error"].as_str().unwrap_or("").contains(needle),
@@ -344,13 +325,13 @@ async fn revoked_tokens_are_refused_and_stay_revoked_across_a_restart() {
         );
     }
 
-    let (status, list) = api(
-        &broker,
-        "POST",
-        "/v1/tokens/revocations",
-        Some(json!({"jti": "t-1", "expires_at": t + 600})),
-    )
-    .await;
+    let (status, list) = broker
+        .api(
+            "POST",
+            "/v1/tokens/revocations",
+            Some(json!({"jti": "t-1", "expires_at": t + 600})),
+        )
+        .await;
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["tokens"]["t-1"], t + 600, "{list}");
     assert_eq!(code(&broker, None, &first).await, bad, "revoked by id");
@@ -358,13 +339,13 @@ async fn revoked_tokens_are_refused_and_stay_revoked_across_a_restart() {
     assert_eq!(c, ok, "another token of the user still works");
 
     // Revoking the user's tokens issued until now closes its connections too.
-    let (status, list) = api(
-        &broker,
-        "POST",
-        "/v1/tokens/revocations",
-        Some(json!({"user": "alice"})),
-    )
-    .await;
+    let (status, list) = broker
+        .api(
+            "POST",
+            "/v1/tokens/revocations",
+            Some(json!({"user": "alice"})),
+        )
+        .await;
     assert_eq!(status, 200, "{list}");
     phone
         .expect_disconnect(
@@ -392,7 +373,7 @@ async fn revoked_tokens_are_refused_and_stay_revoked_across_a_restart() {
         "still revoked by user"
     );
     assert_eq!(code(&broker, None, &later).await, ok);
-    let (status, list) = api(&broker, "GET", "/v1/tokens/revocations", None).await;
+    let (status, list) = broker.api("GET", "/v1/tokens/revocations", None).await;
     assert_eq!(status, 200);
     assert!(
         list["users"]["alice"].as_u64().is_some_and(|at| at >= t),

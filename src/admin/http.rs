@@ -341,15 +341,7 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            let (scheme, token) = value.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    let (challenge, message) = match given {
+    let (challenge, message) = match bearer(&request) {
         Some(given) if token::matches(given, &state.token) => return next.run(request).await,
         Some(_) => (
             "Bearer error=\"invalid_token\"",
