@@ -297,7 +297,12 @@ async fn mosquitto(dir: &Path, acl: &Path) -> Mosquitto {
     }
     let conf_file = dir.join("mosquitto.conf");
     std::fs::write(&conf_file, conf).expect("write mosquitto.conf");
-    let child = tokio::process::Command::new("mosquitto")
+    // Debian puts the broker in /usr/sbin, which a non-root user's PATH may lack.
+    let program = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("mosquitto");
+    let child = tokio::process::Command::new(program)
         .arg("-c")
         .arg(&conf_file)
         .stdout(std::process::Stdio::null())
