@@ -32,6 +32,8 @@ if $tests; then
   # The Mosquitto broker (and mosquitto_passwd): acl_file.rs checks tern's answers to an
   # ACL file against Mosquitto's own.
   [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+  # The Debian package's test (test-deb.sh): its postinst creates a user with adduser.
+  command -v adduser >/dev/null 2>&1 || need+=(adduser)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -11,3 +11,6 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tern-target}"
 find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f ! -name '*.*' -mtime +2 -delete 2>/dev/null || true
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+# The Debian package: built around the debug binary, installed with dpkg, started from the
+# unit's ExecStart line, purged (needs root or sudo).
+./scripts/test-deb.sh
