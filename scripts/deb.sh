@@ -24,6 +24,6 @@ out="$CARGO_TARGET_DIR/debian"
 mkdir -p "$out"
 # The release binary is stripped (its line tables are half a gigabyte); the test's is not
 # (stripping it would only take time).
-strip=()
+strip=(--strip)
 [ "$profile" = dev ] && strip=(--no-strip)
 "$TOOLS/bin/cargo-deb" --no-build --profile "$profile" "${strip[@]}" --output "$out" -p tern

@@ -34,6 +34,8 @@ if $tests; then
   [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
   # The Debian package's test (test-deb.sh): its postinst creates a user with adduser.
   command -v adduser >/dev/null 2>&1 || need+=(adduser)
+  # RSA keys for the token login test (tokens.rs), made as an account service would.
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

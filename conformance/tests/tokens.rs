@@ -48,6 +48,34 @@ impl Keys {
             "x": b64(&point[1..33]), "y": b64(&point[33..65]),
         }]});
         std::fs::write(dir.path().join("jwks.json"), jwks.to_string()).expect("write");
+        // An RSA key pair, made by openssl as an account service would.
+        let rsa = dir.path().join("rsa.key");
+        let openssl = |args: &[&str]| {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .status()
+                .expect("openssl");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        let rsa_key = rsa.to_str().expect("utf-8 path");
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            rsa_key,
+        ]);
+        let rsa_pub = dir.path().join("rsa.pem");
+        openssl(&[
+            "pkey",
+            "-in",
+            rsa_key,
+            "-pubout",
+            "-out",
+            rsa_pub.to_str().expect("utf-8 path"),
+        ]);
         Keys {
             dir,
             pem_key,
@@ -63,7 +91,7 @@ impl Keys {
         let t = &mut config.tokens;
         t.enabled = true;
         t.hmac_secret_file = Some(self.path("secret"));
-        t.public_key_files = vec![self.path("ec.pem")];
+        t.public_key_files = vec![self.path("ec.pem"), self.path("rsa.pem")];
         t.jwks_file = Some(self.path("jwks.json"));
         t.audience = Some("chat-app".into());
         t.issuer = Some("accounts".into());
@@ -84,6 +112,12 @@ fn claims(sub: &str, extra: Value) -> Value {
 fn hs256(secret: &[u8], claims: &Value) -> String {
     let key = EncodingKey::from_secret(secret).expect("HMAC key");
     encode(&Header::new(Algorithm::HS256), claims, &key).expect("sign")
+}
+
+fn rsa(keys: &Keys, alg: Algorithm, claims: &Value) -> String {
+    let pem = std::fs::read(keys.path("rsa.key")).expect("RSA key");
+    let key = EncodingKey::from_rsa_pem(&pem).expect("RSA key");
+    encode(&Header::new(alg), claims, &key).expect("sign")
 }
 
 fn es256(key: &rcgen::KeyPair, kid: Option<&str>, claims: &Value) -> String {
@@ -189,6 +223,22 @@ async fn tokens_are_checked_for_key_algorithm_time_audience_and_subject() {
         "algorithm confusion"
     );
 
+    let rs = rsa(&keys, Algorithm::RS256, &claims("alice", json!({})));
+    assert_eq!(code(&broker, None, &rs).await, ok, "RS256, PEM key");
+    let ps = rsa(&keys, Algorithm::PS256, &claims("alice", json!({})));
+    assert_eq!(
+        code(&broker, None, &ps).await,
+        ok,
+        "PS256, the same RSA key"
+    );
+    // The RSA public key is public too: no HS256 token keyed with it passes.
+    let rsa_pub = std::fs::read(keys.path("rsa.pem")).expect("RSA public key");
+    let confused = hs256(&rsa_pub, &claims("alice", json!({})));
+    assert_eq!(
+        code(&broker, None, &confused).await,
+        bad,
+        "RSA algorithm confusion"
+    );
     let ec = es256(&keys.pem_key, None, &claims("alice", json!({})));
     assert_eq!(code(&broker, None, &ec).await, ok, "ES256, PEM key");
     let jwks = es256(&keys.jwks_key, Some("k2"), &claims("alice", json!({})));
@@ -279,7 +329,7 @@ async fn tokens_are_checked_for_key_algorithm_time_audience_and_subject() {
     std::fs::write(keys.path("secret"), b"the-rotated-secret-of-the-service").expect("write");
     let (status, body) = broker.api("POST", "/v1/access/reload", None).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["token_keys"], 3, "{body}");
+    assert_eq!(body["token_keys"], 4, "{body}");
     assert_eq!(code(&broker, None, &valid).await, bad, "old secret retired");
     let rotated = hs256(
         b"the-rotated-secret-of-the-service",
