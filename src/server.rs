@@ -163,13 +163,19 @@ impl Server {
             }
         }
         let admin = if config.admin.enabled {
-            match AdminServer::bind(&config, router.clone(), writer.clone()).await {
+            let bound = AdminServer::bind(
+                &config,
+                router.clone(),
+                writer.clone(),
+                access.clone(),
+                broadcasts.clone(),
+            )
+            .await;
+            match bound {
                 Ok(admin) => {
                     let admin = admin
                         .with_metrics(metrics.clone())
-                        .with_cluster(link.as_ref().map(LinkTasks::admin))
-                        .with_access(access.clone())
-                        .with_broadcasts(broadcasts.clone());
+                        .with_cluster(link.as_ref().map(LinkTasks::admin));
                     if !admin.local_addr().ip().is_loopback() {
                         tracing::warn!(
                             api = %admin.local_addr(),

@@ -151,14 +151,13 @@ impl Webhook {
 
 /// The longest UTF-8 prefix of `payload` within `max` bytes (lossy for other bytes).
 fn preview(payload: &[u8], max: usize) -> String {
-    let text = String::from_utf8_lossy(&payload[..payload.len().min(max)]).into_owned();
-    match std::str::from_utf8(&payload[..payload.len().min(max)]) {
+    let cut = &payload[..payload.len().min(max)];
+    let kept = match std::str::from_utf8(cut) {
         // A multi-byte character cut at the end is left out rather than replaced.
-        Err(e) if e.error_len().is_none() => {
-            String::from_utf8_lossy(&payload[..e.valid_up_to()]).into_owned()
-        }
-        _ => text,
-    }
+        Err(e) if e.error_len().is_none() => &cut[..e.valid_up_to()],
+        _ => cut,
+    };
+    String::from_utf8_lossy(kept).into_owned()
 }
 
 struct Poster {

@@ -41,15 +41,8 @@ struct Revoke {
     issued_before: Option<u64>,
 }
 
-fn access(state: &AdminState) -> ApiResult<&Access> {
-    state
-        .access
-        .as_deref()
-        .ok_or_else(|| ApiError::internal("access rules are not loaded"))
-}
-
 async fn revocations_list(State(state): State<Arc<AdminState>>) -> ApiResult<Json<Revocations>> {
-    Ok(Json(access(&state)?.revoked()))
+    Ok(Json(state.access.revoked()))
 }
 
 async fn revoke(
@@ -57,7 +50,7 @@ async fn revoke(
     bytes: axum::body::Bytes,
 ) -> ApiResult<Json<Revocations>> {
     let request: Revoke = body(&bytes)?;
-    let access = access(&state)?;
+    let access = &state.access;
     if !access.tokens_enabled() {
         return Err(ApiError::bad_request(
             "token login is off (tokens.enabled = false): there is nothing to revoke",
@@ -106,7 +99,7 @@ async fn revoke(
         Revocation::User { user, .. } => Some(user.clone()),
         Revocation::Token { .. } => None,
     };
-    run_blocking(move |access| access.revoke(&revocation), &state).await?;
+    revoke_blocking(access.clone(), revocation).await?;
     if let Some(user) = user {
         let close = Close::new(ReasonCode::NotAuthorized, "the user's tokens were revoked");
         let _ = state.router.close_user(&user, &close);
@@ -114,16 +107,9 @@ async fn revoke(
     Ok(Json(access.revoked()))
 }
 
-/// Runs a deny-list change (a file write and sync) on a blocking thread.
-async fn run_blocking(
-    change: impl FnOnce(&Access) -> Result<(), AccessError> + Send + 'static,
-    state: &AdminState,
-) -> ApiResult<()> {
-    let access = state
-        .access
-        .clone()
-        .ok_or_else(|| ApiError::internal("access rules are not loaded"))?;
-    tokio::task::spawn_blocking(move || change(&access))
+/// Adds `revocation` to the deny-list (a file write and sync) on a blocking thread.
+async fn revoke_blocking(access: Arc<Access>, revocation: Revocation) -> ApiResult<()> {
+    tokio::task::spawn_blocking(move || access.revoke(&revocation))
         .await
         .map_err(|e| ApiError::internal(format!("revocation task: {e}")))?
         .map_err(|e| match e {
@@ -135,10 +121,7 @@ async fn run_blocking(
 }
 
 async fn reload(State(state): State<Arc<AdminState>>) -> ApiResult<Json<Reloaded>> {
-    let access = state
-        .access
-        .clone()
-        .ok_or_else(|| ApiError::internal("access rules are not loaded"))?;
+    let access = state.access.clone();
     let reloaded = tokio::task::spawn_blocking(move || access.reload())
         .await
         .map_err(|e| ApiError::internal(format!("reload task: {e}")))?

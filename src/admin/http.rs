@@ -72,7 +72,7 @@ pub(super) struct AdminState {
     /// On a cluster node: users and groups live in the cluster, and changes go there.
     pub(super) cluster: Option<crate::cluster::ClusterAdmin>,
     /// Token revocations and reloads.
-    pub(super) access: Option<Arc<crate::access::Access>>,
+    pub(super) access: Arc<crate::access::Access>,
     /// Push tokens, their rates, idempotency keys (`POST /v1/messages`).
     pub(super) push: super::push_api::PushState,
 }
@@ -88,11 +88,15 @@ pub struct AdminServer {
 
 impl AdminServer {
     /// Binds `config.admin.listen`, settles the token (generated if the config has none)
-    /// and writes `admin.addr` (and `admin.token`) into the data directory.
+    /// and writes `admin.addr` (and `admin.token`) into the data directory. `access`:
+    /// token revocations and reloads; `broadcasts`: the permits that broadcasts pushed
+    /// through the API take, as the connections' do.
     pub async fn bind(
         config: &Config,
         router: RouterHandle,
         writer: Writer,
+        access: Arc<crate::access::Access>,
+        broadcasts: Arc<tokio::sync::Semaphore>,
     ) -> Result<AdminServer, AdminError> {
         let listen = config.admin.listen;
         let bind_error = |source| AdminError::Bind {
@@ -149,13 +153,8 @@ impl AdminServer {
                 token,
                 users: tokio::sync::Mutex::new(()),
                 cluster: None,
-                access: None,
-                push: super::push_api::PushState::new(
-                    config,
-                    Arc::new(tokio::sync::Semaphore::new(
-                        crate::router::MAX_BROADCASTS_IN_FLIGHT,
-                    )),
-                ),
+                access,
+                push: super::push_api::PushState::new(config, broadcasts),
             },
             files,
         })
@@ -175,22 +174,6 @@ impl AdminServer {
         cluster: Option<crate::cluster::ClusterAdmin>,
     ) -> AdminServer {
         self.state.cluster = cluster;
-        self
-    }
-
-    /// Broadcasts pushed through the API take permits of `broadcasts`, as the connections'
-    /// do.
-    pub(crate) fn with_broadcasts(
-        mut self,
-        broadcasts: Arc<tokio::sync::Semaphore>,
-    ) -> AdminServer {
-        self.state.push.broadcasts = broadcasts;
-        self
-    }
-
-    /// Serves token revocations and reloads of the token keys and the ACL file.
-    pub(crate) fn with_access(mut self, access: Arc<crate::access::Access>) -> AdminServer {
-        self.state.access = Some(access);
         self
     }
 

@@ -340,17 +340,11 @@ async fn push_chat(
 }
 
 fn chat_message(topic: &str, payload: &Bytes, msgid: &str) -> Message {
-    let mut message = Message {
-        topic: ByteString::from(topic.to_string()),
-        payload: payload.clone(),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: Default::default(),
-        expires_at_ms: None,
-        origin: None,
-        received_at: None,
-        cluster_seq: None,
-    };
+    let mut message = Message::new(
+        ByteString::from(topic.to_string()),
+        QoS::AtLeastOnce,
+        payload.clone(),
+    );
     message.properties.user_properties.push((
         ByteString::from_static(MSGID),
         ByteString::from(msgid.to_string()),
@@ -378,7 +372,7 @@ pub(crate) struct PushState {
     idempotency: Mutex<Idempotency>,
     pub(super) max_recipients: usize,
     pub(super) max_payload: usize,
-    pub(super) broadcasts: Arc<tokio::sync::Semaphore>,
+    broadcasts: Arc<tokio::sync::Semaphore>,
 }
 
 struct Bucket {

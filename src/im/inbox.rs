@@ -75,17 +75,11 @@ pub fn sync_end(
         json(after),
         json(last)
     );
-    Message {
-        topic: ByteString::from(sync_end_topic(user)),
-        payload: Bytes::from(payload),
-        qos: tern_codec::QoS::AtLeastOnce,
-        retain: false,
-        properties: Default::default(),
-        expires_at_ms: None,
-        origin: None,
-        received_at: None,
-        cluster_seq: None,
-    }
+    Message::new(
+        ByteString::from(sync_end_topic(user)),
+        tern_codec::QoS::AtLeastOnce,
+        Bytes::from(payload),
+    )
 }
 
 /// Parses a `$sync` request payload: the last seq the device has (decimal), or empty for

@@ -140,13 +140,13 @@ pub struct Delivery {
     pub released: bool,
 }
 
-#[cfg(test)]
 impl Message {
-    /// A message for tests: not retained, no properties, no expiry, from no session.
-    pub(crate) fn test(topic: &str, qos: QoS, payload: impl Into<Bytes>) -> Message {
+    /// A message the broker makes itself: not retained, no properties, no expiry, from no
+    /// session.
+    pub(crate) fn new(topic: ByteString, qos: QoS, payload: Bytes) -> Message {
         Message {
-            topic: ByteString::from(topic),
-            payload: payload.into(),
+            topic,
+            payload,
             qos,
             retain: false,
             properties: Properties::default(),
@@ -155,6 +155,14 @@ impl Message {
             received_at: None,
             cluster_seq: None,
         }
+    }
+}
+
+#[cfg(test)]
+impl Message {
+    /// A message for tests (see [`Message::new`]).
+    pub(crate) fn test(topic: &str, qos: QoS, payload: impl Into<Bytes>) -> Message {
+        Message::new(ByteString::from(topic), qos, payload.into())
     }
 }
 
