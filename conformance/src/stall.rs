@@ -125,4 +125,20 @@ impl Store for StallingStore {
     fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StorageError> {
         self.inner.checkpoint(dir)
     }
+
+    fn marks(
+        &self,
+        user: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, tern_storage::Mark)>, StorageError> {
+        self.inner.marks(user, prefix)
+    }
+
+    fn mark(&self, user: &str, name: &str) -> Result<Option<tern_storage::Mark>, StorageError> {
+        self.inner.mark(user, name)
+    }
+
+    fn user_value(&self, user: &str, name: &str) -> Result<Option<bytes::Bytes>, StorageError> {
+        self.inner.user_value(user, name)
+    }
 }

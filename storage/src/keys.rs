@@ -31,8 +31,13 @@ pub const CF_MESSAGES: &str = "messages";
 pub const CF_INBOX: &str = "inbox";
 /// Inbox high-water marks: user prefix -> next seq (u64 BE).
 pub const CF_INBOX_NEXT: &str = "inbox_next";
+/// Chat marks (read positions, receipts): user prefix + mark name -> mark record, raised
+/// by a merge that keeps the highest message id.
+pub const CF_MARKS: &str = "marks";
+/// Small per-user values (chat settings, contacts): user prefix + name -> bytes.
+pub const CF_USER_VALUES: &str = "user_values";
 /// Every column family the store opens (besides RocksDB's `default`, unused).
-pub const ALL_CFS: [&str; 11] = [
+pub const ALL_CFS: [&str; 13] = [
     CF_RETAINED,
     CF_SESSIONS,
     CF_QUEUE,
@@ -44,11 +49,21 @@ pub const ALL_CFS: [&str; 11] = [
     CF_MESSAGES,
     CF_INBOX,
     CF_INBOX_NEXT,
+    CF_MARKS,
+    CF_USER_VALUES,
 ];
 /// The column families added after the first release of [`FORMAT_VERSION`] 1: a database
 /// written before has none of them. [`RocksStore::open`](crate::RocksStore::open) creates
 /// them; a read-only open, which cannot, reads them as empty.
-pub const ADDED_CFS: [&str; 5] = [CF_USERS, CF_GROUPS, CF_MESSAGES, CF_INBOX, CF_INBOX_NEXT];
+pub const ADDED_CFS: [&str; 7] = [
+    CF_USERS,
+    CF_GROUPS,
+    CF_MESSAGES,
+    CF_INBOX,
+    CF_INBOX_NEXT,
+    CF_MARKS,
+    CF_USER_VALUES,
+];
 
 /// Key in [`CF_META`] of the data format version (u32 BE).
 pub const FORMAT_VERSION_KEY: &[u8] = b"format_version";
@@ -132,6 +147,18 @@ pub fn message_key(id: u64) -> [u8; 8] {
 pub fn inbox_key(user: &str, seq: u64) -> Result<Vec<u8>, StorageError> {
     let mut key = length_prefixed("user id", user, 8)?;
     key.extend_from_slice(&seq.to_be_bytes());
+    Ok(key)
+}
+
+/// Rejects a mark or value name that cannot be stored (at most 65,535 bytes, like ids).
+pub fn check_name(name: &str) -> Result<(), StorageError> {
+    check_id("name", name)
+}
+
+/// A user's named key ([`CF_MARKS`], [`CF_USER_VALUES`]): user prefix, then the name.
+pub fn named_key(user: &str, name: &str) -> Result<Vec<u8>, StorageError> {
+    let mut key = user_prefix(user)?;
+    key.extend_from_slice(name.as_bytes());
     Ok(key)
 }
 

@@ -59,6 +59,8 @@
 //! | `messages` | message id (u64 BE) | message record (as `retained`) |
 //! | `inbox` | user prefix, `seq` (u64 BE) | inbox record (message id, role) |
 //! | `inbox_next` | user prefix | one past the highest inbox `seq` ever appended (u64 BE) |
+//! | `marks` | user prefix, mark name (UTF-8) | mark record ([`Mark`]), raised by a merge |
+//! | `user_values` | user prefix, name (UTF-8) | bytes, opaque here |
 //!
 //! User prefixes and group keys are encoded like client prefixes (u16 BE length, UTF-8).
 //!
@@ -69,7 +71,7 @@
 //! logs; it is never deleted (not by [`Op::TrimInbox`], not by [`Op::DeleteUser`]), so a
 //! user's inbox seqs never restart.
 //!
-//! The last five families were added to format version 1 without changing its number: a
+//! The last seven families were added to format version 1 without changing its number: a
 //! database written before them opens as is ([`RocksStore::open`] creates the missing families,
 //! a read-only open reads them as empty) and its records all still decode.
 //!
@@ -233,6 +235,19 @@ pub struct InboxEntry {
     pub role: u8,
 }
 
+/// A user's position in something ordered by message id (how far a conversation was read),
+/// kept per user and name ([`Op::RaiseMark`]). A mark only moves up: of two marks, the one
+/// with the higher `id` is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    /// A message id (the order marks are compared in).
+    pub id: u64,
+    /// Broker-defined (the user's inbox seq of that message); opaque here.
+    pub seq: u64,
+    /// When it was raised, unix ms.
+    pub at_ms: u64,
+}
+
 /// A stored session with the bounds of its queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -322,6 +337,19 @@ pub enum Op {
     DeleteMessagesBefore {
         below_id: u64,
     },
+    /// Raises the user's mark `name` to `mark`, unless the stored one has an id at least as
+    /// high (a merge: no read, and two raises in any order leave the higher).
+    RaiseMark {
+        user: String,
+        name: String,
+        mark: Mark,
+    },
+    /// Inserts or replaces the user's value `name`.
+    PutUserValue {
+        user: String,
+        name: String,
+        value: Bytes,
+    },
 }
 
 impl Op {
@@ -363,6 +391,10 @@ impl Op {
                 keys::check_user(user)
             }
             Op::DeleteMessagesBefore { .. } => Ok(()),
+            Op::RaiseMark { user, name, .. } | Op::PutUserValue { user, name, .. } => {
+                keys::check_user(user)?;
+                keys::check_name(name)
+            }
         }
     }
 
@@ -407,6 +439,8 @@ impl Op {
                 Op::DeleteUser { user } | Op::TrimInbox { user, .. } => user.len(),
                 Op::DeleteGroup { gid } => gid.len(),
                 Op::DeleteMessagesBefore { .. } => 16,
+                Op::RaiseMark { user, name, .. } => user.len() + name.len() + 25,
+                Op::PutUserValue { user, name, value } => user.len() + name.len() + value.len(),
             }
     }
 }
@@ -465,6 +499,10 @@ pub trait Store: Send + Sync + 'static {
     /// next_seq of every user that ever had an inbox entry, sorted by user (start-up load: one
     /// scan of the high-water-mark CF, never of the entries).
     fn inbox_heads(&self) -> Result<Vec<(String, u64)>, StorageError>;
+    /// Every mark of `user` whose name starts with `prefix`, sorted by name.
+    fn marks(&self, user: &str, prefix: &str) -> Result<Vec<(String, Mark)>, StorageError>;
+    fn mark(&self, user: &str, name: &str) -> Result<Option<Mark>, StorageError>;
+    fn user_value(&self, user: &str, name: &str) -> Result<Option<Bytes>, StorageError>;
     /// Writes a consistent copy of the whole store into `dir` (which must not exist yet),
     /// holding everything written before the call, while writes go on; a store opens on
     /// it as on the original. Only a store on disk can: the others answer

@@ -12,8 +12,8 @@ use bytes::Bytes;
 // Reads check ids like the RocksDB store does, so both answer a bad lookup alike.
 use crate::keys::{check_client_id, check_gid, check_user};
 use crate::{
-    InboxEntry, Op, QueuedMessage, SessionRecord, StorageError, Store, StoredGroup, StoredMessage,
-    StoredSession, StoredUser,
+    InboxEntry, Mark, Op, QueuedMessage, SessionRecord, StorageError, Store, StoredGroup,
+    StoredMessage, StoredSession, StoredUser,
 };
 
 /// An in-memory [`Store`].
@@ -32,6 +32,10 @@ struct Inner {
     groups: BTreeMap<String, StoredGroup>,
     messages: BTreeMap<u64, StoredMessage>,
     inboxes: BTreeMap<String, Inbox>,
+    /// (user, name) -> mark.
+    marks: BTreeMap<(String, String), Mark>,
+    /// (user, name) -> value.
+    user_values: BTreeMap<(String, String), Bytes>,
 }
 
 #[derive(Debug, Default)]
@@ -161,6 +165,19 @@ impl Inner {
             }
             Op::DeleteMessagesBefore { below_id } => {
                 self.messages = self.messages.split_off(below_id);
+            }
+            Op::RaiseMark { user, name, mark } => {
+                let kept = self
+                    .marks
+                    .entry((user.clone(), name.clone()))
+                    .or_insert(*mark);
+                if mark.id > kept.id {
+                    *kept = *mark;
+                }
+            }
+            Op::PutUserValue { user, name, value } => {
+                self.user_values
+                    .insert((user.clone(), name.clone()), value.clone());
             }
         }
     }
@@ -352,6 +369,36 @@ impl Store for MemoryStore {
             .iter()
             .map(|(user, inbox)| (user.clone(), inbox.next_seq))
             .collect())
+    }
+
+    fn marks(&self, user: &str, prefix: &str) -> Result<Vec<(String, Mark)>, StorageError> {
+        check_user(user)?;
+        let from = (user.to_string(), prefix.to_string());
+        Ok(self
+            .lock()
+            .marks
+            .range(from..)
+            .take_while(|((u, name), _)| u == user && name.starts_with(prefix))
+            .map(|((_, name), mark)| (name.clone(), *mark))
+            .collect())
+    }
+
+    fn mark(&self, user: &str, name: &str) -> Result<Option<Mark>, StorageError> {
+        check_user(user)?;
+        Ok(self
+            .lock()
+            .marks
+            .get(&(user.to_string(), name.to_string()))
+            .copied())
+    }
+
+    fn user_value(&self, user: &str, name: &str) -> Result<Option<Bytes>, StorageError> {
+        check_user(user)?;
+        Ok(self
+            .lock()
+            .user_values
+            .get(&(user.to_string(), name.to_string()))
+            .cloned())
     }
 
     fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StorageError> {

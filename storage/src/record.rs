@@ -18,6 +18,7 @@
 //! user record:  1  flags(u8: 1 operator)  created_at_ms(u64)  password_hash(u16 len + UTF-8)
 //! group record: 1  created_at_ms(u64)  count(u32)  count x member(u16 len + UTF-8)
 //! inbox record: 1  message_id(u64)  role(u8)
+//! mark record:  1  id(u64)  seq(u64)  at_ms(u64)
 //! ```
 //!
 //! Queue records went to version 2 when they gained message references; version 1 records,
@@ -33,8 +34,8 @@
 use bytes::{Buf, Bytes};
 
 use crate::{
-    InboxEntry, QueueState, QueuedMessage, StorageError, StoredGroup, StoredMessage, StoredSession,
-    StoredSubscription, StoredUser,
+    InboxEntry, Mark, QueueState, QueuedMessage, StorageError, StoredGroup, StoredMessage,
+    StoredSession, StoredSubscription, StoredUser,
 };
 
 /// Version byte written at the start of every record but queue records.
@@ -510,6 +511,54 @@ pub(crate) fn decode_inbox(value: &[u8]) -> DecodeResult<InboxEntry> {
         [version, ..] => Err(unknown_version(*version, RECORD_VERSION)),
         [] => Err(DecodeError("empty value".into())),
     }
+}
+
+/// Bytes of a mark record.
+const MARK_LEN: usize = 25;
+
+pub(crate) fn encode_mark(mark: &Mark) -> [u8; MARK_LEN] {
+    let mut out = [0; MARK_LEN];
+    out[0] = RECORD_VERSION;
+    out[1..9].copy_from_slice(&mark.id.to_be_bytes());
+    out[9..17].copy_from_slice(&mark.seq.to_be_bytes());
+    out[17..25].copy_from_slice(&mark.at_ms.to_be_bytes());
+    out
+}
+
+pub(crate) fn decode_mark(value: &[u8]) -> DecodeResult<Mark> {
+    let field = |at: usize| {
+        value
+            .get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+    };
+    match value.first() {
+        Some(&RECORD_VERSION) if value.len() == MARK_LEN => match (field(1), field(9), field(17)) {
+            (Some(id), Some(seq), Some(at_ms)) => Ok(Mark { id, seq, at_ms }),
+            _ => Err(DecodeError("a mark record cut short".into())),
+        },
+        Some(&RECORD_VERSION) => Err(DecodeError(format!(
+            "{} bytes where {MARK_LEN} were expected",
+            value.len()
+        ))),
+        Some(version) => Err(unknown_version(*version, RECORD_VERSION)),
+        None => Err(DecodeError("empty value".into())),
+    }
+}
+
+/// The mark record to keep of a stored one and raises (RocksDB's merge of `marks`): the one
+/// with the highest id. A value that does not decode loses to any that does, so one bad
+/// write cannot stop a mark from moving; only when none decodes is the merge refused.
+pub(crate) fn merge_marks<'v>(
+    existing: Option<&'v [u8]>,
+    operands: impl IntoIterator<Item = &'v [u8]>,
+) -> Option<Vec<u8>> {
+    existing
+        .into_iter()
+        .chain(operands)
+        .filter_map(|value| decode_mark(value).ok())
+        .max_by_key(|mark| mark.id)
+        .map(|mark| encode_mark(&mark).to_vec())
 }
 
 /// Decodes a session record; `client_id` comes from its key.

@@ -40,15 +40,16 @@ use rocksdb::{
 };
 
 use crate::keys::{
-    client_prefix, describe_key, group_key, inbound_key, inbox_key, message_key, prefix_end,
-    queue_key, split_client_key, user_prefix, ADDED_CFS, ALL_CFS, CF_GROUPS, CF_INBOUND_QOS2,
-    CF_INBOX, CF_INBOX_NEXT, CF_MESSAGES, CF_META, CF_QUEUE, CF_QUEUE_NEXT, CF_RETAINED,
-    CF_SESSIONS, CF_USERS, FORMAT_VERSION, FORMAT_VERSION_KEY,
+    client_prefix, describe_key, group_key, inbound_key, inbox_key, message_key, named_key,
+    prefix_end, queue_key, split_client_key, user_prefix, ADDED_CFS, ALL_CFS, CF_GROUPS,
+    CF_INBOUND_QOS2, CF_INBOX, CF_INBOX_NEXT, CF_MARKS, CF_MESSAGES, CF_META, CF_QUEUE,
+    CF_QUEUE_NEXT, CF_RETAINED, CF_SESSIONS, CF_USERS, CF_USER_VALUES, FORMAT_VERSION,
+    FORMAT_VERSION_KEY,
 };
 use crate::record::{self, DecodeError};
 use crate::{
-    InboxEntry, Op, QueueState, QueuedMessage, SessionRecord, StorageError, Store, StoredGroup,
-    StoredMessage, StoredUser,
+    InboxEntry, Mark, Op, QueueState, QueuedMessage, SessionRecord, StorageError, Store,
+    StoredGroup, StoredMessage, StoredUser,
 };
 
 /// Shared by all column families: hot data is recent queue entries and sessions.
@@ -144,11 +145,25 @@ fn cf_descriptors(names: &[&str]) -> Vec<ColumnFamilyDescriptor> {
                     opts
                 }
                 CF_META => cf_options(&cache, 1 << 20),
+                CF_MARKS => {
+                    let mut opts = cf_options(&cache, SMALL_WRITE_BUFFER_BYTES);
+                    opts.set_merge_operator_associative("tern.mark_max", merge_marks);
+                    opts
+                }
                 _ => cf_options(&cache, SMALL_WRITE_BUFFER_BYTES),
             };
             ColumnFamilyDescriptor::new(name, opts)
         })
         .collect()
+}
+
+/// RocksDB's merge of the `marks` family (see `record::merge_marks`).
+fn merge_marks(
+    _key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &rocksdb::MergeOperands,
+) -> Option<Vec<u8>> {
+    record::merge_marks(existing, operands)
 }
 
 /// Turns an open failure into [`StorageError::Locked`] when RocksDB could not take the
@@ -214,6 +229,8 @@ struct BatchBuilder<'a> {
     messages: &'a ColumnFamily,
     inbox: &'a ColumnFamily,
     inbox_next: &'a ColumnFamily,
+    marks: &'a ColumnFamily,
+    user_values: &'a ColumnFamily,
     batch: WriteBatch,
     /// Queue entries written by the batch so far, for a SetQueueState that reads one; kept
     /// (and only paid for) when some op of the batch does.
@@ -242,6 +259,8 @@ impl<'a> BatchBuilder<'a> {
             messages: store.cf(CF_MESSAGES)?,
             inbox: store.cf(CF_INBOX)?,
             inbox_next: store.cf(CF_INBOX_NEXT)?,
+            marks: store.cf(CF_MARKS)?,
+            user_values: store.cf(CF_USER_VALUES)?,
             batch: WriteBatch::default(),
             track: ops.iter().any(|op| matches!(op, Op::SetQueueState { .. })),
             overlay: HashMap::new(),
@@ -332,6 +351,16 @@ impl<'a> BatchBuilder<'a> {
                 if *below_id > 0 {
                     batch.delete_range_cf(self.messages, message_key(0), message_key(*below_id));
                 }
+            }
+            Op::RaiseMark { user, name, mark } => {
+                batch.merge_cf(
+                    self.marks,
+                    named_key(user, name)?,
+                    record::encode_mark(mark),
+                );
+            }
+            Op::PutUserValue { user, name, value } => {
+                batch.put_cf(self.user_values, named_key(user, name)?, value);
             }
         }
         Ok(())
@@ -1063,6 +1092,41 @@ impl Store for RocksStore {
         })?;
         heads.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(heads)
+    }
+
+    fn marks(&self, user: &str, prefix: &str) -> Result<Vec<(String, Mark)>, StorageError> {
+        let Some(cf) = self.read_cf(CF_MARKS)? else {
+            return Ok(Vec::new());
+        };
+        let user_key = user_prefix(user)?;
+        let start = named_key(user, prefix)?;
+        let mut it = self.db.raw_iterator_cf(cf);
+        it.seek(&start);
+        let mut out = Vec::new();
+        while let Some((key, value)) = it.item() {
+            if !key.starts_with(&start) {
+                break;
+            }
+            let name = std::str::from_utf8(&key[user_key.len()..]).map_err(|_| {
+                StorageError::corrupt(format!("{}: name not UTF-8", describe_key(CF_MARKS, key)))
+            })?;
+            let mark = record::decode_mark(value).map_err(|e| decode_error(CF_MARKS, key, e))?;
+            out.push((name.to_string(), mark));
+            it.next();
+        }
+        it.status()
+            .map_err(|e| StorageError::rocks(format!("iterating {CF_MARKS}"), e))?;
+        Ok(out)
+    }
+
+    fn mark(&self, user: &str, name: &str) -> Result<Option<Mark>, StorageError> {
+        let key = named_key(user, name)?;
+        self.get_decoded(CF_MARKS, &key, |value| record::decode_mark(&value))
+    }
+
+    fn user_value(&self, user: &str, name: &str) -> Result<Option<Bytes>, StorageError> {
+        let key = named_key(user, name)?;
+        self.get_decoded(CF_USER_VALUES, &key, Ok)
     }
 
     /// A RocksDB checkpoint: the memtables flushed, then the live files hard-linked (or

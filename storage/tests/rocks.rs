@@ -420,6 +420,17 @@ fn reopen_keeps_im_state() {
         below_seq: 15,
     });
     ops.push(Op::DeleteMessagesBefore { below_id: 1005 });
+    for id in [3, 8, 5] {
+        ops.push(Op::RaiseMark {
+            user: "bob".into(),
+            name: "read/group/team".into(),
+            mark: tern_storage::Mark {
+                id,
+                seq: id,
+                at_ms: 1,
+            },
+        });
+    }
     let (users, inbox, queue) = {
         let store = RocksStore::open(dir.path()).unwrap();
         store.write(&ops[..30], true).unwrap();
@@ -452,6 +463,10 @@ fn reopen_keeps_im_state() {
             vec![("alice".to_string(), 20), ("bob".to_string(), 20)]
         );
         assert_eq!(store.last_message_id().unwrap(), Some(1019));
+        assert_eq!(
+            store.mark("bob", "read/group/team").unwrap().map(|m| m.id),
+            Some(8)
+        );
         assert_eq!(store.message(1004).unwrap(), None);
         assert_eq!(
             store.message(1019).unwrap(),

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use tern_storage::{
-    InboxEntry, MemoryStore, Op, QueueState, QueuedMessage, RocksStore, SessionRecord,
+    InboxEntry, Mark, MemoryStore, Op, QueueState, QueuedMessage, RocksStore, SessionRecord,
     StorageError, Store, StoredGroup, StoredMessage, StoredSession, StoredSubscription, StoredUser,
 };
 
@@ -1155,6 +1155,67 @@ mod suite {
             vec![("recipient".to_string(), 1), ("sender".to_string(), 1)]
         );
     }
+
+    pub fn marks_only_rise_and_values_replace(store: &dyn Store) {
+        let raise = |user: &str, name: &str, id: u64| Op::RaiseMark {
+            user: user.into(),
+            name: name.into(),
+            mark: Mark {
+                id,
+                seq: id + 1,
+                at_ms: id * 10,
+            },
+        };
+        // Within one batch and across batches, in any order: the highest id stays.
+        store
+            .write(
+                &[
+                    raise("bob", "read/dm/alice", 5),
+                    raise("bob", "read/dm/alice", 9),
+                    raise("bob", "read/dm/alice", 7),
+                    raise("bob", "read/group/g", 3),
+                    raise("bob", "receipt/carol", 4),
+                    raise("bobby", "read/dm/x", 1),
+                ],
+                false,
+            )
+            .unwrap();
+        store
+            .write(&[raise("bob", "read/group/g", 2)], false)
+            .unwrap();
+        store
+            .write(&[raise("bob", "read/group/g", 6)], false)
+            .unwrap();
+        let mark = |id: u64| Mark {
+            id,
+            seq: id + 1,
+            at_ms: id * 10,
+        };
+        assert_eq!(store.mark("bob", "read/dm/alice").unwrap(), Some(mark(9)));
+        assert_eq!(
+            store.marks("bob", "read/").unwrap(),
+            vec![
+                ("read/dm/alice".to_string(), mark(9)),
+                ("read/group/g".to_string(), mark(6)),
+            ]
+        );
+        assert_eq!(store.marks("bob", "").unwrap().len(), 3);
+        assert_eq!(store.marks("nobody", "").unwrap(), vec![]);
+        assert_eq!(store.mark("bob", "read/dm/zed").unwrap(), None);
+
+        let put = |value: &'static str| Op::PutUserValue {
+            user: "bob".into(),
+            name: "settings".into(),
+            value: Bytes::from_static(value.as_bytes()),
+        };
+        assert_eq!(store.user_value("bob", "settings").unwrap(), None);
+        store.write(&[put("a"), put("b")], false).unwrap();
+        assert_eq!(
+            store.user_value("bob", "settings").unwrap(),
+            Some(Bytes::from_static(b"b"))
+        );
+        assert_eq!(store.user_value("bobby", "settings").unwrap(), None);
+    }
 }
 
 macro_rules! conformance {
@@ -1202,4 +1263,5 @@ conformance!(
     queue_stats_counts_referenced_payloads,
     invalid_im_ops_are_rejected,
     im_batch_is_atomic,
+    marks_only_rise_and_values_replace,
 );
