@@ -5,7 +5,9 @@
 //! Every test gets its own port and data directory, so tests run in parallel.
 
 pub mod chat;
+pub mod device;
 pub mod exit;
+pub mod flaky;
 pub mod nats;
 pub mod process;
 pub mod stall;
@@ -50,6 +52,9 @@ pub fn test_config(data_dir: &Path) -> Config {
     };
     config.listeners.use_free_ports();
     config.admin.listen = "127.0.0.1:0".parse().expect("literal address");
+    // Presence adds a retained message per user that connects: tests of retained messages
+    // and counts would all see them. chat_features.rs turns it on.
+    config.im.presence = false;
     config
 }
 
@@ -209,6 +214,12 @@ impl Broker {
             task.await.expect("broker task");
         }
         self._dir.take()
+    }
+
+    /// Keeps `dir` (the broker's data directory, made by the test) until the broker is
+    /// stopped, and across [`restart`](Self::restart).
+    pub fn keep_dir(&mut self, dir: tempfile::TempDir) {
+        self._dir = Some(dir);
     }
 
     /// Stops the broker cleanly and starts a new one on the same data directory (and a

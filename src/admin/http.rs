@@ -228,6 +228,7 @@ fn app(state: Arc<AdminState>) -> Router {
         .route("/v1/cluster", get(cluster_status))
         .merge(super::access_api::routes())
         .merge(super::backup_api::routes())
+        .merge(super::chat_api::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,

@@ -14,6 +14,7 @@
 
 mod access_api;
 mod backup_api;
+mod chat_api;
 pub mod client;
 pub mod command;
 pub mod http;

@@ -541,7 +541,15 @@ pub fn inbox_tail(store: &dyn Store, user: &str, n: usize) -> Result<Vec<InboxVi
             let payload = message.as_ref().map(|m| Payload::preview(&m.payload));
             let copy = message
                 .and_then(|m| Message::from_stored(m).ok())
-                .and_then(|m| crate::im::inbox::for_recipient(&m, user, entry.role, seq));
+                .and_then(|m| {
+                    crate::im::inbox::for_recipient(
+                        &m,
+                        user,
+                        entry.role,
+                        seq,
+                        Some(entry.message_id),
+                    )
+                });
             let from = copy.as_ref().and_then(|c| {
                 crate::im::inbox::user_property(c, crate::im::inbox::FROM).map(str::to_string)
             });

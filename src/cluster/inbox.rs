@@ -515,7 +515,7 @@ fn recipient_copy(headers: &HeaderMap, payload: Bytes) -> Result<Message, String
         .and_then(|r| u8::try_from(r).ok())
         .ok_or_else(|| format!("no {ROLE} header"))?;
     let stored = super::decode(payload)?;
-    for_recipient(&stored, &user, role, seq).ok_or_else(|| "not a chat message".to_string())
+    for_recipient(&stored, &user, role, seq, None).ok_or_else(|| "not a chat message".to_string())
 }
 
 /// Reads users' logs for `$sync`, on any node.
@@ -590,6 +590,7 @@ async fn read(
             entries.push(LogEntry {
                 seq,
                 role,
+                id: None,
                 message: super::decode(message.payload.clone()).ok(),
             });
         }

@@ -544,6 +544,35 @@ pub struct ImConfig {
     /// User ids with the operator role (may publish to `broadcast/...`), besides users
     /// created with it. Default none.
     pub operators: Vec<String>,
+    /// Publish users' presence on `presence/{user}` (a durable retained write when a
+    /// user's first device comes and after its last one left). Default true; never on
+    /// cluster nodes.
+    pub presence: bool,
+    /// How long after sending a sender may still recall a message (`$recall`). Default
+    /// 120; 0 = recall off.
+    pub recall_window_secs: u64,
+    /// How long a user's last device must stay away before the user's presence turns
+    /// offline, so that a flapping phone does not storm its contacts. Default 5_000;
+    /// at most 600_000.
+    pub presence_offline_delay_ms: u64,
+    /// Who may subscribe to `presence/{user}`. Default `contacts`.
+    pub presence_visible_to: PresenceVisibility,
+    /// DM contact pairs remembered in memory so that a DM between known contacts writes
+    /// nothing more (`presence_visible_to = "contacts"`); beyond it the memory is
+    /// forgotten and pairs are written again. Default 100_000.
+    pub contacts_cached: usize,
+}
+
+/// Who may subscribe to a user's presence (`im.presence_visible_to`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceVisibility {
+    /// The user, users sharing a group with it, and users it exchanged a DM with.
+    Contacts,
+    /// Every user (wildcards under `presence/` allowed).
+    Everyone,
+    /// The user alone.
+    Nobody,
 }
 
 impl Default for ImConfig {
@@ -557,6 +586,11 @@ impl Default for ImConfig {
             dedup_window_entries: 100_000,
             sync_max_messages: 1_000,
             operators: Vec::new(),
+            presence: true,
+            recall_window_secs: 120,
+            presence_offline_delay_ms: 5_000,
+            presence_visible_to: PresenceVisibility::Contacts,
+            contacts_cached: 100_000,
         }
     }
 }

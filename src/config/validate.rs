@@ -90,6 +90,13 @@ impl Config {
             1,
             to_u64(l.max_queued_messages),
         )?;
+        check_range(
+            "im.presence_offline_delay_ms",
+            im.presence_offline_delay_ms,
+            0,
+            600_000,
+        )?;
+        check_min("im.contacts_cached", to_u64(im.contacts_cached), 1)?;
         if let Some(bad) = im
             .operators
             .iter()

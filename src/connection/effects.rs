@@ -8,16 +8,22 @@ use std::sync::Arc;
 use tern_codec::{Packet, Properties, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe};
 use tern_storage::{Op, QueueState};
 
+use super::requests::Answer;
 use super::{Connection, ConnectionError};
+use crate::config::PresenceVisibility;
 use crate::im::acl::{
     filter_subscribe, filter_unsubscribe, publish_route, suback_reasons, PublishRefused,
     PublishRoute,
 };
 use crate::im::inbox::parse_sync_request;
-use crate::im::sync::{replay, LogEntry};
+use crate::im::presence::{self, PresenceFilter};
+use crate::im::reads::SYNCED_MARKS;
+use crate::im::sync::{replay, LogEntry, SyncRead};
 use crate::metrics::{DropReason, PublishRefusal};
 use crate::protocol::session::Effect;
 use crate::protocol::{now_ms, Message, PREFETCH_DISTANCE};
+use crate::router::contact_name;
+use tern_codec::topic::split_shared;
 
 /// Retained messages a subscription's matches are written in batches of, while the rest are
 /// still being encoded.
@@ -134,6 +140,23 @@ impl Connection {
         ack: Option<(u16, QoS)>,
     ) -> Result<(), ConnectionError> {
         let route = self.route(&message.topic);
+        if route == PublishRoute::Request {
+            match Box::pin(self.request(&message)).await? {
+                Answer::Now(reason) => {
+                    if let Some((packet_id, qos)) = ack {
+                        self.buffers().acks.push_ready(packet_id, qos, reason);
+                    }
+                }
+                Answer::Once(routed, durable) => {
+                    if let Some((packet_id, qos)) = ack {
+                        self.buffers()
+                            .acks
+                            .push_routed(packet_id, qos, routed, durable);
+                    }
+                }
+            }
+            return Ok(());
+        }
         if let PublishRoute::Sync | PublishRoute::Refused(_) = route {
             let reason = match route {
                 PublishRoute::Refused(refused) => self.refused(&message, refused),
@@ -209,6 +232,7 @@ impl Connection {
             PublishRefused::SystemTopic => PublishRefusal::SystemTopic,
             PublishRefused::BroadcastNeedsOperator
             | PublishRefused::IntoInbox
+            | PublishRefused::PresenceTopic
             | PublishRefused::NotInAcl => PublishRefusal::NotAuthorized,
         });
         tracing::info!(client_id = %self.client_id, user = %self.user, topic = %message.topic, "publish refused: {}", refused.why());
@@ -227,9 +251,9 @@ impl Connection {
         };
         let from = after.map_or(0, |a| a.saturating_add(1));
         let limit = self.ctx.limits.sync_max_messages;
-        let (entries, next) = match &self.ctx.inbox {
+        let (entries, next, marks) = match &self.ctx.inbox {
             Some(inbox) => match inbox.read(&self.user, from, limit).await {
-                Ok(read) => read,
+                Ok((entries, next)) => (entries, next, Vec::new()),
                 Err(e) => {
                     // The device hears no end marker and asks again.
                     tracing::warn!(client_id = %self.client_id, user = %self.user, "sync failed: {e}");
@@ -238,39 +262,50 @@ impl Connection {
             },
             None => {
                 let user = self.user.to_string();
-                let (entries, (_, next)) = super::outbound::read_store(&self.ctx, move |store| {
-                    Ok((store.inbox(&user, from, limit)?, store.inbox_bounds(&user)?))
-                })
-                .await?;
+                let (entries, (_, next), marks) =
+                    super::outbound::read_store(&self.ctx, move |store| {
+                        let mut marks = Vec::new();
+                        for prefix in SYNCED_MARKS {
+                            marks.extend(store.marks(&user, prefix)?);
+                        }
+                        Ok((
+                            store.inbox(&user, from, limit)?,
+                            store.inbox_bounds(&user)?,
+                            marks,
+                        ))
+                    })
+                    .await?;
                 let entries = entries
                     .into_iter()
                     .map(|(seq, entry, stored)| LogEntry {
                         seq,
                         role: entry.role,
+                        id: Some(entry.message_id),
                         message: stored.and_then(|stored| Message::from_stored(stored).ok()),
                     })
                     .collect();
-                (entries, next)
+                (entries, next, marks)
             }
         };
         let full = entries.len() == limit;
-        replay(
-            &mut self.session,
-            &self.user,
+        let read = SyncRead {
             after,
-            entries,
             full,
+            entries,
             next,
-            now_ms(),
-        );
+            marks,
+        };
+        replay(&mut self.session, &self.user, read, now_ms());
         Ok(())
     }
 
     async fn subscribe(&mut self, subscribe: Subscribe) -> Result<(), ConnectionError> {
         let packet_id = subscribe.packet_id;
+        let hidden = self.hidden_presence(&subscribe).await?;
         let access = &self.ctx.access;
         let (subscribe, refused) = filter_subscribe(&self.user, subscribe, |filter| {
-            access.may_subscribe(self.acl_user(), &self.client_id, filter)
+            !hidden.iter().any(|h| h == filter)
+                && access.may_subscribe(self.acl_user(), &self.client_id, filter)
         });
         let (reasons, retained) = if subscribe.filters.is_empty() {
             (Vec::new(), Vec::new())
@@ -320,6 +355,48 @@ impl Connection {
             tracing::debug!(client_id = %self.client_id, dropped, "retained messages beyond the queue bound not sent");
         }
         Ok(())
+    }
+
+    /// The filters of `subscribe` under `presence/` that `im.presence_visible_to` does not
+    /// let this user watch.
+    async fn hidden_presence(&self, subscribe: &Subscribe) -> Result<Vec<String>, ConnectionError> {
+        let visibility = self.ctx.limits.presence_visible_to;
+        let mut hidden = Vec::new();
+        for (filter, _) in &subscribe.filters {
+            let plain = match split_shared(filter) {
+                Some(Ok((_, plain))) => plain,
+                Some(Err(_)) => continue,
+                None => filter,
+            };
+            let allowed = match presence::filter(plain) {
+                PresenceFilter::None => continue,
+                PresenceFilter::Many => visibility == PresenceVisibility::Everyone,
+                PresenceFilter::User(user) => {
+                    let contacts = visibility == PresenceVisibility::Contacts
+                        && user != &*self.user
+                        && self.are_contacts(user).await?;
+                    presence::may_watch(visibility, &self.user, user, || contacts)
+                }
+            };
+            if !allowed {
+                tracing::info!(client_id = %self.client_id, user = %self.user, %filter,
+                    "presence subscription refused (im.presence_visible_to)");
+                hidden.push(filter.to_string());
+            }
+        }
+        Ok(hidden)
+    }
+
+    /// Whether this user and `other` share a group or exchanged a DM.
+    async fn are_contacts(&self, other: &str) -> Result<bool, ConnectionError> {
+        if self.ctx.router.share_a_group(&self.user, other)? {
+            return Ok(true);
+        }
+        let (user, name) = (self.user.to_string(), contact_name(other));
+        let value =
+            super::outbound::read_store(&self.ctx, move |store| store.user_value(&user, &name))
+                .await?;
+        Ok(value.is_some())
     }
 
     async fn unsubscribe(&mut self, mut unsubscribe: Unsubscribe) -> Result<(), ConnectionError> {

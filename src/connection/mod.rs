@@ -23,6 +23,7 @@ mod handshake;
 mod inbound;
 mod outbound;
 mod park;
+mod requests;
 mod resume;
 mod timers;
 
@@ -94,6 +95,10 @@ pub(crate) struct ConnectionLimits {
     pub(crate) outbound_channel_capacity: usize,
     /// Replayed per `$sync` request at most.
     pub(crate) sync_max_messages: usize,
+    /// `im.recall_window_secs`.
+    pub(crate) recall_window_secs: u64,
+    /// `im.presence_visible_to`.
+    pub(crate) presence_visible_to: crate::config::PresenceVisibility,
     pub(crate) anonymous_by_client_id: bool,
     pub(crate) operators: Arc<[String]>,
 }
@@ -126,6 +131,8 @@ impl ConnectionLimits {
                 .then(|| Duration::from_millis(limits.idle_park_ms)),
             outbound_channel_capacity: limits.outbound_channel_capacity,
             sync_max_messages: config.im.sync_max_messages,
+            recall_window_secs: config.im.recall_window_secs,
+            presence_visible_to: config.im.presence_visible_to,
             anonymous_by_client_id: config.anonymous_identity == AnonymousIdentity::ClientId,
             operators: config.im.operators.clone().into(),
         }

@@ -29,6 +29,9 @@ pub enum PublishRoute {
     Broadcast,
     /// `$sync`: a replay of the sender's inbox to its connection.
     Sync,
+    /// `$read/...`, `$recall`, `$receipts/...`, `$settings`: a chat request the
+    /// connection carries out and answers with the acknowledgement's reason.
+    Request,
     /// Not routed: acknowledged with this reason (v5), logged and counted.
     Refused(PublishRefused),
 }
@@ -39,6 +42,8 @@ pub enum PublishRefused {
     BroadcastNeedsOperator,
     IntoInbox,
     SystemTopic,
+    /// `presence/...` is the broker's.
+    PresenceTopic,
     /// `dm/` or `group/` with a missing or extra level: a mistake worth a clear refusal
     /// rather than a silent ordinary publish nobody receives.
     MalformedChatTopic,
@@ -61,8 +66,9 @@ impl PublishRefused {
             PublishRefused::BroadcastNeedsOperator => "broadcast needs the operator role",
             PublishRefused::IntoInbox => "only the broker publishes into inboxes",
             PublishRefused::SystemTopic => "$SYS topics are the broker's",
+            PublishRefused::PresenceTopic => "only the broker publishes presence",
             PublishRefused::MalformedChatTopic => {
-                "dm/{user} and group/{gid} take exactly one more level"
+                "dm/{user}, group/{gid}, $read/dm/{user}, $read/group/{gid} and $receipts/group/{gid} take exactly one more level"
             }
             PublishRefused::NotInAcl => "the ACL file does not allow it",
         }
@@ -76,6 +82,10 @@ pub fn publish_route(topic: &str, operator: bool) -> PublishRoute {
         Address::Plain => PublishRoute::Plain,
         Address::Direct { .. } | Address::Group { .. } => PublishRoute::Chat,
         Address::Sync => PublishRoute::Sync,
+        Address::Read(_) | Address::Recall | Address::GroupReceipts { .. } | Address::Settings => {
+            PublishRoute::Request
+        }
+        Address::Presence => PublishRoute::Refused(PublishRefused::PresenceTopic),
         Address::Broadcast if operator => PublishRoute::Broadcast,
         Address::Broadcast => PublishRoute::Refused(PublishRefused::BroadcastNeedsOperator),
         Address::Inbox => PublishRoute::Refused(PublishRefused::IntoInbox),

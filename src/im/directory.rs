@@ -172,6 +172,14 @@ impl Groups {
         self.groups.len()
     }
 
+    /// Whether `a` and `b` are members of one group (a walk over every group: asked only
+    /// when a presence subscription is checked).
+    pub fn shared(&self, a: &str, b: &str) -> bool {
+        self.groups
+            .values()
+            .any(|(members, _)| members.contains(a) && members.contains(b))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }

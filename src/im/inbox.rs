@@ -2,9 +2,12 @@
 //!
 //! A chat message is stored once, as the sender published it (topic `dm/{to}` or
 //! `group/{gid}`), stamped with the user property `from` = the authenticated sender (a
-//! `from` or `seq` the client put there itself is removed first: the sender is never what a
-//! client claims). Each recipient's copy is that message on the recipient's inbox topic
-//! with one more user property, `seq`: its position in the recipient's inbox log.
+//! `from` or `seq` the client put there itself is removed first, as are the other
+//! properties only the broker sets: the sender is never what a client claims). Each
+//! recipient's copy is that message on the recipient's inbox topic with two more user
+//! properties: `seq`, its position in the recipient's inbox log, and `id`, the stored
+//! message's id (the same for every recipient). A recall entry (property `recall`) goes to
+//! `inbox/{r}/recall/...`.
 
 use bytes::Bytes;
 use tern_codec::ByteString;
@@ -18,12 +21,29 @@ pub const FROM: &str = "from";
 pub const SEQ: &str = "seq";
 /// User property of a client's own message id (duplicate detection).
 pub const MSGID: &str = "msgid";
+/// User property carrying the stored message's id.
+pub const ID: &str = "id";
+/// User property of a recall entry: the id of the message it recalls.
+pub const RECALL: &str = "recall";
+/// User property of a recalled message (value `true`); its payload is gone.
+pub const RECALLED: &str = "recalled";
 
-/// Replaces whatever `from`/`seq` the client sent with the authenticated sender.
+/// The user properties only the broker sets.
+const BROKER_PROPERTIES: [&str; 5] = [FROM, SEQ, ID, RECALL, RECALLED];
+
+/// Replaces whatever `from`/`seq`/... the client sent with the authenticated sender.
 pub fn stamp_sender(message: &mut Message, from: &str) {
     let props = &mut message.properties.user_properties;
-    props.retain(|(k, _)| &**k != FROM && &**k != SEQ);
+    props.retain(|(k, _)| !BROKER_PROPERTIES.contains(&&**k));
     props.push((ByteString::from(FROM), ByteString::from(from)));
+}
+
+/// Adds a user property the broker sets.
+pub fn stamp(message: &mut Message, key: &'static str, value: String) {
+    message
+        .properties
+        .user_properties
+        .push((ByteString::from(key), ByteString::from(value)));
 }
 
 /// The value of a user property.
@@ -36,19 +56,32 @@ pub fn user_property<'m>(message: &'m Message, key: &str) -> Option<&'m str> {
         .map(|(_, v)| &**v)
 }
 
-/// The copy of a stored chat message for one recipient's inbox, or `None` if the stored
-/// message is not a chat message (damaged or foreign data).
-pub fn for_recipient(stored: &Message, recipient: &str, role: u8, seq: u64) -> Option<Message> {
+/// The copy of a stored chat message (stored under `id`, where the node has ids) for one
+/// recipient's inbox, or `None` if the stored message is not a chat message (damaged or
+/// foreign data).
+pub fn for_recipient(
+    stored: &Message,
+    recipient: &str,
+    role: u8,
+    seq: u64,
+    id: Option<u64>,
+) -> Option<Message> {
     let conversation = Conversation::parse(&stored.topic)?;
     let from = user_property(stored, FROM)?;
-    let topic = conversation.inbox_topic(recipient, from, role);
+    let mut topic = conversation.inbox_topic(recipient, from, role);
+    if user_property(stored, RECALL).is_some() {
+        // `inbox/{r}/...` -> `inbox/{r}/recall/...`
+        let at = super::topics::INBOX.len() + 1 + recipient.len() + 1;
+        topic.insert_str(at, "recall/");
+    }
     let mut copy = stored.clone();
     copy.topic = ByteString::from(topic);
     copy.retain = false;
     copy.origin = None;
-    copy.properties
-        .user_properties
-        .push((ByteString::from(SEQ), ByteString::from(seq.to_string())));
+    stamp(&mut copy, SEQ, seq.to_string());
+    if let Some(id) = id {
+        stamp(&mut copy, ID, id.to_string());
+    }
     Some(copy)
 }
 
@@ -141,13 +174,26 @@ mod tests {
     fn each_recipient_gets_its_inbox_topic_and_seq() {
         let mut m = published("dm/bob");
         stamp_sender(&mut m, "alice");
-        let bob = for_recipient(&m, "bob", ROLE_RECEIVED, 7).expect("copy");
+        let bob = for_recipient(&m, "bob", ROLE_RECEIVED, 7, Some(99)).expect("copy");
         assert_eq!(&*bob.topic, "inbox/bob/dm/alice");
         assert_eq!(user_property(&bob, SEQ), Some("7"));
+        assert_eq!(user_property(&bob, ID), Some("99"));
         assert!(!bob.retain);
-        let alice = for_recipient(&m, "alice", ROLE_SENT, 0).expect("copy");
+        let alice = for_recipient(&m, "alice", ROLE_SENT, 0, None).expect("copy");
         assert_eq!(&*alice.topic, "inbox/alice/sent/bob");
-        assert!(for_recipient(&published("x/y"), "bob", ROLE_RECEIVED, 1).is_none());
+        assert_eq!(user_property(&alice, ID), None);
+        assert!(for_recipient(&published("x/y"), "bob", ROLE_RECEIVED, 1, None).is_none());
+
+        // A recall entry goes under recall/, whatever the client claimed.
+        let mut forged = published("group/g");
+        stamp(&mut forged, RECALL, "5".into());
+        stamp(&mut forged, RECALLED, "true".into());
+        stamp_sender(&mut forged, "alice");
+        assert_eq!(user_property(&forged, RECALL), None);
+        assert_eq!(user_property(&forged, RECALLED), None);
+        stamp(&mut forged, RECALL, "5".into());
+        let carol = for_recipient(&forged, "carol", ROLE_RECEIVED, 3, Some(6)).expect("copy");
+        assert_eq!(&*carol.topic, "inbox/carol/recall/group/g/alice");
     }
 
     #[test]

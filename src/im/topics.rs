@@ -7,6 +7,11 @@
 //! | `group/{gid}` | `inbox/{m}/group/{gid}/{from}` to every member `m` (the sender included) |
 //! | `broadcast/{channel}` | `broadcast/{channel}` (operators only; every user may subscribe) |
 //! | `$sync` | nothing: the payload is the last inbox `seq` the device saw, and the broker replays the gap to that connection, then `inbox/{user}/sync` |
+//! | `$read/dm/{peer}`, `$read/group/{gid}` | `inbox/{user}/read/...` to the user's devices; for a DM, `inbox/{peer}/receipt/{user}` |
+//! | `$recall` | a recall entry in every recipient's inbox (`inbox/{r}/recall/...`) |
+//! | `$receipts/group/{gid}` | `inbox/{user}/receipts/group/{gid}` to that connection |
+//! | `$settings` | nothing: the user's chat settings |
+//! | `presence/...` | refused: the broker publishes presence there |
 //! | `inbox/...` | refused: only the broker writes into inboxes |
 //! | `$SYS/...` | refused: the broker publishes its state there |
 //!
@@ -26,6 +31,17 @@ pub const SYNC: &str = "$sync";
 pub const SYSTEM: &str = "$SYS";
 /// The first level of system broadcasts (`broadcast/{channel}`).
 pub const BROADCAST: &str = "broadcast";
+/// The first level of presence topics (`presence/{user}`), which only filters naming it
+/// match (see `router::subscriptions`).
+pub const PRESENCE: &str = "presence";
+/// Read position reports (`$read/dm/{peer}`, `$read/group/{gid}`).
+pub const READ: &str = "$read";
+/// Recall requests.
+pub const RECALL: &str = "$recall";
+/// Group read receipt requests (`$receipts/group/{gid}`).
+pub const RECEIPTS: &str = "$receipts";
+/// Chat settings.
+pub const SETTINGS: &str = "$settings";
 
 /// What a PUBLISH topic addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +54,16 @@ pub enum Address<'a> {
     Broadcast,
     /// `$sync`.
     Sync,
+    /// `$read/dm/{peer}` (as `Direct { to: peer }`) or `$read/group/{gid}`.
+    Read(Conversation<'a>),
+    /// `$recall`.
+    Recall,
+    /// `$receipts/group/{gid}`.
+    GroupReceipts { gid: &'a str },
+    /// `$settings`.
+    Settings,
+    /// `presence/...`: the broker's.
+    Presence,
     /// Inside `inbox/`: nobody publishes there but the broker.
     Inbox,
     /// `$SYS` or below it: the broker's own.
@@ -57,6 +83,17 @@ pub fn classify(topic: &str) -> Address<'_> {
     let rest = levels.next();
     match (first, second, rest) {
         (SYNC, None, None) => Address::Sync,
+        (RECALL, None, None) => Address::Recall,
+        (SETTINGS, None, None) => Address::Settings,
+        (READ, Some("dm"), Some(peer)) if valid_id(peer) => {
+            Address::Read(Conversation::Direct { to: peer })
+        }
+        (READ, Some("group"), Some(gid)) if valid_id(gid) => {
+            Address::Read(Conversation::Group { gid })
+        }
+        (RECEIPTS, Some("group"), Some(gid)) if valid_id(gid) => Address::GroupReceipts { gid },
+        (READ | RECEIPTS, _, _) => Address::Malformed,
+        (PRESENCE, _, _) => Address::Presence,
         (SYSTEM, _, _) => Address::System,
         (INBOX, _, _) => Address::Inbox,
         ("dm", Some(to), None) if !to.is_empty() => Address::Direct { to },
@@ -125,6 +162,46 @@ impl<'a> Conversation<'a> {
     }
 }
 
+impl Conversation<'_> {
+    /// The name of `reader`'s read mark in this conversation (as seen from the reader:
+    /// `Direct { to }` names the peer), which is also where its notice goes under
+    /// `inbox/{reader}/`: `read/dm/{peer}` or `read/group/{gid}`.
+    pub fn read_mark(&self) -> String {
+        match self {
+            Conversation::Direct { to } => format!("read/dm/{to}"),
+            Conversation::Group { gid } => format!("read/group/{gid}"),
+        }
+    }
+}
+
+/// The name of the mark a user keeps of how far `reader` read the user's DMs; its notice
+/// goes to `inbox/{user}/receipt/{reader}`.
+pub fn receipt_mark(reader: &str) -> String {
+    format!("receipt/{reader}")
+}
+
+/// The topic of a mark's notice: `inbox/{user}/{mark}`.
+pub fn mark_topic(user: &str, mark: &str) -> String {
+    format!("{INBOX}/{user}/{mark}")
+}
+
+/// The topic of the answer to `$receipts/group/{gid}`.
+pub fn group_receipts_topic(user: &str, gid: &str) -> String {
+    format!("{INBOX}/{user}/receipts/group/{gid}")
+}
+
+/// Whether `topic` is a presence topic (`presence/...`).
+pub fn is_presence(topic: &str) -> bool {
+    topic
+        .strip_prefix(PRESENCE)
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The presence topic of `user`.
+pub fn presence_topic(user: &str) -> String {
+    format!("{PRESENCE}/{user}")
+}
+
 /// The topic on which the end of a sync replay is announced to the user's device.
 pub fn sync_end_topic(user: &str) -> String {
     format!("{INBOX}/{user}/sync")
@@ -154,6 +231,26 @@ mod tests {
         assert_eq!(classify("$SYS/broker/uptime"), Address::System);
         assert_eq!(classify("$SYS"), Address::System);
         assert_eq!(classify("$SYSTEM/x"), Address::Plain);
+        assert_eq!(
+            classify("$read/dm/bob"),
+            Address::Read(Conversation::Direct { to: "bob" })
+        );
+        assert_eq!(
+            classify("$read/group/g1"),
+            Address::Read(Conversation::Group { gid: "g1" })
+        );
+        assert_eq!(classify("$read/dm/bob/x"), Address::Malformed);
+        assert_eq!(classify("$read/chan/bob"), Address::Malformed);
+        assert_eq!(classify("$read"), Address::Malformed);
+        assert_eq!(classify("$recall"), Address::Recall);
+        assert_eq!(classify("$settings"), Address::Settings);
+        assert_eq!(
+            classify("$receipts/group/g1"),
+            Address::GroupReceipts { gid: "g1" }
+        );
+        assert_eq!(classify("$receipts/dm/bob"), Address::Malformed);
+        assert_eq!(classify("presence/bob"), Address::Presence);
+        assert_eq!(classify("presence"), Address::Presence);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::core::{Outcome, Router};
 use super::routing::{Payload, Routed};
 use crate::im::directory::{ChangeError, GroupChange};
 use crate::im::ids::cutoff;
-use crate::im::inbox::{for_recipient, stamp_sender, user_property, MSGID};
+use crate::im::inbox::{for_recipient, stamp, stamp_sender, user_property, MSGID, RECALL};
 use crate::im::topics::{Conversation, ROLE_RECEIVED, ROLE_SENT};
 use crate::metrics::{DropReason, PublishRefusal};
 use crate::protocol::{now_ms, Message};
@@ -41,14 +41,29 @@ impl Router {
     /// `group/{gid}`): stored once, numbered into every recipient's inbox, delivered.
     pub(crate) fn chat(&mut self, from: &ArcStr, message: Message, out: &mut Outcome) -> Routed {
         let now = now_ms();
+        match self.plan_chat(from, message, true) {
+            Ok(plan) => self.number_chat(from, plan, now, out),
+            Err(routed) => routed,
+        }
+    }
+
+    /// A planned chat message: stored once, numbered into every recipient's inbox,
+    /// delivered.
+    fn number_chat(
+        &mut self,
+        from: &ArcStr,
+        plan: ChatPlan,
+        now: u64,
+        out: &mut Outcome,
+    ) -> Routed {
         let ChatPlan {
             message,
             recipients,
             ..
-        } = match self.plan_chat(from, message, true) {
-            Ok(plan) => plan,
-            Err(routed) => return routed,
-        };
+        } = plan;
+        if let Some(Conversation::Direct { to }) = Conversation::parse(&message.topic) {
+            self.note_contacts(from, to, out);
+        }
         let id = self.message_ids.next(now);
         out.ops.push(Op::PutMessage {
             id,
@@ -57,7 +72,7 @@ impl Router {
         let max_entries = self.limits.im.inbox_max_messages;
         for (user, role) in recipients {
             let seq = self.inbox_next.get(&user).copied().unwrap_or(0);
-            let Some(copy) = for_recipient(&message, &user, role, seq) else {
+            let Some(copy) = for_recipient(&message, &user, role, seq, Some(id)) else {
                 continue;
             };
             // Taken only once the entry is certain, so that a user's seqs never skip one.
@@ -86,6 +101,30 @@ impl Router {
         // Stored in every recipient's inbox: delivered as far as the sender is concerned,
         // whether or not a device of theirs is subscribed right now.
         Routed::matched(true)
+    }
+
+    /// `from`'s recall of its message `id`: the stored message is replaced by `recalled`,
+    /// and `entry` (a message of the same conversation, naming `id`) is numbered into the
+    /// recipients' inboxes. Refused (like a message) when `from` may no longer write to
+    /// the conversation, e.g. after leaving the group.
+    pub(crate) fn recall(
+        &mut self,
+        from: &ArcStr,
+        id: u64,
+        recalled: Message,
+        entry: Message,
+        out: &mut Outcome,
+    ) -> Routed {
+        let mut plan = match self.plan_chat(from, entry, false) {
+            Ok(plan) => plan,
+            Err(routed) => return routed,
+        };
+        stamp(&mut plan.message, RECALL, id.to_string());
+        out.ops.push(Op::PutMessage {
+            id,
+            message: recalled.to_stored(),
+        });
+        self.number_chat(from, plan, now_ms(), out)
     }
 
     /// Who a chat message goes to, and the message stamped with its sender; or the answer

@@ -3,9 +3,11 @@
 //! an [`Outcome`] what its caller must carry out, storage operations first. The handlers
 //! themselves are in the files beside this one, one concern each.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use tern_storage::{Op, StorageError, Store};
 use tokio::time::Instant;
@@ -21,7 +23,8 @@ use crate::config::{limit_u32, Config, ImConfig};
 use crate::im::dedup::DedupWindow;
 use crate::im::directory::Groups;
 use crate::im::ids::MessageIds;
-use crate::im::topics::is_system;
+use crate::im::presence::{payload, says_online, Presence};
+use crate::im::topics::{is_system, PRESENCE};
 use crate::metrics::Metrics;
 use crate::protocol::{now_ms, Delivery, Message, SessionId};
 
@@ -105,6 +108,10 @@ pub(crate) struct Router {
     pub(super) stopped: bool,
     /// Where chat messages for users with no device connected are told (`[webhook]`).
     pub(super) webhook: Option<crate::webhook::Webhook>,
+    /// Users' presence (`None` on a cluster node: see `presence.rs`).
+    pub(super) presence: Option<Presence>,
+    /// DM contact pairs (ordered) already recorded, at most `im.contacts_cached`.
+    pub(super) contacts: HashSet<(String, String)>,
 }
 
 impl Router {
@@ -144,6 +151,9 @@ impl Router {
             offline_queued: 0,
             stopped: false,
             webhook: None,
+            presence: (im.presence && !limits.cluster)
+                .then(|| Presence::new(Duration::from_millis(im.presence_offline_delay_ms))),
+            contacts: HashSet::new(),
             limits,
             subscriptions: SubscriptionTree::new(),
             retained: RetainedTree::new(),
@@ -157,7 +167,18 @@ impl Router {
         if router.limits.cluster {
             router.subscriptions.track_interest();
         }
-        for (topic, stored) in store.retained()? {
+        // Presence left online by a broker that stopped (or died) with users connected:
+        // none of them is connected now.
+        let mut settled = Vec::new();
+        let stopped_at = now_ms();
+        for (topic, mut stored) in store.retained()? {
+            if topic.split('/').next() == Some(PRESENCE) && says_online(&stored.payload) {
+                stored.payload = Bytes::from(payload(false, stopped_at));
+                settled.push(Op::PutRetained {
+                    topic: topic.clone(),
+                    message: stored.clone(),
+                });
+            }
             if is_system(&topic) {
                 // Stored before `$SYS` was the broker's: stale, and replaced in memory by
                 // the first `$SYS` tick anyway.
@@ -170,6 +191,10 @@ impl Router {
                 }
                 Err(e) => tracing::warn!(%topic, "skipping damaged retained message: {e}"),
             }
+        }
+        if !settled.is_empty() {
+            // Before any client connects (the writer takes none of this router's work yet).
+            store.write(&settled, true)?;
         }
         let (now_ms, now) = (now_ms(), Instant::now());
         for record in store.sessions()? {

@@ -30,6 +30,8 @@ mod index;
 mod inspect;
 pub(crate) mod mailbox;
 mod peers;
+mod presence;
+mod reads;
 mod retained;
 mod routing;
 mod sessions;
@@ -56,6 +58,8 @@ pub(crate) use inspect::SessionSummary;
 pub(crate) use peers::{
     Cursors, Forward, InboxAppend, Interest, NodeLease, Peers, SessionChange, SessionChanges,
 };
+pub(crate) use presence::{contact_name, PresenceState};
+pub(crate) use reads::ReadReport;
 pub(crate) use routing::Routed;
 pub(crate) use sessions::{Attached, ConnId, ConnectRequest, Detach};
 pub(crate) use subscribe::SubscribeReply;
@@ -449,6 +453,40 @@ impl RouterHandle {
         };
         peers.inbox.send(append).await.map_err(|_| RouterGone)?;
         Ok((Routed::matched(true), Durable::waiting(stored)))
+    }
+
+    /// `from`'s recall of its message `id` (checked by the caller: see `im::recall`).
+    pub(crate) async fn recall(
+        &self,
+        from: &ArcStr,
+        id: u64,
+        recalled: Message,
+        entry: Message,
+    ) -> Result<(Routed, Durable), RouterGone> {
+        self.execute(Writes::Awaited, |router, out| {
+            router.recall(from, id, recalled, entry, out)
+        })
+        .await
+    }
+
+    /// Raises a read mark (and a receipt), and tells the devices connected.
+    pub(crate) async fn read_mark(&self, report: ReadReport) -> Result<Durable, RouterGone> {
+        let ((), durable) = self
+            .execute(Writes::Awaited, |router, out| {
+                router.raise_read_mark(report, out)
+            })
+            .await?;
+        Ok(durable)
+    }
+
+    /// The presence of each of `users`.
+    pub(crate) fn presence_of(&self, users: &[String]) -> Result<Vec<PresenceState>, RouterGone> {
+        self.inspect(|router| router.presence_of(users))
+    }
+
+    /// Whether `a` and `b` are members of one group.
+    pub(crate) fn share_a_group(&self, a: &str, b: &str) -> Result<bool, RouterGone> {
+        self.inspect(|router| router.share_a_group(a, b))
     }
 
     pub async fn subscribe(

@@ -15,6 +15,8 @@
 
 use std::collections::HashMap;
 
+use crate::im::topics::PRESENCE;
+
 /// The retained values of topic names, indexed for matching topic filters.
 #[derive(Debug)]
 pub(super) struct RetainedTree<V> {
@@ -141,7 +143,7 @@ impl<V> RetainedTree<V> {
 
     /// Calls `visit(topic, value)` for every retained topic name matched by `filter`, which may
     /// contain `+` and `#` but is never shared. The order of the calls is unspecified. Topic
-    /// names starting with `$` are not matched by a first level `+` or `#`.
+    /// names starting with `$` or `presence/` are not matched by a first level `+` or `#`.
     pub(super) fn for_each_match<'a>(
         &'a self,
         filter: &str,
@@ -162,11 +164,12 @@ impl<V> RetainedTree<V> {
                 Some((level, next)) => (level, Some(next)),
                 None => (rest, None),
             };
-            // Wildcards at the first level do not match topics starting with `$`.
+            // Wildcards at the first level do not match topics starting with `$`, nor
+            // presence topics (see `SubscriptionTree::for_each_match`).
             let children = node
                 .children
                 .iter()
-                .filter(|(key, _)| !(root && key.starts_with('$')))
+                .filter(|(key, _)| !(root && (key.starts_with('$') || &***key == PRESENCE)))
                 .map(|(_, child)| child);
             match level {
                 "#" => {

@@ -18,7 +18,7 @@ use super::core::{Outcome, Router};
 use super::mailbox::NotDelivered;
 use super::sessions::SessionEntry;
 use super::subscriptions::{Match, SharedGroup, Subscription};
-use crate::im::topics::{inbox_owner, is_broadcast, is_system};
+use crate::im::topics::{inbox_owner, is_broadcast, is_presence, is_system};
 use crate::metrics::{DropReason, Metrics, PublishRefusal};
 use crate::protocol::{now_ms, Close, Delivery, Message, SessionId};
 use tern_codec::topic::split_shared;
@@ -415,7 +415,9 @@ impl Router {
             }
             return;
         }
+        // Presence (one message per user, the broker's) does not take the clients' places.
         if self.retained.get(&topic).is_none()
+            && !is_presence(&topic)
             && self.retained.len() >= self.limits.max_retained_messages
         {
             tracing::warn!(%topic, "retained store full, message not retained");

@@ -230,6 +230,8 @@ impl Router {
     ) -> Result<Attached, ReasonCode> {
         let conn = self.next_conn;
         self.next_conn += 1;
+        // Before a takeover below closes the device's old connection.
+        let was_online = self.user_online(&request.user);
         let persistent = request.expiry_secs > 0;
         let mut resumed = None;
         let mut pending_will = None;
@@ -293,6 +295,9 @@ impl Router {
         let backlog_upto = (session_present && was_stored).then_some(entry.next_seq);
         self.by_user.insert(&user, id, &self.sessions);
         self.enforce_device_limit(&request.user);
+        if !was_online {
+            self.presence_came(&user, out);
+        }
         if let Some(will) = pending_will {
             self.route(&will, out);
         }
@@ -530,6 +535,7 @@ impl Router {
         if let Some(expiry) = expiry_secs {
             entry.expiry_secs = expiry;
         }
+        let user = entry.user.clone();
         let will_now = if entry.expiry_secs == 0 {
             let pending = self.remove_session(id, out);
             will.map(|w| w.message).or(pending)
@@ -538,6 +544,9 @@ impl Router {
         };
         if let Some(will) = will_now {
             self.route(&will, out);
+        }
+        if !self.user_online(&user) {
+            self.presence_left(&user, now, out);
         }
         true
     }

@@ -1,5 +1,5 @@
-//! The router's deadlines: delayed wills, the expiry of offline sessions, and the periodic
-//! retention sweep of chat messages. One ordered set holds them all; the timer task in
+//! The router's deadlines: delayed wills, the expiry of offline sessions, users' presence
+//! turning offline, and the periodic retention sweep of chat messages. One ordered set holds them all; the timer task in
 //! `mod.rs` sleeps until the first and then fires what is due.
 
 use std::time::Duration;
@@ -16,6 +16,8 @@ pub(super) enum TimerKind {
     Expiry,
     /// Retention of chat messages (not tied to a session: id 0).
     Sweep,
+    /// A user's presence turning offline (the id is the presence ticket, not a session).
+    Presence,
 }
 
 /// A deadline, the session it is for, and what it does.
@@ -46,6 +48,7 @@ impl Router {
                 }
                 TimerKind::Will => self.publish_delayed_will(id, at, out),
                 TimerKind::Expiry => self.expire(id, at, out),
+                TimerKind::Presence => self.presence_due(id, out),
             }
         }
     }

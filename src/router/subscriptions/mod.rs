@@ -30,6 +30,8 @@ use std::mem;
 use tern_codec::topic::split_shared;
 use tern_codec::SubscriptionOptions;
 
+use crate::im::topics::PRESENCE;
+
 /// One client's subscription to one filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Subscription {
@@ -490,8 +492,10 @@ impl<K: Clone + Eq + Hash> SubscriptionTree<K> {
                 Some((level, next)) => (level, Some(next)),
                 None => (rest, None),
             };
-            // Wildcards at the first level do not match topics starting with `$`.
-            let wildcards = !(root && level.starts_with('$'));
+            // Wildcards at the first level do not match topics starting with `$` [MQTT-4.7.2-1],
+            // nor presence topics: who may see a user's presence is decided when a filter
+            // naming `presence/` is subscribed, so `#` must not reach them.
+            let wildcards = !(root && (level.starts_with('$') || level == PRESENCE));
             let plus = if wildcards {
                 if let Some(subs) = &node.hash {
                     subs.visit(&mut visit);

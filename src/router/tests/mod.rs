@@ -43,6 +43,8 @@ pub(crate) fn limits() -> RouterLimits {
         max_retained_messages: 2,
         im: ImConfig {
             max_devices_per_user: 2,
+            // Its retained messages would be in every test's way (see chat_features.rs).
+            presence: false,
             ..ImConfig::default()
         },
         cluster: false,
