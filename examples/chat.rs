@@ -1,14 +1,16 @@
-//! Two users and a group chatting through tern, with rumqttc as the MQTT 5 client.
+//! Two users and a group chatting through tern, on the `tern-client` library (`client/`).
 //!
 //! Against a running broker (`./scripts/serve.sh`), `cargo run --example chat`:
 //!
 //! 1. makes sure the group `friends` exists with alice and bob as members, through the
 //!    broker's admin API, found the way `tern group ...` finds it (`{data_dir}/admin.addr`
 //!    and `admin.token`, or `--admin URL --token TOKEN`);
-//! 2. connects alice and bob, each subscribed to their own inbox (`inbox/{user}/#`);
-//! 3. alice writes to bob (`dm/bob`), bob replies (`dm/alice`), alice writes to the group
-//!    (`group/friends`); every user prints what arrives in their inbox, with the `from` and
-//!    `seq` user properties the broker stamps on it;
+//! 2. connects alice and bob with `tern_client::Client`, which subscribes each to their
+//!    inbox and syncs it (what earlier runs left there is shown as history);
+//! 3. alice writes to bob (`dm/bob`), bob reads it (alice gets his read receipt) and
+//!    replies (`dm/alice`), alice writes to the group (`group/friends`); every user prints
+//!    what arrives, with the sender and the inbox seq the broker stamped on it, and alice
+//!    sees bob's presence;
 //! 4. exits with 1 and says what is missing unless every expected message arrived, each
 //!    within `--timeout` seconds.
 //!
@@ -22,14 +24,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason, SubscribeReasonCode};
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
 use tern::admin::client::{encode_segment, ApiClient, ClientError};
 use tern::admin::command::{choose_backend, load_config, Backend};
 use tern::admin::model::GroupView;
 use tern::cli::OpsArgs;
 use tern::im::directory::ChangeError;
+use tern_client::{Client, Config, Conversation, Event, SendState};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -160,17 +160,17 @@ pub async fn run(opts: Options) -> Result<Summary, BoxError> {
     );
 
     let mut chat = Chat::new(&opts);
-    chat.connect(ALICE, opts.alice_password.as_deref());
-    chat.connect(BOB, opts.bob_password.as_deref());
-    chat.wait_connected().await?;
-    // Each device listens to its own inbox only: the broker refuses any other user's.
-    for user in [ALICE, BOB] {
-        chat.subscribe(user, &format!("inbox/{user}/#")).await?;
-    }
+    chat.connect(ALICE, opts.alice_password.as_deref())?;
+    chat.connect(BOB, opts.bob_password.as_deref())?;
+    chat.wait_ready().await?;
+    // alice sees bob come and go: they share the group, which makes them contacts.
+    chat.client(ALICE)?.watch_presence(BOB).await?;
 
     let mut received = Vec::new();
-    for step in conversation(&opts.group) {
-        received.extend(chat.exchange(&step).await?);
+    for (index, step) in conversation(&opts.group).iter().enumerate() {
+        // bob reads alice's first message, and alice learns that he did.
+        let read_by = (index == 0).then_some(BOB);
+        received.extend(chat.exchange(step, read_by).await?);
     }
     chat.disconnect().await;
     println!(
@@ -251,86 +251,72 @@ fn group_with_members(
     Ok((group, created))
 }
 
-/// An event from one user's connection.
-type UserEvent = (&'static str, Result<Event, ConnectionError>);
+/// What one user's client reported.
+type UserEvent = (&'static str, Event);
 
-/// The two users' connections. Each rumqttc event loop runs in its own task (it must be
-/// polled all the time to send, receive and keep the connection alive) and forwards its
-/// events into one channel, which the conversation reads in arrival order.
+/// The two users' clients. Each `Events` stream is read by a task of its own that forwards
+/// into one channel, which the conversation reads in arrival order.
 struct Chat {
-    host: String,
-    port: u16,
     wait: Duration,
-    clients: HashMap<&'static str, AsyncClient>,
+    clients: HashMap<&'static str, Client>,
     events_tx: mpsc::UnboundedSender<UserEvent>,
     events: mpsc::UnboundedReceiver<UserEvent>,
-    /// Dropping the set (on any early return) stops the event loops, closing the sockets.
-    loops: JoinSet<()>,
-    /// The last `seq` each user got: a user's inbox numbers only ever go up.
-    last_seq: HashMap<&'static str, u64>,
+    /// Dropping the set (on any early return) stops the forwarding tasks.
+    readers: JoinSet<()>,
+    host: String,
+    port: u16,
 }
 
 impl Chat {
     fn new(opts: &Options) -> Chat {
         let (events_tx, events) = mpsc::unbounded_channel();
         Chat {
-            host: opts.host.clone(),
-            port: opts.port,
             wait: Duration::from_secs(opts.timeout),
             clients: HashMap::new(),
             events_tx,
             events,
-            loops: JoinSet::new(),
-            last_seq: HashMap::new(),
+            readers: JoinSet::new(),
+            host: opts.host.clone(),
+            port: opts.port,
         }
     }
 
-    /// Starts connecting `user`; [`Chat::wait_connected`] waits for the CONNACKs.
-    fn connect(&mut self, user: &'static str, password: Option<&str>) {
-        // The client id names this device of the user; the MQTT user name is the user.
-        let mut options = MqttOptions::new(format!("{user}-chat-example"), &self.host, self.port);
-        options.set_keep_alive(Duration::from_secs(30));
-        // No password: an anonymous development client, accepted as the user it names on
-        // the default loopback listener. An empty password counts as none.
-        options.set_credentials(user, password.unwrap_or(""));
-        // Clean start: this example wants only what is sent while it runs. A real app
-        // keeps a persistent session, or publishes its last seq to `$sync` to catch up.
-        options.set_clean_start(true);
-        let (client, mut eventloop) = AsyncClient::new(options, 16);
+    /// Starts `user`'s client: it connects (again and again, if need be), subscribes to the
+    /// inbox and syncs it by itself. [`Chat::wait_ready`] waits for that.
+    fn connect(&mut self, user: &'static str, password: Option<&str>) -> Result<(), BoxError> {
+        // The device id names this device of the user; the MQTT user name is the user. No
+        // password: an anonymous development client, accepted as the user it names on the
+        // default loopback listener.
+        let mut config = Config::new(
+            &self.host,
+            self.port,
+            user,
+            password.unwrap_or(""),
+            format!("{user}-chat-example"),
+        );
+        // This example keeps nothing between runs; a real app keeps its session and a
+        // cursor file (`Config::cursor_file`) to sync only what it missed.
+        config.persistent_session = false;
+        config.connect_timeout = self.wait;
+        let (client, mut events) = Client::connect(config)?;
         self.clients.insert(user, client);
         let tx = self.events_tx.clone();
-        self.loops.spawn(async move {
-            loop {
-                let event = eventloop.poll().await;
-                let done = matches!(
-                    event,
-                    Err(_) | Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))
-                );
-                // Stop on a connection error rather than let rumqttc reconnect in a loop.
-                if tx.send((user, event)).is_err() || done {
+        self.readers.spawn(async move {
+            while let Some(event) = events.next().await {
+                if tx.send((user, event)).is_err() {
                     break;
                 }
             }
         });
+        Ok(())
     }
 
-    /// The next packet from the broker to either user; an error for a broken connection,
-    /// or when nothing arrives within the timeout (`waiting_for` says what was expected).
-    async fn next(&mut self, waiting_for: &str) -> Result<(&'static str, Packet), BoxError> {
-        let next_incoming = async {
-            loop {
-                match self.events.recv().await {
-                    Some((user, Ok(Event::Incoming(packet)))) => return Ok((user, packet)),
-                    // What the client sent: nothing to wait for.
-                    Some((_, Ok(Event::Outgoing(_)))) => continue,
-                    Some((user, Err(e))) => return Err((user, e)),
-                    None => return Err(("everyone", ConnectionError::RequestsDone)),
-                }
-            }
-        };
-        match tokio::time::timeout(self.wait, next_incoming).await {
-            Ok(Ok(packet)) => Ok(packet),
-            Ok(Err((user, e))) => Err(self.explain(user, e)),
+    /// The next event of either user, or an error when nothing comes within the timeout
+    /// (`waiting_for` says what was expected).
+    async fn next(&mut self, waiting_for: &str) -> Result<UserEvent, BoxError> {
+        match tokio::time::timeout(self.wait, self.events.recv()).await {
+            Ok(Some(event)) => Ok(event),
+            Ok(None) => Err("every client stopped".into()),
             Err(_) => Err(format!(
                 "timed out after {} s waiting for {waiting_for}",
                 self.wait.as_secs()
@@ -339,120 +325,169 @@ impl Chat {
         }
     }
 
-    /// A connection error, with what to do about it.
-    fn explain(&self, user: &str, error: ConnectionError) -> BoxError {
+    /// A failed connection attempt, with what to do about it. The client would try again
+    /// forever; the example gives up at the first failure.
+    fn explain(&self, user: &str, reason: &str) -> BoxError {
         let (host, port) = (&self.host, self.port);
-        match error {
-            ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword) => format!(
+        if reason.contains("BadUserNamePassword") {
+            format!(
                 "the broker refused {user}: bad user name or password ({user} is a registered \
                  user: pass --{user}-password, or check it)"
-            ),
-            ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized) => format!(
+            )
+        } else if reason.contains("NotAuthorized") {
+            format!(
                 "the broker refused {user}: anonymous clients are not allowed on this \
                  listener; register {user} (tern user add {user}) and pass --{user}-password"
-            ),
-            ConnectionError::ConnectionRefused(code) => {
-                format!("the broker refused {user}'s connection: {code:?}")
-            }
-            ConnectionError::Io(e) => format!(
-                "{user}: cannot talk to the broker at {host}:{port}: {e} (is `tern serve` \
+            )
+        } else if reason.contains("I/O") || reason.contains("timed out") {
+            format!(
+                "{user}: cannot talk to the broker at {host}:{port}: {reason} (is `tern serve` \
                  running there? ./scripts/serve.sh starts one)"
-            ),
-            other => format!("{user}'s connection to {host}:{port} failed: {other}"),
+            )
+        } else {
+            format!("{user}'s connection to {host}:{port} failed: {reason}")
         }
         .into()
     }
 
-    /// Waits until every started connection is accepted.
-    async fn wait_connected(&mut self) -> Result<(), BoxError> {
+    /// Waits until every client is connected and has synced its inbox (printing the
+    /// history earlier runs left there).
+    async fn wait_ready(&mut self) -> Result<(), BoxError> {
         let mut pending: Vec<&'static str> = self.clients.keys().copied().collect();
         pending.sort();
         while !pending.is_empty() {
-            let waiting_for = format!("the CONNACK of {}", pending.join(", "));
-            if let (user, Packet::ConnAck(_)) = self.next(&waiting_for).await? {
-                // A refused CONNACK comes back as an error from `next`.
-                println!("{user:<5} connected (client id {user}-chat-example)");
-                pending.retain(|u| *u != user);
+            let waiting_for = format!("{} to connect and sync", pending.join(", "));
+            match self.next(&waiting_for).await? {
+                (user, Event::Connected { .. }) => {
+                    println!("{user:<5} connected (client id {user}-chat-example)");
+                }
+                (user, Event::Disconnected { reason }) if pending.contains(&user) => {
+                    return Err(self.explain(user, &reason));
+                }
+                (user, Event::Message { seq, from, .. }) => {
+                    println!("{user:<5} history: seq {seq} from {from}");
+                }
+                (user, Event::Synced { next }) => {
+                    println!("{user:<5} inbox synced (next seq {next})");
+                    pending.retain(|u| *u != user);
+                }
+                _ => {}
             }
         }
         Ok(())
     }
 
-    async fn subscribe(&mut self, user: &'static str, filter: &str) -> Result<(), BoxError> {
-        self.client(user)?
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .map_err(|e| format!("{user}: cannot subscribe: {e}"))?;
-        loop {
-            let waiting_for = format!("the SUBACK of {user}'s {filter}");
-            if let (from, Packet::SubAck(ack)) = self.next(&waiting_for).await? {
-                if from != user {
-                    continue;
-                }
-                return match ack.return_codes.first() {
-                    Some(SubscribeReasonCode::Success(_)) => {
-                        println!("{user:<5} subscribed to {filter}");
-                        Ok(())
-                    }
-                    other => Err(format!("the broker refused {user}'s {filter}: {other:?}").into()),
-                };
-            }
-        }
-    }
-
-    /// Sends one message of the conversation and waits for its PUBACK and for every
-    /// delivery it must cause, printing what arrives.
-    async fn exchange(&mut self, step: &Step) -> Result<Vec<Received>, BoxError> {
+    /// Sends one message of the conversation and waits until it is sent (stored in every
+    /// recipient's inbox) and has reached every inbox it must, printing what arrives.
+    /// With `read_by`, that user reads it once it arrives, and the sender waits for the
+    /// read receipt.
+    async fn exchange(
+        &mut self,
+        step: &Step,
+        read_by: Option<&'static str>,
+    ) -> Result<Vec<Received>, BoxError> {
         println!();
         println!("{:<5} -> {}: {:?}", step.sender, step.topic, step.text);
-        // QoS 1: the PUBACK comes once the message is durable in every recipient's inbox.
-        self.client(step.sender)?
-            .publish(step.topic.clone(), QoS::AtLeastOnce, false, step.text)
-            .await
-            .map_err(|e| format!("{}: cannot publish: {e}", step.sender))?;
-        let mut acked = false;
+        let client = self.client(step.sender)?;
+        let local = match step.topic.split_once('/') {
+            Some(("dm", to)) => client.send_dm(to, step.text).await?,
+            Some(("group", gid)) => client.send_group(gid, step.text).await?,
+            _ => return Err(format!("not a chat topic: {}", step.topic).into()),
+        };
+        let mut sent = false;
+        let mut receipt = read_by.is_none();
         let mut missing = step.deliveries.clone();
         let mut received = Vec::new();
-        while !acked || !missing.is_empty() {
+        while !sent || !receipt || !missing.is_empty() {
             let mut waiting_for: Vec<String> = missing
                 .iter()
                 .map(|(user, topic)| format!("{user} to receive {topic}"))
                 .collect();
-            if !acked {
-                waiting_for.push(format!("the PUBACK of {}'s message", step.sender));
+            if !sent {
+                waiting_for.push(format!("{}'s message to be sent", step.sender));
+            }
+            if !receipt {
+                waiting_for.push(format!("{}'s read receipt", read_by.unwrap_or_default()));
             }
             match self.next(&waiting_for.join(", ")).await? {
-                (user, Packet::PubAck(ack)) if user == step.sender => {
-                    if ack.reason != PubAckReason::Success {
-                        // E.g. NotAuthorized: not a member of the group.
-                        return Err(format!(
-                            "the broker refused {user}'s message to {}: {:?}",
-                            step.topic, ack.reason
-                        )
-                        .into());
+                (
+                    user,
+                    Event::SendState {
+                        local_id, state, ..
+                    },
+                ) if user == step.sender && local_id == local => {
+                    match state {
+                        SendState::Sending => {}
+                        SendState::Sent => {
+                            println!("{user:<5} sent: stored in every recipient's inbox");
+                            sent = true;
+                        }
+                        SendState::Failed { reason } => {
+                            // E.g. NotAuthorized: not a member of the group.
+                            return Err(format!(
+                                "the broker refused {user}'s message to {}: {reason}",
+                                step.topic
+                            )
+                            .into());
+                        }
                     }
-                    println!("{user:<5} <- PUBACK: stored in every recipient's inbox");
-                    acked = true;
                 }
-                (user, Packet::Publish(publish)) => {
-                    let got = self.received(user, &publish)?;
-                    let expected = missing
-                        .iter()
-                        .position(|(u, topic)| *u == user && *topic == got.topic);
+                (user, Event::Receipt { peer, id }) if Some(peer.as_str()) == read_by => {
+                    println!("{user:<5} <- {peer} has read up to message {id}");
+                    receipt = true;
+                }
+                (
+                    user,
+                    Event::Presence {
+                        user: whom, online, ..
+                    },
+                ) => {
+                    println!(
+                        "{user:<5} <- {whom} is {}",
+                        if online { "online" } else { "offline" }
+                    );
+                }
+                (
+                    user,
+                    Event::Message {
+                        seq,
+                        from,
+                        conversation,
+                        outgoing,
+                        payload,
+                        ..
+                    },
+                ) => {
+                    let topic = inbox_topic(user, &from, &conversation, outgoing);
+                    let payload = String::from_utf8_lossy(&payload).into_owned();
+                    println!("{user:<5} <- {topic}: {payload:?} (from: {from}, seq: {seq})");
+                    let expected = missing.iter().position(|(u, t)| *u == user && *t == topic);
                     let Some(index) = expected else {
                         // Somebody else is chatting with alice or bob right now.
                         println!("      (not part of this example)");
                         continue;
                     };
-                    if got.payload != step.text || got.from != step.sender {
+                    if payload != step.text || from != step.sender {
                         return Err(format!(
-                            "{user} got {:?} from {} on {}, expected {:?} from {}",
-                            got.payload, got.from, got.topic, step.text, step.sender
+                            "{user} got {payload:?} from {from} on {topic}, expected {:?} from {}",
+                            step.text, step.sender
                         )
                         .into());
                     }
+                    if read_by == Some(user) {
+                        // Read at once: the broker keeps the position and tells the sender.
+                        if let Conversation::Direct { peer } = &conversation {
+                            self.client(user)?.read_dm(peer, seq).await?;
+                        }
+                    }
                     missing.swap_remove(index);
-                    received.push(got);
+                    received.push(Received {
+                        user: user.to_string(),
+                        topic,
+                        payload,
+                        from,
+                        seq,
+                    });
                 }
                 _ => {}
             }
@@ -460,62 +495,27 @@ impl Chat {
         Ok(received)
     }
 
-    /// Reads a delivery: topic, text, and the user properties the broker added.
-    fn received(
-        &mut self,
-        user: &'static str,
-        publish: &rumqttc::v5::mqttbytes::v5::Publish,
-    ) -> Result<Received, BoxError> {
-        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-        let payload = String::from_utf8_lossy(&publish.payload).into_owned();
-        let property = |name: &str| {
-            publish.properties.as_ref().and_then(|p| {
-                p.user_properties
-                    .iter()
-                    .find(|(key, _)| key == name)
-                    .map(|(_, value)| value.clone())
-            })
-        };
-        let from = property("from")
-            .ok_or_else(|| format!("{user} got {topic} without a `from` user property"))?;
-        let seq = property("seq")
-            .and_then(|seq| seq.parse::<u64>().ok())
-            .ok_or_else(|| format!("{user} got {topic} without a numeric `seq` user property"))?;
-        println!("{user:<5} <- {topic}: {payload:?} (from: {from}, seq: {seq})");
-        if let Some(last) = self.last_seq.insert(user, seq) {
-            if seq <= last {
-                return Err(
-                    format!("{user}'s seq went from {last} to {seq}: it must increase").into(),
-                );
-            }
-        }
-        Ok(Received {
-            user: user.to_string(),
-            topic,
-            payload,
-            from,
-            seq,
-        })
-    }
-
-    fn client(&self, user: &str) -> Result<&AsyncClient, BoxError> {
+    fn client(&self, user: &str) -> Result<&Client, BoxError> {
         self.clients
             .get(user)
             .ok_or_else(|| format!("{user} is not connected").into())
     }
 
-    /// Says goodbye with DISCONNECT (the broker then drops the clean sessions) and waits
-    /// for the event loops to send it.
-    async fn disconnect(mut self) {
+    /// Says goodbye (DISCONNECT) for every client.
+    async fn disconnect(self) {
         for client in self.clients.values() {
             let _ = client.disconnect().await;
         }
-        let wait = self.wait;
-        // Past the timeout, dropping the set closes the sockets anyway.
-        let _ = tokio::time::timeout(wait, async {
-            while self.loops.join_next().await.is_some() {}
-        })
-        .await;
+    }
+}
+
+/// The inbox topic a message arrived on (docs/chat.md), rebuilt from what the client
+/// reports.
+fn inbox_topic(me: &str, from: &str, conversation: &Conversation, outgoing: bool) -> String {
+    match conversation {
+        Conversation::Direct { peer } if outgoing => format!("inbox/{me}/sent/{peer}"),
+        Conversation::Direct { peer } => format!("inbox/{me}/dm/{peer}"),
+        Conversation::Group { gid } => format!("inbox/{me}/group/{gid}/{from}"),
     }
 }
 
