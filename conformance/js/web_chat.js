@@ -147,6 +147,14 @@ async function main() {
   await expectMessage(p2, user2, 'dm', user1, dm);
   await expectMessage(p1, user1, 'sent', user1, dm);
 
+  step(`${user2}'s page reported it read: ${user1} sees the receipt`);
+  await p1.locator('#inbox li[data-kind="sent"][data-read="true"]').first().waitFor();
+
+  step(`${user1} recalls it: both pages empty it`);
+  await p1.locator('#inbox li[data-kind="sent"] button.recall').first().click();
+  await p2.locator('#inbox li[data-kind="dm"][data-recalled="true"]').first().waitFor();
+  await p1.locator('#inbox li[data-kind="sent"][data-recalled="true"]').first().waitFor();
+
   step(`${user1} sends a message to group ${group}`);
   const gm = `hello ${group}`;
   await send(p1, 'group', group, gm);

@@ -187,14 +187,19 @@ async fn web_chat_in_chromium_over_websocket() {
             "ALL OK",
         ],
     );
-    // What the pages show: seq, sender, recipient, text (bob's inbox: the DM is seq 0, the
-    // group message 1; alice's: her sent copy 0, the group message 1, bob's reply 2).
+    // What the pages show: seq, sender, recipient, text, and a recall button on alice's own
+    // messages (bob's inbox: the DM is seq 0, its recall entry 1, the group message 2;
+    // alice's: her sent copy 0, the recall entry 1, the group message 2, bob's reply 3).
+    // Then the pages empty the recalled DM: the inboxes dumped at the end say so.
     for row in [
+        "step: bob's page reported it read: alice sees the receipt",
         "bob sees: 0 alice → you hello bob, from the browser",
-        "bob sees: 1 alice → #friends hello friends",
-        "alice sees: 0 you → bob hello bob, from the browser",
-        "alice sees: 1 you → #friends hello friends",
-        "alice sees: 2 bob → you hi alice, got it",
+        "bob sees: 2 alice → #friends hello friends",
+        "alice sees: 0 you → bob hello bob, from the browser recall",
+        "alice sees: 2 you → #friends hello friends recall",
+        "alice sees: 3 bob → you hi alice, got it",
+        "  0 sent alice bob: (recalled)",
+        "  0 dm alice alice: (recalled)",
     ] {
         assert!(
             stdout.lines().any(|l| l.trim_end() == row),

@@ -3,8 +3,11 @@
 // Logging in connects as the user (user name + password) from a new device (client id),
 // subscribes to the user's inbox (inbox/{me}/#) and asks the broker to replay the inbox log
 // ($sync, empty payload: all of it). Every message in the inbox carries the user properties
-// `from` (the authenticated sender) and `seq` (its position in the inbox), which key the list:
-// a message seen both live and in the replay is shown once.
+// `from` (the authenticated sender), `seq` (its position in the inbox), which keys the list
+// (a message seen both live and in the replay is shown once) and `id` (the broker's id of
+// the message, the same for every recipient). It follows docs/chat.md: messages shown are
+// reported read ($read/...), a peer's receipt marks my DMs to it read, a recall entry
+// empties the message it names, and my own messages can be recalled.
 //
 // Element ids and data attributes are stable: conformance/js/web_chat.js drives this page.
 'use strict';
@@ -90,6 +93,15 @@ function login(url, user, password) {
   c.on('message', (topic, payload, packet) => {
     const parts = topic.split('/');
     if (parts[0] !== 'inbox' || parts[1] !== me) return;
+    if (parts[2] === 'receipt') {
+      // {"id":"..."}: the peer read every DM of ours up to that message.
+      const upTo = BigInt(JSON.parse(payload.toString()).id);
+      for (const li of $('inbox').querySelectorAll(`li[data-kind="sent"][data-peer="${parts[3]}"]`)) {
+        if (BigInt(li.dataset.id) <= upTo) li.dataset.read = 'true';
+      }
+      return;
+    }
+    if (parts[2] === 'read' || parts[2] === 'receipts') return; // another device of mine read
     if (parts[2] === 'sync') {
       // The end of a replay: {"after":..,"last":..,"next":..,"more":..}.
       const end = JSON.parse(payload.toString());
@@ -101,13 +113,27 @@ function login(url, user, password) {
       return;
     }
     const props = (packet.properties && packet.properties.userProperties) || {};
-    show({
+    if (props.seq === undefined) return; // not an inbox entry
+    if (parts[2] === 'recall') {
+      // A recall entry: the message it names loses its text, wherever it is shown.
+      const gone = $('inbox').querySelector(`li[data-id="${props.recall}"]`);
+      if (gone) recalled(gone);
+      return;
+    }
+    const m = {
       seq: Number(props.seq),
+      id: String(props.id),
       from: String(props.from),
       kind: parts[2], // dm, sent or group
       peer: parts[3], // the sender (dm), the recipient (sent) or the group (group)
       text: payload.toString(),
-    });
+      recalled: props.recalled === 'true',
+    };
+    show(m);
+    // Shown is read: the broker keeps the position and tells my other devices (and, for a
+    // DM, the peer).
+    const conversation = m.kind === 'group' ? `group/${m.peer}` : `dm/${m.peer}`;
+    markRead(c, conversation, m.seq);
   });
 
   c.on('error', (err) => setState('error', `error: ${err.message}`));
@@ -123,6 +149,28 @@ function login(url, user, password) {
   });
 }
 
+/** Read positions waiting to be reported, per conversation: one report per conversation
+ * for a burst of messages (a sync replays many at once). */
+const unreported = new Map();
+let reportTimer = null;
+
+function markRead(c, conversation, seq) {
+  unreported.set(conversation, Math.max(seq, unreported.get(conversation) ?? -1));
+  reportTimer ??= setTimeout(() => {
+    reportTimer = null;
+    for (const [conv, last] of unreported) c.publish(`$read/${conv}`, String(last), { qos: 1 });
+    unreported.clear();
+  }, 200);
+}
+
+/** Marks a shown message recalled. */
+function recalled(li) {
+  li.dataset.recalled = 'true';
+  li.querySelector('.text').textContent = '(recalled)';
+  const button = li.querySelector('button.recall');
+  if (button) button.remove();
+}
+
 /** Adds one inbox message to the list, in seq order, unless it is there already. */
 function show(m) {
   const list = $('inbox');
@@ -130,7 +178,7 @@ function show(m) {
 
   const li = document.createElement('li');
   li.className = 'message';
-  Object.assign(li.dataset, { seq: m.seq, kind: m.kind, from: m.from, peer: m.peer });
+  Object.assign(li.dataset, { seq: m.seq, id: m.id, kind: m.kind, from: m.from, peer: m.peer });
   const to = { dm: 'you', sent: m.peer, group: `#${m.peer}` }[m.kind] || m.peer;
   for (const [cls, text] of [
     ['seq', m.seq],
@@ -142,6 +190,21 @@ function show(m) {
     span.className = cls;
     span.textContent = text;
     li.append(span, ' ');
+  }
+
+  if (m.recalled) {
+    recalled(li);
+  } else if (m.from === me) {
+    // Mine: recallable for im.recall_window_secs (the broker says no after that).
+    const button = document.createElement('button');
+    button.className = 'recall';
+    button.textContent = 'recall';
+    button.addEventListener('click', () =>
+      client.publish('$recall', m.id, { qos: 1 }, (err) => {
+        if (err) notice(`not recalled: ${err.message}`, true);
+      }),
+    );
+    li.append(button);
   }
 
   const later = [...list.children].find((other) => Number(other.dataset.seq) > m.seq);
