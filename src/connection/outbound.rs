@@ -241,6 +241,16 @@ pub(super) async fn read_store<T: Send + 'static>(
     read: impl FnOnce(&dyn Store) -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, ConnectionError> {
     ctx.writer.barrier().await?;
+    read_store_now(ctx, read).await
+}
+
+/// [`read_store`] without waiting for the writes queued so far: for a read that can tell
+/// when what it looks for is not applied yet, and only then pays for the wait (the
+/// writer may be in the middle of an fsync).
+pub(super) async fn read_store_now<T: Send + 'static>(
+    ctx: &Context,
+    read: impl FnOnce(&dyn Store) -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, ConnectionError> {
     let store = ctx.writer.store().clone();
     tokio::task::spawn_blocking(move || read(&*store))
         .await

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tern_codec::{ByteString, QoS, ReasonCode};
 use tern_storage::{Durable, Mark, Op};
 
-use super::outbound::read_store;
+use super::outbound::{read_store, read_store_now};
 use super::{Connection, ConnectionError};
 use crate::im::reads::{group_reads, in_conversation, parse_number, GroupReadsError, Settings};
 use crate::im::recall::{decide, Recall};
@@ -71,9 +71,8 @@ impl Connection {
         };
         let user = self.user.to_string();
         let name = conversation.borrowed().read_mark();
-        let (entry, current, settings) = {
-            let (user, name) = (user.clone(), name.clone());
-            read_store(&self.ctx, move |store| {
+        let lookup = |user: String, name: String| {
+            move |store: &dyn tern_storage::Store| {
                 let entry = store
                     .inbox(&user, seq, 1)?
                     .into_iter()
@@ -84,9 +83,15 @@ impl Connection {
                     store.mark(&user, &name)?,
                     Settings::load(store, &user)?,
                 ))
-            })
-            .await?
+            }
         };
+        // The device read an entry it was sent, which is applied by then in all but a
+        // race with the writer: wait for the writes queued so far only when it is missing.
+        let mut found = read_store_now(&self.ctx, lookup(user.clone(), name.clone())).await?;
+        if found.0.is_none() {
+            found = read_store(&self.ctx, lookup(user.clone(), name.clone())).await?;
+        }
+        let (entry, current, settings) = found;
         let Some((_, entry, Some(stored))) = entry else {
             tracing::info!(client_id = %self.client_id, %user, seq,
                 "read position refused: no such entry in the user's inbox (trimmed, or not yet)");

@@ -78,6 +78,8 @@ pub fn for_recipient(
     copy.topic = ByteString::from(topic);
     copy.retain = false;
     copy.origin = None;
+    // The clone's properties have no spare room: one growth for both stamps, not two.
+    copy.properties.user_properties.reserve(2);
     stamp(&mut copy, SEQ, seq.to_string());
     if let Some(id) = id {
         stamp(&mut copy, ID, id.to_string());

@@ -110,8 +110,8 @@ pub(crate) struct Router {
     pub(super) webhook: Option<crate::webhook::Webhook>,
     /// Users' presence (`None` on a cluster node: see `presence.rs`).
     pub(super) presence: Option<Presence>,
-    /// DM contact pairs (ordered) already recorded, at most `im.contacts_cached`.
-    pub(super) contacts: HashSet<(String, String)>,
+    /// Hashes of the DM contact pairs already recorded, at most `im.contacts_cached`.
+    pub(super) contacts: HashSet<u64, rustc_hash::FxBuildHasher>,
 }
 
 impl Router {
@@ -153,7 +153,7 @@ impl Router {
             webhook: None,
             presence: (im.presence && !limits.cluster)
                 .then(|| Presence::new(Duration::from_millis(im.presence_offline_delay_ms))),
-            contacts: HashSet::new(),
+            contacts: HashSet::default(),
             limits,
             subscriptions: SubscriptionTree::new(),
             retained: RetainedTree::new(),

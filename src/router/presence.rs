@@ -8,6 +8,7 @@
 //! is remembered in memory.
 
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -117,20 +118,21 @@ impl Router {
         if self.limits.im.presence_visible_to != PresenceVisibility::Contacts || from == to {
             return;
         }
-        let pair = if from < to {
-            (from.to_string(), to.to_string())
-        } else {
-            (to.to_string(), from.to_string())
-        };
+        // Remembered by a hash of the ordered pair, so that the common case (a pair seen
+        // before) allocates nothing. Two pairs sharing a hash (one chance in 2^64 per pair)
+        // would leave the second unrecorded: its users could not watch each other's
+        // presence until one of them was forgotten.
+        let (a, b) = if from < to { (from, to) } else { (to, from) };
+        let pair = rustc_hash::FxBuildHasher.hash_one((a, b));
         if self.contacts.contains(&pair) {
             return;
         }
         if self.contacts.len() >= self.limits.im.contacts_cached {
-            self.contacts = HashSet::new();
+            self.contacts = HashSet::default();
         }
-        for (user, other) in [(&pair.0, &pair.1), (&pair.1, &pair.0)] {
+        for (user, other) in [(a, b), (b, a)] {
             out.ops.push(Op::PutUserValue {
-                user: user.clone(),
+                user: user.to_string(),
                 name: contact_name(other),
                 value: Bytes::new(),
             });

@@ -21,6 +21,8 @@ use clap::Parser;
 use tern_bench::broker::{dir_bytes, Binaries, BrokerProcess, BrokerSetup, Kind};
 use tern_bench::compare::{self, Better, Header, Machine, Section, Verdict};
 use tern_bench::run::raise_open_files;
+use tern_bench::scenarios::chat::{ChatConfig, ChatReport};
+use tern_bench::scenarios::dm_offline::{self, DmOfflineConfig, DmOfflineReport};
 use tern_bench::scenarios::durable::{self, DurableConfig};
 use tern_bench::scenarios::{
     self, connections, ConnectionsConfig, ConnectionsReport, Credentials, GroupConfig,
@@ -41,6 +43,8 @@ const SCENARIOS: &[&str] = &[
     "durable",
     "retained",
     "group",
+    "dm-offline",
+    "chat",
 ];
 
 #[derive(Parser, Debug, Clone)]
@@ -127,6 +131,21 @@ struct Cli {
     /// the 1M queued messages of the restart).
     #[arg(long, default_value_t = 1000)]
     durable_messages: usize,
+    /// chat: users (two devices each).
+    #[arg(long, default_value_t = 500)]
+    chat_users: usize,
+    /// chat: members per group.
+    #[arg(long, default_value_t = 50)]
+    chat_group_size: usize,
+    /// chat: QoS 1 messages in flight per device.
+    #[arg(long, default_value_t = 2)]
+    chat_window: u16,
+    /// dm-offline: sender/receiver pairs.
+    #[arg(long, default_value_t = 64)]
+    dm_pairs: usize,
+    /// dm-offline: messages each sender sends.
+    #[arg(long, default_value_t = 10_000)]
+    dm_messages: u64,
     /// durable: Mosquitto's autosave_interval, seconds.
     #[arg(long, default_value_t = 10)]
     mosquitto_autosave: u32,
@@ -918,6 +937,297 @@ async fn logins_section(ctx: &mut Ctx) -> Section {
         "a verified token costs under 50 µs (broker CPU per login, tokens minus anonymous)",
         Verdict::from(token_cost.map(|us| us < 50.0)),
         token_cost.map_or("n/a".into(), |us| format!("{us:.1} µs")),
+    );
+    sec
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenario 10: a chat workload (tern only, issue 27).
+
+async fn chat_run(
+    ctx: &mut Ctx,
+    setup: &BrokerSetup,
+    cfg: &ChatConfig,
+) -> Result<(ChatReport, f64)> {
+    // The groups are made offline on the first start's database, as in `group`.
+    let mut b = ctx.start(setup).await?;
+    b.stop(Duration::from_secs(60)).await;
+    let opts = ctx.options(b.addr);
+    for (gid, members) in cfg.groups(&opts) {
+        let mut args = vec!["group", "create", gid.as_str()];
+        args.extend(members.iter().map(String::as_str));
+        tern_offline(ctx, setup, &b.data, &args)?;
+    }
+    b.restart()?;
+    b.wait_ready(Duration::from_secs(60)).await?;
+    // The same run id as the groups' names: a new `options` would make another.
+    let opts = Options {
+        addr: b.addr,
+        ..opts
+    };
+    let pid = b.pid();
+    let cpu0 = pid.and_then(connections::cpu_secs);
+    let report = limited(ctx.run_limit(), scenarios::chat::chat(&opts, cfg)).await?;
+    // Over the whole run (connections and warm-up included), per message acknowledged in
+    // the window: an upper bound of what one costs.
+    let cpu = match (cpu0, pid.and_then(connections::cpu_secs)) {
+        (Some(a), Some(z)) => (z - a) * 1e6 / report.acked.max(1) as f64,
+        _ => f64::NAN,
+    };
+    alive(&mut b)?;
+    b.stop(Duration::from_secs(120)).await;
+    Ok((report, cpu))
+}
+
+async fn chat_section(ctx: &mut Ctx) -> Option<Section> {
+    let c = ctx.cli.clone();
+    let mut setups = Vec::new();
+    for k in ctx.kinds.iter().copied().filter(|k| k.is_tern()) {
+        let mut full = BrokerSetup::new(k).labelled(&format!("{k} receipts+presence"));
+        full.tern_toml =
+            "[im]\npresence_offline_delay_ms = 1_000\npresence_visible_to = \"everyone\"\n".into();
+        setups.push(full);
+        let mut plain = BrokerSetup::new(k).labelled(&format!("{k} plain"));
+        plain.tern_toml = "[im]\npresence = false\n".into();
+        setups.push(plain);
+    }
+    if setups.is_empty() {
+        return None;
+    }
+    let mut sec = Section::new(
+        "chat",
+        "10. chat workload (tern only)",
+        &format!(
+            "{users} users with two devices each ({devices} MQTT 5 connections, persistent sessions subscribed to their inbox), in groups of {g}. Every device sends at full speed with {w} QoS 1 messages in flight: 4 in 5 DMs to a random user, 1 in 5 to its group ({g} members: a group message reaches up to {gd} devices). *receipts+presence*: every 10th message a device gets is reported read (`$read/...`, QoS 0: a mark write, notices to the user's devices and, for DMs, a receipt to the peer's), device `b` watches a group mate's presence, and one user in ten has a flapping device (gone 0.5 s every 2 s without DISCONNECT, back with `$sync` from its last seq: presence offline after 1 s, so some flaps publish presence); *plain*: the same messages and flaps, no reads, presence off. {d} s measured after {wu} s of warm-up, default `storage.sync = \"always\"`. *Messages/s*: acknowledged; *deliveries/s*: inbox entries received by the online devices; *end-to-end*: from the sender's write to a receiving device's read; *broker CPU per message*: user + system time over the whole run (connections and warm-up included) per message acknowledged in the window. The devices, the broker and the tool share the 2 CPUs.",
+            users = c.chat_users,
+            devices = 2 * c.chat_users,
+            g = c.chat_group_size,
+            gd = 2 * c.chat_group_size,
+            w = c.chat_window,
+            d = c.duration,
+            wu = c.warmup,
+        ),
+        &labels(&setups),
+    );
+    for round in 0..c.rounds {
+        for i in order(setups.len(), round) {
+            let s = &setups[i];
+            let full = s.label.ends_with("receipts+presence");
+            let cfg = ChatConfig {
+                users: c.chat_users,
+                group_size: c.chat_group_size,
+                window: c.chat_window,
+                receipts: full,
+                presence: full,
+            };
+            match chat_run(ctx, s, &cfg).await {
+                Ok((r, cpu)) => {
+                    let l = &s.label;
+                    progress(
+                        "chat",
+                        round,
+                        c.rounds,
+                        l,
+                        &format!(
+                            "{:.0} msgs/s, {:.0} deliveries/s, {} reads, {} resyncs, {cpu:.1} µs CPU each",
+                            r.acked_per_sec(),
+                            r.delivered_per_sec(),
+                            r.reads,
+                            r.resyncs
+                        ),
+                    );
+                    sec.record(
+                        "messages acknowledged",
+                        "msgs/s",
+                        Better::Higher,
+                        l,
+                        Some(r.acked_per_sec()),
+                    );
+                    sec.record(
+                        "deliveries received",
+                        "msgs/s",
+                        Better::Higher,
+                        l,
+                        Some(r.delivered_per_sec()),
+                    );
+                    sec.record(
+                        "end-to-end p50",
+                        "ms",
+                        Better::Lower,
+                        l,
+                        r.latency.map(|x| ms(x.p50_us)),
+                    );
+                    sec.record(
+                        "end-to-end p99",
+                        "ms",
+                        Better::Lower,
+                        l,
+                        r.latency.map(|x| ms(x.p99_us)),
+                    );
+                    sec.record(
+                        "broker CPU per message",
+                        "µs",
+                        Better::Lower,
+                        l,
+                        cpu.is_finite().then_some(cpu),
+                    );
+                    sec.record(
+                        "reads reported",
+                        "/s",
+                        Better::Neither,
+                        l,
+                        Some(r.reads as f64 / r.secs.max(1e-9)),
+                    );
+                    sec.record(
+                        "resyncs after a flap",
+                        "",
+                        Better::Neither,
+                        l,
+                        Some(r.resyncs as f64),
+                    );
+                }
+                Err(e) => {
+                    progress("chat", round, c.rounds, &s.label, &format!("FAILED: {e}"));
+                    sec.fail(&s.label, &e.to_string());
+                }
+            }
+        }
+    }
+    Some(sec)
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenario 9: durable DMs to offline receivers (issue 27).
+
+async fn dm_offline_run(
+    ctx: &mut Ctx,
+    setup: &BrokerSetup,
+    cfg: &DmOfflineConfig,
+) -> Result<(DmOfflineReport, f64)> {
+    let mut b = ctx.start(setup).await?;
+    let opts = ctx.options(b.addr);
+    dm_offline::receivers(&opts, cfg).await?;
+    // Session writes settle before the senders start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = b.pid();
+    let cpu0 = pid.and_then(connections::cpu_secs);
+    let report = dm_offline::send(&opts, cfg).await?;
+    let cpu = match (cpu0, pid.and_then(connections::cpu_secs)) {
+        (Some(a), Some(z)) => (z - a) * 1e6 / report.acked.max(1) as f64,
+        _ => f64::NAN,
+    };
+    alive(&mut b)?;
+    b.stop(Duration::from_secs(120)).await;
+    Ok((report, cpu))
+}
+
+async fn dm_offline_section(ctx: &mut Ctx) -> Section {
+    let c = ctx.cli.clone();
+    let queue = format!(
+        "[limits]\nmax_queued_messages = {}\nmax_queued_bytes = 4_294_967_296\n\n[im]\ninbox_max_messages = {}\n",
+        (c.dm_messages * 2).max(10_000),
+        (c.dm_messages * 2).max(10_000)
+    );
+    let mut setups = Vec::new();
+    for k in ctx.kinds.iter().copied().filter(|k| k.is_tern()) {
+        let mut s = BrokerSetup::new(k);
+        s.tern_toml = format!("{queue}\n[storage]\nsync = \"always\"\n");
+        setups.push(s);
+    }
+    if ctx.kinds.contains(&Kind::Mosquitto) {
+        let mut s = BrokerSetup::new(Kind::Mosquitto).labelled("mosquitto persist");
+        s.mosquitto_autosave_secs = Some(c.mosquitto_autosave);
+        s.mosquitto_lines = vec![
+            format!("max_queued_messages {}", (c.dm_messages * 2).max(1000)),
+            "max_queued_bytes 0".into(),
+        ];
+        setups.push(s);
+    }
+    let mut sec = Section::new(
+        "dm-offline",
+        "9. durable DMs to offline receivers",
+        &format!(
+            "{pairs} receivers `u{{i}}` leave a persistent session (clean session false) subscribed at QoS 1 and go offline; then {pairs} senders `s{{i}}` each send {n} QoS 1 messages ({w} in flight each) to their receiver, all at once: {total} messages. tern: the senders publish DMs (`dm/u{{i}}`) and the receivers subscribe to their inbox (`inbox/u{{i}}/#`); each DM is stored once, appended to the receiver's and the sender's inbox logs and queued for the receiver's session, with `storage.sync = \"always\"` (acknowledged after the fsync covering it). Mosquitto: the same pairs on plain topics (`dm/u{{i}}`), `persistence true`, `autosave_interval {a}` (it acknowledges from memory: not durable per message). *DMs/s*: acknowledged per second, from the senders' start to the last PUBACK; *PUBACK p99*: of the median sender; *broker CPU per DM*: user + system time over the sending, per acknowledged message.",
+            pairs = c.dm_pairs,
+            n = c.dm_messages,
+            w = c.inflight,
+            total = c.dm_pairs as u64 * c.dm_messages,
+            a = c.mosquitto_autosave
+        ),
+        &labels(&setups),
+    );
+    for round in 0..c.rounds {
+        for i in order(setups.len(), round) {
+            let s = &setups[i];
+            let cfg = DmOfflineConfig {
+                pairs: c.dm_pairs,
+                messages: c.dm_messages,
+                chat: s.kind.is_tern(),
+            };
+            match limited(Duration::from_secs(900), dm_offline_run(ctx, s, &cfg)).await {
+                Ok((r, cpu)) => {
+                    let l = &s.label;
+                    progress(
+                        "dm-offline",
+                        round,
+                        c.rounds,
+                        l,
+                        &format!(
+                            "{} acknowledged in {:.2}s ({:.0}/s), {cpu:.1} µs CPU each",
+                            r.acked,
+                            r.secs,
+                            r.acked_per_sec()
+                        ),
+                    );
+                    sec.record(
+                        "DMs acknowledged",
+                        "msgs/s",
+                        Better::Higher,
+                        l,
+                        Some(r.acked_per_sec()),
+                    );
+                    sec.record(
+                        "PUBACK p50",
+                        "ms",
+                        Better::Lower,
+                        l,
+                        r.ack_latency.map(|x| ms(x.p50_us)),
+                    );
+                    sec.record(
+                        "PUBACK p99",
+                        "ms",
+                        Better::Lower,
+                        l,
+                        r.ack_latency.map(|x| ms(x.p99_us)),
+                    );
+                    sec.record(
+                        "broker CPU per DM",
+                        "µs",
+                        Better::Lower,
+                        l,
+                        cpu.is_finite().then_some(cpu),
+                    );
+                }
+                Err(e) => {
+                    progress(
+                        "dm-offline",
+                        round,
+                        c.rounds,
+                        &s.label,
+                        &format!("FAILED: {e}"),
+                    );
+                    sec.fail(&s.label, &e.to_string());
+                }
+            }
+        }
+    }
+    let rate = sec.median("DMs acknowledged", "tern");
+    sec.target(
+        "durable DMs to offline receivers >= 100k/s with storage.sync = always",
+        Verdict::from(rate.map(|v| v >= 100_000.0)),
+        rate.map_or("n/a".into(), |v| {
+            format!("tern {} DMs/s", compare::fmt_num(v))
+        }),
     );
     sec
 }
@@ -1828,6 +2138,8 @@ async fn main_inner(cli: Cli) -> std::result::Result<(), String> {
             "durable" => Some(durable_section(&mut ctx).await),
             "retained" => Some(retained_section(&mut ctx).await),
             "group" => group_section(&mut ctx).await,
+            "dm-offline" => Some(dm_offline_section(&mut ctx).await),
+            "chat" => chat_section(&mut ctx).await,
             _ => None,
         };
         if let Some(sec) = sec {

@@ -14,9 +14,13 @@
 //! - [`retained()`]: R retained topics, then timed subscriptions matching few and many.
 //! - [`durable`]: steps of QoS 1 to offline persistent sessions, restart and drain.
 //! - [`group()`]: one publisher to a tern group whose members are mostly offline.
+//! - [`dm_offline`]: many senders' durable DMs to offline receivers.
+//! - [`chat()`]: a chat workload (DMs, groups, read receipts, presence, flapping devices).
 
 pub mod broadcast_dm;
+pub mod chat;
 pub mod connections;
+pub mod dm_offline;
 pub mod durable;
 mod fan_in;
 mod fan_out;
