@@ -156,6 +156,19 @@ async fn a_resend_on_another_node_is_stored_once_and_any_node_replays_the_log() 
         &end.payload[..],
         br#"{"after":null,"last":1,"next":2,"more":false}"#
     );
+    // Read positions, recall and settings are single-node features for now: a cluster
+    // node says so (0x83) rather than keep a position only it would know.
+    for (topic, payload) in [
+        ("$read/dm/alice", "1"),
+        ("$recall", "1"),
+        ("$settings", "{}"),
+    ] {
+        assert_eq!(
+            publish(&mut bob, 7, topic, payload, &[]).await,
+            ReasonCode::ImplementationSpecificError,
+            "{topic}"
+        );
+    }
     sync_request(&mut bob, "0").await;
     assert_eq!(
         next(&mut bob, "seq 1 again").await,

@@ -262,19 +262,21 @@ impl Connection {
             },
             None => {
                 let user = self.user.to_string();
-                let (entries, (_, next), marks) =
-                    super::outbound::read_store(&self.ctx, move |store| {
-                        let mut marks = Vec::new();
-                        for prefix in SYNCED_MARKS {
-                            marks.extend(store.marks(&user, prefix)?);
-                        }
-                        Ok((
-                            store.inbox(&user, from, limit)?,
-                            store.inbox_bounds(&user)?,
-                            marks,
-                        ))
-                    })
-                    .await?;
+                let (entries, next, marks) = super::outbound::read_store(&self.ctx, move |store| {
+                    let mut marks = Vec::new();
+                    for prefix in SYNCED_MARKS {
+                        marks.extend(store.marks(&user, prefix)?);
+                    }
+                    // The log's end before its entries: entries appended between the
+                    // two reads then come with the replay, never after a marker whose
+                    // `next` says they were replayed (the device, taking the range
+                    // as settled, would drop their live copies as duplicates).
+                    let (_, next) = store.inbox_bounds(&user)?;
+                    let entries = store.inbox(&user, from, limit)?;
+                    let next = entries.last().map_or(next, |(seq, _, _)| next.max(seq + 1));
+                    Ok((entries, next, marks))
+                })
+                .await?;
                 let entries = entries
                     .into_iter()
                     .map(|(seq, entry, stored)| LogEntry {
