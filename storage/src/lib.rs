@@ -106,6 +106,7 @@
 pub mod error;
 pub mod keys;
 pub mod memory;
+mod ordered_batch;
 mod record;
 pub mod rocks;
 pub mod writer;

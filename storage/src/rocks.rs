@@ -46,6 +46,7 @@ use crate::keys::{
     CF_QUEUE_NEXT, CF_RETAINED, CF_SESSIONS, CF_USERS, CF_USER_VALUES, FORMAT_VERSION,
     FORMAT_VERSION_KEY,
 };
+use crate::ordered_batch::OrderedBatch;
 use crate::record::{self, DecodeError};
 use crate::{
     InboxEntry, Mark, Op, QueueState, QueuedMessage, SessionRecord, StorageError, Store,
@@ -231,7 +232,7 @@ struct BatchBuilder<'a> {
     inbox_next: &'a ColumnFamily,
     marks: &'a ColumnFamily,
     user_values: &'a ColumnFamily,
-    batch: WriteBatch,
+    batch: OrderedBatch<'a>,
     /// Queue entries written by the batch so far, for a SetQueueState that reads one; kept
     /// (and only paid for) when some op of the batch does.
     track: bool,
@@ -261,7 +262,7 @@ impl<'a> BatchBuilder<'a> {
             inbox_next: store.cf(CF_INBOX_NEXT)?,
             marks: store.cf(CF_MARKS)?,
             user_values: store.cf(CF_USER_VALUES)?,
-            batch: WriteBatch::default(),
+            batch: OrderedBatch::default(),
             track: ops.iter().any(|op| matches!(op, Op::SetQueueState { .. })),
             overlay: HashMap::new(),
             deleted: HashSet::new(),
@@ -436,7 +437,7 @@ impl<'a> BatchBuilder<'a> {
             self.batch
                 .put_cf(self.inbox_next, prefix, next.to_be_bytes());
         }
-        self.batch
+        self.batch.finish()
     }
 }
 
