@@ -6,7 +6,8 @@
 //! connections read users from the store) and a stopped one (the CLI applies them to the
 //! database directly), so both paths accept and refuse exactly the same things.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use tern_storage::{Op, Store, StoredGroup, StoredUser};
 
@@ -133,35 +134,64 @@ pub fn user_change(
     }
 }
 
-/// Every group with its members, in memory (owned by the router in a running broker).
+/// Every group with its members, in memory (owned by the router in a running broker),
+/// and each member's groups (to tell whether two users share one without a walk over
+/// every group).
 #[derive(Debug, Default, Clone)]
 pub struct Groups {
     groups: HashMap<String, (BTreeSet<String>, u64)>,
+    /// User -> the groups it is a member of (the group ids shared, not copied).
+    by_member: HashMap<String, HashSet<Arc<str>>>,
     max_members: usize,
 }
 
 impl Groups {
     pub fn new(stored: Vec<StoredGroup>, max_members: usize) -> Groups {
-        let groups = stored
-            .into_iter()
-            .map(|g| (g.gid, (g.members.into_iter().collect(), g.created_at_ms)))
-            .collect();
-        Groups {
-            groups,
+        let mut groups = Groups {
             max_members,
+            ..Groups::default()
+        };
+        for group in stored {
+            groups.put(group);
         }
+        groups
     }
 
     /// Sets a group as another node of the cluster changed it (already checked there).
     pub fn put(&mut self, group: StoredGroup) {
-        let members = group.members.into_iter().collect();
+        self.remove(&group.gid);
+        let members: BTreeSet<String> = group.members.into_iter().collect();
+        self.index(&group.gid, members.iter());
         self.groups
             .insert(group.gid, (members, group.created_at_ms));
     }
 
     /// Removes a group another node of the cluster deleted.
     pub fn remove(&mut self, gid: &str) {
-        self.groups.remove(gid);
+        if let Some((members, _)) = self.groups.remove(gid) {
+            for member in &members {
+                self.unindex(gid, member);
+            }
+        }
+    }
+
+    fn index<'m>(&mut self, gid: &str, members: impl Iterator<Item = &'m String>) {
+        let gid: Arc<str> = Arc::from(gid);
+        for member in members {
+            self.by_member
+                .entry(member.clone())
+                .or_default()
+                .insert(gid.clone());
+        }
+    }
+
+    fn unindex(&mut self, gid: &str, member: &str) {
+        if let Some(gids) = self.by_member.get_mut(member) {
+            gids.remove(gid);
+            if gids.is_empty() {
+                self.by_member.remove(member);
+            }
+        }
     }
 
     pub fn members(&self, gid: &str) -> Option<&BTreeSet<String>> {
@@ -172,12 +202,18 @@ impl Groups {
         self.groups.len()
     }
 
-    /// Whether `a` and `b` are members of one group (a walk over every group: asked only
-    /// when a presence subscription is checked).
+    /// Whether `a` and `b` are members of one group (a walk over the groups of the one in
+    /// fewer).
     pub fn shared(&self, a: &str, b: &str) -> bool {
-        self.groups
-            .values()
-            .any(|(members, _)| members.contains(a) && members.contains(b))
+        let (Some(of_a), Some(of_b)) = (self.by_member.get(a), self.by_member.get(b)) else {
+            return false;
+        };
+        let (fewer, more) = if of_a.len() <= of_b.len() {
+            (of_a, of_b)
+        } else {
+            (of_b, of_a)
+        };
+        fewer.iter().any(|gid| more.contains(gid))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -212,12 +248,14 @@ impl Groups {
                         self.max_members
                     )));
                 }
+                self.index(gid, members.iter());
                 self.groups.insert(gid.clone(), (members, now_ms));
             }
             GroupChange::Delete { gid } => {
-                if self.groups.remove(gid).is_none() {
+                if !self.groups.contains_key(gid) {
                     return Err(missing(gid));
                 }
+                self.remove(gid);
                 return Ok(Op::DeleteGroup { gid: gid.clone() });
             }
             GroupChange::Add { gid, user } => {
@@ -233,12 +271,14 @@ impl Groups {
                     )));
                 }
                 members.insert(user.clone());
+                self.index(gid, std::iter::once(user));
             }
             GroupChange::Remove { gid, user } => {
                 let (members, _) = self.groups.get_mut(gid).ok_or_else(|| missing(gid))?;
                 if !members.remove(user) {
                     return Err(ChangeError::NotFound(format!("{user} is not in {gid}")));
                 }
+                self.unindex(gid, user);
             }
         }
         let gid = match change {
@@ -300,6 +340,44 @@ mod tests {
             Ok(Op::DeleteGroup { gid: "g1".into() })
         );
         assert!(groups.members("g1").is_none());
+    }
+
+    #[test]
+    fn shared_groups_follow_every_change() {
+        let group = |gid: &str, members: &[&str]| StoredGroup {
+            gid: gid.into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            created_at_ms: 0,
+        };
+        let mut g = Groups::new(vec![group("g1", &["a", "b"])], 10);
+        assert!(g.shared("a", "b") && g.shared("b", "a"));
+        assert!(!g.shared("a", "c") && !g.shared("a", "nobody"));
+        let change = |gid: &str, user: &str| (gid.to_string(), user.to_string());
+        let (gid, user) = change("g1", "c");
+        g.apply(&GroupChange::Add { gid, user }, 1).expect("add");
+        assert!(g.shared("a", "c"));
+        let (gid, user) = change("g1", "a");
+        g.apply(&GroupChange::Remove { gid, user }, 1)
+            .expect("remove");
+        assert!(!g.shared("a", "c") && g.shared("b", "c"));
+        g.apply(
+            &GroupChange::Create {
+                gid: "g2".into(),
+                members: vec!["a".into(), "c".into()],
+            },
+            1,
+        )
+        .expect("create");
+        assert!(g.shared("a", "c"));
+        // Another node's version of g2 replaces it, members and all.
+        g.put(group("g2", &["a", "d"]));
+        assert!(!g.shared("a", "c") && g.shared("a", "d"));
+        g.apply(&GroupChange::Delete { gid: "g2".into() }, 1)
+            .expect("delete");
+        assert!(!g.shared("a", "d"));
+        g.remove("g1");
+        assert!(!g.shared("b", "c"));
+        assert!(g.by_member.is_empty(), "{:?}", g.by_member);
     }
 
     #[test]
