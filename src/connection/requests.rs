@@ -71,6 +71,12 @@ impl Connection {
         };
         let user = self.user.to_string();
         let name = conversation.borrowed().read_mark();
+        // Only a DM's peer may get a receipt: only then are the reader's settings read.
+        let peer = match &conversation {
+            OwnedConversation::Direct(peer) if *peer != user => Some(peer.clone()),
+            _ => None,
+        };
+        let dm = peer.is_some();
         let lookup = |user: String, name: String| {
             move |store: &dyn tern_storage::Store| {
                 let entry = store
@@ -78,11 +84,8 @@ impl Connection {
                     .into_iter()
                     .next()
                     .filter(|(at, _, _)| *at == seq);
-                Ok((
-                    entry,
-                    store.mark(&user, &name)?,
-                    Settings::load(store, &user)?,
-                ))
+                let receipts = dm && Settings::load(store, &user)?.receipts;
+                Ok((entry, store.mark(&user, &name)?, receipts))
             }
         };
         // The device read an entry it was sent, which is applied by then in all but a
@@ -91,7 +94,7 @@ impl Connection {
         if found.0.is_none() {
             found = read_store(&self.ctx, lookup(user.clone(), name.clone())).await?;
         }
-        let (entry, current, settings) = found;
+        let (entry, current, receipts) = found;
         let Some((_, entry, Some(stored))) = entry else {
             tracing::info!(client_id = %self.client_id, %user, seq,
                 "read position refused: no such entry in the user's inbox (trimmed, or not yet)");
@@ -108,12 +111,7 @@ impl Connection {
             // Read that far already: nothing moves, nobody is told.
             return Ok(Answer::done());
         }
-        let receipt_to = match &conversation {
-            OwnedConversation::Direct(peer) if settings.receipts && *peer != user => {
-                Some(peer.clone())
-            }
-            _ => None,
-        };
+        let receipt_to = peer.filter(|_| receipts);
         let report = ReadReport {
             reader: user,
             name,

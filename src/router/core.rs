@@ -123,9 +123,15 @@ impl Router {
 
     /// Whether some session of `user` has a connection.
     pub(super) fn user_online(&self, user: &str) -> bool {
-        self.by_user.get(user, &self.sessions).is_some_and(|set| {
+        self.connected_devices(user) > 0
+    }
+
+    /// How many sessions of `user` have a connection (at most `im.max_devices_per_user`).
+    pub(super) fn connected_devices(&self, user: &str) -> usize {
+        self.by_user.get(user, &self.sessions).map_or(0, |set| {
             set.iter()
-                .any(|id| self.sessions.get(id).is_some_and(|s| s.connected.is_some()))
+                .filter(|id| self.sessions.get(id).is_some_and(|s| s.connected.is_some()))
+                .count()
         })
     }
 

@@ -95,11 +95,7 @@ impl Router {
         users
             .iter()
             .map(|user| PresenceState {
-                devices: self.by_user.get(user, &self.sessions).map_or(0, |set| {
-                    set.iter()
-                        .filter(|id| self.sessions.get(id).is_some_and(|s| s.connected.is_some()))
-                        .count()
-                }),
+                devices: self.connected_devices(user),
                 published: self
                     .retained
                     .get(&presence_topic(user))
