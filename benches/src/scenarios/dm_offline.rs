@@ -10,21 +10,15 @@
 //! broker the same pairs use the topic `dm/u{i}` directly (the equivalent workload: one
 //! queued copy per message).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tern_codec::QoS;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::durable::{publish_count, PublishReport};
-use crate::client::{Client, ConnectOptions};
+use super::durable::{leave_offline, publish_count, PublishReport};
+use crate::client::ConnectOptions;
 use crate::error::{Error, Result};
 use crate::run::Options;
 use crate::stats::LatencySummary;
-
-/// Connections in progress at once while the sessions are made.
-const PARALLEL: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct DmOfflineConfig {
@@ -64,28 +58,13 @@ fn receiver_filter(cfg: &DmOfflineConfig, opts: &Options, i: usize) -> String {
 
 /// Makes the receivers' offline persistent sessions.
 pub async fn receivers(opts: &Options, cfg: &DmOfflineConfig) -> Result<()> {
-    let permits = Arc::new(Semaphore::new(PARALLEL));
-    let mut set = JoinSet::new();
-    for i in 0..cfg.pairs {
-        let (addr, protocol) = (opts.addr, opts.protocol);
+    let sessions = (0..cfg.pairs).map(|i| {
         let user = format!("{}u{i}", opts.run_id);
         let mut conn = ConnectOptions::new(&format!("{user}-phone"));
         conn.username = Some(user);
-        conn.clean_start = false;
-        conn.buffer = 1024;
-        let (filter, permits) = (receiver_filter(cfg, opts, i), permits.clone());
-        set.spawn(async move {
-            let _p = permits.acquire().await;
-            let mut c = Client::connect_with(addr, protocol, &conn).await?;
-            c.subscribe(&filter, QoS::AtLeastOnce).await?;
-            c.writer.disconnect().await;
-            Ok::<_, Error>(())
-        });
-    }
-    while let Some(r) = set.join_next().await {
-        r.map_err(|e| Error::new(format!("receiver task failed: {e}")))??;
-    }
-    Ok(())
+        (conn, receiver_filter(cfg, opts, i))
+    });
+    leave_offline(opts, sessions).await
 }
 
 /// Every sender sends its messages at once; waits for every PUBACK.

@@ -78,18 +78,33 @@ fn payload_seq(p: &[u8]) -> Option<u64> {
 pub async fn create_sessions(opts: &Options, cfg: &DurableConfig) -> Result<Duration> {
     let started = Instant::now();
     let topic = DurableConfig::topic(opts);
+    let sessions = (0..cfg.sessions).map(|i| {
+        (
+            ConnectOptions::new(&DurableConfig::client_id(opts, i)),
+            topic.clone(),
+        )
+    });
+    leave_offline(opts, sessions).await?;
+    Ok(started.elapsed())
+}
+
+/// Each (client, filter) connects with a persistent session, subscribes to its filter at
+/// QoS 1 and disconnects, [`PARALLEL`] at a time: sessions that queue what comes for them.
+pub async fn leave_offline(
+    opts: &Options,
+    sessions: impl Iterator<Item = (ConnectOptions, String)>,
+) -> Result<()> {
     let permits = Arc::new(Semaphore::new(PARALLEL));
     let mut set = JoinSet::new();
-    for i in 0..cfg.sessions {
+    for (mut conn, filter) in sessions {
         let (addr, protocol) = (opts.addr, opts.protocol);
-        let mut conn = ConnectOptions::new(&DurableConfig::client_id(opts, i));
         conn.clean_start = false;
         conn.buffer = 1024;
-        let (topic, permits) = (topic.clone(), permits.clone());
+        let permits = permits.clone();
         set.spawn(async move {
             let _p = permits.acquire().await;
             let mut c = Client::connect_with(addr, protocol, &conn).await?;
-            c.subscribe(&topic, QoS::AtLeastOnce).await?;
+            c.subscribe(&filter, QoS::AtLeastOnce).await?;
             c.writer.disconnect().await;
             Ok::<_, Error>(())
         });
@@ -97,7 +112,7 @@ pub async fn create_sessions(opts: &Options, cfg: &DurableConfig) -> Result<Dura
     while let Some(r) = set.join_next().await {
         r.map_err(|e| Error::new(format!("session task failed: {e}")))??;
     }
-    Ok(started.elapsed())
+    Ok(())
 }
 
 /// What [`publish_count`] did.
