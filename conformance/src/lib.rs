@@ -58,6 +58,17 @@ pub fn test_config(data_dir: &Path) -> Config {
     config
 }
 
+/// The op that stores group `gid` with `members` (sorted, as the broker keeps them).
+pub fn group_op(gid: &str, members: &[&str]) -> tern_storage::Op {
+    let mut members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+    members.sort();
+    tern_storage::Op::PutGroup(tern_storage::StoredGroup {
+        gid: gid.into(),
+        members,
+        created_at_ms: 0,
+    })
+}
+
 /// The broker running inside the test process.
 pub struct Broker {
     /// The TCP listener's address.
@@ -214,6 +225,25 @@ impl Broker {
             task.await.expect("broker task");
         }
         self._dir.take()
+    }
+
+    /// A broker whose data directory (made here, kept with it) holds `ops` (users, groups)
+    /// before it starts; `adjust` changes the test configuration first.
+    pub async fn start_seeded(
+        ops: &[tern_storage::Op],
+        adjust: impl FnOnce(&mut Config),
+    ) -> Broker {
+        use tern_storage::Store;
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let store = tern_storage::RocksStore::open(dir.path()).expect("open store");
+            store.write(ops, true).expect("seed");
+        }
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let mut broker = Broker::start_config(config).await;
+        broker.keep_dir(dir);
+        broker
     }
 
     /// Keeps `dir` (the broker's data directory, made by the test) until the broker is

@@ -5,34 +5,17 @@ use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode;
 use serde_json::json;
 use tern::config::{Config, PresenceVisibility};
 use tern_conformance::device::{Device, Received};
-use tern_conformance::{test_config, Broker};
-use tern_storage::{Op, RocksStore, Store, StoredGroup};
+use tern_conformance::{group_op, Broker};
+use tern_storage::Op;
 
-/// A broker whose data directory holds `groups` before it starts.
-async fn seeded(groups: &[(&str, &[&str])], adjust: impl FnOnce(&mut Config)) -> Broker {
-    let dir = tempfile::tempdir().expect("temp dir");
-    {
-        let store = RocksStore::open(dir.path()).expect("open store");
-        let ops: Vec<Op> = groups
-            .iter()
-            .map(|(gid, members)| {
-                let mut members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
-                members.sort();
-                Op::PutGroup(StoredGroup {
-                    gid: gid.to_string(),
-                    members,
-                    created_at_ms: 0,
-                })
-            })
-            .collect();
-        store.write(&ops, true).expect("seed");
-    }
-    let mut config = test_config(dir.path());
-    config.im.presence = true;
-    adjust(&mut config);
-    let mut broker = Broker::start_config(config).await;
-    broker.keep_dir(dir);
-    broker
+/// A broker with presence on (the test configuration turns it off) whose data directory
+/// holds `ops` before it starts.
+async fn seeded(ops: &[Op], adjust: impl FnOnce(&mut Config)) -> Broker {
+    Broker::start_seeded(ops, |c| {
+        c.im.presence = true;
+        adjust(c);
+    })
+    .await
 }
 
 async fn inbox_device(broker: &Broker, user: &str, client_id: &str) -> Device {
@@ -181,7 +164,7 @@ async fn read_positions_reach_the_other_devices_the_peer_and_a_new_device_in_syn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sender_of_a_group_message_learns_who_read_it() {
-    let broker = seeded(&[("team", &["alice", "bob", "carol"])], |_| {}).await;
+    let broker = seeded(&[group_op("team", &["alice", "bob", "carol"])], |_| {}).await;
     let mut alice = inbox_device(&broker, "alice", "alice-1").await;
     let mut bob = inbox_device(&broker, "bob", "bob-1").await;
     assert_eq!(alice.publish("group/team", "lunch?", &[]).await, "Success");
@@ -310,7 +293,7 @@ async fn a_recall_empties_the_message_and_every_recipient_hears_of_it_live_and_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_debounced_and_shown_to_contacts_only() {
-    let broker = seeded(&[("club", &["carol", "dave"])], |c| {
+    let broker = seeded(&[group_op("club", &["carol", "dave"])], |c| {
         c.im.presence_offline_delay_ms = 1_500;
     })
     .await;

@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use tern_client::{Client, Config, Conversation, Event, SendState};
-use tern_conformance::{test_config, Broker};
-use tern_storage::{Op, RocksStore, Store, StoredGroup};
+use tern_conformance::{group_op, Broker};
 
 fn config(broker: &Broker, user: &str, device: &str) -> Config {
     let mut config = Config::new("127.0.0.1", broker.port(), user, "", device);
@@ -34,22 +33,12 @@ async fn until<T>(
 }
 
 async fn seeded_broker() -> Broker {
-    let dir = tempfile::tempdir().expect("temp dir");
-    {
-        let store = RocksStore::open(dir.path()).expect("store");
-        let group = Op::PutGroup(StoredGroup {
-            gid: "team".into(),
-            members: vec!["alice".into(), "bob".into(), "carol".into()],
-            created_at_ms: 0,
-        });
-        store.write(&[group], true).expect("seed");
-    }
-    let mut config = test_config(dir.path());
-    config.im.presence = true;
-    config.im.presence_offline_delay_ms = 200;
-    let mut broker = Broker::start_config(config).await;
-    broker.keep_dir(dir);
-    broker
+    let team = group_op("team", &["alice", "bob", "carol"]);
+    Broker::start_seeded(&[team], |c| {
+        c.im.presence = true;
+        c.im.presence_offline_delay_ms = 200;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

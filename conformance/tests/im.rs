@@ -10,26 +10,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tern::config::Config;
 use tern::im::directory::{user_ops, UserChange};
 use tern_codec::{Packet, Properties, Protocol, QoS, ReasonCode};
 use tern_conformance::chat::{device, login, next, publish, row, subscribe_all, sync_request};
-use tern_conformance::{test_config, Broker, RawClient, EVENT_TIMEOUT};
-use tern_storage::{Op, RocksStore, Store, StoredGroup};
+use tern_conformance::{group_op, Broker, RawClient, EVENT_TIMEOUT};
+use tern_storage::Op;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-
-/// A broker whose data directory holds `ops` (users, groups) before it starts.
-async fn seeded(ops: Vec<Op>, adjust: impl FnOnce(&mut Config)) -> (Broker, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    {
-        let store = RocksStore::open(dir.path()).expect("open store");
-        store.write(&ops, true).expect("seed");
-    }
-    let mut config = test_config(dir.path());
-    adjust(&mut config);
-    (Broker::start_config(config).await, dir)
-}
 
 fn user(name: &str, password: &str) -> Op {
     let change = UserChange::Add {
@@ -44,19 +31,9 @@ fn user(name: &str, password: &str) -> Op {
         .expect("one op")
 }
 
-fn group(gid: &str, members: &[&str]) -> Op {
-    let mut members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
-    members.sort();
-    Op::PutGroup(StoredGroup {
-        gid: gid.into(),
-        members,
-        created_at_ms: 0,
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_passwords_are_refused_v311_0x04_v5_0x86() {
-    let (broker, _dir) = seeded(vec![user("alice", "s3cret")], |_| {}).await;
+    let broker = Broker::start_seeded(&[user("alice", "s3cret")], |_| {}).await;
     for protocol in [Protocol::V311, Protocol::V5] {
         for (password, ok) in [(Some("nope"), false), (None, false), (Some("s3cret"), true)] {
             let (_, ack) = RawClient::open(
@@ -90,7 +67,7 @@ async fn wrong_passwords_are_refused_v311_0x04_v5_0x86() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_clients_are_refused_when_the_listener_is_not_loopback_only() {
-    let (broker, _dir) = seeded(vec![user("alice", "pw")], |c| {
+    let broker = Broker::start_seeded(&[user("alice", "pw")], |c| {
         c.allow_anonymous = tern::config::AnonymousPolicy::Never;
     })
     .await;
@@ -242,7 +219,7 @@ async fn a_dm_reaches_both_devices_of_the_recipient_and_the_senders_other_device
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_messages_reach_an_offline_member_in_order_with_gap_free_seqs() {
-    let (broker, _dir) = seeded(vec![group("g1", &["alice", "bob", "carol"])], |_| {}).await;
+    let broker = Broker::start_seeded(&[group_op("g1", &["alice", "bob", "carol"])], |_| {}).await;
     let mut bob = device(&broker, "bob", "bob-phone").await;
     subscribe_all(&mut bob, &["inbox/bob/#"]).await;
     // carol's phone has a persistent session and goes offline.
@@ -433,11 +410,11 @@ async fn only_operators_publish_broadcasts_and_every_user_receives_them() {
 /// The README walkthrough: two users and a group, chatting with mosquitto_pub/sub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_clients_chat_with_passwords_and_a_group() {
-    let (broker, _dir) = seeded(
-        vec![
+    let broker = Broker::start_seeded(
+        &[
             user("alice", "alice-pw"),
             user("bob", "bob-pw"),
-            group("friends", &["alice", "bob"]),
+            group_op("friends", &["alice", "bob"]),
         ],
         |c| c.allow_anonymous = tern::config::AnonymousPolicy::Never,
     )
@@ -608,7 +585,7 @@ async fn a_large_group_message_is_stored_once_for_its_offline_members() {
     let names: Vec<String> = (0..MEMBERS).map(|i| format!("m{i}")).collect();
     let mut member_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     member_refs.push("alice");
-    let (broker, dir) = seeded(vec![group("big", &member_refs)], |c| {
+    let broker = Broker::start_seeded(&[group_op("big", &member_refs)], |c| {
         c.limits.max_packet_size = 1_048_576;
     })
     .await;
@@ -623,13 +600,13 @@ async fn a_large_group_message_is_stored_once_for_its_offline_members() {
         phone.disconnect().await;
     }
     let mut alice = device(&broker, "alice", "alice-phone").await;
-    let before = wal_bytes(dir.path());
+    let before = wal_bytes(&broker.config.data_dir);
     let payload = "x".repeat(PAYLOAD);
     assert_eq!(
         publish(&mut alice, 1, "group/big", &payload, &[]).await,
         ReasonCode::Success
     );
-    let grown = wal_bytes(dir.path()) - before;
+    let grown = wal_bytes(&broker.config.data_dir) - before;
     println!(
         "WAL grew by {grown} bytes for one {PAYLOAD}-byte message to {MEMBERS} offline members"
     );
