@@ -43,23 +43,23 @@ impl<'a> OrderedBatch<'a> {
     pub(crate) fn put_cf(
         &mut self,
         cf: &'a ColumnFamily,
-        key: impl AsRef<[u8]>,
-        value: impl AsRef<[u8]>,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
     ) {
-        self.push(cf, key, Kind::Put(value.as_ref().to_vec()));
+        self.push(cf, key, Kind::Put(value.into()));
     }
 
-    pub(crate) fn delete_cf(&mut self, cf: &'a ColumnFamily, key: impl AsRef<[u8]>) {
+    pub(crate) fn delete_cf(&mut self, cf: &'a ColumnFamily, key: impl Into<Vec<u8>>) {
         self.push(cf, key, Kind::Delete);
     }
 
     pub(crate) fn merge_cf(
         &mut self,
         cf: &'a ColumnFamily,
-        key: impl AsRef<[u8]>,
-        value: impl AsRef<[u8]>,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
     ) {
-        self.push(cf, key, Kind::Merge(value.as_ref().to_vec()));
+        self.push(cf, key, Kind::Merge(value.into()));
     }
 
     /// A barrier: what came before is written first.
@@ -78,10 +78,11 @@ impl<'a> OrderedBatch<'a> {
         self.batch
     }
 
-    fn push(&mut self, cf: &'a ColumnFamily, key: impl AsRef<[u8]>, kind: Kind) {
+    /// Owned keys and values move in as they are (the callers build them for the batch).
+    fn push(&mut self, cf: &'a ColumnFamily, key: impl Into<Vec<u8>>, kind: Kind) {
         self.pending.push(Record {
             cf,
-            key: key.as_ref().to_vec(),
+            key: key.into(),
             kind,
         });
     }

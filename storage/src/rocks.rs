@@ -299,9 +299,11 @@ impl<'a> BatchBuilder<'a> {
             } => self.set_queue_state(client_id, *seq, *state)?,
             Op::Dequeue { client_id, seq } => {
                 let key = queue_key(client_id, *seq)?;
-                batch.delete_cf(self.queue, &key);
                 if self.track {
+                    batch.delete_cf(self.queue, key.clone());
                     self.overlay.insert(key, Pending::Dequeued);
+                } else {
+                    batch.delete_cf(self.queue, key);
                 }
             }
             Op::PutInboundQos2 {
@@ -337,8 +339,8 @@ impl<'a> BatchBuilder<'a> {
             }
             Op::AppendInbox { user, seq, entry } => {
                 let key = inbox_key(user, *seq)?;
-                batch.put_cf(self.inbox, &key, record::encode_inbox(entry));
                 raise_next(&mut self.inbox_next_seqs, &key, *seq);
+                batch.put_cf(self.inbox, key, record::encode_inbox(entry));
             }
             // An empty range has nothing to delete (and RocksDB wants begin < end).
             Op::TrimInbox { user, below_seq } => {
@@ -361,7 +363,7 @@ impl<'a> BatchBuilder<'a> {
                 );
             }
             Op::PutUserValue { user, name, value } => {
-                batch.put_cf(self.user_values, named_key(user, name)?, value);
+                batch.put_cf(self.user_values, named_key(user, name)?, value.to_vec());
             }
         }
         Ok(())
@@ -370,10 +372,10 @@ impl<'a> BatchBuilder<'a> {
     fn delete_session(&mut self, client_id: &str) -> Result<(), StorageError> {
         let prefix = client_prefix(client_id)?;
         let end = range_end(&prefix);
-        self.batch.delete_cf(self.sessions, &prefix);
+        self.batch.delete_cf(self.sessions, prefix.clone());
         self.batch.delete_range_cf(self.queue, &prefix, &end);
         self.batch.delete_range_cf(self.inbound, &prefix, &end);
-        self.batch.delete_cf(self.queue_next, &prefix);
+        self.batch.delete_cf(self.queue_next, prefix.clone());
         self.next_seqs.remove(&prefix);
         if self.track {
             self.overlay.retain(|key, _| !key.starts_with(&prefix));
@@ -389,11 +391,13 @@ impl<'a> BatchBuilder<'a> {
         message: &'a QueuedMessage,
     ) -> Result<(), StorageError> {
         let key = queue_key(client_id, seq)?;
-        self.batch
-            .put_cf(self.queue, &key, record::encode_queued(message)?);
+        let value = record::encode_queued(message)?;
         raise_next(&mut self.next_seqs, &key, seq);
         if self.track {
+            self.batch.put_cf(self.queue, key.clone(), value);
             self.overlay.insert(key, Pending::Enqueued(message));
+        } else {
+            self.batch.put_cf(self.queue, key, value);
         }
         Ok(())
     }
@@ -419,7 +423,7 @@ impl<'a> BatchBuilder<'a> {
         if let Some(mut value) = current {
             record::set_queued_state(&mut value, state)
                 .map_err(|e| decode_error(CF_QUEUE, &key, e))?;
-            self.batch.put_cf(self.queue, &key, &value);
+            self.batch.put_cf(self.queue, key.clone(), value.clone());
             self.overlay.insert(key, Pending::Rewritten(value));
         }
         Ok(())
