@@ -421,6 +421,7 @@ impl Properties {
     /// Encodes a length-prefixed property block exactly as it appears on the wire, for
     /// callers that keep properties outside a packet (the broker stores messages with them).
     pub fn write_block(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        buf.reserve(self.encoded_len());
         self.encode(buf)
     }
 

@@ -152,13 +152,20 @@ impl<'a> Conversation<'a> {
 
     /// The topic one recipient gets this conversation's message on.
     pub fn inbox_topic(&self, recipient: &str, from: &str, role: u8) -> String {
-        match self {
-            Conversation::Direct { to } if role == ROLE_SENT => {
-                format!("{INBOX}/{recipient}/sent/{to}")
-            }
-            Conversation::Direct { .. } => format!("{INBOX}/{recipient}/dm/{from}"),
-            Conversation::Group { gid } => format!("{INBOX}/{recipient}/group/{gid}/{from}"),
+        // Built for every recipient of every message: joined in one allocation rather than
+        // through `format!`.
+        let parts: [&str; 4] = match self {
+            Conversation::Direct { to } if role == ROLE_SENT => ["sent/", to, "", ""],
+            Conversation::Direct { .. } => ["dm/", from, "", ""],
+            Conversation::Group { gid } => ["group/", gid, "/", from],
+        };
+        let len =
+            INBOX.len() + 1 + recipient.len() + 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+        let mut topic = String::with_capacity(len);
+        for part in [INBOX, "/", recipient, "/"].into_iter().chain(parts) {
+            topic.push_str(part);
         }
+        topic
     }
 }
 
