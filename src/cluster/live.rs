@@ -70,16 +70,18 @@ pub(super) async fn forward(
         }
         if let Some(kept) = kept {
             let Some(subject) = subject::kept(&message.topic) else {
-                let _ = kept.send(Ok(()));
+                let _ = kept.done.send(Ok(()));
                 continue;
             };
-            let appended = kept_log.append(subject, record).await;
+            let appended = kept_log.append(subject, record, kept.append).await;
             appends.push(async move {
                 let result = appended.await;
                 if let Err(what) = &result {
                     tracing::warn!("a message was not kept by the cluster: {what}");
                 }
-                let _ = kept.send(result.map_err(|what| StorageError::Elsewhere { what }));
+                let _ = kept
+                    .done
+                    .send(result.map_err(|what| StorageError::Elsewhere { what }));
             });
             continue;
         }

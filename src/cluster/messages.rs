@@ -9,7 +9,7 @@
 //! `cluster.message_retention_bytes`): a persistent session resumed on another node reads
 //! what it missed from there, from its cursor on, through its filters ([`MessageLog::read`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,9 +50,10 @@ pub(crate) struct MessageLog {
     jetstream: jetstream::Context,
     stream: stream::Stream,
     node: Arc<str>,
-    /// Message ids: this node's, unique per process (`node.start.n`), so that an append
-    /// sent again after a lost acknowledgement is stored once.
-    ids: Arc<(u64, AtomicU64)>,
+    /// What the ids of this process's appends start with (`node.start.`; the router's
+    /// number of the append follows), so that an append sent again after a lost
+    /// acknowledgement is stored once, and a read can tell this process's appends.
+    own_ids: Arc<str>,
     /// How long an append is retried (`cluster.append_timeout_ms`).
     retry_for: Duration,
     /// The stream's replicas.
@@ -100,27 +101,27 @@ impl MessageLog {
             jetstream: jetstream.clone(),
             stream,
             node: Arc::from(node),
-            ids: Arc::new((started, AtomicU64::new(0))),
+            own_ids: Arc::from(format!("{node}.{started}.")),
             retry_for: retention.retry_for,
             replicas: retention.replicas,
         })
     }
 
-    /// Sends `record` (a message's encoding) to the stream on `subject`: the send is
-    /// made now, in the caller's order; the returned future waits until the stream keeps
-    /// it (sending it again while its acknowledgement is lost, for `retry_for`), or says
-    /// why it could not.
+    /// Sends `record` (a message's encoding, the router's append number `append`) to the
+    /// stream on `subject`: the send is made now, in the caller's order; the returned
+    /// future waits until the stream keeps it (sending it again while its acknowledgement
+    /// is lost, for `retry_for`), or says why it could not.
     pub(super) async fn append(
         &self,
         subject: String,
         record: Bytes,
+        append: u64,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
         let mut headers = HeaderMap::new();
         headers.insert(NODE, &*self.node);
-        let id = self.ids.1.fetch_add(1, Ordering::Relaxed);
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            format!("{}.{}.{id}", self.node, self.ids.0).as_str(),
+            format!("{}{append}", self.own_ids).as_str(),
         );
         let first = self
             .jetstream
@@ -173,7 +174,7 @@ impl MessageLog {
         filters: Vec<String>,
         from: u64,
         limit: usize,
-    ) -> Result<(Vec<Message>, u64), MessageLogError> {
+    ) -> Result<Read, MessageLogError> {
         tokio::time::timeout(READ_TIMEOUT, self.read_now(filters, from, limit))
             .await
             .map_err(|_| MessageLogError::TimedOut)?
@@ -184,11 +185,15 @@ impl MessageLog {
         filters: Vec<String>,
         from: u64,
         limit: usize,
-    ) -> Result<(Vec<Message>, u64), MessageLogError> {
+    ) -> Result<Read, MessageLogError> {
         let last = self.last().await?;
-        let mut read = Vec::new();
+        let mut read = Read {
+            messages: Vec::new(),
+            last,
+            appended_here: HashSet::new(),
+        };
         if filters.is_empty() || from > last || limit == 0 {
-            return Ok((read, last));
+            return Ok(read);
         }
         // An ephemeral consumer of this read alone, fetched from page by page until it
         // has given everything up to `last` (no flow of its own to wait on).
@@ -217,10 +222,10 @@ impl MessageLog {
             }
         };
         let mut left = consumer.cached_info().num_pending;
-        'pages: while left > 0 && read.len() < limit {
+        'pages: while left > 0 && read.messages.len() < limit {
             let mut page = consumer
                 .fetch()
-                .max_messages((limit - read.len()).min(READ_PAGE))
+                .max_messages((limit - read.messages.len()).min(READ_PAGE))
                 .messages()
                 .await
                 .map_err(|e| MessageLogError::Read(e.into()))?;
@@ -237,7 +242,10 @@ impl MessageLog {
                 match super::decode(message.payload.clone()) {
                     Ok(mut decoded) => {
                         decoded.cluster_seq = Some(seq);
-                        read.push(decoded);
+                        read.messages.push(decoded);
+                        if let Some(append) = self.own_append(message.headers.as_ref()) {
+                            read.appended_here.insert(append);
+                        }
                     }
                     Err(e) => tracing::warn!(seq, "skipped a message of {STREAM}: {e}"),
                 }
@@ -250,8 +258,28 @@ impl MessageLog {
         if let Err(e) = self.stream.delete_consumer(&name).await {
             tracing::debug!("the read's consumer is left to expire: {e}");
         }
-        Ok((read, last))
+        Ok(read)
     }
+
+    /// The router's number of a message this process appended, from its id.
+    fn own_append(&self, headers: Option<&HeaderMap>) -> Option<u64> {
+        headers?
+            .get(async_nats::header::NATS_MESSAGE_ID)?
+            .as_str()
+            .strip_prefix(&*self.own_ids)?
+            .parse()
+            .ok()
+    }
+}
+
+/// What [`MessageLog::read`] read.
+pub(crate) struct Read {
+    /// In stream order, each with its sequence (`Message::cluster_seq`).
+    pub(crate) messages: Vec<Message>,
+    /// The stream's last sequence when the read began.
+    pub(crate) last: u64,
+    /// The router's numbers of the messages read that this process appended.
+    pub(crate) appended_here: HashSet<u64>,
 }
 
 async fn acknowledged(ack: PublishAckFuture) -> Result<(), String> {

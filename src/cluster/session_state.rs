@@ -19,7 +19,7 @@
 //! the session they were reached in (`born`, the claim the session began under): ones
 //! left from an earlier session of the client id are not used.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -174,20 +174,24 @@ impl SessionStates {
         session: &StoredSession,
         from: u64,
         limit: usize,
-    ) -> Result<(Vec<Message>, u64), MessageLogError> {
+    ) -> Result<MissedMessages, MessageLogError> {
         let filters = session
             .subscriptions
             .iter()
             .filter(|s| !s.filter.starts_with("$share/"))
             .flat_map(|s| subject::kept_for_filter(&s.filter))
             .collect();
-        let (read, last) = self.messages.read(filters, from, limit).await?;
-        let covered = match read.last().and_then(|m| m.cluster_seq) {
+        let read = self.messages.read(filters, from, limit).await?;
+        let until = match read.messages.last().and_then(|m| m.cluster_seq) {
             // Stopped at the limit: what follows is still to come.
-            Some(seq) if read.len() >= limit => seq + 1,
-            _ => last + 1,
+            Some(seq) if read.messages.len() >= limit => seq + 1,
+            _ => read.last + 1,
         };
-        Ok((read, covered))
+        Ok(MissedMessages {
+            messages: read.messages,
+            until,
+            appended_here: read.appended_here,
+        })
     }
 
     /// This node's id.
@@ -227,6 +231,15 @@ impl SessionStates {
     pub(crate) async fn interest_settled(&self) {
         self.interest.settled().await;
     }
+}
+
+/// What [`SessionStates::missed_messages`] read.
+pub(crate) struct MissedMessages {
+    pub(crate) messages: Vec<Message>,
+    /// The first sequence the read did not cover.
+    pub(crate) until: u64,
+    /// This node's appends among `messages` (see `router::Forwarded::append`).
+    pub(crate) appended_here: HashSet<u64>,
 }
 
 /// `born inbox messages`, an unknown cursor as `-`.

@@ -15,7 +15,7 @@ use tern_storage::StoredSession;
 use super::{ConnectionError, Context};
 use crate::cluster::SessionStates;
 use crate::protocol::Message;
-use crate::router::{Cursors, SessionChange};
+use crate::router::{Covered, Cursors, SessionChange};
 
 /// How long the cluster's copy is read for, and the adopted session's subscriptions are
 /// waited on to take effect in NATS, before the CONNECT goes on without.
@@ -160,18 +160,19 @@ async fn starting_cursors(
 }
 
 /// What the device of `session` missed since `cursors`, at most a durable queue's worth:
-/// its user's inbox entries, then the kept messages its filters match; and how far the
-/// reads reached (what routing brings later the device has not got). Each read is tried
-/// [`READ_ATTEMPTS`] times.
+/// its user's inbox entries, then the kept messages its filters match; and what the reads
+/// covered (how far they reached: what routing brings later the device has not got; and
+/// which of this node's own appends they returned). Each read is tried [`READ_ATTEMPTS`]
+/// times.
 async fn missed(
     ctx: &Context,
     states: &SessionStates,
     user: &str,
     session: &StoredSession,
     cursors: Cursors,
-) -> Result<(Vec<Message>, Cursors), String> {
+) -> Result<(Vec<Message>, Covered), String> {
     let max = ctx.limits.session.max_queued_messages as usize;
-    let mut covered = Cursors::default();
+    let mut covered = Covered::default();
     let mut missed = Vec::new();
     if let (Some(inbox), Some(from)) = (&ctx.inbox, cursors.inbox) {
         let page = ctx.limits.sync_max_messages.max(1);
@@ -189,15 +190,16 @@ async fn missed(
                 break;
             }
         }
-        covered.inbox = Some(from);
+        covered.cursors.inbox = Some(from);
     }
     if let Some(from) = cursors.messages {
         let room = max.saturating_sub(missed.len());
-        let (messages, until) = attempts(|| states.missed_messages(session, from, room))
+        let read = attempts(|| states.missed_messages(session, from, room))
             .await
             .map_err(|e| format!("the message stream from {from}: {e}"))?;
-        missed.extend(messages);
-        covered.messages = Some(until);
+        missed.extend(read.messages);
+        covered.cursors.messages = Some(read.until);
+        covered.appended_here = read.appended_here;
     }
     Ok((missed, covered))
 }

@@ -5,6 +5,7 @@
 //! holds its deliveries back, so that the missed messages are queued first and the live
 //! ones after them, each once.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tern_storage::{SessionRecord, StoredSession};
@@ -13,7 +14,21 @@ use tokio::time::Instant;
 use super::core::{Outcome, Router};
 use super::peers::Cursors;
 use super::routing::{Members, Payload};
+use super::sessions::Held;
 use crate::protocol::{now_ms, Message};
+
+/// What the reads of an adopted session's backfill covered.
+#[derive(Debug, Default)]
+pub(crate) struct Covered {
+    /// Where the reads ended in each log: held deliveries before these positions were in
+    /// them.
+    pub(crate) cursors: Cursors,
+    /// The messages this node appended (their numbers, see
+    /// [`Forwarded::append`](super::core::Forwarded::append)) that the read of the message
+    /// stream returned: published here during the adoption, they are also held, with no
+    /// stream position to compare.
+    pub(crate) appended_here: HashSet<u64>,
+}
 
 impl Router {
     /// Makes `session` (the cluster's copy) this node's, offline, holding its deliveries
@@ -78,12 +93,13 @@ impl Router {
     /// Queues for `client_id`'s adopted session what its device missed (`missed`: inbox
     /// entries, recipient copies in seq order, then kept messages in stream order), then
     /// what routing held back meanwhile but for what `missed` covers (positions before
-    /// `covered`'s cursors: the device has those now).
+    /// `covered`'s cursors, or messages published here that the read returned: the device
+    /// has those now).
     pub(crate) fn backfill(
         &mut self,
         client_id: &str,
         missed: Vec<Message>,
-        covered: Cursors,
+        covered: &Covered,
         out: &mut Outcome,
     ) {
         let Some(id) = self.by_client.get(client_id, &self.sessions) else {
@@ -105,8 +121,11 @@ impl Router {
                 out,
             );
         }
-        for message in held {
-            let has_it = Cursors::mark(&message).is_some_and(|mark| covered.passed(mark));
+        for Held { message, append } in held {
+            let has_it = match append {
+                Some(append) => covered.appended_here.contains(&append),
+                None => Cursors::mark(&message).is_some_and(|mark| covered.cursors.passed(mark)),
+            };
             if !has_it {
                 self.deliver_to(&message, Payload::Copied, Members::Session(id), out);
             }

@@ -70,9 +70,19 @@ pub(crate) struct Outcome {
     pub(crate) fan_out: Option<FanOut>,
     /// Messages routed here that the other nodes of a cluster route too (plain ones and
     /// broadcasts; never one that came from another node).
-    pub(crate) forward: Vec<Arc<Message>>,
+    pub(crate) forward: Vec<Forwarded>,
     /// A deadline was added: the timer task looks at the earliest one again.
     pub(crate) timers_changed: bool,
+}
+
+/// A message for the other nodes of a cluster.
+pub(crate) struct Forwarded {
+    pub(crate) message: Arc<Message>,
+    /// For a kept message (QoS > 0, not a broadcast), appended to the cluster's message
+    /// stream: its number among this node's appends since it started, in routing order.
+    /// The append's id is made of it, so that a session adopted here can tell its held
+    /// local copy from the same message read back from the stream.
+    pub(crate) append: Option<u64>,
 }
 
 /// The one owner of who is subscribed to what, of the retained messages, of every
@@ -112,6 +122,11 @@ pub(crate) struct Router {
     pub(super) presence: Option<Presence>,
     /// Hashes of the DM contact pairs already recorded, at most `im.contacts_cached`.
     pub(super) contacts: HashSet<u64, rustc_hash::FxBuildHasher>,
+    /// The number of the next kept message handed to the cluster ([`Forwarded::append`]).
+    pub(super) next_append: u64,
+    /// While a kept message published here is delivered: its number, kept by the
+    /// sessions that hold their deliveries back. `None` otherwise.
+    pub(super) routing_append: Option<u64>,
 }
 
 impl Router {
@@ -160,6 +175,8 @@ impl Router {
             presence: (im.presence && !limits.cluster)
                 .then(|| Presence::new(Duration::from_millis(im.presence_offline_delay_ms))),
             contacts: HashSet::default(),
+            next_append: 0,
+            routing_append: None,
             limits,
             subscriptions: SubscriptionTree::new(),
             retained: RetainedTree::new(),

@@ -51,12 +51,13 @@ use tern_storage::{Durable, Op, StorageError, Writer};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
+pub(crate) use self::adopt::Covered;
 pub(crate) use self::core::RouterLimits;
-pub(crate) use self::core::{Outcome, Router};
+pub(crate) use self::core::{Forwarded, Outcome, Router};
 pub(crate) use broadcast::MAX_BROADCASTS_IN_FLIGHT;
 pub(crate) use inspect::SessionSummary;
 pub(crate) use peers::{
-    Cursors, Forward, InboxAppend, Interest, NodeLease, Peers, SessionChange, SessionChanges,
+    Cursors, Forward, InboxAppend, Interest, Kept, NodeLease, Peers, SessionChange, SessionChanges,
 };
 pub(crate) use presence::{contact_name, PresenceState};
 pub(crate) use reads::ReadReport;
@@ -65,7 +66,6 @@ pub(crate) use sessions::{Attached, ConnId, ConnectRequest, Detach};
 pub(crate) use subscribe::SubscribeReply;
 
 use crate::im::directory::{ChangeError, GroupChange};
-use crate::im::topics::is_broadcast;
 use crate::metrics::RouterStats;
 use crate::protocol::{Close, Message, SessionId};
 
@@ -187,14 +187,15 @@ impl RouterHandle {
         };
         let (answer, mut durable, forward) = self.carry_out(fence, place, writes, handler)?;
         if let Some(peers) = &self.shared.peers {
-            for message in forward {
-                // A QoS > 0 message is acknowledged once the cluster keeps it too.
-                let kept = if message.qos != QoS::AtMostOnce && !is_broadcast(&message.topic) {
-                    let (kept, stored) = tokio::sync::oneshot::channel();
-                    durable = durable.and(Durable::waiting(stored));
-                    Some(kept)
-                } else {
-                    None
+            for Forwarded { message, append } in forward {
+                // A kept (QoS > 0) message is acknowledged once the cluster keeps it too.
+                let kept = match append {
+                    Some(append) => {
+                        let (done, stored) = tokio::sync::oneshot::channel();
+                        durable = durable.and(Durable::waiting(stored));
+                        Some(Kept { append, done })
+                    }
+                    None => None,
                 };
                 // The link ends only with the broker; a message it can no longer take
                 // is one the other nodes would not have received either.
@@ -213,7 +214,7 @@ impl RouterHandle {
         place: Option<tern_storage::Reserved<'_>>,
         writes: Writes,
         handler: impl FnOnce(&mut Router, &mut Outcome) -> T,
-    ) -> Result<(T, Durable, Vec<Arc<Message>>), RouterGone> {
+    ) -> Result<(T, Durable, Vec<Forwarded>), RouterGone> {
         let writer = &self.shared.writer;
         let mut router = self.lock();
         // Under the lock: the deliveries below are made only while the lease holds.
@@ -397,7 +398,7 @@ impl RouterHandle {
     ) -> Result<(Routed, Durable), RouterGone> {
         self.execute(writes_for(wait), |router, out| {
             mark_inbound_qos2(out, inbound_qos2);
-            router.forward(message, out);
+            let _ = router.forward(message, out);
             router.broadcast(message, Some(permit), out)
         })
         .await
@@ -546,11 +547,11 @@ impl RouterHandle {
         &self,
         client_id: &str,
         missed: Vec<Message>,
-        covered: Cursors,
+        covered: Covered,
     ) -> Result<Durable, RouterGone> {
         let (_, durable) = self
             .execute(Writes::Awaited, |router, out| {
-                router.backfill(client_id, missed, covered, out)
+                router.backfill(client_id, missed, &covered, out)
             })
             .await?;
         Ok(durable)

@@ -210,7 +210,15 @@ impl NodeLease {
 /// publisher's acknowledgement waits for it.
 pub(crate) struct Forward {
     pub(crate) message: Arc<Message>,
-    pub(crate) kept: Option<oneshot::Sender<Result<(), StorageError>>>,
+    pub(crate) kept: Option<Kept>,
+}
+
+/// How a kept message is appended to the cluster's message stream.
+pub(crate) struct Kept {
+    /// Its number among this node's appends (see `core::Forwarded::append`).
+    pub(crate) append: u64,
+    /// Told once the stream keeps it (replicated), or why it could not.
+    pub(crate) done: oneshot::Sender<Result<(), StorageError>>,
 }
 
 /// A chat message for the cluster's inbox logs: each recipient's log numbers and keeps

@@ -14,9 +14,9 @@ use tern_storage::Op;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::broadcast::FanOut;
-use super::core::{Outcome, Router};
+use super::core::{Forwarded, Outcome, Router};
 use super::mailbox::NotDelivered;
-use super::sessions::SessionEntry;
+use super::sessions::{Held, SessionEntry};
 use super::subscriptions::{Match, SharedGroup, Subscription};
 use crate::im::topics::{inbox_owner, is_broadcast, is_presence, is_system};
 use crate::metrics::{DropReason, Metrics, PublishRefusal};
@@ -105,7 +105,7 @@ impl Router {
             return Routed::REFUSED;
         }
         if is_broadcast(&message.topic) {
-            self.forward(message, out);
+            let _ = self.forward(message, out);
             return self.broadcast(message, None, out);
         }
         // On a cluster node, shared groups get the message back through NATS (see
@@ -115,17 +115,34 @@ impl Router {
         } else {
             Members::All
         };
+        let (forwarded, append) = self.forward(message, out);
+        self.routing_append = append;
         let matched = self.deliver_to(message, Payload::Copied, members, out);
+        self.routing_append = None;
         // Whether another node's subscribers match is not known here.
-        Routed::matched(self.forward(message, out) || matched)
+        Routed::matched(forwarded || matched)
     }
 
-    /// In a cluster, leaves `message` for the other nodes; returns whether it did.
-    pub(crate) fn forward(&self, message: &Arc<Message>, out: &mut Outcome) -> bool {
-        if self.limits.cluster {
-            out.forward.push(message.clone());
+    /// In a cluster, leaves `message` for the other nodes, numbered if it is kept (see
+    /// [`Forwarded::append`]); returns whether it did, and the number.
+    pub(crate) fn forward(
+        &mut self,
+        message: &Arc<Message>,
+        out: &mut Outcome,
+    ) -> (bool, Option<u64>) {
+        if !self.limits.cluster {
+            return (false, None);
         }
-        self.limits.cluster
+        let kept = message.qos != QoS::AtMostOnce && !is_broadcast(&message.topic);
+        let append = kept.then(|| {
+            self.next_append += 1;
+            self.next_append - 1
+        });
+        out.forward.push(Forwarded {
+            message: message.clone(),
+            append,
+        });
+        (true, append)
     }
 
     /// A retained message as the cluster's retained stream has it (see
@@ -278,7 +295,10 @@ impl Router {
                 if !backfill {
                     // Adopted, and its missed entries not queued yet (see `adopt.rs`).
                     if held.len() < self.limits.max_queued_messages as usize {
-                        held.push(message.clone());
+                        held.push(Held {
+                            message: message.clone(),
+                            append: self.routing_append,
+                        });
                     } else {
                         self.metrics.dropped(DropReason::QueueFull);
                     }

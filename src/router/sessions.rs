@@ -106,7 +106,15 @@ pub(super) struct Offline {
     pub(super) will: Option<(Instant, Arc<Message>)>,
     /// While adopted from the cluster and not yet backfilled: what routing brought it
     /// (see `adopt.rs`), at most `max_queued_messages`.
-    pub(super) held: Option<Vec<Arc<Message>>>,
+    pub(super) held: Option<Vec<Held>>,
+}
+
+/// A delivery held back from an adopted session until its backfill.
+pub(super) struct Held {
+    pub(super) message: Arc<Message>,
+    /// Its number among the kept messages this node appended to the cluster's stream,
+    /// if it was published here (see [`super::core::Forwarded::append`]).
+    pub(super) append: Option<u64>,
 }
 
 impl SessionEntry {

@@ -201,7 +201,8 @@ async fn plain_messages_and_broadcasts_are_forwarded_chat_and_sys_are_not() {
         // A plain QoS 1 message is acknowledged once the cluster keeps it.
         assert_eq!(forward.kept.is_some(), kept, "{topic}");
         if let Some(kept) = forward.kept {
-            kept.send(Ok(())).expect("waited on");
+            assert_eq!(kept.append, 0, "the node's first append");
+            kept.done.send(Ok(())).expect("waited on");
         }
         durable.await.expect("durable");
     }
@@ -215,10 +216,15 @@ async fn plain_messages_and_broadcasts_are_forwarded_chat_and_sys_are_not() {
         .await
         .expect("router");
     let kept = forwarded.try_recv().expect("forwarded").kept.expect("kept");
-    kept.send(Err(tern_storage::StorageError::Elsewhere {
-        what: "no quorum".into(),
-    }))
-    .expect("waited on");
+    assert_eq!(
+        kept.append, 1,
+        "numbered in routing order, broadcasts not counted"
+    );
+    kept.done
+        .send(Err(tern_storage::StorageError::Elsewhere {
+            what: "no quorum".into(),
+        }))
+        .expect("waited on");
     assert!(
         durable.await.is_err(),
         "not acknowledged when the cluster cannot keep it"
