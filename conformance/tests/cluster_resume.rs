@@ -335,3 +335,83 @@ async fn messages_published_during_a_resume_arrive_once() {
     }
     publisher.await.expect("publisher");
 }
+
+/// Whether the cluster holds a copy of `client_id`'s session, and its cursors.
+async fn copy_held(kv: &async_nats::jetstream::kv::Store, client_id: &str) -> (bool, bool) {
+    let record = kv.get(format!("s.{client_id}")).await.ok().flatten();
+    let cursors = kv.get(format!("c.{client_id}")).await.ok().flatten();
+    (record.is_some(), cursors.is_some())
+}
+
+/// A session that expires offline on its node takes its copy in the cluster (and its
+/// cursors) with it, swept by the node; a session that has not expired keeps its copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_sessions_copy_is_swept_from_the_cluster() {
+    let nats = NatsServer::start().await;
+    let url = nats.url();
+    let a = tern_conformance::Broker::start_with(|c| {
+        tern_conformance::nats::join(c, "a", &url);
+        c.cluster.session_sweep_secs = 1;
+    })
+    .await;
+    let (mut short, _) = RawClient::open_ok(a.addr, Protocol::V5, "short-phone", false, |c| {
+        persistent("bob")(c);
+        c.properties.session_expiry_interval = Some(1);
+    })
+    .await;
+    let (mut long, _) = open_persistent(a.addr, "long-phone", "carol").await;
+    subscribe_all(&mut short, &["inbox/bob/#"]).await;
+    subscribe_all(&mut long, &["inbox/carol/#"]).await;
+    record_on(&nats, "short-phone", "a").await;
+    record_on(&nats, "long-phone", "a").await;
+    let kv = session_state(&nats).await;
+    eventually("short-phone's cursors written", || {
+        let kv = kv.clone();
+        async move { copy_held(&kv, "short-phone").await.1 }
+    })
+    .await;
+    short.disconnect().await;
+    long.disconnect().await;
+    eventually("short-phone's copy and cursors swept", || {
+        let kv = kv.clone();
+        async move { copy_held(&kv, "short-phone").await == (false, false) }
+    })
+    .await;
+    assert_eq!(
+        copy_held(&kv, "long-phone").await,
+        (true, true),
+        "a session within its expiry keeps its copy"
+    );
+}
+
+/// A session connected to a node that is killed has no disconnect time in its copy: the
+/// sweep (by the node left) starts its expiry when it finds the node gone, and removes the
+/// copy once that has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_connected_session_expires_from_the_cluster() {
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = tern_conformance::nats::process_node(BROKER, &nats, "a", NODE_TTL_MS, dir.path()).await;
+    let url = nats.url();
+    let _b = tern_conformance::Broker::start_with(|c| {
+        tern_conformance::nats::join(c, "b", &url);
+        c.cluster.node_ttl_ms = NODE_TTL_MS;
+        c.cluster.session_sweep_secs = 1;
+    })
+    .await;
+    let (mut phone, _) = RawClient::open_ok(a.addr, Protocol::V5, "bob-phone", false, |c| {
+        persistent("bob")(c);
+        c.properties.session_expiry_interval = Some(2);
+    })
+    .await;
+    subscribe_all(&mut phone, &["inbox/bob/#"]).await;
+    record_on(&nats, "bob-phone", "a").await;
+    let kv = session_state(&nats).await;
+    a.kill().await;
+    drop(phone);
+    eventually("the dead node's session swept after its expiry", || {
+        let kv = kv.clone();
+        async move { !copy_held(&kv, "bob-phone").await.0 }
+    })
+    .await;
+}

@@ -23,6 +23,7 @@ mod lookup;
 mod messages;
 mod retained;
 mod session_state;
+mod session_sweep;
 mod sessions;
 mod status;
 mod subject;
@@ -269,6 +270,7 @@ impl Link {
                     message_retention: Duration::from_secs(config.message_retention_secs),
                     message_retention_bytes: i64::try_from(config.message_retention_bytes)
                         .unwrap_or(i64::MAX),
+                    session_sweep: Duration::from_secs(config.session_sweep_secs),
                 },
                 forward,
                 inbox,
@@ -381,6 +383,13 @@ impl Link {
             tokio::spawn(lease::keep(lease.clone(), revision, router.clone())),
             tokio::spawn(registry.clone().answer_takeovers(takeovers, router.clone())),
             tokio::spawn(lookup::answer(client.clone(), lookups, finder)),
+            tokio::spawn(session_sweep::sweep_every(
+                session_state.clone(),
+                lease.nodes().clone(),
+                node_id.clone(),
+                lease.view.clone(),
+                settings.session_sweep,
+            )),
             tokio::spawn(session_state::write(
                 session_state,
                 node_id.clone(),
@@ -417,6 +426,7 @@ struct Settings {
     append_timeout: Duration,
     message_retention: Duration,
     message_retention_bytes: i64,
+    session_sweep: Duration,
 }
 
 /// The streams and buckets a node opened, and the tasks that follow them.

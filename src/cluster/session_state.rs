@@ -35,7 +35,10 @@ use super::subject;
 use crate::protocol::Message;
 use crate::router::{Cursors, Interest, SessionChange, SessionChanges};
 
-const BUCKET: &str = "TERN_SESSION_STATE";
+pub(super) const BUCKET: &str = "TERN_SESSION_STATE";
+
+/// What the keys of session records start with (cursors: `c.`).
+pub(super) const RECORD_PREFIX: &str = "s.";
 
 /// How often what changed is written.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
@@ -56,11 +59,18 @@ pub(super) async fn open_bucket(
 }
 
 fn record_key(client_id: &str) -> String {
-    format!("s.{}", subject::key(client_id))
+    format!("{RECORD_PREFIX}{}", subject::key(client_id))
 }
 
 fn cursor_key(client_id: &str) -> String {
     format!("c.{}", subject::key(client_id))
+}
+
+/// The key of the cursors beside the session record under `record_key`.
+pub(super) fn cursor_key_of(record_key: &str) -> Option<String> {
+    record_key
+        .strip_prefix(RECORD_PREFIX)
+        .map(|key| format!("c.{key}"))
 }
 
 /// The cluster's copy of one session.
@@ -76,13 +86,13 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    fn encode(&self) -> Result<Bytes, tern_storage::StorageError> {
+    pub(super) fn encode(&self) -> Result<Bytes, tern_storage::StorageError> {
         let mut bytes = format!("{}\n{}\n{}\n", self.node, self.revision, self.born).into_bytes();
         bytes.extend_from_slice(&self.session.encode()?);
         Ok(Bytes::from(bytes))
     }
 
-    fn decode(client_id: &str, value: &Bytes) -> Result<Record, String> {
+    pub(super) fn decode(client_id: &str, value: &Bytes) -> Result<Record, String> {
         let (header, rest) = Header::decode(value)?;
         let session =
             StoredSession::decode(client_id.to_string(), rest).map_err(|e| e.to_string())?;

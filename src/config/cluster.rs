@@ -71,6 +71,10 @@ pub struct ClusterConfig {
     /// The most bytes that stream holds (the oldest messages go first). Default
     /// 1_073_741_824 (1 GiB); at least 1_048_576.
     pub message_retention_bytes: u64,
+    /// How often the cluster's copies of persistent sessions are swept (by one node at a
+    /// time): a copy whose session expired offline is deleted, and one left connected by
+    /// a node that died starts its expiry. Default 60; 1..=86_400.
+    pub session_sweep_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -91,6 +95,7 @@ impl Default for ClusterConfig {
             append_timeout_ms: 10_000,
             message_retention_secs: 86_400,
             message_retention_bytes: 1 << 30,
+            session_sweep_secs: 60,
         }
     }
 }
@@ -123,6 +128,12 @@ impl ClusterConfig {
             self.message_retention_secs,
             60,
             31_536_000,
+        )?;
+        check_range(
+            "cluster.session_sweep_secs",
+            self.session_sweep_secs,
+            1,
+            86_400,
         )?;
         check_range(
             "cluster.message_retention_bytes",
