@@ -415,3 +415,57 @@ async fn a_dead_nodes_connected_session_expires_from_the_cluster() {
     })
     .await;
 }
+
+/// The client ids of the sessions `node` holds itself (admin API, local list).
+async fn local_sessions(node: &tern_conformance::Broker) -> Vec<String> {
+    let (status, list) = tern_conformance::http(
+        "GET",
+        format!("{}/v1/sessions", node.admin_url()),
+        Some(node.admin_token()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    list.as_array()
+        .expect("a list of sessions")
+        .iter()
+        .filter_map(|s| s["client_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// A session held offline on node A that resumes on node B is dropped from A, which
+/// then no longer follows its subscriptions; its device resuming on A later finds it
+/// again (from the cluster's copy, with what it missed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_drops_its_copy_of_a_session_that_resumed_elsewhere() {
+    let nats = NatsServer::start().await;
+    let (a, b) = (nats.node("a").await, nats.node("b").await);
+    let (mut phone, _) = open_persistent(a.addr, "bob-phone", "bob").await;
+    subscribe_all(&mut phone, &["news/#"]).await;
+    record_on(&nats, "bob-phone", "a").await;
+    phone.disconnect().await;
+    assert!(local_sessions(&a).await.contains(&"bob-phone".to_string()));
+
+    let (phone, present) = open_persistent(b.addr, "bob-phone", "bob").await;
+    assert!(present, "resumed on node B");
+    eventually("node A dropped its copy", || async {
+        !local_sessions(&a).await.contains(&"bob-phone".to_string())
+    })
+    .await;
+    record_on(&nats, "bob-phone", "b").await;
+    phone.disconnect().await;
+
+    let (mut alice, _) = RawClient::open_ok(
+        b.addr,
+        Protocol::V5,
+        "alice-phone",
+        true,
+        login("alice", None),
+    )
+    .await;
+    news(&mut alice, 7, "while away").await;
+    let (mut phone, present) = open_persistent(a.addr, "bob-phone", "bob").await;
+    assert!(present, "resumed on node A again, from the cluster's copy");
+    let missed = phone.expect_publish("the news it missed").await;
+    assert_eq!(&missed.payload[..], b"while away");
+}

@@ -339,6 +339,7 @@ impl Link {
         let (changes_tx, changes_rx) = session_changes;
         let session_states = SessionStates::new(
             session_state.clone(),
+            client.clone(),
             node_id,
             changes_tx,
             interest.clone(),
@@ -348,6 +349,7 @@ impl Link {
         let registry = Registry::new(sessions, &client, lease.clone(), devices.clone());
         let takeovers = client.subscribe(subject::takeover(node_id)).await?;
         let evictions = client.subscribe(subject::evict(node_id)).await?;
+        let moved = client.subscribe(subject::moved(node_id)).await?;
         let lookups = lookup::subscribe(&client).await?;
         let revision = lease.acquire().await;
         let broadcast_subscriber = client.subscribe(subject::BROADCASTS).await?;
@@ -383,6 +385,7 @@ impl Link {
             tokio::spawn(lease::keep(lease.clone(), revision, router.clone())),
             tokio::spawn(registry.clone().answer_takeovers(takeovers, router.clone())),
             tokio::spawn(lookup::answer(client.clone(), lookups, finder)),
+            tokio::spawn(session_state::forget_moved(moved, router.clone())),
             tokio::spawn(session_sweep::sweep_every(
                 session_state.clone(),
                 lease.nodes().clone(),

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use super::messages::{MessageLog, MessageLogError};
 use super::subject;
 use crate::protocol::Message;
-use crate::router::{Cursors, Interest, SessionChange, SessionChanges};
+use crate::router::{Cursors, Interest, RouterHandle, SessionChange, SessionChanges};
 
 pub(super) const BUCKET: &str = "TERN_SESSION_STATE";
 
@@ -148,6 +148,7 @@ pub(crate) struct Found {
 #[derive(Clone)]
 pub(crate) struct SessionStates {
     kv: kv::Store,
+    client: async_nats::Client,
     node: Arc<str>,
     changes: SessionChanges,
     interest: Arc<Interest>,
@@ -157,6 +158,7 @@ pub(crate) struct SessionStates {
 impl SessionStates {
     pub(super) fn new(
         kv: kv::Store,
+        client: async_nats::Client,
         node: &str,
         changes: SessionChanges,
         interest: Arc<Interest>,
@@ -164,6 +166,7 @@ impl SessionStates {
     ) -> SessionStates {
         SessionStates {
             kv,
+            client,
             node: Arc::from(node),
             changes,
             interest,
@@ -209,6 +212,16 @@ impl SessionStates {
         &self.node
     }
 
+    /// Tells `node` that `client_id`'s session, which it held offline, resumed here: it
+    /// drops its copy (see [`forget_moved`]). Not waited on: a node that misses it keeps
+    /// its copy until that expires, or replaces it when the device comes back.
+    pub(crate) async fn tell_moved(&self, node: &str, client_id: &str) {
+        let notice = Bytes::copy_from_slice(client_id.as_bytes());
+        if let Err(e) = self.client.publish(subject::moved(node), notice).await {
+            tracing::debug!(%client_id, %node, "telling a node its session moved: {e}");
+        }
+    }
+
     /// What the cluster holds of `client_id`'s session.
     pub(crate) async fn load(&self, client_id: &str) -> Result<Option<Found>, async_nats::Error> {
         let Some(value) = self.kv.get(record_key(client_id)).await? else {
@@ -240,6 +253,22 @@ impl SessionStates {
     /// effect: from then on, what the inbox logs republish reaches this node.
     pub(crate) async fn interest_settled(&self) {
         self.interest.settled().await;
+    }
+}
+
+/// Drops this node's copies of the sessions other nodes tell it resumed there.
+pub(super) async fn forget_moved(mut notices: async_nats::Subscriber, router: RouterHandle) {
+    while let Some(notice) = notices.next().await {
+        let Ok(client_id) = std::str::from_utf8(&notice.payload) else {
+            continue;
+        };
+        match router.forget_moved(client_id).await {
+            Ok(true) => {
+                tracing::info!(%client_id, "session copy dropped: it resumed on another node");
+            }
+            Ok(false) => {}
+            Err(_) => break,
+        }
     }
 }
 

@@ -102,6 +102,12 @@ pub(crate) fn evict(node: &str) -> String {
     format!("{NODE}.{node}.evict")
 }
 
+/// The subject on which `node` learns that a session it held offline resumed on another
+/// node (payload: the client id), so that it drops its copy.
+pub(crate) fn moved(node: &str) -> String {
+    format!("{NODE}.{node}.moved")
+}
+
 /// A key-value bucket's key for a name (a client id): bucket keys allow letters, digits
 /// and `-_/=.` only, so every other byte (and `=`) becomes `=XX`. A name whose key would
 /// be longer than [`MAX_KEY_LEN`] is keyed by its 128-bit hash instead (`==` and 32 hex

@@ -118,6 +118,9 @@ pub(super) async fn prepare(
         .backfill(client_id, missed, covered)
         .await?
         .await?;
+    if held_elsewhere {
+        states.tell_moved(&found.record.node, client_id).await;
+    }
     Ok(Ok(()))
 }
 

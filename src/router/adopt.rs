@@ -90,6 +90,26 @@ impl Router {
         }
     }
 
+    /// Drops this node's copy of `client_id`'s session, which resumed on another node,
+    /// unless it is connected here or being adopted (then it is the newer one). Its will is
+    /// not published: the session lives on. Returns whether it was dropped.
+    pub(crate) fn forget_moved(&mut self, client_id: &str, out: &mut Outcome) -> bool {
+        let Some(id) = self.by_client.get(client_id, &self.sessions) else {
+            return false;
+        };
+        let stale = self.sessions.get(&id).is_some_and(|entry| {
+            entry.connected.is_none()
+                && entry
+                    .offline
+                    .as_ref()
+                    .is_none_or(|offline| offline.held.is_none())
+        });
+        if stale {
+            let _ = self.remove_session(id, out);
+        }
+        stale
+    }
+
     /// Queues for `client_id`'s adopted session what its device missed (`missed`: inbox
     /// entries, recipient copies in seq order, then kept messages in stream order), then
     /// what routing held back meanwhile but for what `missed` covers (positions before

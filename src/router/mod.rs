@@ -531,6 +531,17 @@ impl RouterHandle {
         Ok(adopted)
     }
 
+    /// Drops this node's offline copy of a session that resumed on another node (see
+    /// `adopt.rs`); returns whether there was one to drop.
+    pub(crate) async fn forget_moved(&self, client_id: &str) -> Result<bool, RouterGone> {
+        let (dropped, _) = self
+            .execute_unfenced(Writes::Detached, |router, out| {
+                router.forget_moved(client_id, out)
+            })
+            .await?;
+        Ok(dropped)
+    }
+
     /// Drops an adopted session still waiting for its backfill (see `adopt.rs`).
     pub(crate) async fn abandon(&self, client_id: &str) -> Result<(), RouterGone> {
         let ((), _) = self
