@@ -242,22 +242,21 @@ impl Directory {
             | UserChange::Passwd { user, .. } => user.clone(),
         };
         let key = user_key(&name);
-        for _ in 0..ATTEMPTS {
-            let (existing, revision) = self.read(&key).await?;
-            let existing = existing.and_then(|r| r.as_user());
+        self.read_decide_write(&name, &key, |existing| {
             let asked = change.clone();
-            // argon2: on a blocking thread.
-            let changed =
-                tokio::task::spawn_blocking(move || user_change(existing, &asked, now_ms()))
-                    .await
-                    .map_err(|e| ChangeError::Storage(e.to_string()))??;
-            let record = Record::user(&name, changed.clone());
-            if let Some(written) = self.write(&key, &record, revision).await? {
-                self.until_copied(written).await?;
-                return Ok(changed);
+            let name = name.clone();
+            async move {
+                let existing = existing.and_then(|r| r.as_user());
+                // argon2: on a blocking thread.
+                let changed =
+                    tokio::task::spawn_blocking(move || user_change(existing, &asked, now_ms()))
+                        .await
+                        .map_err(|e| ChangeError::Storage(e.to_string()))??;
+                let record = Record::user(&name, changed.clone());
+                Ok((changed, record))
             }
-        }
-        Err(conflict(&name))
+        })
+        .await
     }
 
     /// Checks and makes a change to a group; returns the group as it is now (`None`:
@@ -273,23 +272,47 @@ impl Directory {
             | GroupChange::Remove { gid, .. } => gid.clone(),
         };
         let key = group_key(&gid);
-        for _ in 0..ATTEMPTS {
-            let (existing, revision) = self.read(&key).await?;
+        self.read_decide_write(&gid, &key, |existing| {
             let mut groups = Groups::new(
                 existing.and_then(|r| r.as_group()).into_iter().collect(),
                 self.max_group_members,
             );
-            let changed = match groups.apply(&change, now_ms())? {
-                Op::PutGroup(group) => Some(group),
-                _ => None,
-            };
-            let record = Record::group(&gid, changed.clone());
-            if let Some(written) = self.write(&key, &record, revision).await? {
+            let decided = groups.apply(&change, now_ms()).map(|op| {
+                let changed = match op {
+                    Op::PutGroup(group) => Some(group),
+                    _ => None,
+                };
+                let record = Record::group(&gid, changed.clone());
+                (changed, record)
+            });
+            std::future::ready(decided)
+        })
+        .await
+    }
+
+    /// Reads `key`, decides its new record from the one it holds (`decide`, which may
+    /// refuse the change), writes it on the condition that nobody wrote the key meanwhile,
+    /// and returns what `decide` said once this node has copied the write. A lost race is
+    /// decided again, [`ATTEMPTS`] times at most; then `name`'s change is a conflict.
+    async fn read_decide_write<T, F, Fut>(
+        &self,
+        name: &str,
+        key: &str,
+        mut decide: F,
+    ) -> Result<T, ChangeError>
+    where
+        F: FnMut(Option<Record>) -> Fut,
+        Fut: std::future::Future<Output = Result<(T, Record), ChangeError>>,
+    {
+        for _ in 0..ATTEMPTS {
+            let (existing, revision) = self.read(key).await?;
+            let (changed, record) = decide(existing).await?;
+            if let Some(written) = self.write(key, &record, revision).await? {
                 self.until_copied(written).await?;
                 return Ok(changed);
             }
         }
-        Err(conflict(&gid))
+        Err(conflict(name))
     }
 
     /// Adds a token revocation for every node; returns once this node has applied it. A
