@@ -305,3 +305,34 @@ async fn subscriptions_beyond_the_session_limit_are_refused_one_by_one() {
         other.subscribe(2, "many/49", QoS::AtMostOnce).await;
     }
 }
+
+/// A SUBSCRIBE of a persistent session is acknowledged only once the session's new
+/// subscription is stored (a SUBACK then survives a crash): while the disk stalls, the
+/// SUBACK waits, and a clean session's (nothing to store) does not.
+#[tokio::test]
+async fn a_persistent_sessions_suback_waits_for_its_subscription_to_be_stored() {
+    let store = StallingStore::new();
+    let broker = Broker::start_on_store(store.clone(), |_| {}).await;
+    let mut keeper = open(broker.addr, Protocol::V311, "keeper", false).await;
+    let mut passer = open(broker.addr, Protocol::V311, "passer", true).await;
+    store.stall();
+    let subscribe = |packet_id, filter: &str| {
+        Packet::Subscribe(tern_codec::Subscribe {
+            packet_id,
+            properties: tern_codec::Properties::default(),
+            filters: vec![(filter.into(), tern_codec::SubscriptionOptions::default())],
+        })
+    };
+    keeper.send(subscribe(1, "kept/#")).await;
+    passer.subscribe(1, "passing/#", QoS::AtMostOnce).await;
+    let early = keeper.recv_within(Duration::from_millis(300)).await;
+    assert!(
+        matches!(early, Err(())),
+        "SUBACK before the write: {early:?}"
+    );
+    store.resume();
+    match keeper.recv().await {
+        Some(Packet::SubAck(ack)) => assert_eq!(ack.packet_id, 1),
+        other => panic!("expected the SUBACK once stored, got {other:?}"),
+    }
+}

@@ -313,7 +313,10 @@ impl Connection {
             (Vec::new(), Vec::new())
         } else {
             let session = self.session.params().id;
-            let reply = self.ctx.router.subscribe(session, subscribe).await?;
+            let (reply, durable) = self.ctx.router.subscribe(session, subscribe).await?;
+            // Acknowledged once stored; a store that failed ends the connection unanswered
+            // (the client subscribes again on its next one).
+            durable.await?;
             (reply.reasons, reply.retained)
         };
         self.queue_packet(Packet::SubAck(SubAck {
@@ -405,7 +408,8 @@ impl Connection {
         let packet_id = unsubscribe.packet_id;
         filter_unsubscribe(&self.user, &mut unsubscribe);
         let session = self.session.params().id;
-        let reasons = self.ctx.router.unsubscribe(session, unsubscribe).await?;
+        let (reasons, durable) = self.ctx.router.unsubscribe(session, unsubscribe).await?;
+        durable.await?;
         self.queue_packet(Packet::UnsubAck(UnsubAck {
             packet_id,
             properties: Properties::default(),

@@ -490,30 +490,31 @@ impl RouterHandle {
         self.inspect(|router| router.share_a_group(a, b))
     }
 
+    /// Subscribes `session`; the [`Durable`] resolves once a persistent session's new
+    /// subscriptions are stored (the SUBACK waits for it: an acknowledged subscription
+    /// survives a crash).
     pub async fn subscribe(
         &self,
         session: SessionId,
         subscribe: Subscribe,
-    ) -> Result<SubscribeReply, RouterGone> {
-        let (reply, _) = self
-            .execute(Writes::Detached, |router, out| {
-                router.subscribe(session, subscribe, out)
-            })
-            .await?;
-        Ok(reply)
+    ) -> Result<(SubscribeReply, Durable), RouterGone> {
+        self.execute(Writes::Awaited, |router, out| {
+            router.subscribe(session, subscribe, out)
+        })
+        .await
     }
 
+    /// Unsubscribes `session`; the [`Durable`] resolves once a persistent session's
+    /// change is stored.
     pub async fn unsubscribe(
         &self,
         session: SessionId,
         unsubscribe: Unsubscribe,
-    ) -> Result<Vec<ReasonCode>, RouterGone> {
-        let (reasons, _) = self
-            .execute(Writes::Detached, |router, out| {
-                router.unsubscribe(session, unsubscribe, out)
-            })
-            .await?;
-        Ok(reasons)
+    ) -> Result<(Vec<ReasonCode>, Durable), RouterGone> {
+        self.execute(Writes::Awaited, |router, out| {
+            router.unsubscribe(session, unsubscribe, out)
+        })
+        .await
     }
 
     /// Makes the cluster's copy of a persistent session this node's (see `adopt.rs`);

@@ -56,19 +56,13 @@ mod tests {
     use tern_storage::Store;
 
     use super::*;
-    use crate::router::tests::{filters, start};
+    use crate::router::tests::start;
 
     #[tokio::test]
     async fn the_publisher_reaches_subscribers_through_the_router_and_stops_with_it() {
         let h = start();
         let mut watcher = h.connect("watcher", "watcher", true, 0).await;
-        h.router
-            .subscribe(
-                watcher.attached.session,
-                filters(&[("$SYS/#", QoS::AtMostOnce)]),
-            )
-            .await
-            .expect("router");
+        h.subscribe(&watcher, "$SYS/#", QoS::AtMostOnce).await;
         let publisher = spawn_publisher(
             h.metrics.clone(),
             h.router.clone(),

@@ -174,10 +174,13 @@ impl Harness {
     }
 
     pub(crate) async fn subscribe(&self, c: &Client, filter: &str, qos: QoS) -> SubscribeReply {
-        self.router
+        let (reply, durable) = self
+            .router
             .subscribe(c.attached.session, filters(&[(filter, qos)]))
             .await
-            .expect("router")
+            .expect("router");
+        durable.await.expect("stored");
+        reply
     }
 
     pub(crate) async fn detach(&self, c: Client) {
