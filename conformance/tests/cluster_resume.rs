@@ -469,3 +469,30 @@ async fn a_node_drops_its_copy_of_a_session_that_resumed_elsewhere() {
     let missed = phone.expect_publish("the news it missed").await;
     assert_eq!(&missed.payload[..], b"while away");
 }
+
+/// A persistent session's SUBACK on a cluster node comes once the cluster's copy of the
+/// session holds the new subscription: a node killed right after the SUBACK cannot take
+/// the subscription with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_is_in_the_clusters_copy_when_it_is_acknowledged() {
+    let nats = NatsServer::start().await;
+    let a = nats.node("a").await;
+    let (mut phone, _) = open_persistent(a.addr, "bob-phone", "bob").await;
+    record_on(&nats, "bob-phone", "a").await;
+    let kv = session_state(&nats).await;
+    for (i, filter) in ["news/#", "sport/+/scores", "weather/today"]
+        .into_iter()
+        .enumerate()
+    {
+        subscribe_all(&mut phone, &[filter]).await;
+        let copy = kv
+            .get("s.bob-phone")
+            .await
+            .expect("read the copy")
+            .expect("a copy");
+        assert!(
+            copy.windows(filter.len()).any(|w| w == filter.as_bytes()),
+            "subscription {i} ({filter}) acknowledged before the cluster's copy had it"
+        );
+    }
+}

@@ -318,7 +318,11 @@ struct Slot {
     cursors_dirty: bool,
     /// The connection ended: forgotten once written.
     detached: bool,
+    /// Told once the stored form pending now is written (SUBACKs wait for it).
+    waiting: Vec<Written>,
 }
+
+type Written = tokio::sync::oneshot::Sender<Result<(), tern_storage::StorageError>>;
 
 impl Slot {
     fn dirty(&self) -> bool {
@@ -334,6 +338,7 @@ struct Write {
     fresh: bool,
     session: Option<Option<StoredSession>>,
     cursors: Option<Cursors>,
+    waiting: Vec<Written>,
 }
 
 /// Writes the changes handed to it, every [`FLUSH_EVERY`], until every sender is gone.
@@ -344,7 +349,10 @@ pub(super) async fn write(kv: kv::Store, node: String, mut changes: mpsc::Receiv
     loop {
         tokio::select! {
             change = changes.recv() => match change {
-                Some(change) => take(&mut slots, change),
+                // A change someone waits on is written now rather than at the next tick.
+                Some(change) => if take(&mut slots, change) {
+                    flush(&kv, &node, &mut slots).await;
+                },
                 None => break,
             },
             _ = tick.tick() => flush(&kv, &node, &mut slots).await,
@@ -353,7 +361,8 @@ pub(super) async fn write(kv: kv::Store, node: String, mut changes: mpsc::Receiv
     flush(&kv, &node, &mut slots).await;
 }
 
-fn take(slots: &mut HashMap<ArcStr, Slot>, change: SessionChange) {
+/// Takes `change` into its session's slot; returns whether someone waits on it.
+fn take(slots: &mut HashMap<ArcStr, Slot>, change: SessionChange) -> bool {
     match change {
         SessionChange::Attached {
             client_id,
@@ -373,14 +382,27 @@ fn take(slots: &mut HashMap<ArcStr, Slot>, change: SessionChange) {
                     // A resumed session's cursors are the cluster's already.
                     cursors_dirty: cursors != Cursors::default() && born == revision,
                     detached: false,
+                    waiting: Vec::new(),
                 },
             );
         }
         // Only the sessions attached here are this node's to write: an offline one's
         // changes (its expiry) may be of a copy another node has taken since.
-        SessionChange::Stored(session) => {
-            if let Some(slot) = slots.get_mut(session.client_id.as_str()) {
-                slot.session = Some(Some(session));
+        SessionChange::Stored { session, written } => {
+            match slots.get_mut(session.client_id.as_str()) {
+                Some(slot) => {
+                    slot.session = Some(Some(session));
+                    if let Some(written) = written {
+                        slot.waiting.push(written);
+                        return true;
+                    }
+                }
+                // Not this node's to write: nothing to wait for here.
+                None => {
+                    if let Some(written) = written {
+                        let _ = written.send(Ok(()));
+                    }
+                }
             }
         }
         SessionChange::Deleted(client_id) => {
@@ -399,6 +421,7 @@ fn take(slots: &mut HashMap<ArcStr, Slot>, change: SessionChange) {
             }
         }
     }
+    false
 }
 
 async fn flush(kv: &kv::Store, node: &str, slots: &mut HashMap<ArcStr, Slot>) {
@@ -413,6 +436,7 @@ async fn flush(kv: &kv::Store, node: &str, slots: &mut HashMap<ArcStr, Slot>) {
                 fresh: slot.fresh,
                 session: slot.session.take(),
                 cursors: slot.cursors_dirty.then_some(slot.cursors),
+                waiting: std::mem::take(&mut slot.waiting),
             };
             slot.fresh = false;
             slot.cursors_dirty = false;
@@ -424,10 +448,19 @@ async fn flush(kv: &kv::Store, node: &str, slots: &mut HashMap<ArcStr, Slot>) {
         return;
     }
     futures_util::stream::iter(writes)
-        .for_each_concurrent(MAX_WRITES, |write| async move {
+        .for_each_concurrent(MAX_WRITES, |mut write| async move {
             let client_id = write.client_id.clone();
-            if let Err(e) = apply(kv, node, write).await {
+            let waiting = std::mem::take(&mut write.waiting);
+            let result = apply(kv, node, write).await;
+            if let Err(e) = &result {
                 tracing::warn!(%client_id, "cluster session state not written: {e}");
+            }
+            for written in waiting {
+                let _ = written.send(result.as_ref().map(|_| ()).map_err(|e| {
+                    tern_storage::StorageError::Elsewhere {
+                        what: format!("the cluster's copy of the session: {e}"),
+                    }
+                }));
             }
         })
         .await;

@@ -230,17 +230,27 @@ impl RouterHandle {
             timers_changed,
             forward,
         } = out;
+        let mut cluster_copies = Vec::new();
         if let Some(peers) = &self.shared.peers {
             let changes = router.subscriptions.take_interest_changes();
             if !changes.is_empty() {
                 peers.interest.record(changes);
             }
             // In the router's order, like the writes: the cluster's copy of each
-            // persistent session follows the stored one.
+            // persistent session follows the stored one. An awaited change (a SUBACK's) is
+            // acknowledged once the copy has it too.
             for op in &ops {
                 match op {
                     Op::PutSession(session) => {
-                        peers.sessions.send(SessionChange::Stored(session.clone()))
+                        let written = (writes == Writes::Awaited).then(|| {
+                            let (written, copied) = tokio::sync::oneshot::channel();
+                            cluster_copies.push(Durable::waiting(copied));
+                            written
+                        });
+                        peers.sessions.send(SessionChange::Stored {
+                            session: session.clone(),
+                            written,
+                        })
                     }
                     Op::DeleteSession { client_id } => peers
                         .sessions
@@ -257,6 +267,7 @@ impl RouterHandle {
             }
             (None, _) => Durable::ready(),
         };
+        let durable = cluster_copies.into_iter().fold(durable, Durable::and);
         router.hand_over_stored(stored);
         // Cloned only for a fan-out: every command clones nothing shared.
         let fan_out = fan_out.map(|fan_out| (fan_out, router.metrics().clone()));

@@ -71,8 +71,13 @@ pub(crate) enum SessionChange {
         fresh: bool,
         cursors: Cursors,
     },
-    /// The session's stored form changed: subscriptions, expiry.
-    Stored(StoredSession),
+    /// The session's stored form changed: subscriptions, expiry. `written`, when the change
+    /// is acknowledged to its client (a SUBACK): told once the cluster's copy has it, or
+    /// at once if this node does not write that session's copy.
+    Stored {
+        session: StoredSession,
+        written: Option<oneshot::Sender<Result<(), StorageError>>>,
+    },
     /// The session ended.
     Deleted(String),
     /// The device has everything of a log up to a position.
