@@ -38,7 +38,21 @@ struct Node {
 fn node_with_inbox() -> Node {
     let (forward, forwarded) = mpsc::channel(16);
     let (inbox, appends) = mpsc::channel(16);
-    let sessions = crate::router::SessionChanges::new(mpsc::channel(16).0);
+    let (changes, mut changed) = mpsc::channel(16);
+    // The cluster's writer of session copies, as far as the router sees it: an awaited
+    // change (a SUBACK's) is answered as written.
+    tokio::spawn(async move {
+        while let Some(change) = changed.recv().await {
+            if let crate::router::SessionChange::Stored {
+                written: Some(written),
+                ..
+            } = change
+            {
+                let _ = written.send(Ok(()));
+            }
+        }
+    });
+    let sessions = crate::router::SessionChanges::new(changes);
     let interest = Arc::new(Interest::default());
     let lease = Arc::new(NodeLease::default());
     lease.extend(Instant::now(), Duration::from_secs(3_600));
