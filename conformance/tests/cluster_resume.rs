@@ -35,6 +35,37 @@ async fn open_persistent(
     (client, ack.session_present)
 }
 
+/// A persistent session that outlives its connection by `expiry_secs`.
+async fn open_expiring(
+    addr: std::net::SocketAddr,
+    client_id: &str,
+    user: &str,
+    expiry_secs: u32,
+) -> RawClient {
+    let (client, _) = RawClient::open_ok(addr, Protocol::V5, client_id, false, |c| {
+        persistent(user)(c);
+        c.properties.session_expiry_interval = Some(expiry_secs);
+    })
+    .await;
+    client
+}
+
+/// A node of `nats` named `node` (lease `node_ttl_ms`) that sweeps the sessions' copies
+/// every second.
+async fn sweeping_node(
+    nats: &NatsServer,
+    node: &str,
+    node_ttl_ms: u64,
+) -> tern_conformance::Broker {
+    let url = nats.url();
+    tern_conformance::Broker::start_with(|c| {
+        tern_conformance::nats::join(c, node, &url);
+        c.cluster.node_ttl_ms = node_ttl_ms;
+        c.cluster.session_sweep_secs = 1;
+    })
+    .await
+}
+
 /// The bucket of the sessions' copies and cursors, read as a test's own NATS client.
 async fn session_state(nats: &NatsServer) -> async_nats::jetstream::kv::Store {
     let client = async_nats::connect(nats.url())
@@ -260,11 +291,7 @@ async fn a_session_moves_between_running_nodes_and_back() {
 async fn an_expired_session_is_not_resumed_elsewhere() {
     let nats = NatsServer::start().await;
     let (a, b) = (nats.node("a").await, nats.node("b").await);
-    let (mut phone, _) = RawClient::open_ok(a.addr, Protocol::V5, "bob-phone", false, |c| {
-        persistent("bob")(c);
-        c.properties.session_expiry_interval = Some(1);
-    })
-    .await;
+    let mut phone = open_expiring(a.addr, "bob-phone", "bob", 1).await;
     subscribe_all(&mut phone, &["inbox/bob/#"]).await;
     record_on(&nats, "bob-phone", "a").await;
     phone.disconnect().await;
@@ -348,17 +375,8 @@ async fn copy_held(kv: &async_nats::jetstream::kv::Store, client_id: &str) -> (b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_sessions_copy_is_swept_from_the_cluster() {
     let nats = NatsServer::start().await;
-    let url = nats.url();
-    let a = tern_conformance::Broker::start_with(|c| {
-        tern_conformance::nats::join(c, "a", &url);
-        c.cluster.session_sweep_secs = 1;
-    })
-    .await;
-    let (mut short, _) = RawClient::open_ok(a.addr, Protocol::V5, "short-phone", false, |c| {
-        persistent("bob")(c);
-        c.properties.session_expiry_interval = Some(1);
-    })
-    .await;
+    let a = sweeping_node(&nats, "a", NODE_TTL_MS).await;
+    let mut short = open_expiring(a.addr, "short-phone", "bob", 1).await;
     let (mut long, _) = open_persistent(a.addr, "long-phone", "carol").await;
     subscribe_all(&mut short, &["inbox/bob/#"]).await;
     subscribe_all(&mut long, &["inbox/carol/#"]).await;
@@ -392,18 +410,8 @@ async fn a_dead_nodes_connected_session_expires_from_the_cluster() {
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let a = tern_conformance::nats::process_node(BROKER, &nats, "a", NODE_TTL_MS, dir.path()).await;
-    let url = nats.url();
-    let _b = tern_conformance::Broker::start_with(|c| {
-        tern_conformance::nats::join(c, "b", &url);
-        c.cluster.node_ttl_ms = NODE_TTL_MS;
-        c.cluster.session_sweep_secs = 1;
-    })
-    .await;
-    let (mut phone, _) = RawClient::open_ok(a.addr, Protocol::V5, "bob-phone", false, |c| {
-        persistent("bob")(c);
-        c.properties.session_expiry_interval = Some(2);
-    })
-    .await;
+    let _b = sweeping_node(&nats, "b", NODE_TTL_MS).await;
+    let mut phone = open_expiring(a.addr, "bob-phone", "bob", 2).await;
     subscribe_all(&mut phone, &["inbox/bob/#"]).await;
     record_on(&nats, "bob-phone", "a").await;
     let kv = session_state(&nats).await;

@@ -75,39 +75,34 @@ impl Router {
     /// its device missed could not be read: the CONNECT is refused, and the next one
     /// adopts the cluster's copy again).
     pub(crate) fn abandon(&mut self, client_id: &str, out: &mut Outcome) {
-        let Some(id) = self.by_client.get(client_id, &self.sessions) else {
-            return;
-        };
-        let waiting = self.sessions.get(&id).is_some_and(|entry| {
-            entry.connected.is_none()
-                && entry
-                    .offline
-                    .as_ref()
-                    .is_some_and(|offline| offline.held.is_some())
-        });
-        if waiting {
-            let _ = self.remove_session(id, out);
-        }
+        self.remove_offline(client_id, true, out);
     }
 
     /// Drops this node's copy of `client_id`'s session, which resumed on another node,
     /// unless it is connected here or being adopted (then it is the newer one). Its will is
     /// not published: the session lives on. Returns whether it was dropped.
     pub(crate) fn forget_moved(&mut self, client_id: &str, out: &mut Outcome) -> bool {
+        self.remove_offline(client_id, false, out)
+    }
+
+    /// Removes `client_id`'s session if it has no connection and is waiting for its
+    /// backfill (`adopting`) or is not; its will is not published (the session lives on
+    /// elsewhere, or is adopted again). Returns whether it removed it.
+    fn remove_offline(&mut self, client_id: &str, adopting: bool, out: &mut Outcome) -> bool {
         let Some(id) = self.by_client.get(client_id, &self.sessions) else {
             return false;
         };
-        let stale = self.sessions.get(&id).is_some_and(|entry| {
-            entry.connected.is_none()
-                && entry
-                    .offline
-                    .as_ref()
-                    .is_none_or(|offline| offline.held.is_none())
+        let remove = self.sessions.get(&id).is_some_and(|entry| {
+            let waiting = entry
+                .offline
+                .as_ref()
+                .is_some_and(|offline| offline.held.is_some());
+            entry.connected.is_none() && waiting == adopting
         });
-        if stale {
+        if remove {
             let _ = self.remove_session(id, out);
         }
-        stale
+        remove
     }
 
     /// Queues for `client_id`'s adopted session what its device missed (`missed`: inbox
