@@ -274,9 +274,9 @@ fn failover_report(args: &Args, leader: &LeaderFailover, node: &NodeFailover) ->
         out,
         "\nAcross the node kill the devices missed {} messages of their topics and got {} twice \
          (their sessions resumed on node 2 from the cluster's copy). Resumes are at least once: \
-         a message published on node 2 while a session is being adopted there reaches it both \
-         from the stream read and live, and what a device acknowledged in the 50 ms before the \
-         kill may come again. The wait is the lease (`node_ttl_ms`) plus the adoptions of all \
+         what a device acknowledged in the 50 ms before the kill may come again (a message \
+         published on node 2 while a session is being adopted there comes once: the node tells \
+         its own appends in the stream read by their ids). The wait is the lease (`node_ttl_ms`) plus the adoptions of all \
          the devices at once, some refused (0x88) and retried when a read of the cluster got no \
          answer in time.",
         node.missed, node.duplicates
