@@ -430,7 +430,9 @@ pub fn render(header: &Header, sections: &[Section]) -> String {
         .flat_map(|sec| sec.targets.iter().map(move |t| (sec, t)))
         .collect();
     if !targets.is_empty() {
-        s.push_str("## Targets\n\n| scenario | target | verdict | figures |\n| --- | --- | --- | --- |\n");
+        s.push_str(
+            "## Targets\n\n| scenario | target | verdict | figures |\n| --- | --- | --- | --- |\n",
+        );
         for (sec, t) in targets {
             let _ = writeln!(
                 s,
