@@ -167,8 +167,8 @@ impl MessageLog {
 
     /// Up to `limit` messages from sequence `from` on whose subjects match `filters` (the
     /// session's filters as [`subject::kept_for_filter`] makes them), each with its
-    /// sequence, and the stream's last sequence when the read began (later ones reach the
-    /// node live).
+    /// sequence, and the first sequence the read did not cover (the read stops at the
+    /// stream's last sequence when it began: later ones reach the node live).
     pub(crate) async fn read(
         &self,
         filters: Vec<String>,
@@ -189,7 +189,7 @@ impl MessageLog {
         let last = self.last().await?;
         let mut read = Read {
             messages: Vec::new(),
-            last,
+            until: last + 1,
             appended_here: HashSet::new(),
         };
         if filters.is_empty() || from > last || limit == 0 {
@@ -258,6 +258,12 @@ impl MessageLog {
         if let Err(e) = self.stream.delete_consumer(&name).await {
             tracing::debug!("the read's consumer is left to expire: {e}");
         }
+        if read.messages.len() >= limit {
+            // Stopped at the limit: what follows is still to come.
+            if let Some(seq) = read.messages.last().and_then(|m| m.cluster_seq) {
+                read.until = seq + 1;
+            }
+        }
         Ok(read)
     }
 
@@ -276,8 +282,8 @@ impl MessageLog {
 pub(crate) struct Read {
     /// In stream order, each with its sequence (`Message::cluster_seq`).
     pub(crate) messages: Vec<Message>,
-    /// The stream's last sequence when the read began.
-    pub(crate) last: u64,
+    /// The first sequence the read did not cover.
+    pub(crate) until: u64,
     /// The router's numbers of the messages read that this process appended.
     pub(crate) appended_here: HashSet<u64>,
 }

@@ -19,7 +19,7 @@
 //! the session they were reached in (`born`, the claim the session began under): ones
 //! left from an earlier session of the client id are not used.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,9 +30,8 @@ use futures_util::StreamExt;
 use tern_storage::StoredSession;
 use tokio::sync::mpsc;
 
-use super::messages::{MessageLog, MessageLogError};
+use super::messages::{MessageLog, MessageLogError, Read};
 use super::subject;
-use crate::protocol::Message;
 use crate::router::{Cursors, Interest, RouterHandle, SessionChange, SessionChanges};
 
 pub(super) const BUCKET: &str = "TERN_SESSION_STATE";
@@ -180,31 +179,21 @@ impl SessionStates {
     }
 
     /// Up to `limit` kept messages from sequence `from` on that `session`'s filters may
-    /// match (shared ones aside: a group's messages went to its other members), and the
-    /// first sequence the read did not cover.
+    /// match (shared ones aside: a group's messages went to its other members), the first
+    /// sequence the read did not cover, and which of them this node appended.
     pub(crate) async fn missed_messages(
         &self,
         session: &StoredSession,
         from: u64,
         limit: usize,
-    ) -> Result<MissedMessages, MessageLogError> {
+    ) -> Result<Read, MessageLogError> {
         let filters = session
             .subscriptions
             .iter()
             .filter(|s| !s.filter.starts_with("$share/"))
             .flat_map(|s| subject::kept_for_filter(&s.filter))
             .collect();
-        let read = self.messages.read(filters, from, limit).await?;
-        let until = match read.messages.last().and_then(|m| m.cluster_seq) {
-            // Stopped at the limit: what follows is still to come.
-            Some(seq) if read.messages.len() >= limit => seq + 1,
-            _ => read.last + 1,
-        };
-        Ok(MissedMessages {
-            messages: read.messages,
-            until,
-            appended_here: read.appended_here,
-        })
+        self.messages.read(filters, from, limit).await
     }
 
     /// This node's id.
@@ -270,15 +259,6 @@ pub(super) async fn forget_moved(mut notices: async_nats::Subscriber, router: Ro
             Err(_) => break,
         }
     }
-}
-
-/// What [`SessionStates::missed_messages`] read.
-pub(crate) struct MissedMessages {
-    pub(crate) messages: Vec<Message>,
-    /// The first sequence the read did not cover.
-    pub(crate) until: u64,
-    /// This node's appends among `messages` (see `router::Forwarded::append`).
-    pub(crate) appended_here: HashSet<u64>,
 }
 
 /// `born inbox messages`, an unknown cursor as `-`.

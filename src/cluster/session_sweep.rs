@@ -96,6 +96,7 @@ pub(super) async fn sweep(
     if left == 0 {
         return Ok(swept);
     }
+    let keys_start = format!("$KV.{BUCKET}.");
     let mut messages = consumer.messages().await?;
     while left > 0 {
         let Some(message) = messages.next().await else {
@@ -110,7 +111,7 @@ pub(super) async fn sweep(
             .as_ref()
             .and_then(|h| h.get("KV-Operation"))
             .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-        let Some(key) = message.subject.strip_prefix(&format!("$KV.{BUCKET}.")) else {
+        let Some(key) = message.subject.strip_prefix(&keys_start) else {
             continue;
         };
         if deleted || message.payload.is_empty() {

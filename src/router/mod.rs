@@ -409,7 +409,7 @@ impl RouterHandle {
     ) -> Result<(Routed, Durable), RouterGone> {
         self.execute(writes_for(wait), |router, out| {
             mark_inbound_qos2(out, inbound_qos2);
-            let _ = router.forward(message, out);
+            router.forward(message, out);
             router.broadcast(message, Some(permit), out)
         })
         .await

@@ -105,7 +105,7 @@ impl Router {
             return Routed::REFUSED;
         }
         if is_broadcast(&message.topic) {
-            let _ = self.forward(message, out);
+            self.forward(message, out);
             return self.broadcast(message, None, out);
         }
         // On a cluster node, shared groups get the message back through NATS (see
@@ -115,23 +115,18 @@ impl Router {
         } else {
             Members::All
         };
-        let (forwarded, append) = self.forward(message, out);
-        self.routing_append = append;
+        self.routing_append = self.forward(message, out);
         let matched = self.deliver_to(message, Payload::Copied, members, out);
         self.routing_append = None;
         // Whether another node's subscribers match is not known here.
-        Routed::matched(forwarded || matched)
+        Routed::matched(self.limits.cluster || matched)
     }
 
     /// In a cluster, leaves `message` for the other nodes, numbered if it is kept (see
-    /// [`Forwarded::append`]); returns whether it did, and the number.
-    pub(crate) fn forward(
-        &mut self,
-        message: &Arc<Message>,
-        out: &mut Outcome,
-    ) -> (bool, Option<u64>) {
+    /// [`Forwarded::append`]); returns the number.
+    pub(crate) fn forward(&mut self, message: &Arc<Message>, out: &mut Outcome) -> Option<u64> {
         if !self.limits.cluster {
-            return (false, None);
+            return None;
         }
         let kept = message.qos != QoS::AtMostOnce && !is_broadcast(&message.topic);
         let append = kept.then(|| {
@@ -142,7 +137,7 @@ impl Router {
             message: message.clone(),
             append,
         });
-        (true, append)
+        append
     }
 
     /// A retained message as the cluster's retained stream has it (see

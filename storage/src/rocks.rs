@@ -189,9 +189,11 @@ fn with_insert_hints(mut opts: Options, extractor: &str) -> Result<Options, Stor
     opts.get_options_from_string(format!(
         "memtable_insert_with_hint_prefix_extractor={extractor}"
     ))
-    .map_err(|source| StorageError::Rocks {
-        context: format!("setting the memtable insert hint extractor {extractor}"),
-        source,
+    .map_err(|e| {
+        StorageError::rocks(
+            format!("setting the memtable insert hint extractor {extractor}"),
+            e,
+        )
     })
 }
 
