@@ -200,3 +200,116 @@ async fn a_resend_on_another_node_is_stored_once_and_any_node_replays_the_log() 
         row("inbox/alice/sent/bob", "two", "alice", 1)
     );
 }
+
+/// A node that knows a log but not what another node appended since reads only the new
+/// messages before its next append: a resend of what the other node stored is still
+/// recognised there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_after_another_nodes_append_is_stored_once() {
+    let nats = NatsServer::start().await;
+    let (n1, n2) = (nats.node("n1").await, nats.node("n2").await);
+    let mut first = device(&n1, "alice", "alice-phone").await;
+    let mut second = device(&n2, "alice", "alice-laptop").await;
+    // Each node appends to alice's and bob's logs in turn, so each knows them, and
+    // finds them changed by the other before its next append.
+    for (on_first, id, text) in [
+        (true, "m-1", "one"),
+        (false, "m-2", "two"),
+        (true, "m-3", "three"),
+        (false, "m-3", "three again"),
+        (true, "m-2", "two again"),
+    ] {
+        let client = if on_first { &mut first } else { &mut second };
+        assert_eq!(
+            publish(client, 1, "dm/bob", text, &[("msgid", id)]).await,
+            ReasonCode::Success,
+            "{text}"
+        );
+    }
+
+    let mut bob = device(&n1, "bob", "bob-phone").await;
+    subscribe_all(&mut bob, &["inbox/bob/#"]).await;
+    sync_request(&mut bob, "").await;
+    for (seq, text) in [(0, "one"), (1, "two"), (2, "three")] {
+        assert_eq!(
+            next(&mut bob, text).await,
+            row("inbox/bob/dm/alice", text, "alice", seq)
+        );
+    }
+    let end = bob.expect_publish("the end marker").await;
+    assert_eq!(
+        &end.payload[..],
+        br#"{"after":null,"last":2,"next":3,"more":false}"#
+    );
+}
+
+/// DMs a sender pipelines (no PUBACK awaited between them) queue while the append before
+/// them is in flight and go to the logs together: fewer JetStream messages than entries,
+/// each entry still numbered once, in order, live on the recipient's node and in `$sync`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_dms_share_appends_and_arrive_numbered_in_order() {
+    // Within the broker's Receive Maximum.
+    const DMS: u16 = 16;
+    let nats = NatsServer::start().await;
+    let (n1, n2) = (nats.node("n1").await, nats.node("n2").await);
+    let mut alice = device(&n1, "alice", "alice-phone").await;
+    let mut bob = device(&n2, "bob", "bob-phone").await;
+    subscribe_all(&mut bob, &["inbox/bob/#"]).await;
+    let mut received = Received::new();
+    until_delivered(&mut alice, &mut bob, &mut received).await;
+    let first_seq = received.last().expect("the probe").2 + 1;
+    let inbox_streams = (0..8).map(|shard| format!("TERN_INBOX_{shard}"));
+    let mut messages_before = 0;
+    for name in inbox_streams.clone() {
+        messages_before += nats.stream_messages(&name).await;
+    }
+
+    for i in 1..=DMS {
+        let mut p = tern_conformance::publish_packet(
+            "dm/bob",
+            QoS::AtLeastOnce,
+            i,
+            bytes::Bytes::from(format!("dm{i}")),
+        );
+        p.properties.user_properties = vec![("msgid".into(), format!("pipelined-{i}").into())];
+        alice.send(tern_codec::Packet::Publish(p)).await;
+    }
+    let mut acked = 0;
+    while acked < DMS {
+        match alice.recv().await {
+            Some(tern_codec::Packet::PubAck(ack)) => {
+                assert_eq!(ack.reason, ReasonCode::Success, "DM {}", ack.packet_id);
+                acked += 1;
+            }
+            other => panic!("expected PUBACKs, got {other:?}"),
+        }
+    }
+    for (seq, i) in (first_seq..).zip(1..=DMS) {
+        let text = format!("dm{i}");
+        assert_eq!(
+            next(&mut bob, &text).await,
+            row("inbox/bob/dm/alice", &text, "alice", seq)
+        );
+    }
+
+    // Two entries per DM (bob's log, alice's sent log), in fewer messages.
+    let mut messages_after = 0;
+    for name in inbox_streams {
+        messages_after += nats.stream_messages(&name).await;
+    }
+    let appends = messages_after - messages_before;
+    assert!(
+        appends < 2 * u64::from(DMS),
+        "{appends} appends for {} entries",
+        2 * DMS
+    );
+
+    sync_request(&mut bob, &(first_seq - 1).to_string()).await;
+    for (seq, i) in (first_seq..).zip(1..=DMS) {
+        let text = format!("dm{i}");
+        assert_eq!(
+            next(&mut bob, &text).await,
+            row("inbox/bob/dm/alice", &text, "alice", seq)
+        );
+    }
+}

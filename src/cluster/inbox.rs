@@ -1,16 +1,20 @@
 //! Chat across nodes: every user's inbox log lives in JetStream, in one of a few streams
 //! (`TERN_INBOX_<shard>`, the user's shard by a stable hash of the name), on the subject
-//! `tern.inbox.<shard>.<user>`. Each entry is the chat message as stored on one node
-//! (stamped with its sender) with the user's `seq` and the user's role in headers.
+//! `tern.inbox.<shard>.<user>`. Each JetStream message there holds one or more
+//! consecutive entries of the log ([`inbox_chunk`](super::inbox_chunk)): the chat message
+//! as stored on one node (stamped with its sender), the user's role and the entry's
+//! dedupe id; headers say the first entry's `seq` and how many entries follow.
 //!
-//! Numbering without a sequence service: a node appends entry `n + 1` only on the
-//! condition that the subject's last message is the one it knows as entry `n`
+//! Numbering without a sequence service: a node appends entries `n + 1 ..` only on the
+//! condition that the subject's last message is the one it knows as ending at entry `n`
 //! (`Nats-Expected-Last-Subject-Sequence`); when another node appended meanwhile, the
-//! append is refused, the node reads the subject's last entry and tries again. So two
-//! nodes never hand out the same seq, and seqs have no gap. `Nats-Msg-Id` (sender,
-//! message id, recipient) makes a resend, on any node, within the duplicate window, the
-//! message already stored. A chat message is acknowledged once every recipient's append
-//! is (replicated, on a majority of the NATS servers).
+//! append is refused, the node reads the log again and retries. So two nodes never hand
+//! out the same seq, and seqs have no gap. While one append of a user is in flight the
+//! user's next entries queue, and go in the next append together: a replicated write per
+//! burst, not per entry. A resend, on any node, within the dedupe window, of an entry the
+//! log holds is dropped ([`inbox_dedupe`](super::inbox_dedupe)). A chat message is
+//! acknowledged once every recipient's append is (replicated, on a majority of the NATS
+//! servers).
 //!
 //! Delivery: each stream republishes what it stores on `tern.deliver.<user>`, from its
 //! leader, in the stream's order; a node subscribes to that subject while its
@@ -20,17 +24,20 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::HeaderMap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tern_storage::StorageError;
+use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::inbox_chunk::{self, entry_len, put_entry};
+use super::inbox_dedupe::{IdHasher, RecentIds};
 use super::{subject, ATTEMPT_TIMEOUT};
 use crate::config::ImConfig;
 use crate::im::inbox::for_recipient;
@@ -38,10 +45,10 @@ use crate::im::sync::LogEntry;
 use crate::protocol::Message;
 use crate::router::{InboxAppend, NodeLease, RouterHandle};
 
-/// Header with the entry's seq in its user's log.
+/// Header with the seq of the message's first entry in its user's log.
 const SEQ: &str = "Tern-Seq";
-/// Header with the user's role (`ROLE_RECEIVED` / `ROLE_SENT`).
-const ROLE: &str = "Tern-Role";
+/// Header with the number of entries in the message.
+const COUNT: &str = "Tern-Count";
 /// Header with the user whose log holds the entry (subjects escape names).
 const USER: &str = "Tern-User";
 
@@ -51,6 +58,16 @@ const MAX_QUEUED: usize = 65_536;
 
 /// Users whose last entry the appender remembers while they are idle.
 const MAX_REMEMBERED: usize = 65_536;
+
+/// Entries one append carries at most.
+const MAX_CHUNK_ENTRIES: usize = 256;
+
+/// Bytes one append carries at most, unless one entry alone is larger (NATS refuses
+/// messages over its `max_payload`, 1 MiB by default).
+const MAX_CHUNK_BYTES: usize = 512 * 1024;
+
+/// Messages one request reads back from a log's dedupe window.
+const WINDOW_BATCH: usize = 256;
 
 /// How long a `$sync` read of the log may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +79,12 @@ pub enum InboxError {
         name: String,
         #[source]
         source: jetstream::context::CreateStreamError,
+    },
+    #[error("cannot let the stream {name} answer direct reads: {source}")]
+    Update {
+        name: String,
+        #[source]
+        source: jetstream::context::UpdateStreamError,
     },
 }
 
@@ -80,10 +103,29 @@ pub(crate) enum ReadError {
         #[source]
         source: async_nats::Error,
     },
+    #[error("reading the recent entries of {subject}: {source}")]
+    Window {
+        subject: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("the copy of {subject} that answered is behind its last entry {last}")]
+    Behind { subject: String, last: u64 },
+    #[error("{subject} holds a message that is not an inbox entry: {what}")]
+    Malformed { subject: String, what: String },
     #[error("reading {subject} took longer than {READ_TIMEOUT:?}")]
     TimedOut { subject: String },
-    #[error("no answer reading the last entry of {subject} within {ATTEMPT_TIMEOUT:?}")]
+    #[error("no answer reading {subject} within {ATTEMPT_TIMEOUT:?}")]
     NoAnswer { subject: String },
+}
+
+/// How the appender recognises resends (`im.dedup_window_secs`, `im.dedup_window_entries`).
+#[derive(Debug, Clone, Copy)]
+struct Dedupe {
+    /// Zero: resends are not recognised.
+    window: Duration,
+    /// Ids remembered over all logs at most.
+    max_ids: usize,
 }
 
 /// The inbox streams, one per shard.
@@ -94,11 +136,13 @@ pub(crate) struct InboxStreams {
     /// How long an append is retried (leader elections, a lost reply) before the message
     /// is refused to its publisher (`cluster.append_timeout_ms`).
     retry_for: Duration,
+    dedupe: Dedupe,
+    hasher: IdHasher,
 }
 
 impl InboxStreams {
     /// Opens (or creates) the `shards` streams with `replicas`; the log of a user keeps
-    /// its last `im.inbox_max_messages` entries, and resends are recognised for
+    /// at least its last `im.inbox_max_messages` entries, and resends are recognised for
     /// `im.dedup_window_secs`. An append is retried for `retry_for`.
     pub(crate) async fn open(
         jetstream: &jetstream::Context,
@@ -113,10 +157,12 @@ impl InboxStreams {
             let config = stream::Config {
                 name: name.clone(),
                 subjects: vec![subject::inbox_logs(shard)],
+                // Counts messages, each of one or more entries.
                 max_messages_per_subject: i64::try_from(im.inbox_max_messages).unwrap_or(i64::MAX),
-                duplicate_window: Duration::from_secs(im.dedup_window_secs.max(1)),
                 num_replicas: replicas,
                 storage: stream::StorageType::File,
+                // The dedupe window is read back through direct gets.
+                allow_direct: true,
                 republish: Some(stream::Republish {
                     source: subject::inbox_logs(shard),
                     destination: format!("{}.>", subject::DELIVER),
@@ -125,15 +171,29 @@ impl InboxStreams {
                 ..Default::default()
             };
             let stream = jetstream
-                .get_or_create_stream(config)
+                .get_or_create_stream(config.clone())
                 .await
-                .map_err(|source| InboxError::Stream { name, source })?;
+                .map_err(|source| InboxError::Stream {
+                    name: name.clone(),
+                    source,
+                })?;
+            if !stream.cached_info().config.allow_direct {
+                jetstream
+                    .update_stream(&config)
+                    .await
+                    .map_err(|source| InboxError::Update { name, source })?;
+            }
             streams.push(stream);
         }
         Ok(InboxStreams {
             jetstream: jetstream.clone(),
             streams: streams.into(),
             retry_for,
+            dedupe: Dedupe {
+                window: Duration::from_secs(im.dedup_window_secs),
+                max_ids: im.dedup_window_entries.max(1),
+            },
+            hasher: IdHasher::default(),
         })
     }
 
@@ -156,37 +216,41 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     hasher.finish()
 }
 
-/// The last entry of a user's log as a node knows it: what the next append is
+/// The last message of a user's log as a node knows it: what the next append is
 /// conditional on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Last {
     /// The seq the next entry gets (0 for an empty log).
     next_seq: u64,
-    /// The stream sequence of the last entry (0: none).
+    /// The stream sequence of the last message (0: none).
     stream_seq: u64,
 }
 
-/// Reads the last entry of `subject` (from the stream's leader), and its message id.
+/// The first entry's seq and the entries of an inbox log message.
+fn chunk_of(
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+) -> Result<(u64, Vec<inbox_chunk::ChunkEntry>), String> {
+    let headers = headers.ok_or_else(|| "no headers".to_string())?;
+    let first = header_u64(headers, SEQ).ok_or_else(|| format!("no {SEQ} header"))?;
+    let entries = inbox_chunk::entries(payload)?;
+    match header_u64(headers, COUNT) {
+        Some(count) if count == entries.len() as u64 => Ok((first, entries)),
+        count => Err(format!(
+            "{COUNT} says {count:?}, the payload holds {}",
+            entries.len()
+        )),
+    }
+}
+
+/// Reads the last message of `subject` (from the stream's leader).
 async fn read_last(
     stream: &stream::Stream,
     subject: &str,
-) -> Result<(Last, Option<String>), ReadError> {
+) -> Result<Option<jetstream::message::StreamMessage>, ReadError> {
     match stream.get_last_raw_message_by_subject(subject).await {
-        Ok(message) => {
-            let seq = header_u64(&message.headers, SEQ).unwrap_or(0);
-            let id = message
-                .headers
-                .get(async_nats::header::NATS_MESSAGE_ID)
-                .map(|v| v.as_str().to_string());
-            let last = Last {
-                next_seq: seq.saturating_add(1),
-                stream_seq: message.sequence,
-            };
-            Ok((last, id))
-        }
-        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-            Ok((Last::default(), None))
-        }
+        Ok(message) => Ok(Some(message)),
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(source) => Err(ReadError::Last {
             subject: subject.to_string(),
             source,
@@ -194,8 +258,24 @@ async fn read_last(
     }
 }
 
+/// What the next append to a log is conditional on, from its last message.
+fn last_of(message: &jetstream::message::StreamMessage) -> Option<Last> {
+    let first = header_u64(&message.headers, SEQ)?;
+    let count = header_u64(&message.headers, COUNT)?;
+    Some(Last {
+        next_seq: first.saturating_add(count),
+        stream_seq: message.sequence,
+    })
+}
+
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name).and_then(|v| v.as_str().parse().ok())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// One recipient's entry waiting to be appended.
@@ -203,6 +283,8 @@ struct Entry {
     record: Bytes,
     role: u8,
     msg_id: String,
+    /// `msg_id` hashed, for the dedupe window.
+    id_hash: u64,
     request: Arc<Request>,
 }
 
@@ -229,16 +311,27 @@ impl Request {
     }
 }
 
+/// What a node knows of a user's log: its last message and the ids of the dedupe window.
+#[derive(Debug, Default)]
+struct Known {
+    last: Last,
+    recent: RecentIds,
+}
+
 /// A user's log as the appender sees it.
 #[derive(Default)]
 struct UserLog {
-    last: Option<Last>,
+    /// `None`: unknown (or lent to the append in flight); read before the next append.
+    known: Option<Known>,
+    /// The ids of this log counted in the appender's total.
+    counted: usize,
     queue: VecDeque<Entry>,
     busy: bool,
 }
 
 /// Appends the chat messages the router hands over, in the order it hands them over
-/// per user, one append in flight per user (each is conditional on the previous one).
+/// per user, one append in flight per user (each is conditional on the previous one),
+/// each carrying what queued for the user meanwhile.
 ///
 /// Nothing is appended while the node's `lease` does not hold: the senders' sessions may
 /// live on another node by then, which their resends go to.
@@ -250,11 +343,13 @@ pub(super) async fn append(
     let mut logs: HashMap<String, UserLog> = HashMap::new();
     let mut running = FuturesUnordered::new();
     let mut queued = 0usize;
+    // Dedupe ids held over all logs (bounded by `dedupe.max_ids`).
+    let mut remembered = 0usize;
     loop {
         tokio::select! {
             request = requests.recv(), if queued < MAX_QUEUED => {
                 let Some(request) = request else { break };
-                for (user, entry) in entries(request) {
+                for (user, entry) in entries(request, &streams.hasher) {
                     queued += 1;
                     let log = logs.entry(user.clone()).or_default();
                     log.queue.push_back(entry);
@@ -265,56 +360,96 @@ pub(super) async fn append(
                     }
                 }
             }
-            Some((user, entry, result)) = running.next(), if !running.is_empty() => {
-                queued = queued.saturating_sub(1);
-                let entry: Entry = entry;
+            Some(appended) = running.next(), if !running.is_empty() => {
+                let Appended { user, entries, result } = appended;
+                queued = queued.saturating_sub(entries.len());
+                let known_logs = logs.len();
                 let Some(log) = logs.get_mut(&user) else { continue };
                 log.busy = false;
+                remembered = remembered.saturating_sub(log.counted);
+                log.counted = 0;
                 match result {
-                    Ok(last) => {
-                        log.last = last;
-                        entry.request.settle(Ok(()));
+                    Ok(known) => {
+                        log.counted = known.recent.len();
+                        remembered += log.counted;
+                        log.known = Some(known);
+                        for entry in &entries {
+                            entry.request.settle(Ok(()));
+                        }
                     }
                     Err(what) => {
-                        log.last = None;
-                        tracing::warn!(%user, "chat message not stored: {what}");
-                        entry.request.settle(Err(what));
+                        log.known = None;
+                        tracing::warn!(%user, entries = entries.len(), "chat messages not stored: {what}");
+                        for entry in &entries {
+                            entry.request.settle(Err(what.clone()));
+                        }
                     }
                 }
-                match start(&streams, &lease, &user, log) {
-                    Some(next) => running.push(next),
-                    None if logs.len() > MAX_REMEMBERED => {
-                        logs.remove(&user);
+                if log.queue.is_empty() && known_logs > MAX_REMEMBERED {
+                    if let Some(log) = logs.remove(&user) {
+                        remembered = remembered.saturating_sub(log.counted);
                     }
-                    None => {}
+                    continue;
+                }
+                // Past the bound on ids, the log just appended to forgets its oldest ones
+                // (forgetting the log would cost a read of its whole window next time).
+                let over = remembered.saturating_sub(streams.dedupe.max_ids);
+                if let (true, Some(known)) = (over > 0, log.known.as_mut()) {
+                    known.recent.forget_oldest(over);
+                    remembered = remembered.saturating_sub(log.counted);
+                    log.counted = known.recent.len();
+                    remembered += log.counted;
+                }
+                if let Some(next) = start(&streams, &lease, &user, log) {
+                    running.push(next);
                 }
             }
         }
     }
 }
 
-/// A user's append under way: the user, the entry, and the log's last entry after it
-/// (`None`: unknown) or why it failed.
-type Appending = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (String, Entry, Result<Option<Last>, String>)> + Send>,
->;
+/// An append done: its user, its entries, and what the node knows of the log after it
+/// or why it failed.
+struct Appended {
+    user: String,
+    entries: Vec<Entry>,
+    result: Result<Known, String>,
+}
 
-/// Starts appending the next entry of `user`'s queue, if any.
+type Appending = std::pin::Pin<Box<dyn std::future::Future<Output = Appended> + Send>>;
+
+/// Starts appending what queued for `user`, if anything did.
 fn start(
     streams: &InboxStreams,
     lease: &Arc<NodeLease>,
     user: &str,
     log: &mut UserLog,
 ) -> Option<Appending> {
-    let entry = log.queue.pop_front()?;
+    let mut entries = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(entry) = log.queue.front() {
+        let len = entry_len(&entry.msg_id, &entry.record);
+        if !entries.is_empty()
+            && (entries.len() >= MAX_CHUNK_ENTRIES || bytes + len > MAX_CHUNK_BYTES)
+        {
+            break;
+        }
+        bytes += len;
+        entries.extend(log.queue.pop_front());
+    }
+    if entries.is_empty() {
+        return None;
+    }
     log.busy = true;
+    let known = log.known.take();
     let (stream, subject) = streams.of(user);
     let stream = stream.clone();
     let jetstream = streams.jetstream.clone();
-    let last = log.last;
     let user = user.to_string();
     let lease = lease.clone();
     let retry_for = streams.retry_for;
+    let dedupe = streams.dedupe;
+    let hasher = streams.hasher.clone();
     Some(Box::pin(async move {
         let target = Target {
             jetstream: &jetstream,
@@ -322,14 +457,20 @@ fn start(
             lease: &lease,
             subject: &subject,
             user: &user,
+            dedupe,
+            hasher: &hasher,
         };
-        let result = append_one(&target, &entry, last, retry_for).await;
-        (user, entry, result)
+        let result = append_chunk(&target, &entries, known, retry_for).await;
+        Appended {
+            user,
+            entries,
+            result,
+        }
     }))
 }
 
 /// The entries of a chat message, one per recipient, sharing its encoding.
-fn entries(request: InboxAppend) -> Vec<(String, Entry)> {
+fn entries(request: InboxAppend, hasher: &IdHasher) -> Vec<(String, Entry)> {
     let InboxAppend { from, plan, done } = request;
     let record = match super::encode(&plan.message) {
         Ok(record) => record,
@@ -344,16 +485,20 @@ fn entries(request: InboxAppend) -> Vec<(String, Entry)> {
     if plan.recipients.is_empty() {
         shared.settle(Ok(()));
     }
-    // Without a client message id, one of the node's own: a retried append whose first
-    // attempt was stored after all is then recognised too.
+    // Without a client message id, one of the node's own: the entries are then never
+    // taken for resends.
     let msgid = plan.msgid.unwrap_or_else(|| format!("~{}", nuid::next()));
     plan.recipients
         .into_iter()
         .map(|(user, role)| {
-            let msg_id = message_id(&from, &msgid, &user);
+            let mut msg_id = message_id(&from, &msgid, &user);
+            // Ids are bounded by the names they are made of; this only keeps the chunk
+            // format's length field honest.
+            msg_id.truncate(floor_char_boundary(&msg_id, inbox_chunk::MAX_ID));
             let entry = Entry {
                 record: record.clone(),
                 role,
+                id_hash: hasher.hash(msg_id.as_bytes()),
                 msg_id,
                 request: shared.clone(),
             };
@@ -362,59 +507,84 @@ fn entries(request: InboxAppend) -> Vec<(String, Entry)> {
         .collect()
 }
 
-/// `Nats-Msg-Id` of one recipient's entry: unambiguous whatever the names hold.
+/// The largest char boundary of `s` at most `at`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    (0..=at.min(s.len()))
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
+/// Dedupe id of one recipient's entry: unambiguous whatever the names hold.
 fn message_id(from: &str, msgid: &str, user: &str) -> String {
     format!("{}:{from}{}:{msgid}{user}", from.len(), msgid.len())
 }
 
-/// Appends `entry` to `user`'s log, after `last` (read from the stream when unknown or
-/// stale); retried for `retry_for`.
-async fn append_one(
+/// Appends what of `entries` the log does not hold yet, in one message, after the log's
+/// last message as `known` (read from the stream when unknown or stale); retried for
+/// `retry_for`. What the node knows of the log after it.
+async fn append_chunk(
     target: &Target<'_>,
-    entry: &Entry,
-    last: Option<Last>,
+    entries: &[Entry],
+    known: Option<Known>,
     retry_for: Duration,
-) -> Result<Option<Last>, String> {
+) -> Result<Known, String> {
     let Target {
         jetstream,
-        stream,
         lease,
         subject,
         user,
+        dedupe,
+        ..
     } = *target;
     let deadline = Instant::now() + retry_for;
     let mut backoff = super::Backoff::for_appends();
-    let mut known = last;
+    let mut known = known;
+    let mut stale = known.is_none();
     loop {
-        let last = match known {
-            Some(last) => last,
-            None => match tokio::time::timeout(ATTEMPT_TIMEOUT, read_last(stream, subject))
+        if stale {
+            let read = tokio::time::timeout(ATTEMPT_TIMEOUT, refresh(target, &mut known))
                 .await
                 .unwrap_or_else(|_| {
                     Err(ReadError::NoAnswer {
                         subject: subject.to_string(),
                     })
-                }) {
-                Ok((last, id)) if id.as_deref() == Some(&*entry.msg_id) => {
-                    // An earlier attempt was stored after all.
-                    return Ok(Some(last));
-                }
-                Ok((last, _)) => last,
-                Err(e) => {
-                    wait(&mut backoff, deadline, retry_for, &e.to_string()).await?;
-                    continue;
-                }
-            },
+                });
+            if let Err(e) = read {
+                wait(&mut backoff, deadline, retry_for, &e.to_string()).await?;
+                continue;
+            }
+        }
+        let Some(log) = known.as_mut() else {
+            stale = true;
+            continue;
         };
+        let now = unix_ms();
+        let window = u64::try_from(dedupe.window.as_millis()).unwrap_or(u64::MAX);
+        log.recent.expire(now.saturating_sub(window));
+        // A resend of what the log holds (or of an entry before it here) is done already.
+        let mut chunk = BytesMut::new();
+        let mut fresh: Vec<u64> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if !dedupe.window.is_zero()
+                && (log.recent.contains(entry.id_hash) || fresh.contains(&entry.id_hash))
+            {
+                continue;
+            }
+            put_entry(&mut chunk, entry.role, &entry.msg_id, &entry.record);
+            fresh.push(entry.id_hash);
+        }
+        if fresh.is_empty() {
+            break;
+        }
         if !lease.holds() {
             return Err("this node lost its lease in the cluster".to_string());
         }
         let publish = jetstream::message::PublishMessage::build()
-            .payload(entry.record.clone())
-            .message_id(&entry.msg_id)
-            .expected_last_subject_sequence(last.stream_seq)
-            .header(SEQ, last.next_seq.to_string().as_str())
-            .header(ROLE, entry.role.to_string().as_str())
+            .payload(chunk.freeze())
+            .expected_last_subject_sequence(log.last.stream_seq)
+            .header(SEQ, log.last.next_seq.to_string().as_str())
+            .header(COUNT, fresh.len().to_string().as_str())
             .header(USER, user);
         let attempt = async {
             match jetstream.send_publish(subject.to_string(), publish).await {
@@ -423,31 +593,34 @@ async fn append_one(
             }
         };
         let Ok(acked) = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await else {
-            // Perhaps stored after all: the next attempt reads the log's last entry first.
-            known = None;
+            // Perhaps stored after all: the next attempt reads the log first (and is
+            // refused if it was, being conditional on the same last message).
+            stale = true;
             wait(&mut backoff, deadline, retry_for, "no answer to the append").await?;
             continue;
         };
         match acked {
-            // Stored before (a resend, or an attempt whose reply was lost): the log's
-            // last entry is read again before the next append.
-            Ok(ack) if ack.duplicate => return Ok(None),
             Ok(ack) => {
-                return Ok(Some(Last {
-                    next_seq: last.next_seq + 1,
+                log.last = Last {
+                    next_seq: log.last.next_seq + fresh.len() as u64,
                     stream_seq: ack.sequence,
-                }))
+                };
+                if !dedupe.window.is_zero() {
+                    for id in fresh {
+                        log.recent.insert(id, now);
+                    }
+                }
+                break;
             }
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                // Another node appended to this log: read its last entry, and go on.
-                known = None;
-            }
+            // Another node appended to this log: read what it appended, and go on.
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => stale = true,
             Err(e) => {
-                known = None;
+                stale = true;
                 wait(&mut backoff, deadline, retry_for, &e.to_string()).await?;
             }
         }
     }
+    Ok(known.unwrap_or_default())
 }
 
 /// Where one user's entries go.
@@ -458,6 +631,153 @@ struct Target<'a> {
     lease: &'a NodeLease,
     subject: &'a str,
     user: &'a str,
+    dedupe: Dedupe,
+    hasher: &'a IdHasher,
+}
+
+/// Reads what an append to the log is conditional on: its last message, and the ids of
+/// the entries it got within the dedupe window up to that message. What `known` already
+/// holds is kept: only the messages after its last one are read (a log only grows).
+async fn refresh(target: &Target<'_>, known: &mut Option<Known>) -> Result<(), ReadError> {
+    let Target {
+        jetstream,
+        stream,
+        subject,
+        dedupe,
+        hasher,
+        ..
+    } = *target;
+    let Some(message) = read_last(stream, subject).await? else {
+        *known = Some(Known::default());
+        return Ok(());
+    };
+    let last = last_of(&message).ok_or_else(|| ReadError::Malformed {
+        subject: subject.to_string(),
+        what: format!("no {SEQ} or {COUNT}"),
+    })?;
+    let since = OffsetDateTime::now_utc() - dedupe.window;
+    let log = match known.take() {
+        // Trimmed or purged below what this node knew: start over.
+        Some(log) if log.last.stream_seq <= last.stream_seq => known.insert(log),
+        _ => known.insert(Known::default()),
+    };
+    if !dedupe.window.is_zero() && message.time >= since && last.stream_seq > log.last.stream_seq {
+        let from = match log.last.stream_seq {
+            0 => From::Time(since),
+            seq => From::Seq(seq + 1),
+        };
+        let window = Window {
+            jetstream,
+            stream,
+            subject,
+            hasher,
+        };
+        window.read(from, last.stream_seq, &mut log.recent).await?;
+    }
+    log.last = last;
+    Ok(())
+}
+
+/// Where a read of a log's recent entries starts.
+#[derive(Debug, Clone, Copy)]
+enum From {
+    Time(OffsetDateTime),
+    Seq(u64),
+}
+
+/// A log whose recent entries' ids are read back.
+struct Window<'a> {
+    jetstream: &'a jetstream::Context,
+    stream: &'a stream::Stream,
+    subject: &'a str,
+    hasher: &'a IdHasher,
+}
+
+impl Window<'_> {
+    /// Remembers the ids of the entries stored from `from` through stream sequence
+    /// `through`, read with direct gets (any of the stream's copies answers; one that is
+    /// behind is an error, and the read is tried again).
+    async fn read(
+        &self,
+        from: From,
+        through: u64,
+        recent: &mut RecentIds,
+    ) -> Result<(), ReadError> {
+        let subject = self.subject;
+        let failed = |source: async_nats::Error| ReadError::Window {
+            subject: subject.to_string(),
+            source,
+        };
+        let malformed = |what: String| ReadError::Malformed {
+            subject: subject.to_string(),
+            what,
+        };
+        let client = self.jetstream.client();
+        let api = subject::direct_get(&self.stream.cached_info().config.name);
+        let mut request = match from {
+            From::Time(since) => {
+                let since = since
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .map_err(|e| failed(e.into()))?;
+                serde_json::json!({ "start_time": since, "next_by_subj": subject, "batch": WINDOW_BATCH })
+            }
+            From::Seq(seq) => {
+                serde_json::json!({ "seq": seq, "next_by_subj": subject, "batch": WINDOW_BATCH })
+            }
+        };
+        let now = unix_ms();
+        let mut read_through = 0u64;
+        loop {
+            let inbox = client.new_inbox();
+            let mut replies = client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| failed(e.into()))?;
+            client
+                .publish_with_reply(api.clone(), inbox, request.to_string().into())
+                .await
+                .map_err(|e| failed(e.into()))?;
+            let mut got = 0usize;
+            while let Some(reply) = replies.next().await {
+                // The end of the batch (or nothing found) comes as a status.
+                if reply.status.is_some() {
+                    break;
+                }
+                got += 1;
+                let seq = reply
+                    .headers
+                    .as_ref()
+                    .and_then(|h| header_u64(h, "Nats-Sequence"))
+                    .ok_or_else(|| malformed("a direct get reply without Nats-Sequence".into()))?;
+                if seq > through {
+                    return Ok(());
+                }
+                read_through = seq;
+                let (_, entries) =
+                    chunk_of(reply.headers.as_ref(), reply.payload).map_err(malformed)?;
+                for entry in entries {
+                    recent.insert(self.hasher.hash(&entry.id), now);
+                }
+                if got == WINDOW_BATCH {
+                    break;
+                }
+            }
+            if read_through >= through {
+                return Ok(());
+            }
+            if got < WINDOW_BATCH {
+                return Err(ReadError::Behind {
+                    subject: subject.to_string(),
+                    last: through,
+                });
+            }
+            request = serde_json::json!({
+                "seq": read_through + 1,
+                "next_by_subj": subject,
+                "batch": WINDOW_BATCH,
+            });
+        }
+    }
 }
 
 /// Sleeps before the next attempt, or gives up with `why` past `deadline`.
@@ -481,41 +801,43 @@ pub(super) async fn relay(
     router: RouterHandle,
 ) {
     while let Some(received) = subscriber.next().await {
-        let copy = received
-            .headers
-            .as_ref()
-            .ok_or_else(|| "no headers".to_string())
-            .and_then(|headers| recipient_copy(headers, received.payload));
-        let copy = match copy {
-            Ok(copy) => Arc::new(copy),
+        let copies = recipient_copies(received.headers.as_ref(), received.payload);
+        let copies = match copies {
+            Ok(copies) => copies,
             Err(e) => {
-                tracing::warn!(subject = %received.subject, "dropped an inbox entry: {e}");
+                tracing::warn!(subject = %received.subject, "dropped inbox entries: {e}");
                 continue;
             }
         };
-        if router
-            .publish_remote(&copy, Some(&via), None)
-            .await
-            .is_err()
-        {
-            break;
+        for copy in copies {
+            if router
+                .publish_remote(&Arc::new(copy), Some(&via), None)
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
     }
 }
 
-/// The copy of an inbox entry for its user (on the user's inbox topic, with `seq`).
-fn recipient_copy(headers: &HeaderMap, payload: Bytes) -> Result<Message, String> {
+/// The copies of an inbox log message's entries for their user (on the user's inbox
+/// topic, with `seq`).
+fn recipient_copies(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Vec<Message>, String> {
     let user = headers
-        .get(USER)
+        .and_then(|h| h.get(USER))
         .ok_or_else(|| format!("no {USER} header"))?
         .as_str()
         .to_string();
-    let seq = header_u64(headers, SEQ).ok_or_else(|| format!("no {SEQ} header"))?;
-    let role = header_u64(headers, ROLE)
-        .and_then(|r| u8::try_from(r).ok())
-        .ok_or_else(|| format!("no {ROLE} header"))?;
-    let stored = super::decode(payload)?;
-    for_recipient(&stored, &user, role, seq, None).ok_or_else(|| "not a chat message".to_string())
+    let (first, entries) = chunk_of(headers, payload)?;
+    let mut copies = Vec::with_capacity(entries.len());
+    for (seq, entry) in (first..).zip(entries) {
+        let stored = super::decode(entry.record)?;
+        let copy = for_recipient(&stored, &user, entry.role, seq, None)
+            .ok_or_else(|| format!("entry {seq} is not a chat message"))?;
+        copies.push(copy);
+    }
+    Ok(copies)
 }
 
 /// Reads users' logs for `$sync`, on any node.
@@ -551,8 +873,18 @@ async fn read(
     from: u64,
     limit: usize,
 ) -> Result<(Vec<LogEntry>, u64), ReadError> {
-    let (last, _) = read_last(stream, subject).await?;
-    let next = last.next_seq;
+    let malformed = |what: String| ReadError::Malformed {
+        subject: subject.to_string(),
+        what,
+    };
+    let next = match read_last(stream, subject).await? {
+        Some(message) => {
+            last_of(&message)
+                .ok_or_else(|| malformed(format!("no {SEQ} or {COUNT}")))?
+                .next_seq
+        }
+        None => 0,
+    };
     let mut entries = Vec::new();
     if from >= next || limit == 0 {
         return Ok((entries, next));
@@ -561,7 +893,7 @@ async fn read(
         subject: subject.to_string(),
         source,
     };
-    // The log is read from its first entry still held: entries carry their seq, the
+    // The log is read from its first message still held: entries carry their seq, the
     // stream's own sequence does not map to it.
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
@@ -577,25 +909,20 @@ async fn read(
         .map_err(|e| consumer_error(e.into()))?;
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| consumer_error(e.into()))?;
-        let Some(headers) = message.headers.as_ref() else {
-            continue;
-        };
-        let Some(seq) = header_u64(headers, SEQ) else {
-            continue;
-        };
-        if seq >= from {
-            let role = header_u64(headers, ROLE)
-                .and_then(|r| u8::try_from(r).ok())
-                .unwrap_or_default();
-            entries.push(LogEntry {
-                seq,
-                role,
-                id: None,
-                message: super::decode(message.payload.clone()).ok(),
-            });
-        }
-        if entries.len() >= limit || seq + 1 >= next {
-            break;
+        let (first, chunk) =
+            chunk_of(message.headers.as_ref(), message.payload.clone()).map_err(malformed)?;
+        for (seq, entry) in (first..).zip(chunk) {
+            if seq >= from && entries.len() < limit {
+                entries.push(LogEntry {
+                    seq,
+                    role: entry.role,
+                    id: None,
+                    message: super::decode(entry.record).ok(),
+                });
+            }
+            if entries.len() >= limit || seq + 1 >= next {
+                return Ok((entries, next));
+            }
         }
     }
     Ok((entries, next))
@@ -607,6 +934,8 @@ mod tests {
 
     #[test]
     fn message_ids_keep_names_apart() {
+        assert_eq!(floor_char_boundary("aé", 2), 1);
+        assert_eq!(floor_char_boundary("ab", 5), 2);
         assert_ne!(message_id("ab", "c", "d"), message_id("a", "bc", "d"));
         assert_ne!(message_id("a", "b", "cd"), message_id("a", "bc", "d"));
         assert_eq!(message_id("alice", "m1", "bob"), "5:alice2:m1bob");

@@ -16,6 +16,8 @@
 mod devices;
 mod directory;
 mod inbox;
+mod inbox_chunk;
+mod inbox_dedupe;
 mod join;
 mod lease;
 mod live;

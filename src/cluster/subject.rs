@@ -85,6 +85,11 @@ pub(crate) fn inbox_log(shard: u32, user: &str) -> String {
     subject
 }
 
+/// The subject a stream's direct gets are asked on (any of its copies answers).
+pub(crate) fn direct_get(stream: &str) -> String {
+    format!("$JS.API.DIRECT.GET.{stream}")
+}
+
 /// Every inbox log's subject in stream `shard`.
 pub(crate) fn inbox_logs(shard: u32) -> String {
     format!("{INBOX_LOG}.{shard}.>")
