@@ -472,17 +472,21 @@ pub async fn run_pairs(
 }
 
 /// The engine alone: `logs` logs, each one append in flight at a time, every append
-/// conditional on the log's last sequence, as tern's appender makes them (into the
-/// streams tern made: `shards` of them).
+/// conditional on the log's last sequence and carrying `entries` entries of `payload`
+/// bytes (plus the 32 bytes tern adds to each: role, dedupe id, lengths), as tern's
+/// appender makes them (into the streams tern made: `shards` of them). The rate counts
+/// entries.
 pub async fn engine(
     nats_urls: &[String],
     shards: u32,
     logs: usize,
+    entries: usize,
     payload: usize,
     warmup: Duration,
     duration: Duration,
 ) -> Result<Measured> {
     use async_nats::jetstream;
+    let entries = entries.max(1);
     let addrs: Vec<async_nats::ServerAddr> =
         nats_urls.iter().filter_map(|u| u.parse().ok()).collect();
     let client = async_nats::connect(addrs)
@@ -495,7 +499,7 @@ pub async fn engine(
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
     let latency = Arc::new(Mutex::new(Latencies::default()));
-    let body = Bytes::from(vec![b'x'; payload]);
+    let body = Bytes::from(vec![b'x'; entries * (payload + 32)]);
     let mut tasks = Vec::new();
     for i in 0..logs {
         let subject = format!("tern.inbox.{}.engine-bench-{i}", i as u32 % shards.max(1));
@@ -515,9 +519,9 @@ pub async fn engine(
                 let started = Instant::now();
                 let publish = jetstream::message::PublishMessage::build()
                     .payload(body.clone())
-                    .message_id(format!("engine-{i}-{seq}"))
                     .expected_last_subject_sequence(last)
-                    .header("Tern-Seq", seq.to_string().as_str());
+                    .header("Tern-Seq", seq.to_string().as_str())
+                    .header("Tern-Count", entries.to_string().as_str());
                 let result = match js.send_publish(subject.clone(), publish).await {
                     Ok(ack) => ack.await,
                     Err(e) => Err(e),
@@ -525,9 +529,9 @@ pub async fn engine(
                 match result {
                     Ok(ack) => {
                         last = ack.sequence;
-                        seq += 1;
+                        seq += entries as u64;
                         if measuring.load(Ordering::Relaxed) {
-                            acked.fetch_add(1, Ordering::Relaxed);
+                            acked.fetch_add(entries as u64, Ordering::Relaxed);
                             local.record(started.elapsed());
                         }
                     }
