@@ -313,3 +313,62 @@ async fn pipelined_dms_share_appends_and_arrive_numbered_in_order() {
         );
     }
 }
+
+/// `im.inbox_max_age_secs` holds in a cluster: entries older than it leave the logs, and
+/// a log whose entries all left keeps its numbering (a marker), so the next DM gets the
+/// next seq, not 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_older_than_the_max_age_leave_the_logs_and_numbering_goes_on() {
+    let nats = NatsServer::start().await;
+    let url = nats.url();
+    let n1 = tern_conformance::Broker::start_with(|c| {
+        tern_conformance::nats::join(c, "n1", &url);
+        c.im.inbox_max_age_secs = 1;
+        c.cluster.inbox_trim_secs = 1;
+    })
+    .await;
+    let mut alice = device(&n1, "alice", "alice-phone").await;
+    for (i, text) in ["one", "two", "three"].into_iter().enumerate() {
+        let id = format!("m-{i}");
+        assert_eq!(
+            publish(&mut alice, 1, "dm/bob", text, &[("msgid", &id)]).await,
+            ReasonCode::Success
+        );
+    }
+    let inbox_messages = || async {
+        let mut total = 0;
+        for shard in 0..8 {
+            total += nats.stream_messages(&format!("TERN_INBOX_{shard}")).await;
+        }
+        total
+    };
+    assert_eq!(
+        inbox_messages().await,
+        6,
+        "three appends to each of two logs"
+    );
+
+    // Past the age, each log is down to its marker.
+    tern_conformance::eventually("the logs trimmed to their markers", || async {
+        inbox_messages().await == 2
+    })
+    .await;
+    let mut bob = device(&n1, "bob", "bob-phone").await;
+    subscribe_all(&mut bob, &["inbox/bob/#"]).await;
+    sync_request(&mut bob, "").await;
+    let end = bob.expect_publish("the end marker, no entries").await;
+    assert_eq!(&*end.topic, "inbox/bob/sync");
+    assert_eq!(
+        &end.payload[..],
+        br#"{"after":null,"last":null,"next":3,"more":false}"#
+    );
+
+    assert_eq!(
+        publish(&mut alice, 1, "dm/bob", "four", &[("msgid", "m-3")]).await,
+        ReasonCode::Success
+    );
+    assert_eq!(
+        next(&mut bob, "four").await,
+        row("inbox/bob/dm/alice", "four", "alice", 3)
+    );
+}

@@ -46,11 +46,12 @@ use crate::protocol::Message;
 use crate::router::{InboxAppend, NodeLease, RouterHandle};
 
 /// Header with the seq of the message's first entry in its user's log.
-const SEQ: &str = "Tern-Seq";
-/// Header with the number of entries in the message.
-const COUNT: &str = "Tern-Count";
+pub(super) const SEQ: &str = "Tern-Seq";
+/// Header with the number of entries in the message (0: a marker that only keeps the
+/// log's numbering, see `inbox_trim`).
+pub(super) const COUNT: &str = "Tern-Count";
 /// Header with the user whose log holds the entry (subjects escape names).
-const USER: &str = "Tern-User";
+pub(super) const USER: &str = "Tern-User";
 
 /// Entries taken from publishers and not yet appended, over all users: past this the
 /// appender stops taking messages and publishers wait.
@@ -197,6 +198,15 @@ impl InboxStreams {
         })
     }
 
+    /// Every inbox stream.
+    pub(super) fn all(&self) -> &[stream::Stream] {
+        &self.streams
+    }
+
+    pub(super) fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
     /// The stream of `user`'s log and its subject there.
     fn of(&self, user: &str) -> (&stream::Stream, String) {
         let shards = self.streams.len().max(1) as u64;
@@ -244,7 +254,7 @@ fn chunk_of(
 }
 
 /// Reads the last message of `subject` (from the stream's leader).
-async fn read_last(
+pub(super) async fn read_last(
     stream: &stream::Stream,
     subject: &str,
 ) -> Result<Option<jetstream::message::StreamMessage>, ReadError> {
@@ -268,7 +278,7 @@ fn last_of(message: &jetstream::message::StreamMessage) -> Option<Last> {
     })
 }
 
-fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+pub(super) fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name).and_then(|v| v.as_str().parse().ok())
 }
 
@@ -563,7 +573,11 @@ async fn append_chunk(
         let window = u64::try_from(dedupe.window.as_millis()).unwrap_or(u64::MAX);
         log.recent.expire(now.saturating_sub(window));
         // A resend of what the log holds (or of an entry before it here) is done already.
-        let mut chunk = BytesMut::new();
+        let size = entries
+            .iter()
+            .map(|e| entry_len(&e.msg_id, &e.record))
+            .sum();
+        let mut chunk = BytesMut::with_capacity(size);
         let mut fresh: Vec<u64> = Vec::with_capacity(entries.len());
         for entry in entries {
             if !dedupe.window.is_zero()
@@ -877,14 +891,13 @@ async fn read(
         subject: subject.to_string(),
         what,
     };
-    let next = match read_last(stream, subject).await? {
+    let last = match read_last(stream, subject).await? {
         Some(message) => {
-            last_of(&message)
-                .ok_or_else(|| malformed(format!("no {SEQ} or {COUNT}")))?
-                .next_seq
+            last_of(&message).ok_or_else(|| malformed(format!("no {SEQ} or {COUNT}")))?
         }
-        None => 0,
+        None => Last::default(),
     };
+    let next = last.next_seq;
     let mut entries = Vec::new();
     if from >= next || limit == 0 {
         return Ok((entries, next));
@@ -909,6 +922,10 @@ async fn read(
         .map_err(|e| consumer_error(e.into()))?;
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| consumer_error(e.into()))?;
+        let stream_seq = message
+            .info()
+            .map_err(|e| consumer_error(e.to_string().into()))?
+            .stream_sequence;
         let (first, chunk) =
             chunk_of(message.headers.as_ref(), message.payload.clone()).map_err(malformed)?;
         for (seq, entry) in (first..).zip(chunk) {
@@ -923,6 +940,10 @@ async fn read(
             if entries.len() >= limit || seq + 1 >= next {
                 return Ok((entries, next));
             }
+        }
+        // The last message read (a marker holds no entries).
+        if stream_seq >= last.stream_seq {
+            break;
         }
     }
     Ok((entries, next))

@@ -32,7 +32,8 @@ impl IdHasher {
 pub(super) struct RecentIds {
     /// (id hash, when it was learnt, in ms since the Unix epoch), oldest first.
     order: VecDeque<(u64, u64)>,
-    held: HashSet<u64>,
+    /// Keys are hashes already: FNV over their 8 bytes is all the spreading they need.
+    held: HashSet<u64, fnv::FnvBuildHasher>,
 }
 
 impl RecentIds {

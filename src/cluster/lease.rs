@@ -70,6 +70,13 @@ impl Nodes {
         Ok(live)
     }
 
+    /// Whether `node` is the live node with the smallest id: the one that does the
+    /// cluster's chores (sweeps, trims) at a time.
+    pub(super) async fn first_live(&self, node: &str) -> Result<bool, async_nats::Error> {
+        let live = self.live().await?;
+        Ok(live.iter().min().is_none_or(|first| first == node))
+    }
+
     /// How long the cluster keeps a lease that is not renewed.
     pub(super) fn ttl(&self) -> Duration {
         self.ttl

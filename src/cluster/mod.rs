@@ -18,6 +18,7 @@ mod directory;
 mod inbox;
 mod inbox_chunk;
 mod inbox_dedupe;
+mod inbox_trim;
 mod join;
 mod lease;
 mod live;
@@ -273,6 +274,7 @@ impl Link {
                     message_retention_bytes: i64::try_from(config.message_retention_bytes)
                         .unwrap_or(i64::MAX),
                     session_sweep: Duration::from_secs(config.session_sweep_secs),
+                    inbox_trim: Duration::from_secs(config.inbox_trim_secs),
                 },
                 forward,
                 inbox,
@@ -388,6 +390,14 @@ impl Link {
             tokio::spawn(registry.clone().answer_takeovers(takeovers, router.clone())),
             tokio::spawn(lookup::answer(client.clone(), lookups, finder)),
             tokio::spawn(session_state::forget_moved(moved, router.clone())),
+            tokio::spawn(inbox_trim::trim_every(
+                inbox_streams.clone(),
+                lease.nodes().clone(),
+                node_id.clone(),
+                lease.view.clone(),
+                settings.inbox_trim,
+                Duration::from_secs(im.inbox_max_age_secs),
+            )),
             tokio::spawn(session_sweep::sweep_every(
                 session_state.clone(),
                 lease.nodes().clone(),
@@ -432,6 +442,7 @@ struct Settings {
     message_retention: Duration,
     message_retention_bytes: i64,
     session_sweep: Duration,
+    inbox_trim: Duration,
 }
 
 /// The streams and buckets a node opened, and the tasks that follow them.

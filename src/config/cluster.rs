@@ -75,6 +75,9 @@ pub struct ClusterConfig {
     /// time): a copy whose session expired offline is deleted, and one left connected by
     /// a node that died starts its expiry. Default 60; 1..=86_400.
     pub session_sweep_secs: u64,
+    /// How often the inbox logs are trimmed to `im.inbox_max_age_secs` (by one node at a
+    /// time; each log keeps its numbering). Default 3_600; 1..=86_400.
+    pub inbox_trim_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -96,6 +99,7 @@ impl Default for ClusterConfig {
             message_retention_secs: 86_400,
             message_retention_bytes: 1 << 30,
             session_sweep_secs: 60,
+            inbox_trim_secs: 3_600,
         }
     }
 }
@@ -135,6 +139,7 @@ impl ClusterConfig {
             1,
             86_400,
         )?;
+        check_range("cluster.inbox_trim_secs", self.inbox_trim_secs, 1, 86_400)?;
         check_range(
             "cluster.message_retention_bytes",
             self.message_retention_bytes,

@@ -427,6 +427,10 @@ fn cluster_is_off_by_default_and_a_nats_node_needs_a_name_and_servers() {
     assert_eq!(invalid_key("[cluster]\nreplicas = 0\n"), "cluster.replicas");
     assert_eq!(invalid_key("[cluster]\nshards = 2000\n"), "cluster.shards");
     assert_eq!(
+        invalid_key("[cluster]\ninbox_trim_secs = 0\n"),
+        "cluster.inbox_trim_secs"
+    );
+    assert_eq!(
         invalid_key("[cluster]\ntoken = \"t\"\nuser = \"u\"\n"),
         "cluster.credentials_file"
     );
