@@ -304,10 +304,13 @@ async fn an_expired_session_is_not_resumed_elsewhere() {
 /// Messages published on the node a session resumes on, while it is being resumed there,
 /// all reach it once, in order: the ones the read of the cluster's stream had, and the
 /// ones after. Those published there while the session was being made are both in the
-/// read and held as live copies: the node tells them apart by its appends' ids.
+/// read and held as live copies: the node tells them apart by its appends' ids. Those
+/// routed just before it was made, their appends still in flight, are in the read: it
+/// waits for them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_published_during_a_resume_arrive_once() {
-    const MESSAGES: u64 = 300;
+    const MESSAGES: u64 = 400;
+    const BURST: u64 = 8;
     let nats = NatsServer::start().await;
     let (a, b) = (nats.node("a").await, nats.node("b").await);
     let (mut phone, _) = open_persistent(a.addr, "bob-phone", "bob").await;
@@ -327,15 +330,28 @@ async fn messages_published_during_a_resume_arrive_once() {
         )
         .await;
         let mut started_tx = Some(started_tx);
-        for n in 1..=MESSAGES {
-            news_on(
-                &mut client,
-                "feed/x",
-                (n % 60_000 + 1) as u16,
-                &n.to_string(),
-            )
-            .await;
-            if n == 50 {
+        // In bursts, so that several appends are in flight whenever the session is made.
+        for first in (1..=MESSAGES).step_by(BURST as usize) {
+            let last = (first + BURST - 1).min(MESSAGES);
+            for n in first..=last {
+                client
+                    .send(Packet::Publish(publish_packet(
+                        "feed/x",
+                        QoS::AtLeastOnce,
+                        (n % 60_000 + 1) as u16,
+                        bytes::Bytes::from(n.to_string()),
+                    )))
+                    .await;
+            }
+            for _ in first..=last {
+                match client.recv().await {
+                    Some(Packet::PubAck(ack)) => {
+                        assert_eq!(ack.reason, ReasonCode::Success, "{} kept", ack.packet_id)
+                    }
+                    other => panic!("expected PUBACKs, got {other:?}"),
+                }
+            }
+            if last >= 50 {
                 if let Some(tx) = started_tx.take() {
                     let _ = tx.send(());
                 }

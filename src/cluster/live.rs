@@ -82,6 +82,8 @@ pub(super) async fn forward(
                 let _ = kept
                     .done
                     .send(result.map_err(|what| StorageError::Elsewhere { what }));
+                // Over: a session adopted here may now read the stream's end.
+                drop(kept.under_way);
             });
             continue;
         }

@@ -21,6 +21,10 @@ use crate::router::{Covered, Cursors, SessionChange};
 /// waited on to take effect in NATS, before the CONNECT goes on without.
 const STEP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a resume waits for this node's appends to the message stream made before it
+/// (they are retried for `cluster.append_timeout_ms`, 10 s by default).
+const APPENDS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What the CONNECT asks of its session.
 pub(super) struct Resume<'a> {
     pub(super) client_id: &'a ArcStr,
@@ -92,10 +96,10 @@ pub(super) async fn prepare(
     let resumed = attached(found.record.born, false, cursors);
     let held_elsewhere = found.record.node != states.node();
     let session = found.record.session;
-    if !ctx.router.adopt(session.clone(), held_elsewhere).await? {
+    let Some(appends_before) = ctx.router.adopt(session.clone(), held_elsewhere).await? else {
         states.change(resumed);
         return Ok(Ok(()));
-    }
+    };
     tracing::info!(%client_id, %user, from = %found.record.node, ?cursors, "session resumed from the cluster's copy");
     // What the logs publish from here on reaches the session; what they held before is
     // read below.
@@ -104,6 +108,13 @@ pub(super) async fn prepare(
         .is_err()
     {
         tracing::warn!(%client_id, "subscriptions not in effect in time; messages may arrive late");
+    }
+    // A message routed here before the adoption is not held for the session: it must be
+    // in the stream when the read below looks at the stream's end.
+    if !appends_before.over(APPENDS_TIMEOUT).await {
+        tracing::warn!(%client_id, "CONNECT refused: this node's appends before the resume did not end in time");
+        ctx.router.abandon(client_id).await?;
+        return Ok(Err(ReasonCode::ServerUnavailable));
     }
     let (missed, covered) = match missed(ctx, states, user, &session, cursors).await {
         Ok(read) => read,

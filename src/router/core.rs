@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 use tern_storage::{Op, StorageError, Store};
 use tokio::time::Instant;
 
+use super::append_progress::{AppendGuard, AppendProgress};
 use super::broadcast::FanOut;
 use super::index::{ClientIndex, UserIndex};
 use super::retained::RetainedTree;
@@ -83,6 +84,8 @@ pub(crate) struct Forwarded {
     /// The append's id is made of it, so that a session adopted here can tell its held
     /// local copy from the same message read back from the stream.
     pub(crate) append: Option<u64>,
+    /// The append under way until dropped (see `append_progress`).
+    pub(crate) under_way: Option<AppendGuard>,
 }
 
 /// The one owner of who is subscribed to what, of the retained messages, of every
@@ -124,6 +127,8 @@ pub(crate) struct Router {
     pub(super) contacts: HashSet<u64, rustc_hash::FxBuildHasher>,
     /// The number of the next kept message handed to the cluster ([`Forwarded::append`]).
     pub(super) next_append: u64,
+    /// Which of those appends are under way.
+    pub(super) appends: Arc<AppendProgress>,
     /// While a kept message published here is delivered: its number, kept by the
     /// sessions that hold their deliveries back. `None` otherwise.
     pub(super) routing_append: Option<u64>,
@@ -176,6 +181,7 @@ impl Router {
                 .then(|| Presence::new(Duration::from_millis(im.presence_offline_delay_ms))),
             contacts: HashSet::default(),
             next_append: 0,
+            appends: Arc::default(),
             routing_append: None,
             limits,
             subscriptions: SubscriptionTree::new(),

@@ -23,6 +23,8 @@
 //! `$SYS` publisher's messages ([`sys`]) are retained in memory only.
 
 mod adopt;
+mod append_progress;
+use append_progress::AppendProgress;
 mod broadcast;
 mod chat;
 mod core;
@@ -109,6 +111,21 @@ enum Fence {
     Ignored,
 }
 
+/// This node's appends to the cluster's message stream numbered before an adoption (see
+/// `append_progress`).
+pub(crate) struct AppendsBefore {
+    next_append: u64,
+    appends: Arc<AppendProgress>,
+}
+
+impl AppendsBefore {
+    /// Waits until they are all over (kept, or refused to their publishers); `false` if
+    /// that took longer than `within`.
+    pub(crate) async fn over(&self, within: std::time::Duration) -> bool {
+        self.appends.over_before(self.next_append, within).await
+    }
+}
+
 impl RouterHandle {
     /// Starts the timer task for a loaded router; with `peers`, one node of a cluster.
     pub(crate) fn start(
@@ -187,15 +204,24 @@ impl RouterHandle {
         };
         let (answer, mut durable, forward) = self.carry_out(fence, place, writes, handler)?;
         if let Some(peers) = &self.shared.peers {
-            for Forwarded { message, append } in forward {
+            for Forwarded {
+                message,
+                append,
+                under_way,
+            } in forward
+            {
                 // A kept (QoS > 0) message is acknowledged once the cluster keeps it too.
-                let kept = match append {
-                    Some(append) => {
+                let kept = match (append, under_way) {
+                    (Some(append), Some(under_way)) => {
                         let (done, stored) = tokio::sync::oneshot::channel();
                         durable = durable.and(Durable::waiting(stored));
-                        Some(Kept { append, done })
+                        Some(Kept {
+                            append,
+                            done,
+                            under_way,
+                        })
                     }
-                    None => None,
+                    _ => None,
                 };
                 // The link ends only with the broker; a message it can no longer take
                 // is one the other nodes would not have received either.
@@ -528,19 +554,25 @@ impl RouterHandle {
         .await
     }
 
-    /// Makes the cluster's copy of a persistent session this node's (see `adopt.rs`);
-    /// whether it did.
+    /// Makes the cluster's copy of a persistent session this node's (see `adopt.rs`).
+    /// If it did, the number the router's next append to the cluster's message stream
+    /// gets: what was routed before the adoption is in the appends before it.
     pub(crate) async fn adopt(
         &self,
         session: tern_storage::StoredSession,
         replace: bool,
-    ) -> Result<bool, RouterGone> {
+    ) -> Result<Option<AppendsBefore>, RouterGone> {
         let (adopted, _) = self
             .execute(Writes::Detached, |router, out| {
-                router.adopt(session, replace, out)
+                router
+                    .adopt(session, replace, out)
+                    .then(|| (router.next_append, router.appends.clone()))
             })
             .await?;
-        Ok(adopted)
+        Ok(adopted.map(|(next_append, appends)| AppendsBefore {
+            next_append,
+            appends,
+        }))
     }
 
     /// Drops this node's offline copy of a session that resumed on another node (see

@@ -224,6 +224,9 @@ pub(crate) struct Kept {
     pub(crate) append: u64,
     /// Told once the stream keeps it (replicated), or why it could not.
     pub(crate) done: oneshot::Sender<Result<(), StorageError>>,
+    /// Dropped once the append is over (see `append_progress`): kept with the append
+    /// until then.
+    pub(crate) under_way: super::append_progress::AppendGuard,
 }
 
 /// A chat message for the cluster's inbox logs: each recipient's log numbers and keeps

@@ -136,6 +136,7 @@ impl Router {
         out.forward.push(Forwarded {
             message: message.clone(),
             append,
+            under_way: append.map(|number| self.appends.start(number)),
         });
         append
     }
