@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use time::OffsetDateTime;
 
 use super::inbox::{header_u64, read_last, InboxStreams, COUNT, SEQ, USER};
-use super::lease::Nodes;
+use super::lease::Turns;
 use super::subject;
 use crate::router::NodeLease;
 
@@ -40,32 +40,16 @@ pub(super) struct Trimmed {
     pub(super) emptied: usize,
 }
 
-/// Trims every `every` while this node holds its lease and is the first live node.
+/// Trims on each of this node's turns (see [`Turns`]), every `every`.
 pub(super) async fn trim_every(
     streams: InboxStreams,
-    nodes: Nodes,
-    node: String,
+    mut turns: Turns,
     lease: std::sync::Arc<NodeLease>,
     every: Duration,
     max_age: Duration,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is now: the cluster was just joined, give the leases a round first.
-    tick.tick().await;
     loop {
-        tick.tick().await;
-        if !lease.holds() {
-            continue;
-        }
-        match nodes.first_live(&node).await {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                tracing::debug!("inbox trim skipped: the leases could not be read: {e}");
-                continue;
-            }
-        }
+        turns.next().await;
         // A pass that hangs (NATS unreachable mid-read) gives way to the next one.
         let pass = tokio::time::timeout(every.max(PASS_TIMEOUT), trim(&streams, &lease, max_age));
         match pass.await {

@@ -70,16 +70,62 @@ impl Nodes {
         Ok(live)
     }
 
-    /// Whether `node` is the live node with the smallest id: the one that does the
-    /// cluster's chores (sweeps, trims) at a time.
-    pub(super) async fn first_live(&self, node: &str) -> Result<bool, async_nats::Error> {
-        let live = self.live().await?;
-        Ok(live.iter().min().is_none_or(|first| first == node))
-    }
-
     /// How long the cluster keeps a lease that is not renewed.
     pub(super) fn ttl(&self) -> Duration {
         self.ttl
+    }
+}
+
+/// The turns of one of the cluster's chores (sweeps, trims): every `every`, done by one
+/// node at a time, the live node with the smallest id (each node decides for itself from
+/// the leases; two doing it at once during a change only repeat each other's work).
+pub(super) struct Turns {
+    chore: &'static str,
+    nodes: Nodes,
+    node: String,
+    lease: Arc<NodeLease>,
+    tick: tokio::time::Interval,
+}
+
+impl Turns {
+    pub(super) fn new(
+        chore: &'static str,
+        nodes: Nodes,
+        node: String,
+        lease: Arc<NodeLease>,
+        every: Duration,
+    ) -> Turns {
+        // Not now: the cluster was just joined, the leases get a round first.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Turns {
+            chore,
+            nodes,
+            node,
+            lease,
+            tick,
+        }
+    }
+
+    /// Waits for this node's next turn; the live nodes then.
+    pub(super) async fn next(&mut self) -> Vec<String> {
+        loop {
+            self.tick.tick().await;
+            if !self.lease.holds() {
+                continue;
+            }
+            let live = match self.nodes.live().await {
+                Ok(live) => live,
+                Err(e) => {
+                    let chore = self.chore;
+                    tracing::debug!("{chore} skipped: the leases could not be read: {e}");
+                    continue;
+                }
+            };
+            if live.iter().min().is_none_or(|first| *first == self.node) {
+                return live;
+            }
+        }
     }
 }
 

@@ -357,6 +357,15 @@ impl Link {
         let lookups = lookup::subscribe(&client).await?;
         let revision = lease.acquire().await;
         let broadcast_subscriber = client.subscribe(subject::BROADCASTS).await?;
+        let turns = |chore, every| {
+            lease::Turns::new(
+                chore,
+                lease.nodes().clone(),
+                node_id.clone(),
+                lease.view.clone(),
+                every,
+            )
+        };
         let mut tasks = vec![
             follow_retained,
             follow_directory,
@@ -392,18 +401,14 @@ impl Link {
             tokio::spawn(session_state::forget_moved(moved, router.clone())),
             tokio::spawn(inbox_trim::trim_every(
                 inbox_streams.clone(),
-                lease.nodes().clone(),
-                node_id.clone(),
+                turns("inbox trim", settings.inbox_trim),
                 lease.view.clone(),
                 settings.inbox_trim,
                 Duration::from_secs(im.inbox_max_age_secs),
             )),
             tokio::spawn(session_sweep::sweep_every(
                 session_state.clone(),
-                lease.nodes().clone(),
-                node_id.clone(),
-                lease.view.clone(),
-                settings.session_sweep,
+                turns("session sweep", settings.session_sweep),
             )),
             tokio::spawn(session_state::write(
                 session_state,

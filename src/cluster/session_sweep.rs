@@ -15,16 +15,13 @@
 //! Each change is conditional on the revision the sweep read, so a session taken up
 //! meanwhile (resumed, or a new one of the client id) is left as its new holder wrote it.
 
-use std::time::Duration;
-
 use async_nats::jetstream::{consumer, kv};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::lease::Nodes;
+use super::lease::Turns;
 use super::session_state::{cursor_key_of, Record, BUCKET, RECORD_PREFIX};
 use crate::protocol::now_ms;
-use crate::router::NodeLease;
 
 /// What one sweep did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -35,33 +32,10 @@ pub(super) struct Swept {
     pub(super) ended: usize,
 }
 
-/// Sweeps every `every` while this node holds its lease and is the sweeping node.
-pub(super) async fn sweep_every(
-    kv: kv::Store,
-    nodes: Nodes,
-    node: String,
-    lease: std::sync::Arc<NodeLease>,
-    every: Duration,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is now: the cluster was just joined, give the leases a round first.
-    tick.tick().await;
+/// Sweeps on each of this node's turns (see [`Turns`]).
+pub(super) async fn sweep_every(kv: kv::Store, mut turns: Turns) {
     loop {
-        tick.tick().await;
-        if !lease.holds() {
-            continue;
-        }
-        let live = match nodes.live().await {
-            Ok(live) => live,
-            Err(e) => {
-                tracing::debug!("session sweep skipped: the leases could not be read: {e}");
-                continue;
-            }
-        };
-        if live.iter().min().is_some_and(|first| *first != node) {
-            continue;
-        }
+        let live = turns.next().await;
         match sweep(&kv, &live, now_ms()).await {
             Ok(swept) if swept != Swept::default() => {
                 tracing::info!(
