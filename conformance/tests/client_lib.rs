@@ -187,7 +187,9 @@ async fn a_restarted_app_resumes_from_its_cursor_file() {
             .await
             .expect("send");
     }
-    for _ in 0..2 {
+    // Every DM of alice's so far is stored: the 3 before, then these 2 (her events were
+    // not read yet, so the first 3 Sent come first).
+    for _ in 0..5 {
         until(&mut alice_events, "sent", |e| {
             matches!(
                 e,
