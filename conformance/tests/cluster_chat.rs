@@ -303,6 +303,24 @@ async fn pipelined_dms_share_appends_and_arrive_numbered_in_order() {
         "{appends} appends for {} entries",
         2 * DMS
     );
+    // The node counts them so (probes included).
+    let metrics = n1.metrics().await;
+    let counted = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in the metrics"))
+    };
+    let (appends, entries) = (
+        counted("tern_cluster_inbox_appends_total"),
+        counted("tern_cluster_inbox_entries_total"),
+    );
+    assert!(
+        entries >= 2 * u64::from(DMS) && appends < entries,
+        "{appends} appends counted for {entries} entries"
+    );
 
     sync_request(&mut bob, &(first_seq - 1).to_string()).await;
     for (seq, i) in (first_seq..).zip(1..=DMS) {

@@ -42,6 +42,7 @@ use super::{subject, ATTEMPT_TIMEOUT};
 use crate::config::ImConfig;
 use crate::im::inbox::for_recipient;
 use crate::im::sync::LogEntry;
+use crate::metrics::Metrics;
 use crate::protocol::Message;
 use crate::router::{InboxAppend, NodeLease, RouterHandle};
 
@@ -349,6 +350,7 @@ pub(super) async fn append(
     streams: InboxStreams,
     mut requests: mpsc::Receiver<InboxAppend>,
     lease: Arc<NodeLease>,
+    metrics: Option<Arc<Metrics>>,
 ) {
     let mut logs: HashMap<String, UserLog> = HashMap::new();
     let mut running = FuturesUnordered::new();
@@ -379,7 +381,10 @@ pub(super) async fn append(
                 remembered = remembered.saturating_sub(log.counted);
                 log.counted = 0;
                 match result {
-                    Ok(known) => {
+                    Ok((known, appended)) => {
+                        if let (Some(metrics), true) = (&metrics, appended > 0) {
+                            metrics.inbox_appended(appended as u64);
+                        }
                         log.counted = known.recent.len();
                         remembered += log.counted;
                         log.known = Some(known);
@@ -419,11 +424,11 @@ pub(super) async fn append(
 }
 
 /// An append done: its user, its entries, and what the node knows of the log after it
-/// or why it failed.
+/// with how many entries it appended (the others were there already), or why it failed.
 struct Appended {
     user: String,
     entries: Vec<Entry>,
-    result: Result<Known, String>,
+    result: Result<(Known, usize), String>,
 }
 
 type Appending = std::pin::Pin<Box<dyn std::future::Future<Output = Appended> + Send>>;
@@ -532,13 +537,13 @@ fn message_id(from: &str, msgid: &str, user: &str) -> String {
 
 /// Appends what of `entries` the log does not hold yet, in one message, after the log's
 /// last message as `known` (read from the stream when unknown or stale); retried for
-/// `retry_for`. What the node knows of the log after it.
+/// `retry_for`. What the node knows of the log after it, and how many entries went in.
 async fn append_chunk(
     target: &Target<'_>,
     entries: &[Entry],
     known: Option<Known>,
     retry_for: Duration,
-) -> Result<Known, String> {
+) -> Result<(Known, usize), String> {
     let Target {
         jetstream,
         lease,
@@ -551,6 +556,7 @@ async fn append_chunk(
     let mut backoff = super::Backoff::for_appends();
     let mut known = known;
     let mut stale = known.is_none();
+    let mut appended = 0;
     loop {
         if stale {
             let read = tokio::time::timeout(ATTEMPT_TIMEOUT, refresh(target, &mut known))
@@ -615,6 +621,7 @@ async fn append_chunk(
         };
         match acked {
             Ok(ack) => {
+                appended = fresh.len();
                 log.last = Last {
                     next_seq: log.last.next_seq + fresh.len() as u64,
                     stream_seq: ack.sequence,
@@ -634,7 +641,7 @@ async fn append_chunk(
             }
         }
     }
-    Ok(known.unwrap_or_default())
+    Ok((known.unwrap_or_default(), appended))
 }
 
 /// Where one user's entries go.

@@ -394,6 +394,7 @@ impl Link {
                 inbox_streams.clone(),
                 inbox,
                 lease.view.clone(),
+                router.metrics().ok(),
             )),
             tokio::spawn(lease::keep(lease.clone(), revision, router.clone())),
             tokio::spawn(registry.clone().answer_takeovers(takeovers, router.clone())),

@@ -5,12 +5,13 @@
 //! - `$SYS/broker/...` topics ([`sys`]), published by the router every few seconds.
 //!
 //! Every series is named `tern_...`, one file per family: [`connections`], [`traffic`],
-//! [`delivery`], [`storage`], `webhook` and [`router`] (what the router reports it holds), with the
+//! [`delivery`], [`storage`], `webhook`, `cluster` and [`router`] (what the router reports it holds), with the
 //! label values in [`labels`]. Updating is cheap: a counter or gauge is one relaxed atomic
 //! add (the label sets are fixed enums, resolved to their counter once at start, so no map
 //! lookup happens on the way), and the latency histograms are atomics too (see
 //! [`histogram`]).
 
+mod cluster;
 mod connections;
 mod delivery;
 pub(crate) mod histogram;
@@ -51,6 +52,7 @@ pub(crate) struct Metrics {
     storage: storage::StorageTimes,
     router: router::RouterGauges,
     webhook: webhook::WebhookCounters,
+    cluster: cluster::ClusterCounters,
     uptime: Gauge,
 }
 
@@ -82,6 +84,7 @@ impl Metrics {
         let storage = storage::StorageTimes::register(r);
         let router = router::RouterGauges::register(r);
         let webhook = webhook::WebhookCounters::register(r);
+        let cluster = cluster::ClusterCounters::register(r);
         let uptime = Gauge::default();
         r.register_with_unit(
             "uptime",
@@ -103,6 +106,7 @@ impl Metrics {
             storage,
             router,
             webhook,
+            cluster,
             uptime,
         }
     }

@@ -315,6 +315,11 @@ impl RouterHandle {
             .is_some_and(|peers| !peers.lease.holds())
     }
 
+    /// The broker's metrics, for the parts that count outside the router.
+    pub(crate) fn metrics(&self) -> Result<Arc<crate::metrics::Metrics>, RouterGone> {
+        self.inspect(|router| router.metrics().clone())
+    }
+
     /// Runs a handler that only reads.
     fn inspect<T>(&self, read: impl FnOnce(&Router) -> T) -> Result<T, RouterGone> {
         let router = self.lock();
