@@ -73,7 +73,7 @@ pub(super) async fn forward(
                 let _ = kept.done.send(Ok(()));
                 continue;
             };
-            let appended = kept_log.append(subject, record, kept.append).await;
+            let appended = kept_log.append(subject, record, kept.append.number()).await;
             appends.push(async move {
                 let result = appended.await;
                 if let Err(what) = &result {
@@ -83,7 +83,7 @@ pub(super) async fn forward(
                     .done
                     .send(result.map_err(|what| StorageError::Elsewhere { what }));
                 // Over: a session adopted here may now read the stream's end.
-                drop(kept.under_way);
+                drop(kept.append);
             });
             continue;
         }

@@ -63,6 +63,13 @@ pub(crate) struct AppendGuard {
     number: u64,
 }
 
+impl AppendGuard {
+    /// The append's number.
+    pub(crate) fn number(&self) -> u64 {
+        self.number
+    }
+}
+
 impl Drop for AppendGuard {
     fn drop(&mut self) {
         self.progress.under_way.send_modify(|under_way| {

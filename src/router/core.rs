@@ -82,10 +82,9 @@ pub(crate) struct Forwarded {
     /// For a kept message (QoS > 0, not a broadcast), appended to the cluster's message
     /// stream: its number among this node's appends since it started, in routing order.
     /// The append's id is made of it, so that a session adopted here can tell its held
-    /// local copy from the same message read back from the stream.
-    pub(crate) append: Option<u64>,
-    /// The append under way until dropped (see `append_progress`).
-    pub(crate) under_way: Option<AppendGuard>,
+    /// local copy from the same message read back from the stream. Under way until
+    /// dropped (see `append_progress`).
+    pub(crate) append: Option<AppendGuard>,
 }
 
 /// The one owner of who is subscribed to what, of the retained messages, of every

@@ -204,24 +204,15 @@ impl RouterHandle {
         };
         let (answer, mut durable, forward) = self.carry_out(fence, place, writes, handler)?;
         if let Some(peers) = &self.shared.peers {
-            for Forwarded {
-                message,
-                append,
-                under_way,
-            } in forward
-            {
+            for Forwarded { message, append } in forward {
                 // A kept (QoS > 0) message is acknowledged once the cluster keeps it too.
-                let kept = match (append, under_way) {
-                    (Some(append), Some(under_way)) => {
+                let kept = match append {
+                    Some(append) => {
                         let (done, stored) = tokio::sync::oneshot::channel();
                         durable = durable.and(Durable::waiting(stored));
-                        Some(Kept {
-                            append,
-                            done,
-                            under_way,
-                        })
+                        Some(Kept { append, done })
                     }
-                    _ => None,
+                    None => None,
                 };
                 // The link ends only with the broker; a message it can no longer take
                 // is one the other nodes would not have received either.

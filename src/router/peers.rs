@@ -220,13 +220,11 @@ pub(crate) struct Forward {
 
 /// How a kept message is appended to the cluster's message stream.
 pub(crate) struct Kept {
-    /// Its number among this node's appends (see `core::Forwarded::append`).
-    pub(crate) append: u64,
+    /// Its number among this node's appends (see `core::Forwarded::append`), under way
+    /// until dropped: kept with the append until it is over.
+    pub(crate) append: super::append_progress::AppendGuard,
     /// Told once the stream keeps it (replicated), or why it could not.
     pub(crate) done: oneshot::Sender<Result<(), StorageError>>,
-    /// Dropped once the append is over (see `append_progress`): kept with the append
-    /// until then.
-    pub(crate) under_way: super::append_progress::AppendGuard,
 }
 
 /// A chat message for the cluster's inbox logs: each recipient's log numbers and keeps

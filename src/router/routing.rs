@@ -131,14 +131,14 @@ impl Router {
         let kept = message.qos != QoS::AtMostOnce && !is_broadcast(&message.topic);
         let append = kept.then(|| {
             self.next_append += 1;
-            self.next_append - 1
+            self.appends.start(self.next_append - 1)
         });
+        let number = append.as_ref().map(|append| append.number());
         out.forward.push(Forwarded {
             message: message.clone(),
             append,
-            under_way: append.map(|number| self.appends.start(number)),
         });
-        append
+        number
     }
 
     /// A retained message as the cluster's retained stream has it (see

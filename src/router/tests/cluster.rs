@@ -215,7 +215,7 @@ async fn plain_messages_and_broadcasts_are_forwarded_chat_and_sys_are_not() {
         // A plain QoS 1 message is acknowledged once the cluster keeps it.
         assert_eq!(forward.kept.is_some(), kept, "{topic}");
         if let Some(kept) = forward.kept {
-            assert_eq!(kept.append, 0, "the node's first append");
+            assert_eq!(kept.append.number(), 0, "the node's first append");
             kept.done.send(Ok(())).expect("waited on");
         }
         durable.await.expect("durable");
@@ -231,7 +231,8 @@ async fn plain_messages_and_broadcasts_are_forwarded_chat_and_sys_are_not() {
         .expect("router");
     let kept = forwarded.try_recv().expect("forwarded").kept.expect("kept");
     assert_eq!(
-        kept.append, 1,
+        kept.append.number(),
+        1,
         "numbered in routing order, broadcasts not counted"
     );
     kept.done
