@@ -230,11 +230,11 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// The last message of a user's log as a node knows it: what the next append is
 /// conditional on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Last {
+pub(super) struct Last {
     /// The seq the next entry gets (0 for an empty log).
-    next_seq: u64,
+    pub(super) next_seq: u64,
     /// The stream sequence of the last message (0: none).
-    stream_seq: u64,
+    pub(super) stream_seq: u64,
 }
 
 /// The first entry's seq and the entries of an inbox log message.
@@ -254,18 +254,38 @@ fn chunk_of(
     }
 }
 
-/// Reads the last message of `subject` (from the stream's leader).
+/// Reads the last message of `subject` (from the stream's leader), and what the next
+/// append to the log is conditional on.
 pub(super) async fn read_last(
     stream: &stream::Stream,
     subject: &str,
-) -> Result<Option<jetstream::message::StreamMessage>, ReadError> {
-    match stream.get_last_raw_message_by_subject(subject).await {
-        Ok(message) => Ok(Some(message)),
-        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(source) => Err(ReadError::Last {
-            subject: subject.to_string(),
-            source,
-        }),
+) -> Result<Option<(jetstream::message::StreamMessage, Last)>, ReadError> {
+    let message = match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => message,
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(source) => {
+            return Err(ReadError::Last {
+                subject: subject.to_string(),
+                source,
+            })
+        }
+    };
+    let last = last_of(&message).ok_or_else(|| ReadError::Malformed {
+        subject: subject.to_string(),
+        what: format!("no {SEQ} or {COUNT}"),
+    })?;
+    Ok(Some((message, last)))
+}
+
+/// Publishes `publish` on `subject` and waits for the stream to keep it.
+pub(super) async fn publish_acked(
+    jetstream: &jetstream::Context,
+    subject: &str,
+    publish: jetstream::message::PublishMessage,
+) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+    match jetstream.send_publish(subject.to_string(), publish).await {
+        Ok(ack) => ack.await,
+        Err(e) => Err(e),
     }
 }
 
@@ -606,12 +626,7 @@ async fn append_chunk(
             .header(SEQ, log.last.next_seq.to_string().as_str())
             .header(COUNT, fresh.len().to_string().as_str())
             .header(USER, user);
-        let attempt = async {
-            match jetstream.send_publish(subject.to_string(), publish).await {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            }
-        };
+        let attempt = publish_acked(jetstream, subject, publish);
         let Ok(acked) = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await else {
             // Perhaps stored after all: the next attempt reads the log first (and is
             // refused if it was, being conditional on the same last message).
@@ -668,14 +683,10 @@ async fn refresh(target: &Target<'_>, known: &mut Option<Known>) -> Result<(), R
         hasher,
         ..
     } = *target;
-    let Some(message) = read_last(stream, subject).await? else {
+    let Some((message, last)) = read_last(stream, subject).await? else {
         *known = Some(Known::default());
         return Ok(());
     };
-    let last = last_of(&message).ok_or_else(|| ReadError::Malformed {
-        subject: subject.to_string(),
-        what: format!("no {SEQ} or {COUNT}"),
-    })?;
     let since = OffsetDateTime::now_utc() - dedupe.window;
     let log = match known.take() {
         // Trimmed or purged below what this node knew: start over.
@@ -735,20 +746,20 @@ impl Window<'_> {
         };
         let client = self.jetstream.client();
         let api = subject::direct_get(&self.stream.cached_info().config.name);
-        let mut request = match from {
-            From::Time(since) => {
-                let since = since
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .map_err(|e| failed(e.into()))?;
-                serde_json::json!({ "start_time": since, "next_by_subj": subject, "batch": WINDOW_BATCH })
-            }
-            From::Seq(seq) => {
-                serde_json::json!({ "seq": seq, "next_by_subj": subject, "batch": WINDOW_BATCH })
-            }
-        };
         let now = unix_ms();
+        let mut from = from;
         let mut read_through = 0u64;
         loop {
+            let mut request = serde_json::json!({ "next_by_subj": subject, "batch": WINDOW_BATCH });
+            match from {
+                From::Time(since) => {
+                    let since = since
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .map_err(|e| failed(e.into()))?;
+                    request["start_time"] = since.into();
+                }
+                From::Seq(seq) => request["seq"] = seq.into(),
+            }
             let inbox = client.new_inbox();
             let mut replies = client
                 .subscribe(inbox.clone())
@@ -792,11 +803,7 @@ impl Window<'_> {
                     last: through,
                 });
             }
-            request = serde_json::json!({
-                "seq": read_through + 1,
-                "next_by_subj": subject,
-                "batch": WINDOW_BATCH,
-            });
+            from = From::Seq(read_through + 1);
         }
     }
 }
@@ -898,12 +905,10 @@ async fn read(
         subject: subject.to_string(),
         what,
     };
-    let last = match read_last(stream, subject).await? {
-        Some(message) => {
-            last_of(&message).ok_or_else(|| malformed(format!("no {SEQ} or {COUNT}")))?
-        }
-        None => Last::default(),
-    };
+    let last = read_last(stream, subject)
+        .await?
+        .map(|(_, last)| last)
+        .unwrap_or_default();
     let next = last.next_seq;
     let mut entries = Vec::new();
     if from >= next || limit == 0 {

@@ -20,7 +20,7 @@ use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
 use futures_util::StreamExt;
 use time::OffsetDateTime;
 
-use super::inbox::{header_u64, read_last, InboxStreams, COUNT, SEQ, USER};
+use super::inbox::{header_u64, publish_acked, read_last, InboxStreams, COUNT, SEQ, USER};
 use super::lease::Turns;
 use super::subject;
 use crate::router::NodeLease;
@@ -182,21 +182,17 @@ async fn trim_log(
     log: &str,
     young: u64,
 ) -> Result<Option<bool>, async_nats::Error> {
-    let Some(last) = read_last(stream, log).await? else {
+    let Some((message, last)) = read_last(stream, log).await? else {
         return Ok(None);
     };
-    if last.sequence >= young {
+    if last.stream_seq >= young {
         stream.purge().filter(log).sequence(young).await?;
         return Ok(Some(false));
     }
-    let headers = &last.headers;
+    let headers = &message.headers;
     let marker = if header_u64(headers, COUNT) == Some(0) {
-        last.sequence
+        last.stream_seq
     } else {
-        let next_seq = header_u64(headers, SEQ)
-            .zip(header_u64(headers, COUNT))
-            .map(|(first, count)| first.saturating_add(count))
-            .ok_or("the log's last message has no Tern-Seq or Tern-Count")?;
         let user = headers
             .get(USER)
             .map(|v| v.as_str().to_string())
@@ -205,15 +201,11 @@ async fn trim_log(
             return Ok(None);
         }
         let publish = jetstream::message::PublishMessage::build()
-            .expected_last_subject_sequence(last.sequence)
-            .header(SEQ, next_seq.to_string().as_str())
+            .expected_last_subject_sequence(last.stream_seq)
+            .header(SEQ, last.next_seq.to_string().as_str())
             .header(COUNT, "0")
             .header(USER, user.as_str());
-        let ack = match jetstream.send_publish(log.to_string(), publish).await {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
-        match ack {
+        match publish_acked(jetstream, log, publish).await {
             Ok(ack) => ack.sequence,
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => return Ok(None),
             Err(e) => return Err(e.into()),
