@@ -311,12 +311,7 @@ async fn an_expired_session_is_not_resumed_elsewhere() {
 async fn messages_published_during_a_resume_arrive_once() {
     const MESSAGES: u64 = 400;
     const BURST: u64 = 8;
-    let nats = NatsServer::start().await;
-    let (a, b) = (nats.node("a").await, nats.node("b").await);
-    let (mut phone, _) = open_persistent(a.addr, "bob-phone", "bob").await;
-    subscribe_all(&mut phone, &["feed/#"]).await;
-    record_on(&nats, "bob-phone", "a").await;
-    phone.disconnect().await;
+    let (_nats, _a, b) = offline_on_a("feed/#").await;
 
     let (started_tx, started) = tokio::sync::oneshot::channel();
     let b_addr = b.addr;
@@ -440,6 +435,24 @@ async fn a_dead_nodes_connected_session_expires_from_the_cluster() {
     .await;
 }
 
+/// A NATS server with nodes A and B, and bob-phone's persistent session left offline on
+/// A (in the cluster's copy) subscribed to `filter`.
+async fn offline_on_a(
+    filter: &str,
+) -> (
+    NatsServer,
+    tern_conformance::Broker,
+    tern_conformance::Broker,
+) {
+    let nats = NatsServer::start().await;
+    let (a, b) = (nats.node("a").await, nats.node("b").await);
+    let (mut phone, _) = open_persistent(a.addr, "bob-phone", "bob").await;
+    subscribe_all(&mut phone, &[filter]).await;
+    record_on(&nats, "bob-phone", "a").await;
+    phone.disconnect().await;
+    (nats, a, b)
+}
+
 /// The client ids of the sessions `node` holds itself (admin API, local list).
 async fn local_sessions(node: &tern_conformance::Broker) -> Vec<String> {
     let (status, list) = tern_conformance::http(
@@ -462,12 +475,7 @@ async fn local_sessions(node: &tern_conformance::Broker) -> Vec<String> {
 /// again (from the cluster's copy, with what it missed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_drops_its_copy_of_a_session_that_resumed_elsewhere() {
-    let nats = NatsServer::start().await;
-    let (a, b) = (nats.node("a").await, nats.node("b").await);
-    let (mut phone, _) = open_persistent(a.addr, "bob-phone", "bob").await;
-    subscribe_all(&mut phone, &["news/#"]).await;
-    record_on(&nats, "bob-phone", "a").await;
-    phone.disconnect().await;
+    let (nats, a, b) = offline_on_a("news/#").await;
     assert!(local_sessions(&a).await.contains(&"bob-phone".to_string()));
 
     let (phone, present) = open_persistent(b.addr, "bob-phone", "bob").await;
