@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::HeaderMap;
@@ -43,7 +43,7 @@ use crate::config::ImConfig;
 use crate::im::inbox::for_recipient;
 use crate::im::sync::LogEntry;
 use crate::metrics::Metrics;
-use crate::protocol::Message;
+use crate::protocol::{now_ms, Message};
 use crate::router::{InboxAppend, NodeLease, RouterHandle};
 
 /// Header with the seq of the message's first entry in its user's log.
@@ -301,12 +301,6 @@ fn last_of(message: &jetstream::message::StreamMessage) -> Option<Last> {
 
 pub(super) fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name).and_then(|v| v.as_str().parse().ok())
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// One recipient's entry waiting to be appended.
@@ -595,7 +589,7 @@ async fn append_chunk(
             stale = true;
             continue;
         };
-        let now = unix_ms();
+        let now = now_ms();
         let window = u64::try_from(dedupe.window.as_millis()).unwrap_or(u64::MAX);
         log.recent.expire(now.saturating_sub(window));
         // A resend of what the log holds (or of an entry before it here) is done already.
@@ -746,7 +740,7 @@ impl Window<'_> {
         };
         let client = self.jetstream.client();
         let api = subject::direct_get(&self.stream.cached_info().config.name);
-        let now = unix_ms();
+        let now = now_ms();
         let mut from = from;
         let mut read_through = 0u64;
         loop {
