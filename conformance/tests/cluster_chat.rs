@@ -321,6 +321,15 @@ async fn pipelined_dms_share_appends_and_arrive_numbered_in_order() {
         entries >= 2 * u64::from(DMS) && appends < entries,
         "{appends} appends counted for {entries} entries"
     );
+    // Each append's time to its acknowledgement, once.
+    assert_eq!(counted("tern_cluster_inbox_append_seconds_count"), appends);
+    let seconds = metrics
+        .lines()
+        .find(|line| line.starts_with("tern_cluster_inbox_append_seconds_sum"))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse::<f64>().ok())
+        .expect("the appends' time in the metrics");
+    assert!(seconds > 0.0, "appends took {seconds} s");
 
     sync_request(&mut bob, &(first_seq - 1).to_string()).await;
     for (seq, i) in (first_seq..).zip(1..=DMS) {
@@ -328,6 +337,71 @@ async fn pipelined_dms_share_appends_and_arrive_numbered_in_order() {
         assert_eq!(
             next(&mut bob, &text).await,
             row("inbox/bob/dm/alice", &text, "alice", seq)
+        );
+    }
+}
+
+/// `cluster.append_linger_us`: after an append to a log, the log's next entries wait for
+/// more to join them, so DMs sent right after a PUBACK share one append per log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_that_follow_an_append_wait_and_share_the_next() {
+    const FOLLOWING: u16 = 8;
+    let nats = NatsServer::start().await;
+    let url = nats.url();
+    let n1 = tern_conformance::Broker::start_with(|c| {
+        tern_conformance::nats::join(c, "n1", &url);
+        // Long enough for the DMs below to come in, however busy the machine.
+        c.cluster.append_linger_us = 100_000;
+    })
+    .await;
+    let mut alice = device(&n1, "alice", "alice-phone").await;
+    let inbox_messages = || async {
+        let mut total = 0;
+        for shard in 0..8 {
+            total += nats.stream_messages(&format!("TERN_INBOX_{shard}")).await;
+        }
+        total
+    };
+    let before = inbox_messages().await;
+    assert_eq!(
+        publish(&mut alice, 1, "dm/bob", "first", &[("msgid", "first")]).await,
+        ReasonCode::Success
+    );
+    // Sent at once after the first one's PUBACK: without the wait, the first of them
+    // would go alone and the rest in a third append per log.
+    for i in 1..=FOLLOWING {
+        let mut p = tern_conformance::publish_packet(
+            "dm/bob",
+            QoS::AtLeastOnce,
+            i,
+            bytes::Bytes::from(format!("dm{i}")),
+        );
+        p.properties.user_properties = vec![("msgid".into(), format!("following-{i}").into())];
+        alice.send(tern_codec::Packet::Publish(p)).await;
+    }
+    for _ in 1..=FOLLOWING {
+        match alice.recv().await {
+            Some(tern_codec::Packet::PubAck(ack)) => {
+                assert_eq!(ack.reason, ReasonCode::Success, "DM {}", ack.packet_id)
+            }
+            other => panic!("expected PUBACKs, got {other:?}"),
+        }
+    }
+    // Alice's sent log and bob's log: the first DM's append, then one for the rest.
+    assert_eq!(inbox_messages().await - before, 4);
+
+    let mut bob = device(&n1, "bob", "bob-phone").await;
+    subscribe_all(&mut bob, &["inbox/bob/#"]).await;
+    sync_request(&mut bob, "").await;
+    assert_eq!(
+        next(&mut bob, "first").await,
+        row("inbox/bob/dm/alice", "first", "alice", 0)
+    );
+    for i in 1..=FOLLOWING {
+        let text = format!("dm{i}");
+        assert_eq!(
+            next(&mut bob, &text).await,
+            row("inbox/bob/dm/alice", &text, "alice", u64::from(i))
         );
     }
 }

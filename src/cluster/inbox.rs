@@ -11,7 +11,8 @@
 //! append is refused, the node reads the log again and retries. So two nodes never hand
 //! out the same seq, and seqs have no gap. While one append of a user is in flight the
 //! user's next entries queue, and go in the next append together: a replicated write per
-//! burst, not per entry. A resend, on any node, within the dedupe window, of an entry the
+//! burst, not per entry (and the next append waits `cluster.append_linger_us` after one,
+//! so that a busy user's bursts grow). A resend, on any node, within the dedupe window, of an entry the
 //! log holds is dropped ([`inbox_dedupe`](super::inbox_dedupe)). A chat message is
 //! acknowledged once every recipient's append is (replicated, on a majority of the NATS
 //! servers).
@@ -138,6 +139,8 @@ pub(crate) struct InboxStreams {
     /// How long an append is retried (leader elections, a lost reply) before the message
     /// is refused to its publisher (`cluster.append_timeout_ms`).
     retry_for: Duration,
+    /// How long a log's next append waits after one (`cluster.append_linger_us`).
+    linger: Duration,
     dedupe: Dedupe,
     hasher: IdHasher,
 }
@@ -145,13 +148,15 @@ pub(crate) struct InboxStreams {
 impl InboxStreams {
     /// Opens (or creates) the `shards` streams with `replicas`; the log of a user keeps
     /// at least its last `im.inbox_max_messages` entries, and resends are recognised for
-    /// `im.dedup_window_secs`. An append is retried for `retry_for`.
+    /// `im.dedup_window_secs`. An append is retried for `retry_for`; a log's next append
+    /// waits `linger` after one.
     pub(crate) async fn open(
         jetstream: &jetstream::Context,
         shards: u32,
         replicas: usize,
         im: &ImConfig,
         retry_for: Duration,
+        linger: Duration,
     ) -> Result<InboxStreams, InboxError> {
         let mut streams = Vec::new();
         for shard in 0..shards {
@@ -191,6 +196,7 @@ impl InboxStreams {
             jetstream: jetstream.clone(),
             streams: streams.into(),
             retry_for,
+            linger,
             dedupe: Dedupe {
                 window: Duration::from_secs(im.dedup_window_secs),
                 max_ids: im.dedup_window_entries.max(1),
@@ -351,6 +357,7 @@ struct UserLog {
     /// The ids of this log counted in the appender's total.
     counted: usize,
     queue: VecDeque<Entry>,
+    /// An append is in flight, or the log waits out the linger after one.
     busy: bool,
 }
 
@@ -368,6 +375,8 @@ pub(super) async fn append(
 ) {
     let mut logs: HashMap<String, UserLog> = HashMap::new();
     let mut running = FuturesUnordered::new();
+    // Logs waiting `linger` after an append, before their next.
+    let mut lingering = FuturesUnordered::new();
     let mut queued = 0usize;
     // Dedupe ids held over all logs (bounded by `dedupe.max_ids`).
     let mut remembered = 0usize;
@@ -395,9 +404,9 @@ pub(super) async fn append(
                 remembered = remembered.saturating_sub(log.counted);
                 log.counted = 0;
                 match result {
-                    Ok((known, appended)) => {
+                    Ok(Done { known, appended, took }) => {
                         if let (Some(metrics), true) = (&metrics, appended > 0) {
-                            metrics.inbox_appended(appended as u64);
+                            metrics.inbox_appended(appended as u64, took);
                         }
                         log.counted = known.recent.len();
                         remembered += log.counted;
@@ -429,6 +438,24 @@ pub(super) async fn append(
                     log.counted = known.recent.len();
                     remembered += log.counted;
                 }
+                // Entries that come meanwhile join the next append, which stays `busy`
+                // until then.
+                if !streams.linger.is_zero() && log.queue.len() < MAX_CHUNK_ENTRIES {
+                    log.busy = true;
+                    let linger = streams.linger;
+                    lingering.push(async move {
+                        tokio::time::sleep(linger).await;
+                        user
+                    });
+                    continue;
+                }
+                if let Some(next) = start(&streams, &lease, &user, log) {
+                    running.push(next);
+                }
+            }
+            Some(user) = lingering.next(), if !lingering.is_empty() => {
+                let Some(log) = logs.get_mut(&user) else { continue };
+                log.busy = false;
                 if let Some(next) = start(&streams, &lease, &user, log) {
                     running.push(next);
                 }
@@ -437,12 +464,21 @@ pub(super) async fn append(
     }
 }
 
-/// An append done: its user, its entries, and what the node knows of the log after it
-/// with how many entries it appended (the others were there already), or why it failed.
+/// An append done: its user, its entries, and what came of it, or why it failed.
 struct Appended {
     user: String,
     entries: Vec<Entry>,
-    result: Result<(Known, usize), String>,
+    result: Result<Done, String>,
+}
+
+/// What a successful append left.
+struct Done {
+    /// What the node knows of the log after it.
+    known: Known,
+    /// Entries it appended (the others were there already).
+    appended: usize,
+    /// From the publish to its acknowledgement, for the attempt that was kept.
+    took: Duration,
 }
 
 type Appending = std::pin::Pin<Box<dyn std::future::Future<Output = Appended> + Send>>;
@@ -551,13 +587,13 @@ fn message_id(from: &str, msgid: &str, user: &str) -> String {
 
 /// Appends what of `entries` the log does not hold yet, in one message, after the log's
 /// last message as `known` (read from the stream when unknown or stale); retried for
-/// `retry_for`. What the node knows of the log after it, and how many entries went in.
+/// `retry_for`.
 async fn append_chunk(
     target: &Target<'_>,
     entries: &[Entry],
     known: Option<Known>,
     retry_for: Duration,
-) -> Result<(Known, usize), String> {
+) -> Result<Done, String> {
     let Target {
         jetstream,
         lease,
@@ -571,6 +607,7 @@ async fn append_chunk(
     let mut known = known;
     let mut stale = known.is_none();
     let mut appended = 0;
+    let mut took = Duration::ZERO;
     loop {
         if stale {
             let read = tokio::time::timeout(ATTEMPT_TIMEOUT, refresh(target, &mut known))
@@ -620,6 +657,7 @@ async fn append_chunk(
             .header(SEQ, log.last.next_seq.to_string().as_str())
             .header(COUNT, fresh.len().to_string().as_str())
             .header(USER, user);
+        let sent = Instant::now();
         let attempt = publish_acked(jetstream, subject, publish);
         let Ok(acked) = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await else {
             // Perhaps stored after all: the next attempt reads the log first (and is
@@ -630,6 +668,7 @@ async fn append_chunk(
         };
         match acked {
             Ok(ack) => {
+                took = sent.elapsed();
                 appended = fresh.len();
                 log.last = Last {
                     next_seq: log.last.next_seq + fresh.len() as u64,
@@ -650,7 +689,11 @@ async fn append_chunk(
             }
         }
     }
-    Ok((known.unwrap_or_default(), appended))
+    Ok(Done {
+        known: known.unwrap_or_default(),
+        appended,
+        took,
+    })
 }
 
 /// Where one user's entries go.

@@ -270,6 +270,7 @@ impl Link {
                     shards: config.shards,
                     node_ttl: Duration::from_millis(config.node_ttl_ms),
                     append_timeout: Duration::from_millis(config.append_timeout_ms),
+                    append_linger: Duration::from_micros(config.append_linger_us),
                     message_retention: Duration::from_secs(config.message_retention_secs),
                     message_retention_bytes: i64::try_from(config.message_retention_bytes)
                         .unwrap_or(i64::MAX),
@@ -445,6 +446,7 @@ struct Settings {
     shards: u32,
     node_ttl: Duration,
     append_timeout: Duration,
+    append_linger: Duration,
     message_retention: Duration,
     message_retention_bytes: i64,
     session_sweep: Duration,
@@ -494,6 +496,7 @@ async fn open_state(
         replicas,
         im,
         settings.append_timeout,
+        settings.append_linger,
     )
     .await?;
     let message_log = MessageLog::open(

@@ -64,6 +64,12 @@ pub struct ClusterConfig {
     /// 100..=600_000. Also how long a QoS > 0 plain message's append to the cluster's
     /// message stream is retried before its publisher's acknowledgement fails the same way.
     pub append_timeout_ms: u64,
+    /// After an append to a user's inbox log, how long the next one waits for more of the
+    /// user's entries to join it, unless a full append's worth is waiting. A message to a
+    /// log with no append just made is appended at once; a busy user's entries go in fewer,
+    /// larger appends, which leaves the engine more to spare. 0: no wait. Default 2_000;
+    /// 0..=100_000.
+    pub append_linger_us: u64,
     /// How long the cluster keeps QoS > 0 plain messages (stream `TERN_MESSAGES`) for the
     /// persistent sessions that resume on another node than the one they were on: a session
     /// offline longer misses the older ones. Default 86_400; 60..=31_536_000.
@@ -96,6 +102,7 @@ impl Default for ClusterConfig {
             client_capacity: 8_192,
             node_ttl_ms: 10_000,
             append_timeout_ms: 10_000,
+            append_linger_us: 2_000,
             message_retention_secs: 86_400,
             message_retention_bytes: 1 << 30,
             session_sweep_secs: 60,
@@ -126,6 +133,12 @@ impl ClusterConfig {
             self.append_timeout_ms,
             100,
             600_000,
+        )?;
+        check_range(
+            "cluster.append_linger_us",
+            self.append_linger_us,
+            0,
+            100_000,
         )?;
         check_range(
             "cluster.message_retention_secs",

@@ -1,15 +1,20 @@
-//! A cluster node's appends to the inbox logs: messages appended, and the entries they
-//! carried (the ratio says how well a busy user's entries share appends).
+//! A cluster node's appends to the inbox logs: messages appended, the entries they
+//! carried (the ratio says how well a busy user's entries share appends), and how long
+//! the engine took to acknowledge each.
+
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
+use super::histogram::{self, LatencyHistogram};
 use super::{add, counter, Metrics};
 
 #[derive(Debug)]
 pub(super) struct ClusterCounters {
     inbox_appends: Counter,
     inbox_entries: Counter,
+    inbox_append_time: LatencyHistogram,
 }
 
 impl ClusterCounters {
@@ -27,14 +32,26 @@ impl ClusterCounters {
                 "Inbox entries those messages carried",
                 None,
             ),
+            inbox_append_time: {
+                let h = LatencyHistogram::new(histogram::DELIVERY_BOUNDS_US);
+                r.register_with_unit(
+                    "cluster_inbox_append",
+                    "From an inbox append's publish to the engine's acknowledgement (replicated)",
+                    Unit::Seconds,
+                    h.clone(),
+                );
+                h
+            },
         }
     }
 }
 
 impl Metrics {
-    /// One message of `entries` entries appended to an inbox log.
-    pub(crate) fn inbox_appended(&self, entries: u64) {
+    /// One message of `entries` entries appended to an inbox log, acknowledged `took`
+    /// after its publish.
+    pub(crate) fn inbox_appended(&self, entries: u64, took: Duration) {
         self.cluster.inbox_appends.inc();
         add(&self.cluster.inbox_entries, entries);
+        self.cluster.inbox_append_time.observe(took);
     }
 }
