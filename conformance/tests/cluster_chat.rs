@@ -416,6 +416,8 @@ async fn entries_older_than_the_max_age_leave_the_logs_and_numbering_goes_on() {
     let n1 = tern_conformance::Broker::start_with(|c| {
         tern_conformance::nats::join(c, "n1", &url);
         c.im.inbox_max_age_secs = 1;
+        // The logs keep entries for the dedupe window at least.
+        c.im.dedup_window_secs = 1;
         c.cluster.inbox_trim_secs = 1;
     })
     .await;

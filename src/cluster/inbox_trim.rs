@@ -1,4 +1,5 @@
-//! Applies `im.inbox_max_age_secs` to the cluster's inbox logs. A stream's own `max_age`
+//! Applies `im.inbox_max_age_secs` to the cluster's inbox logs (never below
+//! `im.dedup_window_secs`: resends are recognised by the ids in the logs). A stream's own `max_age`
 //! cannot: it would also delete an idle log's last message, and with it the seq the log's
 //! next entry gets (a log that looks empty starts again at 0).
 //!

@@ -406,7 +406,9 @@ impl Link {
                 turns("inbox trim", settings.inbox_trim),
                 lease.view.clone(),
                 settings.inbox_trim,
-                Duration::from_secs(im.inbox_max_age_secs),
+                // The appenders recognise resends by the ids the logs hold: an entry stays
+                // for the dedupe window, whatever the age.
+                Duration::from_secs(im.inbox_max_age_secs.max(im.dedup_window_secs)),
             )),
             tokio::spawn(session_sweep::sweep_every(
                 session_state.clone(),

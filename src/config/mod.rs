@@ -532,7 +532,8 @@ pub struct ImConfig {
     /// Inbox log entries kept per user; older ones are trimmed. Default 10_000; at least 1.
     pub inbox_max_messages: u64,
     /// Age after which chat messages are deleted from the inbox logs (and from offline
-    /// queues that still refer to them). Default 30 days; at least 60.
+    /// queues that still refer to them). Default 30 days; at least 60. In a cluster, an
+    /// entry stays at least `dedup_window_secs` (its id is how a resend is recognised).
     pub inbox_max_age_secs: u64,
     /// How long a (sender, msgid) pair is remembered to drop resends. Default 600; 0 = off.
     pub dedup_window_secs: u64,
