@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tern_codec::{ByteString, Packet, Protocol, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -50,6 +51,8 @@ pub struct Cluster {
     pub nats_mqtt: Vec<SocketAddr>,
     /// The NATS servers' monitoring ports.
     monitors: Vec<u16>,
+    /// The tern nodes' admin ports (`GET /metrics`).
+    admin: Vec<u16>,
     nats_processes: Vec<Process>,
     node_processes: Vec<Process>,
     _dir: PathBuf,
@@ -125,8 +128,10 @@ impl Cluster {
             .collect();
         let mut nodes = Vec::new();
         let mut node_processes = Vec::new();
+        let mut admin = Vec::new();
         for i in 1..=2 {
             let port = free_port()?;
+            let admin_port = free_port()?;
             let config = dir.join(format!("tern-{i}.toml"));
             let urls: Vec<String> = nats_urls.iter().map(|u| format!("\"{u}\"")).collect();
             std::fs::write(
@@ -134,7 +139,7 @@ impl Cluster {
                 format!(
                     "data_dir = \"{}\"\nallow_anonymous = true\n\
                      [listeners.tcp]\nlisten = \"127.0.0.1:{port}\"\n\
-                     [admin]\nenabled = false\n[log]\nlevel = \"warn\"\n\
+                     [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[log]\nlevel = \"warn\"\n\
                      [cluster]\nengine = \"nats\"\nnode_id = \"node-{i}\"\n\
                      nats_urls = [{}]\nshards = {shards}\nnode_ttl_ms = {node_ttl_ms}\n",
                     dir.join(format!("tern-{i}")).display(),
@@ -155,12 +160,14 @@ impl Cluster {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             until_listening(addr).await?;
             nodes.push(addr);
+            admin.push(admin_port);
         }
         Ok(Cluster {
             nats_urls,
             nodes,
             nats_mqtt,
             monitors: ports.iter().map(|p| p.2).collect(),
+            admin,
             nats_processes: processes,
             node_processes,
             _dir: dir.to_path_buf(),
@@ -205,6 +212,26 @@ impl Cluster {
             }
         }
         None
+    }
+}
+
+impl Cluster {
+    /// The value of the counter `name` in node `i`'s (0-based) `/metrics`, summed over
+    /// its label sets.
+    pub async fn node_counter(&self, i: usize, name: &str) -> Result<f64> {
+        let port = self
+            .admin
+            .get(i)
+            .ok_or_else(|| Error::new(format!("no node {i}")))?;
+        let text = http_get(*port, "/metrics").await?;
+        Ok(text
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
     }
 }
 
@@ -288,6 +315,11 @@ pub struct Measured {
     pub delivered: Option<f64>,
     /// Publish to delivery (DMs only).
     pub end_to_end: Option<LatencySummary>,
+    /// Inbox entries per JetStream message the sending node appended (tern DMs only).
+    pub entries_per_append: Option<f64>,
+    /// The sending node's mean time from an append's publish to its acknowledgement, in
+    /// microseconds (tern DMs only).
+    pub append_us: Option<f64>,
 }
 
 /// What the pairs of a run send: chat DMs (`dm/r{i}` into `inbox/r{i}/#`, logged in as
@@ -468,14 +500,17 @@ pub async fn run_pairs(
         ack: summary(&ack_latency),
         delivered: Some(delivered.load(Ordering::Relaxed) as f64 / window_secs),
         end_to_end: summary(&e2e_latency),
+        entries_per_append: None,
+        append_us: None,
     })
 }
 
 /// The engine alone: `logs` logs, each one append in flight at a time, every append
 /// conditional on the log's last sequence and carrying `entries` entries of `payload`
 /// bytes (plus the 32 bytes tern adds to each: role, dedupe id, lengths), as tern's
-/// appender makes them (into the streams tern made: `shards` of them). The rate counts
-/// entries.
+/// appender makes them (into the streams tern made: `shards` of them). Every other log
+/// is a recipient's: a second connection takes its deliveries, as the recipients' node
+/// does. The rate counts entries appended; `delivered`, entries delivered.
 pub async fn engine(
     nats_urls: &[String],
     shards: u32,
@@ -501,6 +536,45 @@ pub async fn engine(
     let latency = Arc::new(Mutex::new(Latencies::default()));
     let body = Bytes::from(vec![b'x'; entries * (payload + 32)]);
     let mut tasks = Vec::new();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let receiver = async_nats::connect(
+        nats_urls
+            .iter()
+            .rev()
+            .filter_map(|u| u.parse().ok())
+            .collect::<Vec<async_nats::ServerAddr>>(),
+    )
+    .await
+    .map_err(|e| Error::new(format!("cannot connect to NATS: {e}")))?;
+    for i in (1..logs).step_by(2) {
+        let mut deliveries = receiver
+            .subscribe(format!("tern.deliver.engine-bench-{i}"))
+            .await
+            .map_err(|e| Error::new(format!("cannot subscribe in NATS: {e}")))?;
+        let (measuring, stop, delivered) = (measuring.clone(), stop.clone(), delivered.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(Some(message)) =
+                    tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await
+                else {
+                    continue;
+                };
+                if measuring.load(Ordering::Relaxed) {
+                    let count = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Tern-Count"))
+                        .and_then(|v| v.as_str().parse().ok())
+                        .unwrap_or(0);
+                    delivered.fetch_add(count, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    receiver
+        .flush()
+        .await
+        .map_err(|e| Error::new(format!("NATS: {e}")))?;
     for i in 0..logs {
         let subject = format!("tern.inbox.{}.engine-bench-{i}", i as u32 % shards.max(1));
         let (js, measuring, stop, acked, latency, body) = (
@@ -563,7 +637,9 @@ pub async fn engine(
     Ok(Measured {
         rate: acked.load(Ordering::Relaxed) as f64 / window_secs,
         ack: latency.lock().ok().and_then(|l| l.summary()),
-        delivered: None,
+        delivered: Some(delivered.load(Ordering::Relaxed) as f64 / window_secs),
         end_to_end: None,
+        entries_per_append: None,
+        append_us: None,
     })
 }

@@ -57,6 +57,10 @@ struct Args {
     /// Skip the rounds: the failover run only (the report has only it).
     #[arg(long)]
     failover_only: bool,
+    /// Only this run of each round (0: tern DMs, 1: engine appends, 2-5: plain pairs),
+    /// printed and not written to the report: for trying a change.
+    #[arg(long)]
+    only: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -105,12 +109,18 @@ async fn run(args: &Args) -> tern_bench::Result<()> {
         // The runs in turn, the first one rotating from round to round.
         for k in 0..RUNS.len() {
             let which = (round + k) % RUNS.len();
+            if args.only.is_some_and(|only| only != which) {
+                continue;
+            }
             let m = measure(&cluster, args, which, warmup, duration).await?;
             println!("round {round}: {} {}", RUNS[which], line(&m));
             results[which].push(m);
         }
         drop(cluster);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+    if args.only.is_some() {
+        return Ok(());
     }
     let (tern_runs, engine_runs) = (&results[0], &results[1]);
     let mut report = report(args, tern_runs, engine_runs);
@@ -179,7 +189,8 @@ async fn measure(
         4 => (plain(true), cluster.nodes[0], cluster.nodes[1]),
         _ => (plain(true), cluster.nats_mqtt[0], cluster.nats_mqtt[1]),
     };
-    cluster::run_pairs(
+    let before = append_counters(cluster).await?;
+    let mut measured = cluster::run_pairs(
         shape,
         from,
         to,
@@ -189,7 +200,39 @@ async fn measure(
         warmup,
         duration,
     )
-    .await
+    .await?;
+    if shape == Shape::Dms {
+        let after = append_counters(cluster).await?;
+        let appends = after.appends - before.appends;
+        if appends > 0.0 {
+            measured.entries_per_append = Some((after.entries - before.entries) / appends);
+            measured.append_us = Some((after.seconds - before.seconds) / appends * 1e6);
+        }
+    }
+    Ok(measured)
+}
+
+/// Node 1's inbox appends so far.
+struct AppendCounters {
+    appends: f64,
+    /// The entries they carried.
+    entries: f64,
+    /// The time they took, from publish to acknowledgement.
+    seconds: f64,
+}
+
+async fn append_counters(cluster: &Cluster) -> tern_bench::Result<AppendCounters> {
+    Ok(AppendCounters {
+        appends: cluster
+            .node_counter(0, "tern_cluster_inbox_appends_total")
+            .await?,
+        entries: cluster
+            .node_counter(0, "tern_cluster_inbox_entries_total")
+            .await?,
+        seconds: cluster
+            .node_counter(0, "tern_cluster_inbox_append_seconds_sum")
+            .await?,
+    })
 }
 
 /// tern's plain QoS 1 pairs across nodes against NATS's own MQTT support.
@@ -298,6 +341,12 @@ fn line(m: &Measured) -> String {
     if let Some(e) = m.end_to_end {
         let _ = write!(out, " e2e p50 {} µs p99 {} µs", e.p50_us, e.p99_us);
     }
+    if let Some(ratio) = m.entries_per_append {
+        let _ = write!(out, ", {ratio:.1} entries per append");
+    }
+    if let Some(us) = m.append_us {
+        let _ = write!(out, " acknowledged in {us:.0} µs on average");
+    }
     out
 }
 
@@ -376,18 +425,43 @@ fn report(args: &Args, tern: &[Measured], engine: &[Measured]) -> String {
     );
     let _ = writeln!(
         out,
-        "| delivered DMs/s, end-to-end p50 / p99 (µs) | {} ({} / {}) | |",
+        "| delivered DMs/s, end-to-end p50 / p99 (µs) | {} ({} / {}) | {} |",
         median(tern.iter().filter_map(|m| m.delivered).collect())
             .map_or("-".into(), |r| format!("{r:.0}")),
         latency_median(tern, |m| m.end_to_end, false),
-        latency_median(tern, |m| m.end_to_end, true)
+        latency_median(tern, |m| m.end_to_end, true),
+        median(engine.iter().filter_map(|m| m.delivered).collect())
+            .map_or("-".into(), |r| format!("{r:.0}"))
+    );
+    let optional = |values: Vec<f64>, digits: usize| {
+        median(values).map_or("-".into(), |v| format!("{v:.digits$}"))
+    };
+    let _ = writeln!(
+        out,
+        "| entries per append | {} | {} |",
+        optional(
+            tern.iter().filter_map(|m| m.entries_per_append).collect(),
+            1
+        ),
+        args.window
+    );
+    let _ = writeln!(
+        out,
+        "| append acknowledged in (µs; tern: mean, engine: p50) | {} | {} |",
+        optional(tern.iter().filter_map(|m| m.append_us).collect(), 0),
+        latency_median(engine, |m| m.ack, false)
     );
     let _ = writeln!(
         out,
         "\nAppends to one log go one at a time (each is conditional on the one before), and \
-         carry what queued for the log meanwhile: the engine alone appends `--window` entries \
-         at a time (the most that can queue in this shape), its latency is one append's; a \
-         DM's PUBACK in tern waits for the append in flight, then its own."
+         carry what queued for the log meanwhile (tern: and what came within \
+         `cluster.append_linger_us`, 2 ms, after the one before): the engine alone appends \
+         `--window` entries at a time (the most that can queue in this shape), and a second \
+         connection takes the recipients' logs' deliveries (entries delivered/s), as the \
+         recipients' node does; its latency is one append's. A DM's PUBACK in tern waits for \
+         the append in flight, then its own. tern's entries per append and append times are \
+         node 1's `tern_cluster_inbox_entries_total`, `tern_cluster_inbox_appends_total` and \
+         `tern_cluster_inbox_append_seconds` over the run."
     );
     if let (Some(t), Some(e)) = (tern_rate, engine_dms) {
         let _ = writeln!(
