@@ -466,3 +466,54 @@ async fn entries_older_than_the_max_age_leave_the_logs_and_numbering_goes_on() {
         row("inbox/bob/dm/alice", "four", "alice", 3)
     );
 }
+
+/// In a cluster a resend is recognised by the ids the logs hold, so the trim keeps an
+/// entry younger than `im.dedup_window_secs` however short `im.inbox_max_age_secs` is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trim_keeps_entries_a_resend_could_repeat() {
+    let nats = NatsServer::start().await;
+    let url = nats.url();
+    let n1 = tern_conformance::Broker::start_with(|c| {
+        tern_conformance::nats::join(c, "n1", &url);
+        c.im.inbox_max_age_secs = 1;
+        c.im.dedup_window_secs = 600;
+        c.cluster.inbox_trim_secs = 1;
+    })
+    .await;
+    let passes = || async {
+        n1.metrics()
+            .await
+            .lines()
+            .find(|line| line.starts_with("tern_cluster_inbox_trim_passes_total"))
+            .and_then(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut alice = device(&n1, "alice", "alice-phone").await;
+    assert_eq!(
+        publish(&mut alice, 1, "dm/bob", "once", &[("msgid", "m-1")]).await,
+        ReasonCode::Success
+    );
+    // Passes that began once the entry was older than the age (a pass a second).
+    let after = passes().await;
+    tern_conformance::eventually("three more trim passes", || async {
+        passes().await >= after + 3
+    })
+    .await;
+    assert_eq!(
+        publish(&mut alice, 2, "dm/bob", "once", &[("msgid", "m-1")]).await,
+        ReasonCode::Success
+    );
+    let mut bob = device(&n1, "bob", "bob-phone").await;
+    subscribe_all(&mut bob, &["inbox/bob/#"]).await;
+    sync_request(&mut bob, "").await;
+    assert_eq!(
+        next(&mut bob, "once").await,
+        row("inbox/bob/dm/alice", "once", "alice", 0)
+    );
+    let end = bob.expect_publish("the end marker").await;
+    assert_eq!(&*end.topic, "inbox/bob/sync");
+    assert_eq!(
+        &end.payload[..],
+        br#"{"after":null,"last":0,"next":1,"more":false}"#
+    );
+}

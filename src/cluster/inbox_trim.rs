@@ -48,18 +48,25 @@ pub(super) async fn trim_every(
     lease: std::sync::Arc<NodeLease>,
     every: Duration,
     max_age: Duration,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 ) {
     loop {
         turns.next().await;
         // A pass that hangs (NATS unreachable mid-read) gives way to the next one.
         let pass = tokio::time::timeout(every.max(PASS_TIMEOUT), trim(&streams, &lease, max_age));
         match pass.await {
-            Ok(Ok(trimmed)) if trimmed != Trimmed::default() => tracing::info!(
-                logs = trimmed.logs,
-                emptied = trimmed.emptied,
-                "inbox logs trimmed to im.inbox_max_age_secs"
-            ),
-            Ok(Ok(_)) => {}
+            Ok(Ok(trimmed)) => {
+                if let Some(metrics) = &metrics {
+                    metrics.inbox_trim_pass(trimmed.logs as u64);
+                }
+                if trimmed != Trimmed::default() {
+                    tracing::info!(
+                        logs = trimmed.logs,
+                        emptied = trimmed.emptied,
+                        "inbox logs trimmed to im.inbox_max_age_secs"
+                    );
+                }
+            }
             Ok(Err(e)) => tracing::warn!("inbox trim stopped: {e}"),
             Err(_) => tracing::warn!(
                 "inbox trim stopped: no end within {:?}",

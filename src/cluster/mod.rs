@@ -409,6 +409,7 @@ impl Link {
                 // The appenders recognise resends by the ids the logs hold: an entry stays
                 // for the dedupe window, whatever the age.
                 Duration::from_secs(im.inbox_max_age_secs.max(im.dedup_window_secs)),
+                router.metrics().ok(),
             )),
             tokio::spawn(session_sweep::sweep_every(
                 session_state.clone(),

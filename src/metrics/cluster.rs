@@ -1,6 +1,6 @@
 //! A cluster node's appends to the inbox logs: messages appended, the entries they
 //! carried (the ratio says how well a busy user's entries share appends), and how long
-//! the engine took to acknowledge each.
+//! the engine took to acknowledge each; and the passes of the inbox trim it made.
 
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ pub(super) struct ClusterCounters {
     inbox_appends: Counter,
     inbox_entries: Counter,
     inbox_append_time: LatencyHistogram,
+    inbox_trim_passes: Counter,
+    inbox_trimmed_logs: Counter,
 }
 
 impl ClusterCounters {
@@ -42,6 +44,18 @@ impl ClusterCounters {
                 );
                 h
             },
+            inbox_trim_passes: counter(
+                r,
+                "cluster_inbox_trim_passes",
+                "Passes of the inbox trim (im.inbox_max_age_secs) this node finished",
+                None,
+            ),
+            inbox_trimmed_logs: counter(
+                r,
+                "cluster_inbox_trimmed_logs",
+                "Inbox logs those passes trimmed",
+                None,
+            ),
         }
     }
 }
@@ -53,5 +67,11 @@ impl Metrics {
         self.cluster.inbox_appends.inc();
         add(&self.cluster.inbox_entries, entries);
         self.cluster.inbox_append_time.observe(took);
+    }
+
+    /// A pass of the inbox trim finished, having trimmed `logs` logs.
+    pub(crate) fn inbox_trim_pass(&self, logs: u64) {
+        self.cluster.inbox_trim_passes.inc();
+        add(&self.cluster.inbox_trimmed_logs, logs);
     }
 }
