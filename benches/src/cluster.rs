@@ -67,16 +67,18 @@ impl Cluster {
         dir: &Path,
         shards: u32,
     ) -> Result<Cluster> {
-        Cluster::start_with_ttl(nats_server, tern, dir, shards, 10_000).await
+        Cluster::start_with_ttl(nats_server, tern, dir, shards, 10_000, "").await
     }
 
-    /// [`Cluster::start`] with the nodes' `cluster.node_ttl_ms`.
+    /// [`Cluster::start`] with the nodes' `cluster.node_ttl_ms`, and `more` (TOML lines)
+    /// in their `[cluster]` table.
     pub async fn start_with_ttl(
         nats_server: &Path,
         tern: &Path,
         dir: &Path,
         shards: u32,
         node_ttl_ms: u64,
+        more: &str,
     ) -> Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         let mut processes = Vec::new();
@@ -141,7 +143,7 @@ impl Cluster {
                      [listeners.tcp]\nlisten = \"127.0.0.1:{port}\"\n\
                      [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[log]\nlevel = \"warn\"\n\
                      [cluster]\nengine = \"nats\"\nnode_id = \"node-{i}\"\n\
-                     nats_urls = [{}]\nshards = {shards}\nnode_ttl_ms = {node_ttl_ms}\n",
+                     nats_urls = [{}]\nshards = {shards}\nnode_ttl_ms = {node_ttl_ms}\n{more}\n",
                     dir.join(format!("tern-{i}")).display(),
                     urls.join(", ")
                 ),

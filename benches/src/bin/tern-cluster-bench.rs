@@ -61,6 +61,9 @@ struct Args {
     /// printed and not written to the report: for trying a change.
     #[arg(long)]
     only: Option<usize>,
+    /// More of the nodes' `[cluster]` table (TOML lines, e.g. `append_linger_us = 0`).
+    #[arg(long, default_value = "")]
+    node_cluster: String,
 }
 
 fn main() -> ExitCode {
@@ -105,7 +108,9 @@ async fn run(args: &Args) -> tern_bench::Result<()> {
     for round in 0..rounds {
         let dir =
             std::env::temp_dir().join(format!("tern-cluster-bench-{}-{round}", std::process::id()));
-        let cluster = Cluster::start(&nats, &tern, &dir, args.shards).await?;
+        let cluster =
+            Cluster::start_with_ttl(&nats, &tern, &dir, args.shards, 10_000, &args.node_cluster)
+                .await?;
         // The runs in turn, the first one rotating from round to round.
         for k in 0..RUNS.len() {
             let which = (round + k) % RUNS.len();
@@ -132,9 +137,15 @@ async fn run(args: &Args) -> tern_bench::Result<()> {
             "tern-cluster-bench-{}-failover",
             std::process::id()
         ));
-        let mut cluster =
-            Cluster::start_with_ttl(&nats, &tern, &dir, args.shards, args.failover_node_ttl_ms)
-                .await?;
+        let mut cluster = Cluster::start_with_ttl(
+            &nats,
+            &tern,
+            &dir,
+            args.shards,
+            args.failover_node_ttl_ms,
+            &args.node_cluster,
+        )
+        .await?;
         let leader = failover::leader_kill(&mut cluster, args.pairs).await?;
         println!("failover: {leader:?}");
         let node = failover::node_kill(&mut cluster, args.failover_devices).await?;
