@@ -258,11 +258,7 @@ async fn pipelined_dms_share_appends_and_arrive_numbered_in_order() {
     let mut received = Received::new();
     until_delivered(&mut alice, &mut bob, &mut received).await;
     let first_seq = received.last().expect("the probe").2 + 1;
-    let inbox_streams = (0..8).map(|shard| format!("TERN_INBOX_{shard}"));
-    let mut messages_before = 0;
-    for name in inbox_streams.clone() {
-        messages_before += nats.stream_messages(&name).await;
-    }
+    let messages_before = inbox_messages(&nats).await;
 
     for i in 1..=DMS {
         let mut p = tern_conformance::publish_packet(
@@ -293,11 +289,7 @@ async fn pipelined_dms_share_appends_and_arrive_numbered_in_order() {
     }
 
     // Two entries per DM (bob's log, alice's sent log), in fewer messages.
-    let mut messages_after = 0;
-    for name in inbox_streams {
-        messages_after += nats.stream_messages(&name).await;
-    }
-    let appends = messages_after - messages_before;
+    let appends = inbox_messages(&nats).await - messages_before;
     assert!(
         appends < 2 * u64::from(DMS),
         "{appends} appends for {} entries",
@@ -355,14 +347,7 @@ async fn entries_that_follow_an_append_wait_and_share_the_next() {
     })
     .await;
     let mut alice = device(&n1, "alice", "alice-phone").await;
-    let inbox_messages = || async {
-        let mut total = 0;
-        for shard in 0..8 {
-            total += nats.stream_messages(&format!("TERN_INBOX_{shard}")).await;
-        }
-        total
-    };
-    let before = inbox_messages().await;
+    let before = inbox_messages(&nats).await;
     assert_eq!(
         publish(&mut alice, 1, "dm/bob", "first", &[("msgid", "first")]).await,
         ReasonCode::Success
@@ -388,7 +373,7 @@ async fn entries_that_follow_an_append_wait_and_share_the_next() {
         }
     }
     // Alice's sent log and bob's log: the first DM's append, then one for the rest.
-    assert_eq!(inbox_messages().await - before, 4);
+    assert_eq!(inbox_messages(&nats).await - before, 4);
 
     let mut bob = device(&n1, "bob", "bob-phone").await;
     subscribe_all(&mut bob, &["inbox/bob/#"]).await;
@@ -406,21 +391,36 @@ async fn entries_that_follow_an_append_wait_and_share_the_next() {
     }
 }
 
+/// Messages (appends) the inbox streams hold, over the 8 shards.
+async fn inbox_messages(nats: &NatsServer) -> u64 {
+    let mut total = 0;
+    for shard in 0..8 {
+        total += nats.stream_messages(&format!("TERN_INBOX_{shard}")).await;
+    }
+    total
+}
+
+/// A node on `nats` that trims the inbox logs every second to an age of 1 s (below the
+/// config's floor of 60), resends recognised for `dedup_window_secs`.
+async fn trimming_node(nats: &NatsServer, dedup_window_secs: u64) -> tern_conformance::Broker {
+    let url = nats.url();
+    tern_conformance::Broker::start_with(|c| {
+        tern_conformance::nats::join(c, "n1", &url);
+        c.im.inbox_max_age_secs = 1;
+        c.im.dedup_window_secs = dedup_window_secs;
+        c.cluster.inbox_trim_secs = 1;
+    })
+    .await
+}
+
 /// `im.inbox_max_age_secs` holds in a cluster: entries older than it leave the logs, and
 /// a log whose entries all left keeps its numbering (a marker), so the next DM gets the
 /// next seq, not 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_older_than_the_max_age_leave_the_logs_and_numbering_goes_on() {
     let nats = NatsServer::start().await;
-    let url = nats.url();
-    let n1 = tern_conformance::Broker::start_with(|c| {
-        tern_conformance::nats::join(c, "n1", &url);
-        c.im.inbox_max_age_secs = 1;
-        // The logs keep entries for the dedupe window at least.
-        c.im.dedup_window_secs = 1;
-        c.cluster.inbox_trim_secs = 1;
-    })
-    .await;
+    // The logs keep entries for the dedupe window at least.
+    let n1 = trimming_node(&nats, 1).await;
     let mut alice = device(&n1, "alice", "alice-phone").await;
     for (i, text) in ["one", "two", "three"].into_iter().enumerate() {
         let id = format!("m-{i}");
@@ -429,22 +429,15 @@ async fn entries_older_than_the_max_age_leave_the_logs_and_numbering_goes_on() {
             ReasonCode::Success
         );
     }
-    let inbox_messages = || async {
-        let mut total = 0;
-        for shard in 0..8 {
-            total += nats.stream_messages(&format!("TERN_INBOX_{shard}")).await;
-        }
-        total
-    };
     assert_eq!(
-        inbox_messages().await,
+        inbox_messages(&nats).await,
         6,
         "three appends to each of two logs"
     );
 
     // Past the age, each log is down to its marker.
     tern_conformance::eventually("the logs trimmed to their markers", || async {
-        inbox_messages().await == 2
+        inbox_messages(&nats).await == 2
     })
     .await;
     let mut bob = device(&n1, "bob", "bob-phone").await;
@@ -472,14 +465,7 @@ async fn entries_older_than_the_max_age_leave_the_logs_and_numbering_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trim_keeps_entries_a_resend_could_repeat() {
     let nats = NatsServer::start().await;
-    let url = nats.url();
-    let n1 = tern_conformance::Broker::start_with(|c| {
-        tern_conformance::nats::join(c, "n1", &url);
-        c.im.inbox_max_age_secs = 1;
-        c.im.dedup_window_secs = 600;
-        c.cluster.inbox_trim_secs = 1;
-    })
-    .await;
+    let n1 = trimming_node(&nats, 600).await;
     let passes = || async {
         n1.metrics()
             .await
