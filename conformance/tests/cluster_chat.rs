@@ -47,6 +47,29 @@ async fn send_dms(mut sender: RawClient, tag: &str, count: u16) -> RawClient {
     sender
 }
 
+/// `count` DMs to bob, `dm1` .. (msgids `{tag}-{i}`), all sent before the first PUBACK
+/// is awaited; every one acknowledged.
+async fn send_dms_at_once(sender: &mut RawClient, tag: &str, count: u16) {
+    for i in 1..=count {
+        let mut p = tern_conformance::publish_packet(
+            "dm/bob",
+            QoS::AtLeastOnce,
+            i,
+            bytes::Bytes::from(format!("dm{i}")),
+        );
+        p.properties.user_properties = vec![("msgid".into(), format!("{tag}-{i}").into())];
+        sender.send(tern_codec::Packet::Publish(p)).await;
+    }
+    for _ in 1..=count {
+        match sender.recv().await {
+            Some(tern_codec::Packet::PubAck(ack)) => {
+                assert_eq!(ack.reason, ReasonCode::Success, "DM {}", ack.packet_id)
+            }
+            other => panic!("expected PUBACKs, got {other:?}"),
+        }
+    }
+}
+
 /// Reads until the last message of each sender (`ends`) has arrived.
 async fn read_until(device: &mut RawClient, ends: &[&str], received: &mut Received) {
     let mut left: Vec<&str> = ends.to_vec();
@@ -260,26 +283,7 @@ async fn pipelined_dms_share_appends_and_arrive_numbered_in_order() {
     let first_seq = received.last().expect("the probe").2 + 1;
     let messages_before = inbox_messages(&nats).await;
 
-    for i in 1..=DMS {
-        let mut p = tern_conformance::publish_packet(
-            "dm/bob",
-            QoS::AtLeastOnce,
-            i,
-            bytes::Bytes::from(format!("dm{i}")),
-        );
-        p.properties.user_properties = vec![("msgid".into(), format!("pipelined-{i}").into())];
-        alice.send(tern_codec::Packet::Publish(p)).await;
-    }
-    let mut acked = 0;
-    while acked < DMS {
-        match alice.recv().await {
-            Some(tern_codec::Packet::PubAck(ack)) => {
-                assert_eq!(ack.reason, ReasonCode::Success, "DM {}", ack.packet_id);
-                acked += 1;
-            }
-            other => panic!("expected PUBACKs, got {other:?}"),
-        }
-    }
+    send_dms_at_once(&mut alice, "pipelined", DMS).await;
     for (seq, i) in (first_seq..).zip(1..=DMS) {
         let text = format!("dm{i}");
         assert_eq!(
@@ -354,24 +358,7 @@ async fn entries_that_follow_an_append_wait_and_share_the_next() {
     );
     // Sent at once after the first one's PUBACK: without the wait, the first of them
     // would go alone and the rest in a third append per log.
-    for i in 1..=FOLLOWING {
-        let mut p = tern_conformance::publish_packet(
-            "dm/bob",
-            QoS::AtLeastOnce,
-            i,
-            bytes::Bytes::from(format!("dm{i}")),
-        );
-        p.properties.user_properties = vec![("msgid".into(), format!("following-{i}").into())];
-        alice.send(tern_codec::Packet::Publish(p)).await;
-    }
-    for _ in 1..=FOLLOWING {
-        match alice.recv().await {
-            Some(tern_codec::Packet::PubAck(ack)) => {
-                assert_eq!(ack.reason, ReasonCode::Success, "DM {}", ack.packet_id)
-            }
-            other => panic!("expected PUBACKs, got {other:?}"),
-        }
-    }
+    send_dms_at_once(&mut alice, "following", FOLLOWING).await;
     // Alice's sent log and bob's log: the first DM's append, then one for the rest.
     assert_eq!(inbox_messages(&nats).await - before, 4);
 
