@@ -490,3 +490,27 @@ async fn the_trim_keeps_entries_a_resend_could_repeat() {
         br#"{"after":null,"last":0,"next":1,"more":false}"#
     );
 }
+
+/// A DM without a client `msgid` is never taken for a resend: the same text sent again is
+/// a new entry (the entries carry no dedupe id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dms_without_a_msgid_are_each_stored() {
+    let nats = NatsServer::start().await;
+    let n1 = nats.node("n1").await;
+    let mut alice = device(&n1, "alice", "alice-phone").await;
+    for id in 1..=3 {
+        assert_eq!(
+            publish(&mut alice, id, "dm/bob", "again", &[]).await,
+            ReasonCode::Success
+        );
+    }
+    let mut bob = device(&n1, "bob", "bob-phone").await;
+    subscribe_all(&mut bob, &["inbox/bob/#"]).await;
+    sync_request(&mut bob, "").await;
+    for seq in 0..3 {
+        assert_eq!(
+            next(&mut bob, "again").await,
+            row("inbox/bob/dm/alice", "again", "alice", seq)
+        );
+    }
+}

@@ -313,9 +313,10 @@ pub(super) fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
 struct Entry {
     record: Bytes,
     role: u8,
+    /// Empty for a message without a client `msgid`: never taken for a resend.
     msg_id: String,
-    /// `msg_id` hashed, for the dedupe window.
-    id_hash: u64,
+    /// `msg_id` hashed, for the dedupe window (`None`: empty).
+    id_hash: Option<u64>,
     request: Arc<Request>,
 }
 
@@ -550,21 +551,25 @@ fn entries(request: InboxAppend, hasher: &IdHasher) -> Vec<(String, Entry)> {
     if plan.recipients.is_empty() {
         shared.settle(Ok(()));
     }
-    // Without a client message id, one of the node's own: the entries are then never
-    // taken for resends.
-    let msgid = plan.msgid.unwrap_or_else(|| format!("~{}", nuid::next()));
     plan.recipients
         .into_iter()
         .map(|(user, role)| {
-            let mut msg_id = message_id(&from, &msgid, &user);
-            // Ids are bounded by the names they are made of; this only keeps the chunk
-            // format's length field honest.
-            msg_id.truncate(floor_char_boundary(&msg_id, inbox_chunk::MAX_ID));
+            let (msg_id, id_hash) = match &plan.msgid {
+                Some(msgid) => {
+                    let mut msg_id = message_id(&from, msgid, &user);
+                    // Ids are bounded by the names they are made of; this only keeps the
+                    // chunk format's length field honest.
+                    msg_id.truncate(floor_char_boundary(&msg_id, inbox_chunk::MAX_ID));
+                    let id_hash = hasher.hash(msg_id.as_bytes());
+                    (msg_id, Some(id_hash))
+                }
+                None => (String::new(), None),
+            };
             let entry = Entry {
                 record: record.clone(),
                 role,
-                id_hash: hasher.hash(msg_id.as_bytes()),
                 msg_id,
+                id_hash,
                 request: shared.clone(),
             };
             (user, entry)
@@ -636,16 +641,18 @@ async fn append_chunk(
             .sum();
         let mut chunk = BytesMut::with_capacity(size);
         let mut fresh: Vec<u64> = Vec::with_capacity(entries.len());
+        let mut count = 0;
         for entry in entries {
-            if !dedupe.window.is_zero()
-                && (log.recent.contains(entry.id_hash) || fresh.contains(&entry.id_hash))
-            {
-                continue;
+            if let (false, Some(id)) = (dedupe.window.is_zero(), entry.id_hash) {
+                if log.recent.contains(id) || fresh.contains(&id) {
+                    continue;
+                }
+                fresh.push(id);
             }
             put_entry(&mut chunk, entry.role, &entry.msg_id, &entry.record);
-            fresh.push(entry.id_hash);
+            count += 1;
         }
-        if fresh.is_empty() {
+        if count == 0 {
             break;
         }
         if !lease.holds() {
@@ -655,7 +662,7 @@ async fn append_chunk(
             .payload(chunk.freeze())
             .expected_last_subject_sequence(log.last.stream_seq)
             .header(SEQ, log.last.next_seq.to_string().as_str())
-            .header(COUNT, fresh.len().to_string().as_str())
+            .header(COUNT, count.to_string().as_str())
             .header(USER, user);
         let sent = Instant::now();
         let attempt = publish_acked(jetstream, subject, publish);
@@ -669,9 +676,9 @@ async fn append_chunk(
         match acked {
             Ok(ack) => {
                 took = sent.elapsed();
-                appended = fresh.len();
+                appended = count;
                 log.last = Last {
-                    next_seq: log.last.next_seq + fresh.len() as u64,
+                    next_seq: log.last.next_seq + count as u64,
                     stream_seq: ack.sequence,
                 };
                 if !dedupe.window.is_zero() {
@@ -824,7 +831,7 @@ impl Window<'_> {
                 read_through = seq;
                 let (_, entries) =
                     chunk_of(reply.headers.as_ref(), reply.payload).map_err(malformed)?;
-                for entry in entries {
+                for entry in entries.iter().filter(|entry| !entry.id.is_empty()) {
                     recent.insert(self.hasher.hash(&entry.id), now);
                 }
                 if got == WINDOW_BATCH {

@@ -4,8 +4,9 @@
 //! that queue up for one user while its previous append is in flight go together.
 //!
 //! Each entry is its user's role, its dedupe id and the stored chat message:
-//! `role: u8, id length: u16 BE, id, record length: u32 BE, record`. The message's
-//! headers say the seq of the first entry and how many there are.
+//! `role: u8, id length: u16 BE, id, record length: u32 BE, record`; the id is empty for
+//! a message sent without a client `msgid` (never a resend). The message's headers say
+//! the seq of the first entry and how many there are.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
