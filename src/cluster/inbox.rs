@@ -12,10 +12,10 @@
 //! out the same seq, and seqs have no gap. While one append of a user is in flight the
 //! user's next entries queue, and go in the next append together: a replicated write per
 //! burst, not per entry (and the next append waits `cluster.append_linger_us` after one,
-//! so that a busy user's bursts grow). A resend, on any node, within the dedupe window, of an entry the
-//! log holds is dropped ([`inbox_dedupe`](super::inbox_dedupe)). A chat message is
-//! acknowledged once every recipient's append is (replicated, on a majority of the NATS
-//! servers).
+//! so that a busy user's bursts grow). A resend, on any node, within the dedupe window,
+//! of an entry the log holds is dropped ([`inbox_dedupe`](super::inbox_dedupe)). A chat
+//! message is acknowledged once every recipient's append is (replicated, on a majority
+//! of the NATS servers).
 //!
 //! Delivery: each stream republishes what it stores on `tern.deliver.<user>`, from its
 //! leader, in the stream's order; a node subscribes to that subject while its
