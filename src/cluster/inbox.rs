@@ -360,6 +360,9 @@ struct UserLog {
     queue: VecDeque<Entry>,
     /// An append is in flight, or the log waits out the linger after one.
     busy: bool,
+    /// The end of the linger after the last append, while nothing waits for it: an
+    /// entry that comes before then waits for it (no timer runs for a log that gets none).
+    quiet_until: Option<Instant>,
 }
 
 /// Appends the chat messages the router hands over, in the order it hands them over
@@ -389,9 +392,18 @@ pub(super) async fn append(
                     queued += 1;
                     let log = logs.entry(user.clone()).or_default();
                     log.queue.push_back(entry);
-                    if !log.busy {
-                        if let Some(next) = start(&streams, &lease, &user, log) {
-                            running.push(next);
+                    if log.busy {
+                        continue;
+                    }
+                    match log.quiet_until.take() {
+                        Some(until) if until > Instant::now() => {
+                            log.busy = true;
+                            lingering.push(linger_until(until, user));
+                        }
+                        _ => {
+                            if let Some(next) = start(&streams, &lease, &user, log) {
+                                running.push(next);
+                            }
                         }
                     }
                 }
@@ -442,12 +454,13 @@ pub(super) async fn append(
                 // Entries that come meanwhile join the next append, which stays `busy`
                 // until then.
                 if !streams.linger.is_zero() && log.queue.len() < MAX_CHUNK_ENTRIES {
-                    log.busy = true;
-                    let linger = streams.linger;
-                    lingering.push(async move {
-                        tokio::time::sleep(linger).await;
-                        user
-                    });
+                    let until = Instant::now() + streams.linger;
+                    if log.queue.is_empty() {
+                        log.quiet_until = Some(until);
+                    } else {
+                        log.busy = true;
+                        lingering.push(linger_until(until, user));
+                    }
                     continue;
                 }
                 if let Some(next) = start(&streams, &lease, &user, log) {
@@ -463,6 +476,12 @@ pub(super) async fn append(
             }
         }
     }
+}
+
+/// `user`, at `until`: the end of its log's linger.
+async fn linger_until(until: Instant, user: String) -> String {
+    tokio::time::sleep_until(until).await;
+    user
 }
 
 /// An append done: its user, its entries, and what came of it, or why it failed.
